@@ -1,0 +1,116 @@
+#!/usr/bin/env bash
+# provtrace setup: one idempotent command that makes a fresh Debian machine
+# ready to trace, then runs a demo trace into the default store.
+#
+#   sudo bash setup.sh            # set up, then run the demo
+#   sudo bash setup.sh --no-demo  # set up only (test.sh uses this)
+#
+# Steps, each skipped when already done:
+#   1. apt packages: python3-bpfcc (bcc for /usr/bin/python3), Debian's 6.1
+#      kernel headers, strace, R's IRkernel, and tools the tests use.
+#   2. kernel headers for bcc: when /lib/modules/$(uname -r)/build is missing,
+#      link Debian's newest linux-headers-6.1.0-N-amd64 (and -common) there.
+#      Those headers do NOT match the running kernel; provtrace takes every
+#      struct offset from the running kernel's BTF, never from these headers.
+#   3. tracefs at /sys/kernel/tracing.
+#   4. .venv made from /usr/bin/python3 with --system-site-packages (so it
+#      sees bcc), with provtrace installed in editable mode.
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+cd "$here"
+demo=1
+for a in "$@"; do
+  case "$a" in
+    --no-demo) demo=0 ;;
+    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+    *) echo "setup.sh: unknown option '$a' (try --help)" >&2; exit 2 ;;
+  esac
+done
+
+log() { printf '[setup] %s\n' "$*"; }
+warn() { printf '[setup] WARNING: %s\n' "$*" >&2; }
+
+if [ "$(id -u)" -ne 0 ]; then
+  echo "setup.sh: must run as root (it installs apt packages and kernel headers); try: sudo bash setup.sh" >&2
+  exit 1
+fi
+export DEBIAN_FRONTEND=noninteractive
+
+# --- 1. apt packages --------------------------------------------------------
+apt_pkgs=(python3-bpfcc python3-venv python3-pip python3-dev gcc strace bpftrace
+          tmux r-cran-irkernel iproute2 procps)
+missing=()
+for p in "${apt_pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+headers_pkg=$(dpkg-query -W -f='${Package}\n' 'linux-headers-6.1.0-*-amd64' 2>/dev/null \
+              | grep -E '^linux-headers-6\.1\.0-[0-9]+-amd64$' | sort -V | tail -n1 || true)
+if [ -n "$headers_pkg" ] && ! dpkg-query -W -f='${Status}' "$headers_pkg" 2>/dev/null | grep -q "install ok installed"; then
+  headers_pkg=""
+fi
+if [ "${#missing[@]}" -gt 0 ] || [ -z "$headers_pkg" ]; then
+  log "apt-get update"
+  apt-get update -qq
+  if [ -z "$headers_pkg" ]; then
+    headers_pkg=$(apt-cache search --names-only '^linux-headers-6\.1\.0-[0-9]+-amd64$' \
+                  | awk '{print $1}' | sort -V | tail -n1)
+    [ -n "$headers_pkg" ] || { echo "setup.sh: no linux-headers-6.1.0-N-amd64 package found in apt" >&2; exit 1; }
+    missing+=("$headers_pkg")
+  fi
+  log "apt-get install ${missing[*]}"
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+else
+  log "apt packages present"
+fi
+
+# --- 2. kernel headers for bcc ---------------------------------------------
+krel=$(uname -r)
+moddir=/lib/modules/$krel
+if [ -e "$moddir/build/Makefile" ]; then
+  log "headers: $moddir/build present"
+else
+  hdr_dir=/usr/src/$headers_pkg
+  common_dir=/usr/src/${headers_pkg%-amd64}-common
+  [ -d "$hdr_dir" ] && [ -d "$common_dir" ] || { echo "setup.sh: $hdr_dir or $common_dir missing" >&2; exit 1; }
+  warn "no headers for running kernel $krel; linking Debian's $headers_pkg into $moddir."
+  warn "their struct layouts do not match this kernel: provtrace reads offsets from /sys/kernel/btf/vmlinux instead."
+  mkdir -p "$moddir"
+  ln -sfn "$hdr_dir" "$moddir/build"
+  ln -sfn "$common_dir" "$moddir/source"
+fi
+
+# --- 3. tracefs --------------------------------------------------------------
+if [ -e /sys/kernel/tracing/events ]; then
+  log "tracefs mounted"
+else
+  log "mounting tracefs at /sys/kernel/tracing"
+  mount -t tracefs nodev /sys/kernel/tracing
+fi
+
+# --- 4. venv -----------------------------------------------------------------
+venv=$here/.venv
+stamp=$venv/.provtrace-installed
+want=$(sha256sum pyproject.toml | cut -c1-16)
+if [ ! -x "$venv/bin/python" ]; then
+  log "creating $venv from /usr/bin/python3 (--system-site-packages, for bcc)"
+  /usr/bin/python3 -m venv --system-site-packages "$venv"
+fi
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  log "installing provtrace and its dependencies into $venv"
+  "$venv/bin/python" -m pip install -q --upgrade pip >/dev/null
+  "$venv/bin/python" -m pip install -q -e ".[dev]"
+  echo "$want" > "$stamp"
+else
+  log "venv up to date"
+fi
+"$venv/bin/python" -c "import bcc, provtrace.tracer" \
+  || { echo "setup.sh: the venv cannot import bcc or provtrace" >&2; exit 1; }
+# Put provtrace on PATH for root shells.
+ln -sfn "$venv/bin/provtrace" /usr/local/bin/provtrace
+
+if [ "$demo" -eq 1 ]; then
+  log "demo: provtrace doctor, then a traced shell pipeline"
+  "$venv/bin/provtrace" doctor || true
+  exec "$venv/bin/provtrace" demo
+fi

@@ -1,0 +1,1 @@
+"""provtrace: tracer/export."""
