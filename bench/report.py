@@ -1,0 +1,313 @@
+"""Statistics and presentation: paired medians, ratios to untraced, targets, table, JSON, plot.
+
+Pairing: in repetition r, every configuration ran workload w back to back (in
+a rotated order), so the ratio of configuration c is wall(c, w, r) /
+wall(untraced, w, r) from the same repetition; the median of those per-rep
+ratios is reported, with their min and max beside it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import statistics
+from pathlib import Path
+
+BASELINE = "untraced"
+
+
+@dataclasses.dataclass(frozen=True)
+class Spread:
+    """Median with min and max; all None when there is no data."""
+
+    med: float | None
+    min: float | None
+    max: float | None
+
+    @classmethod
+    def of(cls, values: list[float]) -> "Spread":
+        vals = [v for v in values if v is not None]
+        if not vals:
+            return cls(None, None, None)
+        return cls(statistics.median(vals), min(vals), max(vals))
+
+
+def sample_ok(s: dict) -> bool:
+    return s.get("exit_code") == 0 and not s.get("timed_out")
+
+
+def rotated(items: list, rep: int) -> list:
+    """items rotated left by rep, so that each item runs first in turn across repetitions."""
+    if not items:
+        return []
+    k = rep % len(items)
+    return items[k:] + items[:k]
+
+
+def paired_ratios(base: dict[int, float], other: dict[int, float], offset: float = 0.0) -> list[float]:
+    """Per-rep ratio (other - offset) / base over reps present and valid in both."""
+    out = []
+    for rep, b in sorted(base.items()):
+        o = other.get(rep)
+        if o is None or b is None or b <= 0:
+            continue
+        out.append(max(o - offset, 0.0) / b)
+    return out
+
+
+def _by_rep(samples: list[dict], key: str) -> dict[int, float]:
+    return {s["rep"]: s[key] for s in samples if sample_ok(s) and s.get(key) is not None}
+
+
+def summarize(samples: list[dict], workloads: list[str], configs: list[str],
+              unavailable: dict[str, str], offsets: dict[str, float] | None = None) -> list[dict]:
+    """One row per (workload, config): medians, paired ratios, records, lost, RSS, errors.
+
+    offsets maps a configuration to a fixed start-up cost (s) that is subtracted
+    for its ``wall_ratio_net`` (the standalone CLI compiles its probes per run).
+    """
+    offsets = offsets or {}
+    rows = []
+    for wl in workloads:
+        base = [s for s in samples if s["workload"] == wl and s["config"] == BASELINE]
+        base_wall, base_cpu = _by_rep(base, "wall_s"), _by_rep(base, "cpu_s")
+        for cfg in configs:
+            mine = [s for s in samples if s["workload"] == wl and s["config"] == cfg]
+            ok = [s for s in mine if sample_ok(s)]
+            errors = [s.get("error") or f"exit {s.get('exit_code')}" for s in mine if not sample_ok(s)]
+            wall, cpu = _by_rep(mine, "wall_s"), _by_rep(mine, "cpu_s")
+            lost = [s["lost"] for s in ok if s.get("lost") is not None]
+            rss = [s.get("tracer_rss_kb") for s in ok if s.get("tracer_rss_kb")]
+            rows.append({
+                "workload": wl, "config": cfg, "n": len(mine), "n_ok": len(ok),
+                "unavailable": unavailable.get(cfg),
+                "error": errors[0] if errors else None,
+                "wall_s": dataclasses.asdict(Spread.of(list(wall.values()))),
+                "wall_ratio": dataclasses.asdict(Spread.of(paired_ratios(base_wall, wall))),
+                "wall_ratio_net": (dataclasses.asdict(Spread.of(paired_ratios(base_wall, wall, offsets[cfg])))
+                                   if cfg in offsets else None),
+                "cpu_s": dataclasses.asdict(Spread.of(list(cpu.values()))),
+                "cpu_ratio": dataclasses.asdict(Spread.of(paired_ratios(base_cpu, cpu))),
+                "records": Spread.of([s.get("records") for s in ok]).med,
+                "lost_max": max(lost) if lost else None,
+                "lost_reported": len(lost),
+                "incomplete": sum(1 for s in ok if s.get("complete") is False),
+                "tracer_rss_kb": max(rss) if rss else None,
+            })
+    return rows
+
+
+# ---------------------------------------------------------------- targets
+
+OVERHEAD_TARGETS = (
+    # (workloads, target ratio, aim ratio)
+    (("stream", "imports", "exec"), 1.10, 1.03),
+    (("churn",), 1.30, 1.15),
+)
+CEILING_TARGET, CEILING_AIM = 300_000, 1_000_000
+STARTUP_TARGETS = {"provtrace-daemon": 0.150, "provtrace-ebpf": 2.0}
+
+
+def _verdict(value: float | None, target: float, aim: float | None, higher_is_better: bool = False,
+             why_missing: str = "") -> str:
+    if value is None:
+        return f"MISSED target: not measured ({why_missing or 'no data'})"
+    def good(limit):
+        return value >= limit if higher_is_better else value <= limit
+    if not good(target):
+        return "MISSED target"
+    if aim is not None and not good(aim):
+        return "met target, aim missed"
+    return "met target and aim" if aim is not None else "met target"
+
+
+def evaluate_targets(rows: list[dict], startup: dict, ceilings: list[dict], ebpf_configs: list[str],
+                     unavailable: dict[str, str]) -> list[dict]:
+    """The issue's provtrace targets, each with a value and a plain verdict."""
+    checks = []
+
+    def why(cfg: str, row: dict | None = None) -> str:
+        if cfg in unavailable:
+            return unavailable[cfg]
+        if row and row.get("error"):
+            return row["error"]
+        return "no successful run"
+
+    row_of = {(r["workload"], r["config"]): r for r in rows}
+    for cfg in ebpf_configs:
+        net = cfg in STARTUP_TARGETS and cfg == "provtrace-ebpf"
+        for wls, target, aim in OVERHEAD_TARGETS:
+            for wl in wls:
+                row = row_of.get((wl, cfg))
+                if row is None:
+                    continue
+                spread = row["wall_ratio_net"] if net and row.get("wall_ratio_net") else row["wall_ratio"]
+                value = spread["med"]
+                basis = "wall ratio net of start-up" if net and row.get("wall_ratio_net") else "wall ratio"
+                checks.append({"figure": f"overhead {wl} ({basis})", "config": cfg, "value": value,
+                               "unit": "x", "target": f"<= {target:.2f}x", "aim": f"<= {aim:.2f}x",
+                               "verdict": _verdict(value, target, aim, why_missing=why(cfg, row))})
+        mine = [r for r in rows if r["config"] == cfg]
+        if mine:
+            measured = [r for r in mine if r["lost_reported"]]
+            lost = max((r["lost_max"] for r in measured), default=None)
+            missing = [r["workload"] for r in mine if not r["lost_reported"]]
+            verdict = _verdict(lost, 0, 0, why_missing=why(cfg, mine[0]))
+            if lost is not None and missing:
+                verdict = "MISSED target: lost_events not reported for " + ", ".join(missing)
+            checks.append({"figure": "lost events, every workload (max)", "config": cfg, "value": lost,
+                           "unit": "", "target": "0", "aim": "0", "verdict": verdict})
+    for c in ceilings:
+        if c.get("mode") != "openclose":
+            continue
+        value = c.get("ceiling_rate")
+        checks.append({"figure": "zero-loss syscalls/s (open/read/close)", "config": c["config"],
+                       "value": value, "unit": "/s", "target": f">= {CEILING_TARGET:,}", "aim": f">= {CEILING_AIM:,}",
+                       "verdict": _verdict(value, CEILING_TARGET, CEILING_AIM, higher_is_better=True,
+                                           why_missing=c.get("bound", ""))})
+    for cfg, limit in STARTUP_TARGETS.items():
+        if cfg not in ebpf_configs:
+            continue
+        s = startup.get(cfg) or {}
+        checks.append({"figure": "start-up of `provtrace run -- true`", "config": cfg,
+                       "value": s.get("median_s"), "unit": "s", "target": f"<= {limit:g} s", "aim": "-",
+                       "verdict": _verdict(s.get("median_s"), limit, None,
+                                           why_missing=s.get("error") or unavailable.get(cfg, "not run"))})
+    return checks
+
+
+# ---------------------------------------------------------------- text
+
+
+def _f(v: float | None, fmt: str = "{:.3f}") -> str:
+    return "-" if v is None else fmt.format(v)
+
+
+def _ratio(sp: dict) -> str:
+    if sp["med"] is None:
+        return "-"
+    return f"{sp['med']:.2f} ({sp['min']:.2f}-{sp['max']:.2f})"
+
+
+def format_table(rows: list[dict]) -> str:
+    """The main table: one block per workload, one line per configuration."""
+    head = (f"{'workload':<9} {'config':<17} {'ok':>5}  {'wall s':>7} {'wall x untraced':<19} "
+            f"{'cpu s':>7} {'cpu x untraced':<19} {'records':>8} {'lost':>6} {'RSS MB':>7}")
+    lines = [head, "-" * len(head)]
+    last_wl = None
+    for r in rows:
+        if last_wl is not None and r["workload"] != last_wl:
+            lines.append("")
+        last_wl = r["workload"]
+        prefix = f"{r['workload']:<9} {r['config']:<17}"
+        if r["unavailable"]:
+            lines.append(f"{prefix} not available: {r['unavailable'][:110]}")
+            continue
+        if r["n_ok"] == 0:
+            lines.append(f"{prefix} FAILED {r['n']}/{r['n']}: {(r['error'] or '')[:110]}")
+            continue
+        lost = "-" if r["lost_max"] is None else str(r["lost_max"])
+        if r["incomplete"]:
+            lost += "!"
+        rss = "-" if r["tracer_rss_kb"] is None or r["config"] == BASELINE else f"{r['tracer_rss_kb'] / 1024:.0f}"
+        rec = "-" if r["records"] is None else f"{r['records']:.0f}"
+        lines.append(f"{prefix} {r['n_ok']:>2}/{r['n']:<2}  {_f(r['wall_s']['med']):>7} {_ratio(r['wall_ratio']):<19} "
+                     f"{_f(r['cpu_s']['med']):>7} {_ratio(r['cpu_ratio']):<19} {rec:>8} {lost:>6} {rss:>7}")
+        if r["error"]:
+            lines.append(f"{'':<27} ({r['n'] - r['n_ok']} failed: {r['error'][:100]})")
+    return "\n".join(lines)
+
+
+def format_unavailable(unavailable: dict[str, str]) -> str:
+    return "\n".join(f"  {cfg}: {why}" for cfg, why in unavailable.items())
+
+
+def format_startup(startup: dict) -> str:
+    lines = []
+    for cfg, s in startup.items():
+        if s.get("median_s") is None:
+            lines.append(f"  {cfg:<17} not measured: {s.get('error') or 'no successful run'}")
+        else:
+            lines.append(f"  {cfg:<17} median {s['median_s'] * 1000:8.1f} ms  (min {s['min_s'] * 1000:.1f}, "
+                         f"max {s['max_s'] * 1000:.1f}, n={s['n']})")
+    return "\n".join(lines)
+
+
+def format_ceilings(ceilings: list[dict]) -> str:
+    lines = []
+    for c in ceilings:
+        if "error" in c:
+            lines.append(f"  {c.get('mode', '?'):<9} not measured: {c['error']}")
+            continue
+        tried = ", ".join(f"{t['target_rate'] // 1000}k:" + ("lost " + str(t["lost"]) if t["lost"] else
+                          ("ok" if t["lost"] == 0 else "err")) for t in c["trials"])
+        best = "none" if c["ceiling_rate"] is None else f"{c['ceiling_rate']:,}/s"
+        um = c.get("untraced_max_rate")
+        lines.append(f"  {c['mode']:<9} via {c['config']}: zero-loss ceiling {best}; stopped by {c['bound']}"
+                     f"\n            trials {tried}; generator alone on CPU {c['cpu']}: "
+                     f"{'-' if um is None else f'{um:,.0f}/s'}")
+    return "\n".join(lines)
+
+
+def format_targets(checks: list[dict]) -> str:
+    lines = []
+    for c in checks:
+        v = c["value"]
+        if v is None:
+            shown = "-"
+        elif c["unit"] == "x":
+            shown = f"{v:.2f}x"
+        elif c["unit"] == "s":
+            shown = f"{v * 1000:.0f} ms"
+        elif c["unit"] == "/s":
+            shown = f"{v:,.0f}/s"
+        else:
+            shown = str(v)
+        lines.append(f"  {c['verdict']:<24} {c['config']:<17} {c['figure']}: {shown} "
+                     f"(target {c['target']}, aim {c['aim']})")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- files
+
+
+def save_json(path: Path, doc: dict) -> None:
+    path.write_text(json.dumps(doc, indent=1, default=str))
+
+
+def plot(rows: list[dict], path: Path, title: str) -> None:
+    """Grouped bars of median wall and CPU ratios (log scale), whiskers at min and max."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    workloads = list(dict.fromkeys(r["workload"] for r in rows))
+    configs = [c for c in dict.fromkeys(r["config"] for r in rows) if c != BASELINE]
+    fig, axes = plt.subplots(2, 1, figsize=(max(8, 1.6 * len(workloads) + 3), 9), sharex=True)
+    width = 0.8 / max(1, len(configs))
+    row_of = {(r["workload"], r["config"]): r for r in rows}
+    for ax, key, label in ((axes[0], "wall_ratio", "wall time / untraced"),
+                           (axes[1], "cpu_ratio", "CPU time / untraced")):
+        for j, cfg in enumerate(configs):
+            xs, ys, lo, hi = [], [], [], []
+            for i, wl in enumerate(workloads):
+                sp = row_of.get((wl, cfg), {}).get(key) or {}
+                if sp.get("med") is None:
+                    continue
+                xs.append(i + (j - (len(configs) - 1) / 2) * width)
+                ys.append(sp["med"])
+                lo.append(sp["med"] - sp["min"])
+                hi.append(sp["max"] - sp["med"])
+            if xs:
+                ax.bar(xs, ys, width, yerr=[lo, hi], capsize=2, label=cfg)
+        ax.axhline(1.0, color="black", linewidth=0.8)
+        ax.set_yscale("log")
+        ax.set_ylabel(label + " (log)")
+        ax.grid(axis="y", which="both", alpha=0.3)
+    axes[1].set_xticks(range(len(workloads)), workloads)
+    axes[0].legend(fontsize=8, ncol=2)
+    axes[0].set_title(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

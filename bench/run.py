@@ -1,0 +1,310 @@
+"""provtrace benchmarks: overhead, loss and throughput, side by side with peer tracers.
+
+Runs every workload under every configuration, interleaved, with the order
+rotated per repetition and a wait for a quiet machine before each run. Prints
+paired medians of wall and CPU time as ratios to the untraced run (min and max
+beside them), records and lost events, tracer RSS; the start-up cost of
+`provtrace run -- true`; the zero-loss syscall-rate ceiling; and a verdict per
+target of issue 5 ("MISSED target" where one is missed). Saves results.json,
+table.txt and plot.png under --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as `python bench/run.py`
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench import configs, measure, report, throughput, workloads  # noqa: E402
+
+log = logging.getLogger("bench")
+
+EXAMPLES = """\
+examples:
+  .venv/bin/python -m bench.run --quick
+      every workload and configuration, 3 reps, small sizes (~5 min here)
+  .venv/bin/python -m bench.run
+      the full run: 20,000-file churn, 200 MB streams, 5 reps
+  .venv/bin/python -m bench.run --quick --workloads stream,exec --configs provtrace-daemon,strace
+      two workloads, two configurations (untraced is always added)
+  .venv/bin/python -m bench.run --reps 9 --out /tmp/bench-a
+      more repetitions, results in /tmp/bench-a
+  .venv/bin/python -m bench.run --quick --skip-ceiling --skip-startup --workdir /dev/shm
+      overhead only, data on tmpfs (less disk noise)
+
+configurations: """ + ", ".join(configs.NAMES) + """
+workloads:      """ + ", ".join(workloads.NAMES) + """
+
+Run as root (eBPF, bpftrace). Peers missing on this host are installed
+(apt-get for strace/bpftrace, pip for reprozip) unless --no-install; a peer
+that still cannot run gets a row saying why.
+"""
+
+
+def _csv(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0],
+                                epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="3 reps, small sizes, short ceiling trials")
+    p.add_argument("--reps", type=int, help="repetitions per workload and configuration (default 3 quick, 5 full)")
+    p.add_argument("--workloads", type=_csv, default=list(workloads.NAMES), metavar="A,B",
+                   help="workloads to run (default: all)")
+    p.add_argument("--configs", type=_csv, default=list(configs.NAMES), metavar="X,Y",
+                   help="configurations to run (default: all; untraced is always included)")
+    p.add_argument("--out", type=Path, help="results folder (default bench/results/<UTC timestamp>/)")
+    p.add_argument("--workdir", type=Path, help="where temporary data goes (default: $TMPDIR)")
+    p.add_argument("--provtrace", default=str(Path(sys.executable).parent / "provtrace"),
+                   help="provtrace entry point (default: next to this python)")
+    p.add_argument("--timeout", type=float, default=900.0, help="seconds before one run is killed (default 900)")
+    p.add_argument("--quiet-threshold", type=float, default=0.15,
+                   help="busy fraction of all CPUs under which the machine counts as quiet (default 0.15)")
+    p.add_argument("--quiet-cap", type=float, help="longest wait for quiet, s (default 3 quick, 10 full)")
+    p.add_argument("--skip-startup", action="store_true", help="do not measure `provtrace run -- true`")
+    p.add_argument("--skip-ceiling", action="store_true", help="do not search the syscall-rate ceiling")
+    p.add_argument("--no-install", action="store_true", help="never apt-get/pip install a missing peer")
+    p.add_argument("--keep-workdir", action="store_true", help="keep data, stores and traces of every run")
+    p.add_argument("-v", "--verbose", action="store_true", help="log each run's command line")
+    args = p.parse_args(argv)
+    if args.reps is None:
+        args.reps = 3 if args.quick else 5
+    if args.reps < 1:
+        p.error("--reps must be at least 1")
+    if args.quiet_cap is None:
+        args.quiet_cap = 3.0 if args.quick else 10.0
+    for name, chosen, allowed in (("--workloads", args.workloads, workloads.NAMES),
+                                  ("--configs", args.configs, configs.NAMES)):
+        bad = [c for c in chosen if c not in allowed]
+        if bad:
+            p.error(f"{name}: unknown {', '.join(bad)}; choose from {', '.join(allowed)}")
+    return args
+
+
+def _setup_workloads(wls: list[workloads.Workload]) -> tuple[list[workloads.Workload], dict[str, str]]:
+    ready, skipped = [], {}
+    for wl in wls:
+        try:
+            wl.setup()
+            ready.append(wl)
+            log.info("workload %-9s %s", wl.name, wl.describe())
+        except (workloads.WorkloadError, OSError) as e:
+            skipped[wl.name] = str(e)
+            log.warning("workload %s skipped: %s", wl.name, e)
+    return ready, skipped
+
+
+def _prepare_configs(cfgs: list[configs.Config]) -> tuple[list[configs.Config], dict[str, str]]:
+    ready, unavailable = [], {}
+    for cfg in cfgs:
+        t0 = time.monotonic()
+        try:
+            cfg.prepare()
+            ready.append(cfg)
+            log.info("config %-17s ready (%.1f s)", cfg.name, time.monotonic() - t0)
+        except configs.Unavailable as e:
+            unavailable[cfg.name] = e.reason
+            log.warning("config %-17s not available: %s", cfg.name, e.reason)
+    return ready, unavailable
+
+
+def run_one(cfg: configs.Config, wl: workloads.Workload, rep: int, position: int, runs_dir: Path,
+            args: argparse.Namespace, quiet_kw: dict) -> dict:
+    """One timed run of wl under cfg, with everything untimed around it; returns the sample."""
+    rundir = runs_dir / f"{wl.name}-{cfg.name}-{rep}"
+    rundir.mkdir(parents=True, exist_ok=True)
+    quiet = measure.wait_for_quiet(**quiet_kw)
+    sample = {"workload": wl.name, "config": cfg.name, "rep": rep, "position": position,
+              "quiet": {"waited_s": quiet.waited_s, "busy": quiet.busy_fraction, "quiet": quiet.quiet}}
+    try:
+        cfg.before_run(rundir)
+    except configs.Unavailable as e:
+        sample.update(exit_code=None, error=e.reason)
+        return sample
+    argv = cfg.argv(wl, rundir)
+    if args.verbose:
+        log.info("  $ %s", " ".join(argv))
+    dpid = cfg.daemon_pid()
+    d0 = measure.tree_cpu_s(dpid) if dpid else 0.0
+    res = measure.run_timed(argv, wl.dir, args.timeout, rundir / "stdout", rundir / "stderr")
+    d1 = measure.tree_cpu_s(dpid) if dpid else 0.0
+    dmem = measure.tree_mem_kb(dpid) if dpid else {}
+    rec = cfg.after_run(rundir)
+    wl.reset()
+    error = None
+    if res.timed_out:
+        error = f"timed out after {args.timeout:.0f} s"
+    elif res.exit_code != 0:
+        error = f"exit {res.exit_code}: " + (measure.last_line(res.stderr_tail) or "no stderr")
+    elif "error" in rec.detail:
+        error = rec.detail["error"]
+    sample.update(
+        exit_code=res.exit_code, timed_out=res.timed_out, error=error, argv=list(argv),
+        wall_s=res.wall_s, user_s=res.user_s, sys_s=res.sys_s, tracer_daemon_cpu_s=d1 - d0,
+        cpu_s=res.cpu_s + (d1 - d0), tree_maxrss_kb=res.maxrss_kb, root_hwm_kb=res.root_hwm_kb,
+        daemon_mem_kb=dmem, tracer_rss_kb=dmem.get("VmHWM") if dpid else res.root_hwm_kb,
+        records=rec.emitted, lost=rec.lost, complete=rec.complete, detail=rec.detail,
+    )
+    if not args.keep_workdir:
+        shutil.rmtree(rundir, ignore_errors=True)
+    return sample
+
+
+def _progress(s: dict) -> str:
+    if s.get("error") or s.get("wall_s") is None:
+        return f"{s['workload']:<9} {s['config']:<17} rep {s['rep']}: {s.get('error')}"
+    lost = "" if s.get("lost") is None else f" lost={s['lost']}"
+    return (f"{s['workload']:<9} {s['config']:<17} rep {s['rep']}: wall {s['wall_s']:.3f} s "
+            f"cpu {s['cpu_s']:.3f} s{lost} (quiet wait {s['quiet']['waited_s']:.1f} s)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    started = time.monotonic()
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    out = args.out or Path(__file__).resolve().parent / "results" / stamp
+    out.mkdir(parents=True, exist_ok=True)
+    if args.workdir:
+        args.workdir.mkdir(parents=True, exist_ok=True)
+    workdir = Path(tempfile.mkdtemp(prefix="provtrace-bench-", dir=args.workdir))
+    quiet_kw = {"threshold": args.quiet_threshold, "window_s": 0.3 if args.quick else 0.5, "cap_s": args.quiet_cap}
+    sizes = workloads.QUICK if args.quick else workloads.FULL
+    if os.geteuid() != 0:
+        log.warning("not root: eBPF configurations and bpftrace will be unavailable")
+
+    ctx = configs.Context(workdir=workdir, python=sys.executable, provtrace=args.provtrace,
+                          allow_install=not args.no_install)
+    wls, skipped = _setup_workloads(workloads.build(args.workloads, workdir / "data", sizes, sys.executable))
+    all_cfgs = configs.build(args.configs, ctx)
+    samples: list[dict] = []
+    startup: dict = {}
+    ceilings: list[dict] = []
+    try:
+        cfgs, unavailable = _prepare_configs(all_cfgs)
+        runs_dir = workdir / "runs"
+        for rep in range(args.reps):
+            for wl in wls:
+                for pos, cfg in enumerate(report.rotated(cfgs, rep)):
+                    s = run_one(cfg, wl, rep, pos, runs_dir, args, quiet_kw)
+                    samples.append(s)
+                    log.info("%s", _progress(s))
+        by_name = {c.name: c for c in cfgs}
+        if not args.skip_startup:
+            startup = _measure_startup(by_name, unavailable, args, workdir, quiet_kw)
+        if not args.skip_ceiling:
+            ceilings = _measure_ceiling(by_name, unavailable, args, workdir, quiet_kw)
+    except KeyboardInterrupt:
+        log.warning("interrupted: reporting what was measured")
+    finally:
+        for cfg in all_cfgs:
+            cfg.close()
+
+    names_wl = [w.name for w in wls]
+    names_cfg = [c.name for c in all_cfgs]
+    offsets = {}
+    base_true = (startup.get("untraced") or {}).get("median_s")
+    if (startup.get("provtrace-ebpf") or {}).get("median_s") is not None and base_true is not None:
+        offsets["provtrace-ebpf"] = startup["provtrace-ebpf"]["median_s"] - base_true
+    rows = report.summarize(samples, names_wl, names_cfg, unavailable, offsets)
+    ebpf_cfgs = [c.name for c in all_cfgs if c.ebpf]
+    checks = report.evaluate_targets(rows, startup, ceilings, ebpf_cfgs, unavailable)
+
+    meta = {
+        "started_utc": stamp, "host": platform.node(), "kernel": platform.release(),
+        "cpus": os.cpu_count(), "python": sys.version.split()[0], "argv": sys.argv,
+        "quick": args.quick, "reps": args.reps, "sizes": dataclasses.asdict(sizes),
+        "workloads": {w.name: w.describe() for w in wls}, "workloads_skipped": skipped,
+        "configs": {c.name: c.title for c in all_cfgs}, "unavailable": unavailable,
+        "quiet": quiet_kw, "elapsed_s": time.monotonic() - started,
+    }
+    text = _render(meta, rows, startup, ceilings, checks)
+    print(text)
+    (out / "table.txt").write_text(text + "\n")
+    report.save_json(out / "results.json", {"schema": "provtrace.bench/1", "meta": meta, "samples": samples,
+                                            "rows": rows, "startup": startup, "ceilings": ceilings,
+                                            "targets": checks})
+    try:
+        report.plot(rows, out / "plot.png", f"provtrace bench {stamp} on {meta['host']} ({meta['kernel']}), "
+                                            f"{args.reps} reps{' quick' if args.quick else ''}")
+    except ImportError as e:
+        log.warning("no plot: %s (pip install matplotlib)", e)
+    print(f"\nresults: {out}/results.json  table: {out}/table.txt  plot: {out}/plot.png")
+    if args.keep_workdir:
+        print(f"workdir kept: {workdir}")
+    else:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+def _measure_startup(by_name: dict, unavailable: dict, args, workdir: Path, quiet_kw: dict) -> dict:
+    n_standalone, n_daemon = (3, 10) if args.quick else (5, 30)
+    out = {}
+    for name, n in (("untraced", n_daemon), ("provtrace-ebpf", n_standalone), ("provtrace-daemon", n_daemon)):
+        if name in by_name:
+            log.info("start-up: %s x %d", name, n)
+            out.update(throughput.startup([by_name[name]], n, workdir / "startup", quiet_kw))
+        elif name in unavailable:
+            out[name] = {"n": 0, "median_s": None, "error": unavailable[name]}
+    return out
+
+
+def _measure_ceiling(by_name: dict, unavailable: dict, args, workdir: Path, quiet_kw: dict) -> list[dict]:
+    cfg = by_name.get("provtrace-ebpf") or by_name.get("provtrace-daemon")
+    if cfg is None:
+        why = unavailable.get("provtrace-ebpf") or "provtrace-ebpf not selected (--configs)"
+        return [{"mode": "openclose", "config": "provtrace-ebpf", "error": why, "bound": why}]
+    try:
+        gen = throughput.compile_generator(workdir)
+    except throughput.GeneratorError as e:
+        return [{"mode": "openclose", "config": cfg.name, "error": str(e), "bound": str(e)}]
+    if args.quick:
+        plans = (("openclose", [100_000, 300_000, 1_000_000], 2.0), ("read", [300_000, 1_000_000, 2_000_000], 2.0))
+    else:
+        plans = (("openclose", [50_000, 100_000, 200_000, 300_000, 500_000, 750_000, 1_000_000, 1_500_000], 5.0),
+                 ("read", [100_000, 300_000, 1_000_000, 1_500_000, 2_000_000, 3_000_000], 5.0))
+    out = []
+    for mode, rates, seconds in plans:
+        log.info("ceiling: %s via %s, rates %s", mode, cfg.name, rates)
+        out.append(throughput.ceiling(cfg, gen, mode, rates, seconds, workdir / "ceiling", quiet_kw))
+    return out
+
+
+def _render(meta: dict, rows: list[dict], startup: dict, ceilings: list[dict], checks: list[dict]) -> str:
+    parts = [
+        f"provtrace bench {meta['started_utc']}  host {meta['host']}  kernel {meta['kernel']}  "
+        f"{meta['cpus']} CPUs  reps {meta['reps']}{'  (quick)' if meta['quick'] else ''}",
+        "ratios are paired medians over reps (min-max); cpu = user+sys of the launched tree plus any "
+        "tracer daemon; RSS = peak of the tracer process (daemon or wrapper)",
+        "",
+        "workloads:",
+        *(f"  {k:<9} {v}" for k, v in meta["workloads"].items()),
+        *(f"  {k:<9} SKIPPED: {v}" for k, v in meta["workloads_skipped"].items()),
+        "",
+        report.format_table(rows),
+    ]
+    if meta["unavailable"]:
+        parts += ["", "not available:", report.format_unavailable(meta["unavailable"])]
+    if startup:
+        parts += ["", "start-up, `CMD -- true` (wall):", report.format_startup(startup)]
+    if ceilings:
+        parts += ["", "throughput ceiling (eBPF backend, generator pinned to one CPU):", report.format_ceilings(ceilings)]
+    parts += ["", "targets (issue 5):", report.format_targets(checks) or "  (no provtrace eBPF configuration selected)",
+              "", f"elapsed {meta['elapsed_s']:.0f} s"]
+    return "\n".join(parts)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

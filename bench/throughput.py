@@ -1,0 +1,126 @@
+"""Fixed start-up cost of `provtrace run -- true`, and the zero-loss syscall-rate ceiling.
+
+The ceiling search runs bench/gen/sysgen.c (compiled here with gcc) pinned to
+one CPU with taskset, at increasing fixed rates under provtrace's eBPF backend,
+and keeps the highest rate that was both reached and reported lost_events == 0.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import statistics
+import subprocess
+from pathlib import Path
+
+from bench import configs, measure
+
+GEN_SOURCE = Path(__file__).resolve().parent / "gen" / "sysgen.c"
+RATE_REACHED = 0.95  # a trial counts only if the generator reached this share of its target
+
+
+class GeneratorError(Exception):
+    """The syscall generator could not be built; the message says why."""
+
+
+def compile_generator(out_dir: Path) -> Path:
+    """Build sysgen with gcc -O2 into out_dir; raise GeneratorError with gcc's first error."""
+    gcc = shutil.which("gcc") or shutil.which("cc")
+    if gcc is None:
+        raise GeneratorError("no gcc/cc on PATH (apt-get install gcc)")
+    out = out_dir / "sysgen"
+    r = subprocess.run([gcc, "-O2", "-Wall", "-o", str(out), str(GEN_SOURCE)], capture_output=True, text=True)
+    if r.returncode != 0:
+        raise GeneratorError(f"gcc {GEN_SOURCE.name}: {measure.last_line(r.stderr)}")
+    return out
+
+
+class _Command:
+    """Adapter so a configuration can wrap an ad-hoc command like a workload."""
+
+    notebook = None
+
+    def __init__(self, argv: list[str], cwd: Path):
+        self._argv = argv
+        self.dir = cwd
+
+    def command(self) -> list[str]:
+        return self._argv
+
+
+def _run_wrapped(cfg: configs.Config, argv: list[str], rundir: Path, timeout_s: float,
+                 quiet: dict) -> tuple[measure.RunResult, configs.Records, str]:
+    rundir.mkdir(parents=True, exist_ok=True)
+    cmd = _Command(argv, rundir)
+    measure.wait_for_quiet(**quiet)
+    cfg.before_run(rundir)
+    res = measure.run_timed(cfg.argv(cmd, rundir), rundir, timeout_s, rundir / "stdout", rundir / "stderr")
+    rec = cfg.after_run(rundir)
+    stdout = (rundir / "stdout").read_text(errors="replace")
+    shutil.rmtree(rundir, ignore_errors=True)
+    return res, rec, stdout
+
+
+def startup(cfgs: list[configs.Config], n: int, workdir: Path, quiet: dict) -> dict:
+    """Wall time of `CMD -- true` n times per configuration (untraced `true` as the reference)."""
+    out = {}
+    for cfg in cfgs:
+        walls, errors = [], []
+        for i in range(n):
+            res, _, _ = _run_wrapped(cfg, ["true"], workdir / f"startup-{cfg.name}-{i}", 300, quiet)
+            if res.exit_code == 0:
+                walls.append(res.wall_s)
+            else:
+                errors.append(measure.last_line(res.stderr_tail) or f"exit {res.exit_code}")
+        out[cfg.name] = {
+            "n": len(walls), "wall_s": walls,
+            "median_s": statistics.median(walls) if walls else None,
+            "min_s": min(walls) if walls else None, "max_s": max(walls) if walls else None,
+            "error": errors[0] if errors and not walls else None,
+        }
+    return out
+
+
+def ceiling(cfg: configs.Config, gen: Path, mode: str, rates: list[int], seconds: float,
+            workdir: Path, quiet: dict) -> dict:
+    """Raise the rate until loss, a missed rate, or the list ends; report the last clean rate."""
+    cpu = str((os.cpu_count() or 1) - 1)
+    data = workdir / "sysgen.bin"
+    if not data.exists():
+        with open(data, "wb") as f:
+            f.truncate(64 << 20)
+    base_res, _, base_out = _run_wrapped(configs.Config(cfg.ctx), ["taskset", "-c", cpu, str(gen), mode, "0", "1", str(data)],
+                                         workdir / "ceiling-untraced", 60, quiet)
+    untraced_max = _gen_json(base_out).get("achieved_rate")
+    trials, best, bound = [], None, "end of rate list"
+    for rate in rates:
+        argv = ["taskset", "-c", cpu, str(gen), mode, str(rate), str(seconds), str(data)]
+        res, rec, stdout = _run_wrapped(cfg, argv, workdir / f"ceiling-{mode}-{rate}", seconds + 300, quiet)
+        g = _gen_json(stdout)
+        trial = {"target_rate": rate, "achieved_rate": g.get("achieved_rate"), "lost": rec.lost,
+                 "emitted": rec.emitted, "exit_code": res.exit_code, "wall_s": res.wall_s}
+        trials.append(trial)
+        if res.exit_code != 0 or rec.lost is None or not g:
+            bound = "error: " + (measure.last_line(res.stderr_tail) or rec.detail.get("error", "no result"))
+            break
+        if rec.lost > 0:
+            bound = f"loss at {rate}/s ({rec.lost} lost)"
+            break
+        if g["achieved_rate"] < RATE_REACHED * rate:
+            best = max(best or 0, int(g["achieved_rate"]))
+            bound = f"CPU-bound: reached {g['achieved_rate']:.0f}/s of {rate}/s with no loss"
+            break
+        best = rate
+    return {"config": cfg.name, "mode": mode, "cpu": int(cpu), "seconds": seconds,
+            "untraced_max_rate": untraced_max, "trials": trials, "ceiling_rate": best, "bound": bound}
+
+
+def _gen_json(stdout: str) -> dict:
+    for line in reversed(stdout.splitlines()):
+        if line.startswith("{") and "achieved_rate" in line:
+            try:
+                return json.loads(line)
+            except ValueError:
+                return {}
+    return {}

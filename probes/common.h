@@ -1,0 +1,271 @@
+/* common.h: maps and helpers shared by every provtrace probe file.
+ *
+ * Filtering: only tgids in `traced` are recorded; children are added at fork
+ * (sched_process_fork fires before the child first runs, so nothing is missed).
+ * De-duplication: reads, writes and mmaps on one (tgid, fd) accumulate in
+ * `agg` and leave the kernel as one EV_FDIO when the fd is closed, replaced,
+ * or the process execs or exits.
+ *
+ * Struct offsets (OFF_*) come from the running kernel's BTF as -D defines;
+ * never from the installed headers, which belong to another kernel.
+ */
+#ifndef PROVTRACE_COMMON_H
+#define PROVTRACE_COMMON_H
+
+#include "events.h"
+
+/* Named in preadv2/pwritev2 tracepoint formats; absent from the headers bcc sees. */
+typedef int rwf_t;
+
+#define AT_FDCWD_VAL (-100)
+#define S_IFMT_VAL 00170000
+#define S_IFDIR_VAL 0040000
+#define MAP_SHARED_VAL 0x01
+#define MAP_ANON_VAL 0x20
+
+#ifndef RINGBUF_PAGES
+#define RINGBUF_PAGES 2048
+#endif
+
+struct traced_val {
+	__u32 tag;
+	__u32 max_fd;   /* highest fd with an agg entry: bounds the exec/exit sweep */
+};
+
+struct fdkey {
+	__u32 pid;
+	__s32 fd;
+};
+
+struct fdagg {
+	__u64 bytes_read;
+	__u64 bytes_written;
+	__u64 ino;
+	__u64 first_ts_ns;
+	__u32 nreads;
+	__u32 nwrites;
+	__u32 dev;
+	__u32 imode;
+	__u32 map_prot;
+	__u32 flags;
+};
+
+/* Syscall arguments saved at sys_enter for the matching sys_exit. */
+struct stash {
+	__u64 a[6];
+};
+
+/* Per-CPU scratch for records too big for the BPF stack. Its size is a power
+ * of two so emit() can bound lengths with a mask the verifier understands. */
+#define PT_SCRATCH_SIZE 16384
+
+union big_event {
+	char raw[PT_SCRATCH_SIZE];
+	struct exec_event exec;
+	struct argv_event argv;
+	struct open_event open;
+	struct chdir_event chdir;
+	struct rename_event rename;
+	struct unlink_event unlink;
+	struct truncate_event truncate;
+	struct net_event net;
+};
+
+BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
+BPF_HASH(traced, __u32, struct traced_val, 65536);
+BPF_HASH(stash, __u32, struct stash, 65536);
+BPF_HASH(agg, struct fdkey, struct fdagg, 262144);
+BPF_PERCPU_ARRAY(scratch, union big_event, 1);
+BPF_PERCPU_ARRAY(lost, __u64, LOST_NREASONS);
+
+static __always_inline void count_lost(__u32 reason)
+{
+	__u64 *n = lost.lookup(&reason);
+	if (n)
+		*n += 1;
+}
+
+/* trace_allowed: the one filter. Returns the traced entry of the current tgid. */
+static __always_inline struct traced_val *trace_allowed(__u32 *tgid)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	*tgid = id >> 32;
+	return traced.lookup(tgid);
+}
+
+static __always_inline void fill_hdr(struct event_hdr *h, __u32 type, __u32 tag)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	h->type = type;
+	h->pid = id >> 32;
+	h->tid = (__u32)id;
+	h->tag = tag;
+	h->ts_ns = bpf_ktime_get_ns();
+}
+
+/* Emit a scratch-built record, trimmed to `size` bytes. */
+static __always_inline void emit(void *data, __u32 size32, __u32 max)
+{
+	__u64 size = size32 > max ? max : size32;
+
+	/* clang folds a mask it can prove redundant; the empty asm hides the
+	 * value, so the mask stays and gives the verifier its bound. */
+	asm volatile("" : "+r"(size));
+	size &= PT_SCRATCH_SIZE - 1;
+	if (events.ringbuf_output(data, size, 0))
+		count_lost(LOST_RINGBUF);
+}
+
+/* Read a user string into dst; returns bytes including NUL (0 on failure). */
+static __always_inline __u32 read_ustr(char *dst, const void *src)
+{
+	long n = bpf_probe_read_user_str(dst, PT_PATH_MAX, src);
+	return n > 0 ? (__u32)n : 0;
+}
+
+/* The struct file behind fd in the current task, via BTF offsets. */
+static __always_inline void *fd_file(__s32 fd)
+{
+	void *task = (void *)bpf_get_current_task();
+	void *files = 0, *fdt = 0, *arr = 0, *file = 0;
+	__u32 max_fds = 0;
+
+	if (fd < 0)
+		return 0;
+	bpf_probe_read_kernel(&files, sizeof(files), task + OFF_TASK_FILES);
+	if (!files)
+		return 0;
+	bpf_probe_read_kernel(&fdt, sizeof(fdt), files + OFF_FILES_FDT);
+	if (!fdt)
+		return 0;
+	bpf_probe_read_kernel(&max_fds, sizeof(max_fds), fdt + OFF_FDT_MAX_FDS);
+	if ((__u32)fd >= max_fds)
+		return 0;
+	bpf_probe_read_kernel(&arr, sizeof(arr), fdt + OFF_FDT_FD);
+	if (!arr)
+		return 0;
+	bpf_probe_read_kernel(&file, sizeof(file), arr + (__u64)fd * sizeof(void *));
+	return file;
+}
+
+/* Inode identity and type, and the file's f_mode. */
+static __always_inline void file_info(void *file, __u64 *ino, __u32 *dev,
+				      __u32 *imode, __u32 *fmode)
+{
+	void *inode = 0, *sb = 0;
+	__u16 mode16 = 0;
+
+	if (!file)
+		return;
+	bpf_probe_read_kernel(fmode, sizeof(*fmode), file + OFF_FILE_F_MODE);
+	bpf_probe_read_kernel(&inode, sizeof(inode), file + OFF_FILE_F_INODE);
+	if (!inode)
+		return;
+	bpf_probe_read_kernel(ino, sizeof(*ino), inode + OFF_INODE_I_INO);
+	bpf_probe_read_kernel(&mode16, sizeof(mode16), inode + OFF_INODE_I_MODE);
+	*imode = mode16;
+	bpf_probe_read_kernel(&sb, sizeof(sb), inode + OFF_INODE_I_SB);
+	if (sb)
+		bpf_probe_read_kernel(dev, sizeof(*dev), sb + OFF_SB_S_DEV);
+}
+
+/* Send one agg entry to userspace and forget it. Built on the stack and sent
+ * with ringbuf_output (not reserve/submit): no reference is held across the
+ * branches, which keeps the verifier's cost of the sweep loops low. */
+static __always_inline void flush_fd(struct traced_val *tv, __u32 tgid, __s32 fd, __u32 reason)
+{
+	struct fdkey k = {.pid = tgid, .fd = fd};
+	struct fdagg *a = agg.lookup(&k);
+	struct fdio_event e;
+
+	if (!a)
+		return;
+	fill_hdr(&e.h, EV_FDIO, tv->tag);
+	e.h.pid = tgid;
+	e.fd = fd;
+	e.reason = reason;
+	e.bytes_read = a->bytes_read;
+	e.bytes_written = a->bytes_written;
+	e.nreads = a->nreads;
+	e.nwrites = a->nwrites;
+	e.ino = a->ino;
+	e.dev = a->dev;
+	e.imode = a->imode;
+	e.map_prot = a->map_prot;
+	e.flags = a->flags;
+	e.first_ts_ns = a->first_ts_ns;
+	if (events.ringbuf_output(&e, sizeof(e), 0))
+		count_lost(LOST_RINGBUF);
+	agg.delete(&k);
+}
+
+/* Flush every agg entry of a process, up to its highest fd seen (bounded). */
+static __always_inline void flush_all(struct traced_val *tv, __u32 tgid, __u32 reason)
+{
+	__u32 max = tv->max_fd;
+
+#pragma clang loop unroll(disable)
+	for (__s32 fd = 0; fd < PT_FLUSH_FDS; fd++) {
+		if ((__u32)fd > max)
+			break;
+		flush_fd(tv, tgid, fd, reason);
+	}
+	tv->max_fd = 0;
+}
+
+/* The agg entry for (tgid, fd), created from the fd table when first seen. */
+static __always_inline struct fdagg *agg_get(struct traced_val *tv, __u32 tgid, __s32 fd, __u32 flags)
+{
+	struct fdkey k = {.pid = tgid, .fd = fd};
+	struct fdagg *a = agg.lookup(&k);
+	struct fdagg fresh = {};
+	__u32 fmode = 0;
+
+	if (a)
+		return a;
+	file_info(fd_file(fd), &fresh.ino, &fresh.dev, &fresh.imode, &fmode);
+	fresh.first_ts_ns = bpf_ktime_get_ns();
+	fresh.flags = flags;
+	if (agg.insert(&k, &fresh)) {
+		count_lost(LOST_AGG);
+		return 0;
+	}
+	if ((__u32)fd > tv->max_fd)
+		tv->max_fd = fd;
+	return agg.lookup(&k);
+}
+
+/* Save syscall args for the exit handler; only for traced processes. */
+static __always_inline int stash_args(__u64 a0, __u64 a1, __u64 a2, __u64 a3, __u64 a4, __u64 a5)
+{
+	__u32 tgid;
+	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+	struct stash s = {.a = {a0, a1, a2, a3, a4, a5}};
+
+	if (!trace_allowed(&tgid))
+		return 0;
+	if (stash.update(&tid, &s))
+		count_lost(LOST_STASH);
+	return 0;
+}
+
+/* Take (and remove) the stash of the current thread; 0 when not traced. */
+static __always_inline int take_args(struct stash *out)
+{
+	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+	struct stash *s = stash.lookup(&tid);
+
+	if (!s)
+		return 0;
+	__builtin_memcpy(out, s, sizeof(*out));
+	stash.delete(&tid);
+	return 1;
+}
+
+static __always_inline union big_event *scratch_get(void)
+{
+	__u32 zero = 0;
+	return scratch.lookup(&zero);
+}
+
+#endif /* PROVTRACE_COMMON_H */

@@ -1,0 +1,70 @@
+"""The narrow interface the API server needs from a store (SessionStore).
+
+memory.py implements it in memory; the SQLite store implements it for the
+daemon. Every query takes `uid`: the uid whose data the caller may see, or
+None for everything (root). Implementations raise NotFound and AccessDenied
+(never return another uid's data) and UsageError for bad arguments.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any, Iterable, Mapping, Protocol, Sequence
+
+from ..errors import TracerError
+from .records import (
+    CellEndReport,
+    CellRecord,
+    CellStartReport,
+    KernelRecord,
+    LineageGraph,
+    RunRecord,
+)
+
+
+class NotFound(TracerError):
+    """No such session, run or cell (or none the caller may see)."""
+
+
+class AccessDenied(TracerError):
+    """The caller's uid may not do this; the message says what and why."""
+
+
+class SessionStore(Protocol):
+    def register_kernel(
+        self, *, pid: int, pid_start_ns: int, uid: int, user: str | None,
+        connection_file: str | None, notebook_path: str | None,
+        kernel_name: str | None, language: str | None, session_id: str | None,
+    ) -> KernelRecord: ...
+
+    def get_run(self, ref: str, uid: int | None) -> RunRecord:
+        """A run or session by id, or "last"; NotFound when absent or not visible."""
+        ...
+
+    def cell_start(self, report: CellStartReport) -> CellRecord: ...
+
+    def cell_end(self, report: CellEndReport) -> CellRecord: ...
+
+    def list_runs(self, uid: int | None, kind: str | None = None, limit: int | None = None) -> list[RunRecord]: ...
+
+    def list_cells(self, session_id: str) -> list[CellRecord]: ...
+
+    def lineage(self, path: str, direction: str, depth: int | None, uid: int | None) -> LineageGraph: ...
+
+    def context(self, run_id: str) -> Mapping[str, Any]: ...
+
+    def export(self, run_ids: Sequence[str], fmt: str) -> Iterable[bytes]:
+        """The document in chunks; fmt is one of FORMATS."""
+        ...
+
+    def start_command(
+        self, *, pid: int, uid: int, user: str | None, argv: Sequence[str], cwd: str,
+        env: Mapping[str, str], label: str | None,
+    ) -> RunRecord:
+        """Starts tracing pid (a blocked, not yet exec'd child) as a new command run."""
+        ...
+
+    def finish_command(self, run_id: str, exit_code: int, ended: dt.datetime | None) -> RunRecord: ...
+
+
+FORMATS = ("json", "prov-json", "prov-n", "prov-xml", "openlineage", "graphml", "dot")

@@ -1,0 +1,190 @@
+"""The eBPF backend: the only module that imports bcc.
+
+EbpfCapture compiles probes/*.bpf.c once (struct offsets from BTF passed as
+-D defines), attaches them, and hands raw ring-buffer records to a consumer
+in batches. The ring-buffer callback does one thing: append the bytes.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import tempfile
+from importlib import resources
+from pathlib import Path
+
+from ..errors import CaptureUnavailable, ProbeLoadError
+from . import btf
+from .layouts import LOST_REASONS
+
+log = logging.getLogger(__name__)
+
+PROBE_FILES = ("process.bpf.c", "files.bpf.c", "net.bpf.c")
+# Where FMODE_CREATED has lived in struct file's f_mode: bit 20 up to 6.10,
+# bit 21 after the 6.11 reshuffle. The calibration picks the right one.
+_CREATED_CANDIDATES = (1 << 20, 1 << 21, 1 << 19, 1 << 22)
+
+
+def probes_dir() -> Path:
+    return Path(str(resources.files("provtrace.probes")))
+
+
+def program_text() -> str:
+    """The C program handed to bcc: the probe files, joined.
+
+    bcc rewrites map method calls (traced.lookup) and generates tracepoint
+    argument structs only in the main text, not in #included files. So
+    common.h (maps and helpers) and the probe files are joined; the probe
+    files' own #include "common.h" is then a no-op through its include guard.
+    events.h holds types only and is found through -I.
+    """
+    d = probes_dir()
+    return "\n".join((d / name).read_text() for name in ("common.h",) + PROBE_FILES)
+
+
+def cflags(offsets: dict[str, int], ringbuf_pages: int) -> list[str]:
+    flags = [f"-I{probes_dir()}", f"-DRINGBUF_PAGES={ringbuf_pages}"]
+    flags += [f"-DOFF_{name}={value}" for name, value in sorted(offsets.items())]
+    return flags
+
+
+class EbpfCapture:
+    """Loaded probes plus a ring-buffer consumer.
+
+    Usage: cap = EbpfCapture(); cap.trace(pid, tag); ... cap.poll(100) -> [bytes]
+    """
+
+    def __init__(self, ringbuf_pages: int = 4096) -> None:
+        if os.geteuid() != 0:
+            raise CaptureUnavailable("eBPF capture needs root (CAP_BPF and CAP_PERFMON); run as root or use a daemon")
+        try:
+            from bcc import BPF  # noqa: PLC0415 - bcc is optional and heavy
+        except ImportError as e:
+            raise CaptureUnavailable(
+                "bcc is not importable; install Debian's python3-bpfcc and use a venv made with "
+                "--system-site-packages from /usr/bin/python3 (setup.sh does both)") from e
+        offsets = btf.kernel_offsets()
+        try:
+            self._bpf = BPF(text=program_text(), cflags=cflags(offsets, ringbuf_pages))
+        except Exception as e:  # bcc raises bare Exception on compile/load failure
+            raise ProbeLoadError(f"bcc could not compile or load the probes: {e}; run 'provtrace doctor'") from e
+        self._pending: list[bytes] = []
+        append = self._pending.append
+        string_at = ctypes.string_at
+
+        def _on_record(_ctx, data, size):  # the hot path: copy bytes, nothing else
+            append(string_at(data, size))
+            return 0
+
+        self._cb = _on_record
+        self._bpf["events"].open_ring_buffer(_on_record)
+        self._traced = self._bpf["traced"]
+        self.created_mask = 0
+
+    # -- the traced set -----------------------------------------------------
+    def trace(self, pid: int, tag: int) -> None:
+        """Follow pid (a tgid) and, from now on, every child it forks."""
+        key = self._traced.Key(pid)
+        val = self._traced.Leaf(tag, 0)
+        self._traced[key] = val
+
+    def untrace(self, pid: int) -> None:
+        try:
+            del self._traced[self._traced.Key(pid)]
+        except KeyError:
+            pass
+
+    def traced_pids(self) -> list[int]:
+        return [k.value for k in self._traced.keys()]
+
+    # -- consuming ----------------------------------------------------------
+    def poll(self, timeout_ms: int) -> list[bytes]:
+        """Wait up to timeout_ms for records; return everything available."""
+        self._bpf.ring_buffer_poll(timeout_ms)
+        return self.take()
+
+    def drain(self) -> list[bytes]:
+        """Everything already submitted, without waiting."""
+        self._bpf.ring_buffer_consume()
+        return self.take()
+
+    def take(self) -> list[bytes]:
+        out = self._pending[:]
+        del self._pending[:]
+        return out
+
+    def sweep(self, pids: set[int]) -> list[bytes]:
+        """Turn leftover aggregation entries of `pids` into FLUSH_SWEEP records.
+
+        The kernel sweeps fds below PT_FLUSH_FDS at exec and exit; an entry
+        above that, or of a process still alive when tracing stops, ends here.
+        """
+        from .layouts import EV_FDIO, FLUSH_SWEEP, FdioEvent  # noqa: PLC0415
+
+        agg = self._bpf["agg"]
+        out = []
+        for k, v in list(agg.items()):
+            if k.pid not in pids:
+                continue
+            ev = FdioEvent()
+            ev.h.type, ev.h.pid, ev.h.tid, ev.h.tag = EV_FDIO, k.pid, k.pid, 0
+            ev.fd, ev.reason = k.fd, FLUSH_SWEEP
+            ev.bytes_read, ev.bytes_written = v.bytes_read, v.bytes_written
+            ev.nreads, ev.nwrites = v.nreads, v.nwrites
+            ev.ino, ev.dev, ev.imode = v.ino, v.dev, v.imode
+            ev.map_prot, ev.flags, ev.first_ts_ns = v.map_prot, v.flags, v.first_ts_ns
+            ev.h.ts_ns = v.first_ts_ns
+            out.append(bytes(ev))
+            try:
+                del agg[k]
+            except KeyError:
+                pass
+        return out
+
+    def lost(self) -> dict[str, int]:
+        """Per-reason counts of events the kernel could not deliver (all CPUs)."""
+        table = self._bpf["lost"]
+        out = {}
+        for i, name in enumerate(LOST_REASONS):
+            out[name] = int(sum(table[ctypes.c_int(i)]))
+        return out
+
+    # -- calibration ----------------------------------------------------------
+    def calibrate_created_bit(self, tag: int = 0xFFFFFFFF) -> int:
+        """Find FMODE_CREATED by opening a new file and an existing one, traced.
+
+        FMODE_CREATED is a macro (absent from BTF) that moved between kernel
+        versions, so the probes report f_mode raw and this decides the bit.
+        """
+        from ..model import events as E  # noqa: PLC0415
+        from .decode import Decoder  # noqa: PLC0415
+
+        me = os.getpid()
+        tmpdir = tempfile.mkdtemp(prefix="provtrace-cal-")
+        new_path = os.path.join(tmpdir, "new")
+        self.trace(me, tag)
+        try:
+            fd = os.open(new_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+            os.close(fd)
+            fd = os.open(new_path, os.O_CREAT | os.O_WRONLY, 0o600)
+            os.close(fd)
+        finally:
+            self.untrace(me)
+            os.unlink(new_path)
+            os.rmdir(tmpdir)
+        opens = [e for e in Decoder().decode_all(self.drain())
+                 if isinstance(e, E.Open) and e.path == new_path]
+        if len(opens) != 2:
+            raise ProbeLoadError(f"calibration saw {len(opens)} of 2 opens of {new_path}")
+        created, existing = opens[0].fmode, opens[1].fmode
+        for bit in _CREATED_CANDIDATES:
+            if created & bit and not existing & bit:
+                self.created_mask = bit
+                log.debug("calibrated FMODE_CREATED bit=0x%x", bit)
+                return bit
+        raise ProbeLoadError(
+            f"could not find FMODE_CREATED: f_mode new=0x{created:x} existing=0x{existing:x}")
+
+    def close(self) -> None:
+        self._bpf.cleanup()

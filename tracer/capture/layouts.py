@@ -1,0 +1,149 @@
+"""Userspace mirrors of probes/events.h, declared once each.
+
+tests/unit/test_layouts.py compiles events.h with gcc and checks every size
+and member offset here against the C compiler's. Decoding uses struct
+formats derived from these ctypes layouts (faster than from_buffer_copy and
+tolerant of records trimmed to their string length).
+"""
+
+from __future__ import annotations
+
+import ctypes as C
+import struct
+from dataclasses import dataclass
+
+PT_PATH_MAX = 4096
+PT_ARGV_MAX = 4096
+PT_ARG_MAX = 1024
+PT_SOCKADDR_MAX = 128
+PT_FLUSH_FDS = 64
+
+EV_FORK, EV_EXEC, EV_EXEC_ARGV, EV_EXIT, EV_OPEN, EV_FDIO = 1, 2, 3, 4, 5, 6
+EV_FDOP, EV_CHDIR, EV_RENAME, EV_UNLINK, EV_TRUNCATE, EV_NET = 7, 8, 9, 10, 11, 12
+
+FLUSH_CLOSE, FLUSH_REPLACED, FLUSH_EXIT, FLUSH_EXEC, FLUSH_SWEEP = 1, 2, 3, 4, 5
+FDOP_DUP, FDOP_SETFD, FDOP_CLOSE_RANGE, FDOP_CLOEXEC_RANGE = 1, 2, 3, 4
+NET_CONNECT, NET_ACCEPT, NET_BIND = 1, 2, 3
+FDIO_SEEN_OPEN, FDIO_MAP_SHARED = 0x1, 0x2
+LOST_REASONS = ("ringbuf", "agg_map", "stash_map", "traced_map")
+
+
+class EventHdr(C.Structure):
+    _fields_ = [("type", C.c_uint32), ("pid", C.c_uint32), ("tid", C.c_uint32),
+                ("tag", C.c_uint32), ("ts_ns", C.c_uint64)]
+
+
+class ForkEvent(C.Structure):
+    _fields_ = [("h", EventHdr), ("child_pid", C.c_uint32), ("child_tid", C.c_uint32),
+                ("uid", C.c_uint32), ("is_thread", C.c_uint32)]
+
+
+class ExecEvent(C.Structure):
+    _fields_ = [("h", EventHdr), ("old_tid", C.c_uint32), ("uid", C.c_uint32),
+                ("filename_len", C.c_uint32), ("_pad", C.c_uint32),
+                ("filename", C.c_char * PT_PATH_MAX)]
+
+
+class ArgvEvent(C.Structure):
+    _fields_ = [("h", EventHdr), ("argc", C.c_uint32), ("len", C.c_uint32),
+                ("truncated", C.c_uint32), ("_pad", C.c_uint32),
+                ("args", C.c_char * (PT_ARGV_MAX + PT_ARG_MAX))]
+
+
+class ExitEvent(C.Structure):
+    _fields_ = [("h", EventHdr), ("exit_code", C.c_int32), ("max_fd", C.c_uint32)]
+
+
+class OpenEvent(C.Structure):
+    _fields_ = [("h", EventHdr), ("fd", C.c_int32), ("dirfd", C.c_int32),
+                ("flags", C.c_uint32), ("fmode", C.c_uint32), ("ino", C.c_uint64),
+                ("dev", C.c_uint32), ("imode", C.c_uint32), ("path_len", C.c_uint32),
+                ("_pad", C.c_uint32), ("path", C.c_char * PT_PATH_MAX)]
+
+
+class FdioEvent(C.Structure):
+    _fields_ = [("h", EventHdr), ("fd", C.c_int32), ("reason", C.c_uint32),
+                ("bytes_read", C.c_uint64), ("bytes_written", C.c_uint64),
+                ("nreads", C.c_uint32), ("nwrites", C.c_uint32), ("ino", C.c_uint64),
+                ("dev", C.c_uint32), ("imode", C.c_uint32), ("map_prot", C.c_uint32),
+                ("flags", C.c_uint32), ("first_ts_ns", C.c_uint64)]
+
+
+class FdopEvent(C.Structure):
+    _fields_ = [("h", EventHdr), ("op", C.c_uint32), ("oldfd", C.c_int32),
+                ("newfd", C.c_int32), ("cloexec", C.c_uint32)]
+
+
+class ChdirEvent(C.Structure):
+    _fields_ = [("h", EventHdr), ("fd", C.c_int32), ("path_len", C.c_uint32),
+                ("path", C.c_char * PT_PATH_MAX)]
+
+
+class RenameEvent(C.Structure):
+    _fields_ = [("h", EventHdr), ("olddirfd", C.c_int32), ("newdirfd", C.c_int32),
+                ("flags", C.c_uint32), ("old_len", C.c_uint32), ("new_len", C.c_uint32),
+                ("_pad", C.c_uint32), ("oldpath", C.c_char * PT_PATH_MAX),
+                ("newpath", C.c_char * PT_PATH_MAX)]
+
+
+class UnlinkEvent(C.Structure):
+    _fields_ = [("h", EventHdr), ("dirfd", C.c_int32), ("flags", C.c_uint32),
+                ("path_len", C.c_uint32), ("_pad", C.c_uint32), ("path", C.c_char * PT_PATH_MAX)]
+
+
+class TruncateEvent(C.Structure):
+    _fields_ = [("h", EventHdr), ("fd", C.c_int32), ("path_len", C.c_uint32),
+                ("length", C.c_int64), ("path", C.c_char * PT_PATH_MAX)]
+
+
+class NetEvent(C.Structure):
+    _fields_ = [("h", EventHdr), ("op", C.c_uint32), ("fd", C.c_int32), ("ret", C.c_int32),
+                ("addr_len", C.c_uint32), ("addr", C.c_uint8 * PT_SOCKADDR_MAX)]
+
+
+# C struct name in events.h -> ctypes mirror (checked by the layout test).
+C_STRUCTS: dict[str, type[C.Structure]] = {
+    "event_hdr": EventHdr, "fork_event": ForkEvent, "exec_event": ExecEvent,
+    "argv_event": ArgvEvent, "exit_event": ExitEvent, "open_event": OpenEvent,
+    "fdio_event": FdioEvent, "fdop_event": FdopEvent, "chdir_event": ChdirEvent,
+    "rename_event": RenameEvent, "unlink_event": UnlinkEvent,
+    "truncate_event": TruncateEvent, "net_event": NetEvent,
+}
+
+_CODES = {C.c_uint32: "I", C.c_int32: "i", C.c_uint64: "Q", C.c_int64: "q"}
+
+
+@dataclass(frozen=True)
+class Prefix:
+    """The fixed-width fields of a layout as one struct.Struct, strings excluded."""
+
+    fmt: struct.Struct
+    names: tuple[str, ...]
+    tail_offsets: dict[str, int]
+
+
+def prefix_of(cls: type[C.Structure]) -> Prefix:
+    """Flatten the scalar fields (the header included) into a struct format."""
+    parts: list[str] = []
+    names: list[str] = []
+    tails: dict[str, int] = {}
+    pos = 0
+
+    def walk(layout: type[C.Structure], base: int, prefix: str) -> None:
+        nonlocal pos
+        for name, ctype in layout._fields_:
+            off = base + getattr(layout, name).offset
+            if isinstance(ctype, type) and issubclass(ctype, C.Structure):
+                walk(ctype, off, "")
+                continue
+            if ctype not in _CODES:  # char/byte arrays: the string tail
+                tails[name] = off
+                continue
+            if off > pos:
+                parts.append(f"{off - pos}x")
+            parts.append(_CODES[ctype])
+            names.append(prefix + name)
+            pos = off + C.sizeof(ctype)
+
+    walk(cls, 0, "")
+    return Prefix(struct.Struct("<" + "".join(parts)), tuple(names), tails)

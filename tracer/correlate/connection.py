@@ -1,0 +1,117 @@
+"""A Jupyter connection file, parsed defensively.
+
+Connection files are written by whoever launched the kernel and read here
+by the daemon, often as root, so nothing in them is trusted: an unreadable,
+partial or odd file raises ConnectionFileError (the caller records a gap)
+and never anything else.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import TracerError
+
+CHANNELS = ("shell", "iopub", "stdin", "control", "hb")
+_MAX_BYTES = 64 * 1024  # real files are < 1 KiB; refuse to slurp a huge one
+
+
+class ConnectionFileError(TracerError):
+    """A connection file cannot be used; the message names the file and the reason."""
+
+    def __init__(self, path: str | os.PathLike[str], reason: str) -> None:
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"connection file {self.path}: {reason}")
+
+
+@dataclass(frozen=True)
+class ConnectionInfo:
+    path: str
+    transport: str
+    ip: str
+    ports: dict[str, int] = field(hash=False)
+    key: bytes = field(repr=False)
+    signature_scheme: str
+    kernel_name: str | None = None
+    curve_publickey: bytes | None = field(default=None, repr=False)
+    curve_secretkey: bytes | None = field(default=None, repr=False)
+
+    @property
+    def uses_curve(self) -> bool:
+        return self.curve_publickey is not None
+
+    def as_jupyter_dict(self) -> dict[str, object]:
+        """The dict jupyter_client's load_connection_info() takes."""
+        info: dict[str, object] = {
+            "transport": self.transport,
+            "ip": self.ip,
+            "key": self.key,
+            "signature_scheme": self.signature_scheme,
+        }
+        info.update({f"{name}_port": port for name, port in self.ports.items()})
+        if self.curve_publickey is not None and self.curve_secretkey is not None:
+            info["curve_publickey"] = self.curve_publickey
+            info["curve_secretkey"] = self.curve_secretkey
+        return info
+
+
+def parse_connection_file(path: str | os.PathLike[str]) -> ConnectionInfo:
+    """Reads and validates one connection file; raises ConnectionFileError."""
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read(_MAX_BYTES + 1)
+    except OSError as exc:
+        raise ConnectionFileError(path, f"cannot read ({exc.strerror or exc})") from exc
+    if len(raw) > _MAX_BYTES:
+        raise ConnectionFileError(path, f"larger than {_MAX_BYTES} bytes; not a connection file")
+    if not raw.strip():
+        raise ConnectionFileError(path, "empty (the launcher may still be writing it)")
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConnectionFileError(path, f"not valid JSON ({exc}); partial write?") from exc
+    return connection_from_dict(data, path)
+
+
+def connection_from_dict(data: object, path: str | os.PathLike[str] = "<dict>") -> ConnectionInfo:
+    if not isinstance(data, dict):
+        raise ConnectionFileError(path, "top level is not a JSON object")
+    transport = data.get("transport", "tcp")
+    if transport not in ("tcp", "ipc"):
+        raise ConnectionFileError(path, f"unknown transport {transport!r}")
+    ip = data.get("ip", "127.0.0.1")
+    if not isinstance(ip, str) or not ip:
+        raise ConnectionFileError(path, "ip is missing or not a string")
+    ports: dict[str, int] = {}
+    for name in CHANNELS:
+        port = data.get(f"{name}_port")
+        if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+            raise ConnectionFileError(path, f"{name}_port is missing or not a port number: {port!r}")
+        ports[name] = port
+    key = data.get("key", "")
+    if not isinstance(key, str):
+        raise ConnectionFileError(path, "key is not a string")
+    scheme = data.get("signature_scheme", "hmac-sha256")
+    if not isinstance(scheme, str) or not scheme.startswith("hmac-"):
+        raise ConnectionFileError(path, f"unsupported signature_scheme {scheme!r}")
+    pub, sec = data.get("curve_publickey"), data.get("curve_secretkey")
+    if (pub is None) != (sec is None):
+        raise ConnectionFileError(path, "only one of curve_publickey/curve_secretkey is set")
+    if pub is not None and not (isinstance(pub, str) and isinstance(sec, str) and len(pub) == len(sec) == 40):
+        raise ConnectionFileError(path, "CurveZMQ keys are not 40-character Z85 strings")
+    name = data.get("kernel_name")
+    return ConnectionInfo(
+        path=str(Path(path)),
+        transport=transport,
+        ip=ip,
+        ports=ports,
+        key=key.encode("utf-8"),
+        signature_scheme=scheme,
+        kernel_name=name if isinstance(name, str) and name else None,
+        curve_publickey=pub.encode("ascii") if pub else None,
+        curve_secretkey=sec.encode("ascii") if sec else None,
+    )

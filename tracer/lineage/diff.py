@@ -1,0 +1,234 @@
+"""What changed between two runs: ``diff_runs`` over two provtrace.run/1 documents.
+
+Sections, each ``{"changed": [...], "only_a": [...], "only_b": [...]}``:
+
+- ``inputs``: data files some process read. Content is compared on ``sha256``
+  when both runs recorded it, else on ``size_bytes`` and ``mtime`` where
+  present; a file with nothing to compare is listed under ``unknown``.
+- ``outputs``: files written, created or truncated; same rule.
+- ``libraries``: keyed by soname (path when there is none); build-id changes.
+- ``packages``: keyed by (ecosystem, name); version changes, added, removed.
+- ``interpreters``: keyed by name; version (and path) changes.
+- ``gpus``: keyed by UUID (index when absent); name, driver, CUDA, memory.
+- ``host``: hostname, kernel, OS, arch, CPU model and count, memory.
+
+Documents are read defensively: any missing key or null list is empty, so a
+partial or older document diffs without crashing. ``render_diff`` prints the
+result as text in two columns, ``A | B``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+_WRITE_ACCESS = {"write", "create", "truncate"}
+_CONTENT_FIELDS = ("size_bytes", "mtime")
+_MISSING = "-"
+
+
+def _list(doc: dict | None, *keys: str) -> list:
+    value = doc or {}
+    for key in keys:
+        value = value.get(key) if isinstance(value, dict) else None
+    return [v for v in value if isinstance(v, dict)] if isinstance(value, list) else []
+
+
+def _get(doc: dict | None, *keys: str):
+    value = doc or {}
+    for key in keys:
+        value = value.get(key) if isinstance(value, dict) else None
+    return value
+
+
+def _files(doc: dict, wanted: Callable[[set[str], dict], bool]) -> dict[str, dict]:
+    """Path -> merged file facts, over every (process, path) entry that ``wanted`` keeps."""
+    merged: dict[str, dict] = {}
+    for entry in _list(doc, "files"):
+        path = entry.get("path")
+        access = set(entry.get("access") or [])
+        if not path or not wanted(access, entry):
+            continue
+        facts = merged.setdefault(path, {})
+        for field in ("sha256", *_CONTENT_FIELDS):
+            if entry.get(field) is not None:
+                facts[field] = entry[field]
+    return merged
+
+
+def _is_input(access: set[str], entry: dict) -> bool:
+    return "read" in access and entry.get("kind") in (None, "data")
+
+
+def _is_output(access: set[str], entry: dict) -> bool:
+    return bool(access & _WRITE_ACCESS) and entry.get("kind") in (None, "data", "temp")
+
+
+def _content_change(a: dict, b: dict) -> tuple[str, str | None]:
+    """('changed' | 'same' | 'unknown', basis)."""
+    if a.get("sha256") is not None and b.get("sha256") is not None:
+        return ("same" if a["sha256"] == b["sha256"] else "changed"), "sha256"
+    fields = [f for f in _CONTENT_FIELDS if f in a and f in b]
+    if not fields:
+        return "unknown", None
+    same = all(a[f] == b[f] for f in fields)
+    return ("same" if same else "changed"), "/".join(fields)
+
+
+def _file_section(a: dict[str, dict], b: dict[str, dict]) -> dict:
+    section: dict = {"changed": [], "unknown": [], "unchanged": 0,
+                     "only_a": sorted(set(a) - set(b)), "only_b": sorted(set(b) - set(a))}
+    for path in sorted(set(a) & set(b)):
+        status, basis = _content_change(a[path], b[path])
+        if status == "changed":
+            section["changed"].append({"path": path, "basis": basis, "a": a[path], "b": b[path]})
+        elif status == "unknown":
+            section["unknown"].append(path)
+        else:
+            section["unchanged"] += 1
+    return section
+
+
+def _keyed_section(a: dict, b: dict, same: Callable[[object, object], bool] | None = None) -> dict:
+    same = same or (lambda x, y: x == y)
+    changed = [{"key": k, "a": a[k], "b": b[k]} for k in sorted(set(a) & set(b), key=str)
+               if not same(a[k], b[k])]
+    return {"changed": changed,
+            "only_a": [{"key": k, "a": a[k]} for k in sorted(set(a) - set(b), key=str)],
+            "only_b": [{"key": k, "b": b[k]} for k in sorted(set(b) - set(a), key=str)]}
+
+
+def _libraries(doc: dict) -> dict[str, dict]:
+    out = {}
+    for lib in _list(doc, "context", "libraries"):
+        key = lib.get("soname") or lib.get("path")
+        if key:
+            out[key] = {"build_id": lib.get("build_id"), "path": lib.get("path"),
+                        "package": lib.get("package")}
+    return out
+
+
+def _packages(doc: dict) -> dict[str, str]:
+    versions: dict[str, set] = {}
+    for pkg in _list(doc, "context", "packages"):
+        if pkg.get("name"):
+            key = f"{pkg.get('ecosystem') or '?'}:{pkg['name']}"
+            versions.setdefault(key, set()).add(str(pkg.get("version")))
+    return {k: ", ".join(sorted(v)) for k, v in versions.items()}
+
+
+def _interpreters(doc: dict) -> dict[str, str]:
+    versions: dict[str, set] = {}
+    for item in _list(doc, "context", "interpreters"):
+        if item.get("name"):
+            label = " ".join(str(x) for x in (item.get("implementation"), item.get("version")) if x)
+            versions.setdefault(item["name"], set()).add(label or "?")
+    return {k: ", ".join(sorted(v)) for k, v in versions.items()}
+
+
+def _gpus(doc: dict) -> dict[str, dict]:
+    out = {}
+    for gpu in _list(doc, "context", "gpus"):
+        key = gpu.get("uuid") or f"gpu{gpu.get('index', len(out))}"
+        out[key] = {f: gpu.get(f) for f in ("name", "driver_version", "cuda_version",
+                                             "memory_total_bytes")}
+    return out
+
+
+def _host(doc: dict) -> dict[str, object]:
+    ctx = _get(doc, "context") or {}
+    cpu = ctx.get("cpu") if isinstance(ctx.get("cpu"), dict) else {"model": ctx.get("cpu")}
+    return {
+        "hostname": ctx.get("host") or _get(doc, "run", "host"),
+        "kernel": ctx.get("kernel"),
+        "os": _get(ctx, "os_release", "PRETTY_NAME"),
+        "arch": ctx.get("arch"),
+        "cpu_model": cpu.get("model"),
+        "cpu_count": cpu.get("count"),
+        "memory_bytes": ctx.get("memory_bytes"),
+    }
+
+
+def diff_runs(a: dict, b: dict) -> dict:
+    """Structured differences between run documents ``a`` and ``b``."""
+    host_a, host_b = _host(a), _host(b)
+    diff = {
+        "a": {"id": _get(a, "run", "id"), "started": _get(a, "run", "started")},
+        "b": {"id": _get(b, "run", "id"), "started": _get(b, "run", "started")},
+        "inputs": _file_section(_files(a, _is_input), _files(b, _is_input)),
+        "outputs": _file_section(_files(a, _is_output), _files(b, _is_output)),
+        "libraries": _keyed_section(_libraries(a), _libraries(b),
+                                    lambda x, y: x["build_id"] == y["build_id"]),
+        "packages": _keyed_section(_packages(a), _packages(b)),
+        "interpreters": _keyed_section(_interpreters(a), _interpreters(b)),
+        "gpus": _keyed_section(_gpus(a), _gpus(b)),
+        "host": {"changed": [{"key": k, "a": host_a[k], "b": host_b[k]} for k in host_a
+                             if host_a[k] != host_b[k]], "only_a": [], "only_b": []},
+    }
+    diff["identical"] = not any(
+        diff[s]["changed"] or diff[s]["only_a"] or diff[s]["only_b"]
+        for s in ("inputs", "outputs", "libraries", "packages", "interpreters", "gpus", "host"))
+    return diff
+
+
+# ---- text rendering -------------------------------------------------------
+
+def _short(value) -> str:
+    if value is None:
+        return _MISSING
+    if isinstance(value, dict):
+        return " ".join(f"{k}={_short(v)}" for k, v in value.items() if v is not None) or _MISSING
+    text = str(value)
+    return text[:19] + "…" if len(text) > 20 and all(c in "0123456789abcdef" for c in text) else text
+
+
+def _rows(section: dict, describe: Callable[[object], str] = _short) -> list[tuple[str, str, str]]:
+    rows = []
+    for item in section.get("changed", []):
+        label = item.get("key", item.get("path"))
+        rows.append((str(label), describe(item.get("a")), describe(item.get("b"))))
+    for item in section.get("only_a", []):
+        label, value = (item, "present") if isinstance(item, str) else (item["key"], describe(item["a"]))
+        rows.append((str(label), value, _MISSING))
+    for item in section.get("only_b", []):
+        label, value = (item, "present") if isinstance(item, str) else (item["key"], describe(item["b"]))
+        rows.append((str(label), _MISSING, value))
+    return rows
+
+
+def _library_value(value) -> str:
+    return _short((value or {}).get("build_id")) if isinstance(value, dict) else _short(value)
+
+
+def _table(title: str, rows: Iterable[tuple[str, str, str]]) -> list[str]:
+    rows = list(rows)
+    if not rows:
+        return []
+    w_item = min(max(len(r[0]) for r in rows), 60)
+    w_a = min(max(max(len(r[1]) for r in rows), 1), 48)
+    lines = [f"{title}", f"  {'':<{w_item}}  {'A':<{w_a}} | B"]
+    lines += [f"  {item:<{w_item}}  {a:<{w_a}} | {b}" for item, a, b in rows]
+    return lines + [""]
+
+
+def render_diff(d: dict) -> str:
+    """Readable text: one two-column table (A | B) per section that changed."""
+    a_id, b_id = _get(d, "a", "id") or "A", _get(d, "b", "id") or "B"
+    out = [f"A: {a_id}", f"B: {b_id}", ""]
+    sections = [
+        ("Inputs", _get(d, "inputs") or {}, _short),
+        ("Outputs", _get(d, "outputs") or {}, _short),
+        ("Libraries (build-id)", _get(d, "libraries") or {}, _library_value),
+        ("Packages", _get(d, "packages") or {}, _short),
+        ("Interpreters", _get(d, "interpreters") or {}, _short),
+        ("GPUs", _get(d, "gpus") or {}, _short),
+        ("Host", _get(d, "host") or {}, _short),
+    ]
+    for title, section, describe in sections:
+        out += _table(title, _rows(section, describe))
+        unknown = section.get("unknown") or []
+        if unknown:
+            out += [f"{title}: {len(unknown)} file(s) with no content facts to compare"] + \
+                   [f"  {p}" for p in unknown] + [""]
+    if d.get("identical"):
+        out.append("No differences.")
+    return "\n".join(out).rstrip() + "\n"

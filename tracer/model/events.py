@@ -1,0 +1,118 @@
+"""Decoded events: one frozen dataclass per kernel record type.
+
+Paths are str decoded with os.fsdecode (surrogateescape): a name that is not
+UTF-8 round-trips to its exact bytes with os.fsencode, and the JSON layer
+writes such names as an escaped `path` plus `path_b64`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    ts_ns: int
+    pid: int
+    tid: int
+    tag: int
+
+
+@dataclass(frozen=True, slots=True)
+class Fork(Event):
+    child_pid: int
+    child_tid: int
+    uid: int
+    is_thread: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Exec(Event):
+    old_tid: int
+    uid: int
+    filename: str
+
+
+@dataclass(frozen=True, slots=True)
+class Argv(Event):
+    argv: tuple[str, ...]
+    truncated: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Exit(Event):
+    status: int  # wait status: (code << 8) | signal
+    max_fd: int  # fds above layouts.PT_FLUSH_FDS need a userspace sweep
+
+
+@dataclass(frozen=True, slots=True)
+class Open(Event):
+    fd: int
+    dirfd: int
+    flags: int
+    fmode: int
+    ino: int
+    dev: int
+    imode: int
+    path: str
+
+
+@dataclass(frozen=True, slots=True)
+class FdIO(Event):
+    fd: int
+    reason: int
+    bytes_read: int
+    bytes_written: int
+    nreads: int
+    nwrites: int
+    ino: int
+    dev: int
+    imode: int
+    map_prot: int
+    flags: int
+    first_ts_ns: int
+
+
+@dataclass(frozen=True, slots=True)
+class FdOp(Event):
+    op: int
+    oldfd: int
+    newfd: int
+    cloexec: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Chdir(Event):
+    fd: int
+    path: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Rename(Event):
+    olddirfd: int
+    newdirfd: int
+    flags: int
+    old: str
+    new: str
+
+
+@dataclass(frozen=True, slots=True)
+class Unlink(Event):
+    dirfd: int
+    flags: int
+    path: str
+
+
+@dataclass(frozen=True, slots=True)
+class Truncate(Event):
+    fd: int
+    length: int
+    path: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Net(Event):
+    op: int
+    fd: int
+    ret: int
+    addr: bytes
