@@ -46,7 +46,11 @@ class Subscription:
             self.dropped += 1
 
     def get(self, timeout_s: float) -> ApiEvent | None:
-        """The next event, a "gap" event after drops, or None on timeout."""
+        """The next event; after drops, a "gap" event once the queue is drained; None on timeout."""
+        try:
+            return self._queue.get_nowait()
+        except queue.Empty:
+            pass
         if self.dropped > self._reported:
             lost, self._reported = self.dropped - self._reported, self.dropped
             return ApiEvent(kind="gap", uid=self.uid if self.uid is not None else 0,

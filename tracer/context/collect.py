@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -78,6 +79,7 @@ class ContextCollector:
         self.packages = PackageResolver(self.dpkg)
         self.interpreters = InterpreterProbe()
         self.gpu = GpuProbe(nvml)
+        self._lock = threading.Lock()  # the daemon may collect for two runs at once
 
     def libraries(self, pids: Iterable[int], mapped_paths: Iterable[str],
                   exec_paths: Iterable[str]) -> list[dict]:
@@ -114,6 +116,13 @@ class ContextCollector:
     def collect(self, *, pids: list[int], touched_paths: list[str], mapped_paths: list[str],
                 exec_paths: list[str], env: Mapping[str, str] | None,
                 gpu_samples: list | None = None) -> dict:
+        with self._lock:
+            self.packages.refresh()  # also refreshes the dpkg index the ELF cache shares
+            return self._collect(pids, touched_paths, mapped_paths, exec_paths, env, gpu_samples)
+
+    def _collect(self, pids: list[int], touched_paths: list[str], mapped_paths: list[str],
+                 exec_paths: list[str], env: Mapping[str, str] | None,
+                 gpu_samples: list | None) -> dict:
         pid = self._context_pid(pids)
         context = host_context(pid, env)
         libraries = self.libraries(pids, mapped_paths, exec_paths)

@@ -10,7 +10,8 @@ mistaken for an installed package. Libraries on Debian: /usr/lib/R/library
 /usr/local/lib/R/site-library and user libraries (R_LIBS_USER).
 
 The package's ``hash`` is the sha256 of its DESCRIPTION, which R rewrites at
-install time with the build stamp.
+install time with the build stamp. ``refresh()`` (once per run) drops cached
+packages whose DESCRIPTION changed and every cached "not a package" answer.
 """
 
 from __future__ import annotations
@@ -68,25 +69,50 @@ def read_package(pkg_dir: str) -> RPackage | None:
     )
 
 
+def _stamp(path: str) -> tuple[int, int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+
 class RPackages:
     """Touched file -> installed R package, with a per-directory cache."""
 
     def __init__(self) -> None:
         self._dirs: dict[str, RPackage | None] = {}
+        self._stamps: dict[str, tuple | None] = {}
+        self._walks: dict[str, RPackage | None] = {}  # start directory -> answer
+
+    def refresh(self) -> None:
+        """Forget directories that were not packages, and packages whose DESCRIPTION changed."""
+        self._walks = {}
+        for directory, package in list(self._dirs.items()):
+            description = os.path.join(directory, "DESCRIPTION")
+            if package is None or _stamp(description) != self._stamps.get(directory):
+                del self._dirs[directory]
+                self._stamps.pop(directory, None)
 
     def _at(self, directory: str) -> RPackage | None:
         if directory not in self._dirs:
+            self._stamps[directory] = _stamp(os.path.join(directory, "DESCRIPTION"))
             self._dirs[directory] = read_package(directory)
         return self._dirs[directory]
 
     def lookup(self, path: str) -> RPackage | None:
-        directory = os.path.dirname(os.path.normpath(path))
+        start = os.path.dirname(os.path.normpath(path))
+        if start in self._walks:
+            return self._walks[start]
+        found = None
+        directory = start
         while directory and directory != "/":
-            package = self._at(directory)
-            if package is not None:
-                return package
+            found = self._at(directory)
+            if found is not None:
+                break
             directory = os.path.dirname(directory)
-        return None
+        self._walks[start] = found
+        return found
 
     def packages_for(self, paths) -> list[dict]:
         found: dict[str, dict] = {}

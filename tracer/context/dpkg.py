@@ -10,8 +10,11 @@ packages still list the pre-merge path (``/lib/x86_64-linux-gnu/libc.so.6``)
 while ``/proc/PID/maps`` shows ``/usr/lib/...``. A lookup therefore tries the
 path as given, its merged/unmerged twin, and then the same for its realpath.
 
-Versions come from ``dpkg-query -W`` in one batched call per lookup set,
-cached for the life of the index. dpkg diversions are not followed.
+Versions come from ``dpkg-query -W`` in one batched call per lookup set.
+``refresh()`` drops both caches when ``/var/lib/dpkg/status`` or the info
+directory changed (an install or upgrade); the context collector calls it
+once per run, so a long-lived daemon sees upgrades.
+dpkg diversions are not followed.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from collections.abc import Iterable
 log = logging.getLogger(__name__)
 
 DPKG_INFO_DIR = "/var/lib/dpkg/info"
+DPKG_STATUS = "/var/lib/dpkg/status"
 _MERGED_TOPS = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
 _QUERY_TIMEOUT_S = 10
 
@@ -43,10 +47,37 @@ def merge_twins(path: str) -> list[str]:
 class DpkgIndex:
     """path -> owning package, from dpkg's file lists; built on first use."""
 
-    def __init__(self, info_dir: str = DPKG_INFO_DIR) -> None:
+    def __init__(self, info_dir: str = DPKG_INFO_DIR, status_path: str = DPKG_STATUS) -> None:
         self.info_dir = info_dir
+        self.status_path = status_path
         self._owner: dict[str, str] | None = None
         self._versions: dict[str, str | None] = {}
+        self._stamp: tuple | None = None
+        self._owners: dict[str, str | None] = {}
+        self._real_dirs: dict[str, str] = {}
+        self.builds = 0
+
+    def _current_stamp(self) -> tuple:
+        stamp = []
+        for path in (self.status_path, self.info_dir):
+            try:
+                st = os.stat(path)
+                stamp.append((st.st_ino, st.st_mtime_ns, st.st_size))
+            except OSError:
+                stamp.append(None)
+        return tuple(stamp)
+
+    def refresh(self) -> None:
+        """Drop the caches if dpkg's database changed since they were built."""
+        stamp = self._current_stamp()
+        if stamp != self._stamp:
+            if self._stamp is not None:
+                log.debug("dpkg database changed; dropping caches info_dir=%s", self.info_dir)
+            self._owner = None
+            self._versions = {}
+            self._stamp = stamp
+        self._owners = {}  # per-path answers also depend on symlinks: one run only
+        self._real_dirs = {}
 
     def _build(self) -> dict[str, str]:
         owner: dict[str, str] = {}
@@ -66,8 +97,11 @@ class DpkgIndex:
         return owner
 
     def _index(self) -> dict[str, str]:
+        if self._stamp is None:
+            self.refresh()
         if self._owner is None:
             self._owner = self._build()
+            self.builds += 1
         return self._owner
 
     def owner(self, path: str) -> str | None:
@@ -75,13 +109,31 @@ class DpkgIndex:
         index = self._index()
         if not index:
             return None
-        candidates = merge_twins(os.path.normpath(path))
+        if path in self._owners:
+            return self._owners[path]
+        found = self._lookup(index, merge_twins(os.path.normpath(path)))
+        if found is None:
+            real = self._realpath(path)
+            if real != path:
+                found = self._lookup(index, merge_twins(real))
+        self._owners[path] = found
+        return found
+
+    def _realpath(self, path: str) -> str:
+        """realpath with directories memoized: one lstat per file, not one per component."""
         try:
-            real = os.path.realpath(path)
+            if os.path.islink(path):
+                return os.path.realpath(path)
+            directory, name = os.path.split(path)
+            real_dir = self._real_dirs.get(directory)
+            if real_dir is None:
+                real_dir = self._real_dirs[directory] = os.path.realpath(directory)
+            return os.path.join(real_dir, name)
         except (OSError, ValueError):
-            real = path
-        if real != path:
-            candidates += merge_twins(real)
+            return path
+
+    @staticmethod
+    def _lookup(index: dict[str, str], candidates: list[str]) -> str | None:
         for candidate in candidates:
             package = index.get(candidate)
             if package is not None:
@@ -90,6 +142,7 @@ class DpkgIndex:
 
     def versions(self, packages: Iterable[str]) -> dict[str, str | None]:
         """Installed versions of packages (``name`` or ``name:arch``), batched."""
+        packages = list(packages)
         wanted = sorted({p for p in packages if p not in self._versions})
         if wanted:
             self._versions.update(self._query(wanted))

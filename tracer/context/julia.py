@@ -137,12 +137,19 @@ class JuliaPackages:
     """Touched files -> Julia packages, with manifests parsed once each."""
 
     def __init__(self) -> None:
-        self._tomls: dict[str, dict | None] = {}
+        self._tomls: dict[str, tuple[tuple | None, dict | None]] = {}
 
     def _toml(self, path: str) -> dict | None:
-        if path not in self._tomls:
-            self._tomls[path] = _read_toml(path)
-        return self._tomls[path]
+        """Parsed TOML, re-read when the file's identity or mtime changes."""
+        try:
+            st = os.stat(path)
+            stamp: tuple | None = (st.st_ino, st.st_mtime_ns, st.st_size)
+        except OSError:
+            stamp = None
+        cached = self._tomls.get(path)
+        if cached is None or cached[0] != stamp:
+            cached = self._tomls[path] = (stamp, _read_toml(path) if stamp else None)
+        return cached[1]
 
     def candidate_manifests(self, touched: Iterable[str], depot: str,
                             env: Mapping[str, str] | None) -> list[str]:
@@ -182,11 +189,14 @@ class JuliaPackages:
     def packages_for(self, paths: Iterable[str], env: Mapping[str, str] | None = None) -> list[dict]:
         paths = list(paths)
         found: dict[str, dict] = {}
+        manifests_by_depot: dict[str, list[str]] = {}
         for path in paths:
             pkg = package_dir_of(path)
             if pkg is None or pkg.path in found:
                 continue
-            manifests = self.candidate_manifests(paths, pkg.depot, env)
+            if pkg.depot not in manifests_by_depot:
+                manifests_by_depot[pkg.depot] = self.candidate_manifests(paths, pkg.depot, env)
+            manifests = manifests_by_depot[pkg.depot]
             details = self._from_manifest(pkg, manifests) or self._from_project(pkg)
             found[pkg.path] = {
                 "name": pkg.name,

@@ -37,6 +37,12 @@ class PackageResolver:
         self.r = RPackages()
         self.julia = JuliaPackages()
 
+    def refresh(self) -> None:
+        """Drop what installs and upgrades since the last run made stale."""
+        self.dpkg.refresh()
+        self.python.refresh()
+        self.r.refresh()
+
     def deb_packages_for(self, paths: Iterable[str]) -> list[dict]:
         owners: dict[str, None] = {}
         for path in paths:

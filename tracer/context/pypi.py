@@ -13,6 +13,8 @@ A byte-compiled ``__pycache__/mod.cpython-311.pyc`` that RECORD does not list
 is attributed to its ``mod.py``. The package's ``hash`` is the sha256 of its
 RECORD (it pins every file of the installed distribution); the recorded
 hashes of the touched files themselves are listed under ``files``.
+An index is dropped by ``refresh()`` once its site directory's mtime moves
+(pip adds and removes dist-info directories on every install or upgrade).
 """
 
 from __future__ import annotations
@@ -50,11 +52,10 @@ class SiteIndex:
 
 def site_dir_of(path: str) -> str | None:
     """The nearest enclosing site-packages/dist-packages directory, if any."""
-    parent = os.path.dirname(path)
-    while parent and parent != "/":
-        if os.path.basename(parent) in SITE_DIR_NAMES:
-            return parent
-        parent = os.path.dirname(parent)
+    for name in SITE_DIR_NAMES:
+        marker = f"/{name}/"
+        if marker in path:
+            return path[: path.rindex(marker) + len(marker) - 1]
     return None
 
 
@@ -145,17 +146,32 @@ def _source_of_pyc(path: str) -> str | None:
     return os.path.join(os.path.dirname(parent), m.group("mod") + ".py")
 
 
+def _dir_stamp(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_ino, st.st_mtime_ns)
+
+
 class PythonPackages:
     """Touched file -> (Distribution, recorded hash), with per-site lazy indexes."""
 
     def __init__(self) -> None:
-        self._sites: dict[str, SiteIndex] = {}
+        self._sites: dict[str, tuple[tuple | None, SiteIndex]] = {}
+
+    def refresh(self) -> None:
+        """Drop indexes of site dirs that changed (pip install/upgrade/uninstall)."""
+        for site, (stamp, _index) in list(self._sites.items()):
+            if _dir_stamp(site) != stamp:
+                log.debug("python site changed; reindexing site=%s", site)
+                del self._sites[site]
 
     def _site(self, site: str) -> SiteIndex:
-        index = self._sites.get(site)
-        if index is None:
-            index = self._sites[site] = build_site_index(site)
-        return index
+        cached = self._sites.get(site)
+        if cached is None:
+            cached = self._sites[site] = (_dir_stamp(site), build_site_index(site))
+        return cached[1]
 
     def lookup(self, path: str) -> tuple[Distribution, str | None] | None:
         path = os.path.normpath(path)

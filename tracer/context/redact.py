@@ -7,7 +7,9 @@ Environment variables (names compared case-insensitively):
 
 1. Secret names: the whole value becomes ``<redacted>`` when the name
    contains ``TOKEN``, ``SECRET``, ``PASSWORD``, ``PASSWD``, ``PASSPHRASE``,
-   ``KEY``, ``CREDENTIAL``, ``PRIVATE``, ``AUTH``, ``COOKIE`` or ``SESSID``;
+   ``KEY``, ``CREDENTIAL``, ``PRIVATE``, ``AUTH`` (but not ``AUTHOR``, so
+   ``GIT_AUTHOR_NAME`` is kept; ``AUTHORIZATION`` is redacted), ``COOKIE`` or
+   ``SESSID``;
    starts with ``AWS_``; or ends with ``PASS`` or ``_PWD`` (``PGPASS``,
    ``MYSQL_PWD``; plain ``PWD``, the working directory, is kept).
 2. Any other value keeps its text, but secrets inside it are cut out:
@@ -15,9 +17,11 @@ Environment variables (names compared case-insensitively):
      a userinfo without a colon is often a bare token
      (``https://ghp_x@github.com``) and becomes ``scheme://<redacted>@host``;
    - URL query parameters whose name is a secret name (rule 1) or ``sig`` /
-     ``signature`` (``?access_token=x``, ``X-Amz-Signature=x``) keep the
+     ``*signature`` (``?access_token=x``, ``X-Amz-Signature=x``) keep the
      name and lose the value;
-   - ``Bearer X`` / ``Basic X`` / ``Token X`` credentials (HTTP headers);
+   - ``Bearer X`` / ``Basic X`` / ``Digest X`` credentials (HTTP headers),
+     where X is 8 or more token characters, and anything after an
+     ``Authorization:`` header name;
    - well-known token shapes: GitHub ``ghp_ gho_ ghu_ ghs_ ghr_ github_pat_``,
      GitLab ``glpat-``, Slack ``xox?-``, AWS access key ids ``AKIA...``/``ASIA...``,
      ``sk-...`` API keys, and PEM private-key blocks.
@@ -37,9 +41,12 @@ argv (the first entry, the program, is kept as is apart from rule 2):
   general: it means port, parents or profile in most tools;
 - every entry also gets rule 2 (URLs, headers, token shapes).
 
-Known limits: a secret passed positionally with no telltale flag, name or
-shape (``mytool hunter2``) cannot be recognised; values read from files are
-not looked at.
+Over-redaction is accepted: ``--api-key --verbose`` loses ``--verbose``;
+``KEYBOARD=x`` is redacted. Known limits: a secret passed positionally with
+no telltale flag, name or shape (``mytool hunter2``) cannot be recognised; a
+URL password holding a raw ``/``, ``?``, ``#`` or space (invalid in a URL) is
+cut at that character; values read from files are not looked at.
+The same rules are written up for users in docs/redaction.md.
 """
 
 from __future__ import annotations
@@ -51,7 +58,7 @@ from collections.abc import Mapping, Sequence
 REDACTED = "<redacted>"
 
 _SECRET_NAME = re.compile(
-    r"TOKEN|SECRET|PASSWORD|PASSWD|PASSPHRASE|KEY|CREDENTIAL|PRIVATE|AUTH(?!OR)|COOKIE|SESSID"
+    r"TOKEN|SECRET|PASSWORD|PASSWD|PASSPHRASE|KEY|CREDENTIAL|PRIVATE|AUTH(?!OR(?!IZ))|COOKIE|SESSID"
     r"|^AWS_|PASS$|_PWD$",
     re.IGNORECASE,
 )
@@ -59,7 +66,13 @@ _URL_USERINFO = re.compile(
     r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)(?P<user>[^\s/@:?#]*)(?P<pw>:[^\s/?#]*)?@"
 )
 _QUERY_PARAM = re.compile(r"(?P<sep>[?&;])(?P<name>[^=&#\s?;]+)=(?P<value>[^&#\s;]*)")
-_AUTH_SCHEME = re.compile(r"\b(?P<scheme>Bearer|Basic|Token|Digest)\s+(?P<cred>[^\s,\"']+)",
+_AUTH_HEADER = re.compile(
+    r"\b(?P<header>(?:Proxy-)?Authorization\s*[:=]\s*)(?:(?P<scheme>[A-Za-z]+)\s+)?(?P<cred>[^\s\"',]+)",
+    re.IGNORECASE,
+)
+# HTTP credentials: the scheme, then a token68-like value of 8+ characters
+# (so prose such as "basic usage" is left alone).
+_AUTH_SCHEME = re.compile(r"\b(?P<scheme>Bearer|Basic|Digest)\s+(?P<cred>[A-Za-z0-9._~+/=\-]{8,})",
                           re.IGNORECASE)
 _TOKEN_SHAPES = re.compile(
     r"\b(?:gh[pousr]_[A-Za-z0-9]{20,}|github_pat_[A-Za-z0-9_]{20,}|glpat-[A-Za-z0-9_\-]{20,}"
@@ -99,9 +112,14 @@ def _userinfo(m: re.Match) -> str:
 
 def _query(m: re.Match) -> str:
     name = m.group("name")
-    if is_secret_name(name) or name.lower() in ("sig", "signature"):
+    if is_secret_name(name) or name.lower() == "sig" or name.lower().endswith("signature"):
         return f"{m.group('sep')}{name}={REDACTED}"
     return m.group(0)
+
+
+def _auth_header(m: re.Match) -> str:
+    scheme = f"{m.group('scheme')} " if m.group("scheme") else ""
+    return f"{m.group('header')}{scheme}{REDACTED}"
 
 
 def redact_text(text: str | bytes) -> str:
@@ -110,6 +128,7 @@ def redact_text(text: str | bytes) -> str:
     text = _PEM_BLOCK.sub(REDACTED, text)
     text = _URL_USERINFO.sub(_userinfo, text)
     text = _QUERY_PARAM.sub(_query, text)
+    text = _AUTH_HEADER.sub(_auth_header, text)
     text = _AUTH_SCHEME.sub(lambda m: f"{m.group('scheme')} {REDACTED}", text)
     return _TOKEN_SHAPES.sub(REDACTED, text)
 

@@ -185,7 +185,11 @@ def _rows(section: dict, describe: Callable[[object], str] = _short) -> list[tup
     rows = []
     for item in section.get("changed", []):
         label = item.get("key", item.get("path"))
-        rows.append((str(label), describe(item.get("a")), describe(item.get("b"))))
+        a, b = item.get("a"), item.get("b")
+        if isinstance(a, dict) and isinstance(b, dict) and describe is _short:
+            differing = [k for k in {**a, **b} if a.get(k) != b.get(k)] or list(a)
+            a, b = {k: a.get(k) for k in differing}, {k: b.get(k) for k in differing}
+        rows.append((str(label), describe(a), describe(b)))
     for item in section.get("only_a", []):
         label, value = (item, "present") if isinstance(item, str) else (item["key"], describe(item["a"]))
         rows.append((str(label), value, _MISSING))
@@ -199,14 +203,18 @@ def _library_value(value) -> str:
     return _short((value or {}).get("build_id")) if isinstance(value, dict) else _short(value)
 
 
+def _clip(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
 def _table(title: str, rows: Iterable[tuple[str, str, str]]) -> list[str]:
     rows = list(rows)
     if not rows:
         return []
-    w_item = min(max(len(r[0]) for r in rows), 60)
+    w_item = max(len(r[0]) for r in rows)
     w_a = min(max(max(len(r[1]) for r in rows), 1), 48)
     lines = [f"{title}", f"  {'':<{w_item}}  {'A':<{w_a}} | B"]
-    lines += [f"  {item:<{w_item}}  {a:<{w_a}} | {b}" for item, a, b in rows]
+    lines += [f"  {item:<{w_item}}  {_clip(a, w_a):<{w_a}} | {b}" for item, a, b in rows]
     return lines + [""]
 
 

@@ -1,0 +1,254 @@
+"""Client side of the daemon's API, for the CLI and the TUI.
+
+ProvtraceClient wraps the RPCs and returns records.py dataclasses; every
+gRPC failure becomes an ApiError whose message names the socket.
+run_command() is `provtrace run` for a non-root user: the daemon traces the
+command on the user's behalf (see TraceCommand in service.proto).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+from dataclasses import dataclass
+from typing import Callable, Iterator, Mapping, Sequence
+
+import grpc
+
+from ..errors import CommandNotFound, TracerError
+from . import convert
+from .gen import service_pb2 as svc
+from .gen import service_pb2_grpc as svc_grpc
+from .records import ApiEvent, CellRecord, KernelRecord, LineageGraph, RunRecord
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SOCKET = "/run/provtrace/provtrace.sock"
+MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+
+
+def default_socket_path() -> str:
+    """$PROVTRACE_SOCKET, else /run/provtrace/provtrace.sock."""
+    return os.environ.get("PROVTRACE_SOCKET") or DEFAULT_SOCKET
+
+
+class ApiError(TracerError):
+    """A call to the daemon failed; carries the gRPC status code."""
+
+    def __init__(self, socket_path: str, code: grpc.StatusCode, details: str) -> None:
+        self.code = code
+        self.details = details
+        if code == grpc.StatusCode.UNAVAILABLE:
+            msg = f"no provtrace daemon answers on {socket_path} (start one with: provtrace daemon)"
+        else:
+            msg = f"daemon at {socket_path}: {code.name.lower()}: {details}"
+        super().__init__(msg)
+
+
+@dataclass(frozen=True)
+class Health:
+    version: str
+    daemon_pid: int
+    caller_uid: int
+    caller_pid: int
+    backend: str
+    kernels_watched: int
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    run_id: str
+    exit_code: int
+
+
+class ProvtraceClient:
+    def __init__(self, socket_path: str | None = None, timeout_s: float = 30.0) -> None:
+        self.socket_path = socket_path or default_socket_path()
+        self.timeout_s = timeout_s
+        self._channel = grpc.insecure_channel(
+            f"unix:{self.socket_path}",
+            options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)],
+        )
+        self._stub = svc_grpc.ProvtraceStub(self._channel)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> "ProvtraceClient":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _call(self, name: str, request: object) -> object:
+        try:
+            return getattr(self._stub, name)(request, timeout=self.timeout_s)
+        except grpc.RpcError as exc:
+            raise ApiError(self.socket_path, exc.code(), exc.details() or "") from None
+
+    # -- RPCs ----------------------------------------------------------------
+    def health(self) -> Health:
+        r = self._call("Health", svc.HealthRequest())
+        return Health(r.version, r.daemon_pid, r.caller_uid, r.caller_pid, r.backend, r.kernels_watched)
+
+    def register_kernel(self, pid: int, connection_file: str | None = None, notebook_path: str | None = None,
+                        kernel_name: str | None = None, language: str | None = None,
+                        session_id: str | None = None) -> KernelRecord:
+        r = self._call("RegisterKernel", svc.RegisterKernelRequest(
+            pid=pid, connection_file=connection_file or "", notebook_path=notebook_path or "",
+            kernel_name=kernel_name or "", language=language or "", session_id=session_id or ""))
+        return convert.kernel_from_pb(r.kernel)
+
+    def report_cell_start(self, session_id: str, cell_id: str | None = None, msg_id: str | None = None,
+                          execution_count: int | None = None, code: str | None = None,
+                          code_sha256: str | None = None, started: dt.datetime | None = None,
+                          index: int | None = None, subshell_id: str | None = None) -> CellRecord:
+        req = svc.ReportCellStartRequest(
+            session_id=session_id, cell_id=cell_id or "", msg_id=msg_id or "",
+            execution_count=execution_count or 0, code=code or "", code_sha256=code_sha256 or "",
+            subshell_id=subshell_id or "")
+        if index is not None:
+            req.index = index
+        if started is not None:
+            req.started.CopyFrom(convert.ts_to_pb(started))
+        return convert.cell_from_pb(self._call("ReportCellStart", req).cell)
+
+    def report_cell_end(self, session_id: str, status: str, cell_id: str | None = None,
+                        msg_id: str | None = None, execution_count: int | None = None,
+                        ended: dt.datetime | None = None, error_name: str | None = None) -> CellRecord:
+        req = svc.ReportCellEndRequest(
+            session_id=session_id, cell_id=cell_id or "", msg_id=msg_id or "",
+            execution_count=execution_count or 0, status=convert.CELL_STATUS.get(status, 0),
+            error_name=error_name or "")
+        if ended is not None:
+            req.ended.CopyFrom(convert.ts_to_pb(ended))
+        return convert.cell_from_pb(self._call("ReportCellEnd", req).cell)
+
+    def list_runs(self, kind: str | None = None, limit: int | None = None) -> list[RunRecord]:
+        r = self._call("ListSessions", svc.ListSessionsRequest(
+            kind=convert.RUN_KIND.get(kind or "", 0), limit=limit or 0))
+        return [convert.run_from_pb(x) for x in r.runs]
+
+    def list_cells(self, session_id: str) -> list[CellRecord]:
+        r = self._call("ListCells", svc.ListCellsRequest(session_id=session_id))
+        return [convert.cell_from_pb(c) for c in r.cells]
+
+    def lineage(self, path: str, direction: str = "upstream", depth: int | None = None) -> LineageGraph:
+        r = self._call("Lineage", svc.LineageRequest(
+            path=os.path.abspath(path) if path else "", direction=convert.DIRECTION.get(direction, 0), depth=depth or 0))
+        return convert.lineage_from_pb(r)
+
+    def context(self, run_id: str) -> dict:
+        r = self._call("GetContext", svc.GetContextRequest(run_id=run_id))
+        return convert.struct_from_pb(r.context)
+
+    def stream_events(self, session_id: str | None = None, kinds: Sequence[str] = ()) -> Iterator[ApiEvent]:
+        """Live events until the caller stops iterating (call .cancel() on the iterator to stop early)."""
+        stream = self._stub.StreamEvents(svc.StreamEventsRequest(session_id=session_id or "", kinds=list(kinds)))
+        return _EventStream(stream, self.socket_path)
+
+    def export(self, run_id: str | None, fmt: str = "json") -> bytes:
+        """The whole document; run_id None exports everything the caller may see."""
+        if fmt not in convert.EXPORT_FORMAT:
+            raise TracerError(f"unknown export format {fmt!r}; one of {', '.join(convert.EXPORT_FORMAT)}")
+        req = svc.ExportRequest(run_id=run_id or "", all=run_id is None, format=convert.EXPORT_FORMAT[fmt])
+        try:
+            return b"".join(chunk.data for chunk in self._stub.Export(req, timeout=self.timeout_s))
+        except grpc.RpcError as exc:
+            raise ApiError(self.socket_path, exc.code(), exc.details() or "") from None
+
+    def trace_command(self, pid: int, argv: Sequence[str], cwd: str, env: Mapping[str, str],
+                      label: str | None = None) -> str:
+        r = self._call("TraceCommand", svc.TraceCommandRequest(
+            pid=pid, argv=list(argv), cwd=cwd, env=dict(env), label=label or ""))
+        return r.run_id
+
+    def finish_command(self, run_id: str, exit_code: int) -> None:
+        req = svc.FinishCommandRequest(run_id=run_id, exit_code=exit_code)
+        req.ended.CopyFrom(convert.ts_to_pb(dt.datetime.now(dt.timezone.utc)))
+        self._call("FinishCommand", req)
+
+
+class _EventStream:
+    def __init__(self, stream: grpc.RpcContext, socket_path: str) -> None:
+        self._stream = stream
+        self._socket_path = socket_path
+
+    def __iter__(self) -> "_EventStream":
+        return self
+
+    def __next__(self) -> ApiEvent:
+        try:
+            return convert.event_from_pb(next(self._stream))
+        except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.CANCELLED:
+                raise StopIteration from None
+            raise ApiError(self._socket_path, exc.code(), exc.details() or "") from None
+
+    def cancel(self) -> None:
+        self._stream.cancel()
+
+
+def run_command(argv: Sequence[str], socket_path: str | None = None, cwd: str | None = None,
+                env: Mapping[str, str] | None = None, label: str | None = None,
+                on_started: Callable[[str], None] | None = None) -> CommandResult:
+    """Runs argv traced by the daemon on this user's behalf; returns its run id and exit code.
+
+    The child is forked first and blocks on a pipe before exec; the daemon
+    checks it is ours (uid, parent pid), starts tracing it, and only then is
+    it released, so tracing covers its first instruction. Forking happens
+    before any gRPC channel exists in this call.
+    """
+    if not argv:
+        raise TracerError("nothing to run: the command is empty")
+    cwd = os.path.abspath(cwd or os.getcwd())
+    env = dict(os.environ if env is None else env)
+    pid, gate_w, err_r = _fork_gated(list(argv), cwd, env)
+    try:
+        with ProvtraceClient(socket_path) as client:
+            run_id = client.trace_command(pid, argv, cwd, env, label)
+            if on_started is not None:
+                on_started(run_id)
+            os.write(gate_w, b"1")
+            os.close(gate_w)
+            gate_w = -1
+            failed = os.read(err_r, 64)
+            _, status = os.waitpid(pid, 0)
+            pid = -1
+            code = os.waitstatus_to_exitcode(status)
+            exit_code = 128 - code if code < 0 else code
+            client.finish_command(run_id, 127 if failed else exit_code)
+        if failed:
+            raise CommandNotFound(argv[0], os.strerror(int(failed.decode() or "2")))
+        return CommandResult(run_id, exit_code)
+    finally:
+        if gate_w >= 0:
+            os.close(gate_w)  # the child reads EOF and exits without running anything
+        os.close(err_r)
+        if pid > 0:
+            os.waitpid(pid, 0)
+
+
+def _fork_gated(argv: list[str], cwd: str, env: dict[str, str]) -> tuple[int, int, int]:
+    gate_r, gate_w = os.pipe()
+    err_r, err_w = os.pipe2(os.O_CLOEXEC)
+    pid = os.fork()
+    if pid == 0:  # child: only async-signal-safe-ish work until exec
+        code = 126
+        try:
+            os.close(gate_w)
+            os.close(err_r)
+            if os.read(gate_r, 1) == b"1":
+                os.close(gate_r)
+                code = 127
+                os.chdir(cwd)
+                os.execvpe(argv[0], argv, env)
+        except OSError as exc:
+            os.write(err_w, str(exc.errno or 2).encode())
+        finally:
+            os._exit(code)
+    os.close(gate_r)
+    os.close(err_w)
+    return pid, gate_w, err_r

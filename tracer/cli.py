@@ -1,0 +1,119 @@
+"""provtrace: system-level provenance for commands and notebooks.
+
+The only module that calls sys.exit. Every TracerError becomes one line on
+stderr and a non-zero exit; a traceback appears only with --debug.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import textwrap
+
+from .errors import TracerError, UsageError
+
+EPILOG = textwrap.dedent("""\
+    examples:
+      provtrace doctor                      what capture is possible here, and why
+      provtrace run -- make all             trace a command and its descendants
+      provtrace run --json-out r.json -- python train.py
+      provtrace runs                        list recorded runs
+      provtrace show last --json            the last run as provtrace.run/1 JSON
+      provtrace lineage results.csv         what produced results.csv, from what
+      provtrace lineage data.csv --downstream
+      provtrace verify                      check the store's tamper-evident chain
+    """)
+
+
+def _add_db(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--db", metavar="PATH", help="store file (default: $PROVTRACE_DB, "
+                   "/var/lib/provtrace/provtrace.db as root, else ~/.local/share/provtrace/provtrace.db)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="provtrace", description=__doc__.splitlines()[0],
+                                 epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    sub = ap.add_subparsers(dest="verb", metavar="VERB")
+
+    p = sub.add_parser("doctor", help="report what capture is possible here and how to fix the rest")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--no-load", action="store_true", help="skip the probe compile/load check")
+
+    p = sub.add_parser("run", help="trace CMD and every descendant",
+                       epilog="example: provtrace run --label train -- python train.py")
+    p.add_argument("--backend", choices=("auto", "ebpf", "ptrace"), default="auto")
+    _add_db(p)
+    p.add_argument("--socket", metavar="PATH", help="trace through a running daemon")
+    p.add_argument("--json-out", metavar="FILE", help="also write the run as provtrace.run/1 JSON")
+    p.add_argument("--label", metavar="TEXT")
+    p.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD [ARG...]")
+
+    p = sub.add_parser("runs", help="list runs and sessions")
+    _add_db(p)
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("show", help="one run, as text or provtrace.run/1 JSON")
+    p.add_argument("run", metavar="RUN", help="run id, unique prefix, or 'last'")
+    _add_db(p)
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--all-files", action="store_true", help="text: list library/system files too")
+
+    p = sub.add_parser("lineage", help="what produced PATH (upstream) or was derived from it")
+    p.add_argument("path", metavar="PATH")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--upstream", dest="direction", action="store_const", const="upstream")
+    g.add_argument("--downstream", dest="direction", action="store_const", const="downstream")
+    p.add_argument("--depth", type=int, default=10, metavar="N")
+    _add_db(p)
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("diff", help="what changed between two runs")
+    p.add_argument("run_a", metavar="RUN_A")
+    p.add_argument("run_b", metavar="RUN_B")
+    _add_db(p)
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("verify", help="check the store's tamper-evident chain")
+    _add_db(p)
+
+    sub.add_parser("demo", help="trace a small shell pipeline and show its lineage")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING,
+                        format="provtrace: %(levelname)s %(name)s %(message)s")
+    if not args.verb:
+        build_parser().print_help()
+        sys.exit(2)
+    try:
+        from . import commands  # noqa: PLC0415
+
+        code = getattr(commands, "cmd_" + args.verb)(args)
+    except TracerError as e:
+        if args.debug:
+            raise
+        print(f"provtrace: {e}", file=sys.stderr)
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        print("provtrace: interrupted", file=sys.stderr)
+        sys.exit(130)
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)
+    sys.exit(code or 0)
+
+
+def print_json(obj: object) -> None:
+    json.dump(obj, sys.stdout, indent=2, ensure_ascii=False)
+    sys.stdout.write("\n")
+
+
+def need(cond: bool, msg: str) -> None:
+    if not cond:
+        raise UsageError(msg)

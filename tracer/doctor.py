@@ -1,0 +1,108 @@
+"""`provtrace doctor`: what capture is possible on this host, and why.
+
+Each check says what it found and, when it fails, what to do. The eBPF
+backend is usable when we are root, bcc imports, kernel headers are linked
+for bcc, BTF and tracefs exist, and the probes compile and load.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+
+
+def _check(name: str, ok: bool, detail: str, fix: str = "") -> dict:
+    return {"check": name, "ok": ok, "detail": detail, "fix": "" if ok else fix}
+
+
+def diagnose(load_probes: bool = True) -> dict:
+    rel = platform.release()
+    checks = []
+    root = os.geteuid() == 0
+    checks.append(_check("root", root, f"euid {os.geteuid()}",
+                         "eBPF capture needs root: run as root (sudo)"))
+    try:
+        import bcc  # noqa: F401, PLC0415
+
+        checks.append(_check("bcc", True, f"bcc {getattr(bcc, '__version__', '?')} importable"))
+        have_bcc = True
+    except ImportError as e:
+        have_bcc = False
+        checks.append(_check("bcc", False, f"import failed: {e}",
+                             "apt-get install python3-bpfcc; use a venv made with "
+                             "/usr/bin/python3 -m venv --system-site-packages (setup.sh does this)"))
+    build = f"/lib/modules/{rel}/build"
+    target = os.path.realpath(build) if os.path.exists(build) else None
+    matching = bool(target and rel in target)
+    if target:
+        detail = f"{build} -> {target}"
+        if not matching:
+            detail += (" (Debian headers of another kernel: bcc compiles with them, but their struct "
+                       "layouts are wrong here, so provtrace takes every offset from BTF)")
+    else:
+        detail = f"{build} missing"
+    checks.append(_check("kernel headers", target is not None, detail,
+                         "run setup.sh: it links Debian's linux-headers-6.1.0-N-amd64 there"))
+    btf_ok = os.path.exists("/sys/kernel/btf/vmlinux")
+    checks.append(_check("BTF", btf_ok, "/sys/kernel/btf/vmlinux" + (" present" if btf_ok else " missing"),
+                         "needs a kernel built with CONFIG_DEBUG_INFO_BTF=y"))
+    offsets_ok = False
+    if btf_ok:
+        try:
+            from .capture.btf import kernel_offsets  # noqa: PLC0415
+
+            offs = kernel_offsets()
+            offsets_ok = True
+            checks.append(_check("BTF offsets", True, f"{len(offs)} struct offsets read "
+                                 f"(task_struct.files at {offs['TASK_FILES']})"))
+        except Exception as e:  # noqa: BLE001 - report any parse failure as a finding
+            checks.append(_check("BTF offsets", False, str(e), "report this kernel's BTF as unsupported"))
+    tracefs = os.path.exists("/sys/kernel/tracing/events/syscalls")
+    checks.append(_check("tracefs", tracefs, "/sys/kernel/tracing/events/syscalls" + (" present" if tracefs else " missing"),
+                         "mount -t tracefs nodev /sys/kernel/tracing (setup.sh does this)"))
+    kprobes = os.path.exists("/sys/kernel/tracing/kprobe_events")
+    checks.append(_check("kprobes (not needed)", True,
+                         "available" if kprobes else "absent: provtrace uses syscall, sched and raw tracepoints only"))
+    lockdown = _read("/sys/kernel/security/lockdown")
+    checks.append(_check("lockdown", "[confidentiality]" not in (lockdown or ""),
+                         lockdown.strip() if lockdown else "no lockdown file (no lockdown LSM)",
+                         "lockdown=confidentiality forbids reading kernel memory from BPF"))
+    ebpf_ok = root and have_bcc and target is not None and btf_ok and offsets_ok and tracefs
+    if ebpf_ok and load_probes:
+        try:
+            from .capture.ebpf import EbpfCapture  # noqa: PLC0415
+
+            cap = EbpfCapture(ringbuf_pages=64)
+            bit = cap.calibrate_created_bit()
+            cap.close()
+            checks.append(_check("probes", True, f"compiled, verified and attached; FMODE_CREATED is 0x{bit:x}"))
+        except Exception as e:  # noqa: BLE001 - doctor reports, never crashes
+            ebpf_ok = False
+            checks.append(_check("probes", False, str(e).splitlines()[0],
+                                 "run with --debug for the verifier log"))
+    scope = _read("/proc/sys/kernel/yama/ptrace_scope")
+    checks.append(_check("ptrace backend", False,
+                         f"not part of this version yet (yama ptrace_scope={scope.strip() if scope else 'n/a'})",
+                         "use the eBPF backend as root"))
+    usable = ["ebpf"] if ebpf_ok else []
+    return {"kernel": rel, "usable_backends": usable, "checks": checks}
+
+
+def render(report: dict) -> str:
+    lines = [f"provtrace doctor: kernel {report['kernel']}"]
+    for c in report["checks"]:
+        mark = "ok  " if c["ok"] else "FAIL"
+        lines.append(f"  [{mark}] {c['check']:22} {c['detail']}")
+        if c["fix"]:
+            lines.append(f"         fix: {c['fix']}")
+    usable = report["usable_backends"]
+    lines.append("usable backends: " + (", ".join(usable) if usable else "none"))
+    return "\n".join(lines)
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return None

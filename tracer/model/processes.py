@@ -1,0 +1,517 @@
+"""Processes, their fd tables and cwd, folded from decoded events.
+
+Tracker turns the event stream into records: one Proc per process (threads
+fold in), one FileAccess per (process, path), renames, sockets, and pipe
+edges. It tolerates what live tracing throws at it: events of a pid it has
+not seen fork (seeded from /proc when still alive), exit before exec, pid
+reuse (a process is identified by pid and start time), and stale fd entries
+(the kernel reports inode identity with every I/O record; a mismatch means
+the table is out of date and the entry is re-resolved instead of trusted).
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import stat
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+from ..capture import layouts as L
+from . import events as E
+from .paths import resolve
+
+log = logging.getLogger(__name__)
+
+AT_FDCWD = -100
+O_ACCMODE, O_RDONLY, O_TRUNC, O_CLOEXEC = 0o3, 0o0, 0o1000, 0o2000000
+AT_REMOVEDIR = 0x200
+PROT_WRITE, PROT_EXEC = 0x2, 0x4
+AF_UNIX, AF_INET, AF_INET6 = 1, 2, 10
+
+
+@dataclass(frozen=True, slots=True)
+class FdEntry:
+    path: str | None
+    kind: str  # file | dir | pipe | socket | device | unknown
+    ino: int = 0
+    dev: int = 0
+    cloexec: bool = False
+    flags: int = 0
+
+
+@dataclass(slots=True)
+class FileAccess:
+    path: str
+    access: set[str] = field(default_factory=set)
+    bytes_read: int = 0
+    bytes_written: int = 0
+    first_ns: int = 0
+    last_ns: int = 0
+    exe: str | None = None
+    cell: str | None = None
+    mapped_exec: bool = False
+
+
+@dataclass(slots=True)
+class Proc:
+    pid: int
+    ppid: int | None
+    start_ns: int
+    tag: int = 0
+    uid: int | None = None
+    exe: str | None = None
+    argv: list[str] = field(default_factory=list)
+    cwd: str | None = None
+    start_cwd: str | None = None
+    end_ns: int | None = None
+    status: int | None = None
+    cell: str | None = None
+    fds: dict[int, FdEntry] = field(default_factory=dict)
+    files: dict[str, FileAccess] = field(default_factory=dict)
+    pending_argv: tuple[str, ...] | None = None
+    seeded_from_proc: bool = False
+
+    @property
+    def exit_code(self) -> int | None:
+        """Shell convention: the exit code, or 128+N when killed by signal N."""
+        if self.status is None:
+            return None
+        sig = self.status & 0x7F
+        return 128 + sig if sig else (self.status >> 8) & 0xFF
+
+    @property
+    def signal(self) -> int | None:
+        if self.status is None:
+            return None
+        return (self.status & 0x7F) or None
+
+    def access(self, path: str, ts_ns: int) -> FileAccess:
+        fa = self.files.get(path)
+        if fa is None:
+            fa = self.files[path] = FileAccess(path, first_ns=ts_ns, last_ns=ts_ns,
+                                               exe=self.exe, cell=self.cell)
+        else:
+            fa.last_ns = max(fa.last_ns, ts_ns)
+            fa.exe = self.exe
+        return fa
+
+
+@dataclass(frozen=True, slots=True)
+class RenameRec:
+    pid: int
+    src: str
+    dst: str
+    ts_ns: int
+    cell: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class NetRec:
+    pid: int
+    op: str
+    family: str
+    address: str
+    port: int | None
+    ts_ns: int
+    cell: str | None
+
+
+class Sink:
+    """Where finished records go (the store writer implements this)."""
+
+    def on_process(self, proc: Proc) -> None: ...
+    def on_rename(self, rec: RenameRec) -> None: ...
+    def on_net(self, rec: NetRec) -> None: ...
+    def on_pipe(self, key: tuple[int, int], writers: set[int], readers: set[int]) -> None: ...
+
+
+CellOf = Callable[[int, int | None, int], "str | None"]
+
+
+class Tracker:
+    """Folds events into records. Not thread-safe: one consumer loop owns it."""
+
+    def __init__(self, sink: Sink, created_mask: int, cell_of: CellOf | None = None) -> None:
+        self.sink = sink
+        self.created_mask = created_mask
+        # cell_of(pid, ppid, ts_ns) -> cell id of a new process (or of the kernel's action)
+        self.cell_of = cell_of
+        self.live: dict[int, Proc] = {}
+        self.threads: dict[int, int] = {}
+        self.exited: list[Proc] = []
+        self._exited_by_pid: dict[int, Proc] = {}  # until finished: late flushes find them
+        self.needs_sweep: set[int] = set()
+        self.pipes: dict[tuple[int, int], tuple[set[int], set[int]]] = {}
+        self.bound: dict[tuple[int, int], str] = {}
+        self.gaps: dict[str, int] = {}
+        self._handlers = {
+            E.Fork: self._fork, E.Exec: self._exec, E.Argv: self._argv, E.Exit: self._exit,
+            E.Open: self._open, E.FdIO: self._fdio, E.FdOp: self._fdop, E.Chdir: self._chdir,
+            E.Rename: self._rename, E.Unlink: self._unlink, E.Truncate: self._truncate,
+            E.Net: self._net,
+        }
+
+    # -- entry points -----------------------------------------------------------
+    def add_root(self, pid: int, ts_ns: int, argv: list[str], cwd: str, uid: int,
+                 tag: int = 0, cell: str | None = None) -> Proc:
+        """A process we start ourselves: its cwd and argv are known before exec."""
+        p = Proc(pid=pid, ppid=os.getpid(), start_ns=ts_ns, tag=tag, uid=uid,
+                 argv=list(argv), cwd=cwd, start_cwd=cwd, cell=cell)
+        for fd in (0, 1, 2):
+            p.fds[fd] = self._fd_from_proc(pid, fd) or FdEntry(None, "unknown")
+        self.live[pid] = p
+        return p
+
+    def attach(self, pid: int, tag: int = 0, cell: str | None = None) -> Proc:
+        """A process already running when tracing began: seed it from /proc."""
+        p = self._seed(pid, _now_ns(), tag)
+        p.cell = cell
+        return p
+
+    def handle(self, ev: E.Event) -> None:
+        h = self._handlers.get(type(ev))
+        if h is None:
+            self._gap("unknown_event")
+            return
+        h(ev)
+
+    def finish_exited(self) -> None:
+        """Hand exited processes (and their file accesses) to the sink."""
+        for p in self.exited:
+            self.sink.on_process(p)
+        self.exited.clear()
+        self._exited_by_pid.clear()
+
+    def finish_all(self, end_ns: int) -> None:
+        """End of tracing: everything still alive is written with no end time."""
+        self.finish_exited()
+        for p in list(self.live.values()):
+            self.sink.on_process(p)
+        self.live.clear()
+        for key, (w, r) in self.pipes.items():
+            if w and r:
+                self.sink.on_pipe(key, w, r)
+        self.pipes.clear()
+
+    # -- helpers ------------------------------------------------------------------
+    def _gap(self, what: str) -> None:
+        self.gaps[what] = self.gaps.get(what, 0) + 1
+
+    def _proc(self, pid: int, tid: int, ts_ns: int, tag: int) -> Proc:
+        p = self.live.get(pid)
+        if p is None:
+            owner = self.threads.get(tid)
+            if owner is not None and owner in self.live:
+                return self.live[owner]
+            p = self._seed(pid, ts_ns, tag)
+        return p
+
+    def _seed(self, pid: int, ts_ns: int, tag: int) -> Proc:
+        """A pid seen without its fork: take what /proc still knows."""
+        p = Proc(pid=pid, ppid=None, start_ns=ts_ns, tag=tag, seeded_from_proc=True)
+        base = f"/proc/{pid}"
+        try:
+            p.cwd = p.start_cwd = os.readlink(f"{base}/cwd")
+            p.exe = os.readlink(f"{base}/exe")
+            with open(f"{base}/cmdline", "rb") as f:
+                p.argv = [os.fsdecode(a) for a in f.read().split(b"\0") if a]
+            with open(f"{base}/status") as f:
+                for line in f:
+                    if line.startswith("PPid:"):
+                        p.ppid = int(line.split()[1])
+                    elif line.startswith("Uid:"):
+                        p.uid = int(line.split()[1])
+            for name in os.listdir(f"{base}/fd"):
+                entry = self._fd_from_proc(pid, int(name))
+                if entry:
+                    p.fds[int(name)] = entry
+        except OSError as e:
+            if e.errno not in (errno.ENOENT, errno.ESRCH, errno.EACCES):
+                raise
+            self._gap("process_gone_before_seen")
+        self.live[pid] = p
+        return p
+
+    @staticmethod
+    def _fd_from_proc(pid: int, fd: int) -> FdEntry | None:
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            st = os.stat(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            return None
+        dev = _kdev(st.st_dev)
+        if target.startswith("pipe:"):
+            return FdEntry(None, "pipe", st.st_ino, dev)
+        if target.startswith("socket:"):
+            return FdEntry(None, "socket", st.st_ino, dev)
+        if not target.startswith("/"):
+            return FdEntry(None, "unknown", st.st_ino, dev)
+        if target.endswith(" (deleted)") and not os.path.exists(target):
+            target = target[: -len(" (deleted)")]
+        return FdEntry(target, _kind_of_mode(st.st_mode), st.st_ino, dev)
+
+    def _resolve_at(self, p: Proc, dirfd: int, path: str) -> str | None:
+        if path.startswith("/"):
+            return resolve(None, path)
+        if dirfd == AT_FDCWD:
+            base = p.cwd
+        else:
+            entry = p.fds.get(dirfd)
+            base = entry.path if entry else None
+        out = resolve(base, path)
+        if out is None:
+            self._gap("unresolved_relative_path")
+        return out
+
+    # -- handlers -------------------------------------------------------------------
+    def _fork(self, ev: E.Fork) -> None:
+        parent = self._proc(ev.pid, ev.tid, ev.ts_ns, ev.tag)
+        if ev.is_thread:
+            self.threads[ev.child_tid] = parent.pid
+            return
+        old = self.live.pop(ev.child_pid, None)
+        if old is not None:  # pid reuse, or a stale seed: close out the old one
+            self.exited.append(old)
+        cell = self.cell_of(ev.child_pid, parent.pid, ev.ts_ns) if self.cell_of else parent.cell
+        child = Proc(pid=ev.child_pid, ppid=parent.pid, start_ns=ev.ts_ns, tag=ev.tag, uid=ev.uid,
+                     exe=parent.exe, argv=list(parent.argv), cwd=parent.cwd,
+                     start_cwd=parent.cwd, cell=cell, fds=dict(parent.fds))
+        self.live[child.pid] = child
+
+    def _argv(self, ev: E.Argv) -> None:
+        p = self._proc(ev.pid, ev.tid, ev.ts_ns, ev.tag)
+        p.pending_argv = ev.argv
+        if ev.truncated:
+            self._gap("argv_truncated")
+
+    def _exec(self, ev: E.Exec) -> None:
+        p = self._proc(ev.pid, ev.tid, ev.ts_ns, ev.tag)
+        self.threads.pop(ev.old_tid, None)
+        path = self._resolve_at(p, AT_FDCWD, ev.filename)
+        if ev.filename.startswith("/dev/fd/"):  # fexecve / execveat(AT_EMPTY_PATH)
+            entry = p.fds.get(_int(ev.filename[8:]))
+            path = entry.path if entry else path
+        if p.pending_argv is not None:
+            p.argv = list(p.pending_argv)
+            p.pending_argv = None
+        p.uid = ev.uid
+        p.start_cwd = p.cwd
+        exe = path
+        if path:
+            p.access(path, ev.ts_ns).access.add("exec")
+            interp = _shebang(path)
+            if interp:
+                exe = interp
+                p.access(interp, ev.ts_ns).access.add("exec")
+        p.exe = exe
+        for fa in p.files.values():
+            fa.exe = fa.exe or exe
+        p.fds = {fd: e for fd, e in p.fds.items() if not e.cloexec}
+
+    def _exit(self, ev: E.Exit) -> None:
+        p = self.live.pop(ev.pid, None)
+        if p is None:
+            self._gap("exit_of_unknown_process")
+            return
+        p.status = ev.status
+        p.end_ns = ev.ts_ns
+        if ev.max_fd >= L.PT_FLUSH_FDS:
+            self.needs_sweep.add(ev.pid)
+        self.exited.append(p)
+        self._exited_by_pid[p.pid] = p
+
+    def _open(self, ev: E.Open) -> None:
+        p = self._proc(ev.pid, ev.tid, ev.ts_ns, ev.tag)
+        path = self._resolve_at(p, ev.dirfd, ev.path)
+        kind = _kind_of_mode(ev.imode)
+        p.fds[ev.fd] = FdEntry(path, kind, ev.ino, ev.dev, bool(ev.flags & O_CLOEXEC), ev.flags)
+        if kind == "dir" or path is None:
+            return
+        fa = p.access(path, ev.ts_ns)
+        if ev.fmode & self.created_mask:
+            fa.access.add("create")
+        elif ev.flags & O_TRUNC and ev.flags & O_ACCMODE != O_RDONLY and kind == "file":
+            fa.access.add("truncate")
+
+    def _fdio(self, ev: E.FdIO) -> None:
+        p = self.live.get(ev.pid) or self._exited_by_pid.get(ev.pid)
+        if p is None:
+            p = self._proc(ev.pid, ev.tid, ev.ts_ns, ev.tag)
+        entry = p.fds.get(ev.fd)
+        if entry is not None and ev.ino and entry.ino and (entry.ino, entry.dev) != (ev.ino, ev.dev):
+            self._gap("stale_fd_entry")
+            entry = None
+        if entry is None:
+            entry = self._fd_from_proc(p.pid, ev.fd)
+            if entry is not None and ev.ino and (entry.ino != ev.ino):
+                entry = None
+            if entry is None:
+                entry = FdEntry(None, _kind_of_mode(ev.imode), ev.ino, ev.dev)
+            p.fds[ev.fd] = entry
+        if entry.kind == "pipe" or (entry.path is None and stat.S_ISFIFO(ev.imode)):
+            w, r = self.pipes.setdefault((ev.dev, ev.ino), (set(), set()))
+            if ev.nwrites:
+                w.add(p.pid)
+            if ev.nreads:
+                r.add(p.pid)
+        elif entry.path is not None and entry.kind in ("file", "device"):
+            fa = p.access(entry.path, ev.first_ts_ns or ev.ts_ns)
+            fa.last_ns = max(fa.last_ns, ev.ts_ns)
+            if ev.nreads:
+                fa.access.add("read")
+                fa.bytes_read += ev.bytes_read
+            if ev.nwrites:
+                fa.access.add("write")
+                fa.bytes_written += ev.bytes_written
+            if ev.map_prot:
+                fa.access.add("map")
+                if ev.map_prot & PROT_EXEC:
+                    fa.mapped_exec = True
+                if ev.map_prot & PROT_WRITE and ev.flags & L.FDIO_MAP_SHARED:
+                    fa.access.add("write")
+        elif entry.path is None and entry.kind not in ("socket", "pipe") and (ev.nreads or ev.nwrites):
+            self._gap("io_on_unknown_fd")
+        if ev.reason in (L.FLUSH_CLOSE, L.FLUSH_REPLACED):
+            p.fds.pop(ev.fd, None)
+
+    def _fdop(self, ev: E.FdOp) -> None:
+        p = self._proc(ev.pid, ev.tid, ev.ts_ns, ev.tag)
+        if ev.op == L.FDOP_DUP:
+            src = p.fds.get(ev.oldfd) or self._fd_from_proc(p.pid, ev.oldfd)
+            if src is None:
+                p.fds.pop(ev.newfd, None)
+            else:
+                p.fds[ev.newfd] = replace(src, cloexec=ev.cloexec)
+        elif ev.op == L.FDOP_SETFD:
+            e = p.fds.get(ev.oldfd)
+            if e is not None:
+                p.fds[ev.oldfd] = replace(e, cloexec=ev.cloexec)
+        elif ev.op in (L.FDOP_CLOSE_RANGE, L.FDOP_CLOEXEC_RANGE):
+            for fd in [fd for fd in p.fds if ev.oldfd <= fd <= ev.newfd]:
+                if ev.op == L.FDOP_CLOSE_RANGE:
+                    del p.fds[fd]
+                else:
+                    p.fds[fd] = replace(p.fds[fd], cloexec=True)
+
+    def _chdir(self, ev: E.Chdir) -> None:
+        p = self._proc(ev.pid, ev.tid, ev.ts_ns, ev.tag)
+        if ev.fd == AT_FDCWD and ev.path is not None:
+            p.cwd = self._resolve_at(p, AT_FDCWD, ev.path)
+        else:
+            entry = p.fds.get(ev.fd)
+            p.cwd = entry.path if entry else None
+            if p.cwd is None:
+                self._gap("fchdir_to_unknown_fd")
+
+    def _rename(self, ev: E.Rename) -> None:
+        p = self._proc(ev.pid, ev.tid, ev.ts_ns, ev.tag)
+        src = self._resolve_at(p, ev.olddirfd, ev.old)
+        dst = self._resolve_at(p, ev.newdirfd, ev.new)
+        if src is None or dst is None:
+            return
+        self.sink.on_rename(RenameRec(p.pid, src, dst, ev.ts_ns, p.cell))
+        # Open fds now name the file by its new path (directories move their contents).
+        prefix = src + "/"
+        for q in self.live.values():
+            for fd, e in q.fds.items():
+                if e.path == src:
+                    q.fds[fd] = replace(e, path=dst)
+                elif e.path and e.path.startswith(prefix):
+                    q.fds[fd] = replace(e, path=dst + e.path[len(src):])
+
+    def _unlink(self, ev: E.Unlink) -> None:
+        if ev.flags & AT_REMOVEDIR:
+            return
+        p = self._proc(ev.pid, ev.tid, ev.ts_ns, ev.tag)
+        path = self._resolve_at(p, ev.dirfd, ev.path)
+        if path is not None:
+            p.access(path, ev.ts_ns).access.add("delete")
+
+    def _truncate(self, ev: E.Truncate) -> None:
+        p = self._proc(ev.pid, ev.tid, ev.ts_ns, ev.tag)
+        if ev.path is not None:
+            path = self._resolve_at(p, AT_FDCWD, ev.path)
+        else:
+            entry = p.fds.get(ev.fd)
+            path = entry.path if entry else None
+        if path is not None:
+            p.access(path, ev.ts_ns).access.add("truncate")
+
+    def _net(self, ev: E.Net) -> None:
+        p = self._proc(ev.pid, ev.tid, ev.ts_ns, ev.tag)
+        op = {L.NET_CONNECT: "connect", L.NET_ACCEPT: "accept", L.NET_BIND: "bind"}.get(ev.op)
+        family, address, port = parse_sockaddr(ev.addr)
+        if op == "bind" and family:
+            self.bound[(p.pid, ev.fd)] = family
+        if op == "accept" and family is None:
+            family = self.bound.get((p.pid, ev.fd))
+        if op is None or family is None:
+            self._gap("unparsed_sockaddr")
+            return
+        self.sink.on_net(NetRec(p.pid, op, family, address, port, ev.ts_ns, p.cell))
+
+
+def parse_sockaddr(raw: bytes) -> tuple[str | None, str, int | None]:
+    """(family, address, port) of a raw sockaddr; family None when unknown."""
+    if len(raw) < 2:
+        return None, "", None
+    fam = int.from_bytes(raw[:2], "little")
+    if fam == AF_INET and len(raw) >= 8:
+        return "inet", ".".join(str(b) for b in raw[4:8]), int.from_bytes(raw[2:4], "big")
+    if fam == AF_INET6 and len(raw) >= 24:
+        import ipaddress  # noqa: PLC0415 - rare path
+
+        return "inet6", str(ipaddress.IPv6Address(raw[8:24])), int.from_bytes(raw[2:4], "big")
+    if fam == AF_UNIX:
+        body = raw[2:]
+        if body[:1] == b"\0":  # abstract namespace
+            return "unix", "@" + os.fsdecode(body[1:].rstrip(b"\0")), None
+        return "unix", os.fsdecode(body.split(b"\0", 1)[0]), None
+    return None, "", None
+
+
+def _kind_of_mode(mode: int) -> str:
+    if stat.S_ISREG(mode):
+        return "file"
+    if stat.S_ISDIR(mode):
+        return "dir"
+    if stat.S_ISFIFO(mode):
+        return "pipe"
+    if stat.S_ISSOCK(mode):
+        return "socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "device"
+    return "unknown"
+
+
+def _kdev(st_dev: int) -> int:
+    """Userspace dev_t -> the kernel's internal (major << 20 | minor) encoding."""
+    return (os.major(st_dev) << 20) | os.minor(st_dev)
+
+
+def _shebang(path: str) -> str | None:
+    """The interpreter of a script, from its '#!' line; None for binaries."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(256)
+    except OSError:
+        return None
+    if not head.startswith(b"#!"):
+        return None
+    line = head[2:].split(b"\n", 1)[0].strip()
+    return os.fsdecode(line.split()[0]) if line else None
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        return -1
+
+
+def _now_ns() -> int:
+    import time  # noqa: PLC0415
+
+    return time.clock_gettime_ns(time.CLOCK_MONOTONIC)

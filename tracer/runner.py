@@ -1,0 +1,235 @@
+"""`provtrace run`: trace one command and every descendant, from its first instruction.
+
+Start-up without a race: the child is forked and blocks on a pipe; its pid
+goes into the kernel's traced map; only then is it released to exec. So the
+exec itself and everything after it is seen.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import getpass
+import logging
+import os
+import secrets
+import shutil
+import signal
+import socket
+import time
+from collections.abc import Callable, Mapping, Sequence
+
+from .capture.decode import Decoder
+from .correlate.clock import Clock
+from .errors import CommandNotFound, TracerError, UsageError
+from .model.processes import Tracker
+from .store import sqlite as S
+from .store.writer import RunWriter
+
+log = logging.getLogger(__name__)
+
+FLUSH_EVERY_S = 0.5
+FLUSH_ROWS = 5000
+
+
+def new_run_id() -> str:
+    return dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + secrets.token_hex(3)
+
+
+def iso(us: int | None) -> str | None:
+    if us is None:
+        return None
+    return (dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc) + dt.timedelta(microseconds=us)
+            ).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def _redactor():
+    try:
+        from .context.redact import redact_argv  # noqa: PLC0415
+    except ImportError:
+        return None
+    return redact_argv
+
+
+class TracedCommand:
+    """One traced command run into one store. Call run(); it returns the exit code."""
+
+    def __init__(self, argv: Sequence[str], *, store: S.Store, label: str | None = None,
+                 cwd: str | None = None, env: Mapping[str, str] | None = None,
+                 capture=None, on_finished: Callable[[int], None] | None = None) -> None:
+        if not argv:
+            raise UsageError("no command given: provtrace run [OPTIONS] -- CMD [ARG...]")
+        self.argv = list(argv)
+        self.store = store
+        self.label = label
+        self.cwd = cwd or os.getcwd()
+        self.env = dict(os.environ if env is None else env)
+        self.capture = capture
+        self.on_finished = on_finished
+        self.run_id = new_run_id()
+        self.rid: int | None = None
+        self.lost: dict[str, int] = {}
+
+    def _find_executable(self) -> str:
+        a0 = self.argv[0]
+        if "/" in a0:
+            path = a0 if os.path.isabs(a0) else os.path.join(self.cwd, a0)
+            if not os.path.exists(path):
+                raise CommandNotFound(a0, "no such file")
+            if not os.access(path, os.X_OK):
+                raise CommandNotFound(a0, "permission denied (not executable)")
+            return path
+        found = shutil.which(a0, path=self.env.get("PATH", os.defpath))
+        if not found:
+            raise CommandNotFound(a0, "command not found in PATH")
+        return found
+
+    def run(self) -> int:
+        exe = self._find_executable()
+        if self.capture is None:
+            from .capture.ebpf import EbpfCapture  # noqa: PLC0415
+
+            self.capture = EbpfCapture()
+        cap = self.capture
+        if not cap.created_mask:
+            cap.calibrate_created_bit()
+        clock = Clock()
+        redact = _redactor()
+        uid = os.getuid()
+        started_us = time.time_ns() // 1000
+        header = {"id": self.run_id, "kind": "command", "backend": "ebpf", "label": self.label,
+                  "argv": redact(self.argv) if redact else self.argv, "cwd": self.cwd,
+                  "host": socket.gethostname(), "user": _user(uid), "uid": uid,
+                  "started": iso(started_us), "exe": exe}
+        self.rid = self.store.new_run(self.run_id, header)
+        writer = RunWriter(self.store, self.rid, clock, redact)
+        tracker = Tracker(writer, cap.created_mask)
+        decoder = Decoder()
+        tag = 1 + (self.rid % 0x7FFFFFFF)
+
+        go_r, go_w = os.pipe()
+        err_r, err_w = os.pipe2(os.O_CLOEXEC)
+        pid = os.fork()
+        if pid == 0:  # child: wait until traced, then exec
+            try:
+                os.close(go_w)
+                os.close(err_r)
+                os.chdir(self.cwd)
+                os.read(go_r, 1)
+                os.close(go_r)
+                os.execve(exe, self.argv, self.env)
+            except OSError as e:
+                os.write(err_w, f"{e.errno}".encode())
+            finally:
+                os._exit(127)
+        os.close(go_r)
+        os.close(err_w)
+        tracker.add_root(pid, Clock.now_mono_ns(), self.argv, self.cwd, uid, tag=tag)
+        cap.trace(pid, tag)
+        os.write(go_w, b"g")
+        os.close(go_w)
+        failed = os.read(err_r, 64)
+        os.close(err_r)
+        old_int = signal.signal(signal.SIGINT, signal.SIG_IGN)  # the child gets ^C; we record
+        old_term = signal.signal(signal.SIGTERM, lambda *_: os.kill(pid, signal.SIGTERM))
+        try:
+            status = self._loop(pid, cap, tracker, decoder)
+        finally:
+            signal.signal(signal.SIGINT, old_int)
+            signal.signal(signal.SIGTERM, old_term)
+        for leftover in [p for p in cap.traced_pids()]:
+            if leftover in tracker.live:
+                cap.untrace(leftover)
+        for ev in decoder.decode_all(cap.sweep(set(tracker.live) | {p.pid for p in tracker.exited})):
+            tracker.handle(ev)
+        tracker.finish_all(Clock.now_mono_ns())
+        self.lost = cap.lost()
+        lost_total = sum(self.lost.values())
+        exit_code = _exit_code(status)
+        if failed:
+            writer.store.append(self.rid, S.GAP, {"what": "exec_failed", "errno": int(failed)})
+        gaps = dict(tracker.gaps)
+        if decoder.bad:
+            gaps["undecodable_records"] = decoder.bad
+        self._write_context(tracker, writer)
+        self.store.end_run(self.rid, {
+            "ended": iso(time.time_ns() // 1000), "exit_code": exit_code,
+            "signal": status & 0x7F if os.WIFSIGNALED(status) else None,
+            "lost_events": lost_total, "lost_by_reason": self.lost,
+            "complete": lost_total == 0, "gaps": gaps,
+            "processes": writer.processes, "files": writer.files})
+        if failed:
+            raise CommandNotFound(self.argv[0], os.strerror(int(failed)))
+        if self.on_finished:
+            self.on_finished(self.rid)
+        return exit_code
+
+    def _loop(self, pid: int, cap, tracker: Tracker, decoder: Decoder) -> int:
+        last_flush = time.monotonic()
+        status = None
+        while status is None:
+            batch = cap.poll(100)
+            done, st = os.waitpid(pid, os.WNOHANG)
+            if done:
+                status = st
+                batch += cap.drain()  # the root's exit is already in the ring buffer
+            self._apply(batch, cap, tracker, decoder)
+            now = time.monotonic()
+            if self.store.pending >= FLUSH_ROWS or now - last_flush >= FLUSH_EVERY_S:
+                self.store.flush()
+                last_flush = now
+        return status
+
+    @staticmethod
+    def _apply(batch: list[bytes], cap, tracker: Tracker, decoder: Decoder) -> None:
+        for ev in decoder.decode_all(batch):
+            tracker.handle(ev)
+        if tracker.needs_sweep:
+            for ev in decoder.decode_all(cap.sweep(tracker.needs_sweep)):
+                tracker.handle(ev)
+            tracker.needs_sweep.clear()
+        tracker.finish_exited()
+
+    def _write_context(self, tracker: Tracker, writer: RunWriter) -> None:
+        """Execution context (issue 4) when the context package is present."""
+        try:
+            from .context.collect import collect_run_context  # noqa: PLC0415
+        except ImportError:
+            return
+        touched, mapped, execd = writer_paths(self.store, self.rid)
+        try:
+            ctx = collect_run_context(pids=[], touched_paths=touched, mapped_paths=mapped,
+                                      exec_paths=execd, env=self.env)
+        except TracerError as e:
+            ctx = {"error": str(e)}
+        self.store.append(self.rid, S.CONTEXT, ctx)
+
+
+def writer_paths(store: S.Store, rid: int) -> tuple[list[str], list[str], list[str]]:
+    """Paths a run touched, mapped and exec'd, from its stored file records."""
+    import json  # noqa: PLC0415
+
+    store.flush()
+    touched, mapped, execd = set(), set(), set()
+    for _seq, _rid, _k, path, _exe, body in store.records(rid, (S.FILE,)):
+        bits = json.loads(body)[1]
+        touched.add(path)
+        if bits & 64:
+            mapped.add(path)
+        if bits & 32:
+            execd.add(path)
+    return sorted(touched), sorted(mapped), sorted(execd)
+
+
+def _exit_code(status: int) -> int:
+    if os.WIFSIGNALED(status):
+        return 128 + os.WTERMSIG(status)
+    return os.WEXITSTATUS(status)
+
+
+def _user(uid: int) -> str:
+    try:
+        import pwd  # noqa: PLC0415
+
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return getpass.getuser()

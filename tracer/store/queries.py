@@ -1,0 +1,170 @@
+"""Read-side queries: list runs, resolve a RUN argument, assemble provtrace.run/1."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+
+from ..errors import RunNotFound
+from ..model.paths import DATA, TEMP, to_json
+from . import sqlite as S
+from .writer import access_of
+
+SCHEMA = "provtrace.run/1"
+
+
+def iso(us: int | None) -> str | None:
+    from ..runner import iso as _iso  # noqa: PLC0415
+
+    return _iso(us)
+
+
+def list_runs(store: S.Store, uid: int | None = None) -> list[dict]:
+    sql = ("SELECT rid, id, kind, label, backend, user, uid, started, ended, exit_code, "
+           "lost_events, complete FROM runs")
+    args: tuple = ()
+    if uid is not None:
+        sql += " WHERE uid=?"
+        args = (uid,)
+    out = []
+    for rid, rid_s, kind, label, backend, user, u, started, ended, code, lost, complete in \
+            store.db.execute(sql + " ORDER BY rid", args):
+        out.append({"id": rid_s, "kind": kind, "label": label, "backend": backend, "user": user,
+                    "uid": u, "started": started, "ended": ended, "exit_code": code,
+                    "lost_events": lost, "complete": None if complete is None else bool(complete),
+                    "rid": rid})
+    return out
+
+
+def resolve_run(store: S.Store, ref: str, uid: int | None = None) -> int:
+    """A run id, a unique prefix of one, or 'last' -> rid."""
+    where, args = ("", ()) if uid is None else (" AND uid=?", (uid,))
+    if ref == "last":
+        row = store.db.execute(f"SELECT max(rid) FROM runs WHERE 1=1{where}", args).fetchone()
+        if row and row[0] is not None:
+            return int(row[0])
+        raise RunNotFound(ref, store.path)
+    rows = store.db.execute(f"SELECT rid FROM runs WHERE (id=? OR id LIKE ?){where}",
+                            (ref, ref.replace("%", "") + "%") + args).fetchall()
+    exact = store.db.execute(f"SELECT rid FROM runs WHERE id=?{where}", (ref,) + args).fetchone()
+    if exact:
+        return int(exact[0])
+    if len(rows) == 1:
+        return int(rows[0][0])
+    if len(rows) > 1:
+        raise RunNotFound(f"{ref} (ambiguous: {len(rows)} runs match)", store.path)
+    raise RunNotFound(ref, store.path)
+
+
+def load_run(store: S.Store, rid: int) -> dict:
+    """The provtrace.run/1 document of one run."""
+    header: dict = {}
+    end: dict | None = None
+    processes, files, renames, network, pipes, cells, gaps = [], [], [], [], [], [], []
+    context: dict = {}
+    for _seq, _rid, kind, p1, p2, body in store.records(rid):
+        b = json.loads(body)
+        if kind == S.RUN_START:
+            header = b
+        elif kind == S.RUN_END:
+            end = b
+        elif kind == S.PROCESS:
+            processes.append(_process(b))
+        elif kind == S.FILE:
+            pid, bits, br, bw, first, last, cell, base = b
+            files.append({**to_json(p1), "pid": pid, "exe": p2, "access": access_of(bits),
+                          "bytes_read": br, "bytes_written": bw, "kind": base, "cell": cell,
+                          "first": iso(first), "last": iso(last), "_first": first, "_last": last,
+                          "_path": p1})
+        elif kind == S.RENAME:
+            pid, t, cell = b
+            renames.append({"pid": pid, "from": p2, "to": p1, "time": iso(t), "cell": cell, "_t": t})
+        elif kind == S.NET:
+            pid, op, fam, addr, port, t, cell = b
+            network.append({"pid": pid, "op": op, "family": fam, "address": addr, "port": port,
+                            "time": iso(t), "cell": cell})
+        elif kind == S.PIPE:
+            ino, w, r = b
+            pipes.append({"inode": ino, "writers": w, "readers": r})
+        elif kind == S.CELL:
+            cells.append(b)
+        elif kind == S.CONTEXT:
+            context = b
+        elif kind == S.GAP:
+            gaps.append(b)
+    _mark_temp(files, renames)
+    lost = end.get("lost_events", 0) if end else 0
+    run = {
+        "id": header.get("id"), "kind": header.get("kind"), "backend": header.get("backend"),
+        "label": header.get("label"), "argv": header.get("argv"), "cwd": header.get("cwd"),
+        "host": header.get("host"), "user": header.get("user"), "uid": header.get("uid"),
+        "started": header.get("started"), "ended": end.get("ended") if end else None,
+        "exit_code": end.get("exit_code") if end else None, "lost_events": lost,
+        "complete": bool(end and end.get("complete")),
+        "lost_by_reason": end.get("lost_by_reason", {}) if end else {},
+        "gaps": {**(end.get("gaps", {}) if end else {"run_not_finished": 1}),
+                 **{g.get("what", "gap"): 1 for g in gaps}},
+    }
+    for c in cells:
+        _cell_io(c, files, renames, processes)
+    for f in files:
+        for k in ("_first", "_last", "_path"):
+            f.pop(k, None)
+    for r in renames:
+        r.pop("_t", None)
+        r.update({"from": to_json(r["from"])["path"], "to": to_json(r["to"])["path"]})
+    return {"schema": SCHEMA, "run": run, "processes": processes, "files": files,
+            "renames": renames, "network": network, "pipes": pipes, "cells": cells,
+            "context": context}
+
+
+def _process(b: dict) -> dict:
+    return {"pid": b["pid"], "ppid": b["ppid"], "exe": b["exe"], "argv": b["argv"], "cwd": b["cwd"],
+            "uid": b["uid"], "started": iso(b["started_us"]), "ended": iso(b["ended_us"]),
+            "exit_code": b["exit_code"], "signal": b.get("signal"), "cell": b["cell"]}
+
+
+def _mark_temp(files: list[dict], renames: list[dict]) -> None:
+    """A data file created and then removed (deleted or renamed away) in the run is temp."""
+    created: dict[str, int] = {}
+    removed: dict[str, int] = defaultdict(int)
+    for f in files:
+        if "create" in f["access"]:
+            created[f["_path"]] = max(created.get(f["_path"], 0), f["_first"] or 0)
+        if "delete" in f["access"]:
+            removed[f["_path"]] = max(removed[f["_path"]], f["_last"] or 0)
+    for r in renames:
+        removed[r["from"]] = max(removed[r["from"]], r["_t"] or 0)
+    for f in files:
+        p = f["_path"]
+        if f["kind"] == DATA and p in created and p in removed and removed[p] >= created[p]:
+            f["kind"] = TEMP
+
+
+def _final_name(path: str, renames: list[dict], after_us: int) -> str:
+    """Follow renames (in time order) from path, starting after a time."""
+    for r in sorted(renames, key=lambda r: r["_t"] or 0):
+        if r["from"] == path and (r["_t"] or 0) >= after_us:
+            path = r["to"]
+            after_us = r["_t"] or 0
+    return path
+
+
+def _cell_io(cell: dict, files: list[dict], renames: list[dict], processes: list[dict]) -> None:
+    """A cell's data reads and writes (renames followed) and its processes."""
+    cid = cell.get("id")
+    reads, writes = set(), set()
+    for f in files:
+        if f["cell"] != cid:
+            continue
+        kind_ok = f["kind"] in (DATA, TEMP)
+        if not kind_ok:
+            continue
+        acc = set(f["access"])
+        if acc & {"write", "create", "truncate"}:
+            writes.add(_final_name(f["_path"], renames, f["_first"] or 0))
+        if "read" in acc and f["kind"] == DATA:
+            reads.add(f["_path"])
+    cell["reads"] = sorted(to_json(p)["path"] for p in reads)
+    cell["writes"] = sorted(to_json(p)["path"] for p in writes)
+    cell["processes"] = sorted(p["pid"] for p in processes if p["cell"] == cid)

@@ -1,0 +1,73 @@
+"""RunWriter: the Tracker's sink. Finished processes, accesses, renames,
+sockets and pipes become chained records of one run.
+
+Record bodies are compact JSON arrays (see BODY_* below); a file record is
+about 60 bytes of body plus its hash. Times are stored as wall-clock UTC
+microseconds, converted from CLOCK_MONOTONIC once, here, by the shared Clock.
+"""
+
+from __future__ import annotations
+
+from ..correlate.clock import Clock
+from ..model.paths import classify
+from ..model.processes import NetRec, Proc, RenameRec, Sink
+from . import sqlite as S
+
+ACCESS_BITS = {"read": 1, "write": 2, "create": 4, "truncate": 8, "delete": 16, "exec": 32, "map": 64}
+ACCESS_ORDER = ("read", "write", "create", "truncate", "delete", "exec", "map")
+
+# BODY_FILE:   [pid, access_bits, bytes_read, bytes_written, first_us, last_us, cell, base_kind]
+# BODY_RENAME: [pid, time_us, cell]            (p1 = to, p2 = from)
+# BODY_NET:    [pid, op, family, address, port, time_us, cell]
+# BODY_PIPE:   [ino, writer_pids, reader_pids]
+
+
+def bits_of(access: set[str]) -> int:
+    return sum(ACCESS_BITS[a] for a in access)
+
+
+def access_of(bits: int) -> list[str]:
+    return [a for a in ACCESS_ORDER if bits & ACCESS_BITS[a]]
+
+
+class RunWriter(Sink):
+    def __init__(self, store: S.Store, rid: int, clock: Clock, redact_argv=None) -> None:
+        self.store = store
+        self.rid = rid
+        self.clock = clock
+        self.redact_argv = redact_argv or (lambda argv: list(argv))
+        self.processes = 0
+        self.files = 0
+
+    def us(self, mono_ns: int | None) -> int | None:
+        return None if mono_ns is None else (mono_ns + self.clock.offset_ns) // 1000
+
+    def on_process(self, p: Proc) -> None:
+        body = {
+            "pid": p.pid, "ppid": p.ppid, "exe": p.exe, "argv": self.redact_argv(p.argv),
+            "cwd": p.start_cwd, "uid": p.uid, "started_us": self.us(p.start_ns),
+            "ended_us": self.us(p.end_ns), "exit_code": p.exit_code, "signal": p.signal,
+            "cell": p.cell,
+        }
+        if p.seeded_from_proc:
+            body["seeded_from_proc"] = True
+        self.store.append(self.rid, S.PROCESS, body)
+        self.processes += 1
+        for fa in p.files.values():
+            kind = classify(fa.path, mapped_exec=fa.mapped_exec)
+            self.store.append(self.rid, S.FILE,
+                              [p.pid, bits_of(fa.access), fa.bytes_read, fa.bytes_written,
+                               self.us(fa.first_ns), self.us(fa.last_ns), fa.cell, kind],
+                              p1=fa.path, p2=fa.exe)
+            self.files += 1
+
+    def on_rename(self, rec: RenameRec) -> None:
+        self.store.append(self.rid, S.RENAME, [rec.pid, self.us(rec.ts_ns), rec.cell],
+                          p1=rec.dst, p2=rec.src)
+
+    def on_net(self, rec: NetRec) -> None:
+        self.store.append(self.rid, S.NET, [rec.pid, rec.op, rec.family, rec.address, rec.port,
+                                            self.us(rec.ts_ns), rec.cell])
+
+    def on_pipe(self, key: tuple[int, int], writers: set[int], readers: set[int]) -> None:
+        self.store.append(self.rid, S.PIPE, [key[1], sorted(writers), sorted(readers)])
