@@ -66,7 +66,7 @@ class EbpfCapture:
                 "--system-site-packages from /usr/bin/python3 (setup.sh does both)") from e
         offsets = btf.kernel_offsets()
         try:
-            self._bpf = BPF(text=program_text(), cflags=cflags(offsets, ringbuf_pages))
+            self._bpf = BPF(text=program_text().encode(), cflags=cflags(offsets, ringbuf_pages))
         except Exception as e:  # bcc raises bare Exception on compile/load failure
             raise ProbeLoadError(f"bcc could not compile or load the probes: {e}; run 'provtrace doctor'") from e
         self._pending: list[bytes] = []
@@ -78,8 +78,8 @@ class EbpfCapture:
             return 0
 
         self._cb = _on_record
-        self._bpf["events"].open_ring_buffer(_on_record)
-        self._traced = self._bpf["traced"]
+        self._bpf[b"events"].open_ring_buffer(_on_record)
+        self._traced = self._bpf[b"traced"]
         self.created_mask = 0
 
     # -- the traced set -----------------------------------------------------
@@ -122,7 +122,7 @@ class EbpfCapture:
         """
         from .layouts import EV_FDIO, FLUSH_SWEEP, FdioEvent  # noqa: PLC0415
 
-        agg = self._bpf["agg"]
+        agg = self._bpf[b"agg"]
         out = []
         for k, v in list(agg.items()):
             if k.pid not in pids:
@@ -144,7 +144,7 @@ class EbpfCapture:
 
     def lost(self) -> dict[str, int]:
         """Per-reason counts of events the kernel could not deliver (all CPUs)."""
-        table = self._bpf["lost"]
+        table = self._bpf[b"lost"]
         out = {}
         for i, name in enumerate(LOST_REASONS):
             out[name] = int(sum(table[ctypes.c_int(i)]))

@@ -1,0 +1,39 @@
+"""Shared test setup.
+
+Privileged tests (real probes, real kernels) must run in CI, not skip: when
+CI=true or PROVTRACE_REQUIRE_PRIVILEGED=1, a skipped `privileged` test is
+reported as a failure.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+
+def _require_privileged() -> bool:
+    return os.environ.get("CI") == "true" or os.environ.get("PROVTRACE_REQUIRE_PRIVILEGED") == "1"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    rep = outcome.get_result()
+    if rep.skipped and item.get_closest_marker("privileged") and _require_privileged():
+        reason = rep.longrepr[2] if isinstance(rep.longrepr, tuple) else str(rep.longrepr)
+        rep.outcome = "failed"
+        rep.longrepr = f"privileged test skipped where it must run (CI): {reason}"
+
+
+@pytest.fixture(scope="session")
+def capture():
+    """One loaded set of probes for the whole session (bcc compiles once)."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root for eBPF")
+    from provtrace.tracer.capture.ebpf import EbpfCapture
+
+    cap = EbpfCapture()
+    cap.calibrate_created_bit()
+    yield cap
+    cap.close()

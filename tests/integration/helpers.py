@@ -1,0 +1,47 @@
+"""Helpers for privileged tests: trace a real command with the real probes."""
+
+from __future__ import annotations
+
+import os
+import sys
+import textwrap
+
+from provtrace.tracer.runner import TracedCommand
+from provtrace.tracer.store import queries as Q
+from provtrace.tracer.store import sqlite as S
+
+PY = sys.executable
+
+
+def trace(capture, argv, *, cwd, db=None, label=None):
+    """Run argv traced; return (exit_code, provtrace.run/1 document)."""
+    db = db or os.path.join(cwd, "..", "store.db")
+    store = S.Store(db)
+    try:
+        tc = TracedCommand(list(argv), store=store, label=label, cwd=str(cwd), capture=capture)
+        code = tc.run()
+        return code, Q.load_run(store, tc.rid)
+    finally:
+        store.close()
+
+
+def trace_py(capture, code, *, cwd, **kw):
+    """Trace a Python snippet run by this interpreter."""
+    return trace(capture, [PY, "-c", textwrap.dedent(code)], cwd=cwd, **kw)
+
+
+def accesses(doc, path, pid=None):
+    """Union of access sets on path (optionally by one pid)."""
+    out = set()
+    for f in doc["files"]:
+        if f["path"] == str(path) and (pid is None or f["pid"] == pid):
+            out |= set(f["access"])
+    return out
+
+
+def entries(doc, path):
+    return [f for f in doc["files"] if f["path"] == str(path)]
+
+
+def proc_by_argv(doc, needle):
+    return [p for p in doc["processes"] if any(needle in a for a in p["argv"])]
