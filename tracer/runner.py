@@ -125,6 +125,7 @@ class TracedCommand:
         os.close(err_w)
         tracker.add_root(pid, Clock.now_mono_ns(), self.argv, self.cwd, uid, tag=tag)
         cap.trace(pid, tag)
+        self._gpu_samples = [_gpu_sample([pid])]
         os.write(go_w, b"g")
         os.close(go_w)
         failed = os.read(err_r, 64)
@@ -136,6 +137,7 @@ class TracedCommand:
         finally:
             signal.signal(signal.SIGINT, old_int)
             signal.signal(signal.SIGTERM, old_term)
+        self._gpu_samples.append(_gpu_sample(list(tracker.live)))
         for leftover in [p for p in cap.traced_pids()]:
             if leftover in tracker.live:
                 cap.untrace(leftover)
@@ -197,11 +199,21 @@ class TracedCommand:
             return
         touched, mapped, execd = writer_paths(self.store, self.rid)
         try:
-            ctx = collect_run_context(pids=[], touched_paths=touched, mapped_paths=mapped,
-                                      exec_paths=execd, env=self.env)
+            ctx = collect_run_context(pids=list(tracker.live), touched_paths=touched,
+                                      mapped_paths=mapped, exec_paths=execd, env=self.env,
+                                      gpu_samples=[s for s in self._gpu_samples if s])
         except TracerError as e:
             ctx = {"error": str(e)}
         self.store.append(self.rid, S.CONTEXT, ctx)
+
+
+def _gpu_sample(pids: list[int]) -> dict | None:
+    """GPU state and holders among pids (NVML); None without the context package."""
+    try:
+        from .context.collect import gpu_sample  # noqa: PLC0415
+    except ImportError:
+        return None
+    return gpu_sample(pids)
 
 
 def writer_paths(store: S.Store, rid: int) -> tuple[list[str], list[str], list[str]]:

@@ -6,6 +6,8 @@ import os
 import re
 import shutil
 import subprocess
+import sys
+import tempfile
 
 import pytest
 
@@ -140,19 +142,33 @@ def test_deleted_after_open_gives_missing(tmp_path) -> None:
     assert via_fd.error is None and via_fd.soname == "libssl.so.3"
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file")
-def test_unreadable_gives_recorded_error(tmp_path) -> None:
-    path = tmp_path / "libsecret.so"
-    shutil.copy(f"{LIBDIR}/libssl.so.3", path)
-    path.chmod(0)
-    assert ElfCache().record(str(path))["error"].startswith("unreadable")
+def test_unreadable_gives_recorded_error() -> None:
+    # A directory nobody can traverse into (pytest's tmp root is 0700).
+    directory = tempfile.mkdtemp(prefix="provtrace-elf-")
+    try:
+        os.chmod(directory, 0o755)
+        path = os.path.join(directory, "libsecret.so")
+        shutil.copy(f"{LIBDIR}/libssl.so.3", path)
+        os.chmod(path, 0)
+        if os.geteuid() != 0:
+            assert ElfCache().record(path)["error"] == "unreadable: Permission denied"
+            return
+        if shutil.which("setpriv") is None:
+            pytest.skip("root reads any file, and setpriv is missing to drop privileges")
+        # Root reads any file: ask as nobody, in a child process. stat() works
+        # there (the directory is 0755), so this is open() failing.
+        code = ("import sys; from provtrace.tracer.context.elf import ElfCache; "
+                "print(ElfCache().record(sys.argv[1])['error'])")
+        out = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                              sys.executable, "-c", code, path],
+                             capture_output=True, text=True, check=True).stdout.strip()
+        assert out == "unreadable: Permission denied"
+    finally:
+        shutil.rmtree(directory)
 
 
 def test_directory_gives_recorded_error(tmp_path) -> None:
-    # Opening a directory for reading fails with EISDIR; as root this is the
-    # unreadable case we can still exercise.
-    entry = ElfCache().record(str(tmp_path))
-    assert entry["error"] and entry["error"].startswith("unreadable")
+    assert ElfCache().record(str(tmp_path))["error"] == "not a regular file"
 
 
 def test_shared_object_names() -> None:
@@ -162,3 +178,10 @@ def test_shared_object_names() -> None:
     assert looks_like_shared_object("/x/libz.so.1.2.13")
     assert not looks_like_shared_object("/x/data.csv")
     assert not looks_like_shared_object("/x/so.txt")
+
+
+def test_fifo_and_device_are_not_opened(tmp_path) -> None:
+    fifo = tmp_path / "libpipe.so"
+    os.mkfifo(fifo)  # opening it for reading would block forever
+    assert ElfCache().record(str(fifo))["error"] == "not a regular file"
+    assert ElfCache().record("/dev/zero")["error"] == "not a regular file"

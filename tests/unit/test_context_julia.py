@@ -124,3 +124,15 @@ def test_resolver_includes_julia(tree: str) -> None:
         [f"{tree}/depot/packages/Example/aqsx3/src/Example.jl"])
     assert [(e["ecosystem"], e["name"], e["version"]) for e in entries] == [
         ("julia", "Example", "0.5.3")]
+
+
+def test_manifest_change_is_seen(tree: str) -> None:
+    packages = JuliaPackages()
+    touched = [f"{tree}/depot/packages/Example/aqsx3/src/Example.jl"]
+    assert packages.packages_for(touched)[0]["version"] == "0.5.3"
+    manifest = f"{tree}/depot/environments/v1.10/Manifest.toml"
+    text = open(manifest).read().replace('version = "0.5.3"', 'version = "0.5.3-edited"')
+    with open(manifest, "w") as f:
+        f.write(text)
+    os.utime(manifest, ns=(1, 1))  # a different mtime even on coarse-clock filesystems
+    assert packages.packages_for(touched)[0]["version"] == "0.5.3-edited"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import shutil
 import subprocess
 
 import networkx
@@ -12,6 +13,7 @@ import psutil
 import pytest
 
 from provtrace.tracer.context.cran import RPackages, parse_description
+from provtrace.tracer.context.dpkg import DpkgIndex
 from provtrace.tracer.context.packages import PackageResolver, packages_for
 from provtrace.tracer.context.pypi import PythonPackages, site_dir_of
 
@@ -154,3 +156,57 @@ def test_entries_are_deduplicated(resolver: PackageResolver) -> None:
     keys = [(e["ecosystem"], e["name"]) for e in entries]
     assert len(keys) == len(set(keys))
     assert all({"name", "version", "ecosystem", "hash"} <= set(e) for e in entries)
+
+
+def make_dist(site, name: str, version: str) -> None:
+    info = site / f"{name}-{version}.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
+    (info / "RECORD").write_text(f"{name}/__init__.py,sha256=x,1\n")
+
+
+def test_python_upgrade_is_seen_after_refresh(tmp_path) -> None:
+    site = tmp_path / "site-packages"
+    (site / "demo").mkdir(parents=True)
+    (site / "demo/__init__.py").write_text("")
+    make_dist(site, "demo", "1.0")
+    resolver = PackageResolver()
+    touched = [str(site / "demo/__init__.py")]
+    assert resolver.packages_for(touched)[0]["version"] == "1.0"
+    shutil.rmtree(site / "demo-1.0.dist-info")  # what pip does on upgrade
+    make_dist(site, "demo", "2.0")
+    resolver.refresh()
+    assert resolver.packages_for(touched)[0]["version"] == "2.0"
+
+
+def test_r_reinstall_is_seen_after_refresh(tmp_path) -> None:
+    pkg = tmp_path / "lib/foo"
+    (pkg / "Meta").mkdir(parents=True)
+    (pkg / "R").mkdir()
+    (pkg / "R/foo.rdb").write_bytes(b"")
+    (pkg / "DESCRIPTION").write_text("Package: foo\nVersion: 1.0\nBuilt: R 4.2.2; ; x; unix\n")
+    resolver = PackageResolver()
+    touched = [str(pkg / "R/foo.rdb")]
+    assert resolver.packages_for(touched)[0]["version"] == "1.0"
+    (pkg / "DESCRIPTION").write_text("Package: foo\nVersion: 1.1\nBuilt: R 4.2.2; ; y; unix\n")
+    resolver.refresh()
+    assert resolver.packages_for(touched)[0]["version"] == "1.1"
+
+
+def test_dpkg_index_rebuilds_after_install(tmp_path) -> None:
+    info = tmp_path / "info"
+    info.mkdir()
+    status = tmp_path / "status"
+    status.write_text("Package: a\n")
+    (info / "pkg-a.list").write_text("/.\n/opt/a\n/opt/a/bin\n")
+    index = DpkgIndex(info_dir=str(info), status_path=str(status))
+    assert index.owner("/opt/a/bin") == "pkg-a"
+    assert index.owner("/opt/b/bin") is None
+    (info / "pkg-b:amd64.list").write_text("/opt/b/bin\n")
+    status.write_text("Package: a\n\nPackage: b\n")
+    index.refresh()
+    assert index.owner("/opt/b/bin") == "pkg-b:amd64"
+    assert index.builds == 2
+    index.refresh()  # nothing changed: no rebuild
+    index.owner("/opt/a/bin")
+    assert index.builds == 2

@@ -47,6 +47,7 @@ def test_ordinary_names_are_kept(name: str) -> None:
     ("https://host/plain/path", "https://host/plain/path"),
     ("Authorization: Bearer eyJhbGciOi.abc.def", f"Authorization: Bearer {REDACTED}"),
     ("basic dXNlcjpwYXNz", f"basic {REDACTED}"),
+    ("basic usage of the tool", "basic usage of the tool"),
     ("token is ghp_abcdefghijklmnopqrstuvwxyz0123 here", f"token is {REDACTED} here"),
     ("AKIAIOSFODNN7EXAMPLE", REDACTED),
     ("xoxb-123456789012-abcdefghij", REDACTED),
@@ -128,3 +129,12 @@ def test_argv(argv: list[str], expected: list[str]) -> None:
 def test_argv_bytes_and_empty() -> None:
     assert redact_argv([b"tool", b"--token", b"\xffabc"]) == ["tool", "--token", REDACTED]
     assert redact_argv([]) == [] and redact_argv(None) == []
+
+
+@pytest.mark.parametrize("value,expected", [
+    ("Authorization: Bearer abc", f"Authorization: Bearer {REDACTED}"),
+    ("authorization: xyz", f"authorization: {REDACTED}"),
+    ("Proxy-Authorization: Basic abc", f"Proxy-Authorization: Basic {REDACTED}"),
+])
+def test_authorization_headers(value: str, expected: str) -> None:
+    assert redact_text(value) == expected

@@ -13,6 +13,7 @@ one, created on first use, so later runs are cheap.
 
 from __future__ import annotations
 
+import base64
 import logging
 import os
 import threading
@@ -66,6 +67,18 @@ def read_maps(pid: int) -> list[MappedFile]:
         return []
 
 
+def _encode_path(entry: dict) -> dict:
+    """Contract rule: a non-UTF-8 path is escaped, with its raw bytes in ``path_b64``."""
+    path = entry["path"]
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        raw = path.encode("utf-8", errors="surrogateescape")
+        entry["path"] = raw.decode("utf-8", errors="backslashreplace")
+        entry["path_b64"] = base64.b64encode(raw).decode("ascii")
+    return entry
+
+
 def _is_library_candidate(path: str) -> bool:
     return looks_like_shared_object(path) or has_elf_magic(path)
 
@@ -99,7 +112,7 @@ class ContextCollector:
                     wanted[mapped.path] = None
         entries = []
         for path, open_path in wanted.items():
-            entry = self.elf.record(path, open_path)
+            entry = _encode_path(self.elf.record(path, open_path))
             if open_path is not None:
                 entry["deleted"] = True
                 if entry["error"] and entry["error"].startswith("unreadable"):

@@ -13,6 +13,7 @@ import dataclasses
 import logging
 import os
 import re
+import stat
 import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -36,7 +37,17 @@ def looks_like_shared_object(path: str) -> bool:
     return bool(_SHARED_OBJECT_NAME.search(os.path.basename(path)))
 
 
+def is_regular_file(path: str) -> bool:
+    """Regular files only: opening a FIFO blocks, reading a device (/dev/nvidia0) may act."""
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        return False
+
+
 def has_elf_magic(path: str) -> bool:
+    if not is_regular_file(path):
+        return False
     try:
         with open(path, "rb") as f:
             return f.read(4) == ELF_MAGIC
@@ -119,6 +130,9 @@ class ElfCache:
     def read(self, path: str, open_path: str | None = None) -> ElfInfo:
         """Info for ``path``; ``open_path`` (e.g. /proc/PID/map_files/...) is opened instead."""
         try:
+            mode = os.stat(open_path or path).st_mode
+            if not stat.S_ISREG(mode):
+                return ElfInfo(path=path, error="not a regular file")
             f = open(open_path or path, "rb")
         except FileNotFoundError:
             return ElfInfo(path=path, error="missing: file not found (deleted?)")

@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterable
 _WRITE_ACCESS = {"write", "create", "truncate"}
 _CONTENT_FIELDS = ("size_bytes", "mtime")
 _MISSING = "-"
+_UNKNOWN_SHOWN = 10
 
 
 def _list(doc: dict | None, *keys: str) -> list:
@@ -235,8 +236,14 @@ def render_diff(d: dict) -> str:
         out += _table(title, _rows(section, describe))
         unknown = section.get("unknown") or []
         if unknown:
-            out += [f"{title}: {len(unknown)} file(s) with no content facts to compare"] + \
-                   [f"  {p}" for p in unknown] + [""]
+            out.append(f"{title} in both runs, not comparable (no sha256, size or mtime "
+                       f"recorded): {len(unknown)}")
+            out += [f"  {p}" for p in unknown[:_UNKNOWN_SHOWN]]
+            if len(unknown) > _UNKNOWN_SHOWN:
+                out.append(f"  ... and {len(unknown) - _UNKNOWN_SHOWN} more (see --json)")
+            out.append("")
     if d.get("identical"):
-        out.append("No differences.")
+        uncomparable = any((_get(d, s, "unknown") or []) for s in ("inputs", "outputs"))
+        out.append("No differences among what could be compared." if uncomparable
+                   else "No differences.")
     return "\n".join(out).rstrip() + "\n"

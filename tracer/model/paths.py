@@ -54,10 +54,10 @@ def classify(path: str, *, mapped_exec: bool = False) -> str:
     """data | library | system | temp, by path (temp by lifetime is decided at query time)."""
     if mapped_exec or path.endswith(".so") or ".so." in posixpath.basename(path):
         return LIBRARY
+    if path.startswith(_TEMP_PREFIXES):  # before /dev/: /dev/shm is temp
+        return TEMP
     if path in _SYSTEM_EXACT or path.startswith(_SYSTEM_PREFIXES):
         return SYSTEM
-    if path.startswith(_TEMP_PREFIXES):
-        return TEMP
     if path.startswith(_LIBRARY_PREFIXES) or any(part in path for part in _LIBRARY_PARTS):
         return LIBRARY
     if path.endswith((".pyc", ".pyo")):

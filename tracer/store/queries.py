@@ -6,7 +6,7 @@ import json
 from collections import defaultdict
 
 from ..errors import RunNotFound
-from ..model.paths import DATA, TEMP, to_json
+from ..model.paths import DATA, TEMP, display, to_json
 from . import sqlite as S
 from .writer import access_of
 
@@ -72,7 +72,7 @@ def load_run(store: S.Store, rid: int) -> dict:
             processes.append(_process(b))
         elif kind == S.FILE:
             pid, bits, br, bw, first, last, cell, base = b
-            files.append({**to_json(p1), "pid": pid, "exe": p2, "access": access_of(bits),
+            files.append({**to_json(p1), "pid": pid, "exe": _text(p2), "access": access_of(bits),
                           "bytes_read": br, "bytes_written": bw, "kind": base, "cell": cell,
                           "first": iso(first), "last": iso(last), "_first": first, "_last": last,
                           "_path": p1})
@@ -118,8 +118,14 @@ def load_run(store: S.Store, rid: int) -> dict:
             "context": context}
 
 
+def _text(s: str | None) -> str | None:
+    """Undecodable bytes of a name as \\xNN, so JSON output is valid UTF-8."""
+    return None if s is None else display(s)
+
+
 def _process(b: dict) -> dict:
-    return {"pid": b["pid"], "ppid": b["ppid"], "exe": b["exe"], "argv": b["argv"], "cwd": b["cwd"],
+    return {"pid": b["pid"], "ppid": b["ppid"], "exe": _text(b["exe"]),
+            "argv": [_text(a) for a in b["argv"]], "cwd": _text(b["cwd"]),
             "uid": b["uid"], "started": iso(b["started_us"]), "ended": iso(b["ended_us"]),
             "exit_code": b["exit_code"], "signal": b.get("signal"), "cell": b["cell"]}
 

@@ -73,7 +73,9 @@ def chain_hash(prev: bytes, rid: int, kind: int, p1: bytes | None, p2: bytes | N
 
 
 def dumps(obj: object) -> str:
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+    """Compact JSON. ASCII-escaped, so a name that is not UTF-8 (a str with
+    surrogateescape characters) is stored as \\udcXX and loads back exactly."""
+    return json.dumps(obj, separators=(",", ":"))
 
 
 @dataclass

@@ -1,0 +1,75 @@
+"""Lexical path resolution, file kinds, and the JSON form of non-UTF-8 names."""
+
+from __future__ import annotations
+
+import base64
+import os
+
+import pytest
+
+from provtrace.tracer.model.paths import DATA, LIBRARY, SYSTEM, TEMP, classify, display, resolve, to_json
+
+
+@pytest.mark.parametrize("base,path,want", [
+    ("/home/u", "data.csv", "/home/u/data.csv"),
+    ("/home/u/", "./sub//x", "/home/u/sub/x"),
+    ("/home/u/proj", "../other/./f", "/home/u/other/f"),
+    ("/", "../../etc/passwd", "/etc/passwd"),  # '..' above the root stays at the root
+    ("/home/u", "", "/home/u"),
+    ("/home/u", "/abs/../p", "/p"),
+    (None, "/abs/path", "/abs/path"),
+    (None, "relative", None),
+    (None, "", None),
+    ("/a/link", "../b", "/a/b"),  # lexical on purpose: symlinks are not followed
+    (None, "//double/slash", "/double/slash"),
+    (None, "///triple", "/triple"),
+    ("//srv", "x", "/srv/x"),
+    (None, "/", "/"),
+])
+def test_resolve(base, path, want):
+    assert resolve(base, path) == want
+
+
+@pytest.mark.parametrize("path,want", [
+    ("/usr/lib/x86_64-linux-gnu/x.so", LIBRARY),
+    ("/usr/lib/x.so", LIBRARY),
+    ("/home/u/build/libfoo.so.1.2", LIBRARY),
+    ("/home/u/.venv/lib/python3.11/site-packages/numpy/__init__.py", LIBRARY),
+    ("/usr/lib/python3/dist-packages/yaml/__init__.py", LIBRARY),
+    ("/home/u/proj/__pycache__/m.cpython-311.pyc", LIBRARY),
+    ("/usr/bin/python3", LIBRARY),
+    ("/proc/self/maps", SYSTEM),
+    ("/proc", SYSTEM),
+    ("/etc/passwd", SYSTEM),
+    ("/dev/null", SYSTEM),
+    ("/sys/devices/system/cpu/online", SYSTEM),
+    ("/usr/share/zoneinfo/UTC", SYSTEM),
+    ("/dev/shm/x", TEMP),
+    ("/home/u/data.csv", DATA),
+    ("/home/u/results/model.pkl", DATA),
+    ("/tmp/scratch.txt", DATA),  # temp by lifetime is decided at query time
+    ("/home/u/sonnet.txt", DATA),
+])
+def test_classify(path, want):
+    assert classify(path) == want
+
+
+def test_classify_mapped_exec_is_library():
+    assert classify("/home/u/plugin.bin", mapped_exec=True) == LIBRARY
+
+
+def test_to_json_utf8():
+    assert to_json("/home/u/données/é.csv") == {"path": "/home/u/données/é.csv"}
+
+
+def test_to_json_non_utf8():
+    raw = b"/home/u/caf\xe9/\xff.csv"
+    j = to_json(os.fsdecode(raw))
+    assert j["path"] == "/home/u/caf\\xe9/\\xff.csv"
+    assert base64.b64decode(j["path_b64"]) == raw
+    j["path"].encode("utf-8")  # always valid text
+
+
+def test_display():
+    assert display(os.fsdecode(b"/x/caf\xe9")) == "/x/caf\\xe9"
+    assert display("/x/é") == "/x/é"
