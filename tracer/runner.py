@@ -99,9 +99,9 @@ class TracedCommand:
         header = {"id": self.run_id, "kind": "command", "backend": "ebpf", "label": self.label,
                   "argv": redact(self.argv) if redact else self.argv, "cwd": self.cwd,
                   "host": socket.gethostname(), "user": _user(uid), "uid": uid,
-                  "started": iso(started_us), "exe": exe}
+                  "started": iso(started_us), "start_us": started_us, "exe": exe}
         self.rid = self.store.new_run(self.run_id, header)
-        writer = RunWriter(self.store, self.rid, clock, redact)
+        writer = RunWriter(self.store, self.rid, clock, redact, base_us=started_us)
         tracker = Tracker(writer, cap.created_mask)
         decoder = Decoder()
         tag = 1 + (self.rid % 0x7FFFFFFF)

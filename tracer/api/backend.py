@@ -37,6 +37,10 @@ class SessionStore(Protocol):
         kernel_name: str | None, language: str | None, session_id: str | None,
     ) -> KernelRecord: ...
 
+    def end_session(self, session_id: str) -> RunRecord:
+        """The session's kernel is gone (died, shut down, or could not be followed)."""
+        ...
+
     def get_run(self, ref: str, uid: int | None) -> RunRecord:
         """A run or session by id, or "last"; NotFound when absent or not visible."""
         ...

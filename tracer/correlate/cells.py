@@ -13,8 +13,12 @@ Rules (the order in which they are tried):
 4. Concurrent windows (ipykernel 7 subshells). When several windows of one
    kernel are open at once: a window whose tid is the event's thread wins;
    else the main thread (tid == pid) goes to the one main-shell window
-   (subshell_id None); else the earliest-started open window, and the
-   attribution is marked ambiguous.
+   (subshell_id None); another thread goes to the one open subshell window
+   when there is exactly one (marked ambiguous: it may also be a thread the
+   cell started earlier, or a kernel helper thread); else the
+   earliest-started open window, marked ambiguous. (Python 3.11 threads have
+   no OS names, so a subshell's thread id is only known when a reporter
+   sets CellWindow.tid.)
 5. Children. A child process belongs to the cell its parent was in when it
    was forked (start_ns), decided with the forking thread (parent_tid) by
    rules 2-4. It keeps that cell after the window ends, and grandchildren
@@ -195,6 +199,10 @@ class CellAttributor:
             main = [w for w in open_now if w.subshell_id is None and w.tid in (None, kernel[0])]
             if len(main) == 1:
                 return Attribution(main[0], "kernel-main-shell")
+        else:
+            subs = [w for w in open_now if w.subshell_id is not None and w.tid is None]
+            if len(subs) == 1:
+                return Attribution(subs[0], "kernel-subshell", ambiguous=True)
         first = min(open_now, key=lambda w: (w.start_ns, w.msg_id))
         return Attribution(first, "kernel-window", ambiguous=True)
 

@@ -6,6 +6,10 @@ it joined, so it sends kernel_info_request on shell until the IOPub status
 for one of those requests arrives (language-agnostic: IRkernel, for one,
 does not answer kernel_info on control). A wrong key shows up here, as no
 answer, or later as messages whose signature does not verify (a gap).
+Beware: IRkernel *exits* when a shell message's signature does not verify
+("identical(signature, expected_signature) is not TRUE"), so only probe a
+kernel with a connection file known to be its own (named on its command
+line, or all five ports held by that pid).
 
 The kernel's death (pid gone, or a new process behind the same pid) closes
 every open window with status error, reason "died".
@@ -135,7 +139,10 @@ class IOPubWatcher:
         sent: set[str] = set()
         while time.monotonic() < deadline and not self._stop.is_set():
             if not self._alive():
-                self._fail_or_gap("kernel exited before IOPub was ready")
+                self._fail_or_gap(
+                    "kernel exited while being probed with kernel_info_request (IRkernel exits on a "
+                    "message signed with a wrong key: check the connection file's key)"
+                    if sent else "kernel exited before IOPub was ready")
                 return False
             sent.add(client.kernel_info())
             for msg in self._drain(client, max(0.0, min(1.0, deadline - time.monotonic()))):

@@ -178,7 +178,7 @@ class KernelDiscovery:
     """One scan of the host's kernels. Build it with the dirs to scan, then call scan()."""
 
     def __init__(self, dirs: Iterable[Path] | None = None, uid: int | None = None) -> None:
-        self.dirs = list(dirs) if dirs is not None else None
+        self.dirs = [Path(d) for d in dirs] if dirs is not None else None
         self.uid = uid  # only kernels of this uid, when set
 
     def scan(self) -> Discovery:

@@ -16,7 +16,7 @@ import networkx as nx
 
 from ..model.paths import DATA, TEMP
 from ..store import sqlite as S
-from ..store.writer import ACCESS_BITS
+from ..store.writer import ACCESS_BITS, KIND_NAMES
 
 WRITE_BITS = ACCESS_BITS["write"] | ACCESS_BITS["create"] | ACCESS_BITS["truncate"]
 READ_BITS = ACCESS_BITS["read"]
@@ -29,8 +29,26 @@ class _Index:
     def __init__(self, store: S.Store) -> None:
         self.s = store
         self.run_ids = dict(store.db.execute("SELECT rid, id FROM runs"))
+        self.base_us = {rid: json.loads(body).get("start_us", 0) for rid, body in store.db.execute(
+            "SELECT rid, body FROM records WHERE kind=?", (S.RUN_START,))}
         self._procs: dict[int, dict[int, dict]] = {}
         self._pipes: dict[int, list] = {}
+
+    def _file(self, rid: int, b: list) -> list:
+        """A file body with absolute times and the kind's name."""
+        base = self.base_us.get(rid, 0)
+        b = list(b)
+        for i in (4, 5):
+            if b[i] is not None:
+                b[i] += base
+        b[7] = KIND_NAMES.get(b[7], b[7])
+        return b
+
+    def _when(self, rid: int, b: list) -> list:
+        b = list(b)
+        if b[1] is not None:
+            b[1] += self.base_us.get(rid, 0)
+        return b
 
     def path_id(self, path: str) -> int | None:
         import os  # noqa: PLC0415
@@ -42,14 +60,14 @@ class _Index:
         pid = self.path_id(path)
         if pid is None:
             return []
-        return [(rid, json.loads(body)) for rid, body in self.s.db.execute(
+        return [(rid, self._file(rid, json.loads(body))) for rid, body in self.s.db.execute(
             "SELECT rid, body FROM records WHERE kind=? AND p1=? ORDER BY seq", (S.FILE, pid))]
 
     def renames_to(self, path: str) -> list[tuple[int, str, list]]:
         pid = self.path_id(path)
         if pid is None:
             return []
-        return [(rid, _dec(src), json.loads(body)) for rid, src, body in self.s.db.execute(
+        return [(rid, _dec(src), self._when(rid, json.loads(body))) for rid, src, body in self.s.db.execute(
             "SELECT r.rid, p.path, r.body FROM records r JOIN paths p ON p.id=r.p2 "
             "WHERE r.kind=? AND r.p1=?", (S.RENAME, pid))]
 
@@ -57,13 +75,14 @@ class _Index:
         pid = self.path_id(path)
         if pid is None:
             return []
-        return [(rid, _dec(dst), json.loads(body)) for rid, dst, body in self.s.db.execute(
+        # kind=4 literally (S.RENAME): it lets SQLite use the partial index on p2
+        return [(rid, _dec(dst), self._when(rid, json.loads(body))) for rid, dst, body in self.s.db.execute(
             "SELECT r.rid, p.path, r.body FROM records r JOIN paths p ON p.id=r.p1 "
-            "WHERE r.kind=? AND r.p2=?", (S.RENAME, pid))]
+            "WHERE r.kind=4 AND r.p2=?", (pid,))]
 
     def files_of(self, rid: int, pid: int) -> list[tuple[str, list]]:
         return [(_dec(path), b) for path, b in (
-            (path, json.loads(body)) for path, body in self.s.db.execute(
+            (path, self._file(rid, json.loads(body))) for path, body in self.s.db.execute(
                 "SELECT p.path, r.body FROM records r JOIN paths p ON p.id=r.p1 "
                 "WHERE r.rid=? AND r.kind=?", (rid, S.FILE))) if b[0] == pid]
 

@@ -8,7 +8,7 @@ from collections import defaultdict
 from ..errors import RunNotFound
 from ..model.paths import DATA, TEMP, display, to_json
 from . import sqlite as S
-from .writer import access_of
+from .writer import KIND_NAMES, access_of
 
 SCHEMA = "provtrace.run/1"
 
@@ -62,25 +62,31 @@ def load_run(store: S.Store, rid: int) -> dict:
     end: dict | None = None
     processes, files, renames, network, pipes, cells, gaps = [], [], [], [], [], [], []
     context: dict = {}
+    base = 0
     for _seq, _rid, kind, p1, p2, body in store.records(rid):
         b = json.loads(body)
         if kind == S.RUN_START:
             header = b
+            base = b.get("start_us", 0)
         elif kind == S.RUN_END:
             end = b
         elif kind == S.PROCESS:
             processes.append(_process(b))
         elif kind == S.FILE:
-            pid, bits, br, bw, first, last, cell, base = b
+            pid, bits, br, bw, first, last, cell, code = b
+            first, last = _abs(base, first), _abs(base, last)
             files.append({**to_json(p1), "pid": pid, "exe": _text(p2), "access": access_of(bits),
-                          "bytes_read": br, "bytes_written": bw, "kind": base, "cell": cell,
+                          "bytes_read": br, "bytes_written": bw, "kind": KIND_NAMES.get(code, code),
+                          "cell": cell,
                           "first": iso(first), "last": iso(last), "_first": first, "_last": last,
                           "_path": p1})
         elif kind == S.RENAME:
             pid, t, cell = b
+            t = _abs(base, t)
             renames.append({"pid": pid, "from": p2, "to": p1, "time": iso(t), "cell": cell, "_t": t})
         elif kind == S.NET:
             pid, op, fam, addr, port, t, cell = b
+            t = _abs(base, t)
             network.append({"pid": pid, "op": op, "family": fam, "address": addr, "port": port,
                             "time": iso(t), "cell": cell})
         elif kind == S.PIPE:
@@ -116,6 +122,10 @@ def load_run(store: S.Store, rid: int) -> dict:
     return {"schema": SCHEMA, "run": run, "processes": processes, "files": files,
             "renames": renames, "network": network, "pipes": pipes, "cells": cells,
             "context": context}
+
+
+def _abs(base: int, rel: int | None) -> int | None:
+    return None if rel is None else base + rel
 
 
 def _text(s: str | None) -> str | None:

@@ -44,9 +44,9 @@ CREATE TABLE IF NOT EXISTS runs(
 CREATE TABLE IF NOT EXISTS records(
   seq INTEGER PRIMARY KEY, rid INTEGER NOT NULL, kind INTEGER NOT NULL,
   p1 INTEGER, p2 INTEGER, body TEXT NOT NULL, hash BLOB NOT NULL);
-CREATE INDEX IF NOT EXISTS records_rid ON records(rid, kind);
+CREATE INDEX IF NOT EXISTS records_rid ON records(rid);
 CREATE INDEX IF NOT EXISTS records_p1 ON records(p1) WHERE p1 IS NOT NULL;
-CREATE INDEX IF NOT EXISTS records_p2 ON records(p2) WHERE p2 IS NOT NULL;
+CREATE INDEX IF NOT EXISTS records_renamed_from ON records(p2) WHERE kind = 4;
 """
 
 

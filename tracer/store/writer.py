@@ -16,9 +16,13 @@ from . import sqlite as S
 ACCESS_BITS = {"read": 1, "write": 2, "create": 4, "truncate": 8, "delete": 16, "exec": 32, "map": 64}
 ACCESS_ORDER = ("read", "write", "create", "truncate", "delete", "exec", "map")
 
-# BODY_FILE:   [pid, access_bits, bytes_read, bytes_written, first_us, last_us, cell, base_kind]
-# BODY_RENAME: [pid, time_us, cell]            (p1 = to, p2 = from)
-# BODY_NET:    [pid, op, family, address, port, time_us, cell]
+# BODY_FILE:   [pid, access_bits, bytes_read, bytes_written, first, last, cell, kind_code]
+# BODY_RENAME: [pid, time, cell]               (p1 = to, p2 = from)
+# BODY_NET:    [pid, op, family, address, port, time, cell]
+# Times in these bodies are microseconds since the run's start_us (in its
+# start record), which keeps a file record near 40 bytes.
+KIND_CODES = {"data": "d", "library": "l", "system": "s", "temp": "t"}
+KIND_NAMES = {v: k for k, v in KIND_CODES.items()}
 # BODY_PIPE:   [ino, writer_pids, reader_pids]
 
 
@@ -31,8 +35,10 @@ def access_of(bits: int) -> list[str]:
 
 
 class RunWriter(Sink):
-    def __init__(self, store: S.Store, rid: int, clock: Clock, redact_argv=None) -> None:
+    def __init__(self, store: S.Store, rid: int, clock: Clock, redact_argv=None,
+                 base_us: int = 0) -> None:
         self.store = store
+        self.base_us = base_us
         self.rid = rid
         self.clock = clock
         self.redact_argv = redact_argv or (lambda argv: list(argv))
@@ -41,6 +47,10 @@ class RunWriter(Sink):
 
     def us(self, mono_ns: int | None) -> int | None:
         return None if mono_ns is None else (mono_ns + self.clock.offset_ns) // 1000
+
+    def rel(self, mono_ns: int | None) -> int | None:
+        us = self.us(mono_ns)
+        return None if us is None else us - self.base_us
 
     def on_process(self, p: Proc) -> None:
         body = {
@@ -57,17 +67,17 @@ class RunWriter(Sink):
             kind = classify(fa.path, mapped_exec=fa.mapped_exec)
             self.store.append(self.rid, S.FILE,
                               [p.pid, bits_of(fa.access), fa.bytes_read, fa.bytes_written,
-                               self.us(fa.first_ns), self.us(fa.last_ns), fa.cell, kind],
+                               self.rel(fa.first_ns), self.rel(fa.last_ns), fa.cell, KIND_CODES[kind]],
                               p1=fa.path, p2=fa.exe)
             self.files += 1
 
     def on_rename(self, rec: RenameRec) -> None:
-        self.store.append(self.rid, S.RENAME, [rec.pid, self.us(rec.ts_ns), rec.cell],
+        self.store.append(self.rid, S.RENAME, [rec.pid, self.rel(rec.ts_ns), rec.cell],
                           p1=rec.dst, p2=rec.src)
 
     def on_net(self, rec: NetRec) -> None:
         self.store.append(self.rid, S.NET, [rec.pid, rec.op, rec.family, rec.address, rec.port,
-                                            self.us(rec.ts_ns), rec.cell])
+                                            self.rel(rec.ts_ns), rec.cell])
 
     def on_pipe(self, key: tuple[int, int], writers: set[int], readers: set[int]) -> None:
         self.store.append(self.rid, S.PIPE, [key[1], sorted(writers), sorted(readers)])

@@ -1,0 +1,113 @@
+"""Follows every kernel on the host: discovery -> one IOPub watcher per kernel -> a sink.
+
+The daemon calls scan_once() periodically (or run() in a thread). New
+kernels are handed to the sink (which returns their session id) and
+watched; each window change goes to the sink; a kernel that died or
+vanished is closed in the sink and forgotten. Only kernels whose connection
+file is provably theirs (named on their command line, or all ports held by
+that pid) are probed: IRkernel exits on a message signed with a wrong key.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+from typing import Iterable, Protocol
+
+from ..errors import TracerError
+from .clock import Clock, default_clock
+from .iopub import IOPubError, IOPubWatcher
+from .kernels import DiscoveredKernel, Discovery, KernelDiscovery
+from .windows import CellWindow
+
+log = logging.getLogger(__name__)
+
+
+class FollowerSink(Protocol):
+    def kernel_found(self, kernel: DiscoveredKernel) -> str:
+        """Records a newly seen kernel; returns its session id."""
+        ...
+
+    def window_changed(self, session_id: str, window: CellWindow) -> None: ...
+
+    def kernel_gone(self, session_id: str) -> None: ...
+
+
+class KernelFollower:
+    def __init__(self, sink: FollowerSink, dirs: Iterable[Path] | None = None, uid: int | None = None,
+                 clock: Clock | None = None, ready_timeout_s: float = 10.0,
+                 poll_interval_s: float = 0.5) -> None:
+        self.sink = sink
+        self.discovery = KernelDiscovery(dirs, uid)
+        self.clock = clock or default_clock()
+        self.ready_timeout_s = ready_timeout_s
+        self.poll_interval_s = poll_interval_s
+        self._followed: dict[tuple[int, float], tuple[str, IOPubWatcher]] = {}
+        self._refused: set[tuple[int, float]] = set()
+        self._lock = threading.Lock()
+
+    @property
+    def sessions(self) -> dict[int, str]:
+        """Kernel pid -> session id, for the kernels followed now."""
+        with self._lock:
+            return {pid: sid for (pid, _), (sid, _) in self._followed.items()}
+
+    def scan_once(self) -> Discovery:
+        found = self.discovery.scan()
+        alive = {(k.pid, k.create_time) for k in found.kernels}
+        for kernel in found.kernels:
+            key = (kernel.pid, kernel.create_time)
+            if key not in self._followed and key not in self._refused:
+                self._follow(kernel)
+        with self._lock:
+            gone = [k for k, (_, w) in self._followed.items() if k not in alive or w.died or not w.running]
+        for key in gone:
+            self._forget(key)
+        return found
+
+    def run(self, stop: threading.Event, interval_s: float = 5.0) -> None:
+        """Scans every interval_s until stop is set; then stops every watcher."""
+        while not stop.is_set():
+            self.scan_once()
+            stop.wait(interval_s)
+        self.close()
+
+    def close(self) -> None:
+        with self._lock:
+            keys = list(self._followed)
+        for key in keys:
+            self._forget(key)
+
+    def _follow(self, kernel: DiscoveredKernel) -> None:
+        key = (kernel.pid, kernel.create_time)
+        if kernel.connection is None:
+            self._refused.add(key)  # discovery already recorded why
+            return
+        session_id = self.sink.kernel_found(kernel)
+        watcher = IOPubWatcher(kernel.connection, kernel.pid, clock=self.clock,
+                               poll_interval_s=self.poll_interval_s,
+                               on_window=lambda w, sid=session_id: self.sink.window_changed(sid, w))
+        try:
+            watcher.start(self.ready_timeout_s)
+        except IOPubError as exc:
+            log.warning("event=kernel-not-followed pid=%d session=%s reason=%r", kernel.pid, session_id, str(exc))
+            self._refused.add(key)
+            self.sink.kernel_gone(session_id)
+            return
+        with self._lock:
+            self._followed[key] = (session_id, watcher)
+        log.info("event=kernel-followed pid=%d language=%s session=%s", kernel.pid, kernel.language, session_id)
+
+    def _forget(self, key: tuple[int, float]) -> None:
+        with self._lock:
+            entry = self._followed.pop(key, None)
+        if entry is None:
+            return
+        session_id, watcher = entry
+        watcher.stop()
+        try:
+            self.sink.kernel_gone(session_id)
+        except TracerError as exc:
+            log.warning("event=kernel-gone-failed session=%s error=%r", session_id, str(exc))
+        log.info("event=kernel-unfollowed pid=%d session=%s", key[0], session_id)
