@@ -163,6 +163,14 @@ def test_concurrent_windows_without_thread_info_are_marked_ambiguous():
     assert got.cell == "cell-a" and got.ambiguous
 
 
+def test_one_open_subshell_takes_other_threads_flagged_ambiguous():
+    a = _attributor(_w("m", 5_000, 9_000), _w("s", 6_000, 7_000, subshell_id="sub-1"))
+    got = a.attribute(K, K + 3, 6_500)
+    assert got.cell == "cell-s" and got.ambiguous
+    assert a.attribute(K, K, 6_500).cell == "cell-m"
+    assert a.attribute(K, K + 3, 8_000).cell == "cell-m"  # only the main shell is open
+
+
 def test_thread_started_in_a_cell_keeps_it():
     a = _attributor(_w("1", 5_000, 6_000), _w("2", 7_000, 8_000))
     a.add_thread(ThreadRecord(tid=K + 7, pid=K, start_ns=5_500))

@@ -184,6 +184,7 @@ class CredentialProxy:
 
     def _run(self) -> None:
         loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)  # this thread's own loop
         self._loop = loop
         self.listener.setblocking(False)
         server = loop.run_until_complete(asyncio.start_unix_server(self._serve, sock=self.listener))
@@ -192,9 +193,11 @@ class CredentialProxy:
             loop.run_forever()
         finally:
             server.close()
-            for task in asyncio.all_tasks(loop):
+            tasks = asyncio.all_tasks(loop)
+            for task in tasks:
                 task.cancel()
-            loop.run_until_complete(asyncio.sleep(0))
+            if tasks:
+                loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
             loop.close()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -40,7 +40,12 @@ MAX_TEXT = 4096  # paths, ids, labels
 MAX_CODE = 1024 * 1024
 MAX_ARGS = 4096
 
+class StreamLimit(TracerError):
+    """Too many live streams; the message says whose."""
+
+
 _STATUS = {
+    StreamLimit: grpc.StatusCode.RESOURCE_EXHAUSTED,
     NotFound: grpc.StatusCode.NOT_FOUND,
     AccessDenied: grpc.StatusCode.PERMISSION_DENIED,
     UsageError: grpc.StatusCode.INVALID_ARGUMENT,
@@ -98,13 +103,20 @@ def _user(uid: int) -> str | None:
 class ProvtraceServicer(svc_grpc.ProvtraceServicer):
     def __init__(self, store: SessionStore, hub: EventHub, registry: CallerRegistry,
                  backend: str = "ebpf",
-                 resolve_caller: Callable[[grpc.ServicerContext], Caller | None] | None = None) -> None:
+                 resolve_caller: Callable[[grpc.ServicerContext], Caller | None] | None = None,
+                 max_streams: int = 8) -> None:
         self.store = store
         self.hub = hub
         self.registry = registry
         self.backend = backend
         self._resolve = resolve_caller or (lambda ctx: registry.lookup(ctx.peer()))
         self.stopping = threading.Event()
+        # Each live stream holds a worker thread: cap them so streams can never
+        # starve unary calls, and per uid so one user cannot take them all.
+        self.max_streams = max_streams
+        self.max_streams_per_uid = max(1, max_streams // 2)
+        self._streams: dict[int, int] = {}
+        self._streams_lock = threading.Lock()
 
     def caller(self, context: grpc.ServicerContext) -> Caller:
         caller = self._resolve(context)
@@ -112,6 +124,19 @@ class ProvtraceServicer(svc_grpc.ProvtraceServicer):
             context.abort(grpc.StatusCode.UNAUTHENTICATED,
                           "connection did not come through the daemon's socket; peer unknown")
         return caller
+
+    def _acquire_stream(self, caller: Caller) -> None:
+        with self._streams_lock:
+            mine = self._streams.get(caller.uid, 0)
+            if sum(self._streams.values()) >= self.max_streams or mine >= self.max_streams_per_uid:
+                raise StreamLimit(f"too many live streams (uid {caller.uid} has {mine}); close one and retry")
+            self._streams[caller.uid] = mine + 1
+
+    def _release_stream(self, caller: Caller) -> None:
+        with self._streams_lock:
+            self._streams[caller.uid] -= 1
+            if not self._streams[caller.uid]:
+                del self._streams[caller.uid]
 
     def _visible_run(self, ref: str, caller: Caller) -> RunRecord:
         _text(ref, "run id", 256)
@@ -221,6 +246,7 @@ class ProvtraceServicer(svc_grpc.ProvtraceServicer):
             if request.session_id:
                 self._visible_run(request.session_id, caller)
             kinds = [_text(k, "kind", 64) for k in request.kinds]
+            self._acquire_stream(caller)
         except TracerError as exc:
             context.abort(_status_of(exc), str(exc))
         sub = self.hub.subscribe(caller.visible_uid, request.session_id or None, kinds)
@@ -233,6 +259,7 @@ class ProvtraceServicer(svc_grpc.ProvtraceServicer):
                     yield convert.event_to_pb(event)
         finally:
             sub.close()
+            self._release_stream(caller)
             log.info("event=stream-closed uid=%d", caller.uid)
 
     def Export(self, request: svc.ExportRequest, context: grpc.ServicerContext) -> Iterator[svc.ExportChunk]:
@@ -295,7 +322,9 @@ class ApiServer:
         self.socket_path = socket_path
         self.hub = hub or EventHub()
         self.registry = CallerRegistry()
-        self.servicer = ProvtraceServicer(store, self.hub, self.registry, backend)
+        # streams get at most half the workers; unary calls always have the rest
+        self.servicer = ProvtraceServicer(store, self.hub, self.registry, backend,
+                                          max_streams=max(1, max_workers // 2))
         self.max_workers = max_workers
         self.max_message_bytes = max_message_bytes
         self._public: PublicSocket | None = None

@@ -199,9 +199,9 @@ class IOPubWatcher:
             return
         try:
             self.on_window(window)
-        except TracerError as exc:
-            # A broken consumer must not stop the watcher: log, count, keep going.
-            self._gap(f"on_window failed: {exc}")
+        except Exception as exc:  # noqa: BLE001 - thread boundary: a consumer bug must not end the watch
+            log.exception("event=on-window-failed kernel_pid=%d msg_id=%s", self.kernel_pid, window.msg_id)
+            self._gap(f"on_window failed: {exc!r}")
 
     def _alive(self) -> bool:
         try:

@@ -156,9 +156,9 @@ class NotebookRunner:
             raise NotebookError(self.path, f"kernel {self.kernel_name!r} failed to start: {exc}") from exc
         result.kernel_pid = _kernel_pid(client)
         log.info("event=kernel-started notebook=%s kernel=%s pid=%s", self.path, self.kernel_name, result.kernel_pid)
-        if self.on_kernel_started is not None and result.kernel_pid is not None:
-            self.on_kernel_started(result.kernel_pid)
         try:
+            if self.on_kernel_started is not None and result.kernel_pid is not None:
+                self.on_kernel_started(result.kernel_pid)
             client.execute()
         except DeadKernelError as exc:
             self._stop_early(client, DIED, str(exc))
@@ -166,7 +166,7 @@ class NotebookRunner:
             self._stop_early(client, "timeout", str(exc).strip().splitlines()[0])
         finally:
             if client.km is not None and client.km.has_kernel:
-                client._cleanup_kernel()  # only when execute() did not (it failed to start a client)
+                client._cleanup_kernel()  # when execute() did not: a hook failed, or no client started
         result.notebook = self.nb
         result.language = (self.nb.metadata.get("language_info") or {}).get("name")
         result.ended = _now()
