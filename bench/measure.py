@@ -219,12 +219,17 @@ def tree_mem_kb(pid: int) -> dict[str, int]:
 class Background:
     """A long-lived tracer process (daemon, bpftrace) started in its own session."""
 
-    def __init__(self, argv: list[str], cwd: Path, log: Path, env: dict[str, str] | None = None):
+    def __init__(self, argv: list[str], cwd: Path, log: Path, stdout: Path | None = None,
+                 env: dict[str, str] | None = None):
+        """Start argv; stderr (and stdout, unless a stdout path is given) go to log."""
         self.argv = argv
         self.log = log
         self._log_f = open(log, "wb")
-        self.proc = subprocess.Popen(argv, cwd=cwd, stdin=subprocess.DEVNULL, stdout=self._log_f,
-                                     stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        self._out_f = open(stdout, "wb") if stdout else None
+        self.proc = subprocess.Popen(argv, cwd=cwd, stdin=subprocess.DEVNULL,
+                                     stdout=self._out_f or self._log_f,
+                                     stderr=self._log_f if self._out_f else subprocess.STDOUT,
+                                     env=env, start_new_session=True)
 
     @property
     def pid(self) -> int:
@@ -263,4 +268,6 @@ class Background:
                 continue
         kill_group(self.proc.pid)
         self._log_f.close()
+        if self._out_f:
+            self._out_f.close()
         return self.proc.returncode

@@ -86,12 +86,13 @@ def ceiling(cfg: configs.Config, gen: Path, mode: str, rates: list[int], seconds
             workdir: Path, quiet: dict) -> dict:
     """Raise the rate until loss, a missed rate, or the list ends; report the last clean rate."""
     cpu = str((os.cpu_count() or 1) - 1)
+    workdir.mkdir(parents=True, exist_ok=True)
     data = workdir / "sysgen.bin"
     if not data.exists():
         with open(data, "wb") as f:
             f.truncate(64 << 20)
-    base_res, _, base_out = _run_wrapped(configs.Config(cfg.ctx), ["taskset", "-c", cpu, str(gen), mode, "0", "1", str(data)],
-                                         workdir / "ceiling-untraced", 60, quiet)
+    _, _, base_out = _run_wrapped(configs.Config(cfg.ctx), ["taskset", "-c", cpu, str(gen), mode, "0", "1", str(data)],
+                                  workdir / f"ceiling-untraced-{mode}", 60, quiet)
     untraced_max = _gen_json(base_out).get("achieved_rate")
     trials, best, bound = [], None, "end of rate list"
     for rate in rates:

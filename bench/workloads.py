@@ -50,7 +50,7 @@ class Sizes:
 
 FULL = Sizes(churn_files=20_000, stream_mib=200, exec_count=300, import_procs=10,
              tar_with_pycache=True, notebook_rows=400_000)
-QUICK = Sizes(churn_files=5_000, stream_mib=200, exec_count=300, import_procs=4,
+QUICK = Sizes(churn_files=2_000, stream_mib=50, exec_count=300, import_procs=4,
               tar_with_pycache=False, notebook_rows=50_000)
 
 

@@ -1,0 +1,130 @@
+"""Unit tests of the benchmark's statistics and reporting (no root, no timing assertions)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from bench import configs, report
+
+
+def _sample(wl, cfg, rep, wall, cpu=None, lost=None, exit_code=0, **kw):
+    return {"workload": wl, "config": cfg, "rep": rep, "wall_s": wall, "cpu_s": cpu if cpu is not None else wall,
+            "lost": lost, "exit_code": exit_code, "timed_out": False, "records": kw.pop("records", None), **kw}
+
+
+def test_rotated_gives_every_item_each_position():
+    items = ["a", "b", "c"]
+    orders = [report.rotated(items, r) for r in range(3)]
+    assert orders == [["a", "b", "c"], ["b", "c", "a"], ["c", "a", "b"]]
+    for pos in range(3):
+        assert sorted(o[pos] for o in orders) == items
+    assert report.rotated([], 5) == []
+
+
+def test_paired_ratios_pair_by_rep_and_skip_missing():
+    base = {0: 1.0, 1: 2.0, 2: 4.0}
+    other = {0: 1.5, 2: 4.4, 3: 9.0}
+    assert report.paired_ratios(base, other) == pytest.approx([1.5, 1.1])
+
+
+def test_paired_ratios_offset_never_negative():
+    assert report.paired_ratios({0: 1.0}, {0: 0.5}, offset=2.0) == [0.0]
+
+
+def test_spread_median_min_max_and_empty():
+    sp = report.Spread.of([3.0, 1.0, 2.0, None])
+    assert (sp.med, sp.min, sp.max) == (2.0, 1.0, 3.0)
+    assert report.Spread.of([]) == report.Spread(None, None, None)
+
+
+def test_summarize_paired_medians_and_failures():
+    samples = [
+        _sample("stream", "untraced", 0, 1.0), _sample("stream", "untraced", 1, 2.0), _sample("stream", "untraced", 2, 1.0),
+        _sample("stream", "strace", 0, 3.0), _sample("stream", "strace", 1, 8.0),
+        _sample("stream", "strace", 2, 9.9, exit_code=1, error="exit 1: boom"),
+    ]
+    rows = report.summarize(samples, ["stream"], ["untraced", "strace", "reprozip"], {"reprozip": "not installed"})
+    by = {r["config"]: r for r in rows}
+    assert by["untraced"]["wall_ratio"]["med"] == 1.0
+    st = by["strace"]
+    assert (st["n"], st["n_ok"]) == (3, 2)
+    assert st["wall_ratio"] == {"med": 3.5, "min": 3.0, "max": 4.0}  # per-rep ratios 3.0 and 4.0
+    assert st["error"] == "exit 1: boom"
+    assert by["reprozip"]["unavailable"] == "not installed"
+    table = report.format_table(rows)
+    assert "3.50 (3.00-4.00)" in table
+    assert "not available: not installed" in table
+    assert "1 failed: exit 1: boom" in table
+
+
+def test_summarize_span_ratio_for_provtrace():
+    samples = [_sample("exec", "untraced", 0, 1.0),
+               _sample("exec", "provtrace-ebpf", 0, 10.0, lost=0, span_s=1.05)]
+    rows = report.summarize(samples, ["exec"], ["untraced", "provtrace-ebpf"], {})
+    row = [r for r in rows if r["config"] == "provtrace-ebpf"][0]
+    assert row["span_ratio"]["med"] == pytest.approx(1.05)
+    assert report.overhead_basis(row) == (pytest.approx(1.05), "exec-to-exit span ratio")
+
+
+def _rows_for(ratio_exec, lost):
+    samples = [_sample("exec", "untraced", 0, 1.0),
+               _sample("exec", "provtrace-daemon", 0, ratio_exec, lost=lost)]
+    return report.summarize(samples, ["exec"], ["untraced", "provtrace-daemon"], {})
+
+
+def test_targets_met_aim_missed_and_missed():
+    checks = report.evaluate_targets(_rows_for(1.05, 0), {}, [], ["provtrace-daemon"], {})
+    verdicts = {c["figure"]: c["verdict"] for c in checks}
+    assert verdicts["overhead exec (wall ratio)"] == "met target, aim missed"
+    assert verdicts["lost events, every workload (max)"] == "met target and aim"
+    checks = report.evaluate_targets(_rows_for(1.5, 3), {}, [], ["provtrace-daemon"], {})
+    verdicts = {c["figure"]: c["verdict"] for c in checks}
+    assert verdicts["overhead exec (wall ratio)"] == "MISSED target"
+    assert verdicts["lost events, every workload (max)"] == "MISSED target"
+    assert verdicts["start-up of `provtrace run -- true`"] == "MISSED target (not measured)"
+
+
+def test_targets_unmeasured_say_missed_and_why():
+    rows = report.summarize([_sample("exec", "untraced", 0, 1.0)], ["exec"], ["untraced", "provtrace-ebpf"],
+                            {"provtrace-ebpf": "provtrace run exited 1: no bcc"})
+    checks = report.evaluate_targets(rows, {"provtrace-ebpf": {"median_s": None, "error": "no bcc"}},
+                                     [{"mode": "openclose", "config": "provtrace-ebpf", "ceiling_rate": None,
+                                       "bound": "no bcc"}], ["provtrace-ebpf"], {"provtrace-ebpf": "no bcc"})
+    text = report.format_targets(checks)
+    assert text.count("MISSED target (not measured)") == len(checks)
+    assert "why: no bcc" in text
+
+
+def test_targets_ceiling_and_startup_thresholds():
+    ceilings = [{"mode": "openclose", "config": "provtrace-ebpf", "ceiling_rate": 500_000, "bound": "loss"},
+                {"mode": "read", "config": "provtrace-ebpf", "ceiling_rate": 10, "bound": "loss"}]
+    startup = {"provtrace-ebpf": {"median_s": 1.5}, "provtrace-daemon": {"median_s": 0.2}}
+    checks = report.evaluate_targets([], startup, ceilings, ["provtrace-ebpf", "provtrace-daemon"], {})
+    by = {(c["config"], c["figure"].split(" ")[0]): c["verdict"] for c in checks}
+    assert by[("provtrace-ebpf", "zero-loss")] == "met target, aim missed"
+    assert by[("provtrace-ebpf", "start-up")] == "met target"
+    assert by[("provtrace-daemon", "start-up")] == "MISSED target"
+    assert len([c for c in checks if "zero-loss" in c["figure"]]) == 1  # read mode is informative only
+
+
+def test_provtrace_records_counts_and_span(tmp_path):
+    doc = {"schema": "provtrace.run/1", "run": {"lost_events": 2, "complete": False},
+           "processes": [{"pid": 2, "started": "2026-01-01T00:00:00.500000Z", "ended": "2026-01-01T00:00:01.000000Z"},
+                         {"pid": 1, "started": "2026-01-01T00:00:00.000000Z", "ended": "2026-01-01T00:00:02.250000Z"}],
+           "files": [{}, {}, {}], "renames": [{}], "network": []}
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps(doc))
+    rec = configs.provtrace_records(path)
+    assert (rec.emitted, rec.lost, rec.complete) == (6, 2, False)
+    assert rec.detail["span_s"] == pytest.approx(2.25)
+
+
+def test_plot_writes_png(tmp_path):
+    pytest.importorskip("matplotlib")
+    samples = [_sample(w, c, r, 1.0 + (c != "untraced") * (r + 1)) for w in ("a", "b")
+               for c in ("untraced", "strace") for r in range(2)]
+    rows = report.summarize(samples, ["a", "b"], ["untraced", "strace"], {})
+    report.plot(rows, tmp_path / "p.png", "test")
+    assert (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
