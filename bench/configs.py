@@ -15,7 +15,6 @@ import shutil
 import sqlite3
 import stat
 import subprocess
-import sys
 from datetime import datetime
 from pathlib import Path
 
@@ -58,7 +57,6 @@ class Config:
 
     name = "untraced"
     title = "no tracer"
-    is_provtrace = False
     ebpf = False  # provtrace eBPF configurations are the ones the targets apply to
 
     def __init__(self, ctx: Context):
@@ -101,14 +99,20 @@ def _apt_install(package: str) -> str | None:
     """apt-get install package as root; returns None on success, else the reason."""
     if os.geteuid() != 0:
         return "not root, cannot apt-get install"
-    r = subprocess.run(["apt-get", "install", "-y", "-q", package], capture_output=True, text=True,
-                       env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"}, timeout=600)
+    try:
+        r = subprocess.run(["apt-get", "install", "-y", "-q", package], capture_output=True, text=True,
+                           env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"}, timeout=600)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"apt-get install {package} failed: {e}"
     return None if r.returncode == 0 else f"apt-get install {package} failed: {_first_error_line(r.stderr)}"
 
 
 def _pip_install(ctx: Context, package: str) -> str | None:
-    r = subprocess.run([ctx.python, "-m", "pip", "install", "-q", package], capture_output=True,
-                       text=True, timeout=900)
+    try:
+        r = subprocess.run([ctx.python, "-m", "pip", "install", "-q", package], capture_output=True,
+                           text=True, timeout=900)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"pip install {package} failed: {e}"
     return None if r.returncode == 0 else f"pip install {package} failed: {_first_error_line(r.stderr)}"
 
 
@@ -164,7 +168,6 @@ def provtrace_records(json_out: Path) -> Records:
 
 
 class _Provtrace(Config):
-    is_provtrace = True
     backend_args: tuple[str, ...] = ()
 
     def _probe(self, argv: list[str], what: str) -> None:
@@ -176,6 +179,8 @@ class _Provtrace(Config):
                                timeout=self.ctx.probe_timeout_s)
         except subprocess.TimeoutExpired:
             raise Unavailable(self.name, f"{what} did not finish in {self.ctx.probe_timeout_s:.0f} s")
+        except OSError as e:
+            raise Unavailable(self.name, f"{what}: {e}")
         if r.returncode != 0:
             raise Unavailable(self.name, f"{what} exited {r.returncode}: {_first_error_line(r.stderr or r.stdout)}")
 
@@ -291,7 +296,7 @@ class Strace(Config):
         self.bin = _need_tool(self.ctx, self.name, "strace", "strace")
         if self.extra:
             r = subprocess.run([self.bin, "-f", *self.extra, "-o", "/dev/null", "true"],
-                               capture_output=True, text=True)
+                               capture_output=True, text=True, timeout=60)
             if r.returncode != 0:
                 raise Unavailable(self.name, f"strace {' '.join(self.extra)}: {_first_error_line(r.stderr)}")
 
@@ -321,8 +326,11 @@ class ReproZip(Config):
         self.bin = path
         d = self.ctx.workdir / "probe-reprozip"
         shutil.rmtree(d, ignore_errors=True)
-        r = subprocess.run([self.bin, "trace", "-d", str(d), "--dont-identify-packages", "true"],
-                           capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=120)
+        try:
+            r = subprocess.run([self.bin, "trace", "-d", str(d), "--dont-identify-packages", "true"],
+                               capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=120)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            raise Unavailable(self.name, f"reprozip trace true: {e}")
         if r.returncode != 0 or not (d / "trace.sqlite3").exists():
             raise Unavailable(self.name, f"reprozip trace true: {_first_error_line(r.stderr)}")
 

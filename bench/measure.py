@@ -56,8 +56,9 @@ def _cpu_times() -> tuple[int, int]:
         fields = [int(x) for x in f.readline().split()[1:]]
     # user nice system idle iowait irq softirq steal guest guest_nice;
     # guest time is already included in user/nice, so leave it out of total.
+    # iowait counts as busy: a disk still flushing the last run is not quiet.
     total = sum(fields[:8])
-    idle = fields[3] + fields[4]
+    idle = fields[3]
     return total - idle, total
 
 
@@ -70,8 +71,13 @@ def busy_fraction(interval_s: float) -> float:
 
 
 def wait_for_quiet(threshold: float = 0.15, window_s: float = 0.5, cap_s: float = 10.0) -> Quiet:
-    """Block until one window_s sample of /proc/stat is below threshold busy, or cap_s passes."""
+    """sync(2), then block until one window_s sample of /proc/stat is below threshold busy, or cap_s passes.
+
+    The sync flushes what earlier runs left dirty (tracer stores, deleted
+    churn files), which would otherwise be written back during the next run.
+    """
     start = time.monotonic()
+    os.sync()
     while True:
         busy = busy_fraction(window_s)
         waited = time.monotonic() - start

@@ -143,9 +143,13 @@ def overhead_basis(row: dict) -> tuple[float | None, str]:
     return row["wall_ratio"]["med"], "wall ratio"
 
 
-def evaluate_targets(rows: list[dict], startup: dict, ceilings: list[dict], ebpf_configs: list[str],
+def evaluate_targets(rows: list[dict], startup: dict | None, ceilings: list[dict] | None, ebpf_configs: list[str],
                      unavailable: dict[str, str]) -> list[dict]:
-    """The issue's provtrace targets, each with a value and a plain verdict."""
+    """The issue's provtrace targets, each with a value and a plain verdict.
+
+    startup or ceilings None means that phase was skipped on purpose: its
+    targets are left out rather than reported as missed.
+    """
     checks = []
 
     def why(cfg: str, row: dict | None = None) -> str:
@@ -174,10 +178,12 @@ def evaluate_targets(rows: list[dict], startup: dict, ceilings: list[dict], ebpf
             missing = [r["workload"] for r in mine if not r["lost_reported"]]
             verdict, reason = _verdict(lost, 0, 0), why(cfg, mine[0]) if lost is None else None
             if lost is not None and missing:
-                verdict, reason = "MISSED target", "lost_events not reported for " + ", ".join(missing)
+                verdict = "MISSED target"
+                reason = "lost_events not reported for " + ", ".join(
+                    f"{r['workload']} ({r['error'] or 'no --json-out'})" for r in mine if not r["lost_reported"])
             checks.append({"figure": "lost events, every workload (max)", "config": cfg, "value": lost,
                            "unit": "", "target": "0", "aim": "0", "verdict": verdict, "why": reason})
-    for c in ceilings:
+    for c in ceilings or []:
         if c.get("mode") != "openclose":
             continue
         value = c.get("ceiling_rate")
@@ -186,7 +192,7 @@ def evaluate_targets(rows: list[dict], startup: dict, ceilings: list[dict], ebpf
                        "verdict": _verdict(value, CEILING_TARGET, CEILING_AIM, higher_is_better=True),
                        "why": c.get("bound", "")})
     for cfg, limit in STARTUP_TARGETS.items():
-        if cfg not in ebpf_configs:
+        if startup is None or cfg not in ebpf_configs:
             continue
         s = startup.get(cfg) or {}
         checks.append({"figure": "start-up of `provtrace run -- true`", "config": cfg,
@@ -211,8 +217,8 @@ def _ratio(sp: dict) -> str:
 
 def format_table(rows: list[dict]) -> str:
     """The main table: one block per workload, one line per configuration."""
-    head = (f"{'workload':<9} {'config':<17} {'ok':>5}  {'wall s':>7} {'wall x untraced':<19} "
-            f"{'cpu s':>7} {'cpu x untraced':<19} {'records':>8} {'lost':>6} {'RSS MB':>7}")
+    head = (f"{'workload':<9} {'config':<17} {'ok':>5}  {'wall s':>7} {'wall x untraced':<23} "
+            f"{'cpu s':>7} {'cpu x untraced':<23} {'records':>8} {'lost':>6} {'RSS MB':>7}")
     lines = [head, "-" * len(head)]
     last_wl = None
     for r in rows:
@@ -231,8 +237,8 @@ def format_table(rows: list[dict]) -> str:
             lost += "!"
         rss = "-" if r["tracer_rss_kb"] is None or r["config"] == BASELINE else f"{r['tracer_rss_kb'] / 1024:.0f}"
         rec = "-" if r["records"] is None else f"{r['records']:.0f}"
-        lines.append(f"{prefix} {r['n_ok']:>2}/{r['n']:<2}  {_f(r['wall_s']['med']):>7} {_ratio(r['wall_ratio']):<19} "
-                     f"{_f(r['cpu_s']['med']):>7} {_ratio(r['cpu_ratio']):<19} {rec:>8} {lost:>6} {rss:>7}")
+        lines.append(f"{prefix} {r['n_ok']:>2}/{r['n']:<2}  {_f(r['wall_s']['med']):>7} {_ratio(r['wall_ratio']):<23} "
+                     f"{_f(r['cpu_s']['med']):>7} {_ratio(r['cpu_ratio']):<23} {rec:>8} {lost:>6} {rss:>7}")
         kinds = r.get("record_kinds") or {}
         if kinds:
             lines.append(f"{'':<27} records: " + ", ".join(f"{k} {v:.0f}" for k, v in kinds.items() if v is not None))
@@ -267,7 +273,7 @@ def _trial(t: dict) -> str:
 
 def format_ceilings(ceilings: list[dict]) -> str:
     lines = []
-    for c in ceilings:
+    for c in ceilings or []:
         if "error" in c:
             lines.append(f"  {c.get('mode', '?'):<9} not measured: {c['error']}")
             continue
@@ -280,25 +286,35 @@ def format_ceilings(ceilings: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _shown(c: dict) -> str:
+    v = c["value"]
+    if v is None:
+        return "-"
+    if c["unit"] == "x":
+        return f"{v:.2f}x"
+    if c["unit"] == "s":
+        return f"{v * 1000:.0f} ms"
+    if c["unit"] == "/s":
+        return f"{v:,.0f}/s"
+    return str(v)
+
+
 def format_targets(checks: list[dict]) -> str:
+    """One line per measured target; unmeasured ones of a configuration share one line and reason."""
     lines = []
+    unmeasured: dict[tuple[str, str], list[str]] = {}
     for c in checks:
-        v = c["value"]
-        if v is None:
-            shown = "-"
-        elif c["unit"] == "x":
-            shown = f"{v:.2f}x"
-        elif c["unit"] == "s":
-            shown = f"{v * 1000:.0f} ms"
-        elif c["unit"] == "/s":
-            shown = f"{v:,.0f}/s"
-        else:
-            shown = str(v)
-        line = (f"  {c['verdict']:<28} {c['config']:<17} {c['figure']}: {shown} "
+        if c["value"] is None:
+            unmeasured.setdefault((c["config"], c.get("why") or "no data"), []).append(c["figure"])
+            continue
+        line = (f"  {c['verdict']:<28} {c['config']:<17} {c['figure']}: {_shown(c)} "
                 f"(target {c['target']}, aim {c['aim']})")
-        if c.get("why") and (v is None or c["verdict"].startswith("MISSED")):
+        if c.get("why") and c["verdict"].startswith("MISSED"):
             line += f"\n  {'':<28} why: {c['why'][:110]}"
         lines.append(line)
+    for (cfg, why), figures in unmeasured.items():
+        lines.append(f"  {'MISSED target (not measured)':<28} {cfg:<17} {'; '.join(figures)}"
+                     f"\n  {'':<28} why: {why[:110]}")
     return "\n".join(lines)
 
 

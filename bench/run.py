@@ -41,8 +41,8 @@ examples:
       two workloads, two configurations (untraced is always added)
   .venv/bin/python -m bench.run --reps 9 --out /tmp/bench-a
       more repetitions, results in /tmp/bench-a
-  .venv/bin/python -m bench.run --quick --skip-ceiling --skip-startup --workdir /dev/shm
-      overhead only, data on tmpfs (less disk noise)
+  .venv/bin/python -m bench.run --quick --skip-ceiling --skip-startup --workdir /var/tmp
+      overhead only, workload data on disk instead of tmpfs
 
 configurations: """ + ", ".join(configs.NAMES) + """
 workloads:      """ + ", ".join(workloads.NAMES) + """
@@ -67,7 +67,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--configs", type=_csv, default=list(configs.NAMES), metavar="X,Y",
                    help="configurations to run (default: all; untraced is always included)")
     p.add_argument("--out", type=Path, help="results folder (default bench/results/<UTC timestamp>/)")
-    p.add_argument("--workdir", type=Path, help="where temporary data goes (default: $TMPDIR)")
+    p.add_argument("--workdir", type=Path, help="where workload data is generated (default: /dev/shm, "
+                   "a tmpfs, so that a drifting virtual disk does not hide per-syscall costs; else $TMPDIR)")
+    p.add_argument("--store-dir", type=Path, help="where tracers write their stores and traces, as they would "
+                   "for a user: on disk (default: $TMPDIR)")
     p.add_argument("--provtrace", default=str(Path(sys.executable).parent / "provtrace"),
                    help="provtrace entry point (default: next to this python)")
     p.add_argument("--timeout", type=float, default=900.0, help="seconds before one run is killed (default 900)")
@@ -118,6 +121,10 @@ def _prepare_configs(cfgs: list[configs.Config]) -> tuple[list[configs.Config], 
         except configs.Unavailable as e:
             unavailable[cfg.name] = e.reason
             log.warning("config %-17s not available: %s", cfg.name, e.reason)
+        except (OSError, subprocess.SubprocessError) as e:
+            unavailable[cfg.name] = f"{type(e).__name__}: {e}"
+            log.warning("config %-17s not available: %s", cfg.name, unavailable[cfg.name])
+            cfg.close()
     return ready, unavailable
 
 
@@ -179,9 +186,12 @@ def main(argv: list[str] | None = None) -> int:
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     out = args.out or Path(__file__).resolve().parent / "results" / stamp
     out.mkdir(parents=True, exist_ok=True)
-    if args.workdir:
-        args.workdir.mkdir(parents=True, exist_ok=True)
-    workdir = Path(tempfile.mkdtemp(prefix="provtrace-bench-", dir=args.workdir))
+    data_parent = args.workdir or _default_data_parent()
+    for d in (data_parent, args.store_dir):
+        if d:
+            d.mkdir(parents=True, exist_ok=True)
+    datadir = Path(tempfile.mkdtemp(prefix="provtrace-bench-data-", dir=data_parent))
+    workdir = Path(tempfile.mkdtemp(prefix="provtrace-bench-", dir=args.store_dir))
     quiet_kw = {"threshold": args.quiet_threshold, "window_s": 0.3 if args.quick else 0.5, "cap_s": args.quiet_cap}
     sizes = workloads.QUICK if args.quick else workloads.FULL
     if os.geteuid() != 0:
@@ -189,11 +199,11 @@ def main(argv: list[str] | None = None) -> int:
 
     ctx = configs.Context(workdir=workdir, python=sys.executable, provtrace=args.provtrace,
                           allow_install=not args.no_install)
-    wls, skipped = _setup_workloads(workloads.build(args.workloads, workdir / "data", sizes, sys.executable))
+    wls, skipped = _setup_workloads(workloads.build(args.workloads, datadir, sizes, sys.executable))
     all_cfgs = configs.build(args.configs, ctx)
     samples: list[dict] = []
-    startup: dict = {}
-    ceilings: list[dict] = []
+    startup: dict | None = None if args.skip_startup else {}  # None: skipped on purpose
+    ceilings: list[dict] | None = None if args.skip_ceiling else []
     try:
         cfgs, unavailable = _prepare_configs(all_cfgs)
         runs_dir = workdir / "runs"
@@ -217,8 +227,8 @@ def main(argv: list[str] | None = None) -> int:
     names_wl = [w.name for w in wls]
     names_cfg = [c.name for c in all_cfgs]
     offsets = {}
-    base_true = (startup.get("untraced") or {}).get("median_s")
-    if (startup.get("provtrace-ebpf") or {}).get("median_s") is not None and base_true is not None:
+    base_true = ((startup or {}).get("untraced") or {}).get("median_s")
+    if ((startup or {}).get("provtrace-ebpf") or {}).get("median_s") is not None and base_true is not None:
         offsets["provtrace-ebpf"] = startup["provtrace-ebpf"]["median_s"] - base_true
     rows = report.summarize(samples, names_wl, names_cfg, unavailable, offsets)
     ebpf_cfgs = [c.name for c in all_cfgs if c.ebpf]
@@ -231,6 +241,7 @@ def main(argv: list[str] | None = None) -> int:
         "workloads": {w.name: w.describe() for w in wls}, "workloads_skipped": skipped,
         "configs": {c.name: c.title for c in all_cfgs}, "unavailable": unavailable,
         "quiet": quiet_kw, "elapsed_s": time.monotonic() - started,
+        "data_dir": str(datadir), "store_dir": str(workdir),
     }
     text = _render(meta, rows, startup, ceilings, checks)
     print(text)
@@ -245,10 +256,23 @@ def main(argv: list[str] | None = None) -> int:
         log.warning("no plot: %s (pip install matplotlib)", e)
     print(f"\nresults: {out}/results.json  table: {out}/table.txt  plot: {out}/plot.png")
     if args.keep_workdir:
-        print(f"workdir kept: {workdir}")
+        print(f"kept: data {datadir}, stores {workdir}")
     else:
         shutil.rmtree(workdir, ignore_errors=True)
+        shutil.rmtree(datadir, ignore_errors=True)
     return 0
+
+
+def _default_data_parent() -> Path | None:
+    """/dev/shm when it is a writable tmpfs with 4 GiB free, else None ($TMPDIR)."""
+    shm = Path("/dev/shm")
+    try:
+        st = os.statvfs(shm)
+    except OSError:
+        return None
+    if os.access(shm, os.W_OK) and st.f_bavail * st.f_frsize >= 4 << 30:
+        return shm
+    return None
 
 
 def _guarded(what: str, fn, *args):
@@ -300,6 +324,7 @@ def _render(meta: dict, rows: list[dict], startup: dict, ceilings: list[dict], c
     parts = [
         f"provtrace bench {meta['started_utc']}  host {meta['host']}  kernel {meta['kernel']}  "
         f"{meta['cpus']} CPUs  reps {meta['reps']}{'  (quick)' if meta['quick'] else ''}",
+        f"workload data in {Path(meta['data_dir']).parent}, tracer stores in {Path(meta['store_dir']).parent}",
         "ratios are paired medians over reps (min-max); cpu = user+sys of the launched tree plus any "
         "tracer daemon; RSS = peak of the tracer process (daemon or wrapper)",
         "",

@@ -93,7 +93,10 @@ def test_targets_unmeasured_say_missed_and_why():
                                      [{"mode": "openclose", "config": "provtrace-ebpf", "ceiling_rate": None,
                                        "bound": "no bcc"}], ["provtrace-ebpf"], {"provtrace-ebpf": "no bcc"})
     text = report.format_targets(checks)
-    assert text.count("MISSED target (not measured)") == len(checks)
+    assert all(c["value"] is None for c in checks)
+    assert text.count("MISSED target (not measured)") == 1  # one line per config and reason
+    for c in checks:
+        assert c["figure"] in text
     assert "why: no bcc" in text
 
 
@@ -128,3 +131,8 @@ def test_plot_writes_png(tmp_path):
     rows = report.summarize(samples, ["a", "b"], ["untraced", "strace"], {})
     report.plot(rows, tmp_path / "p.png", "test")
     assert (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_skipped_phases_are_not_reported_as_missed():
+    checks = report.evaluate_targets([], None, None, ["provtrace-ebpf", "provtrace-daemon"], {})
+    assert checks == []

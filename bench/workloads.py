@@ -44,14 +44,13 @@ class Sizes:
     stream_mib: int
     exec_count: int
     import_procs: int
-    tar_with_pycache: bool
     notebook_rows: int
 
 
 FULL = Sizes(churn_files=20_000, stream_mib=200, exec_count=300, import_procs=10,
-             tar_with_pycache=True, notebook_rows=400_000)
-QUICK = Sizes(churn_files=2_000, stream_mib=50, exec_count=300, import_procs=4,
-              tar_with_pycache=False, notebook_rows=50_000)
+             notebook_rows=400_000)
+QUICK = Sizes(churn_files=5_000, stream_mib=50, exec_count=300, import_procs=4,
+              notebook_rows=50_000)
 
 
 class WorkloadError(Exception):
@@ -162,8 +161,8 @@ class TarUntar(Workload):
         src = self.dir / "src"
         if src.exists():
             shutil.rmtree(src)
-        skip = ["site-packages", "dist-packages"] + ([] if self.sizes.tar_with_pycache else ["__pycache__"])
-        shutil.copytree(TAR_FULL_SOURCE, src, ignore=shutil.ignore_patterns(*skip), symlinks=True)
+        shutil.copytree(TAR_FULL_SOURCE, src, ignore=shutil.ignore_patterns("site-packages", "dist-packages"),
+                        symlinks=True)
         self.n_files = sum(1 for p in src.rglob("*") if p.is_file())
 
     def command(self) -> list[str]:
