@@ -5,13 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import sys
 import tempfile
 
 from .cli import need, print_json
 from .errors import CaptureUnavailable, UsageError
-from .model.paths import display, from_user
+from .model.paths import from_user
 from .store import queries as Q
 from .store import sqlite as S
 
@@ -179,8 +178,4 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(render(lineage(store, os.path.join(work, "count.txt"), "upstream", 10)))
     print(f"\nnext: provtrace show {doc['run']['id']}   |   provtrace lineage {work}/raw.csv --downstream")
     store.close()
-    shutil.rmtree(work, ignore_errors=True) if os.environ.get("PROVTRACE_DEMO_CLEAN") else None
     return code
-
-
-__all__ = [name for name in dir() if name.startswith("cmd_")] + ["display"]

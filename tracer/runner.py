@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 from .capture.decode import Decoder
 from .correlate.clock import Clock
+from .correlate.clock import us_to_iso as iso
 from .errors import CommandNotFound, TracerError, UsageError
 from .model.processes import Tracker
 from .store import sqlite as S
@@ -33,13 +34,6 @@ FLUSH_ROWS = 5000
 
 def new_run_id() -> str:
     return dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + secrets.token_hex(3)
-
-
-def iso(us: int | None) -> str | None:
-    if us is None:
-        return None
-    return (dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc) + dt.timedelta(microseconds=us)
-            ).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 def _redactor():
@@ -138,9 +132,8 @@ class TracedCommand:
             signal.signal(signal.SIGINT, old_int)
             signal.signal(signal.SIGTERM, old_term)
         self._gpu_samples.append(_gpu_sample(list(tracker.live)))
-        for leftover in [p for p in cap.traced_pids()]:
-            if leftover in tracker.live:
-                cap.untrace(leftover)
+        for leftover in set(cap.traced_pids()) & set(tracker.live):  # outlived the command
+            cap.untrace(leftover)
         for ev in decoder.decode_all(cap.sweep(set(tracker.live) | {p.pid for p in tracker.exited})):
             tracker.handle(ev)
         tracker.finish_all(Clock.now_mono_ns())
@@ -197,7 +190,8 @@ class TracedCommand:
             from .context.collect import collect_run_context  # noqa: PLC0415
         except ImportError:
             return
-        touched, mapped, execd = writer_paths(self.store, self.rid)
+        touched, mapped, execd = (sorted(writer.touched), sorted(writer.mapped),
+                                  sorted(writer.execd))
         try:
             ctx = collect_run_context(pids=list(tracker.live), touched_paths=touched,
                                       mapped_paths=mapped, exec_paths=execd, env=self.env,
@@ -214,22 +208,6 @@ def _gpu_sample(pids: list[int]) -> dict | None:
     except ImportError:
         return None
     return gpu_sample(pids)
-
-
-def writer_paths(store: S.Store, rid: int) -> tuple[list[str], list[str], list[str]]:
-    """Paths a run touched, mapped and exec'd, from its stored file records."""
-    import json  # noqa: PLC0415
-
-    store.flush()
-    touched, mapped, execd = set(), set(), set()
-    for _seq, _rid, _k, path, _exe, body in store.records(rid, (S.FILE,)):
-        bits = json.loads(body)[1]
-        touched.add(path)
-        if bits & 64:
-            mapped.add(path)
-        if bits & 32:
-            execd.add(path)
-    return sorted(touched), sorted(mapped), sorted(execd)
 
 
 def _exit_code(status: int) -> int:

@@ -63,6 +63,13 @@ def iso_utc(when: dt.datetime) -> str:
     return when.astimezone(_UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
+def us_to_iso(epoch_us: int | None) -> str | None:
+    """Wall-clock microseconds since the epoch (as the store keeps them) -> schema time."""
+    if epoch_us is None:
+        return None
+    return iso_utc(_EPOCH + dt.timedelta(microseconds=epoch_us))
+
+
 def _calibrate(samples: int) -> int:
     best_width = None
     best_offset = 0

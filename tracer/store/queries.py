@@ -5,18 +5,13 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 
+from ..correlate.clock import us_to_iso as iso
 from ..errors import RunNotFound
 from ..model.paths import DATA, TEMP, display, to_json
 from . import sqlite as S
 from .writer import KIND_NAMES, access_of
 
 SCHEMA = "provtrace.run/1"
-
-
-def iso(us: int | None) -> str | None:
-    from ..runner import iso as _iso  # noqa: PLC0415
-
-    return _iso(us)
 
 
 def list_runs(store: S.Store, uid: int | None = None) -> list[dict]:

@@ -44,6 +44,10 @@ class RunWriter(Sink):
         self.redact_argv = redact_argv or (lambda argv: list(argv))
         self.processes = 0
         self.files = 0
+        # what the run touched, mapped and exec'd: the context collector's input
+        self.touched: set[str] = set()
+        self.mapped: set[str] = set()
+        self.execd: set[str] = set()
 
     def us(self, mono_ns: int | None) -> int | None:
         return None if mono_ns is None else (mono_ns + self.clock.offset_ns) // 1000
@@ -70,6 +74,11 @@ class RunWriter(Sink):
                                self.rel(fa.first_ns), self.rel(fa.last_ns), fa.cell, KIND_CODES[kind]],
                               p1=fa.path, p2=fa.exe)
             self.files += 1
+            self.touched.add(fa.path)
+            if "map" in fa.access:
+                self.mapped.add(fa.path)
+            if "exec" in fa.access:
+                self.execd.add(fa.path)
 
     def on_rename(self, rec: RenameRec) -> None:
         self.store.append(self.rid, S.RENAME, [rec.pid, self.rel(rec.ts_ns), rec.cell],
