@@ -1,0 +1,123 @@
+"""OpenLineage export of runs built in a real store: every line a RunEvent whose
+required fields are checked against what the OpenLineage spec asks for."""
+
+from __future__ import annotations
+
+import base64
+import json
+import uuid
+from datetime import datetime
+
+from provtrace.tracer.export import openlineage as OL
+from provtrace.tracer.store import sqlite as S
+
+from .test_export_flows import (
+    CAFE_ESCAPED,
+    command_run,
+    load,
+    notebook_run,
+    store,  # noqa: F401  (fixture)
+    unfinished_run,
+)
+
+EVENT_TYPES = {"START", "RUNNING", "COMPLETE", "ABORT", "FAIL", "OTHER"}
+
+
+def _check_facets(facets: dict) -> None:
+    for name, facet in facets.items():
+        assert facet["_producer"] and facet["_schemaURL"], f"facet {name} lacks _producer/_schemaURL"
+
+
+def check_event(ev: dict) -> None:
+    """The spec's required fields and types, for a RunEvent."""
+    assert ev["eventType"] in EVENT_TYPES
+    assert datetime.fromisoformat(ev["eventTime"]).tzinfo is not None
+    assert ev["producer"] == OL.PRODUCER and ev["schemaURL"].startswith("https://openlineage.io/spec/")
+    assert str(uuid.UUID(ev["run"]["runId"])) == ev["run"]["runId"]
+    assert isinstance(ev["job"]["namespace"], str) and ev["job"]["namespace"]
+    assert isinstance(ev["job"]["name"], str) and ev["job"]["name"]
+    _check_facets(ev["run"].get("facets", {}))
+    _check_facets(ev["job"].get("facets", {}))
+    for ds in ev.get("inputs", []) + ev.get("outputs", []):
+        assert ds["namespace"].startswith("file://") and ds["name"].startswith("/")
+        _check_facets(ds.get("facets", {}))
+
+
+def parse(data: bytes) -> list[dict]:
+    lines = data.decode("utf-8").splitlines()
+    events = [json.loads(line) for line in lines]
+    for ev in events:
+        check_event(ev)
+    return events
+
+
+def test_command_run_start_and_complete(store):  # noqa: F811
+    start, done = parse(OL.serialize([load(store, command_run(store))]))
+    assert (start["eventType"], done["eventType"]) == ("START", "COMPLETE")
+    assert start["run"]["runId"] == done["run"]["runId"]
+    assert start["eventTime"] < done["eventTime"]
+    assert done["job"] == start["job"]
+    assert (done["job"]["namespace"], done["job"]["name"]) == ("provtrace://testhost", "tool in.csv")
+    assert done["job"]["facets"]["jobType"]["jobType"] == "COMMAND"
+    assert [(i["namespace"], i["name"]) for i in done["inputs"]] == [
+        ("file://testhost", CAFE_ESCAPED), ("file://testhost", "/w/in.csv")]
+    outs = {o["name"]: o for o in done["outputs"]}
+    assert sorted(outs) == ["/w/mid.csv", "/w/out.csv"]  # no temp name, no deleted junk
+    change = outs["/w/out.csv"]["facets"]["lifecycleStateChange"]
+    assert change["lifecycleStateChange"] == "RENAME"
+    assert change["previousIdentifier"] == {"name": "/w/out.csv.tmp", "namespace": "file://testhost"}
+    assert start["outputs"] == []
+    facet = done["run"]["facets"]["provtrace"]
+    assert facet["id"] == "20231114T221320-cmd001" and facet["exitCode"] == 0 and facet["complete"] is True
+    assert facet["gpus"] == [{"name": "FAKE GPU (test)", "uuid": "GPU-00000000-fake"}]
+
+
+def test_non_utf8_dataset_carries_raw_bytes(store):  # noqa: F811
+    _start, done = parse(OL.serialize([load(store, command_run(store))]))
+    (cafe,) = [i for i in done["inputs"] if i["name"] == CAFE_ESCAPED]
+    assert base64.b64decode(cafe["facets"]["provtrace"]["pathB64"]) == b"/w/caf\xe9.csv"
+
+
+def test_failed_command_is_fail(store):  # noqa: F811
+    _start, done = parse(OL.serialize([load(store, command_run(store, exit_code=3))]))
+    assert done["eventType"] == "FAIL" and done["run"]["facets"]["provtrace"]["exitCode"] == 3
+
+
+def test_notebook_run_and_each_cell_get_a_pair(store):  # noqa: F811
+    events = parse(OL.serialize([load(store, notebook_run(store))]))
+    by_job: dict[str, list[dict]] = {}
+    for ev in events:
+        by_job.setdefault(ev["job"]["name"], []).append(ev)
+    assert sorted(by_job) == ["analysis", "analysis.cell.cell-a", "analysis.cell.cell-b"]
+    assert [e["eventType"] for e in by_job["analysis"]] == ["START", "FAIL"]  # the run exited 1
+    assert [e["eventType"] for e in by_job["analysis.cell.cell-a"]] == ["START", "COMPLETE"]
+    assert [e["eventType"] for e in by_job["analysis.cell.cell-b"]] == ["START", "FAIL"]
+    nb_run = by_job["analysis"][0]["run"]["runId"]
+    a_done = by_job["analysis.cell.cell-a"][1]
+    assert a_done["run"]["facets"]["parent"]["run"]["runId"] == nb_run
+    parent_job = a_done["run"]["facets"]["parent"]["job"]
+    assert (parent_job["namespace"], parent_job["name"]) == ("provtrace://testhost", "analysis")
+    assert a_done["run"]["runId"] != nb_run
+    assert [i["name"] for i in a_done["inputs"]] == ["/nb/data.csv"]
+    assert [o["name"] for o in a_done["outputs"]] == ["/nb/clean.csv"]
+    assert a_done["run"]["facets"]["provtrace"]["cell"]["index"] == 0
+    # the notebook's own inputs: data.csv only; clean.csv was made by the run before it was read
+    assert [i["name"] for i in by_job["analysis"][1]["inputs"]] == ["/nb/data.csv"]
+
+
+def test_unfinished_run_has_start_only(store):  # noqa: F811
+    (only,) = parse(OL.serialize([load(store, unfinished_run(store))]))
+    assert only["eventType"] == "START"
+
+
+def test_deterministic_and_empty(tmp_path):
+    outs = []
+    for name in ("a.db", "b.db"):
+        s = S.Store(str(tmp_path / name))
+        outs.append(OL.serialize([load(s, notebook_run(s)), load(s, command_run(s))]))
+        s.close()
+    assert outs[0] == outs[1]
+    # runs come out in start order whatever order they were given in
+    names = [json.loads(line)["job"]["name"] for line in outs[0].decode().splitlines()]
+    assert names[:2] == ["tool in.csv", "tool in.csv"]
+    assert OL.serialize([]) == b""

@@ -1,0 +1,101 @@
+"""The export dispatcher: a format name -> bytes, and writing them out.
+
+Every exporter is a pure function of a list of provtrace.run/1 documents;
+the CLI loads them from the store (one run, or all of them) and writes the
+bytes to a file, atomically, or to stdout for `-o -`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable
+
+from ..errors import TracerError
+
+log = logging.getLogger(__name__)
+
+
+class ExportError(TracerError):
+    """The export could not be written (bad destination, unknown format)."""
+
+
+def _prov(fmt: str) -> Callable[[list[dict]], bytes]:
+    def render(docs: list[dict]) -> bytes:
+        from . import prov  # noqa: PLC0415  (prov and lxml load only when asked for)
+
+        return prov.serialize(docs, fmt)
+    return render
+
+
+def _openlineage(docs: list[dict]) -> bytes:
+    from . import openlineage  # noqa: PLC0415
+
+    return openlineage.serialize(docs)
+
+
+def _graphml(docs: list[dict]) -> bytes:
+    from . import graph_formats  # noqa: PLC0415
+
+    return graph_formats.graphml(docs)
+
+
+def _dot(docs: list[dict]) -> bytes:
+    from . import graph_formats  # noqa: PLC0415
+
+    return graph_formats.dot(docs)
+
+
+def _json(docs: list[dict], single: bool) -> bytes:
+    # One run: exactly `show --json`. --all: a JSON list of such documents.
+    body = docs[0] if single else docs
+    return (json.dumps(body, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+
+
+FORMATS: dict[str, Callable[[list[dict]], bytes]] = {
+    "prov-json": _prov("json"),
+    "prov-n": _prov("provn"),
+    "prov-xml": _prov("xml"),
+    "openlineage": _openlineage,
+    "graphml": _graphml,
+    "dot": _dot,
+}
+FORMAT_NAMES = (*FORMATS, "json")
+
+
+def render(docs: list[dict], fmt: str, *, single: bool = False) -> bytes:
+    """The export of docs in fmt; `single` marks a one-run export (matters for json)."""
+    if fmt == "json":
+        return _json(docs, single)
+    if fmt not in FORMATS:
+        raise ExportError(f"unknown export format {fmt!r}: choose one of {', '.join(FORMAT_NAMES)}")
+    log.debug("export format=%s runs=%d", fmt, len(docs))
+    return FORMATS[fmt](docs)
+
+
+def write(data: bytes, dest: str) -> None:
+    """Write to dest ('-' is stdout) atomically: a reader never sees half an export."""
+    if dest == "-":
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+        return
+    if os.path.isdir(dest):
+        raise ExportError(f"cannot write export to {dest}: it is a directory; give a file name")
+    tmp = f"{dest}.tmp{os.getpid()}"
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, dest)
+    except OSError as e:
+        _discard(tmp)
+        raise ExportError(f"cannot write export to {dest}: {e.strerror or e}; "
+                          "check the folder exists and is writable") from e
+
+
+def _discard(tmp: str) -> None:
+    try:
+        os.unlink(tmp)
+    except FileNotFoundError:
+        pass  # never created: the open itself failed

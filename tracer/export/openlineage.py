@@ -1,0 +1,177 @@
+"""OpenLineage: provtrace.run/1 documents as RunEvents, one JSON object per line.
+
+Per run: a START event at its start and a COMPLETE (exit code 0) or FAIL
+event at its end; a run with no end record (the tracer died) gets START
+only, since how it ended is unknown. Per notebook cell: the same pair, with a
+ParentRunFacet naming the notebook run. Datasets are data files, namespace
+`file://HOST`, name the absolute path; inputs on START, inputs and outputs on
+the final event. An output written under a temporary name and renamed
+carries a LifecycleStateChange(RENAME) facet with the name it was written as.
+
+Run ids are UUIDs derived from the provtrace run id and start time
+(openlineage.client.uuid.generate_static_uuid), so the same store always
+exports the same events. Nothing is sent anywhere: the events are written
+with the client's own Serde.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import ClassVar
+
+import attr
+from openlineage.client.event_v2 import InputDataset, Job, OutputDataset, Run, RunEvent, RunState
+from openlineage.client.facet_v2 import (
+    DatasetFacet,
+    RunFacet,
+    job_type_job,
+    lifecycle_state_change_dataset,
+    parent_run,
+    processing_engine_run,
+)
+from openlineage.client.serde import Serde
+from openlineage.client.uuid import generate_static_uuid
+
+from .. import __version__
+from .flows import flows_of, run_io
+
+PRODUCER = f"urn:provtrace:{__version__}"
+FACET_SCHEMA = "urn:provtrace:openlineage-facet:1"
+EPOCH = "1970-01-01T00:00:00.000000Z"
+
+
+@attr.define
+class ProvtraceRunFacet(RunFacet):
+    """What provtrace knows about the run that no standard facet holds."""
+
+    id: str
+    kind: str | None = attr.field(default=None)
+    backend: str | None = attr.field(default=None)
+    label: str | None = attr.field(default=None)
+    argv: list | None = attr.field(default=None)
+    cwd: str | None = attr.field(default=None)
+    host: str | None = attr.field(default=None)
+    user: str | None = attr.field(default=None)
+    uid: int | None = attr.field(default=None)
+    exitCode: int | None = attr.field(default=None)  # noqa: N815
+    complete: bool | None = attr.field(default=None)
+    lostEvents: int | None = attr.field(default=None)  # noqa: N815
+    kernel: str | None = attr.field(default=None)
+    interpreters: list | None = attr.field(default=None)
+    gpus: list | None = attr.field(default=None)
+    cell: dict | None = attr.field(default=None)
+
+    @staticmethod
+    def _get_schema() -> str:
+        return FACET_SCHEMA
+
+
+@attr.define
+class ProvtraceFileFacet(DatasetFacet):
+    """The raw bytes of a non-UTF-8 path (the dataset name shows them as \\xNN)."""
+
+    pathB64: str  # noqa: N815
+    _additional_skip_redact: ClassVar[list[str]] = ["pathB64"]
+
+    @staticmethod
+    def _get_schema() -> str:
+        return FACET_SCHEMA
+
+
+def events(docs: list[dict]) -> list[RunEvent]:
+    out: list[RunEvent] = []
+    for doc in sorted(docs, key=lambda d: ((d.get("run") or {}).get("started") or "",
+                                           (d.get("run") or {}).get("id") or "")):
+        out.extend(_run_events(doc))
+    return out
+
+
+def serialize(docs: list[dict]) -> bytes:
+    return "".join(Serde.to_json(ev) + "\n" for ev in events(docs)).encode("utf-8")
+
+
+def _uuid(started: str | None, *key: object) -> str:
+    instant = datetime.fromisoformat(started or EPOCH)
+    return str(generate_static_uuid(instant, "\0".join(str(k) for k in key).encode()))
+
+
+def _job_name(run: dict) -> str:
+    if run.get("label"):
+        return str(run["label"])
+    argv = run.get("argv") or []
+    return " ".join(str(a) for a in argv) if argv else f"run {run.get('id')}"
+
+
+def _dataset(cls, host: str, path: str, b64: dict[str, str], **facets):
+    if path in b64:
+        facets["provtrace"] = ProvtraceFileFacet(pathB64=b64[path], producer=PRODUCER)
+    return cls(namespace=f"file://{host}", name=path, facets=facets)
+
+
+def _run_events(doc: dict) -> list[RunEvent]:
+    run = doc.get("run") or {}
+    ctx = doc.get("context") or {}
+    host = run.get("host") or ctx.get("host") or "localhost"
+    fl = flows_of(doc)
+    in_paths, out_pairs = run_io(fl)
+    inputs = [_dataset(InputDataset, host, p, fl.b64) for p in in_paths]
+    outputs = [_output(host, final, written, fl.b64) for final, written in out_pairs]
+    job = Job(namespace=f"provtrace://{host}", name=_job_name(run), facets={
+        "jobType": job_type_job.JobTypeJobFacet(
+            processingType="BATCH", integration="PROVTRACE", jobType=str(run.get("kind") or "command").upper(),
+            producer=PRODUCER)})
+    run_id = _uuid(run.get("started"), run.get("id"))
+    facets = {
+        "processing_engine": processing_engine_run.ProcessingEngineRunFacet(
+            version=__version__, name="provtrace", openlineageAdapterVersion=__version__, producer=PRODUCER),
+        "provtrace": ProvtraceRunFacet(
+            id=str(run.get("id")), kind=run.get("kind"), backend=run.get("backend"), label=run.get("label"),
+            argv=run.get("argv"), cwd=run.get("cwd"), host=host, user=run.get("user"), uid=run.get("uid"),
+            exitCode=run.get("exit_code"), complete=run.get("complete"), lostEvents=run.get("lost_events"),
+            kernel=ctx.get("kernel"),
+            interpreters=[{k: i.get(k) for k in ("name", "version", "path")} for i in ctx.get("interpreters") or []],
+            gpus=[{k: g.get(k) for k in ("name", "uuid")} for g in ctx.get("gpus") or []], producer=PRODUCER)}
+    out = _pair(run.get("started"), run.get("ended"), run.get("exit_code") in (0, None),
+                Run(runId=run_id, facets=facets), job, inputs, outputs)
+    parent = parent_run.ParentRunFacet(run=parent_run.Run(runId=run_id),
+                                       job=parent_run.Job(namespace=job.namespace, name=job.name),
+                                       producer=PRODUCER)
+    for c in sorted(doc.get("cells") or [], key=lambda c: (c.get("started") or "", c.get("index") or 0)):
+        out.extend(_cell_events(c, run, host, job, parent, fl.b64))
+    return out
+
+
+def _output(host: str, final: str, written: str, b64: dict[str, str]) -> OutputDataset:
+    facets = {}
+    if final != written:
+        facets["lifecycleStateChange"] = lifecycle_state_change_dataset.LifecycleStateChangeDatasetFacet(
+            lifecycleStateChange=lifecycle_state_change_dataset.LifecycleStateChange.RENAME,
+            previousIdentifier=lifecycle_state_change_dataset.PreviousIdentifier(
+                name=written, namespace=f"file://{host}"), producer=PRODUCER)
+    return _dataset(OutputDataset, host, final, b64, **facets)
+
+
+def _cell_events(c: dict, run: dict, host: str, job: Job, parent, b64: dict) -> list[RunEvent]:
+    key = c.get("id") if c.get("id") is not None else f"index-{c.get('index')}"
+    started = c.get("started") or run.get("started")
+    cjob = Job(namespace=job.namespace, name=f"{job.name}.cell.{key}", facets={
+        "jobType": job_type_job.JobTypeJobFacet(processingType="BATCH", integration="PROVTRACE",
+                                                jobType="CELL", producer=PRODUCER)})
+    facets = {"parent": parent, "provtrace": ProvtraceRunFacet(
+        id=str(run.get("id")), kind="cell", host=host, cell={
+            k: c.get(k) for k in ("id", "index", "execution_count", "code_sha256", "status")},
+        producer=PRODUCER)}
+    crun = Run(runId=_uuid(started, run.get("id"), "cell", key), facets=facets)
+    inputs = [_dataset(InputDataset, host, p, b64) for p in sorted(c.get("reads") or [])]
+    outputs = [_dataset(OutputDataset, host, p, b64) for p in sorted(c.get("writes") or [])]
+    return _pair(started, c.get("ended"), c.get("status") != "error",
+                 crun, cjob, inputs, outputs)
+
+
+def _pair(started, ended, ok, run: Run, job: Job, inputs: list, outputs: list) -> list[RunEvent]:
+    evs = [RunEvent(eventType=RunState.START, eventTime=started or EPOCH, run=run, job=job,
+                    producer=PRODUCER, inputs=inputs, outputs=[])]
+    if ended:
+        evs.append(RunEvent(eventType=RunState.COMPLETE if ok else RunState.FAIL, eventTime=ended,
+                            run=run, job=job, producer=PRODUCER, inputs=inputs, outputs=outputs))
+    return evs

@@ -1,0 +1,131 @@
+"""Fingerprints: the content identity of a data file when a run (or cell) ended.
+
+A FINGERPRINT record (p1 = path) holds a dict body:
+
+    {"cell", "at_us", "type": "file"|"dir"|"other", "size_bytes", "mtime_ns",
+     "mtime", "inode", "dev", "sha256", "hash_skipped"?, "error"?}
+
+sha256 is taken for regular files up to HASH_CAP_BYTES; above it, or when the
+file cannot be read, sha256 is null and `hash_skipped` says why. A file that
+cannot even be stat'ed (vanished, permission denied) keeps only `error`.
+`provtrace stale` compares these against the files as they are now, and
+load_run merges them into the run document's `files` entries.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import logging
+import os
+import stat
+import time
+from collections.abc import Iterable
+
+from ..correlate.clock import us_to_iso
+from ..model.paths import DATA, TEMP, classify, display
+from . import sqlite as S
+
+log = logging.getLogger(__name__)
+
+# Hashing costs a full read; above this a file is identified by size, mtime
+# and inode only, so the end of a run never waits minutes on one huge file.
+HASH_CAP_BYTES = 256 * 1024 * 1024
+FINGERPRINTED_KINDS = (DATA, TEMP)
+_CHUNK_BYTES = 1 << 20
+
+# (dev, inode, size, mtime_ns) -> sha256 hex: hard links and repeated paths hash once
+HashCache = dict[tuple[int, int, int, int], str]
+
+
+def _reason(err: OSError) -> str:
+    if err.errno == errno.ENOENT:
+        return "vanished"
+    if err.errno in (errno.EACCES, errno.EPERM):
+        return "permission denied"
+    return os.strerror(err.errno) if err.errno else str(err)
+
+
+def _kind_of(mode: int) -> str:
+    if stat.S_ISREG(mode):
+        return "file"
+    return "dir" if stat.S_ISDIR(mode) else "other"
+
+
+def _hash_open_file(path: str, st: os.stat_result) -> tuple[str | None, str | None]:
+    """(sha256, None) or (None, why). Opens, checks it is still the same file,
+    hashes, and checks again that it did not change underneath the read."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK)
+    except OSError as e:
+        return None, f"unreadable: {_reason(e)}"
+    try:
+        before = os.fstat(fd)
+        if (before.st_dev, before.st_ino) != (st.st_dev, st.st_ino):
+            return None, "replaced while hashing"
+        h = hashlib.sha256()
+        while chunk := os.read(fd, _CHUNK_BYTES):
+            h.update(chunk)
+        after = os.fstat(fd)
+    except OSError as e:
+        return None, f"unreadable: {_reason(e)}"
+    finally:
+        os.close(fd)
+    if (after.st_size, after.st_mtime_ns) != (st.st_size, st.st_mtime_ns):
+        return None, "changed while hashing"
+    return h.hexdigest(), None
+
+
+def fingerprint(path: str, cache: HashCache | None = None, *,
+                cap_bytes: int = HASH_CAP_BYTES) -> dict:
+    """The fingerprint of path as it is now (no cell, no time). Never raises
+    for file-system reasons: a failure is recorded in `error` or `hash_skipped`."""
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        return {"error": _reason(e)}
+    fp: dict = {"type": _kind_of(st.st_mode), "size_bytes": st.st_size,
+                "mtime_ns": st.st_mtime_ns, "mtime": us_to_iso(st.st_mtime_ns // 1000),
+                "inode": st.st_ino, "dev": st.st_dev, "sha256": None}
+    if fp["type"] != "file":
+        fp["hash_skipped"] = "not a regular file"
+        return fp
+    if st.st_size > cap_bytes:
+        fp["hash_skipped"] = "too large"
+        return fp
+    key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    if cache is not None and key in cache:
+        fp["sha256"] = cache[key]
+        return fp
+    digest, why = _hash_open_file(path, st)
+    fp["sha256"] = digest
+    if why:
+        fp["hash_skipped"] = why
+    elif cache is not None:
+        cache[key] = digest
+    return fp
+
+
+def record_fingerprints(store: S.Store, rid: int, paths: Iterable[str], cell: str | None = None,
+                        *, kinds: tuple[str, ...] | None = FINGERPRINTED_KINDS,
+                        cap_bytes: int = HASH_CAP_BYTES) -> int:
+    """Queue one FINGERPRINT record per path of a fingerprinted kind; returns how many.
+
+    Called by the runner before end_run, and by a notebook session recorder at
+    each cell end (with that cell's id). kinds=None fingerprints every path.
+    """
+    cache: HashCache = {}
+    n = 0
+    t0 = time.monotonic()
+    for path in sorted(set(paths)):
+        if kinds is not None and classify(path) not in kinds:
+            continue
+        fp = fingerprint(path, cache, cap_bytes=cap_bytes)
+        store.append(rid, S.FINGERPRINT, {"cell": cell, "at_us": time.time_ns() // 1000, **fp},
+                     p1=path)
+        if "error" in fp:
+            log.debug("fingerprint path=%s error=%s", display(path), fp["error"])
+        n += 1
+    log.debug("fingerprints rid=%s cell=%s count=%d seconds=%.3f", rid, cell, n,
+              time.monotonic() - t0)
+    return n
