@@ -2,7 +2,9 @@
 
 Each check says what it found and, when it fails, what to do. The eBPF
 backend is usable when we are root, bcc imports, kernel headers are linked
-for bcc, BTF and tracefs exist, and the probes compile and load.
+for bcc, BTF and tracefs exist, and the probes compile and load. The ptrace
+backend is usable when yama allows tracing a child and a real traced `true`
+runs and shows its exec.
 """
 
 from __future__ import annotations
@@ -43,6 +45,10 @@ def diagnose(load_probes: bool = True) -> dict:
         detail = f"{build} missing"
     checks.append(_check("kernel headers", target is not None, detail,
                          "run setup.sh: it links Debian's linux-headers-6.1.0-N-amd64 there"))
+    arch = platform.machine()
+    arch_ok = arch == "x86_64"  # the probes dispatch on x86_64 syscall numbers and registers
+    checks.append(_check("architecture", arch_ok, arch,
+                         "the eBPF probes know the x86_64 syscall table and registers only"))
     btf_ok = os.path.exists("/sys/kernel/btf/vmlinux")
     checks.append(_check("BTF", btf_ok, "/sys/kernel/btf/vmlinux" + (" present" if btf_ok else " missing"),
                          "needs a kernel built with CONFIG_DEBUG_INFO_BTF=y"))
@@ -67,7 +73,7 @@ def diagnose(load_probes: bool = True) -> dict:
     checks.append(_check("lockdown", "[confidentiality]" not in (lockdown or ""),
                          lockdown.strip() if lockdown else "no lockdown file (no lockdown LSM)",
                          "lockdown=confidentiality forbids reading kernel memory from BPF"))
-    ebpf_ok = root and have_bcc and target is not None and btf_ok and offsets_ok and tracefs
+    ebpf_ok = root and have_bcc and arch_ok and target is not None and btf_ok and offsets_ok and tracefs
     if ebpf_ok and load_probes:
         try:
             from .capture.ebpf import EbpfCapture  # noqa: PLC0415
@@ -80,12 +86,47 @@ def diagnose(load_probes: bool = True) -> dict:
             ebpf_ok = False
             checks.append(_check("probes", False, str(e).splitlines()[0],
                                  "run with --debug for the verifier log"))
-    scope = _read("/proc/sys/kernel/yama/ptrace_scope")
-    checks.append(_check("ptrace backend", False,
-                         f"not part of this version yet (yama ptrace_scope={scope.strip() if scope else 'n/a'})",
-                         "use the eBPF backend as root"))
-    usable = ["ebpf"] if ebpf_ok else []
+    ptrace_ok = _ptrace_checks(checks, root)
+    usable = (["ebpf"] if ebpf_ok else []) + (["ptrace"] if ptrace_ok else [])
     return {"kernel": rel, "usable_backends": usable, "checks": checks}
+
+
+_YAMA = {0: "classic: any process of the same user", 1: "restricted: descendants only "
+         "(provtrace traces its own child: fine)", 2: "admin-only: needs CAP_SYS_PTRACE",
+         3: "no ptrace at all"}
+
+
+def _ptrace_checks(checks: list[dict], root: bool) -> bool:
+    """Can this user ptrace a child here? The environment, then a real traced `true`."""
+    scope_text = _read("/proc/sys/kernel/yama/ptrace_scope")
+    scope = int(scope_text) if scope_text and scope_text.strip().isdigit() else None
+    notes = [f"yama ptrace_scope={scope} ({_YAMA.get(scope, '?')})" if scope is not None
+             else "no yama LSM (ptrace of own children allowed)"]
+    status = _read("/proc/self/status") or ""
+    mode = next((line.split()[1] for line in status.splitlines() if line.startswith("Seccomp:")), "?")
+    if mode == "2":
+        notes.append("provtrace itself runs under a seccomp filter (a container runtime's?): "
+                     "it may refuse ptrace")
+    marker = next((m for m in ("/.dockerenv", "/run/.containerenv") if os.path.exists(m)), None)
+    if marker:
+        notes.append(f"container marker {marker}: its runtime may forbid ptrace")
+    allowed = scope in (None, 0, 1) or (scope == 2 and root)
+    checks.append(_check("ptrace permissions", allowed, "; ".join(notes),
+                         "sysctl kernel.yama.ptrace_scope=1 (as root), or run provtrace as root"))
+    if not allowed:
+        return False
+    from .capture.ptrace import self_test  # noqa: PLC0415
+    from .errors import CaptureUnavailable  # noqa: PLC0415
+
+    try:
+        detail = self_test()
+    except (CaptureUnavailable, OSError) as e:
+        checks.append(_check("ptrace backend", False, str(e),
+                             "allow ptrace (container: --cap-add SYS_PTRACE or a seccomp profile "
+                             "that permits ptrace), or use eBPF as root"))
+        return False
+    checks.append(_check("ptrace backend", True, detail + " (x86_64 only)"))
+    return True
 
 
 def render(report: dict) -> str:
