@@ -1,0 +1,134 @@
+"""The headless data layer: no textual, safe text, process trees, lineage trees, sources."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+
+import pytest
+
+from provtrace.tracer.errors import RunNotFound, StoreError, UsageError
+from provtrace.tui import model as M
+from provtrace.tui import rows as R
+from provtrace.tui.source import StoreSource, open_source
+
+from .stores import CAFE, RUN_A, RUN_B, RUN_NB, build_store, empty_store
+
+
+def test_data_layer_never_imports_textual():
+    code = ("import sys\n"
+            "import provtrace.tui, provtrace.tui.model, provtrace.tui.rows, provtrace.tui.source\n"
+            "assert 'textual' not in sys.modules, sorted(m for m in sys.modules if 'textual' in m)\n"
+            "import provtrace.tui.app\n"
+            "assert 'textual' in sys.modules  # the check above can fail\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+
+
+def test_printable_escapes_bytes_and_controls():
+    assert R.printable(CAFE) == "/data/caf\\xe9.csv"
+    assert R.printable("a\nb\tc\x1b[31m\x7f") == "a\\nb\\tc\\x1b[31m\\x7f"
+    assert R.printable("[bold]ok ünï") == "[bold]ok ünï"  # markup stays text; UTF-8 stays as is
+    assert R.printable(None) == ""
+
+
+def test_process_tree_follows_pid_reuse_and_survives_deep_chains():
+    procs = [
+        {"pid": 10, "ppid": 1, "argv": ["sh"], "started": "2024-01-01T00:00:01.000000Z", "exit_code": 0},
+        {"pid": 11, "ppid": 10, "argv": ["first"], "started": "2024-01-01T00:00:02.000000Z", "exit_code": 0},
+        # pid 11 reused: this one is a child of the second process called 11 only
+        {"pid": 11, "ppid": 10, "argv": ["second"], "started": "2024-01-01T00:00:03.000000Z", "exit_code": 0},
+        {"pid": 12, "ppid": 11, "argv": ["grandchild"], "started": "2024-01-01T00:00:04.000000Z",
+         "exit_code": None, "signal": 9},
+    ]
+    (root,) = R.process_tree({"processes": procs})
+    assert root.label == "10  sh  (exit 0)"
+    first, second = root.children
+    assert (first.label, first.children) == ("11  first  (exit 0)", ())
+    assert [c.label for c in second.children] == ["12  grandchild  (signal 9)"]
+
+    chain = [{"pid": 100 + i, "ppid": 99 + i, "argv": [f"p{i}"], "started": f"2024-01-01T00:{i // 60:02d}:"
+              f"{i % 60:02d}.000000Z", "exit_code": 0} for i in range(3000)]
+    (top,) = R.process_tree({"processes": chain})
+    depth, node = 1, top
+    while node.children:
+        (node,) = node.children
+        depth += 1
+    assert depth == 3000  # no RecursionError, nothing lost
+
+    # equal start times cannot make a cycle that hides both processes
+    tied = [{"pid": 1, "ppid": 2, "started": "t"}, {"pid": 2, "ppid": 1, "started": "t"}]
+    assert len(R.process_tree({"processes": tied})) == 1
+
+
+def test_gpu_lines_say_plainly_when_there_is_none():
+    assert R.gpu_lines([]) == ["  no NVIDIA GPU/driver"]
+    assert R.gpu_lines(None) == ["  no GPU state recorded"]
+    line, = R.gpu_lines([{"index": 0, "name": "NVIDIA H100", "driver_version": "550.54", "cuda_version": "12.4",
+                          "memory_used_bytes": 1024**3, "memory_total_bytes": 80 * 1024**3,
+                          "utilization_gpu_percent": 7, "processes": [{"pid": 5}]}])
+    assert "NVIDIA H100" in line and "1.0 GiB / 80.0 GiB" in line and "1 traced processes" in line
+    assert R.host_lines({"context": {}}) == ["no execution context recorded for this run"]
+
+
+@pytest.fixture
+def src(tmp_path):
+    s = StoreSource(build_store(str(tmp_path / "prov.db")))
+    yield s
+    s.close()
+
+
+def test_store_source_answers(src):
+    assert [r.id for r in src.list_runs()] == [RUN_A, RUN_B, RUN_NB]
+    assert src.load_run("last")["run"]["id"] == RUN_NB
+    assert src.load_run(RUN_A[:18])["run"]["id"] == RUN_A  # a unique prefix
+    with pytest.raises(RunNotFound):
+        src.load_run("nope")
+    with pytest.raises(UsageError):
+        src.lineage("/data/out.csv", "sideways", 3)
+    doc = src.load_run(RUN_A)
+    key = next(k for k, row in R.file_rows(doc) if row[0] == "/data/caf\\xe9.csv")
+    assert R.file_path(doc, key) == CAFE  # the raw name, for lineage
+    lin = src.lineage(CAFE, M.DOWNSTREAM, 10)
+    assert lin.found and lin.root == f"file:{CAFE}"
+
+
+def test_store_source_is_read_only(tmp_path):
+    db = empty_store(str(tmp_path / "e.db"))
+    src = StoreSource(db)
+    try:
+        assert src.list_runs() == []
+        with pytest.raises(sqlite3.OperationalError, match="readonly"):
+            src.store.db.execute("INSERT INTO meta VALUES('x', 'y')")
+    finally:
+        src.close()
+
+
+def test_open_source_errors(tmp_path):
+    with pytest.raises(StoreError, match="no store at"):
+        open_source(db=str(tmp_path / "none.db"))
+    with pytest.raises(UsageError, match="not both"):
+        open_source(db="a", socket_path="b")
+
+
+def test_document_from_export_shapes():
+    doc = {"schema": "provtrace.run/1", "run": {"id": "r"}}
+    assert M.document_from_export(doc) is doc
+    with pytest.raises(ValueError):
+        M.document_from_export({"something": "else"})
+
+
+def test_lineage_tree_marks_repeats_and_names_unknown_relations():
+    lin = M.Lineage("file:/o", M.UPSTREAM, {
+        "file:/o": M.LineageNode("file:/o", "file", "/o"),
+        "proc:1": M.LineageNode("proc:1", "process", "[run r pid 1] cp a o"),
+        "file:/a": M.LineageNode("file:/a", "file", "/a"),
+    }, (M.LineageEdge("proc:1", "file:/o", "wrote"), M.LineageEdge("file:/a", "proc:1", "read"),
+        M.LineageEdge("file:/o", "proc:1", ""), M.LineageEdge("file:/a", "file:/o", "")))
+    tree = R.lineage_tree(lin)
+    assert tree.label == "upstream lineage of /o"
+    proc, via_unknown = tree.children
+    assert proc.label == "written by [run r pid 1] cp a o"
+    assert [c.label for c in proc.children] == ["reads /a", "linked to /o (see above)"]
+    assert via_unknown.label == "linked to /a (see above)"

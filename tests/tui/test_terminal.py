@@ -1,0 +1,115 @@
+"""`provtrace tui` as a user runs it: the real CLI in a real terminal (tmux), and its one-line errors."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+
+import pytest
+
+from .stores import RUN_A, RUN_B, RUN_NB, build_store
+
+PROVTRACE = os.path.join(os.path.dirname(sys.executable), "provtrace")
+COLS, ROWS = 120, 40
+POLLS = 300  # capture-pane polls, 0.1 s apart: a bound on waiting, not a timing assertion
+
+
+class Tmux:
+    """One tmux server on a private socket, so nothing else's sessions are touched."""
+
+    def __init__(self) -> None:
+        self.socket = f"provtrace-test-{uuid.uuid4().hex[:8]}"
+
+    def __call__(self, *args: str) -> str:
+        return subprocess.run(["tmux", "-L", self.socket, *args], check=True,
+                              capture_output=True, text=True).stdout
+
+    def screen(self) -> str:
+        return self("capture-pane", "-p", "-t", "tui")
+
+    def wait_for(self, *texts: str) -> str:
+        """The screen once every one of texts is on it (a repaint can be caught half done)."""
+        for _ in range(POLLS):
+            screen = self.screen()
+            if all(t in screen for t in texts):
+                return screen
+            time.sleep(0.1)
+        raise AssertionError(f"{texts!r} never all appeared; the screen was:\n{self.screen()}")
+
+    def kill(self) -> None:
+        subprocess.run(["tmux", "-L", self.socket, "kill-server"], capture_output=True)
+
+
+@pytest.fixture
+def tmux():
+    if shutil.which("tmux") is None:
+        pytest.skip("tmux is not installed (setup.sh installs it)")
+    t = Tmux()
+    yield t
+    t.kill()
+
+
+def test_tui_in_a_real_terminal(tmux, tmp_path):
+    db = build_store(str(tmp_path / "prov.db"))
+    status = tmp_path / "status"
+    # the shell records the exit status, then stays so the pane can still be read
+    # (textual draws on stderr; stdout goes to a file, to check nothing is printed there)
+    cmd = f"{PROVTRACE} tui --db {db} >{tmp_path}/stdout; echo $? > {status}; sleep 60"
+    tmux("new-session", "-d", "-s", "tui", "-x", str(COLS), "-y", str(ROWS), cmd)
+    # the runs, newest first, and the keys in the footer
+    screen = tmux.wait_for(RUN_A, "3 runs in store", "q Quit", "/ Filter")
+    assert screen.index(RUN_NB) < screen.index(RUN_B) < screen.index(RUN_A)
+
+    tmux("send-keys", "-t", "tui", "Down", "Down", "Enter")  # the oldest run: A
+    tmux.wait_for(f"run {RUN_A} (command)", "/data/in.csv", "l Lineage", "tab Next pane",
+                  "/data/caf\\xe9.csv")  # a non-UTF-8 name, escaped
+
+    tmux("send-keys", "-t", "tui", "Down", "Down", "l")  # out.csv.tmp
+    tmux.wait_for("upstream lineage of /data/out.csv.tmp",
+                  f"written by [run {RUN_A} pid 4100001] python3 job.py")
+
+    tmux("send-keys", "-t", "tui", "q")
+    for _ in range(POLLS):
+        if status.exists() and status.read_text().strip():
+            break
+        time.sleep(0.1)
+    assert status.read_text().strip() == "0"
+    assert (tmp_path / "stdout").read_text() == ""  # the TUI never prints
+
+
+def _cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([PROVTRACE, *args], capture_output=True, text=True, timeout=120,
+                          stdin=subprocess.DEVNULL, env=env)
+
+
+@pytest.mark.parametrize("make, expect", [
+    (lambda p: str(p / "missing.db"), "no store at"),
+    (lambda p: (p / "junk.db").write_bytes(b"not sqlite at all " * 100) and str(p / "junk.db"),
+     "cannot open store"),
+    (lambda p: str(p), "cannot open store"),  # a directory
+])
+def test_unusable_store_is_one_line_before_the_app(tmp_path, make, expect):
+    r = _cli("tui", "--db", make(tmp_path))
+    assert r.returncode != 0 and r.stdout == ""
+    assert r.stderr.count("\n") == 1 and r.stderr.startswith("provtrace: ") and expect in r.stderr
+
+
+def test_absent_daemon_is_one_line(tmp_path):
+    r = _cli("tui", "--socket", str(tmp_path / "none.sock"))
+    assert r.returncode == 1 and r.stdout == ""
+    assert r.stderr.count("\n") == 1 and "no provtrace daemon answers" in r.stderr
+
+
+def test_db_and_socket_together_is_a_usage_error(tmp_path):
+    r = _cli("tui", "--db", "x.db", "--socket", "y.sock")
+    assert r.returncode == 2 and "not allowed with argument" in r.stderr
+
+
+def test_no_terminal_is_one_line(tmp_path):
+    r = _cli("tui", "--db", build_store(str(tmp_path / "prov.db")))
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr.count("\n") == 1 and "needs a terminal" in r.stderr

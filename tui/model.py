@@ -1,0 +1,136 @@
+"""What the TUI shows, as plain data: run summaries, run documents, lineage.
+
+Headless: nothing here imports textual (tests/tui/test_headless.py checks),
+so the same data layer serves tests, scripts and the app. Both sources (a
+store file, a live daemon) turn what they get into these shapes; the
+screens never see a Store or a gRPC message.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+
+from ..tracer.model.paths import display
+from ..tracer.store.queries import SCHEMA
+
+UPSTREAM, DOWNSTREAM = "upstream", "downstream"
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """One row of the runs list (the fields of `provtrace runs --json`)."""
+
+    id: str
+    kind: str
+    label: str | None = None
+    backend: str | None = None
+    user: str | None = None
+    uid: int | None = None
+    started: str | None = None
+    ended: str | None = None
+    exit_code: int | None = None
+    lost_events: int | None = None
+
+
+@dataclass(frozen=True)
+class LineageNode:
+    id: str
+    kind: str  # "file" | "process" | "cell"
+    label: str
+
+
+@dataclass(frozen=True)
+class LineageEdge:
+    source: str  # edges point from input to output, as in tracer/lineage/graph.py
+    target: str
+    relation: str  # "wrote" | "read" | "renamed" | "pipe"
+
+
+@dataclass(frozen=True)
+class Lineage:
+    root: str  # the node id of the file asked about
+    direction: str
+    nodes: dict[str, LineageNode] = field(default_factory=dict)
+    edges: tuple[LineageEdge, ...] = ()
+
+    @property
+    def found(self) -> bool:
+        return len(self.nodes) > 1
+
+
+def summary_from_row(row: dict) -> RunSummary:
+    """A row of tracer/store/queries.list_runs."""
+    return RunSummary(id=row["id"], kind=row["kind"], label=row.get("label"),
+                      backend=row.get("backend"), user=row.get("user"), uid=row.get("uid"),
+                      started=row.get("started"), ended=row.get("ended"),
+                      exit_code=row.get("exit_code"), lost_events=row.get("lost_events"))
+
+
+def summary_from_record(rec: object) -> RunSummary:
+    """A tracer/api/records.RunRecord (what the daemon lists)."""
+    return RunSummary(id=rec.id, kind=rec.kind, label=rec.label, backend=rec.backend,
+                      user=rec.user, uid=rec.uid, started=_iso(rec.started),
+                      ended=_iso(rec.ended), exit_code=rec.exit_code)
+
+
+def _iso(when: dt.datetime | None) -> str | None:
+    if when is None:
+        return None
+    return when.astimezone(dt.timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def lineage_from_store(result: dict) -> Lineage:
+    """tracer/lineage/graph.lineage's JSON-ready dict."""
+    nodes = {}
+    for n in result["nodes"]:
+        if n["kind"] == "file":
+            label = display(n["path"])
+        else:
+            cell = f" cell {n['cell']}" if n.get("cell") else ""
+            argv = " ".join(display(a) for a in (n.get("argv") or [])) or display(n.get("exe") or "?")
+            label = f"[run {n.get('run')} pid {n.get('pid')}{cell}] {argv}"
+        nodes[n["id"]] = LineageNode(n["id"], n["kind"], label)
+    edges = tuple(LineageEdge(e["from"], e["to"], e["rel"]) for e in result["edges"])
+    return Lineage(f"file:{result['root']}", result["direction"], nodes, edges)
+
+
+def lineage_from_graph(root_path: str, direction: str, graph: object) -> Lineage:
+    """A tracer/api/records.LineageGraph (what the daemon answers)."""
+    nodes = {}
+    for n in graph.nodes:
+        run = f"[run {n.run_id}] " if n.run_id and n.kind != "file" else ""
+        nodes[n.id] = LineageNode(n.id, n.kind, f"{run}{n.label or n.id}")
+    root = f"file:{root_path}"
+    nodes.setdefault(root, LineageNode(root, "file", root_path))
+    edges = tuple(LineageEdge(e.source, e.target, e.relation) for e in graph.edges)
+    return Lineage(root, direction, nodes, edges)
+
+
+# The daemon's in-memory store exports {"run": RunRecord, "cells": [CellRecord]}
+# rather than provtrace.run/1; these are the CellRecord fields the schema has.
+_CELL_FIELDS = ("index", "execution_count", "code_sha256", "started", "ended", "status",
+                "reads", "writes", "processes")
+
+
+def document_from_export(doc: dict, context: dict | None = None) -> dict:
+    """A provtrace.run/1 document from what a daemon's export(run, "json") returned.
+
+    A daemon on the SQLite store returns the schema as is. One on the
+    in-memory store knows sessions and cells only: the document then has
+    empty process and file lists and says so under run.gaps, so the view
+    shows the gap instead of pretending the run touched nothing.
+    """
+    if doc.get("schema") == SCHEMA:
+        return doc
+    if not isinstance(doc.get("run"), dict):
+        raise ValueError("the daemon's export is neither provtrace.run/1 nor a session document")
+    run = dict(doc["run"])
+    run.pop("kernel", None)
+    run.setdefault("lost_events", None)
+    run.setdefault("complete", None)
+    run["gaps"] = {"daemon_store_has_no_process_or_file_records": 1}
+    cells = [{"id": c.get("cell_id") or c.get("msg_id"), **{k: c.get(k) for k in _CELL_FIELDS}}
+             for c in doc.get("cells") or []]
+    return {"schema": SCHEMA, "run": run, "processes": [], "files": [], "renames": [],
+            "network": [], "cells": cells, "context": context or {}}

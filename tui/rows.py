@@ -1,0 +1,261 @@
+"""Rows, lines and trees of text from a provtrace.run/1 document and a lineage.
+
+Everything here returns plain str, already safe to show: names that are
+not UTF-8 keep their bytes as \\xNN (the schema's policy), and control
+characters in names are escaped so a file called "a\\nb" cannot break a
+table row or send escape codes to the terminal. Headless: no textual.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+from dataclasses import dataclass
+
+from ..tracer.model.paths import display
+from . import model as M
+
+# C0 and C1 controls and DEL, shown as escapes instead of being sent to the terminal.
+_CONTROLS = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0))}
+_CONTROLS.update({ord("\n"): "\\n", ord("\t"): "\\t", ord("\r"): "\\r"})
+
+RUN_COLUMNS = ("ID", "KIND", "LABEL", "USER", "STARTED", "EXIT", "LOST")
+CELL_COLUMNS = ("#", "EXEC", "STATUS", "CELL", "READS", "WRITES", "PROCS")
+FILE_COLUMNS = ("PATH", "ACCESS", "KIND", "READ", "WRITTEN", "PID", "CELL")
+LIBRARY_COLUMNS = ("PATH", "SONAME", "PACKAGE", "BUILD ID")
+PACKAGE_COLUMNS = ("NAME", "VERSION", "ECOSYSTEM")
+SHOWN_FILE_KINDS = ("data", "temp")
+NO_GPU = "no NVIDIA GPU/driver"
+
+
+@dataclass(frozen=True)
+class TreeItem:
+    label: str
+    children: tuple["TreeItem", ...] = ()
+    key: str | None = None  # what the item stands for (a lineage node id)
+
+
+def printable(value: object) -> str:
+    """Text safe for one terminal cell: \\xNN for undecodable bytes and controls."""
+    if value is None:
+        return ""
+    return display(str(value)).translate(_CONTROLS)
+
+
+def size(n: int | None) -> str:
+    if n is None:
+        return ""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def _opt(v: object) -> str:
+    return "" if v is None else printable(v)
+
+
+# -- runs ---------------------------------------------------------------------
+def run_row(r: M.RunSummary) -> tuple[str, ...]:
+    return (printable(r.id), printable(r.kind), _opt(r.label), _opt(r.user), _opt(r.started),
+            _opt(r.exit_code), _opt(r.lost_events))
+
+
+def empty_runs_text(description: str) -> str:
+    return (f"No runs in {printable(description)}.\n"
+            "Trace something with:  provtrace run -- CMD   (or provtrace notebook run NB.ipynb)")
+
+
+def run_title(doc: dict) -> str:
+    run = doc["run"]
+    return f"run {printable(run.get('id'))} ({printable(run.get('kind'))})"
+
+
+def run_lines(doc: dict) -> list[str]:
+    run = doc["run"]
+    gaps = ", ".join(printable(k) for k, v in (run.get("gaps") or {}).items() if v) or "none"
+    return [
+        f"id        {_opt(run.get('id'))}   kind {_opt(run.get('kind'))}   "
+        f"backend {_opt(run.get('backend'))}   label {_opt(run.get('label')) or '-'}",
+        f"argv      {' '.join(printable(a) for a in run.get('argv') or [])}",
+        f"cwd       {_opt(run.get('cwd'))}",
+        f"user      {_opt(run.get('user'))} (uid {_opt(run.get('uid'))})   host {_opt(run.get('host'))}",
+        f"started   {_opt(run.get('started'))}   ended {_opt(run.get('ended'))}   "
+        f"exit {_opt(run.get('exit_code'))}",
+        f"complete  {_opt(run.get('complete'))}   lost events {_opt(run.get('lost_events'))}   "
+        f"gaps {gaps}",
+        f"recorded  {len(doc.get('processes') or [])} processes, {len(doc.get('files') or [])} file "
+        f"records, {len(doc.get('renames') or [])} renames, {len(doc.get('network') or [])} sockets, "
+        f"{len(doc.get('cells') or [])} cells",
+    ]
+
+
+# -- cells --------------------------------------------------------------------
+def cell_rows(doc: dict) -> list[tuple[str, tuple[str, ...]]]:
+    """(key, row) per cell, in execution order as recorded."""
+    out = []
+    for i, c in enumerate(doc.get("cells") or []):
+        reads, writes = c.get("reads") or [], c.get("writes") or []
+        out.append((f"cell-{i}", (_opt(c.get("index")), _opt(c.get("execution_count")),
+                                  _opt(c.get("status")), _opt(c.get("id")),
+                                  ", ".join(printable(p) for p in reads),
+                                  ", ".join(printable(p) for p in writes),
+                                  str(len(c.get("processes") or [])))))
+    return out
+
+
+# -- files --------------------------------------------------------------------
+def file_rows(doc: dict, all_kinds: bool = False) -> list[tuple[str, tuple[str, ...]]]:
+    """(key, row) per file record; key "file-N" indexes doc["files"]. Data first."""
+    files = list(enumerate(doc.get("files") or []))
+    files.sort(key=lambda e: (e[1].get("kind") not in SHOWN_FILE_KINDS, e[1].get("path") or ""))
+    return [(f"file-{i}", (printable(f.get("path")), ",".join(f.get("access") or []) or "-",
+                           _opt(f.get("kind")), size(f.get("bytes_read")), size(f.get("bytes_written")),
+                           _opt(f.get("pid")), _opt(f.get("cell"))))
+            for i, f in files if all_kinds or f.get("kind") in SHOWN_FILE_KINDS]
+
+
+def file_path(doc: dict, key: str) -> str:
+    """The exact name of a file row, for lineage: raw bytes from path_b64 when not UTF-8."""
+    f = doc["files"][int(key.removeprefix("file-"))]
+    if f.get("path_b64"):
+        return os.fsdecode(base64.b64decode(f["path_b64"]))
+    return f["path"]
+
+
+# -- processes ----------------------------------------------------------------
+def process_tree(doc: dict) -> list[TreeItem]:
+    """The run's processes as a forest by ppid.
+
+    Pids are reused, so a child's parent is the latest process with its ppid
+    that started before the child (ISO times in one format compare as strings).
+    """
+    procs = doc.get("processes") or []
+    by_pid: dict[int, list[int]] = {}
+    for i, p in enumerate(procs):
+        by_pid.setdefault(p.get("pid"), []).append(i)
+    kids: dict[int | None, list[int]] = {}
+    for i, p in enumerate(procs):
+        kids.setdefault(_parent(procs, by_pid, i, p), []).append(i)
+
+    # Built children first (latest start first), without recursion: a chain of
+    # thousands of nested processes must not hit the recursion limit.
+    items: dict[int, TreeItem] = {}
+    for i in sorted(range(len(procs)), key=lambda i: (procs[i].get("started") or "", i), reverse=True):
+        items[i] = TreeItem(_proc_label(procs[i]), tuple(items[k] for k in kids.get(i, [])))
+    return [items[i] for i in kids.get(None, [])]
+
+
+def _parent(procs: list[dict], by_pid: dict[int, list[int]], i: int, p: dict) -> int | None:
+    # Ordering candidates by (started, index) and taking only earlier ones
+    # keeps the parent relation acyclic even when start times tie or are missing.
+    me = (p.get("started") or "", i)
+    earlier = [(procs[j].get("started") or "", j) for j in by_pid.get(p.get("ppid"), [])]
+    earlier = [k for k in earlier if k < me]
+    return max(earlier)[1] if earlier else None
+
+
+def _proc_label(p: dict) -> str:
+    argv = " ".join(printable(a) for a in p.get("argv") or []) or printable(p.get("exe"))
+    status = f"signal {p['signal']}" if p.get("signal") else f"exit {_opt(p.get('exit_code')) or '?'}"
+    cell = f"  cell {printable(p['cell'])}" if p.get("cell") else ""
+    return f"{p.get('pid')}  {argv}  ({status}){cell}"
+
+
+# -- context ------------------------------------------------------------------
+def library_rows(doc: dict) -> list[tuple[str, tuple[str, ...]]]:
+    libs = (doc.get("context") or {}).get("libraries") or []
+    return [(f"lib-{i}", (printable(x.get("path")), _opt(x.get("soname")), _opt(x.get("package")),
+                          _opt(x.get("build_id"))[:16]))
+            for i, x in enumerate(libs)]
+
+
+def package_rows(doc: dict) -> list[tuple[str, tuple[str, ...]]]:
+    pkgs = (doc.get("context") or {}).get("packages") or []
+    return [(f"pkg-{i}", (printable(x.get("name")), _opt(x.get("version")), _opt(x.get("ecosystem"))))
+            for i, x in enumerate(pkgs)]
+
+
+def host_lines(doc: dict) -> list[str]:
+    """Host, interpreters and GPU state, as lines."""
+    ctx = doc.get("context") or {}
+    if not ctx:
+        return ["no execution context recorded for this run"]
+    cpu = ctx.get("cpu") or {}
+    mem = ctx.get("memory_bytes")
+    osr = (ctx.get("os_release") or {}).get("PRETTY_NAME")
+    lines = [f"host      {_opt(ctx.get('host'))}   os {_opt(osr)}   arch {_opt(ctx.get('arch'))}",
+             f"kernel    {_opt(ctx.get('kernel'))}",
+             f"cpu       {_opt(cpu.get('model'))} x{_opt(cpu.get('count'))}   "
+             f"memory {size(mem) if isinstance(mem, int) else '?'}"]
+    for k, v in ctx.items():
+        if k not in _KNOWN_CONTEXT and isinstance(v, (str, int, float, dict)) and v:
+            lines.append(f"{printable(k):9} {printable(v)}")
+    lines.append("")
+    lines.append("interpreters:")
+    interps = ctx.get("interpreters") or []
+    lines += [f"  {printable(x.get('name'))} {_opt(x.get('version'))}  {printable(x.get('path'))}"
+              + (f"  ({printable(x['error'])})" if x.get("error") else "") for x in interps] or ["  none recorded"]
+    lines.append("")
+    lines.append("GPUs:")
+    lines += gpu_lines(ctx.get("gpus"))
+    return lines
+
+
+_KNOWN_CONTEXT = {"host", "kernel", "kernel_version", "arch", "os_release", "cpu", "memory_bytes",
+                  "container", "cgroup", "rlimits", "limits_pid", "interpreters", "libraries",
+                  "packages", "gpus", "gpu_samples", "env"}
+
+
+def gpu_lines(gpus: list[dict] | None) -> list[str]:
+    if not gpus:
+        return [f"  {NO_GPU}" if gpus == [] else "  no GPU state recorded"]
+    out = []
+    for g in gpus:
+        if g.get("error"):
+            out.append(f"  #{_opt(g.get('index'))}: {printable(g['error'])}")
+            continue
+        out.append(f"  #{_opt(g.get('index'))} {printable(g.get('name'))}  driver "
+                   f"{_opt(g.get('driver_version'))}  CUDA {_opt(g.get('cuda_version'))}  memory "
+                   f"{size(g.get('memory_used_bytes'))} / {size(g.get('memory_total_bytes'))}  "
+                   f"util {_opt(g.get('utilization_gpu_percent'))}%  "
+                   f"{len(g.get('processes') or [])} traced processes on it")
+    return out
+
+
+# -- lineage ------------------------------------------------------------------
+_VERBS = {"wrote": ("written by", "writes"), "read": ("reads", "read by"),
+          "renamed": ("renamed from", "renamed to"), "pipe": ("piped from", "pipes to")}
+
+
+def lineage_tree(lin: M.Lineage) -> TreeItem:
+    """The root file, then each step away from it; a node met again is not expanded twice."""
+    up = lin.direction == M.UPSTREAM
+    children: dict[str, list[tuple[str, str]]] = {}
+    for e in lin.edges:
+        a, b = (e.target, e.source) if up else (e.source, e.target)
+        children.setdefault(a, []).append((b, e.relation))
+    shown: set[str] = {lin.root}
+
+    def label(nid: str) -> str:
+        n = lin.nodes.get(nid)
+        return printable(n.label if n else nid)
+
+    def visit(nid: str, depth: int) -> tuple[TreeItem, ...]:
+        out = []
+        for child, rel in children.get(nid, []):
+            verb = _VERBS.get(rel, (rel or "linked to", rel or "linked to"))[0 if up else 1]
+            if child in shown:
+                out.append(TreeItem(f"{verb} {label(child)} (see above)", key=child))
+                continue
+            shown.add(child)
+            out.append(TreeItem(f"{verb} {label(child)}", visit(child, depth + 1), key=child))
+        return tuple(out)
+
+    kids = visit(lin.root, 1)
+    if not lin.found:
+        why = ("no traced process wrote this path or renamed a file onto it" if up
+               else "no traced process read this path or renamed it")
+        kids = (TreeItem(f"nothing {lin.direction}: {why}"),)
+    return TreeItem(f"{lin.direction} lineage of {label(lin.root)}", kids, key=lin.root)

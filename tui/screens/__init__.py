@@ -1,0 +1,1 @@
+"""Screens of the provtrace TUI: runs, one run, lineage."""

@@ -1,0 +1,144 @@
+"""Where the TUI's data comes from: a store file, or a live daemon.
+
+Both sources answer the same four questions (which runs, one run's
+provtrace.run/1 document, the lineage of a path, where the data comes
+from) and raise TracerError subclasses with one-line messages. Calls block,
+so the app makes them from worker threads. Headless: no textual here.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import contextlib
+import os
+import sqlite3
+import threading
+from collections.abc import Iterator
+from typing import Protocol
+
+from ..tracer.errors import StoreError, TracerError, UsageError
+from ..tracer.model.paths import display
+from ..tracer.store import queries as Q
+from ..tracer.store import sqlite as S
+from . import model as M
+
+log = logging.getLogger(__name__)
+
+
+class RunSource(Protocol):
+    description: str
+
+    def list_runs(self) -> list[M.RunSummary]: ...
+
+    def load_run(self, run_id: str) -> dict:
+        """The provtrace.run/1 document of a run id, unique prefix, or "last"."""
+        ...
+
+    def lineage(self, path: str, direction: str, depth: int) -> M.Lineage: ...
+
+    def close(self) -> None: ...
+
+
+class StoreSource:
+    """A store file, opened read-only: the TUI never writes to it."""
+
+    def __init__(self, path: str) -> None:
+        # Store raises StoreError for a missing, unreadable, or foreign file,
+        # here, so the CLI reports it before the app takes the terminal.
+        self.store = S.Store(path, readonly=True)
+        self.description = f"store {path}"
+        # One SQLite connection serves every worker thread; calls take turns.
+        self._lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[None]:
+        """One call at a time; SQLite failures mid-session (a locked or damaged
+        file) become StoreError, which the screens show as one line."""
+        with self._lock:
+            try:
+                yield
+            except sqlite3.Error as exc:
+                raise StoreError(f"reading store {self.store.path}: {exc}") from exc
+
+    def list_runs(self) -> list[M.RunSummary]:
+        with self._reading():
+            return [M.summary_from_row(r) for r in Q.list_runs(self.store)]
+
+    def load_run(self, run_id: str) -> dict:
+        with self._reading():
+            return Q.load_run(self.store, Q.resolve_run(self.store, run_id))
+
+    def lineage(self, path: str, direction: str, depth: int) -> M.Lineage:
+        from ..tracer.lineage.graph import lineage  # noqa: PLC0415  (networkx is slow to import)
+
+        _check_lineage_args(direction, depth)
+        with self._reading():
+            return M.lineage_from_store(lineage(self.store, path, direction, depth))
+
+    def close(self) -> None:
+        with self._lock:
+            self.store.close()
+
+
+class DaemonSource:
+    """A live daemon over gRPC: the caller sees what its uid may see."""
+
+    def __init__(self, socket_path: str, timeout_s: float = 30.0) -> None:
+        from ..tracer.api.client import ProvtraceClient  # noqa: PLC0415  (grpc only when asked)
+
+        self.client = ProvtraceClient(socket_path, timeout_s=timeout_s)
+        self.description = f"daemon {self.client.socket_path}"
+        try:
+            # Ask once now: no daemon is a one-line CLI error, not an empty app.
+            self.client.health()
+        except TracerError:
+            self.client.close()
+            raise
+
+    def list_runs(self) -> list[M.RunSummary]:
+        return [M.summary_from_record(r) for r in self.client.list_runs()]
+
+    def load_run(self, run_id: str) -> dict:
+        raw = self.client.export(run_id, "json")
+        try:
+            doc = json.loads(raw)
+        except ValueError as exc:
+            raise TracerError(f"{self.description}: export of {run_id} is not JSON ({exc})") from None
+        if not isinstance(doc, dict):
+            raise TracerError(f"{self.description}: export of {run_id} is not one run document")
+        context = None if doc.get("schema") == Q.SCHEMA else self.client.context(run_id)
+        try:
+            return M.document_from_export(doc, context)
+        except ValueError as exc:
+            raise TracerError(f"{self.description}: export of {run_id}: {exc}") from None
+
+    def lineage(self, path: str, direction: str, depth: int) -> M.Lineage:
+        _check_lineage_args(direction, depth)
+        try:
+            path.encode("utf-8")
+        except UnicodeEncodeError:
+            # protobuf strings are UTF-8; the raw name cannot cross the API.
+            raise UsageError(f"lineage of a non-UTF-8 path ({display(path)}) is not available "
+                             "through the daemon; open the store with: provtrace tui --db PATH") from None
+        graph = self.client.lineage(path, direction, depth)
+        return M.lineage_from_graph(os.path.abspath(path), direction, graph)
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def _check_lineage_args(direction: str, depth: int) -> None:
+    if direction not in (M.UPSTREAM, M.DOWNSTREAM):
+        raise UsageError(f"lineage direction must be upstream or downstream, got {direction!r}")
+    if depth < 1:
+        raise UsageError(f"lineage depth must be at least 1, got {depth}")
+
+
+def open_source(db: str | None = None, socket_path: str | None = None) -> RunSource:
+    """The store file (db, else the default store) or, with socket_path, the daemon."""
+    if db and socket_path:
+        raise UsageError("give --db or --socket, not both")
+    if socket_path:
+        return DaemonSource(socket_path)
+    return StoreSource(db or S.default_db_path())
