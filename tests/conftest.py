@@ -8,8 +8,12 @@ reported as a failure.
 from __future__ import annotations
 
 import os
+import pwd
+import subprocess
 
 import pytest
+
+TEST_USER = "provtrace-test"  # a real non-root user for authorization tests
 
 
 def _require_privileged() -> bool:
@@ -37,3 +41,16 @@ def capture():
     cap.calibrate_created_bit()
     yield cap
     cap.close()
+
+
+@pytest.fixture(scope="session")
+def test_user():
+    """The non-root user `provtrace-test`, created when missing (needs root)."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to create and become a non-root user")
+    try:
+        return pwd.getpwnam(TEST_USER)
+    except KeyError:
+        subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin",
+                        TEST_USER], check=True)
+        return pwd.getpwnam(TEST_USER)

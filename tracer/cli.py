@@ -24,8 +24,17 @@ EPILOG = textwrap.dedent("""\
       provtrace show last --json            the last run as provtrace.run/1 JSON
       provtrace lineage results.csv         what produced results.csv, from what
       provtrace lineage data.csv --downstream
+      provtrace notebook run nb.ipynb       run a notebook headlessly, attributed cell by cell
+      provtrace stale                       runs and cells whose inputs changed since
       provtrace verify                      check the store's tamper-evident chain
+      provtrace tui                         browse runs, cells, files and lineage
+      provtrace export last --format prov-json -o run.prov.json
     """)
+
+
+def _add_socket(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--socket", metavar="PATH", help="ask a live daemon on this socket instead of "
+                   "reading a store file (you see what your uid may see)")
 
 
 def _add_db(p: argparse.ArgumentParser) -> None:
@@ -54,11 +63,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("runs", help="list runs and sessions")
     _add_db(p)
+    _add_socket(p)
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("show", help="one run, as text or provtrace.run/1 JSON")
     p.add_argument("run", metavar="RUN", help="run id, unique prefix, or 'last'")
     _add_db(p)
+    _add_socket(p)
     p.add_argument("--json", action="store_true")
     p.add_argument("--all-files", action="store_true", help="text: list library/system files too")
 
@@ -77,8 +88,53 @@ def build_parser() -> argparse.ArgumentParser:
     _add_db(p)
     p.add_argument("--json", action="store_true")
 
+    p = sub.add_parser("export", help="a run, or the whole store, as PROV, OpenLineage, GraphML, DOT or JSON",
+                       epilog="examples: provtrace export last --format prov-json -o run.prov.json\n"
+                              "          provtrace export --all --format dot -o - | dot -Tsvg > store.svg",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run", metavar="RUN", nargs="?", help="run id, unique prefix, or 'last'")
+    p.add_argument("--all", action="store_true", help="every run in the store")
+    p.add_argument("--format", default="prov-json", metavar="FMT",
+                   choices=("prov-json", "prov-n", "prov-xml", "openlineage", "graphml", "dot", "json"),
+                   help="prov-json (default), prov-n, prov-xml, openlineage, graphml, dot, json")
+    p.add_argument("-o", "--output", required=True, metavar="FILE", help="where to write; '-' is stdout")
+    _add_db(p)
+    _add_socket(p)
+
+    p = sub.add_parser("stale", help="runs and cells whose inputs changed after they ran, and why",
+                       epilog="exit status is 0 whether or not anything is stale; use --json to test")
+    p.add_argument("run", metavar="RUN", nargs="?", help="run id, unique prefix, or 'last' (default: all)")
+    _add_db(p)
+    p.add_argument("--json", action="store_true")
+
     p = sub.add_parser("verify", help="check the store's tamper-evident chain")
     _add_db(p)
+
+    p = sub.add_parser("daemon", help="the long-running service: kernels, cells, gRPC API",
+                       epilog="example: sudo provtrace daemon --socket /run/provtrace/provtrace.sock")
+    p.add_argument("--socket", metavar="PATH", help="API socket (default: $PROVTRACE_SOCKET, "
+                   "/run/provtrace/provtrace.sock)")
+    _add_db(p)
+    p.add_argument("--backend", choices=("auto", "ebpf"), default="auto",
+                   help="capture backend (the daemon traces with eBPF)")
+
+    p = sub.add_parser("notebook", help="notebook verbs (run)")
+    nsub = p.add_subparsers(dest="notebook_verb", metavar="VERB", required=True)
+    q = nsub.add_parser("run", help="execute a notebook headlessly under tracing, cell by cell",
+                        epilog="example: provtrace notebook run analysis.ipynb --output done.ipynb")
+    q.add_argument("notebook", metavar="NB.ipynb")
+    q.add_argument("--kernel", metavar="NAME", help="kernelspec name (default: the notebook's own)")
+    _add_db(q)
+    q.add_argument("--json-out", metavar="FILE", help="also write the run as provtrace.run/1 JSON")
+    q.add_argument("--output", metavar="OUT.ipynb", help="write the executed notebook here")
+    q.add_argument("--label", metavar="TEXT")
+    q.add_argument("--timeout", type=int, default=600, metavar="S", help="per-cell timeout (default 600)")
+
+    p = sub.add_parser("tui", help="the terminal UI: runs, cells, processes, files, lineage, context",
+                       epilog="keys: q quit, / filter, enter open, l lineage, tab next pane, escape back")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--db", metavar="PATH", help="store file (default: as for the other verbs)")
+    g.add_argument("--socket", metavar="PATH", help="ask a live daemon on this socket instead")
 
     sub.add_parser("demo", help="trace a small shell pipeline and show its lineage")
     return ap

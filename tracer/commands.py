@@ -36,21 +36,28 @@ def cmd_run(args: argparse.Namespace) -> int:
     if cmd and cmd[0] == "--":
         cmd = cmd[1:]
     need(bool(cmd), "no command given: provtrace run [OPTIONS] -- CMD [ARG...]")
-    if args.backend == "ptrace":
-        raise CaptureUnavailable("the ptrace backend is not part of this version yet; "
-                                 "use --backend ebpf as root (see 'provtrace doctor')")
-    if args.socket or (os.geteuid() != 0 and os.path.exists(os.environ.get(
-            "PROVTRACE_SOCKET", "/run/provtrace/provtrace.sock"))):
-        raise CaptureUnavailable("tracing through the daemon is not available in this version; "
-                                 "run as root to trace with eBPF directly")
-    if os.geteuid() != 0:
-        raise CaptureUnavailable("eBPF tracing needs root, and the ptrace fallback is not part of "
-                                 "this version yet; run as root (see 'provtrace doctor')")
+    if args.backend != "ptrace":
+        from .api.client import default_socket_path  # noqa: PLC0415
+
+        if args.socket:
+            return _run_via_daemon(cmd, args.socket, args, fallback=False)
+        if os.geteuid() != 0 and os.path.exists(default_socket_path()):
+            code = _run_via_daemon(cmd, default_socket_path(), args, fallback=args.backend == "auto")
+            if code is not None:
+                return code
+    if args.backend == "ebpf" and os.geteuid() != 0:
+        raise CaptureUnavailable("eBPF tracing needs root; run as root, or trace with "
+                                 "--backend ptrace (see 'provtrace doctor')")
+    capture = None  # eBPF, loaded by the runner
+    if args.backend == "ptrace" or os.geteuid() != 0:  # asked for, or the fallback without root
+        from .capture.ptrace import PtraceCapture  # noqa: PLC0415
+
+        capture = PtraceCapture()
     from .runner import TracedCommand  # noqa: PLC0415
 
     store = _store(args, readonly=False)
     try:
-        tc = TracedCommand(cmd, store=store, label=args.label)
+        tc = TracedCommand(cmd, store=store, label=args.label, capture=capture)
         code = tc.run()
         if args.json_out:
             _write_json(args.json_out, Q.load_run(store, tc.rid))
@@ -63,6 +70,61 @@ def cmd_run(args: argparse.Namespace) -> int:
         store.close()
 
 
+def _run_via_daemon(cmd: list[str], socket_path: str, args: argparse.Namespace,
+                    fallback: bool) -> int | None:
+    """The daemon traces CMD on this user's behalf (eBPF), stored under this uid.
+    None when the daemon is unreachable and a fallback is allowed."""
+    from .api.client import ApiError, ProvtraceClient, run_command  # noqa: PLC0415
+
+    try:
+        with ProvtraceClient(socket_path, timeout_s=5) as client:
+            client.health()
+    except ApiError as e:
+        if fallback:
+            print(f"provtrace: daemon at {socket_path} not reachable ({e}); tracing with ptrace",
+                  file=sys.stderr)
+            return None
+        raise
+    result = run_command(cmd, socket_path, label=args.label)
+    if args.json_out:
+        with ProvtraceClient(socket_path) as client:
+            doc = json.loads(client.export(result.run_id, "json"))
+        _write_json(args.json_out, doc)
+    return result.exit_code
+
+
+def cmd_daemon(args: argparse.Namespace) -> int:
+    from .api.client import default_socket_path  # noqa: PLC0415
+    from .daemon import serve  # noqa: PLC0415
+
+    return serve(args.socket or default_socket_path(), args.db or S.default_db_path())
+
+
+def cmd_notebook(args: argparse.Namespace) -> int:
+    """`notebook run`: the JSON is written even when a cell fails; exit 1 if any failed."""
+    if os.geteuid() != 0:
+        raise CaptureUnavailable("provtrace notebook run traces the kernel with eBPF and needs root "
+                                 "(see 'provtrace doctor')")
+    from .traced_notebook import TracedNotebook  # noqa: PLC0415
+
+    traced = TracedNotebook(args.notebook, kernel_name=args.kernel, label=args.label,
+                            timeout_s=args.timeout, store=_store(args, readonly=False))
+    try:
+        code = traced.run()
+    finally:
+        if traced.rid is not None and args.json_out:
+            _write_json(args.json_out, Q.load_run(traced.store, traced.rid))
+        traced.store.close()
+    result = traced.result
+    if args.output and result is not None and result.notebook is not None:
+        result.write_notebook(args.output)
+    failed = [c for c in (result.cells if result else []) if c.status != "ok"]
+    print(f"provtrace: notebook run {traced.run_id}: {len(result.cells) if result else 0} cells, "
+          f"{len(failed)} failed" + (f" ({result.stopped_early})" if result and result.stopped_early else ""),
+          file=sys.stderr)
+    return code
+
+
 def _write_json(path: str, doc: dict) -> None:
     tmp = f"{path}.tmp{os.getpid()}"
     with open(tmp, "w") as f:
@@ -71,14 +133,36 @@ def _write_json(path: str, doc: dict) -> None:
     os.replace(tmp, path)
 
 
+def _remote_runs(socket_path: str) -> list[dict]:
+    from .api.client import ProvtraceClient  # noqa: PLC0415
+    from .correlate.clock import iso_utc  # noqa: PLC0415
+
+    with ProvtraceClient(socket_path) as client:
+        records = client.list_runs()
+    return [{"id": r.id, "kind": r.kind, "label": r.label, "backend": r.backend, "user": r.user,
+             "uid": r.uid, "started": iso_utc(r.started) if r.started else None,
+             "ended": iso_utc(r.ended) if r.ended else None, "exit_code": r.exit_code,
+             "lost_events": None, "complete": None} for r in records]
+
+
+def _remote_export(socket_path: str, run: str | None, fmt: str) -> bytes:
+    from .api.client import ProvtraceClient  # noqa: PLC0415
+
+    with ProvtraceClient(socket_path) as client:
+        return client.export(run, fmt)
+
+
 def cmd_runs(args: argparse.Namespace) -> int:
-    store = _store(args)
-    runs = Q.list_runs(store)
+    if args.socket:
+        runs, where = _remote_runs(args.socket), args.socket
+    else:
+        store = _store(args)
+        runs, where = Q.list_runs(store), store.path
     if args.json:
         print_json([{k: v for k, v in r.items() if k != "rid"} for r in runs])
         return 0
     if not runs:
-        print(f"no runs in {store.path}")
+        print(f"no runs in {where}")
         return 0
     print(f"{'ID':24} {'KIND':8} {'USER':8} {'STARTED':27} {'EXIT':>4} {'LOST':>5}  LABEL")
     for r in runs:
@@ -89,8 +173,11 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    store = _store(args)
-    doc = Q.load_run(store, Q.resolve_run(store, args.run))
+    if args.socket:
+        doc = json.loads(_remote_export(args.socket, args.run, "json"))
+    else:
+        store = _store(args)
+        doc = Q.load_run(store, Q.resolve_run(store, args.run))
     if args.json:
         print_json(doc)
         return 0
@@ -117,6 +204,14 @@ def cmd_show(args: argparse.Namespace) -> int:
         for n in doc["network"]:
             port = f":{n['port']}" if n["port"] is not None else ""
             print(f"  pid {n['pid']:>7}  {n['op']:7} {n['family']:5} {n['address']}{port}")
+    if doc["cells"]:
+        print(f"cells ({len(doc['cells'])}):")
+        for c in doc["cells"]:
+            print(f"  [{c.get('execution_count') or ' '}] {str(c.get('index') if c.get('index') is not None else '-'):>3} "
+                  f"{c['status']:6} {c['id']}  reads {len(c['reads'])}  writes {len(c['writes'])}  "
+                  f"processes {len(c['processes'])}")
+            for w in c["writes"]:
+                print(f"        wrote {w}")
     return 0
 
 
@@ -147,11 +242,61 @@ def cmd_diff(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    """One run or --all, rendered by tracer/export and written to -o (atomically; '-' is stdout)."""
+    from .export.exporter import render, write  # noqa: PLC0415
+
+    need(bool(args.run) != bool(args.all), "give a RUN or --all (not both): "
+         "provtrace export RUN|--all --format FMT -o FILE")
+    if args.socket:
+        write(_remote_export(args.socket, None if args.all else args.run, args.format), args.output)
+        return 0
+    store = _store(args)
+    try:
+        rids = [r["rid"] for r in Q.list_runs(store)] if args.all else [Q.resolve_run(store, args.run)]
+        docs = [Q.load_run(store, rid) for rid in rids]
+    finally:
+        store.close()
+    write(render(docs, args.format, single=not args.all), args.output)
+    return 0
+
+
+def cmd_stale(args: argparse.Namespace) -> int:
+    """Stale or fresh, the exit status is 0: staleness is a finding, not a failure."""
+    from .lineage.stale import render, staleness  # noqa: PLC0415
+
+    store = _store(args)
+    rid = Q.resolve_run(store, args.run) if args.run else None
+    result = staleness(store, rid)
+    if args.json:
+        print_json(result)
+    else:
+        print(render(result))
+    return 0
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
     store = _store(args)
     n = store.verify()
     print(f"ok: {n} records, chain intact, head {store.head()}")
     return 0
+
+
+def cmd_tui(args: argparse.Namespace) -> int:
+    """The terminal UI. The source is opened first, so a bad store or an absent
+    daemon is one line on stderr before the app takes over the terminal."""
+    from ..tui.source import open_source  # noqa: PLC0415
+
+    source = open_source(db=args.db, socket_path=args.socket)
+    try:
+        # Textual draws on stderr and reads keys from stdin; stdout may be piped.
+        if not (sys.stdin.isatty() and sys.stderr.isatty()):
+            raise UsageError("provtrace tui needs a terminal; in scripts use provtrace runs/show --json")
+        from ..tui.app import run_tui  # noqa: PLC0415  (textual loads only for this verb)
+
+        return run_tui(source)
+    finally:
+        source.close()
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

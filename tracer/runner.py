@@ -24,6 +24,7 @@ from .correlate.clock import us_to_iso as iso
 from .errors import CommandNotFound, TracerError, UsageError
 from .model.processes import Tracker
 from .store import sqlite as S
+from .store.fingerprint import record_fingerprints
 from .store.writer import RunWriter
 
 log = logging.getLogger(__name__)
@@ -90,7 +91,8 @@ class TracedCommand:
         redact = _redactor()
         uid = os.getuid()
         started_us = time.time_ns() // 1000
-        header = {"id": self.run_id, "kind": "command", "backend": "ebpf", "label": self.label,
+        header = {"id": self.run_id, "kind": "command",
+                  "backend": getattr(cap, "name", "ebpf"), "label": self.label,
                   "argv": redact(self.argv) if redact else self.argv, "cwd": self.cwd,
                   "host": socket.gethostname(), "user": _user(uid), "uid": uid,
                   "started": iso(started_us), "start_us": started_us, "exe": exe}
@@ -100,6 +102,41 @@ class TracedCommand:
         decoder = Decoder()
         tag = 1 + (self.rid % 0x7FFFFFFF)
 
+        if getattr(cap, "owns_wait", False):  # ptrace: the backend owns fork, attach and waitpid
+            status, failed = self._run_owned(cap, exe, tracker, tag, uid)
+        else:
+            status, failed = self._run_ebpf(cap, exe, tracker, decoder, tag, uid)
+        tracker.finish_all(Clock.now_mono_ns())
+        self.lost = cap.lost()
+        lost_total = sum(self.lost.values())
+        exit_code = _exit_code(status)
+        if failed:
+            writer.store.append(self.rid, S.GAP, {"what": "exec_failed", "errno": int(failed)})
+        gaps = dict(tracker.gaps)
+        if decoder.bad:
+            gaps["undecodable_records"] = decoder.bad
+        gaps.update(getattr(cap, "gaps", {}))
+        self._write_context(tracker, writer)
+        record_fingerprints(self.store, self.rid,
+                            writer.touched.union(*writer.renamed_to.values()))
+        self.store.end_run(self.rid, {
+            "ended": iso(time.time_ns() // 1000), "exit_code": exit_code,
+            "signal": status & 0x7F if os.WIFSIGNALED(status) else None,
+            "lost_events": lost_total, "lost_by_reason": self.lost,
+            "complete": lost_total == 0, "gaps": gaps,
+            "processes": writer.processes, "files": writer.files})
+        if failed:
+            raise CommandNotFound(self.argv[0], os.strerror(int(failed)))
+        if self.on_finished:
+            self.on_finished(self.rid)
+        return exit_code
+
+    def _run_ebpf(self, cap, exe: str, tracker: Tracker, decoder: Decoder, tag: int,
+                  uid: int) -> tuple[int, bytes]:
+        """Fork, hold the child until its pid is in the traced map, release, follow."""
+        # Sampled before the fork: the child holds no GPU yet, and NVML's first
+        # call (~50 ms) must not sit between the root's start time and its exec.
+        self._gpu_samples = [_gpu_sample([])]
         go_r, go_w = os.pipe()
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
         pid = os.fork()
@@ -119,7 +156,6 @@ class TracedCommand:
         os.close(err_w)
         tracker.add_root(pid, Clock.now_mono_ns(), self.argv, self.cwd, uid, tag=tag)
         cap.trace(pid, tag)
-        self._gpu_samples = [_gpu_sample([pid])]
         os.write(go_w, b"g")
         os.close(go_w)
         failed = os.read(err_r, 64)
@@ -136,27 +172,34 @@ class TracedCommand:
             cap.untrace(leftover)
         for ev in decoder.decode_all(cap.sweep(set(tracker.live) | {p.pid for p in tracker.exited})):
             tracker.handle(ev)
-        tracker.finish_all(Clock.now_mono_ns())
-        self.lost = cap.lost()
-        lost_total = sum(self.lost.values())
-        exit_code = _exit_code(status)
-        if failed:
-            writer.store.append(self.rid, S.GAP, {"what": "exec_failed", "errno": int(failed)})
-        gaps = dict(tracker.gaps)
-        if decoder.bad:
-            gaps["undecodable_records"] = decoder.bad
-        self._write_context(tracker, writer)
-        self.store.end_run(self.rid, {
-            "ended": iso(time.time_ns() // 1000), "exit_code": exit_code,
-            "signal": status & 0x7F if os.WIFSIGNALED(status) else None,
-            "lost_events": lost_total, "lost_by_reason": self.lost,
-            "complete": lost_total == 0, "gaps": gaps,
-            "processes": writer.processes, "files": writer.files})
-        if failed:
-            raise CommandNotFound(self.argv[0], os.strerror(int(failed)))
-        if self.on_finished:
-            self.on_finished(self.rid)
-        return exit_code
+        return status, failed
+
+    def _run_owned(self, cap, exe: str, tracker: Tracker, tag: int, uid: int) -> tuple[int, bytes]:
+        """A backend that forks and waits itself (ptrace): we hand it the model and a tick."""
+        last_flush = [time.monotonic()]
+
+        def started(pid: int) -> None:
+            tracker.add_root(pid, Clock.now_mono_ns(), self.argv, self.cwd, uid, tag=tag)
+            self._gpu_samples = [_gpu_sample([pid])]
+            signal.signal(signal.SIGTERM, lambda *_: os.kill(pid, signal.SIGTERM))
+
+        def tick() -> None:
+            tracker.finish_exited()
+            now = time.monotonic()
+            if self.store.pending >= FLUSH_ROWS or now - last_flush[0] >= FLUSH_EVERY_S:
+                self.store.flush()
+                last_flush[0] = now
+
+        old_int = signal.signal(signal.SIGINT, signal.SIG_IGN)  # the child gets ^C; we record
+        old_term = signal.getsignal(signal.SIGTERM)
+        try:
+            status, failed = cap.run(exe, self.argv, self.env, self.cwd, tracker.handle, tag,
+                                     started=started, tick=tick)
+        finally:
+            signal.signal(signal.SIGINT, old_int)
+            signal.signal(signal.SIGTERM, old_term)
+        self._gpu_samples.append(_gpu_sample(list(tracker.live)))
+        return status, failed
 
     def _loop(self, pid: int, cap, tracker: Tracker, decoder: Decoder) -> int:
         last_flush = time.monotonic()

@@ -11,6 +11,17 @@ from provtrace.tracer.store import queries as Q
 from provtrace.tracer.store import sqlite as S
 
 PY = sys.executable
+PROVTRACE = os.path.join(os.path.dirname(sys.executable), "provtrace")
+
+
+def pt(*args, cwd=None, check=False, **kw):
+    """Run the real provtrace CLI; with check, it must exit 0."""
+    import subprocess  # noqa: PLC0415
+
+    r = subprocess.run([PROVTRACE, *args], cwd=cwd, capture_output=True, text=True, timeout=300, **kw)
+    if check:
+        assert r.returncode == 0, r.stderr
+    return r
 
 
 def trace(capture, argv, *, cwd, db=None, label=None):

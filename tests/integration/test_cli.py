@@ -5,20 +5,11 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-import subprocess
-import sys
-
 import pytest
 
-PROVTRACE = os.path.join(os.path.dirname(sys.executable), "provtrace")
+from .helpers import pt
+
 pytestmark = pytest.mark.privileged
-
-
-def pt(*args, cwd=None, check=False):
-    r = subprocess.run([PROVTRACE, *args], cwd=cwd, capture_output=True, text=True, timeout=300)
-    if check:
-        assert r.returncode == 0, r.stderr
-    return r
 
 
 @pytest.fixture
@@ -120,6 +111,6 @@ def test_doctor_reports_backends():
     r = pt("doctor", "--json")
     rep = json.loads(r.stdout)
     assert r.returncode == 0
-    assert rep["usable_backends"] == ["ebpf"]
+    assert rep["usable_backends"] == ["ebpf", "ptrace"]
     names = {c["check"] for c in rep["checks"]}
-    assert {"root", "bcc", "kernel headers", "BTF", "tracefs", "probes"} <= names
+    assert {"root", "bcc", "kernel headers", "BTF", "tracefs", "probes", "ptrace backend"} <= names

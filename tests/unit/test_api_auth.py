@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import pwd
 import shutil
 import subprocess
 import sys
@@ -25,18 +24,6 @@ from provtrace.tracer.api.server import ApiServer
 USER = "provtrace-test"
 
 pytestmark = pytest.mark.privileged
-
-
-@pytest.fixture(scope="module")
-def test_user():
-    if os.geteuid() != 0:
-        pytest.skip("needs root to create and become a non-root user")
-    try:
-        return pwd.getpwnam(USER)
-    except KeyError:
-        subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", USER],
-                       check=True)
-        return pwd.getpwnam(USER)
 
 
 @pytest.fixture

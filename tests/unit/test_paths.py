@@ -73,3 +73,16 @@ def test_to_json_non_utf8():
 def test_display():
     assert display(os.fsdecode(b"/x/caf\xe9")) == "/x/caf\\xe9"
     assert display("/x/é") == "/x/é"
+
+
+@pytest.mark.parametrize("path", [
+    "/root/.ipython/profile_default/history.sqlite",
+    "/home/u/.local/share/jupyter/runtime/kernel-1.json",
+    "/run/user/1000/jupyter/runtime/kernel-2.json",
+])
+def test_kernel_state_is_system_not_data(path):
+    assert classify(path) == "system"
+
+
+def test_dataset_caches_stay_data():
+    assert classify("/home/u/.cache/huggingface/datasets/train.arrow") == "data"

@@ -13,7 +13,7 @@ from provtrace.tracer.capture import layouts as L
 from provtrace.tracer.correlate.clock import Clock
 from provtrace.tracer.errors import ChainBroken, RunNotFound, StoreError
 from provtrace.tracer.model import events as E
-from provtrace.tracer.model.processes import AT_FDCWD, Tracker
+from provtrace.tracer.model.processes import AT_FDCWD, CellPolicy, Tracker
 from provtrace.tracer.store import sqlite as S
 from provtrace.tracer.store.queries import SCHEMA, list_runs, load_run, resolve_run
 from provtrace.tracer.store.writer import RunWriter
@@ -295,9 +295,13 @@ def test_resolve_last_on_empty_store(store):
 def test_cells_collect_reads_and_final_writes(store):
     rid = store.new_run(RUN_ID, _header())
     writer = RunWriter(store, rid, Clock(offset_ns=0))
-    tracker = Tracker(writer, CREATED, cell_of=lambda pid, ppid, ts: "cell-1")
+    class InCell1(CellPolicy):
+        def child_cell(self, parent, tid, ts_ns):
+            return "cell-1"
+
+    tracker = Tracker(writer, CREATED, cells=InCell1())
     tracker.handle(E.Exec(1_000, P, P, 1, P, 0, "/nonexistent/py"))
-    tracker.handle(E.Fork(2_000, P, P, 1, C, C, 0, False))  # the child gets cell-1 from cell_of
+    tracker.handle(E.Fork(2_000, P, P, 1, C, C, 0, False))  # the child gets cell-1 from the policy
     for ev in list(_events())[1:]:
         if ev.pid == C and not isinstance(ev, E.Fork):
             tracker.handle(ev)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
+import shutil
 from dataclasses import dataclass
 from typing import Callable, Iterator, Mapping, Sequence
 
@@ -205,6 +206,8 @@ def run_command(argv: Sequence[str], socket_path: str | None = None, cwd: str | 
         raise TracerError("nothing to run: the command is empty")
     cwd = os.path.abspath(cwd or os.getcwd())
     env = dict(os.environ if env is None else env)
+    if "/" not in argv[0] and shutil.which(argv[0], path=env.get("PATH", os.defpath)) is None:
+        raise CommandNotFound(argv[0], "command not found in PATH")  # as a shell says it
     pid, gate_w, err_r = _fork_gated(list(argv), cwd, env)
     try:
         with ProvtraceClient(socket_path) as client:

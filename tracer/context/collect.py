@@ -133,6 +133,19 @@ class ContextCollector:
             self.packages.refresh()  # also refreshes the dpkg index the ELF cache shares
             return self._collect(pids, touched_paths, mapped_paths, exec_paths, env, gpu_samples)
 
+    def collect_cell(self, *, touched_paths: list[str], mapped_paths: list[str],
+                     exec_paths: list[str], env: Mapping[str, str] | None) -> dict:
+        """What one cell execution used: libraries it mapped, packages whose files it
+        touched, interpreters it exec'd. Host and environment are the run's."""
+        with self._lock:
+            libraries = self.libraries([], mapped_paths, exec_paths)
+            used = [*touched_paths, *mapped_paths, *exec_paths]
+            return {
+                "libraries": libraries,
+                "packages": self.packages.packages_for(used, env),
+                "interpreters": self.interpreters.interpreters_for(exec_paths, libraries),
+            }
+
     def _collect(self, pids: list[int], touched_paths: list[str], mapped_paths: list[str],
                  exec_paths: list[str], env: Mapping[str, str] | None,
                  gpu_samples: list | None) -> dict:
@@ -171,6 +184,13 @@ def collect_run_context(*, pids: list[int], touched_paths: list[str], mapped_pat
     return default_collector().collect(pids=pids, touched_paths=touched_paths,
                                        mapped_paths=mapped_paths, exec_paths=exec_paths,
                                        env=env, gpu_samples=gpu_samples)
+
+
+def collect_cell_context(*, touched_paths: list[str], mapped_paths: list[str],
+                         exec_paths: list[str], env: Mapping[str, str] | None) -> dict:
+    """Per-cell context (see ContextCollector.collect_cell), sharing the run's caches."""
+    return default_collector().collect_cell(touched_paths=touched_paths, mapped_paths=mapped_paths,
+                                            exec_paths=exec_paths, env=env)
 
 
 def gpu_sample(pids: list[int]) -> dict:

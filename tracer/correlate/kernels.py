@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -152,16 +153,30 @@ def connection_files(dirs: Iterable[Path]) -> list[Path]:
 def listening_pids(ports: Iterable[int]) -> dict[int, int]:
     """Maps each given TCP port to the pid that LISTENs on it (where the OS lets us see)."""
     wanted = set(ports)
-    found: dict[int, int] = {}
+    return {p: pid for p, pid in _all_listeners().items() if p in wanted}
+
+
+class _Listeners:
+    """listening_pids for one scan, computed at most once (all TCP listeners)."""
+
+    def __init__(self) -> None:
+        self._all: dict[int, int] | None = None
+
+    def get(self, ports: Iterable[int]) -> dict[int, int]:
+        if self._all is None:
+            self._all = _all_listeners()
+        wanted = set(ports)
+        return {p: pid for p, pid in self._all.items() if p in wanted}
+
+
+def _all_listeners() -> dict[int, int]:
     try:
         conns = psutil.net_connections(kind="inet")
     except psutil.AccessDenied:
         log.info("event=net-connections-denied reason=not root; only own sockets visible")
         conns = []
-    for c in conns:
-        if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port in wanted and c.pid:
-            found[c.laddr.port] = c.pid
-    return found
+    return {c.laddr.port: c.pid for c in conns
+            if c.status == psutil.CONN_LISTEN and c.laddr and c.pid}
 
 
 def pid_for_connection(info: ConnectionInfo, listeners: dict[int, int] | None = None) -> int | None:
@@ -175,37 +190,73 @@ def pid_for_connection(info: ConnectionInfo, listeners: dict[int, int] | None = 
 
 
 class KernelDiscovery:
-    """One scan of the host's kernels. Build it with the dirs to scan, then call scan()."""
+    """Scans the host's kernels. Build it with the dirs to scan, then call scan() (repeatedly).
+
+    Listing listening sockets means reading every process's fds, the one
+    expensive step here, so a scan does it at most once, and only for what is
+    new: a kernel already found (same pid and start time) is not re-proved, and
+    a connection file nobody listened on is re-checked only after
+    STALE_RECHECK_S (or when it changes).
+    """
+
+    STALE_RECHECK_S = 60.0
 
     def __init__(self, dirs: Iterable[Path] | None = None, uid: int | None = None) -> None:
         self.dirs = [Path(d) for d in dirs] if dirs is not None else None
         self.uid = uid  # only kernels of this uid, when set
+        self._known: dict[tuple[int, float], DiscoveredKernel] = {}
+        self._stale: dict[str, tuple[int, float]] = {}  # path -> (mtime_ns, recheck at)
 
     def scan(self) -> Discovery:
         result = Discovery()
         by_file: dict[str, DiscoveredKernel] = {}
+        listeners = _Listeners()
+        seen: set[tuple[int, float]] = set()
         for proc in psutil.process_iter(["pid", "cmdline", "cwd", "uids", "create_time"]):
-            kernel = self._from_process(proc, result)
+            key = (proc.info["pid"], proc.info["create_time"])
+            seen.add(key)
+            kernel = self._known.get(key) or self._from_process(proc, result, listeners)
             if kernel is not None:
+                self._known[key] = kernel
                 by_file[os.path.realpath(kernel.connection_file)] = kernel
+        self._known = {k: v for k, v in self._known.items() if k in seen}
         files = connection_files(self.dirs if self.dirs is not None else runtime_dirs())
         infos: list[ConnectionInfo] = []
+        now = time.monotonic()
         for path in files:
-            if os.path.realpath(path) in by_file:
+            if os.path.realpath(path) in by_file or self._still_stale(path, now):
                 continue
             try:
                 infos.append(parse_connection_file(path))
             except ConnectionFileError as exc:
                 result.gaps.append(Gap("connection-file", str(path), exc.reason))
-        listeners = listening_pids(p for i in infos for p in i.ports.values())
         for info in infos:
-            kernel = self._from_ports(info, listeners, result)
+            kernel = self._from_ports(info, listeners.get(p for i in infos for p in i.ports.values()), result)
             if kernel is not None:
                 by_file[os.path.realpath(info.path)] = kernel
+            else:
+                self._mark_stale(info.path, now)
         result.kernels = sorted(by_file.values(), key=lambda k: k.pid)
         return result
 
-    def _from_process(self, proc: psutil.Process, result: Discovery) -> DiscoveredKernel | None:
+    def _still_stale(self, path: Path | str, now: float) -> bool:
+        entry = self._stale.get(str(path))
+        if entry is None:
+            return False
+        try:
+            mtime_ns = os.stat(path).st_mtime_ns
+        except OSError:
+            return False
+        return entry[0] == mtime_ns and now < entry[1]
+
+    def _mark_stale(self, path: str, now: float) -> None:
+        try:
+            self._stale[str(path)] = (os.stat(path).st_mtime_ns, now + self.STALE_RECHECK_S)
+        except OSError:
+            self._stale.pop(str(path), None)
+
+    def _from_process(self, proc: psutil.Process, result: Discovery,
+                      listeners: "_Listeners | None" = None) -> DiscoveredKernel | None:
         info = proc.info
         cmd = match_kernel_argv(info.get("cmdline") or [])
         if cmd is None:
@@ -222,7 +273,8 @@ class KernelDiscovery:
                 return None
             result.gaps.append(Gap("connection-file", path, exc.reason))
         found = ("cmdline",)
-        if connection is not None and pid_for_connection(connection) == info["pid"]:
+        ports = listeners.get(connection.ports.values()) if (listeners and connection) else None
+        if connection is not None and pid_for_connection(connection, ports) == info["pid"]:
             found = ("cmdline", "ports")
         elif cmd.launcher == "generic":
             return None  # `tail -f x` is no kernel: a generic match needs the ports too

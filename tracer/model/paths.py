@@ -27,6 +27,10 @@ _LIBRARY_PARTS = ("/site-packages/", "/dist-packages/", "/.julia/packages/", "/.
                   "/R/library/", "/R/site-library/", "/__pycache__/", "/.venv/bin/",
                   "/.pyenv/versions/", "/lib/python3")
 _TEMP_PREFIXES = ("/dev/shm/",)
+# Kernel and notebook-server state: IPython's history database, Jupyter's
+# runtime (connection files), R's and IJulia's logs. Not a result's input.
+_SYSTEM_PARTS = ("/.ipython/profile_", "/.local/share/jupyter/", "/.jupyter/", "/jupyter/runtime/",
+                 "/.julia/logs/")
 
 
 def resolve(base: str | None, path: str) -> str | None:
@@ -57,6 +61,8 @@ def classify(path: str, *, mapped_exec: bool = False) -> str:
     if path.startswith(_TEMP_PREFIXES):  # before /dev/: /dev/shm is temp
         return TEMP
     if path in _SYSTEM_EXACT or path.startswith(_SYSTEM_PREFIXES):
+        return SYSTEM
+    if any(part in path for part in _SYSTEM_PARTS):
         return SYSTEM
     if path.startswith(_LIBRARY_PREFIXES) or any(part in path for part in _LIBRARY_PARTS):
         return LIBRARY

@@ -15,7 +15,6 @@ import errno
 import logging
 import os
 import stat
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from ..capture import layouts as L
@@ -87,11 +86,18 @@ class Proc:
             return None
         return (self.status & 0x7F) or None
 
-    def access(self, path: str, ts_ns: int) -> FileAccess:
-        fa = self.files.get(path)
+    def access(self, path: str, ts_ns: int, cell: str | None = None) -> FileAccess:
+        """The (path, cell) entry; cell defaults to the process's own cell.
+
+        Only a process whose actions follow cells (a notebook kernel) passes
+        another cell: its entries are then one per (path, cell)."""
+        if cell is None:
+            cell = self.cell
+        key = path if cell == self.cell else (path, cell)
+        fa = self.files.get(key)
         if fa is None:
-            fa = self.files[path] = FileAccess(path, first_ns=ts_ns, last_ns=ts_ns,
-                                               exe=self.exe, cell=self.cell)
+            fa = self.files[key] = FileAccess(path, first_ns=ts_ns, last_ns=ts_ns,
+                                              exe=self.exe, cell=cell)
         else:
             fa.last_ns = max(fa.last_ns, ts_ns)
             fa.exe = self.exe
@@ -127,17 +133,34 @@ class Sink:
     def on_pipe(self, key: tuple[int, int], writers: set[int], readers: set[int]) -> None: ...
 
 
-CellOf = Callable[[int, int | None, int], "str | None"]
+class CellPolicy:
+    """Which notebook cell an action belongs to. The default: none, ever.
+
+    A process keeps the cell it was started in; a notebook session overrides
+    these for its kernels, whose actions belong to whichever cell was running
+    when (and on which thread) they happened.
+    """
+
+    def child_cell(self, parent: "Proc", tid: int, ts_ns: int) -> str | None:
+        return parent.cell
+
+    def action_cell(self, p: "Proc", tid: int, ts_ns: int) -> str | None:
+        return p.cell
+
+    def thread_started(self, p: "Proc", tid: int, ts_ns: int) -> None:
+        return None
+
+
+NO_CELLS = CellPolicy()
 
 
 class Tracker:
     """Folds events into records. Not thread-safe: one consumer loop owns it."""
 
-    def __init__(self, sink: Sink, created_mask: int, cell_of: CellOf | None = None) -> None:
+    def __init__(self, sink: Sink, created_mask: int, cells: CellPolicy = NO_CELLS) -> None:
         self.sink = sink
         self.created_mask = created_mask
-        # cell_of(pid, ppid, ts_ns) -> cell id of a new process (or of the kernel's action)
-        self.cell_of = cell_of
+        self.cells = cells
         self.live: dict[int, Proc] = {}
         self.threads: dict[int, int] = {}
         self.exited: list[Proc] = []
@@ -199,6 +222,10 @@ class Tracker:
     def _gap(self, what: str) -> None:
         self.gaps[what] = self.gaps.get(what, 0) + 1
 
+    def _access(self, p: Proc, path: str, ev: E.Event, ts_ns: int | None = None) -> FileAccess:
+        ts_ns = ev.ts_ns if ts_ns is None else ts_ns
+        return p.access(path, ts_ns, self.cells.action_cell(p, ev.tid, ts_ns))
+
     def _proc(self, pid: int, tid: int, ts_ns: int, tag: int) -> Proc:
         p = self.live.get(pid)
         if p is None:
@@ -246,6 +273,8 @@ class Tracker:
             return FdEntry(None, "pipe", st.st_ino, dev)
         if target.startswith("socket:"):
             return FdEntry(None, "socket", st.st_ino, dev)
+        if target.startswith("anon_inode:"):  # eventfd, epoll, timerfd...: no file behind it
+            return FdEntry(None, "anon", st.st_ino, dev)
         if not target.startswith("/"):
             return FdEntry(None, "unknown", st.st_ino, dev)
         if target.endswith(" (deleted)") and not os.path.exists(target):
@@ -270,11 +299,12 @@ class Tracker:
         parent = self._proc(ev.pid, ev.tid, ev.ts_ns, ev.tag)
         if ev.is_thread:
             self.threads[ev.child_tid] = parent.pid
+            self.cells.thread_started(parent, ev.child_tid, ev.ts_ns)
             return
         old = self.live.pop(ev.child_pid, None)
         if old is not None:  # pid reuse, or a stale seed: close out the old one
             self.exited.append(old)
-        cell = self.cell_of(ev.child_pid, parent.pid, ev.ts_ns) if self.cell_of else parent.cell
+        cell = self.cells.child_cell(parent, ev.tid, ev.ts_ns)
         child = Proc(pid=ev.child_pid, ppid=parent.pid, start_ns=ev.ts_ns, tag=ev.tag, uid=ev.uid,
                      exe=parent.exe, argv=list(parent.argv), cwd=parent.cwd,
                      start_cwd=parent.cwd, cell=cell, fds=dict(parent.fds))
@@ -300,11 +330,11 @@ class Tracker:
         p.start_cwd = p.cwd
         exe = path
         if path:
-            p.access(path, ev.ts_ns).access.add("exec")
+            self._access(p, path, ev).access.add("exec")
             interp = _shebang(path)
             if interp:
                 exe = interp
-                p.access(interp, ev.ts_ns).access.add("exec")
+                self._access(p, interp, ev).access.add("exec")
         p.exe = exe
         for fa in p.files.values():
             fa.exe = fa.exe or exe
@@ -329,7 +359,7 @@ class Tracker:
         p.fds[ev.fd] = FdEntry(path, kind, ev.ino, ev.dev, bool(ev.flags & O_CLOEXEC), ev.flags)
         if kind == "dir" or path is None:
             return
-        fa = p.access(path, ev.ts_ns)
+        fa = self._access(p, path, ev)
         if ev.fmode & self.created_mask:
             fa.access.add("create")
         elif ev.flags & O_TRUNC and ev.flags & O_ACCMODE != O_RDONLY and kind == "file":
@@ -357,7 +387,7 @@ class Tracker:
             if ev.nreads:
                 r.add(p.pid)
         elif entry.path is not None and entry.kind in ("file", "device"):
-            fa = p.access(entry.path, ev.first_ts_ns or ev.ts_ns)
+            fa = self._access(p, entry.path, ev, ev.first_ts_ns or ev.ts_ns)
             fa.last_ns = max(fa.last_ns, ev.ts_ns)
             if ev.nreads:
                 fa.access.add("read")
@@ -371,7 +401,8 @@ class Tracker:
                     fa.mapped_exec = True
                 if ev.map_prot & PROT_WRITE and ev.flags & L.FDIO_MAP_SHARED:
                     fa.access.add("write")
-        elif entry.path is None and entry.kind not in ("socket", "pipe") and (ev.nreads or ev.nwrites):
+        elif entry.path is None and entry.kind not in ("socket", "pipe", "anon") and (ev.nreads or ev.nwrites):
+            log.debug("event=io-on-unknown-fd pid=%d fd=%d kind=%s imode=%o", p.pid, ev.fd, entry.kind, ev.imode)
             self._gap("io_on_unknown_fd")
         if ev.reason in (L.FLUSH_CLOSE, L.FLUSH_REPLACED):
             p.fds.pop(ev.fd, None)
@@ -411,7 +442,7 @@ class Tracker:
         dst = self._resolve_at(p, ev.newdirfd, ev.new)
         if src is None or dst is None:
             return
-        self.sink.on_rename(RenameRec(p.pid, src, dst, ev.ts_ns, p.cell))
+        self.sink.on_rename(RenameRec(p.pid, src, dst, ev.ts_ns, self.cells.action_cell(p, ev.tid, ev.ts_ns)))
         # Open fds now name the file by its new path (directories move their contents).
         prefix = src + "/"
         for q in self.live.values():
@@ -427,7 +458,7 @@ class Tracker:
         p = self._proc(ev.pid, ev.tid, ev.ts_ns, ev.tag)
         path = self._resolve_at(p, ev.dirfd, ev.path)
         if path is not None:
-            p.access(path, ev.ts_ns).access.add("delete")
+            self._access(p, path, ev).access.add("delete")
 
     def _truncate(self, ev: E.Truncate) -> None:
         p = self._proc(ev.pid, ev.tid, ev.ts_ns, ev.tag)
@@ -437,7 +468,7 @@ class Tracker:
             entry = p.fds.get(ev.fd)
             path = entry.path if entry else None
         if path is not None:
-            p.access(path, ev.ts_ns).access.add("truncate")
+            self._access(p, path, ev).access.add("truncate")
 
     def _net(self, ev: E.Net) -> None:
         p = self._proc(ev.pid, ev.tid, ev.ts_ns, ev.tag)
@@ -450,7 +481,8 @@ class Tracker:
         if op is None or family is None:
             self._gap("unparsed_sockaddr")
             return
-        self.sink.on_net(NetRec(p.pid, op, family, address, port, ev.ts_ns, p.cell))
+        self.sink.on_net(NetRec(p.pid, op, family, address, port, ev.ts_ns,
+                                    self.cells.action_cell(p, ev.tid, ev.ts_ns)))
 
 
 def parse_sockaddr(raw: bytes) -> tuple[str | None, str, int | None]:
@@ -483,6 +515,8 @@ def _kind_of_mode(mode: int) -> str:
         return "socket"
     if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
         return "device"
+    if mode and not stat.S_IFMT(mode):  # anon inodes (eventfd, epoll, timerfd) have no type bits
+        return "anon"
     return "unknown"
 
 

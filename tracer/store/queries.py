@@ -7,7 +7,7 @@ from collections import defaultdict
 
 from ..correlate.clock import us_to_iso as iso
 from ..errors import RunNotFound
-from ..model.paths import DATA, TEMP, display, to_json
+from ..model.paths import DATA, TEMP, classify, display, to_json
 from . import sqlite as S
 from .writer import KIND_NAMES, access_of
 
@@ -57,6 +57,8 @@ def load_run(store: S.Store, rid: int) -> dict:
     end: dict | None = None
     processes, files, renames, network, pipes, cells, gaps = [], [], [], [], [], [], []
     context: dict = {}
+    cell_contexts: dict[str | None, dict] = {}
+    fingerprints: dict[tuple[str, str | None], dict] = {}
     base = 0
     for _seq, _rid, kind, p1, p2, body in store.records(rid):
         b = json.loads(body)
@@ -88,11 +90,15 @@ def load_run(store: S.Store, rid: int) -> dict:
             ino, w, r = b
             pipes.append({"inode": ino, "writers": w, "readers": r})
         elif kind == S.CELL:
-            cells.append(b)
+            _merge_cell(cells, b)
         elif kind == S.CONTEXT:
             context = b
+        elif kind == S.CELL_CONTEXT:
+            cell_contexts[b.pop("cell", None)] = b
         elif kind == S.GAP:
             gaps.append(b)
+        elif kind == S.FINGERPRINT:
+            fingerprints[(p1, b.get("cell"))] = b
     _mark_temp(files, renames)
     lost = end.get("lost_events", 0) if end else 0
     run = {
@@ -108,6 +114,8 @@ def load_run(store: S.Store, rid: int) -> dict:
     }
     for c in cells:
         _cell_io(c, files, renames, processes)
+        c["context"] = cell_contexts.get(c.get("id"), {})
+    _merge_fingerprints(files, fingerprints)
     for f in files:
         for k in ("_first", "_last", "_path"):
             f.pop(k, None)
@@ -117,6 +125,32 @@ def load_run(store: S.Store, rid: int) -> dict:
     return {"schema": SCHEMA, "run": run, "processes": processes, "files": files,
             "renames": renames, "network": network, "pipes": pipes, "cells": cells,
             "context": context}
+
+
+def _merge_fingerprints(files: list[dict], fps: dict[tuple[str, str | None], dict]) -> None:
+    """size_bytes, mtime, sha256 on each fingerprinted entry: the fingerprint
+    taken at its cell's end, else at the run's end, else the path's latest."""
+    latest = {path: fp for (path, _cell), fp in fps.items()}
+    for f in files:
+        fp = fps.get((f["_path"], f["cell"])) or fps.get((f["_path"], None)) or latest.get(f["_path"])
+        if fp is None:
+            continue
+        f.update({"size_bytes": fp.get("size_bytes"), "mtime": fp.get("mtime"),
+                  "sha256": fp.get("sha256")})
+        if fp.get("hash_skipped"):
+            f["hash_skipped"] = fp["hash_skipped"]
+        if fp.get("error"):
+            f["fingerprint_error"] = fp["error"]
+
+
+def _merge_cell(cells: list[dict], body: dict) -> None:
+    """One entry per execution: a later record of the same id (a second source
+    reporting its end) fills in or overrides what it knows."""
+    for c in cells:
+        if body.get("id") is not None and c.get("id") == body.get("id"):
+            c.update({k: v for k, v in body.items() if v is not None})
+            return
+    cells.append(body)
 
 
 def _abs(base: int, rel: int | None) -> int | None:
@@ -173,7 +207,9 @@ def _cell_io(cell: dict, files: list[dict], renames: list[dict], processes: list
             continue
         acc = set(f["access"])
         if acc & {"write", "create", "truncate"}:
-            writes.add(_final_name(f["_path"], renames, f["_first"] or 0))
+            final = _final_name(f["_path"], renames, f["_first"] or 0)
+            if f["kind"] == DATA or (final != f["_path"] and classify(final) == DATA):
+                writes.add(final)  # a temp file counts only under the data name it became
         if "read" in acc and f["kind"] == DATA:
             reads.add(f["_path"])
     cell["reads"] = sorted(to_json(p)["path"] for p in reads)

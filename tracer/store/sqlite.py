@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import sqlite3
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,9 +31,13 @@ GENESIS = b"\0" * 32
 
 # record kinds
 RUN_START, PROCESS, FILE, RENAME, NET, PIPE, CELL, CONTEXT, RUN_END, GAP = range(1, 11)
+CELL_CONTEXT = 12  # {"cell": id, "libraries", "packages", "interpreters", "gpu_samples"}
 KIND_NAMES = {RUN_START: "run_start", PROCESS: "process", FILE: "file", RENAME: "rename",
               NET: "net", PIPE: "pipe", CELL: "cell", CONTEXT: "context", RUN_END: "run_end",
               GAP: "gap"}
+# content identity of a data file at a run's or cell's end (store/fingerprint.py)
+FINGERPRINT = 11
+KIND_NAMES[FINGERPRINT] = "fingerprint"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -113,6 +118,9 @@ class Store:
             raise StoreError(f"cannot open store {path}: {e}") from e
         self._path_ids: dict[str, int] = {}
         self._pending: list[Pending] = []
+        # One Store may be shared by threads (a notebook's consumer and its cell
+        # hooks; the daemon's sessions): writes and the chain head go one at a time.
+        self._lock = threading.RLock()
 
     def _check_version(self, write: bool) -> None:
         row = self.db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() \
@@ -136,7 +144,7 @@ class Store:
     # -- writing ---------------------------------------------------------------
     def new_run(self, run_id: str, header: dict) -> int:
         """Insert the run index row and its chained start record; returns rid."""
-        with self._tx():
+        with self._lock, self._tx():
             cur = self.db.execute(
                 "INSERT INTO runs(id, kind, label, backend, uid, user, started) VALUES(?,?,?,?,?,?,?)",
                 (run_id, header["kind"], header.get("label"), header.get("backend"),
@@ -147,7 +155,8 @@ class Store:
 
     def append(self, rid: int, kind: int, body: object, p1: str | None = None, p2: str | None = None) -> None:
         """Queue a record; it reaches the file at the next flush()."""
-        self._pending.append(Pending(rid, kind, p1, p2, body if isinstance(body, str) else dumps(body)))
+        with self._lock:
+            self._pending.append(Pending(rid, kind, p1, p2, body if isinstance(body, str) else dumps(body)))
 
     @property
     def pending(self) -> int:
@@ -155,16 +164,17 @@ class Store:
 
     def flush(self) -> int:
         """Write queued records in one transaction. Returns how many."""
-        if not self._pending:
-            return 0
-        batch, self._pending = self._pending, []
-        with self._tx():
-            self._append_now(batch)
-        return len(batch)
+        with self._lock:
+            if not self._pending:
+                return 0
+            batch, self._pending = self._pending, []
+            with self._tx():
+                self._append_now(batch)
+            return len(batch)
 
     def end_run(self, rid: int, end: dict) -> None:
         self.flush()
-        with self._tx():
+        with self._lock, self._tx():
             self._append_now([Pending(rid, RUN_END, None, None, dumps(end))])
             self.db.execute("UPDATE runs SET ended=?, exit_code=?, lost_events=?, complete=? WHERE rid=?",
                             (end.get("ended"), end.get("exit_code"), end.get("lost_events"),

@@ -48,6 +48,11 @@ class RunWriter(Sink):
         self.touched: set[str] = set()
         self.mapped: set[str] = set()
         self.execd: set[str] = set()
+        # the same per notebook cell: cell id -> (touched, mapped, execd)
+        self.by_cell: dict[str, tuple[set[str], set[str], set[str]]] = {}
+        # rename targets by cell (None outside cells): files the run produced
+        # under a name it never opened, which fingerprints must still cover
+        self.renamed_to: dict[str | None, set[str]] = {}
 
     def us(self, mono_ns: int | None) -> int | None:
         return None if mono_ns is None else (mono_ns + self.clock.offset_ns) // 1000
@@ -74,15 +79,20 @@ class RunWriter(Sink):
                                self.rel(fa.first_ns), self.rel(fa.last_ns), fa.cell, KIND_CODES[kind]],
                               p1=fa.path, p2=fa.exe)
             self.files += 1
-            self.touched.add(fa.path)
-            if "map" in fa.access:
-                self.mapped.add(fa.path)
-            if "exec" in fa.access:
-                self.execd.add(fa.path)
+            sets = [(self.touched, self.mapped, self.execd)]
+            if fa.cell is not None:
+                sets.append(self.by_cell.setdefault(fa.cell, (set(), set(), set())))
+            for touched, mapped, execd in sets:
+                touched.add(fa.path)
+                if "map" in fa.access:
+                    mapped.add(fa.path)
+                if "exec" in fa.access:
+                    execd.add(fa.path)
 
     def on_rename(self, rec: RenameRec) -> None:
         self.store.append(self.rid, S.RENAME, [rec.pid, self.rel(rec.ts_ns), rec.cell],
                           p1=rec.dst, p2=rec.src)
+        self.renamed_to.setdefault(rec.cell, set()).add(rec.dst)
 
     def on_net(self, rec: NetRec) -> None:
         self.store.append(self.rid, S.NET, [rec.pid, rec.op, rec.family, rec.address, rec.port,

@@ -1,0 +1,215 @@
+"""RunRouter: the daemon's one consumer of the ring buffer.
+
+Every traced root (a kernel, a handed-over command) has a tag in the kernel's
+traced map, inherited by its descendants; each decoded event carries it, and
+the router hands the event to that run's Tracker. Only this thread touches
+Trackers; other threads add runs (seeded before they are added) and ask
+for runs to be finished.
+
+A finish request waits a short grace period (the root's exit event may still
+be in flight), then drains, sweeps the run's fd counters, stops tracing what
+outlived the root, writes the execution context and the end record.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+from ..capture.decode import Decoder
+from ..correlate.clock import Clock
+from ..correlate.clock import us_to_iso as iso
+from ..errors import TracerError
+from ..model.processes import Tracker
+from ..store import sqlite as S
+from ..store.fingerprint import record_fingerprints
+from ..store.writer import RunWriter
+
+log = logging.getLogger(__name__)
+
+FLUSH_EVERY_S = 0.5
+# How long one poll may block: short while a command run is live (its finish
+# request waits for the router), long when only idle kernels are followed.
+POLL_MS_BUSY, POLL_MS_IDLE = 40, 250
+# A session's kernel may still be exiting when its end is reported; a
+# command's client reports only after waitpid, so its exit is already queued.
+SESSION_GRACE_S = 0.3
+# A session's events wait this long before attribution: a kernel's busy/idle
+# messages reach the IOPub watcher a little after the kernel acts, and an
+# event attributed before its window is known would land in no cell.
+HOLD_NS = 500_000_000
+
+
+@dataclass(eq=False)
+class LiveRun:
+    run_id: str
+    rid: int
+    tag: int
+    kind: str  # "session" | "command"
+    tracker: Tracker
+    writer: RunWriter
+    policy: object
+    decoder: Decoder | None = None
+    kernel_pid: int | None = None
+    root_pid: int | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    gpu_samples: list = field(default_factory=list)
+    lost_at_start: dict[str, int] = field(default_factory=dict)
+    held: deque = field(default_factory=deque)  # session events waiting for their windows
+
+    def take(self, ev) -> None:
+        if self.kind == "session":
+            self.held.append(ev)
+        else:
+            self.tracker.handle(ev)
+
+    def release(self, cutoff_ns: int | None = None) -> None:
+        """Hand held events up to cutoff_ns (all, when None) to the Tracker."""
+        held = self.held
+        while held and (cutoff_ns is None or held[0].ts_ns <= cutoff_ns):
+            self.tracker.handle(held.popleft())
+
+
+@dataclass(eq=False)
+class _Finish:
+    live: LiveRun
+    exit_code: int | None
+    not_before: float
+    done: threading.Event = field(default_factory=threading.Event)
+
+
+class RunRouter:
+    def __init__(self, capture, store: S.Store) -> None:
+        self.capture = capture
+        self.store = store
+        self.decoder = Decoder()
+        self.unrouted = 0
+        self._by_tag: dict[int, LiveRun] = {}
+        self._lock = threading.Lock()
+        self._finishing: list[_Finish] = []
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- other threads --------------------------------------------------------------
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="provtrace-router", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def add(self, live: LiveRun) -> None:
+        with self._lock:
+            self._by_tag[live.tag] = live
+
+    def finish(self, live: LiveRun, exit_code: int | None) -> threading.Event:
+        grace = SESSION_GRACE_S if live.kind == "session" else 0.0
+        req = _Finish(live, exit_code, time.monotonic() + grace)
+        with self._lock:
+            self._finishing.append(req)
+        if self._thread is None or not self._thread.is_alive():
+            self._finish_now(req)  # no router running (shutting down): do it here
+        return req.done
+
+    @property
+    def live_runs(self) -> int:
+        with self._lock:
+            return len(self._by_tag)
+
+    # -- the router thread --------------------------------------------------------
+    def _run(self) -> None:
+        last_flush = time.monotonic()
+        while not self._stop.is_set():
+            try:
+                with self._lock:
+                    busy = any(r.kind == "command" for r in self._by_tag.values()) or self._finishing
+                self._step(self.capture.poll(POLL_MS_BUSY if busy else POLL_MS_IDLE))
+                now = time.monotonic()
+                if now - last_flush >= FLUSH_EVERY_S:
+                    self.store.flush()
+                    last_flush = now
+            except TracerError as e:  # a broken invariant while live: log, count, go on
+                log.error("event=router-error error=%r", str(e))
+        self._step(self.capture.drain())
+        with self._lock:
+            pending = list(self._finishing)
+        for req in pending:
+            self._finish_now(req)
+        self.store.flush()
+
+    def _step(self, batch: list[bytes]) -> None:
+        with self._lock:
+            by_tag = dict(self._by_tag)
+        for ev in self.decoder.decode_all(batch):
+            live = by_tag.get(ev.tag)
+            if live is None:
+                self.unrouted += 1  # a run already finished; its stragglers
+                continue
+            live.take(ev)
+        cutoff = Clock.now_mono_ns() - HOLD_NS
+        for live in by_tag.values():
+            live.release(cutoff)
+            t = live.tracker
+            if t.needs_sweep:
+                for ev in self.decoder.decode_all(self.capture.sweep(t.needs_sweep)):
+                    t.handle(ev)
+                t.needs_sweep.clear()
+            t.finish_exited()
+        now = time.monotonic()
+        with self._lock:
+            due = [r for r in self._finishing if r.not_before <= now]
+        for req in due:
+            self._finish_now(req)
+
+    def _finish_now(self, req: _Finish) -> None:
+        live = req.live
+        with self._lock:
+            if req in self._finishing:
+                self._finishing.remove(req)
+            self._by_tag.pop(live.tag, None)
+        t = live.tracker
+        try:
+            for ev in self.decoder.decode_all(self.capture.drain()):
+                target = live if ev.tag == live.tag else self._by_tag.get(ev.tag)
+                if target is not None:
+                    target.take(ev)
+            live.release()
+            pids = set(t.live) | {p.pid for p in t.exited}
+            for leftover in set(self.capture.traced_pids()) & set(t.live):  # outlived the root
+                self.capture.untrace(leftover)
+            for ev in self.decoder.decode_all(self.capture.sweep(pids)):
+                t.handle(ev)
+            t.finish_all(Clock.now_mono_ns())
+            self._end(live, req.exit_code)
+        except TracerError as e:
+            log.error("event=finish-failed run=%s error=%r", live.run_id, str(e))
+        finally:
+            req.done.set()
+
+    def _end(self, live: LiveRun, exit_code: int | None) -> None:
+        from ..context.collect import collect_run_context  # noqa: PLC0415
+
+        w = live.writer
+        try:
+            ctx = collect_run_context(pids=[], touched_paths=sorted(w.touched),
+                                      mapped_paths=sorted(w.mapped), exec_paths=sorted(w.execd),
+                                      env=live.env, gpu_samples=[s for s in live.gpu_samples if s])
+        except TracerError as e:
+            ctx = {"error": str(e)}
+        self.store.append(live.rid, S.CONTEXT, ctx)
+        record_fingerprints(self.store, live.rid, w.touched.union(*w.renamed_to.values()))
+        now_lost = self.capture.lost()  # the daemon's counters: this run's share is the delta
+        lost = {k: v - live.lost_at_start.get(k, 0) for k, v in now_lost.items()}
+        total = sum(lost.values())
+        gaps = dict(live.tracker.gaps)
+        self.store.end_run(live.rid, {
+            "ended": iso(time.time_ns() // 1000), "exit_code": exit_code, "signal": None,
+            "lost_events": total, "lost_by_reason": lost, "complete": total == 0, "gaps": gaps,
+            "processes": w.processes, "files": w.files})
+        log.info("event=run-finished run=%s kind=%s processes=%d files=%d", live.run_id, live.kind,
+                 w.processes, w.files)

@@ -1,0 +1,352 @@
+"""The daemon's SessionStore: live state in memory, everything durable in SQLite,
+and every registered kernel or handed-over command traced with eBPF.
+
+Live merging of cell reports (IOPub, gRPC reports, the runner) is
+InMemoryStore's; this class adds what happens around it:
+
+- register_kernel: a `session` run in the SQLite store, the kernel pid added
+  to the probes' traced map under the run's tag, and its cells followed by a
+  KernelCells policy (one Tracker per run).
+- cell_start / cell_end: the cell's window for attribution; at its end, a CELL
+  record (the execution's id is its msg_id: a cell may run many times in one
+  session; JupyterLab's cellId is kept beside it as `cell_id`).
+- start_command / finish_command: a `command` run for a blocked child handed
+  over by a non-root `provtrace run`, stored under the caller's uid.
+- queries (runs, cells, lineage, context, export) read the SQLite store.
+
+One consumer thread (RunRouter) owns every Tracker; other threads hand it
+work through its queue.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import logging
+import os
+import socket
+import threading
+import time
+from typing import Any, Iterable, Mapping, Sequence
+
+from ..correlate.clock import Clock, iso_utc, parse_iso
+from ..correlate.clock import us_to_iso as iso
+from ..correlate.policy import KernelCells, attach_kernel
+from ..correlate.windows import CellWindow
+from ..errors import RunNotFound, TracerError, UsageError
+from ..model.processes import NO_CELLS, Tracker
+from ..store import queries as Q
+from ..store import sqlite as S
+from ..store.writer import RunWriter
+from .backend import FORMATS, NotFound
+from .events import EventHub
+from .memory import InMemoryStore
+from .records import (
+    CellEndReport,
+    CellRecord,
+    CellStartReport,
+    KernelRecord,
+    LineageEdge,
+    LineageGraph,
+    LineageNode,
+    RunRecord,
+)
+from .router import LiveRun, RunRouter
+
+log = logging.getLogger(__name__)
+
+FINISH_TIMEOUT_S = 30.0
+
+
+class TracingStore(InMemoryStore):
+    def __init__(self, store: S.Store, capture, hub: EventHub | None = None) -> None:
+        super().__init__(hub=hub, backend="ebpf")
+        self.db = store
+        self.capture = capture
+        self.clock = Clock()
+        self.router = RunRouter(capture, store)
+        self._live: dict[str, LiveRun] = {}  # run id -> live run (sessions and commands)
+        self._kernel_sessions: dict[tuple[int, int], str] = {}  # (pid, start_ns) -> session
+
+    def start(self) -> None:
+        self.router.start()
+
+    def close(self) -> None:
+        """Ends every live run (sessions first), then stops the router."""
+        for run_id in list(self._live):
+            live = self._live.get(run_id)
+            if live is not None and live.kind == "session":
+                self.end_session(run_id)
+        for run_id in list(self._live):
+            self._finish(run_id, exit_code=None, wait=True)
+        self.router.stop()
+
+    # -- writes ----------------------------------------------------------------
+    def register_kernel(self, *, pid: int, pid_start_ns: int, uid: int, user: str | None,
+                        connection_file: str | None, notebook_path: str | None,
+                        kernel_name: str | None, language: str | None,
+                        session_id: str | None) -> KernelRecord:
+        with self._lock:
+            known = self._kernel_sessions.get((pid, pid_start_ns))
+            if known is not None and known in self._live and not session_id:
+                # the same kernel seen twice (IOPub discovery and a provisioner's report)
+                run = self._runs[known]
+                kernel = dataclasses.replace(
+                    run.kernel, notebook_path=run.kernel.notebook_path or notebook_path,
+                    connection_file=run.kernel.connection_file or connection_file,
+                    kernel_name=run.kernel.kernel_name or kernel_name,
+                    language=run.kernel.language or language)
+                self._runs[known] = dataclasses.replace(run, kernel=kernel,
+                                                        label=run.label or notebook_path)
+                return kernel
+            kernel = super().register_kernel(
+                pid=pid, pid_start_ns=pid_start_ns, uid=uid, user=user, connection_file=connection_file,
+                notebook_path=notebook_path, kernel_name=kernel_name, language=language,
+                session_id=session_id)
+            sid = kernel.session_id
+            self._kernel_sessions[(pid, pid_start_ns)] = sid
+        started_us = time.time_ns() // 1000
+        header = {"id": sid, "kind": "session", "backend": "ebpf",
+                  "label": notebook_path or connection_file or kernel_name,
+                  "argv": _cmdline(pid), "cwd": _cwd(pid), "host": socket.gethostname(),
+                  "user": user, "uid": uid, "started": iso(started_us), "start_us": started_us,
+                  "kernel": {"pid": pid, "name": kernel_name, "language": language,
+                             "connection_file": connection_file, "notebook": notebook_path}}
+        policy = KernelCells()
+        policy.add_kernel(pid, Clock.now_mono_ns())
+        live = self._open_run(sid, "session", header, policy, started_us)
+        live.kernel_pid = pid
+        live.env = _environ(pid)
+        attach_kernel(live.tracker, pid, live.tag)
+        self.router.add(live)
+        self.capture.trace(pid, live.tag)
+        log.info("event=session-traced session=%s pid=%d uid=%d", sid, pid, uid)
+        return kernel
+
+    def cell_start(self, report: CellStartReport) -> CellRecord:
+        cell = super().cell_start(report)
+        self._window(report.session_id, cell)
+        return cell
+
+    def cell_end(self, report: CellEndReport) -> CellRecord:
+        cell = super().cell_end(report)
+        live = self._window(report.session_id, cell)
+        if live is not None:
+            self.db.append(live.rid, S.CELL, _cell_body(cell))
+        return cell
+
+    def end_session(self, session_id: str) -> RunRecord:
+        run = super().end_session(session_id)
+        live = self._live.get(session_id)
+        if live is not None:
+            for cell in self.list_cells(session_id):  # a kernel that died mid-cell never said idle
+                if cell.ended is None:
+                    self.cell_end(CellEndReport(session_id=session_id, source="iopub", status="error",
+                                                msg_id=cell.msg_id, cell_id=cell.cell_id,
+                                                end_reason="died"))
+            self._finish(session_id, exit_code=None, wait=True)
+        return run
+
+    def start_command(self, *, pid: int, uid: int, user: str | None, argv: Sequence[str], cwd: str,
+                      env: Mapping[str, str], label: str | None) -> RunRecord:
+        from ..runner import new_run_id  # noqa: PLC0415
+
+        run_id = new_run_id()
+        started_us = time.time_ns() // 1000
+        header = {"id": run_id, "kind": "command", "backend": "ebpf", "label": label,
+                  "argv": _redact(list(argv)), "cwd": cwd, "host": socket.gethostname(),
+                  "user": user, "uid": uid, "started": iso(started_us), "start_us": started_us,
+                  "via": "daemon"}
+        live = self._open_run(run_id, "command", header, NO_CELLS, started_us)
+        live.root_pid = pid
+        live.env = dict(env)
+        live.tracker.add_root(pid, Clock.now_mono_ns(), list(argv), cwd, uid, tag=live.tag)
+        self.router.add(live)  # only now can the router touch this tracker
+        self.capture.trace(pid, live.tag)
+        run = RunRecord(id=run_id, kind="command", uid=uid, user=user, label=label or " ".join(argv),
+                        backend="ebpf", started=dt.datetime.now(dt.timezone.utc))
+        with self._lock:
+            self._runs[run_id] = run
+            self._cells[run_id] = []
+            self._traced_pids[pid] = run_id
+        return run
+
+    def finish_command(self, run_id: str, exit_code: int, ended: dt.datetime | None) -> RunRecord:
+        self._finish(run_id, exit_code=exit_code, wait=True)
+        return self.get_run(run_id, None)
+
+    # -- reads (SQLite) ------------------------------------------------------------
+    def _reader(self) -> S.Store:
+        return S.Store(self.db.path, readonly=True)
+
+    def get_run(self, ref: str, uid: int | None) -> RunRecord:
+        reader = self._reader()
+        try:
+            rid = Q.resolve_run(reader, ref, uid)
+            row = next(r for r in Q.list_runs(reader, uid) if r["rid"] == rid)
+        except RunNotFound as e:
+            raise NotFound(f"no run or session {ref!r} visible to you (list them with: provtrace runs)") from e
+        finally:
+            reader.close()
+        return self._record(row)
+
+    def list_runs(self, uid: int | None, kind: str | None = None, limit: int | None = None) -> list[RunRecord]:
+        reader = self._reader()
+        try:
+            rows = [r for r in Q.list_runs(reader, uid) if kind is None or r["kind"] == kind]
+        finally:
+            reader.close()
+        rows = rows[-limit:] if limit else rows
+        return [self._record(r) for r in rows]
+
+    def list_cells(self, session_id: str) -> list[CellRecord]:
+        with self._lock:
+            if session_id in self._cells:
+                return list(self._cells[session_id])
+        doc = self.document(session_id, None)
+        return [_cell_record(session_id, c) for c in doc["cells"]]
+
+    def document(self, ref: str, uid: int | None) -> dict:
+        """The provtrace.run/1 document of a run the caller may see."""
+        reader = self._reader()
+        try:
+            return Q.load_run(reader, Q.resolve_run(reader, ref, uid))
+        except RunNotFound as e:
+            raise NotFound(f"no run or session {ref!r} visible to you") from e
+        finally:
+            reader.close()
+
+    def lineage(self, path: str, direction: str, depth: int | None, uid: int | None) -> LineageGraph:
+        from ..lineage.graph import lineage  # noqa: PLC0415
+
+        if direction not in ("upstream", "downstream"):
+            raise UsageError(f"direction must be upstream or downstream, got {direction!r}")
+        reader = self._reader()
+        try:
+            visible = None if uid is None else {r["id"] for r in Q.list_runs(reader, uid)}
+            result = lineage(reader, path, direction, depth or 10)
+        finally:
+            reader.close()
+        nodes = [n for n in result["nodes"] if visible is None or n.get("run") in (None, *visible)]
+        keep = {n["id"] for n in nodes}
+        return LineageGraph(
+            tuple(LineageNode(n["id"], n["kind"], n.get("path") or " ".join(n.get("argv") or []),
+                              n.get("run")) for n in nodes),
+            tuple(LineageEdge(e["from"], e["to"], e.get("rel") or "")
+                  for e in result["edges"] if e["from"] in keep and e["to"] in keep))
+
+    def context(self, run_id: str) -> Mapping[str, Any]:
+        return self.document(run_id, None)["context"]
+
+    def export(self, run_ids: Sequence[str], fmt: str) -> Iterable[bytes]:
+        from ..export.exporter import render  # noqa: PLC0415
+
+        if fmt not in FORMATS:
+            raise UsageError(f"unknown export format {fmt!r}; one of {', '.join(FORMATS)}")
+        docs = [self.document(r, None) for r in run_ids]
+        data = render(docs, fmt, single=len(run_ids) == 1)
+        return (data[i: i + 65536] for i in range(0, len(data), 65536))
+
+    # -- internals -------------------------------------------------------------------
+    def _open_run(self, run_id: str, kind: str, header: dict, policy, started_us: int) -> LiveRun:
+        from ..runner import _redactor  # noqa: PLC0415
+
+        rid = self.db.new_run(run_id, header)
+        tag = 1 + (rid % 0x7FFFFFFF)
+        writer = RunWriter(self.db, rid, self.clock, _redactor(), base_us=started_us)
+        tracker = Tracker(writer, self.capture.created_mask, cells=policy)
+        live = LiveRun(run_id=run_id, rid=rid, tag=tag, kind=kind, tracker=tracker, writer=writer,
+                       policy=policy, lost_at_start=self.capture.lost())
+        self._live[run_id] = live
+        return live
+
+    def _window(self, session_id: str, cell: CellRecord) -> LiveRun | None:
+        live = self._live.get(session_id)
+        if live is None or not isinstance(live.policy, KernelCells) or live.kernel_pid is None:
+            return None
+        key = cell.msg_id or cell.cell_id
+        if key is None or cell.started is None:
+            return live
+        start_ns = self.clock.utc_to_mono_ns(cell.started)
+        end_ns = self.clock.utc_to_mono_ns(cell.ended) if cell.ended else None
+        live.policy.set_window(CellWindow(
+            kernel_pid=live.kernel_pid, msg_id=key, start_ns=start_ns,
+            end_ns=None if end_ns is None else max(end_ns, start_ns), cell_id=None,
+            execution_count=cell.execution_count, code_sha256=cell.code_sha256,
+            status=cell.status, subshell_id=cell.subshell_id))
+        return live
+
+    def _finish(self, run_id: str, exit_code: int | None, wait: bool) -> None:
+        live = self._live.pop(run_id, None)
+        if live is None:
+            return
+        done = self.router.finish(live, exit_code)
+        if wait and not done.wait(FINISH_TIMEOUT_S):
+            log.warning("event=finish-timeout run=%s", run_id)
+
+    def _record(self, row: dict) -> RunRecord:
+        with self._lock:
+            live = self._runs.get(row["id"])
+        return RunRecord(
+            id=row["id"], kind=row["kind"], uid=row["uid"], user=row["user"], label=row["label"],
+            backend=row["backend"], started=_time(row["started"]), ended=_time(row["ended"]),
+            exit_code=row["exit_code"], kernel=live.kernel if live is not None else None)
+
+
+def _cell_body(cell: CellRecord) -> dict:
+    return {"id": cell.msg_id or cell.cell_id, "cell_id": cell.cell_id, "index": cell.index,
+            "execution_count": cell.execution_count, "code_sha256": cell.code_sha256,
+            "started": iso_utc(cell.started) if cell.started else None,
+            "ended": iso_utc(cell.ended) if cell.ended else None, "status": cell.status,
+            "msg_id": cell.msg_id, "error_name": cell.error_name, "end_reason": cell.end_reason,
+            "sources": sorted(cell.sources)}
+
+
+def _cell_record(session_id: str, c: dict) -> CellRecord:
+    return CellRecord(
+        session_id=session_id, cell_id=c.get("cell_id") or c.get("id"), msg_id=c.get("msg_id"),
+        index=c.get("index"), execution_count=c.get("execution_count"),
+        code_sha256=c.get("code_sha256"), started=_time(c.get("started")), ended=_time(c.get("ended")),
+        status=c.get("status") or "running", end_reason=c.get("end_reason"),
+        error_name=c.get("error_name"), reads=tuple(c.get("reads") or ()),
+        writes=tuple(c.get("writes") or ()), processes=tuple(c.get("processes") or ()),
+        sources=frozenset(c.get("sources") or ()))
+
+
+def _time(text: str | None) -> dt.datetime | None:
+    try:
+        return parse_iso(text) if text else None
+    except ValueError:
+        return None
+
+
+def _cmdline(pid: int) -> list[str]:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return [os.fsdecode(a) for a in f.read().split(b"\0") if a]
+    except OSError:
+        return []
+
+
+def _environ(pid: int) -> dict[str, str]:
+    """The kernel's environment (redacted when the context is written)."""
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            pairs = [kv.split(b"=", 1) for kv in f.read().split(b"\0") if b"=" in kv]
+    except OSError:
+        return {}
+    return {os.fsdecode(k): os.fsdecode(v) for k, v in pairs}
+
+
+def _cwd(pid: int) -> str | None:
+    try:
+        return os.readlink(f"/proc/{pid}/cwd")
+    except OSError:
+        return None
+
+
+def _redact(argv: list[str]) -> list[str]:
+    from ..runner import _redactor  # noqa: PLC0415
+
+    redact = _redactor()
+    return redact(argv) if redact else argv

@@ -1,0 +1,259 @@
+"""`provtrace notebook run`: execute a notebook headlessly under eBPF tracing,
+with every event attributed to the cell execution that caused it.
+
+Threads: the main thread drives nbclient (NotebookRunner) and turns its cell
+hooks into windows; a consumer thread owns the Tracker and drains the ring
+buffer. They meet in KernelCells (locked) and the Store (locked).
+
+The kernel is added to tracing as soon as it has started (nbclient's
+start_new_kernel returns after kernel_info): its start-up is not traced and
+belongs to no cell, as the contract says. What it had mapped by then is read
+from /proc/PID/maps, so the run's libraries are complete.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+
+from .capture.decode import Decoder
+from .correlate.clock import Clock, iso_utc
+from .correlate.clock import us_to_iso as iso
+from .correlate.notebook import CellExecution, CellStart, NotebookResult, NotebookRunner
+from .correlate.policy import KernelCells, attach_kernel
+from .correlate.windows import CellWindow
+from .errors import TracerError
+from .model.processes import Tracker
+from .runner import _gpu_sample, _redactor, _user, new_run_id
+from .store import sqlite as S
+from .store.fingerprint import record_fingerprints
+from .store.writer import RunWriter
+
+log = logging.getLogger(__name__)
+
+FLUSH_EVERY_S = 0.5
+KERNEL_EXIT_WAIT_S = 5.0
+
+
+def cell_key(index: int, cell_id: str | None) -> str:
+    """A cell's id in records: nbformat's cell id, else its position (nbformat < 4.5)."""
+    return cell_id or f"index-{index}"
+
+
+class _Consumer(threading.Thread):
+    """Drains the ring buffer into the Tracker until told to stop."""
+
+    def __init__(self, cap, tracker: Tracker, store: S.Store) -> None:
+        super().__init__(name="provtrace-consumer", daemon=True)
+        self.cap, self.tracker, self.store = cap, tracker, store
+        self.decoder = Decoder()
+        self.stop_requested = threading.Event()
+        self.error: BaseException | None = None
+        self._attach: list[int] = []
+        self._attach_lock = threading.Lock()
+
+    def attach(self, pid: int) -> None:
+        with self._attach_lock:
+            self._attach.append(pid)
+
+    def run(self) -> None:
+        last_flush = time.monotonic()
+        try:
+            while not self.stop_requested.is_set():
+                self._step(self.cap.poll(100))
+                if time.monotonic() - last_flush >= FLUSH_EVERY_S:
+                    self.store.flush()
+                    last_flush = time.monotonic()
+        except BaseException as e:  # noqa: BLE001 - handed to the main thread, which re-raises
+            log.exception("event=consumer-failed")
+            self.error = e
+
+    def _step(self, batch: list[bytes]) -> None:
+        with self._attach_lock:
+            pending, self._attach = self._attach, []
+        for pid in pending:
+            attach_kernel(self.tracker, pid)
+        for ev in self.decoder.decode_all(batch):
+            self.tracker.handle(ev)
+        if self.tracker.needs_sweep:
+            for ev in self.decoder.decode_all(self.cap.sweep(self.tracker.needs_sweep)):
+                self.tracker.handle(ev)
+            self.tracker.needs_sweep.clear()
+        self.tracker.finish_exited()
+
+    def finish(self) -> None:
+        """Called after the thread stopped: drain what is left."""
+        self._step(self.cap.drain())
+
+
+class TracedNotebook:
+    """One notebook run into one store. Call run(); it returns the exit code."""
+
+    def __init__(self, path: str, *, store: S.Store, kernel_name: str | None = None,
+                 label: str | None = None, capture=None, timeout_s: int | None = 600,
+                 startup_timeout_s: int = 60) -> None:
+        self.store = store
+        self.label = label
+        self.capture = capture
+        self.cells = KernelCells()
+        self.clock = Clock()
+        self.runner = NotebookRunner(  # reads and validates the notebook now
+            path, kernel_name=kernel_name, timeout_s=timeout_s, startup_timeout_s=startup_timeout_s,
+            on_kernel_started=self._kernel_started, on_cell_start=self._cell_start,
+            on_cell_end=self._cell_end)
+        self.path = str(self.runner.path)
+        self.run_id = new_run_id()
+        self.rid: int | None = None
+        self.result: NotebookResult | None = None
+        self.lost: dict[str, int] = {}
+        self._kernel_pid: int | None = None
+        self._samples: dict[str, list] = {}
+        self._consumer: _Consumer | None = None
+        self._tag = 0
+
+    # -- hooks (main thread) ------------------------------------------------------
+    def _kernel_started(self, pid: int) -> None:
+        self._kernel_pid = pid
+        self.cells.add_kernel(pid, Clock.now_mono_ns())
+        self.capture.trace(pid, self._tag)
+        self._consumer.attach(pid)
+        log.info("event=kernel-traced pid=%d run=%s", pid, self.run_id)
+
+    def _cell_start(self, start: CellStart) -> None:
+        key = cell_key(start.index, start.cell_id)
+        self.cells.set_window(CellWindow(
+            kernel_pid=self._kernel_pid or 0, msg_id=key, cell_id=key, code_sha256=start.code_sha256,
+            start_ns=self.clock.utc_to_mono_ns(start.started)))
+        self._samples[key] = [_gpu_sample(self._kernel_pids())]
+
+    def _cell_end(self, done: CellExecution) -> None:
+        key = cell_key(done.index, done.cell_id)
+        start_ns = self.clock.utc_to_mono_ns(done.started)
+        end_ns = self.clock.utc_to_mono_ns(done.ended) if done.ended else Clock.now_mono_ns()
+        self.cells.set_window(CellWindow(
+            kernel_pid=self._kernel_pid or 0, msg_id=key, cell_id=key, start_ns=start_ns,
+            end_ns=max(end_ns, start_ns), execution_count=done.execution_count,
+            code_sha256=done.code_sha256, status=done.status, end_reason=done.end_reason,
+            error_name=done.error_name))
+        self._samples.setdefault(key, []).append(_gpu_sample(self._kernel_pids()))
+        self.store.append(self.rid, S.CELL, {
+            "id": key, "index": done.index, "execution_count": done.execution_count,
+            "code_sha256": done.code_sha256, "started": iso_utc(done.started),
+            "ended": iso_utc(done.ended) if done.ended else None, "status": done.status,
+            "msg_id": done.msg_id, "error_name": done.error_name, "end_reason": done.end_reason})
+
+    def _kernel_pids(self) -> list[int]:
+        """The kernel and its live descendants (read from /proc: the Tracker is not ours)."""
+        if self._kernel_pid is None:
+            return []
+        try:
+            import psutil  # noqa: PLC0415
+
+            kernel = psutil.Process(self._kernel_pid)
+            return [self._kernel_pid, *(c.pid for c in kernel.children(recursive=True))]
+        except psutil.Error:
+            return [self._kernel_pid]
+
+    # -- the run --------------------------------------------------------------------
+    def run(self) -> int:
+        if self.capture is None:
+            from .capture.ebpf import EbpfCapture  # noqa: PLC0415
+
+            self.capture = EbpfCapture()
+        cap = self.capture
+        if not cap.created_mask:
+            cap.calibrate_created_bit()
+        redact = _redactor()
+        uid = os.getuid()
+        started_us = time.time_ns() // 1000
+        argv = ["provtrace", "notebook", "run", self.path]
+        header = {"id": self.run_id, "kind": "notebook", "backend": "ebpf", "label": self.label,
+                  "argv": argv, "cwd": os.path.dirname(self.path), "host": socket.gethostname(),
+                  "user": _user(uid), "uid": uid, "started": iso(started_us), "start_us": started_us,
+                  "notebook": self.path, "kernel_name": self.runner.kernel_name}
+        self.rid = self.store.new_run(self.run_id, header)
+        self._tag = 1 + (self.rid % 0x7FFFFFFF)
+        writer = RunWriter(self.store, self.rid, self.clock, redact, base_us=started_us)
+        tracker = Tracker(writer, cap.created_mask, cells=self.cells)
+        self._consumer = consumer = _Consumer(cap, tracker, self.store)
+        consumer.start()
+        gaps: dict[str, int] = {}
+        failure: BaseException | None = None
+        try:
+            self.result = self.runner.run()
+        except (TracerError, KeyboardInterrupt) as e:
+            failure = e
+            gaps["notebook_failed" if isinstance(e, TracerError) else "interrupted"] = 1
+        finally:
+            self._wait_kernel_exit(tracker)
+            consumer.stop_requested.set()
+            consumer.join()
+        if consumer.error is not None:
+            raise consumer.error
+        consumer.finish()
+        for leftover in set(cap.traced_pids()) & set(tracker.live):  # outlived the kernel
+            cap.untrace(leftover)
+        for ev in consumer.decoder.decode_all(cap.sweep(set(tracker.live))):
+            tracker.handle(ev)
+        tracker.finish_all(Clock.now_mono_ns())
+        self._finish(tracker, writer, consumer.decoder, gaps, failure)
+        if failure is not None:
+            raise failure
+        return 1 if self.result is None or self.result.failed else 0
+
+    def _wait_kernel_exit(self, tracker: Tracker) -> None:
+        """nbclient has shut the kernel down; give its exit event time to arrive."""
+        pid = self._kernel_pid
+        deadline = time.monotonic() + KERNEL_EXIT_WAIT_S
+        while pid is not None and os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
+            time.sleep(0.02)
+
+    def _finish(self, tracker: Tracker, writer: RunWriter, decoder: Decoder,
+                gaps: dict[str, int], failure: BaseException | None) -> None:
+        self.lost = self.capture.lost()
+        lost_total = sum(self.lost.values())
+        gaps.update(tracker.gaps)
+        if decoder.bad:
+            gaps["undecodable_records"] = decoder.bad
+        result = self.result
+        if result is not None and result.stopped_early:
+            gaps["stopped_early"] = 1
+        self._write_context(tracker, writer)
+        # at run end, like a command's; per-cell records would hash the same bytes again
+        record_fingerprints(self.store, self.rid, writer.touched.union(*writer.renamed_to.values()))
+        failed = result is None or result.failed
+        self.store.end_run(self.rid, {
+            "ended": iso(time.time_ns() // 1000), "exit_code": 1 if failed else 0,
+            "signal": None, "lost_events": lost_total, "lost_by_reason": self.lost,
+            "complete": lost_total == 0 and failure is None, "gaps": gaps,
+            "stopped_early": result.stopped_early if result else str(failure),
+            "kernel_pid": self._kernel_pid, "language": result.language if result else None,
+            "processes": writer.processes, "files": writer.files})
+
+    def _write_context(self, tracker: Tracker, writer: RunWriter) -> None:
+        from .context.collect import collect_cell_context, collect_run_context  # noqa: PLC0415
+
+        env = dict(os.environ)
+        try:
+            ctx = collect_run_context(
+                pids=[], touched_paths=sorted(writer.touched), mapped_paths=sorted(writer.mapped),
+                exec_paths=sorted(writer.execd), env=env, gpu_samples=[
+                    s for samples in self._samples.values() for s in samples if s])
+        except TracerError as e:
+            ctx = {"error": str(e)}
+        self.store.append(self.rid, S.CONTEXT, ctx)
+        for key, (touched, mapped, execd) in sorted(writer.by_cell.items()):
+            try:
+                cell_ctx = collect_cell_context(touched_paths=sorted(touched), mapped_paths=sorted(mapped),
+                                                exec_paths=sorted(execd), env=env)
+            except TracerError as e:
+                cell_ctx = {"error": str(e)}
+            cell_ctx["gpu_samples"] = [s for s in self._samples.get(key, []) if s]
+            self.store.append(self.rid, S.CELL_CONTEXT, {"cell": key, **cell_ctx})
+        for key in sorted(set(self._samples) - set(writer.by_cell)):  # cells that touched nothing
+            self.store.append(self.rid, S.CELL_CONTEXT, {
+                "cell": key, "libraries": [], "packages": [], "interpreters": [],
+                "gpu_samples": [s for s in self._samples[key] if s]})
