@@ -43,7 +43,7 @@ def test_found_the_package_folders():
     assert "provtrace.tracer.capture" in names
 
 
-@pytest.mark.parametrize("name", _params())
+@pytest.mark.parametrize("name", list(_params()))
 def test_package_is_listed(name):
     assert name in _setuptools()["packages"], f"add {name!r} to [tool.setuptools] packages"
 
