@@ -234,7 +234,7 @@ class ProvtracePtrace(_Provtrace):
         d = self.ctx.workdir / f"probe-{self.name}"
         self._probe([self.ctx.provtrace, "run", "--backend", "ptrace", "--db", str(d / "p.db"),
                      "--json-out", str(d / "p.json"), "--", "true"],
-                    "not available yet (later issue): provtrace run --backend ptrace -- true")
+                    "provtrace run --backend ptrace -- true")
 
 
 class ProvtraceDaemon(_Provtrace):

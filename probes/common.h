@@ -5,6 +5,9 @@
  * De-duplication: reads, writes and mmaps on one (tgid, fd) accumulate in
  * `agg` and leave the kernel as one EV_FDIO when the fd is closed, replaced,
  * or the process execs or exits.
+ * Syscalls: programs are tail-called per syscall number from the raw
+ * sys_enter/sys_exit tracepoints (dispatch.bpf.c) and read their arguments
+ * from the task's saved user registers (sys_arg), at exit as at entry.
  *
  * Struct offsets (OFF_*) come from the running kernel's BTF as -D defines;
  * never from the installed headers, which belong to another kernel.
@@ -26,6 +29,7 @@ typedef int rwf_t;
 #ifndef RINGBUF_PAGES
 #define RINGBUF_PAGES 2048
 #endif
+#define PT_WAKE_EVERY 64 /* records per CPU between consumer wakeups (power of 2) */
 
 struct traced_val {
 	__u32 tag;
@@ -50,11 +54,6 @@ struct fdagg {
 	__u32 flags;
 };
 
-/* Syscall arguments saved at sys_enter for the matching sys_exit. */
-struct stash {
-	__u64 a[6];
-};
-
 /* Per-CPU scratch for records too big for the BPF stack. Its size is a power
  * of two so emit() can bound lengths with a mask the verifier understands. */
 #define PT_SCRATCH_SIZE 16384
@@ -73,10 +72,10 @@ union big_event {
 
 BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
 BPF_HASH(traced, __u32, struct traced_val, 65536);
-BPF_HASH(stash, __u32, struct stash, 65536);
 BPF_HASH(agg, struct fdkey, struct fdagg, 262144);
 BPF_PERCPU_ARRAY(scratch, union big_event, 1);
 BPF_PERCPU_ARRAY(lost, __u64, LOST_NREASONS);
+BPF_PERCPU_ARRAY(emitted, __u64, 1);
 
 static __always_inline void count_lost(__u32 reason)
 {
@@ -85,12 +84,66 @@ static __always_inline void count_lost(__u32 reason)
 		*n += 1;
 }
 
+/* Ring-buffer flags for the next record: wake the consumer on every
+ * PT_WAKE_EVERY-th record of a CPU only. A wakeup per record (the default
+ * whenever the consumer has caught up) cost the traced task about 4 us per
+ * record here (irq_work, IPI, the consumer's switch-in); the consumers poll
+ * with a timeout and drain what is there, so fewer wakeups only batch. */
+static __always_inline __u64 rb_flags(void)
+{
+	__u32 zero = 0;
+	__u64 *n = emitted.lookup(&zero);
+
+	if (!n)
+		return 0;
+	*n += 1;
+	return (*n & (PT_WAKE_EVERY - 1)) ? BPF_RB_NO_WAKEUP : BPF_RB_FORCE_WAKEUP;
+}
+
 /* trace_allowed: the one filter. Returns the traced entry of the current tgid. */
 static __always_inline struct traced_val *trace_allowed(__u32 *tgid)
 {
 	__u64 id = bpf_get_current_pid_tgid();
 	*tgid = id >> 32;
 	return traced.lookup(tgid);
+}
+
+/* x86_64 syscall arguments, in order, as pt_regs members (BTF offsets). */
+#define SYS_ARG0 OFF_REGS_DI
+#define SYS_ARG1 OFF_REGS_SI
+#define SYS_ARG2 OFF_REGS_DX
+#define SYS_ARG3 OFF_REGS_R10
+#define SYS_ARG4 OFF_REGS_R8
+#define TS_COMPAT_VAL 0x0002 /* thread_info.status: an ia32 syscall is running */
+
+/* Argument at pt_regs offset `off` of the current syscall. The raw syscall
+ * tracepoints pass the task's saved user registers as args[0]; at sys_exit
+ * the argument registers still hold what the caller passed (only ax changed). */
+static __always_inline __u64 sys_arg(struct bpf_raw_tracepoint_args *ctx, __u32 off)
+{
+	__u64 v = 0;
+
+	bpf_probe_read_kernel(&v, sizeof(v), (void *)ctx->args[0] + off);
+	return v;
+}
+
+/* The traced entry of the current tgid for a syscall program, or 0. An ia32
+ * syscall's number means another syscall in the x86_64 table, so it is
+ * skipped and counted (checked only for traced tasks, to keep others cheap). */
+static __always_inline struct traced_val *sys_traced(__u32 *tgid)
+{
+	struct traced_val *tv = trace_allowed(tgid);
+	__u32 status = 0;
+
+	if (!tv)
+		return 0;
+	bpf_probe_read_kernel(&status, sizeof(status),
+			      (void *)bpf_get_current_task() + OFF_TASK_TI_STATUS);
+	if (status & TS_COMPAT_VAL) {
+		count_lost(LOST_COMPAT);
+		return 0;
+	}
+	return tv;
 }
 
 static __always_inline void fill_hdr(struct event_hdr *h, __u32 type, __u32 tag)
@@ -112,7 +165,7 @@ static __always_inline void emit(void *data, __u32 size32, __u32 max)
 	 * value, so the mask stays and gives the verifier its bound. */
 	asm volatile("" : "+r"(size));
 	size &= PT_SCRATCH_SIZE - 1;
-	if (events.ringbuf_output(data, size, 0))
+	if (events.ringbuf_output(data, size, rb_flags()))
 		count_lost(LOST_RINGBUF);
 }
 
@@ -194,7 +247,7 @@ static __always_inline void flush_fd(struct traced_val *tv, __u32 tgid, __s32 fd
 	e.map_prot = a->map_prot;
 	e.flags = a->flags;
 	e.first_ts_ns = a->first_ts_ns;
-	if (events.ringbuf_output(&e, sizeof(e), 0))
+	if (events.ringbuf_output(&e, sizeof(e), rb_flags()))
 		count_lost(LOST_RINGBUF);
 	agg.delete(&k);
 }
@@ -233,33 +286,6 @@ static __always_inline struct fdagg *agg_get(struct traced_val *tv, __u32 tgid, 
 	if ((__u32)fd > tv->max_fd)
 		tv->max_fd = fd;
 	return agg.lookup(&k);
-}
-
-/* Save syscall args for the exit handler; only for traced processes. */
-static __always_inline int stash_args(__u64 a0, __u64 a1, __u64 a2, __u64 a3, __u64 a4, __u64 a5)
-{
-	__u32 tgid;
-	__u32 tid = (__u32)bpf_get_current_pid_tgid();
-	struct stash s = {.a = {a0, a1, a2, a3, a4, a5}};
-
-	if (!trace_allowed(&tgid))
-		return 0;
-	if (stash.update(&tid, &s))
-		count_lost(LOST_STASH);
-	return 0;
-}
-
-/* Take (and remove) the stash of the current thread; 0 when not traced. */
-static __always_inline int take_args(struct stash *out)
-{
-	__u32 tid = (__u32)bpf_get_current_pid_tgid();
-	struct stash *s = stash.lookup(&tid);
-
-	if (!s)
-		return 0;
-	__builtin_memcpy(out, s, sizeof(*out));
-	stash.delete(&tid);
-	return 1;
 }
 
 static __always_inline union big_event *scratch_get(void)

@@ -57,7 +57,7 @@ enum pt_net_op { NET_CONNECT = 1, NET_ACCEPT = 2, NET_BIND = 3 };
 enum pt_lost_reason {
 	LOST_RINGBUF = 0,  /* ring buffer full: an event was dropped */
 	LOST_AGG = 1,      /* fd aggregation map full: I/O counts dropped */
-	LOST_STASH = 2,    /* syscall-argument stash full: a syscall was not recorded */
+	LOST_COMPAT = 2,   /* a 32-bit (ia32) syscall of a traced process: not traced */
 	LOST_TRACED = 3,   /* traced-pid map full: a child was not followed */
 	LOST_NREASONS = 4,
 };

@@ -1,17 +1,20 @@
 /* files.bpf.c: files and file descriptors.
  *
- * Hooks (syscall tracepoints, enter stashes args, exit decides):
- *   open, openat, openat2, creat            -> EV_OPEN (+ agg entry)
- *   read*, write*, sendfile, copy_file_range, splice, recvfrom, sendto,
- *   recvmsg, sendmsg, mmap                   -> agg counters (no event)
- *   close, close_range                       -> EV_FDIO flush, EV_FDOP
- *   dup, dup2, dup3, fcntl                   -> EV_FDOP
- *   chdir, fchdir                            -> EV_CHDIR
- *   rename, renameat, renameat2              -> EV_RENAME
- *   unlink, unlinkat, rmdir                  -> EV_UNLINK
- *   truncate, ftruncate                      -> EV_TRUNCATE
- * Paths are read at sys_exit, after the kernel used them, so only
- * successful calls cost a string copy.
+ * Hooks: syscall programs tail-called by dispatch.bpf.c. sysexit_* run at
+ * sys_exit and read their arguments from the saved user registers; sysenter_*
+ * run at sys_enter. Which syscalls each serves: tracer/capture/syscalls.py.
+ *   sysexit_open, _openat, _openat2, _creat  -> EV_OPEN (+ agg entry)
+ *   sysexit_read, _write, _sendfile, _copy,
+ *   _mmap                                    -> agg counters (no event)
+ *   sysenter_close, sysenter_close_range     -> EV_FDIO flush, EV_FDOP
+ *   sysexit_dup, _dup3, _fcntl, _ioctl       -> EV_FDOP
+ *   sysexit_chdir, _fchdir                   -> EV_CHDIR
+ *   sysexit_rename, _renameat, _renameat2    -> EV_RENAME
+ *   sysexit_unlink, _unlinkat, _rmdir        -> EV_UNLINK
+ *   sysexit_truncate, _ftruncate             -> EV_TRUNCATE
+ * Everything is decided at sys_exit, where the result is known: only
+ * successful calls of traced processes read arguments or copy strings, and no
+ * syscall needs its entry arguments stashed in a map.
  */
 #include "common.h"
 
@@ -21,22 +24,34 @@
 #define FD_CLOEXEC_VAL 1
 #define O_CLOEXEC_VAL 02000000
 #define CLOSE_RANGE_CLOEXEC_VAL (1U << 2)
+#define FIONCLEX_VAL 0x5450
+#define FIOCLEX_VAL 0x5451
+
+/* The syscall's return value: args[1] of raw_tp/sys_exit. */
+static __always_inline long sys_ret(struct bpf_raw_tracepoint_args *ctx)
+{
+	return (long)ctx->args[1];
+}
 
 /* ---- open ---------------------------------------------------------------- */
 
-static __always_inline int open_exit(long ret)
+enum open_kind { OPEN_OPEN, OPEN_OPENAT, OPEN_CREAT, OPEN_OPENAT2 };
+
+/* kind is a constant at every call: the compiler keeps one branch. */
+static __always_inline int open_exit(struct bpf_raw_tracepoint_args *ctx, int kind)
 {
-	struct stash s;
+	long ret = sys_ret(ctx);
 	__u32 tgid;
 	struct traced_val *tv;
 	union big_event *b;
 	struct open_event *e;
 	struct fdkey k;
 	struct fdagg fresh = {};
+	__u64 path, flags = 0;
 
-	if (!take_args(&s) || ret < 0)
+	if (ret < 0)
 		return 0;
-	tv = trace_allowed(&tgid);
+	tv = sys_traced(&tgid);
 	if (!tv)
 		return 0;
 	b = scratch_get();
@@ -45,8 +60,20 @@ static __always_inline int open_exit(long ret)
 	e = &b->open;
 	fill_hdr(&e->h, EV_OPEN, tv->tag);
 	e->fd = ret;
-	e->dirfd = (__s32)s.a[0];
-	e->flags = (__u32)s.a[2];
+	if (kind == OPEN_OPEN || kind == OPEN_CREAT) {
+		e->dirfd = AT_FDCWD_VAL;
+		path = sys_arg(ctx, SYS_ARG0);
+		/* creat() == open(O_CREAT|O_WRONLY|O_TRUNC) */
+		flags = kind == OPEN_CREAT ? 01101 : sys_arg(ctx, SYS_ARG1);
+	} else {
+		e->dirfd = (__s32)sys_arg(ctx, SYS_ARG0);
+		path = sys_arg(ctx, SYS_ARG1);
+		if (kind == OPEN_OPENAT)
+			flags = sys_arg(ctx, SYS_ARG2);
+		else /* struct open_how starts with __u64 flags (uapi) */
+			bpf_probe_read_user(&flags, sizeof(flags), (void *)sys_arg(ctx, SYS_ARG2));
+	}
+	e->flags = (__u32)flags;
 	e->fmode = 0;
 	e->ino = 0;
 	e->dev = 0;
@@ -67,50 +94,23 @@ static __always_inline int open_exit(long ret)
 		else if ((__u32)ret > tv->max_fd)
 			tv->max_fd = ret;
 	}
-	e->path_len = read_ustr(e->path, (const void *)s.a[1]);
+	e->path_len = read_ustr(e->path, (const void *)path);
 	emit(e, offsetof(struct open_event, path) + e->path_len, sizeof(*e));
 	return 0;
 }
 
-TRACEPOINT_PROBE(syscalls, sys_enter_openat)
-{
-	return stash_args(args->dfd, (__u64)args->filename, args->flags, 0, 0, 0);
-}
-TRACEPOINT_PROBE(syscalls, sys_exit_openat) { return open_exit(args->ret); }
-
-TRACEPOINT_PROBE(syscalls, sys_enter_open)
-{
-	return stash_args((__u64)AT_FDCWD_VAL, (__u64)args->filename, args->flags, 0, 0, 0);
-}
-TRACEPOINT_PROBE(syscalls, sys_exit_open) { return open_exit(args->ret); }
-
-TRACEPOINT_PROBE(syscalls, sys_enter_creat)
-{
-	/* creat() == open(O_CREAT|O_WRONLY|O_TRUNC) */
-	return stash_args((__u64)AT_FDCWD_VAL, (__u64)args->pathname, 01101, 0, 0, 0);
-}
-TRACEPOINT_PROBE(syscalls, sys_exit_creat) { return open_exit(args->ret); }
-
-TRACEPOINT_PROBE(syscalls, sys_enter_openat2)
-{
-	__u64 flags = 0; /* struct open_how starts with __u64 flags (uapi) */
-
-	bpf_probe_read_user(&flags, sizeof(flags), (void *)args->how);
-	return stash_args(args->dfd, (__u64)args->filename, flags, 0, 0, 0);
-}
-TRACEPOINT_PROBE(syscalls, sys_exit_openat2) { return open_exit(args->ret); }
+int sysexit_open(struct bpf_raw_tracepoint_args *ctx) { return open_exit(ctx, OPEN_OPEN); }
+int sysexit_openat(struct bpf_raw_tracepoint_args *ctx) { return open_exit(ctx, OPEN_OPENAT); }
+int sysexit_creat(struct bpf_raw_tracepoint_args *ctx) { return open_exit(ctx, OPEN_CREAT); }
+int sysexit_openat2(struct bpf_raw_tracepoint_args *ctx) { return open_exit(ctx, OPEN_OPENAT2); }
 
 /* ---- I/O aggregation ----------------------------------------------------- */
 
-static __always_inline void agg_io(__s32 fd, long ret, int is_write)
+static __always_inline void agg_io(struct traced_val *tv, __u32 tgid, __s32 fd, long ret,
+				   int is_write)
 {
-	__u32 tgid;
-	struct traced_val *tv = trace_allowed(&tgid);
-	struct fdagg *a;
+	struct fdagg *a = agg_get(tv, tgid, fd, 0);
 
-	if (!tv || ret < 0)
-		return;
-	a = agg_get(tv, tgid, fd, 0);
 	if (!a)
 		return;
 	if (is_write) {
@@ -122,120 +122,90 @@ static __always_inline void agg_io(__s32 fd, long ret, int is_write)
 	}
 }
 
-static __always_inline int io_exit(long ret, int is_write)
+/* read, readv, pread64, preadv, preadv2, recvfrom, recvmsg: fd is argument 0. */
+static __always_inline int io_exit(struct bpf_raw_tracepoint_args *ctx, int is_write)
 {
-	struct stash s;
+	long ret = sys_ret(ctx);
+	__u32 tgid;
+	struct traced_val *tv;
 
-	if (!take_args(&s))
+	if (ret < 0)
 		return 0;
-	agg_io((__s32)s.a[0], ret, is_write);
+	tv = sys_traced(&tgid);
+	if (!tv)
+		return 0;
+	agg_io(tv, tgid, (__s32)sys_arg(ctx, SYS_ARG0), ret, is_write);
 	return 0;
 }
 
-/* Written out one by one: bcc finds TRACEPOINT_PROBE only outside macros. */
-TRACEPOINT_PROBE(syscalls, sys_enter_read) { return stash_args(args->fd, 0, 0, 0, 0, 0); }
-TRACEPOINT_PROBE(syscalls, sys_exit_read) { return io_exit(args->ret, 0); }
-TRACEPOINT_PROBE(syscalls, sys_enter_readv) { return stash_args(args->fd, 0, 0, 0, 0, 0); }
-TRACEPOINT_PROBE(syscalls, sys_exit_readv) { return io_exit(args->ret, 0); }
-TRACEPOINT_PROBE(syscalls, sys_enter_pread64) { return stash_args(args->fd, 0, 0, 0, 0, 0); }
-TRACEPOINT_PROBE(syscalls, sys_exit_pread64) { return io_exit(args->ret, 0); }
-TRACEPOINT_PROBE(syscalls, sys_enter_preadv) { return stash_args(args->fd, 0, 0, 0, 0, 0); }
-TRACEPOINT_PROBE(syscalls, sys_exit_preadv) { return io_exit(args->ret, 0); }
-TRACEPOINT_PROBE(syscalls, sys_enter_preadv2) { return stash_args(args->fd, 0, 0, 0, 0, 0); }
-TRACEPOINT_PROBE(syscalls, sys_exit_preadv2) { return io_exit(args->ret, 0); }
-TRACEPOINT_PROBE(syscalls, sys_enter_recvfrom) { return stash_args(args->fd, 0, 0, 0, 0, 0); }
-TRACEPOINT_PROBE(syscalls, sys_exit_recvfrom) { return io_exit(args->ret, 0); }
-TRACEPOINT_PROBE(syscalls, sys_enter_recvmsg) { return stash_args(args->fd, 0, 0, 0, 0, 0); }
-TRACEPOINT_PROBE(syscalls, sys_exit_recvmsg) { return io_exit(args->ret, 0); }
-TRACEPOINT_PROBE(syscalls, sys_enter_write) { return stash_args(args->fd, 0, 0, 0, 0, 0); }
-TRACEPOINT_PROBE(syscalls, sys_exit_write) { return io_exit(args->ret, 1); }
-TRACEPOINT_PROBE(syscalls, sys_enter_writev) { return stash_args(args->fd, 0, 0, 0, 0, 0); }
-TRACEPOINT_PROBE(syscalls, sys_exit_writev) { return io_exit(args->ret, 1); }
-TRACEPOINT_PROBE(syscalls, sys_enter_pwrite64) { return stash_args(args->fd, 0, 0, 0, 0, 0); }
-TRACEPOINT_PROBE(syscalls, sys_exit_pwrite64) { return io_exit(args->ret, 1); }
-TRACEPOINT_PROBE(syscalls, sys_enter_pwritev) { return stash_args(args->fd, 0, 0, 0, 0, 0); }
-TRACEPOINT_PROBE(syscalls, sys_exit_pwritev) { return io_exit(args->ret, 1); }
-TRACEPOINT_PROBE(syscalls, sys_enter_pwritev2) { return stash_args(args->fd, 0, 0, 0, 0, 0); }
-TRACEPOINT_PROBE(syscalls, sys_exit_pwritev2) { return io_exit(args->ret, 1); }
-TRACEPOINT_PROBE(syscalls, sys_enter_sendto) { return stash_args(args->fd, 0, 0, 0, 0, 0); }
-TRACEPOINT_PROBE(syscalls, sys_exit_sendto) { return io_exit(args->ret, 1); }
-TRACEPOINT_PROBE(syscalls, sys_enter_sendmsg) { return stash_args(args->fd, 0, 0, 0, 0, 0); }
-TRACEPOINT_PROBE(syscalls, sys_exit_sendmsg) { return io_exit(args->ret, 1); }
+int sysexit_read(struct bpf_raw_tracepoint_args *ctx) { return io_exit(ctx, 0); }
+int sysexit_write(struct bpf_raw_tracepoint_args *ctx) { return io_exit(ctx, 1); }
 
 /* Two-fd copies: the bytes were read from one fd and written to the other. */
-static __always_inline int copy_exit(long ret)
+static __always_inline int copy_exit(struct bpf_raw_tracepoint_args *ctx, __u32 in_arg,
+				     __u32 out_arg)
 {
-	struct stash s;
+	long ret = sys_ret(ctx);
+	__u32 tgid;
+	struct traced_val *tv;
 
-	if (!take_args(&s))
+	if (ret < 0)
 		return 0;
-	agg_io((__s32)s.a[0], ret, 0);
-	agg_io((__s32)s.a[1], ret, 1);
+	tv = sys_traced(&tgid);
+	if (!tv)
+		return 0;
+	agg_io(tv, tgid, (__s32)sys_arg(ctx, in_arg), ret, 0);
+	agg_io(tv, tgid, (__s32)sys_arg(ctx, out_arg), ret, 1);
 	return 0;
 }
 
-TRACEPOINT_PROBE(syscalls, sys_enter_sendfile64)
-{
-	return stash_args(args->in_fd, args->out_fd, 0, 0, 0, 0);
-}
-TRACEPOINT_PROBE(syscalls, sys_exit_sendfile64) { return copy_exit(args->ret); }
-
-TRACEPOINT_PROBE(syscalls, sys_enter_copy_file_range)
-{
-	return stash_args(args->fd_in, args->fd_out, 0, 0, 0, 0);
-}
-TRACEPOINT_PROBE(syscalls, sys_exit_copy_file_range) { return copy_exit(args->ret); }
-
-TRACEPOINT_PROBE(syscalls, sys_enter_splice)
-{
-	return stash_args(args->fd_in, args->fd_out, 0, 0, 0, 0);
-}
-TRACEPOINT_PROBE(syscalls, sys_exit_splice) { return copy_exit(args->ret); }
+/* sendfile(out_fd, in_fd, ...) */
+int sysexit_sendfile(struct bpf_raw_tracepoint_args *ctx) { return copy_exit(ctx, SYS_ARG1, SYS_ARG0); }
+/* copy_file_range and splice: (fd_in, off_in, fd_out, ...) */
+int sysexit_copy(struct bpf_raw_tracepoint_args *ctx) { return copy_exit(ctx, SYS_ARG0, SYS_ARG2); }
 
 /* ---- mmap ------------------------------------------------------------------ */
 
-TRACEPOINT_PROBE(syscalls, sys_enter_mmap)
+/* mmap(addr, len, prot, flags, fd, off) */
+int sysexit_mmap(struct bpf_raw_tracepoint_args *ctx)
 {
-	if ((args->flags & MAP_ANON_VAL) || (long)args->fd < 0)
-		return 0;
-	return stash_args(args->fd, args->prot, args->flags, 0, 0, 0);
-}
-
-TRACEPOINT_PROBE(syscalls, sys_exit_mmap)
-{
-	struct stash s;
 	__u32 tgid;
 	struct traced_val *tv;
 	struct fdagg *a;
+	__u64 flags;
+	__s32 fd;
 
-	if (!take_args(&s))
+	if ((unsigned long)sys_ret(ctx) >= (unsigned long)-4095)
 		return 0;
-	if ((unsigned long)args->ret >= (unsigned long)-4095)
-		return 0;
-	tv = trace_allowed(&tgid);
+	tv = sys_traced(&tgid);
 	if (!tv)
 		return 0;
-	a = agg_get(tv, tgid, (__s32)s.a[0], 0);
+	flags = sys_arg(ctx, SYS_ARG3);
+	fd = (__s32)sys_arg(ctx, SYS_ARG4);
+	if ((flags & MAP_ANON_VAL) || fd < 0)
+		return 0;
+	a = agg_get(tv, tgid, fd, 0);
 	if (!a)
 		return 0;
 	/* Plain ORs: bcc's default BPF target has no 32-bit atomic OR. Two
 	 * threads mmapping one fd at once could lose a bit; counts are unaffected. */
-	a->map_prot |= (__u32)s.a[1];
-	if (s.a[2] & MAP_SHARED_VAL)
+	a->map_prot |= (__u32)sys_arg(ctx, SYS_ARG2);
+	if (flags & MAP_SHARED_VAL)
 		a->flags |= FDIO_MAP_SHARED;
 	return 0;
 }
 
 /* ---- close, dup, fcntl ------------------------------------------------------ */
 
-TRACEPOINT_PROBE(syscalls, sys_enter_close)
+int sysenter_close(struct bpf_raw_tracepoint_args *ctx)
 {
 	__u32 tgid;
-	struct traced_val *tv = trace_allowed(&tgid);
+	struct traced_val *tv = sys_traced(&tgid);
 
-	/* close() releases the fd even when it fails, so flush at entry. */
+	/* close() releases the fd even when it fails, and another thread may
+	 * reuse the number before sys_exit: flush at entry. */
 	if (tv)
-		flush_fd(tv, tgid, (__s32)args->fd, FLUSH_CLOSE);
+		flush_fd(tv, tgid, (__s32)sys_arg(ctx, SYS_ARG0), FLUSH_CLOSE);
 	return 0;
 }
 
@@ -253,18 +223,21 @@ static __always_inline void emit_fdop(struct traced_val *tv, __u32 op, __s32 old
 	e->oldfd = oldfd;
 	e->newfd = newfd;
 	e->cloexec = cloexec;
-	events.ringbuf_submit(e, 0);
+	events.ringbuf_submit(e, rb_flags());
 }
 
-TRACEPOINT_PROBE(syscalls, sys_enter_close_range)
+/* close_range(first, last, flags) */
+int sysenter_close_range(struct bpf_raw_tracepoint_args *ctx)
 {
 	__u32 tgid;
-	struct traced_val *tv = trace_allowed(&tgid);
-	__u32 first = args->fd, last = args->max_fd;
+	struct traced_val *tv = sys_traced(&tgid);
+	__u32 first, last;
 
 	if (!tv)
 		return 0;
-	if (args->flags & CLOSE_RANGE_CLOEXEC_VAL) {
+	first = sys_arg(ctx, SYS_ARG0);
+	last = sys_arg(ctx, SYS_ARG1);
+	if (sys_arg(ctx, SYS_ARG2) & CLOSE_RANGE_CLOEXEC_VAL) {
 		emit_fdop(tv, FDOP_CLOEXEC_RANGE, first, last > 0x7fffffff ? 0x7fffffff : last, 1);
 		return 0;
 	}
@@ -279,212 +252,221 @@ TRACEPOINT_PROBE(syscalls, sys_enter_close_range)
 	return 0;
 }
 
-static __always_inline int dup_exit(long ret)
+/* dup(oldfd), dup2(oldfd, newfd), dup3(oldfd, newfd, flags) */
+static __always_inline int dup_exit(struct bpf_raw_tracepoint_args *ctx, int is_dup3)
 {
-	struct stash s;
+	long ret = sys_ret(ctx);
 	__u32 tgid;
 	struct traced_val *tv;
+	__u32 cloexec = 0;
 
-	if (!take_args(&s) || ret < 0)
+	if (ret < 0)
 		return 0;
-	tv = trace_allowed(&tgid);
+	tv = sys_traced(&tgid);
 	if (!tv)
 		return 0;
+	if (is_dup3)
+		cloexec = (sys_arg(ctx, SYS_ARG2) & O_CLOEXEC_VAL) ? 1 : 0;
 	/* Whatever the new fd number held before is closed now. */
 	flush_fd(tv, tgid, ret, FLUSH_REPLACED);
-	emit_fdop(tv, FDOP_DUP, (__s32)s.a[0], ret, (__u32)s.a[1]);
+	emit_fdop(tv, FDOP_DUP, (__s32)sys_arg(ctx, SYS_ARG0), ret, cloexec);
 	return 0;
 }
 
-TRACEPOINT_PROBE(syscalls, sys_enter_dup) { return stash_args(args->fildes, 0, 0, 0, 0, 0); }
-TRACEPOINT_PROBE(syscalls, sys_exit_dup) { return dup_exit(args->ret); }
-TRACEPOINT_PROBE(syscalls, sys_enter_dup2) { return stash_args(args->oldfd, 0, 0, 0, 0, 0); }
-TRACEPOINT_PROBE(syscalls, sys_exit_dup2) { return dup_exit(args->ret); }
-TRACEPOINT_PROBE(syscalls, sys_enter_dup3)
-{
-	return stash_args(args->oldfd, (args->flags & O_CLOEXEC_VAL) ? 1 : 0, 0, 0, 0, 0);
-}
-TRACEPOINT_PROBE(syscalls, sys_exit_dup3) { return dup_exit(args->ret); }
+int sysexit_dup(struct bpf_raw_tracepoint_args *ctx) { return dup_exit(ctx, 0); }
+int sysexit_dup3(struct bpf_raw_tracepoint_args *ctx) { return dup_exit(ctx, 1); }
 
-TRACEPOINT_PROBE(syscalls, sys_enter_fcntl)
+/* fcntl(fd, cmd, arg) */
+int sysexit_fcntl(struct bpf_raw_tracepoint_args *ctx)
 {
-	__u32 cmd = args->cmd;
-
-	if (cmd != F_DUPFD_VAL && cmd != F_DUPFD_CLOEXEC_VAL && cmd != F_SETFD_VAL)
-		return 0;
-	return stash_args(args->fd, cmd, args->arg, 0, 0, 0);
-}
-
-TRACEPOINT_PROBE(syscalls, sys_exit_fcntl)
-{
-	struct stash s;
 	__u32 tgid;
 	struct traced_val *tv;
-	long ret = args->ret;
+	long ret = sys_ret(ctx);
+	__u32 cmd;
+	__s32 fd;
 
-	if (!take_args(&s) || ret < 0)
+	if (ret < 0)
 		return 0;
-	tv = trace_allowed(&tgid);
+	tv = sys_traced(&tgid);
 	if (!tv)
 		return 0;
-	if (s.a[1] == F_SETFD_VAL) {
-		emit_fdop(tv, FDOP_SETFD, (__s32)s.a[0], (__s32)s.a[0], (s.a[2] & FD_CLOEXEC_VAL) ? 1 : 0);
+	cmd = sys_arg(ctx, SYS_ARG1);
+	fd = (__s32)sys_arg(ctx, SYS_ARG0);
+	if (cmd == F_SETFD_VAL) {
+		emit_fdop(tv, FDOP_SETFD, fd, fd, (sys_arg(ctx, SYS_ARG2) & FD_CLOEXEC_VAL) ? 1 : 0);
 		return 0;
 	}
+	if (cmd != F_DUPFD_VAL && cmd != F_DUPFD_CLOEXEC_VAL)
+		return 0;
 	flush_fd(tv, tgid, ret, FLUSH_REPLACED);
-	emit_fdop(tv, FDOP_DUP, (__s32)s.a[0], ret, s.a[1] == F_DUPFD_CLOEXEC_VAL);
+	emit_fdop(tv, FDOP_DUP, fd, ret, cmd == F_DUPFD_CLOEXEC_VAL);
+	return 0;
+}
+
+/* ioctl(fd, FIOCLEX / FIONCLEX): how CPython's os.set_inheritable (and
+ * others) set close-on-exec, instead of fcntl(F_SETFD). */
+int sysexit_ioctl(struct bpf_raw_tracepoint_args *ctx)
+{
+	__u32 tgid;
+	struct traced_val *tv;
+	__u32 cmd;
+	__s32 fd;
+
+	if (sys_ret(ctx) != 0)
+		return 0;
+	tv = sys_traced(&tgid);
+	if (!tv)
+		return 0;
+	cmd = sys_arg(ctx, SYS_ARG1);
+	if (cmd != FIOCLEX_VAL && cmd != FIONCLEX_VAL)
+		return 0;
+	fd = (__s32)sys_arg(ctx, SYS_ARG0);
+	emit_fdop(tv, FDOP_SETFD, fd, fd, cmd == FIOCLEX_VAL);
 	return 0;
 }
 
 /* ---- cwd ------------------------------------------------------------------- */
 
-static __always_inline int chdir_exit(long ret)
+static __always_inline int chdir_exit(struct bpf_raw_tracepoint_args *ctx, int by_fd)
 {
-	struct stash s;
 	__u32 tgid;
 	struct traced_val *tv;
 	union big_event *b;
 	struct chdir_event *e;
 
-	if (!take_args(&s) || ret != 0)
+	if (sys_ret(ctx) != 0)
 		return 0;
-	tv = trace_allowed(&tgid);
+	tv = sys_traced(&tgid);
 	b = scratch_get();
 	if (!tv || !b)
 		return 0;
 	e = &b->chdir;
 	fill_hdr(&e->h, EV_CHDIR, tv->tag);
-	e->fd = (__s32)s.a[0];
-	e->path_len = s.a[1] ? read_ustr(e->path, (const void *)s.a[1]) : 0;
+	if (by_fd) {
+		e->fd = (__s32)sys_arg(ctx, SYS_ARG0);
+		e->path_len = 0;
+	} else {
+		e->fd = AT_FDCWD_VAL;
+		e->path_len = read_ustr(e->path, (const void *)sys_arg(ctx, SYS_ARG0));
+	}
 	emit(e, offsetof(struct chdir_event, path) + e->path_len, sizeof(*e));
 	return 0;
 }
 
-TRACEPOINT_PROBE(syscalls, sys_enter_chdir)
-{
-	return stash_args((__u64)AT_FDCWD_VAL, (__u64)args->filename, 0, 0, 0, 0);
-}
-TRACEPOINT_PROBE(syscalls, sys_exit_chdir) { return chdir_exit(args->ret); }
-TRACEPOINT_PROBE(syscalls, sys_enter_fchdir) { return stash_args(args->fd, 0, 0, 0, 0, 0); }
-TRACEPOINT_PROBE(syscalls, sys_exit_fchdir) { return chdir_exit(args->ret); }
+int sysexit_chdir(struct bpf_raw_tracepoint_args *ctx) { return chdir_exit(ctx, 0); }
+int sysexit_fchdir(struct bpf_raw_tracepoint_args *ctx) { return chdir_exit(ctx, 1); }
 
 /* ---- rename ----------------------------------------------------------------- */
 
-static __always_inline int rename_exit(long ret)
+enum rename_kind { RENAME_RENAME, RENAME_RENAMEAT, RENAME_RENAMEAT2 };
+
+static __always_inline int rename_exit(struct bpf_raw_tracepoint_args *ctx, int kind)
 {
-	struct stash s;
 	__u32 tgid;
 	struct traced_val *tv;
 	union big_event *b;
 	struct rename_event *e;
+	__u64 oldp, newp;
 
-	if (!take_args(&s) || ret != 0)
+	if (sys_ret(ctx) != 0)
 		return 0;
-	tv = trace_allowed(&tgid);
+	tv = sys_traced(&tgid);
 	b = scratch_get();
 	if (!tv || !b)
 		return 0;
 	e = &b->rename;
 	fill_hdr(&e->h, EV_RENAME, tv->tag);
-	e->olddirfd = (__s32)s.a[0];
-	e->newdirfd = (__s32)s.a[2];
-	e->flags = (__u32)s.a[4];
+	if (kind == RENAME_RENAME) { /* rename(old, new) */
+		e->olddirfd = AT_FDCWD_VAL;
+		e->newdirfd = AT_FDCWD_VAL;
+		oldp = sys_arg(ctx, SYS_ARG0);
+		newp = sys_arg(ctx, SYS_ARG1);
+	} else { /* renameat(olddfd, old, newdfd, new), renameat2(..., flags) */
+		e->olddirfd = (__s32)sys_arg(ctx, SYS_ARG0);
+		e->newdirfd = (__s32)sys_arg(ctx, SYS_ARG2);
+		oldp = sys_arg(ctx, SYS_ARG1);
+		newp = sys_arg(ctx, SYS_ARG3);
+	}
+	e->flags = kind == RENAME_RENAMEAT2 ? (__u32)sys_arg(ctx, SYS_ARG4) : 0;
 	e->_pad = 0;
-	e->old_len = read_ustr(e->oldpath, (const void *)s.a[1]);
-	e->new_len = read_ustr(e->newpath, (const void *)s.a[3]);
+	e->old_len = read_ustr(e->oldpath, (const void *)oldp);
+	e->new_len = read_ustr(e->newpath, (const void *)newp);
 	emit(e, offsetof(struct rename_event, newpath) + e->new_len, sizeof(*e));
 	return 0;
 }
 
-TRACEPOINT_PROBE(syscalls, sys_enter_rename)
-{
-	return stash_args((__u64)AT_FDCWD_VAL, (__u64)args->oldname, (__u64)AT_FDCWD_VAL,
-			  (__u64)args->newname, 0, 0);
-}
-TRACEPOINT_PROBE(syscalls, sys_exit_rename) { return rename_exit(args->ret); }
-TRACEPOINT_PROBE(syscalls, sys_enter_renameat)
-{
-	return stash_args(args->olddfd, (__u64)args->oldname, args->newdfd, (__u64)args->newname, 0, 0);
-}
-TRACEPOINT_PROBE(syscalls, sys_exit_renameat) { return rename_exit(args->ret); }
-TRACEPOINT_PROBE(syscalls, sys_enter_renameat2)
-{
-	return stash_args(args->olddfd, (__u64)args->oldname, args->newdfd, (__u64)args->newname,
-			  args->flags, 0);
-}
-TRACEPOINT_PROBE(syscalls, sys_exit_renameat2) { return rename_exit(args->ret); }
+int sysexit_rename(struct bpf_raw_tracepoint_args *ctx) { return rename_exit(ctx, RENAME_RENAME); }
+int sysexit_renameat(struct bpf_raw_tracepoint_args *ctx) { return rename_exit(ctx, RENAME_RENAMEAT); }
+int sysexit_renameat2(struct bpf_raw_tracepoint_args *ctx) { return rename_exit(ctx, RENAME_RENAMEAT2); }
 
 /* ---- unlink, rmdir -------------------------------------------------------------- */
 
-static __always_inline int unlink_exit(long ret)
+enum unlink_kind { UNLINK_UNLINK, UNLINK_UNLINKAT, UNLINK_RMDIR };
+
+static __always_inline int unlink_exit(struct bpf_raw_tracepoint_args *ctx, int kind)
 {
-	struct stash s;
 	__u32 tgid;
 	struct traced_val *tv;
 	union big_event *b;
 	struct unlink_event *e;
+	__u64 path;
 
-	if (!take_args(&s) || ret != 0)
+	if (sys_ret(ctx) != 0)
 		return 0;
-	tv = trace_allowed(&tgid);
+	tv = sys_traced(&tgid);
 	b = scratch_get();
 	if (!tv || !b)
 		return 0;
 	e = &b->unlink;
 	fill_hdr(&e->h, EV_UNLINK, tv->tag);
-	e->dirfd = (__s32)s.a[0];
-	e->flags = (__u32)s.a[2];
+	if (kind == UNLINK_UNLINKAT) { /* unlinkat(dfd, path, flag) */
+		e->dirfd = (__s32)sys_arg(ctx, SYS_ARG0);
+		path = sys_arg(ctx, SYS_ARG1);
+		e->flags = (__u32)sys_arg(ctx, SYS_ARG2);
+	} else { /* unlink(path), rmdir(path) */
+		e->dirfd = AT_FDCWD_VAL;
+		path = sys_arg(ctx, SYS_ARG0);
+		e->flags = kind == UNLINK_RMDIR ? 0x200 /* AT_REMOVEDIR */ : 0;
+	}
 	e->_pad = 0;
-	e->path_len = read_ustr(e->path, (const void *)s.a[1]);
+	e->path_len = read_ustr(e->path, (const void *)path);
 	emit(e, offsetof(struct unlink_event, path) + e->path_len, sizeof(*e));
 	return 0;
 }
 
-TRACEPOINT_PROBE(syscalls, sys_enter_unlink)
-{
-	return stash_args((__u64)AT_FDCWD_VAL, (__u64)args->pathname, 0, 0, 0, 0);
-}
-TRACEPOINT_PROBE(syscalls, sys_exit_unlink) { return unlink_exit(args->ret); }
-TRACEPOINT_PROBE(syscalls, sys_enter_unlinkat)
-{
-	return stash_args(args->dfd, (__u64)args->pathname, args->flag, 0, 0, 0);
-}
-TRACEPOINT_PROBE(syscalls, sys_exit_unlinkat) { return unlink_exit(args->ret); }
-TRACEPOINT_PROBE(syscalls, sys_enter_rmdir)
-{
-	return stash_args((__u64)AT_FDCWD_VAL, (__u64)args->pathname, 0x200 /* AT_REMOVEDIR */, 0, 0, 0);
-}
-TRACEPOINT_PROBE(syscalls, sys_exit_rmdir) { return unlink_exit(args->ret); }
+int sysexit_unlink(struct bpf_raw_tracepoint_args *ctx) { return unlink_exit(ctx, UNLINK_UNLINK); }
+int sysexit_unlinkat(struct bpf_raw_tracepoint_args *ctx) { return unlink_exit(ctx, UNLINK_UNLINKAT); }
+int sysexit_rmdir(struct bpf_raw_tracepoint_args *ctx) { return unlink_exit(ctx, UNLINK_RMDIR); }
 
 /* ---- truncate ---------------------------------------------------------------------- */
 
-static __always_inline int truncate_exit(long ret)
+/* truncate(path, length), ftruncate(fd, length) */
+static __always_inline int truncate_exit(struct bpf_raw_tracepoint_args *ctx, int by_fd)
 {
-	struct stash s;
 	__u32 tgid;
 	struct traced_val *tv;
 	union big_event *b;
 	struct truncate_event *e;
 
-	if (!take_args(&s) || ret != 0)
+	if (sys_ret(ctx) != 0)
 		return 0;
-	tv = trace_allowed(&tgid);
+	tv = sys_traced(&tgid);
 	b = scratch_get();
 	if (!tv || !b)
 		return 0;
 	e = &b->truncate;
 	fill_hdr(&e->h, EV_TRUNCATE, tv->tag);
-	e->fd = (__s32)s.a[0];
-	e->length = (__s64)s.a[2];
-	e->path_len = s.a[1] ? read_ustr(e->path, (const void *)s.a[1]) : 0;
+	e->length = (__s64)sys_arg(ctx, SYS_ARG1);
+	if (by_fd) {
+		e->fd = (__s32)sys_arg(ctx, SYS_ARG0);
+		e->path_len = 0;
+	} else {
+		e->fd = AT_FDCWD_VAL;
+		e->path_len = read_ustr(e->path, (const void *)sys_arg(ctx, SYS_ARG0));
+	}
 	emit(e, offsetof(struct truncate_event, path) + e->path_len, sizeof(*e));
 	return 0;
 }
 
-TRACEPOINT_PROBE(syscalls, sys_enter_truncate)
-{
-	return stash_args((__u64)AT_FDCWD_VAL, (__u64)args->path, args->length, 0, 0, 0);
-}
-TRACEPOINT_PROBE(syscalls, sys_exit_truncate) { return truncate_exit(args->ret); }
-TRACEPOINT_PROBE(syscalls, sys_enter_ftruncate) { return stash_args(args->fd, 0, args->length, 0, 0, 0); }
-TRACEPOINT_PROBE(syscalls, sys_exit_ftruncate) { return truncate_exit(args->ret); }
+int sysexit_truncate(struct bpf_raw_tracepoint_args *ctx) { return truncate_exit(ctx, 0); }
+int sysexit_ftruncate(struct bpf_raw_tracepoint_args *ctx) { return truncate_exit(ctx, 1); }

@@ -148,7 +148,7 @@ def test_enum_values_match(c_facts):
 
 def test_lost_reasons_match(c_facts):
     assert len(L.LOST_REASONS) == c_facts["const"]["LOST_NREASONS"]
-    for i, name in enumerate(("LOST_RINGBUF", "LOST_AGG", "LOST_STASH", "LOST_TRACED")):
+    for i, name in enumerate(("LOST_RINGBUF", "LOST_AGG", "LOST_COMPAT", "LOST_TRACED")):
         assert c_facts["const"][name] == i
 
 

@@ -50,6 +50,15 @@ WANTED: dict[str, tuple[str, str]] = {
     "INODE_I_MODE": ("inode", "i_mode"),
     "INODE_I_SB": ("inode", "i_sb"),
     "SB_S_DEV": ("super_block", "s_dev"),
+    "TASK_TI_STATUS": ("task_struct", "thread_info.status"),  # TS_COMPAT: ia32 syscall
+    "BPRM_FILENAME": ("linux_binprm", "filename"),
+    # x86_64 syscall arguments in the saved user registers, and the number
+    "REGS_DI": ("pt_regs", "di"),
+    "REGS_SI": ("pt_regs", "si"),
+    "REGS_DX": ("pt_regs", "dx"),
+    "REGS_R10": ("pt_regs", "r10"),
+    "REGS_R8": ("pt_regs", "r8"),
+    "REGS_ORIG_AX": ("pt_regs", "orig_ax"),
 }
 
 

@@ -3,6 +3,10 @@
 EbpfCapture compiles probes/*.bpf.c once (struct offsets from BTF passed as
 -D defines), attaches them, and hands raw ring-buffer records to a consumer
 in batches. The ring-buffer callback does one thing: append the bytes.
+
+Attached are five raw tracepoints (sys_enter, sys_exit, sched_process_fork,
+_exec, _exit); the syscall programs are loaded here and written into the two
+dispatch prog arrays by syscall number (syscalls.py).
 """
 
 from __future__ import annotations
@@ -10,17 +14,19 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+import platform
 import tempfile
 from importlib import resources
 from pathlib import Path
 
 from ..errors import CaptureUnavailable, ProbeLoadError
-from . import btf
+from . import btf, syscalls
 from .layouts import LOST_REASONS
 
 log = logging.getLogger(__name__)
 
-PROBE_FILES = ("process.bpf.c", "files.bpf.c", "net.bpf.c")
+PROBE_FILES = ("dispatch.bpf.c", "process.bpf.c", "files.bpf.c", "net.bpf.c")
+_DISPATCH = ((b"sys_enter_progs", syscalls.ENTER_PROGRAMS), (b"sys_exit_progs", syscalls.EXIT_PROGRAMS))
 # Where FMODE_CREATED has lived in struct file's f_mode: bit 20 up to 6.10,
 # bit 21 after the 6.11 reshuffle. The calibration picks the right one.
 _CREATED_CANDIDATES = (1 << 20, 1 << 21, 1 << 19, 1 << 22)
@@ -44,7 +50,8 @@ def program_text() -> str:
 
 
 def cflags(offsets: dict[str, int], ringbuf_pages: int) -> list[str]:
-    flags = [f"-I{probes_dir()}", f"-DRINGBUF_PAGES={ringbuf_pages}"]
+    flags = [f"-I{probes_dir()}", f"-DRINGBUF_PAGES={ringbuf_pages}",
+             f"-DPT_NR_SLOTS={syscalls.PROG_ARRAY_SIZE}"]
     flags += [f"-DOFF_{name}={value}" for name, value in sorted(offsets.items())]
     return flags
 
@@ -58,6 +65,10 @@ class EbpfCapture:
     def __init__(self, ringbuf_pages: int = 4096) -> None:
         if os.geteuid() != 0:
             raise CaptureUnavailable("eBPF capture needs root (CAP_BPF and CAP_PERFMON); run as root or use a daemon")
+        if platform.machine() != syscalls.ARCH:
+            raise CaptureUnavailable(
+                f"the eBPF probes know the {syscalls.ARCH} syscall numbers and registers only; "
+                f"this machine is {platform.machine()}")
         try:
             from bcc import BPF  # noqa: PLC0415 - bcc is optional and heavy
         except ImportError as e:
@@ -69,6 +80,11 @@ class EbpfCapture:
             self._bpf = BPF(text=program_text().encode(), cflags=cflags(offsets, ringbuf_pages))
         except Exception as e:  # bcc raises bare Exception on compile/load failure
             raise ProbeLoadError(f"bcc could not compile or load the probes: {e}; run 'provtrace doctor'") from e
+        try:
+            self._fill_dispatch(BPF.RAW_TRACEPOINT)
+        except ProbeLoadError:
+            self._bpf.cleanup()
+            raise
         self._pending: list[bytes] = []
         append = self._pending.append
         string_at = ctypes.string_at
@@ -81,6 +97,40 @@ class EbpfCapture:
         self._bpf[b"events"].open_ring_buffer(_on_record)
         self._traced = self._bpf[b"traced"]
         self.created_mask = 0
+
+    def _fill_dispatch(self, prog_type: int) -> None:
+        """Load each syscall program and write it into its prog-array slots."""
+        from bcc import libbcc  # noqa: PLC0415
+
+        mod = self._bpf.module
+        names = {libbcc.lib.bpf_function_name(mod, i).decode()
+                 for i in range(libbcc.lib.bpf_num_functions(mod))}
+        listed = set(syscalls.ENTER_PROGRAMS) | set(syscalls.EXIT_PROGRAMS)
+        unlisted = sorted(n for n in names - listed if n.startswith(("sysenter_", "sysexit_")))
+        if unlisted:  # a program written but never dispatched would silently never run
+            raise ProbeLoadError(f"syscall programs missing from syscalls.py: {', '.join(unlisted)}")
+        for table, programs in _DISPATCH:
+            slots = self._bpf[table]
+            for prog, nr in syscalls.slots(programs):
+                try:
+                    fn = self._bpf.load_func(prog.encode(), prog_type)  # loaded once, cached by bcc
+                except Exception as e:  # bcc raises bare Exception when the verifier refuses
+                    raise ProbeLoadError(f"probe program {prog} did not load: {e}") from e
+                slots[ctypes.c_int(nr)] = ctypes.c_int(fn.fd)
+
+    def dispatch_slots(self) -> dict[str, list[int]]:
+        """Syscall numbers that have a program, read back from the kernel's prog arrays."""
+        out = {}
+        for side, (table, _programs) in zip(("enter", "exit"), _DISPATCH):
+            slots = self._bpf[table]
+            out[side] = []
+            for nr in range(syscalls.PROG_ARRAY_SIZE):
+                try:
+                    slots[ctypes.c_int(nr)]
+                except KeyError:  # an empty slot
+                    continue
+                out[side].append(nr)
+        return out
 
     # -- the traced set -----------------------------------------------------
     def trace(self, pid: int, tag: int) -> None:
@@ -100,8 +150,14 @@ class EbpfCapture:
 
     # -- consuming ----------------------------------------------------------
     def poll(self, timeout_ms: int) -> list[bytes]:
-        """Wait up to timeout_ms for records; return everything available."""
+        """Wait up to timeout_ms, then return everything available.
+
+        The probes wake this poll only every PT_WAKE_EVERY records per CPU
+        (probes/common.h), so it usually sleeps the whole timeout; the consume
+        after it takes the records that arrived without a wakeup.
+        """
         self._bpf.ring_buffer_poll(timeout_ms)
+        self._bpf.ring_buffer_consume()
         return self.take()
 
     def drain(self) -> list[bytes]:

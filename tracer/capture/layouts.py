@@ -25,7 +25,7 @@ FLUSH_CLOSE, FLUSH_REPLACED, FLUSH_EXIT, FLUSH_EXEC, FLUSH_SWEEP = 1, 2, 3, 4, 5
 FDOP_DUP, FDOP_SETFD, FDOP_CLOSE_RANGE, FDOP_CLOEXEC_RANGE = 1, 2, 3, 4
 NET_CONNECT, NET_ACCEPT, NET_BIND = 1, 2, 3
 FDIO_SEEN_OPEN, FDIO_MAP_SHARED = 0x1, 0x2
-LOST_REASONS = ("ringbuf", "agg_map", "stash_map", "traced_map")
+LOST_REASONS = ("ringbuf", "agg_map", "compat_syscalls", "traced_map")
 
 
 class EventHdr(C.Structure):

@@ -1,0 +1,80 @@
+"""Which probe program handles which syscall, by x86_64 syscall number.
+
+The probes hook the two raw syscall tracepoints (raw_syscalls:sys_enter and
+sys_exit) and tail-call into one program per kind of syscall through a
+BPF_PROG_ARRAY indexed by syscall number (probes/dispatch.bpf.c). This module
+is the index: program name -> the syscalls it serves.
+
+The numbers are the x86_64 table (asm/unistd_64.h); they are ABI, so they do
+not change between kernels. Other architectures number syscalls differently
+and pass arguments in other registers: the eBPF backend refuses to start there
+(ARCH). 32-bit (ia32) syscalls of a traced process arrive with other numbers;
+the probes recognise them by the task's TS_COMPAT bit, skip them and count
+them under the `compat_syscalls` lost reason.
+"""
+
+from __future__ import annotations
+
+ARCH = "x86_64"
+
+# Every array slot above the highest number is empty: a tail call there falls
+# through, so x32 syscalls (bit 30 set) are never dispatched.
+PROG_ARRAY_SIZE = 512
+
+NR_X86_64: dict[str, int] = {
+    "read": 0, "write": 1, "open": 2, "close": 3, "mmap": 9, "ioctl": 16,
+    "pread64": 17, "pwrite64": 18, "readv": 19, "writev": 20,
+    "dup": 32, "dup2": 33, "sendfile": 40, "connect": 42, "accept": 43,
+    "sendto": 44, "recvfrom": 45, "sendmsg": 46, "recvmsg": 47, "bind": 49,
+    "execve": 59, "fcntl": 72, "truncate": 76, "ftruncate": 77,
+    "chdir": 80, "fchdir": 81, "rename": 82, "rmdir": 84, "creat": 85, "unlink": 87,
+    "openat": 257, "unlinkat": 263, "renameat": 264, "splice": 275, "accept4": 288,
+    "dup3": 292, "preadv": 295, "pwritev": 296, "renameat2": 316, "execveat": 322,
+    "copy_file_range": 326, "preadv2": 327, "pwritev2": 328,
+    "close_range": 436, "openat2": 437,
+}
+
+# Programs tail-called at sys_enter: only what must happen before the kernel
+# acts (argv is gone after exec; a closed fd number can be reused at once).
+ENTER_PROGRAMS: dict[str, tuple[str, ...]] = {
+    "sysenter_close": ("close",),
+    "sysenter_close_range": ("close_range",),
+    "sysenter_execve": ("execve",),
+    "sysenter_execveat": ("execveat",),
+}
+
+# Programs tail-called at sys_exit; they read their arguments from the saved
+# user registers, which the kernel leaves as the caller set them.
+EXIT_PROGRAMS: dict[str, tuple[str, ...]] = {
+    "sysexit_open": ("open",),
+    "sysexit_openat": ("openat",),
+    "sysexit_creat": ("creat",),
+    "sysexit_openat2": ("openat2",),
+    "sysexit_read": ("read", "readv", "pread64", "preadv", "preadv2", "recvfrom", "recvmsg"),
+    "sysexit_write": ("write", "writev", "pwrite64", "pwritev", "pwritev2", "sendto", "sendmsg"),
+    "sysexit_sendfile": ("sendfile",),
+    "sysexit_copy": ("copy_file_range", "splice"),
+    "sysexit_mmap": ("mmap",),
+    "sysexit_dup": ("dup", "dup2"),
+    "sysexit_dup3": ("dup3",),
+    "sysexit_fcntl": ("fcntl",),
+    "sysexit_ioctl": ("ioctl",),
+    "sysexit_chdir": ("chdir",),
+    "sysexit_fchdir": ("fchdir",),
+    "sysexit_rename": ("rename",),
+    "sysexit_renameat": ("renameat",),
+    "sysexit_renameat2": ("renameat2",),
+    "sysexit_unlink": ("unlink",),
+    "sysexit_unlinkat": ("unlinkat",),
+    "sysexit_rmdir": ("rmdir",),
+    "sysexit_truncate": ("truncate",),
+    "sysexit_ftruncate": ("ftruncate",),
+    "sysexit_connect": ("connect",),
+    "sysexit_bind": ("bind",),
+    "sysexit_accept": ("accept", "accept4"),
+}
+
+
+def slots(programs: dict[str, tuple[str, ...]]) -> list[tuple[str, int]]:
+    """(program, syscall number) pairs to write into a prog array."""
+    return [(prog, NR_X86_64[name]) for prog, names in programs.items() for name in names]
