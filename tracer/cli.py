@@ -25,6 +25,8 @@ EPILOG = textwrap.dedent("""\
       provtrace lineage results.csv         what produced results.csv, from what
       provtrace lineage data.csv --downstream
       provtrace notebook run nb.ipynb       run a notebook headlessly, attributed cell by cell
+      provtrace daemon                      follow Jupyter kernels; trace users' runs (as root)
+      provtrace runs --socket /run/provtrace/provtrace.sock   ask a live daemon
       provtrace stale                       runs and cells whose inputs changed since
       provtrace verify                      check the store's tamper-evident chain
       provtrace tui                         browse runs, cells, files and lineage

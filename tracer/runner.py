@@ -210,22 +210,12 @@ class TracedCommand:
             if done:
                 status = st
                 batch += cap.drain()  # the root's exit is already in the ring buffer
-            self._apply(batch, cap, tracker, decoder)
+            apply_batch(batch, cap, tracker, decoder)
             now = time.monotonic()
             if self.store.pending >= FLUSH_ROWS or now - last_flush >= FLUSH_EVERY_S:
                 self.store.flush()
                 last_flush = now
         return status
-
-    @staticmethod
-    def _apply(batch: list[bytes], cap, tracker: Tracker, decoder: Decoder) -> None:
-        for ev in decoder.decode_all(batch):
-            tracker.handle(ev)
-        if tracker.needs_sweep:
-            for ev in decoder.decode_all(cap.sweep(tracker.needs_sweep)):
-                tracker.handle(ev)
-            tracker.needs_sweep.clear()
-        tracker.finish_exited()
 
     def _write_context(self, tracker: Tracker, writer: RunWriter) -> None:
         """Execution context (issue 4) when the context package is present."""
@@ -242,6 +232,23 @@ class TracedCommand:
         except TracerError as e:
             ctx = {"error": str(e)}
         self.store.append(self.rid, S.CONTEXT, ctx)
+
+
+def apply_batch(batch: list[bytes], cap, tracker: Tracker, decoder: Decoder) -> None:
+    """Decode one batch from the ring buffer into the tracker, then settle it."""
+    for ev in decoder.decode_all(batch):
+        tracker.handle(ev)
+    settle(cap, tracker, decoder)
+
+
+def settle(cap, tracker: Tracker, decoder: Decoder) -> None:
+    """Sweep fd counters the kernel left to userspace (fds above PT_FLUSH_FDS of
+    exited processes), then hand exited processes to the sink."""
+    if tracker.needs_sweep:
+        for ev in decoder.decode_all(cap.sweep(tracker.needs_sweep)):
+            tracker.handle(ev)
+        tracker.needs_sweep.clear()
+    tracker.finish_exited()
 
 
 def _gpu_sample(pids: list[int]) -> dict | None:

@@ -27,7 +27,7 @@ from .correlate.policy import KernelCells, attach_kernel
 from .correlate.windows import CellWindow
 from .errors import TracerError
 from .model.processes import Tracker
-from .runner import _gpu_sample, _redactor, _user, new_run_id
+from .runner import _gpu_sample, _redactor, _user, apply_batch, new_run_id
 from .store import sqlite as S
 from .store.fingerprint import record_fingerprints
 from .store.writer import RunWriter
@@ -76,13 +76,7 @@ class _Consumer(threading.Thread):
             pending, self._attach = self._attach, []
         for pid in pending:
             attach_kernel(self.tracker, pid)
-        for ev in self.decoder.decode_all(batch):
-            self.tracker.handle(ev)
-        if self.tracker.needs_sweep:
-            for ev in self.decoder.decode_all(self.cap.sweep(self.tracker.needs_sweep)):
-                self.tracker.handle(ev)
-            self.tracker.needs_sweep.clear()
-        self.tracker.finish_exited()
+        apply_batch(batch, self.cap, self.tracker, self.decoder)
 
     def finish(self) -> None:
         """Called after the thread stopped: drain what is left."""
@@ -188,7 +182,7 @@ class TracedNotebook:
             failure = e
             gaps["notebook_failed" if isinstance(e, TracerError) else "interrupted"] = 1
         finally:
-            self._wait_kernel_exit(tracker)
+            self._wait_kernel_exit()
             consumer.stop_requested.set()
             consumer.join()
         if consumer.error is not None:
@@ -204,7 +198,7 @@ class TracedNotebook:
             raise failure
         return 1 if self.result is None or self.result.failed else 0
 
-    def _wait_kernel_exit(self, tracker: Tracker) -> None:
+    def _wait_kernel_exit(self) -> None:
         """nbclient has shut the kernel down; give its exit event time to arrive."""
         pid = self._kernel_pid
         deadline = time.monotonic() + KERNEL_EXIT_WAIT_S

@@ -25,6 +25,7 @@ from ..correlate.clock import us_to_iso as iso
 from ..errors import TracerError
 from ..model.processes import Tracker
 from ..store import sqlite as S
+from ..runner import settle
 from ..store.fingerprint import record_fingerprints
 from ..store.writer import RunWriter
 
@@ -154,12 +155,7 @@ class RunRouter:
         cutoff = Clock.now_mono_ns() - HOLD_NS
         for live in by_tag.values():
             live.release(cutoff)
-            t = live.tracker
-            if t.needs_sweep:
-                for ev in self.decoder.decode_all(self.capture.sweep(t.needs_sweep)):
-                    t.handle(ev)
-                t.needs_sweep.clear()
-            t.finish_exited()
+            settle(self.capture, live.tracker, self.decoder)
         now = time.monotonic()
         with self._lock:
             due = [r for r in self._finishing if r.not_before <= now]

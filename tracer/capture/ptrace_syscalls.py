@@ -18,14 +18,22 @@ from ..model import events as E
 from . import layouts as L
 from .fdagg import FdAggregator, fd_identity
 from .ptrace_kernel import Memory
+from .syscalls import NR_X86_64 as _NR
 
-# x86_64 syscall numbers (arch/x86/entry/syscalls/syscall_64.tbl)
-READ, WRITE, OPEN, CLOSE, MMAP, PREAD64, PWRITE64, READV, WRITEV = 0, 1, 2, 3, 9, 17, 18, 19, 20
-DUP, DUP2, SENDFILE, CONNECT, ACCEPT, SENDTO, RECVFROM, SENDMSG, RECVMSG = 32, 33, 40, 42, 43, 44, 45, 46, 47
-BIND, EXECVE, FCNTL, TRUNCATE, FTRUNCATE, CHDIR, FCHDIR, RENAME = 49, 59, 72, 76, 77, 80, 81, 82
-RMDIR, CREAT, UNLINK, OPENAT, UNLINKAT, RENAMEAT, SPLICE, ACCEPT4 = 84, 85, 87, 257, 263, 264, 275, 288
-DUP3, PREADV, PWRITEV, RENAMEAT2, EXECVEAT, COPY_FILE_RANGE = 292, 295, 296, 316, 322, 326
-PREADV2, PWRITEV2, CLOSE_RANGE, OPENAT2, IOCTL = 327, 328, 436, 437, 16
+# x86_64 syscall numbers: the one table the probes' dispatch uses too (syscalls.py)
+(READ, WRITE, OPEN, CLOSE, MMAP, PREAD64, PWRITE64, READV, WRITEV, DUP, DUP2, SENDFILE,
+    CONNECT, ACCEPT, SENDTO, RECVFROM, SENDMSG, RECVMSG, BIND, EXECVE, FCNTL, TRUNCATE,
+    FTRUNCATE, CHDIR, FCHDIR, RENAME, RMDIR, CREAT, UNLINK, OPENAT, UNLINKAT, RENAMEAT, SPLICE,
+    ACCEPT4, DUP3, PREADV, PWRITEV, RENAMEAT2, EXECVEAT, COPY_FILE_RANGE, PREADV2, PWRITEV2,
+    CLOSE_RANGE, OPENAT2, IOCTL) = (
+    _NR[name] for name in (
+        "read", "write", "open", "close", "mmap", "pread64", "pwrite64", "readv", "writev", "dup",
+        "dup2", "sendfile", "connect", "accept", "sendto", "recvfrom", "sendmsg", "recvmsg",
+        "bind", "execve", "fcntl", "truncate", "ftruncate", "chdir", "fchdir", "rename", "rmdir",
+        "creat", "unlink", "openat", "unlinkat", "renameat", "splice", "accept4", "dup3", "preadv",
+        "pwritev", "renameat2", "execveat", "copy_file_range", "preadv2", "pwritev2",
+        "close_range", "openat2", "ioctl",
+    ))
 
 READS = frozenset({READ, READV, PREAD64, PREADV, PREADV2, RECVFROM, RECVMSG})
 WRITES = frozenset({WRITE, WRITEV, PWRITE64, PWRITEV, PWRITEV2, SENDTO, SENDMSG})
