@@ -11,11 +11,15 @@ import tempfile
 from .cli import need, print_json
 from .errors import CaptureUnavailable, UsageError
 from .model.paths import from_user
-from .store import queries as Q
-from .store import sqlite as S
+
+# The store modules are imported by the verbs that use them: `provtrace run`
+# through the daemon never opens a store, and they cost ~40 ms of its 150 ms
+# start-up budget (issue 5).
 
 
-def _store(args: argparse.Namespace, *, readonly: bool = True) -> S.Store:
+def _store(args: argparse.Namespace, *, readonly: bool = True):
+    from .store import sqlite as S  # noqa: PLC0415
+
     path = getattr(args, "db", None) or S.default_db_path()
     return S.Store(path, readonly=readonly)
 
@@ -54,6 +58,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         capture = PtraceCapture()
     from .runner import TracedCommand  # noqa: PLC0415
+    from .store import queries as Q  # noqa: PLC0415
 
     store = _store(args, readonly=False)
     try:
@@ -94,6 +99,8 @@ def _run_via_daemon(cmd: list[str], socket_path: str, args: argparse.Namespace,
 
 
 def cmd_daemon(args: argparse.Namespace) -> int:
+    from .store import sqlite as S  # noqa: PLC0415
+
     from .api.client import default_socket_path  # noqa: PLC0415
     from .daemon import serve  # noqa: PLC0415
 
@@ -102,6 +109,8 @@ def cmd_daemon(args: argparse.Namespace) -> int:
 
 def cmd_notebook(args: argparse.Namespace) -> int:
     """`notebook run`: the JSON is written even when a cell fails; exit 1 if any failed."""
+    from .store import queries as Q  # noqa: PLC0415
+
     if os.geteuid() != 0:
         raise CaptureUnavailable("provtrace notebook run traces the kernel with eBPF and needs root "
                                  "(see 'provtrace doctor')")
@@ -153,6 +162,8 @@ def _remote_export(socket_path: str, run: str | None, fmt: str) -> bytes:
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
+    from .store import queries as Q  # noqa: PLC0415
+
     if args.socket:
         runs, where = _remote_runs(args.socket), args.socket
     else:
@@ -173,6 +184,8 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
+    from .store import queries as Q  # noqa: PLC0415
+
     if args.socket:
         doc = json.loads(_remote_export(args.socket, args.run, "json"))
     else:
@@ -229,6 +242,8 @@ def cmd_lineage(args: argparse.Namespace) -> int:
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
+    from .store import queries as Q  # noqa: PLC0415
+
     from .lineage.diff import diff_runs, render_diff  # noqa: PLC0415
 
     store = _store(args)
@@ -244,6 +259,8 @@ def cmd_diff(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     """One run or --all, rendered by tracer/export and written to -o (atomically; '-' is stdout)."""
+    from .store import queries as Q  # noqa: PLC0415
+
     from .export.exporter import render, write  # noqa: PLC0415
 
     need(bool(args.run) != bool(args.all), "give a RUN or --all (not both): "
@@ -263,6 +280,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_stale(args: argparse.Namespace) -> int:
     """Stale or fresh, the exit status is 0: staleness is a finding, not a failure."""
+    from .store import queries as Q  # noqa: PLC0415
+
     from .lineage.stale import render, staleness  # noqa: PLC0415
 
     store = _store(args)
@@ -301,6 +320,9 @@ def cmd_tui(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """A traced shell pipeline into the default store, then its lineage."""
+    from .store import queries as Q  # noqa: PLC0415
+    from .store import sqlite as S  # noqa: PLC0415
+
     if os.geteuid() != 0:
         raise UsageError("the demo traces with eBPF and needs root: sudo provtrace demo")
     from .lineage.graph import lineage, render  # noqa: PLC0415

@@ -13,20 +13,30 @@ import logging
 import os
 import shutil
 from dataclasses import dataclass
-from typing import Callable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, Mapping, Sequence
 
 import grpc
 
 from ..errors import CommandNotFound, TracerError
-from . import convert
 from .gen import service_pb2 as svc
 from .gen import service_pb2_grpc as svc_grpc
-from .records import ApiEvent, CellRecord, KernelRecord, LineageGraph, RunRecord
+
+if TYPE_CHECKING:
+    from .records import ApiEvent, CellRecord, KernelRecord, LineageGraph, RunRecord
 
 log = logging.getLogger(__name__)
 
 DEFAULT_SOCKET = "/run/provtrace/provtrace.sock"
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+
+
+def _convert():
+    """The pb<->record conversions, imported on first use: they pull in
+    protobuf's json_format and the record dataclasses, ~20 ms that
+    `provtrace run` through the daemon (start-up target 150 ms) never needs."""
+    from . import convert  # noqa: PLC0415
+
+    return convert
 
 
 def default_socket_path() -> str:
@@ -100,7 +110,7 @@ class ProvtraceClient:
         r = self._call("RegisterKernel", svc.RegisterKernelRequest(
             pid=pid, connection_file=connection_file or "", notebook_path=notebook_path or "",
             kernel_name=kernel_name or "", language=language or "", session_id=session_id or ""))
-        return convert.kernel_from_pb(r.kernel)
+        return _convert().kernel_from_pb(r.kernel)
 
     def report_cell_start(self, session_id: str, cell_id: str | None = None, msg_id: str | None = None,
                           execution_count: int | None = None, code: str | None = None,
@@ -113,37 +123,37 @@ class ProvtraceClient:
         if index is not None:
             req.index = index
         if started is not None:
-            req.started.CopyFrom(convert.ts_to_pb(started))
-        return convert.cell_from_pb(self._call("ReportCellStart", req).cell)
+            req.started.CopyFrom(_convert().ts_to_pb(started))
+        return _convert().cell_from_pb(self._call("ReportCellStart", req).cell)
 
     def report_cell_end(self, session_id: str, status: str, cell_id: str | None = None,
                         msg_id: str | None = None, execution_count: int | None = None,
                         ended: dt.datetime | None = None, error_name: str | None = None) -> CellRecord:
         req = svc.ReportCellEndRequest(
             session_id=session_id, cell_id=cell_id or "", msg_id=msg_id or "",
-            execution_count=execution_count or 0, status=convert.CELL_STATUS.get(status, 0),
+            execution_count=execution_count or 0, status=_convert().CELL_STATUS.get(status, 0),
             error_name=error_name or "")
         if ended is not None:
-            req.ended.CopyFrom(convert.ts_to_pb(ended))
-        return convert.cell_from_pb(self._call("ReportCellEnd", req).cell)
+            req.ended.CopyFrom(_convert().ts_to_pb(ended))
+        return _convert().cell_from_pb(self._call("ReportCellEnd", req).cell)
 
     def list_runs(self, kind: str | None = None, limit: int | None = None) -> list[RunRecord]:
         r = self._call("ListSessions", svc.ListSessionsRequest(
-            kind=convert.RUN_KIND.get(kind or "", 0), limit=limit or 0))
-        return [convert.run_from_pb(x) for x in r.runs]
+            kind=_convert().RUN_KIND.get(kind or "", 0), limit=limit or 0))
+        return [_convert().run_from_pb(x) for x in r.runs]
 
     def list_cells(self, session_id: str) -> list[CellRecord]:
         r = self._call("ListCells", svc.ListCellsRequest(session_id=session_id))
-        return [convert.cell_from_pb(c) for c in r.cells]
+        return [_convert().cell_from_pb(c) for c in r.cells]
 
     def lineage(self, path: str, direction: str = "upstream", depth: int | None = None) -> LineageGraph:
         r = self._call("Lineage", svc.LineageRequest(
-            path=os.path.abspath(path) if path else "", direction=convert.DIRECTION.get(direction, 0), depth=depth or 0))
-        return convert.lineage_from_pb(r)
+            path=os.path.abspath(path) if path else "", direction=_convert().DIRECTION.get(direction, 0), depth=depth or 0))
+        return _convert().lineage_from_pb(r)
 
     def context(self, run_id: str) -> dict:
         r = self._call("GetContext", svc.GetContextRequest(run_id=run_id))
-        return convert.struct_from_pb(r.context)
+        return _convert().struct_from_pb(r.context)
 
     def stream_events(self, session_id: str | None = None, kinds: Sequence[str] = ()) -> Iterator[ApiEvent]:
         """Live events until the caller stops iterating (call .cancel() on the iterator to stop early)."""
@@ -152,9 +162,9 @@ class ProvtraceClient:
 
     def export(self, run_id: str | None, fmt: str = "json") -> bytes:
         """The whole document; run_id None exports everything the caller may see."""
-        if fmt not in convert.EXPORT_FORMAT:
-            raise TracerError(f"unknown export format {fmt!r}; one of {', '.join(convert.EXPORT_FORMAT)}")
-        req = svc.ExportRequest(run_id=run_id or "", all=run_id is None, format=convert.EXPORT_FORMAT[fmt])
+        if fmt not in _convert().EXPORT_FORMAT:
+            raise TracerError(f"unknown export format {fmt!r}; one of {', '.join(_convert().EXPORT_FORMAT)}")
+        req = svc.ExportRequest(run_id=run_id or "", all=run_id is None, format=_convert().EXPORT_FORMAT[fmt])
         try:
             return b"".join(chunk.data for chunk in self._stub.Export(req, timeout=self.timeout_s))
         except grpc.RpcError as exc:
@@ -168,7 +178,7 @@ class ProvtraceClient:
 
     def finish_command(self, run_id: str, exit_code: int) -> None:
         req = svc.FinishCommandRequest(run_id=run_id, exit_code=exit_code)
-        req.ended.CopyFrom(convert.ts_to_pb(dt.datetime.now(dt.timezone.utc)))
+        req.ended.GetCurrentTime()  # UTC wall clock, as ts_to_pb would give
         self._call("FinishCommand", req)
 
 
@@ -182,7 +192,7 @@ class _EventStream:
 
     def __next__(self) -> ApiEvent:
         try:
-            return convert.event_from_pb(next(self._stream))
+            return _convert().event_from_pb(next(self._stream))
         except grpc.RpcError as exc:
             if exc.code() == grpc.StatusCode.CANCELLED:
                 raise StopIteration from None

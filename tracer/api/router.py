@@ -80,6 +80,7 @@ class _Finish:
     exit_code: int | None
     not_before: float
     done: threading.Event = field(default_factory=threading.Event)
+    asked: float = field(default_factory=time.monotonic)
 
 
 class RunRouter:
@@ -107,12 +108,15 @@ class RunRouter:
     def add(self, live: LiveRun) -> None:
         with self._lock:
             self._by_tag[live.tag] = live
+        if live.kind == "command":
+            self.capture.wake()  # leave the idle poll: a command's client waits on its finish
 
     def finish(self, live: LiveRun, exit_code: int | None) -> threading.Event:
         grace = SESSION_GRACE_S if live.kind == "session" else 0.0
         req = _Finish(live, exit_code, time.monotonic() + grace)
         with self._lock:
             self._finishing.append(req)
+        self.capture.wake()
         if self._thread is None or not self._thread.is_alive():
             self._finish_now(req)  # no router running (shutting down): do it here
         return req.done
@@ -164,6 +168,7 @@ class RunRouter:
 
     def _finish_now(self, req: _Finish) -> None:
         live = req.live
+        begun = time.monotonic()
         with self._lock:
             if req in self._finishing:
                 self._finishing.remove(req)
@@ -182,6 +187,8 @@ class RunRouter:
                 t.handle(ev)
             t.finish_all(Clock.now_mono_ns())
             self._end(live, req.exit_code)
+            log.info("event=finish-timing run=%s waited_ms=%.1f finish_ms=%.1f", live.run_id,
+                     1e3 * (begun - req.asked), 1e3 * (time.monotonic() - begun))
         except TracerError as e:
             log.error("event=finish-failed run=%s error=%r", live.run_id, str(e))
         finally:

@@ -15,6 +15,7 @@ import ctypes
 import logging
 import os
 import platform
+import select
 import tempfile
 from importlib import resources
 from pathlib import Path
@@ -94,7 +95,16 @@ class EbpfCapture:
             return 0
 
         self._cb = _on_record
-        self._bpf[b"events"].open_ring_buffer(_on_record)
+        events = self._bpf[b"events"]
+        events.open_ring_buffer(_on_record)
+        # Our own epoll over the ring buffer's map fd (readable while records
+        # wait, as in libbpf's poll) plus an eventfd, so that another thread
+        # can cut a wait short with wake(): the daemon's router sleeps up to
+        # 250 ms when idle, and a finish request should not wait that out.
+        self._wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self._epoll = select.epoll()
+        self._epoll.register(events.map_fd, select.EPOLLIN)
+        self._epoll.register(self._wake_fd, select.EPOLLIN)
         self._traced = self._bpf[b"traced"]
         self.created_mask = 0
 
@@ -156,9 +166,18 @@ class EbpfCapture:
         (probes/common.h), so it usually sleeps the whole timeout; the consume
         after it takes the records that arrived without a wakeup.
         """
-        self._bpf.ring_buffer_poll(timeout_ms)
+        for fd, _mask in self._epoll.poll(timeout_ms / 1000):
+            if fd == self._wake_fd:
+                try:
+                    os.eventfd_read(self._wake_fd)
+                except BlockingIOError:  # another poll took it first
+                    pass
         self._bpf.ring_buffer_consume()
         return self.take()
+
+    def wake(self) -> None:
+        """End a poll() in progress in another thread now (safe from any thread)."""
+        os.eventfd_write(self._wake_fd, 1)
 
     def drain(self) -> list[bytes]:
         """Everything already submitted, without waiting."""
@@ -243,4 +262,6 @@ class EbpfCapture:
             f"could not find FMODE_CREATED: f_mode new=0x{created:x} existing=0x{existing:x}")
 
     def close(self) -> None:
+        self._epoll.close()
+        os.close(self._wake_fd)
         self._bpf.cleanup()
