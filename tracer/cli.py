@@ -82,12 +82,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--downstream", dest="direction", action="store_const", const="downstream")
     p.add_argument("--depth", type=int, default=10, metavar="N")
     _add_db(p)
+    _add_socket(p)
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("diff", help="what changed between two runs")
     p.add_argument("run_a", metavar="RUN_A")
     p.add_argument("run_b", metavar="RUN_B")
     _add_db(p)
+    _add_socket(p)
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("export", help="a run, or the whole store, as PROV, OpenLineage, GraphML, DOT or JSON",
@@ -107,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog="exit status is 0 whether or not anything is stale; use --json to test")
     p.add_argument("run", metavar="RUN", nargs="?", help="run id, unique prefix, or 'last' (default: all)")
     _add_db(p)
+    _add_socket(p)
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("verify", help="check the store's tamper-evident chain")

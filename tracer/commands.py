@@ -161,6 +161,18 @@ def _remote_export(socket_path: str, run: str | None, fmt: str) -> bytes:
         return client.export(run, fmt)
 
 
+def _remote_lineage(socket_path: str, path: str, direction: str, depth: int) -> dict:
+    """The daemon's lineage of path, in the shape `lineage()` gives for a local store."""
+    from .api.client import ProvtraceClient  # noqa: PLC0415
+
+    with ProvtraceClient(socket_path) as client:
+        g = client.lineage(path, direction, depth)
+    nodes = [{"id": n.id, "kind": n.kind, **n.detail} for n in g.nodes]
+    return {"root": path, "direction": direction, "nodes": nodes,
+            "edges": [{"from": e.source, "to": e.target, "rel": e.relation, **e.detail} for e in g.edges],
+            "found": len(nodes) > 1}
+
+
 def cmd_runs(args: argparse.Namespace) -> int:
     from .store import queries as Q  # noqa: PLC0415
 
@@ -232,8 +244,11 @@ def cmd_lineage(args: argparse.Namespace) -> int:
     from .lineage.graph import lineage, render  # noqa: PLC0415
 
     need(args.depth >= 1, "--depth must be at least 1")
-    store = _store(args)
-    result = lineage(store, from_user(args.path), args.direction or "upstream", args.depth)
+    direction = args.direction or "upstream"
+    if args.socket:
+        result = _remote_lineage(args.socket, from_user(args.path), direction, args.depth)
+    else:
+        result = lineage(_store(args), from_user(args.path), direction, args.depth)
     if args.json:
         print_json(result)
     else:
@@ -242,13 +257,15 @@ def cmd_lineage(args: argparse.Namespace) -> int:
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
+    from .lineage.diff import diff_runs, render_diff  # noqa: PLC0415
     from .store import queries as Q  # noqa: PLC0415
 
-    from .lineage.diff import diff_runs, render_diff  # noqa: PLC0415
-
-    store = _store(args)
-    a = Q.load_run(store, Q.resolve_run(store, args.run_a))
-    b = Q.load_run(store, Q.resolve_run(store, args.run_b))
+    if args.socket:
+        a, b = (json.loads(_remote_export(args.socket, r, "json")) for r in (args.run_a, args.run_b))
+    else:
+        store = _store(args)
+        a = Q.load_run(store, Q.resolve_run(store, args.run_a))
+        b = Q.load_run(store, Q.resolve_run(store, args.run_b))
     d = diff_runs(a, b)
     if args.json:
         print_json(d)
@@ -259,9 +276,8 @@ def cmd_diff(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     """One run or --all, rendered by tracer/export and written to -o (atomically; '-' is stdout)."""
-    from .store import queries as Q  # noqa: PLC0415
-
     from .export.exporter import render, write  # noqa: PLC0415
+    from .store import queries as Q  # noqa: PLC0415
 
     need(bool(args.run) != bool(args.all), "give a RUN or --all (not both): "
          "provtrace export RUN|--all --format FMT -o FILE")
@@ -280,13 +296,18 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_stale(args: argparse.Namespace) -> int:
     """Stale or fresh, the exit status is 0: staleness is a finding, not a failure."""
+    from .lineage.stale import render, staleness  # noqa: PLC0415
     from .store import queries as Q  # noqa: PLC0415
 
-    from .lineage.stale import render, staleness  # noqa: PLC0415
+    if args.socket:
+        from .api.client import ProvtraceClient  # noqa: PLC0415
 
-    store = _store(args)
-    rid = Q.resolve_run(store, args.run) if args.run else None
-    result = staleness(store, rid)
+        with ProvtraceClient(args.socket) as client:
+            result = client.stale(args.run)
+    else:
+        store = _store(args)
+        rid = Q.resolve_run(store, args.run) if args.run else None
+        result = staleness(store, rid)
     if args.json:
         print_json(result)
     else:

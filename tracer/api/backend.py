@@ -57,6 +57,10 @@ class SessionStore(Protocol):
 
     def context(self, run_id: str) -> Mapping[str, Any]: ...
 
+    def staleness(self, run_id: str | None, uid: int | None) -> dict:
+        """`provtrace stale --json` of one run (None: every run uid may see; uid None: all)."""
+        ...
+
     def export(self, run_ids: Sequence[str], fmt: str) -> Iterable[bytes]:
         """The document in chunks; fmt is one of FORMATS."""
         ...

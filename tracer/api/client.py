@@ -9,6 +9,7 @@ command on the user's behalf (see TraceCommand in service.proto).
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import os
 import shutil
@@ -159,6 +160,11 @@ class ProvtraceClient:
         """Live events until the caller stops iterating (call .cancel() on the iterator to stop early)."""
         stream = self._stub.StreamEvents(svc.StreamEventsRequest(session_id=session_id or "", kinds=list(kinds)))
         return _EventStream(stream, self.socket_path)
+
+    def stale(self, run_id: str | None = None) -> dict:
+        """`provtrace stale --json` as the daemon sees it, cut to this caller's runs."""
+        r = self._call("Stale", svc.StaleRequest(run_id=run_id or ""))
+        return json.loads(r.result_json)
 
     def export(self, run_id: str | None, fmt: str = "json") -> bytes:
         """The whole document; run_id None exports everything the caller may see."""

@@ -8,6 +8,7 @@ as doubles, so context values above 2**53 lose precision (none do today).
 from __future__ import annotations
 
 import datetime as dt
+import json
 from typing import Any, Mapping
 
 from google.protobuf import json_format, struct_pb2, timestamp_pb2
@@ -161,16 +162,28 @@ def run_from_pb(msg: pb.Run) -> RunRecord:
 
 def lineage_to_pb(g: LineageGraph) -> svc.LineageResponse:
     return svc.LineageResponse(
-        nodes=[pb.LineageNode(id=n.id, kind=n.kind, label=n.label, run_id=n.run_id or "") for n in g.nodes],
-        edges=[pb.LineageEdge(source=e.source, target=e.target, relation=e.relation) for e in g.edges],
+        nodes=[pb.LineageNode(id=n.id, kind=n.kind, label=n.label, run_id=n.run_id or "",
+                              detail_json=json.dumps(dict(n.detail), ensure_ascii=False)) for n in g.nodes],
+        edges=[pb.LineageEdge(source=e.source, target=e.target, relation=e.relation,
+                              detail_json=json.dumps(dict(e.detail), ensure_ascii=False)) for e in g.edges],
     )
 
 
 def lineage_from_pb(msg: svc.LineageResponse) -> LineageGraph:
     return LineageGraph(
-        nodes=tuple(LineageNode(n.id, n.kind, n.label, _opt(n.run_id)) for n in msg.nodes),
-        edges=tuple(LineageEdge(e.source, e.target, e.relation) for e in msg.edges),
+        nodes=tuple(LineageNode(n.id, n.kind, n.label, _opt(n.run_id), _detail(n.detail_json))
+                    for n in msg.nodes),
+        edges=tuple(LineageEdge(e.source, e.target, e.relation, _detail(e.detail_json))
+                    for e in msg.edges),
     )
+
+
+def _detail(text: str) -> dict[str, Any]:
+    """A detail_json field; a daemon from before the field existed sends ""."""
+    if not text:
+        return {}
+    value = json.loads(text)
+    return value if isinstance(value, dict) else {}
 
 
 def event_to_pb(e: ApiEvent) -> pb.Event:

@@ -221,6 +221,12 @@ class InMemoryStore:
             frontier = nxt
         return LineageGraph(tuple(nodes.values()), tuple(dict.fromkeys(edges)))
 
+    def staleness(self, run_id: str | None, uid: int | None) -> dict:
+        # Staleness compares stored content fingerprints with the files now;
+        # this store keeps reports only, no fingerprints to compare.
+        raise UsageError("this daemon keeps no file fingerprints (in-memory store): "
+                         "stale needs a daemon with a run store")
+
     def context(self, run_id: str) -> Mapping[str, Any]:
         with self._lock:
             run = self._run(run_id)

@@ -110,6 +110,8 @@ class LineageNode:
     kind: str
     label: str = ""
     run_id: str | None = None
+    # As `provtrace lineage --json` gives it; left out of ==/hash (records stay hashable).
+    detail: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
 
 @dataclass(frozen=True)
@@ -117,6 +119,7 @@ class LineageEdge:
     source: str
     target: str
     relation: str
+    detail: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
 
 @dataclass(frozen=True)

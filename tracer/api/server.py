@@ -12,6 +12,7 @@ import dataclasses
 import datetime as dt
 import functools
 import hashlib
+import json
 import logging
 import os
 import pwd
@@ -234,6 +235,12 @@ class ProvtraceServicer(svc_grpc.ProvtraceServicer):
         direction = convert.enum_name(convert.DIRECTION, request.direction) or "upstream"
         graph = self.store.lineage(path, direction, request.depth or None, caller.visible_uid)
         return convert.lineage_to_pb(graph)
+
+    @_rpc
+    def Stale(self, request: svc.StaleRequest, context: Any, caller: Caller) -> svc.StaleResponse:
+        run_id = self._visible_run(request.run_id, caller).id if request.run_id else None
+        result = self.store.staleness(run_id, caller.visible_uid)
+        return svc.StaleResponse(result_json=json.dumps(result, ensure_ascii=False))
 
     @_rpc
     def GetContext(self, request: svc.GetContextRequest, context: Any, caller: Caller) -> svc.GetContextResponse:

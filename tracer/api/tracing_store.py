@@ -231,12 +231,30 @@ class TracingStore(InMemoryStore):
         keep = {n["id"] for n in nodes}
         return LineageGraph(
             tuple(LineageNode(n["id"], n["kind"], n.get("path") or " ".join(n.get("argv") or []),
-                              n.get("run")) for n in nodes),
-            tuple(LineageEdge(e["from"], e["to"], e.get("rel") or "")
+                              n.get("run"), {k: v for k, v in n.items() if k != "id"}) for n in nodes),
+            tuple(LineageEdge(e["from"], e["to"], e.get("rel") or "",
+                              {k: v for k, v in e.items() if k not in ("from", "to", "rel")})
                   for e in result["edges"] if e["from"] in keep and e["to"] in keep))
 
     def context(self, run_id: str) -> Mapping[str, Any]:
         return self.document(run_id, None)["context"]
+
+    def staleness(self, run_id: str | None, uid: int | None) -> dict:
+        """The store's staleness, cut to the runs uid may see; files are read as the daemon."""
+        from ..lineage.stale import staleness  # noqa: PLC0415
+
+        reader = self._reader()
+        try:
+            rid = Q.resolve_run(reader, run_id, uid) if run_id else None
+            result = staleness(reader, rid)
+            visible = None if uid is None else {r["id"] for r in Q.list_runs(reader, uid)}
+        except RunNotFound as e:
+            raise NotFound(f"no run or session {run_id!r} visible to you") from e
+        finally:
+            reader.close()
+        if visible is not None:
+            result = {k: [u for u in v if u["run"] in visible] for k, v in result.items()}
+        return result
 
     def export(self, run_ids: Sequence[str], fmt: str) -> Iterable[bytes]:
         from ..export.exporter import render  # noqa: PLC0415

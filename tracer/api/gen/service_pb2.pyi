@@ -143,6 +143,18 @@ class LineageResponse(_message.Message):
     edges: _containers.RepeatedCompositeFieldContainer[_types_pb2.LineageEdge]
     def __init__(self, nodes: _Optional[_Iterable[_Union[_types_pb2.LineageNode, _Mapping]]] = ..., edges: _Optional[_Iterable[_Union[_types_pb2.LineageEdge, _Mapping]]] = ...) -> None: ...
 
+class StaleRequest(_message.Message):
+    __slots__ = ("run_id",)
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    def __init__(self, run_id: _Optional[str] = ...) -> None: ...
+
+class StaleResponse(_message.Message):
+    __slots__ = ("result_json",)
+    RESULT_JSON_FIELD_NUMBER: _ClassVar[int]
+    result_json: str
+    def __init__(self, result_json: _Optional[str] = ...) -> None: ...
+
 class GetContextRequest(_message.Message):
     __slots__ = ("run_id",)
     RUN_ID_FIELD_NUMBER: _ClassVar[int]

@@ -75,6 +75,11 @@ class ProvtraceStub:
                 request_serializer=provtrace_dot_v1_dot_service__pb2.GetContextRequest.SerializeToString,
                 response_deserializer=provtrace_dot_v1_dot_service__pb2.GetContextResponse.FromString,
                 _registered_method=True)
+        self.Stale = channel.unary_unary(
+                '/provtrace.v1.Provtrace/Stale',
+                request_serializer=provtrace_dot_v1_dot_service__pb2.StaleRequest.SerializeToString,
+                response_deserializer=provtrace_dot_v1_dot_service__pb2.StaleResponse.FromString,
+                _registered_method=True)
         self.StreamEvents = channel.unary_stream(
                 '/provtrace.v1.Provtrace/StreamEvents',
                 request_serializer=provtrace_dot_v1_dot_service__pb2.StreamEventsRequest.SerializeToString,
@@ -145,6 +150,14 @@ class ProvtraceServicer:
 
     def GetContext(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Stale(self, request, context):
+        """Is each run or cell the caller may see still fresh (provtrace stale)?
+        Current file contents are read by the daemon.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -224,6 +237,11 @@ def add_ProvtraceServicer_to_server(servicer, server):
                     servicer.GetContext,
                     request_deserializer=provtrace_dot_v1_dot_service__pb2.GetContextRequest.FromString,
                     response_serializer=provtrace_dot_v1_dot_service__pb2.GetContextResponse.SerializeToString,
+            ),
+            'Stale': grpc.unary_unary_rpc_method_handler(
+                    servicer.Stale,
+                    request_deserializer=provtrace_dot_v1_dot_service__pb2.StaleRequest.FromString,
+                    response_serializer=provtrace_dot_v1_dot_service__pb2.StaleResponse.SerializeToString,
             ),
             'StreamEvents': grpc.unary_stream_rpc_method_handler(
                     servicer.StreamEvents,
@@ -462,6 +480,33 @@ class Provtrace:
             '/provtrace.v1.Provtrace/GetContext',
             provtrace_dot_v1_dot_service__pb2.GetContextRequest.SerializeToString,
             provtrace_dot_v1_dot_service__pb2.GetContextResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Stale(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/provtrace.v1.Provtrace/Stale',
+            provtrace_dot_v1_dot_service__pb2.StaleRequest.SerializeToString,
+            provtrace_dot_v1_dot_service__pb2.StaleResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -170,26 +170,30 @@ class Run(_message.Message):
     def __init__(self, id: _Optional[str] = ..., kind: _Optional[_Union[RunKind, str]] = ..., label: _Optional[str] = ..., backend: _Optional[str] = ..., user: _Optional[str] = ..., uid: _Optional[int] = ..., started: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ended: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., has_exit_code: _Optional[bool] = ..., exit_code: _Optional[int] = ..., kernel: _Optional[_Union[Kernel, _Mapping]] = ...) -> None: ...
 
 class LineageNode(_message.Message):
-    __slots__ = ("id", "kind", "label", "run_id")
+    __slots__ = ("id", "kind", "label", "run_id", "detail_json")
     ID_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     LABEL_FIELD_NUMBER: _ClassVar[int]
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_JSON_FIELD_NUMBER: _ClassVar[int]
     id: str
     kind: str
     label: str
     run_id: str
-    def __init__(self, id: _Optional[str] = ..., kind: _Optional[str] = ..., label: _Optional[str] = ..., run_id: _Optional[str] = ...) -> None: ...
+    detail_json: str
+    def __init__(self, id: _Optional[str] = ..., kind: _Optional[str] = ..., label: _Optional[str] = ..., run_id: _Optional[str] = ..., detail_json: _Optional[str] = ...) -> None: ...
 
 class LineageEdge(_message.Message):
-    __slots__ = ("source", "target", "relation")
+    __slots__ = ("source", "target", "relation", "detail_json")
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     TARGET_FIELD_NUMBER: _ClassVar[int]
     RELATION_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_JSON_FIELD_NUMBER: _ClassVar[int]
     source: str
     target: str
     relation: str
-    def __init__(self, source: _Optional[str] = ..., target: _Optional[str] = ..., relation: _Optional[str] = ...) -> None: ...
+    detail_json: str
+    def __init__(self, source: _Optional[str] = ..., target: _Optional[str] = ..., relation: _Optional[str] = ..., detail_json: _Optional[str] = ...) -> None: ...
 
 class Event(_message.Message):
     __slots__ = ("seq", "time", "kind", "session_id", "run_id", "uid", "pid", "cell_id", "kernel", "cell", "detail")
