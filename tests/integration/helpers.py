@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
+import signal
+import subprocess
 import sys
+import tempfile
 import textwrap
 
 from provtrace.tracer.runner import TracedCommand
@@ -56,3 +61,30 @@ def entries(doc, path):
 
 def proc_by_argv(doc, needle):
     return [p for p in doc["processes"] if any(needle in a for a in p["argv"])]
+
+
+@contextlib.contextmanager
+def running_daemon(env: dict | None = None):
+    """A real `provtrace daemon` process on a temp socket and store (needs root).
+
+    Yields {"socket", "db", "base", "proc"}; SIGTERM at exit must stop it cleanly."""
+    base = tempfile.mkdtemp(prefix="provtrace-daemon-", dir="/tmp")
+    os.chmod(base, 0o755)  # users reach the socket; authorization is by peer credentials
+    sock, db = os.path.join(base, "provtrace.sock"), os.path.join(base, "provtrace.db")
+    proc = subprocess.Popen([PROVTRACE, "daemon", "--socket", sock, "--db", db],
+                            stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        line = ""
+        for _ in range(600):  # compile and load: seconds, on a busy machine more
+            line = proc.stderr.readline()
+            if "serving" in line or proc.poll() is not None:
+                break
+        assert "serving" in line, f"daemon did not start: {line}"
+        yield {"socket": sock, "db": db, "base": base, "proc": proc}
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=120) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        shutil.rmtree(base, ignore_errors=True)

@@ -21,6 +21,8 @@ from jupyter_client.manager import KernelManager
 from provtrace.tracer.store import queries as Q
 from provtrace.tracer.store import sqlite as S
 
+from .helpers import running_daemon
+
 pytestmark = pytest.mark.privileged
 
 PROVTRACE = os.path.join(os.path.dirname(sys.executable), "provtrace")
@@ -31,21 +33,8 @@ USER = "provtrace-test"
 def daemon():
     if os.geteuid() != 0:
         pytest.skip("needs root for eBPF")
-    base = tempfile.mkdtemp(prefix="provtrace-daemon-", dir="/tmp")
-    os.chmod(base, 0o755)  # users reach the socket; authorization is by peer credentials
-    sock, db = os.path.join(base, "provtrace.sock"), os.path.join(base, "provtrace.db")
-    proc = subprocess.Popen([PROVTRACE, "daemon", "--socket", sock, "--db", db],
-                            stderr=subprocess.PIPE, text=True)
-    line = ""
-    for _ in range(600):  # compile and load: seconds, on a busy machine more
-        line = proc.stderr.readline()
-        if "serving" in line or proc.poll() is not None:
-            break
-    assert "serving" in line, f"daemon did not start: {line}"
-    yield {"socket": sock, "db": db, "base": base, "proc": proc}
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=120) == 0
-    shutil.rmtree(base, ignore_errors=True)
+    with running_daemon() as d:
+        yield d
 
 
 def _doc(db: str, run_id: str) -> dict:
