@@ -64,7 +64,8 @@ class Daemon:
                 self._follower_thread.start()
             log.info("event=daemon-ready socket=%s db=%s", self.socket_path, self.db_path)
             self.ready.set()
-            self.stop_requested.wait()
+            while not self.stop_requested.wait(self.scan_interval_s):
+                tracing.reap_gone_kernels()
         finally:
             self.stop_requested.set()
             if self._follower_thread is not None:

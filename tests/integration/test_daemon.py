@@ -235,3 +235,27 @@ def test_query_verbs_through_the_daemon(daemon, test_user, tmp_path):
     assert out.read_text().startswith("<?xml")
     other = _cli("show", listed[0]["id"] + "-nope", "--socket", daemon["socket"], user=test_user, cwd="/tmp")
     assert other.returncode != 0 and "Traceback" not in other.stderr
+
+
+def test_registered_kernel_that_exits_unfollowed_ends_its_session(daemon):
+    """A registered process the IOPub follower never found (here: no connection
+    file at all) still has its session ended when it exits."""
+    from provtrace.tracer.api.client import ProvtraceClient
+
+    proc = subprocess.Popen(["sleep", "600"])
+    try:
+        with ProvtraceClient(daemon["socket"]) as c:
+            sid = c.register_kernel(proc.pid, kernel_name="stand-in").session_id
+            assert not _session_ended(c, sid)
+            proc.kill()
+            proc.wait()
+            _wait(lambda: _session_ended(c, sid), 60, "the session of an exited kernel to end")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def _session_ended(client, sid: str) -> bool:
+    run = next(r for r in client.list_runs("session") if r.id == sid)
+    return run.ended is not None

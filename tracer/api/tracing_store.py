@@ -135,6 +135,22 @@ class TracingStore(InMemoryStore):
             self.db.append(live.rid, S.CELL, _cell_body(cell))
         return cell
 
+    def reap_gone_kernels(self) -> list[str]:
+        """Ends the sessions whose kernel process is gone; returns their ids.
+
+        The IOPub follower ends the sessions it follows; this catches a
+        registered kernel that exited before the follower found it (or that
+        the follower could not reach), which would otherwise stay open."""
+        with self._lock:
+            kernels = [(sid, pid, start) for (pid, start), sid in self._kernel_sessions.items()
+                       if sid in self._live]
+        gone = [sid for sid, pid, start in kernels if not _same_process_alive(pid, start)]
+        for sid in gone:
+            if sid in self._live:  # the follower may have ended it meanwhile
+                log.info("event=kernel-gone session=%s", sid)
+                self.end_session(sid)
+        return gone
+
     def end_session(self, session_id: str) -> RunRecord:
         run = super().end_session(session_id)
         live = self._live.get(session_id)
@@ -368,3 +384,16 @@ def _redact(argv: list[str]) -> list[str]:
 
     redact = _redactor()
     return redact(argv) if redact else argv
+
+
+def _same_process_alive(pid: int, start_ns: int) -> bool:
+    """pid still runs the process that started at start_ns (not a zombie, not a reused pid)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            fields = fh.read().rsplit(b")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
+    state, ticks = fields[0], int(fields[19])  # fields 3 and 22 of proc(5)
+    if state in (b"Z", b"X"):
+        return False
+    return not start_ns or ticks * (1_000_000_000 // os.sysconf("SC_CLK_TCK")) == start_ns
