@@ -189,7 +189,7 @@ class _Provtrace(Config):
 
     def argv(self, wl: Workload, rundir: Path) -> list[str]:
         pt = self.ctx.provtrace
-        out = ["--json-out", str(rundir / "run.json")]
+        out = ["--json-out", str(rundir / "run.json")] if getattr(wl, "records", True) else []
         return [pt, "run", *self.backend_args, *self._store_args(rundir), *out, "--", *wl.command()]
 
     def after_run(self, rundir: Path) -> Records:

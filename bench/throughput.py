@@ -41,18 +41,19 @@ class _Command:
 
     notebook = None
 
-    def __init__(self, argv: list[str], cwd: Path):
+    def __init__(self, argv: list[str], cwd: Path, records: bool = True):
         self._argv = argv
         self.dir = cwd
+        self.records = records  # False: a tracer writes no record file (start-up timing)
 
     def command(self) -> list[str]:
         return self._argv
 
 
 def _run_wrapped(cfg: configs.Config, argv: list[str], rundir: Path, timeout_s: float,
-                 quiet: dict) -> tuple[measure.RunResult, configs.Records, str]:
+                 quiet: dict, records: bool = True) -> tuple[measure.RunResult, configs.Records, str]:
     rundir.mkdir(parents=True, exist_ok=True)
-    cmd = _Command(argv, rundir)
+    cmd = _Command(argv, rundir, records)
     measure.wait_for_quiet(**quiet)
     cfg.before_run(rundir)
     res = measure.run_timed(cfg.argv(cmd, rundir), rundir, timeout_s, rundir / "stdout", rundir / "stderr")
@@ -68,7 +69,9 @@ def startup(cfgs: list[configs.Config], n: int, workdir: Path, quiet: dict) -> d
     for cfg in cfgs:
         walls, errors = [], []
         for i in range(n):
-            res, _, _ = _run_wrapped(cfg, ["true"], workdir / f"startup-{cfg.name}-{i}", 300, quiet)
+            # exactly `provtrace run [--socket S] -- true`: no --json-out export in the timing
+            res, _, _ = _run_wrapped(cfg, ["true"], workdir / f"startup-{cfg.name}-{i}", 300, quiet,
+                                     records=False)
             if res.exit_code == 0:
                 walls.append(res.wall_s)
             else:
