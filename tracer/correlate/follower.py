@@ -91,9 +91,11 @@ class KernelFollower:
         try:
             watcher.start(self.ready_timeout_s)
         except IOPubError as exc:
+            # The kernel lives on and stays traced (its events land in no cell
+            # unless a provisioner/extension reports its cells): its session is
+            # ended when the process is gone (the daemon's reap), not here.
             log.warning("event=kernel-not-followed pid=%d session=%s reason=%r", kernel.pid, session_id, str(exc))
             self._refused.add(key)
-            self.sink.kernel_gone(session_id)
             return
         with self._lock:
             self._followed[key] = (session_id, watcher)
