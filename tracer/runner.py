@@ -8,6 +8,7 @@ exec itself and everything after it is seen.
 from __future__ import annotations
 
 import datetime as dt
+import gc
 import getpass
 import logging
 import os
@@ -170,8 +171,7 @@ class TracedCommand:
         self._gpu_samples.append(_gpu_sample(list(tracker.live)))
         for leftover in set(cap.traced_pids()) & set(tracker.live):  # outlived the command
             cap.untrace(leftover)
-        for ev in decoder.decode_all(cap.sweep(set(tracker.live) | {p.pid for p in tracker.exited})):
-            tracker.handle(ev)
+        tracker.handle_all(decoder.decode_all(cap.sweep(set(tracker.live) | {p.pid for p in tracker.exited})))
         return status, failed
 
     def _run_owned(self, cap, exe: str, tracker: Tracker, tag: int, uid: int) -> tuple[int, bytes]:
@@ -204,17 +204,26 @@ class TracedCommand:
     def _loop(self, pid: int, cap, tracker: Tracker, decoder: Decoder) -> int:
         last_flush = time.monotonic()
         status = None
-        while status is None:
-            batch = cap.poll(100)
-            done, st = os.waitpid(pid, os.WNOHANG)
-            if done:
-                status = st
-                batch += cap.drain()  # the root's exit is already in the ring buffer
-            apply_batch(batch, cap, tracker, decoder)
-            now = time.monotonic()
-            if self.store.pending >= FLUSH_ROWS or now - last_flush >= FLUSH_EVERY_S:
-                self.store.flush()
-                last_flush = now
+        # The model keeps what it learns (processes, fd tables, per-path
+        # accesses) until a process exits, so the cyclic GC keeps promoting
+        # it and every full collection walks all of bcc, ctypes and the
+        # modules loaded at start-up too. Frozen, those are skipped; thawed
+        # when the command ends, so nothing stays out of collection.
+        gc.freeze()
+        try:
+            while status is None:
+                batch = cap.poll(100)
+                done, st = os.waitpid(pid, os.WNOHANG)
+                if done:
+                    status = st
+                    batch += cap.drain()  # the root's exit is already in the ring buffer
+                apply_batch(batch, cap, tracker, decoder)
+                now = time.monotonic()
+                if self.store.pending >= FLUSH_ROWS or now - last_flush >= FLUSH_EVERY_S:
+                    self.store.flush()
+                    last_flush = now
+        finally:
+            gc.unfreeze()
         return status
 
     def _write_context(self, tracker: Tracker, writer: RunWriter) -> None:
@@ -236,8 +245,7 @@ class TracedCommand:
 
 def apply_batch(batch: list[bytes], cap, tracker: Tracker, decoder: Decoder) -> None:
     """Decode one batch from the ring buffer into the tracker, then settle it."""
-    for ev in decoder.decode_all(batch):
-        tracker.handle(ev)
+    tracker.handle_all(decoder.decode_all(batch))
     settle(cap, tracker, decoder)
 
 
@@ -245,8 +253,7 @@ def settle(cap, tracker: Tracker, decoder: Decoder) -> None:
     """Sweep fd counters the kernel left to userspace (fds above PT_FLUSH_FDS of
     exited processes), then hand exited processes to the sink."""
     if tracker.needs_sweep:
-        for ev in decoder.decode_all(cap.sweep(tracker.needs_sweep)):
-            tracker.handle(ev)
+        tracker.handle_all(decoder.decode_all(cap.sweep(tracker.needs_sweep)))
         tracker.needs_sweep.clear()
     tracker.finish_exited()
 

@@ -1,4 +1,4 @@
-"""Decoder: ring-buffer bytes -> event dataclasses.
+"""Decoder: ring-buffer bytes -> event dataclasses (model/events.py).
 
 Records are built from the ctypes mirrors and, for string tails, trimmed to
 offsetof(tail) + len the way the probes emit them.
@@ -206,5 +206,5 @@ def test_accepts_bytearray():
 def test_every_event_type_has_a_decoder():
     d = Decoder()
     types = {getattr(L, n) for n in dir(L) if n.startswith("EV_")}
-    assert set(d._p) == types
+    assert set(d._by_type) == types
     assert all(ctypes.sizeof(c) >= L.prefix_of(c).fmt.size for c in L.C_STRUCTS.values())

@@ -312,3 +312,61 @@ def test_cells_collect_reads_and_final_writes(store):
     assert cell["writes"] == ["/home/u/out.csv"]  # the temp name followed to its final name
     assert cell["reads"] == []
     assert cell["processes"] == [C]
+
+
+def test_chain_hash_is_the_documented_digest():
+    # Stores written before the one-call hash must still verify: same bytes, same digest.
+    import hashlib
+    prev, p1, p2, body = b"\x07" * 32, b"/home/u/caf\xe9.csv", None, '[1,"\\udce9"]'
+    h = hashlib.sha256(prev)
+    for part in (b"12|3|", p1, b"\0", b"", b"\0", body.encode("utf-8", "surrogateescape")):
+        h.update(part)
+    assert S.chain_hash(prev, 12, 3, p1, p2, body) == h.digest()
+
+
+def test_dumps_matches_json_dumps_compact():
+    import json
+    obj = [1, None, "x", CAFE, {"a": [True, 1.5]}, "é"]
+    assert S.dumps(obj) == json.dumps(obj, separators=(",", ":"))
+
+
+def test_paths_shared_across_runs_and_store_handles(db):
+    """A second Store on the same file (empty id cache) reuses the rows the first wrote."""
+    first = S.Store(db)
+    a = _write_run(first, "20240101T000000-aaa111")
+    first.close()
+    second = S.Store(db)
+    b = _write_run(second, "20240102T000000-bbb222")
+    rid = second.new_run("20240103T000000-ccc333", _header("20240103T000000-ccc333"))
+    second.append(rid, S.FINGERPRINT, {"x": 1}, p1="/home/u/brand-new.csv", p2=CAFE)
+    second.end_run(rid, _end())
+    raws = [r[0] for r in second.db.execute("SELECT path FROM paths")]
+    assert len(raws) == len(set(raws))
+    assert b"/home/u/brand-new.csv" in raws
+    files_a = sorted((f["pid"], f["path"]) for f in load_run(second, a)["files"])
+    files_b = sorted((f["pid"], f["path"]) for f in load_run(second, b)["files"])
+    assert files_a == files_b and (P, "/home/u/in.csv") in files_a
+    (fp,) = [r for r in second.records(rid, (S.FINGERPRINT,))]
+    assert fp[3:5] == ("/home/u/brand-new.csv", CAFE)
+    assert second.verify() == sum(1 for _ in second.records())
+    second.close()
+
+
+def test_rolled_back_flush_does_not_leave_stale_path_ids(store):
+    """A flush that fails rolls back its new paths rows; later records must not
+    point at ids that were handed out in it (they are reused by the next names)."""
+    rid = store.new_run(RUN_ID, _header())
+    store.append(rid, S.GAP, {"x": 1}, p1="/home/u/lost.csv")
+    store.append(rid, S.GAP, "not JSON", p1="/home/u/also-lost.csv")
+    store.db.execute("CREATE TRIGGER refuse BEFORE INSERT ON records WHEN NEW.body = 'not JSON' "
+                     "BEGIN SELECT RAISE(ABORT, 'refused'); END")
+    with pytest.raises(sqlite3.DatabaseError, match="refused"):
+        store.flush()
+    store.db.execute("DROP TRIGGER refuse")
+    assert store.db.execute("SELECT count(*) FROM paths").fetchone()[0] == 0
+    store.append(rid, S.GAP, {"x": 2}, p1="/home/u/kept.csv")
+    store.append(rid, S.GAP, {"x": 3}, p1="/home/u/lost.csv")
+    store.end_run(rid, _end())
+    named = [p1 for _s, _r, k, p1, _p2, _b in store.records(rid) if k == S.GAP]
+    assert named == ["/home/u/kept.csv", "/home/u/lost.csv"]
+    assert store.verify() == 4

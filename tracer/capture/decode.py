@@ -1,103 +1,203 @@
-"""Raw ring-buffer records -> event dataclasses, in batches.
+"""Raw ring-buffer records -> events, in batches.
 
 The ring-buffer callback only appends bytes to a list; decoding happens here,
 off the callback. A record that is short or of unknown type is counted in
 `Decoder.bad` and skipped: one bad record never stops the stream.
+
+This is the consumer's hottest loop (one call per record, ~100,000 for a
+20,000-file churn), so each record type has its own decoding function: one
+precompiled unpack of its fixed fields, then the event built from them. The header comes out of the kernel as pid, tid, tag, ts_ns; events
+put ts_ns first.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import struct
-from collections.abc import Iterable, Iterator
+import sys
+from collections.abc import Callable, Iterable
 
 from ..model import events as E
 from . import layouts as L
 
 log = logging.getLogger(__name__)
 
-_HDR = struct.Struct("<IIIIQ")
+_TYPE = struct.Struct("<I")
+# os.fsdecode on bytes is exactly this decode; calling it directly saves a
+# Python-level call per string.
+_FS_ENCODING = sys.getfilesystemencoding()
+_FS_ERRORS = sys.getfilesystemencodeerrors()
+
+Decode = Callable[[bytes], "E.Event"]
 
 
 def _cstr(buf: bytes, off: int, length: int) -> str:
     """A NUL-terminated string of `length` bytes (NUL included) at off."""
-    raw = buf[off: off + max(length - 1, 0)]
+    raw = buf[off: off + length - 1] if length > 1 else b""
     nul = raw.find(b"\0")
     if nul >= 0:
         raw = raw[:nul]
-    return os.fsdecode(raw)
+    return raw.decode(_FS_ENCODING, _FS_ERRORS)
+
+
+def _layout(cls) -> tuple[Callable, dict[str, int]]:
+    p = L.prefix_of(cls)
+    return p.fmt.unpack_from, p.tail_offsets
+
+
+def _fork() -> Decode:
+    unpack, _ = _layout(L.ForkEvent)
+
+    def dec(buf):
+        _, pid, tid, tag, ts, cpid, ctid, uid, thr = unpack(buf)
+        return E.Fork(ts, pid, tid, tag, cpid, ctid, uid, bool(thr))
+    return dec
+
+
+def _exec() -> Decode:
+    unpack, tails = _layout(L.ExecEvent)
+    off = tails["filename"]
+
+    def dec(buf):
+        _, pid, tid, tag, ts, old_tid, uid, flen, _pad = unpack(buf)
+        return E.Exec(ts, pid, tid, tag, old_tid, uid, _cstr(buf, off, flen))
+    return dec
+
+
+def _argv() -> Decode:
+    unpack, tails = _layout(L.ArgvEvent)
+    off = tails["args"]
+
+    def dec(buf):
+        _, pid, tid, tag, ts, argc, n, trunc, _pad = unpack(buf)
+        parts = buf[off: off + n].split(b"\0")[:argc]
+        args = tuple(a.decode(_FS_ENCODING, _FS_ERRORS) for a in parts)
+        return E.Argv(ts, pid, tid, tag, args, bool(trunc))
+    return dec
+
+
+def _exit() -> Decode:
+    unpack, _ = _layout(L.ExitEvent)
+
+    def dec(buf):
+        _, pid, tid, tag, ts, status, max_fd = unpack(buf)
+        return E.Exit(ts, pid, tid, tag, status, max_fd)
+    return dec
+
+
+def _open() -> Decode:
+    unpack, tails = _layout(L.OpenEvent)
+    off = tails["path"]
+
+    def dec(buf):
+        _, pid, tid, tag, ts, fd, dirfd, flags, fmode, ino, dev, imode, plen, _pad = unpack(buf)
+        return E.Open(ts, pid, tid, tag, fd, dirfd, flags, fmode, ino, dev, imode,
+                             _cstr(buf, off, plen))
+    return dec
+
+
+def _fdio() -> Decode:
+    unpack, _ = _layout(L.FdioEvent)
+
+    def dec(buf):
+        (_, pid, tid, tag, ts, fd, reason, nbr, nbw, nr, nw, ino, dev, imode, prot, flags,
+         first) = unpack(buf)
+        return E.FdIO(ts, pid, tid, tag, fd, reason, nbr, nbw, nr, nw, ino, dev, imode,
+                             prot, flags, first)
+    return dec
+
+
+def _fdop() -> Decode:
+    unpack, _ = _layout(L.FdopEvent)
+
+    def dec(buf):
+        _, pid, tid, tag, ts, op, oldfd, newfd, cloexec = unpack(buf)
+        return E.FdOp(ts, pid, tid, tag, op, oldfd, newfd, bool(cloexec))
+    return dec
+
+
+def _chdir() -> Decode:
+    unpack, tails = _layout(L.ChdirEvent)
+    off = tails["path"]
+
+    def dec(buf):
+        _, pid, tid, tag, ts, fd, plen = unpack(buf)
+        return E.Chdir(ts, pid, tid, tag, fd, _cstr(buf, off, plen) if plen else None)
+    return dec
+
+
+def _rename() -> Decode:
+    unpack, tails = _layout(L.RenameEvent)
+    old_off, new_off = tails["oldpath"], tails["newpath"]
+
+    def dec(buf):
+        _, pid, tid, tag, ts, odfd, ndfd, flags, olen, nlen, _pad = unpack(buf)
+        return E.Rename(ts, pid, tid, tag, odfd, ndfd, flags, _cstr(buf, old_off, olen),
+                               _cstr(buf, new_off, nlen))
+    return dec
+
+
+def _unlink() -> Decode:
+    unpack, tails = _layout(L.UnlinkEvent)
+    off = tails["path"]
+
+    def dec(buf):
+        _, pid, tid, tag, ts, dirfd, flags, plen, _pad = unpack(buf)
+        return E.Unlink(ts, pid, tid, tag, dirfd, flags, _cstr(buf, off, plen))
+    return dec
+
+
+def _truncate() -> Decode:
+    unpack, tails = _layout(L.TruncateEvent)
+    off = tails["path"]
+
+    def dec(buf):
+        _, pid, tid, tag, ts, fd, plen, length = unpack(buf)
+        return E.Truncate(ts, pid, tid, tag, fd, length,
+                                 _cstr(buf, off, plen) if plen else None)
+    return dec
+
+
+def _net() -> Decode:
+    unpack, tails = _layout(L.NetEvent)
+    off = tails["addr"]
+
+    def dec(buf):
+        _, pid, tid, tag, ts, op, fd, ret, alen = unpack(buf)
+        return E.Net(ts, pid, tid, tag, op, fd, ret, bytes(buf[off: off + alen]))
+    return dec
+
+
+_MAKERS = {L.EV_FORK: _fork, L.EV_EXEC: _exec, L.EV_EXEC_ARGV: _argv, L.EV_EXIT: _exit,
+           L.EV_OPEN: _open, L.EV_FDIO: _fdio, L.EV_FDOP: _fdop, L.EV_CHDIR: _chdir,
+           L.EV_RENAME: _rename, L.EV_UNLINK: _unlink, L.EV_TRUNCATE: _truncate, L.EV_NET: _net}
 
 
 class Decoder:
     def __init__(self) -> None:
         self.bad = 0
-        self._p = {t: L.prefix_of(cls) for t, cls in (
-            (L.EV_FORK, L.ForkEvent), (L.EV_EXEC, L.ExecEvent), (L.EV_EXEC_ARGV, L.ArgvEvent),
-            (L.EV_EXIT, L.ExitEvent), (L.EV_OPEN, L.OpenEvent), (L.EV_FDIO, L.FdioEvent),
-            (L.EV_FDOP, L.FdopEvent), (L.EV_CHDIR, L.ChdirEvent), (L.EV_RENAME, L.RenameEvent),
-            (L.EV_UNLINK, L.UnlinkEvent), (L.EV_TRUNCATE, L.TruncateEvent), (L.EV_NET, L.NetEvent))}
+        self._by_type: dict[int, Decode] = {t: make() for t, make in _MAKERS.items()}
 
-    def decode_all(self, records: Iterable[bytes]) -> Iterator[E.Event]:
+    def decode_all(self, records: Iterable[bytes]) -> list[E.Event]:
+        """The events of records, in order; bad records are counted and left out."""
+        out: list[E.Event] = []
+        append = out.append
+        by_type = self._by_type
+        type_of = _TYPE.unpack_from
         for rec in records:
-            ev = self.decode(rec)
-            if ev is not None:
-                yield ev
+            # A record too short for its type's fixed fields fails its unpack
+            # (struct.error); an unknown type has no decoder (KeyError).
+            try:
+                append(by_type[type_of(rec)[0]](rec))
+            except (KeyError, struct.error):
+                self._bad(rec)
+        return out
 
     def decode(self, buf: bytes) -> E.Event | None:
-        if len(buf) < _HDR.size:
-            self.bad += 1
-            return None
-        etype = _HDR.unpack_from(buf)[0]
-        p = self._p.get(etype)
-        if p is None or len(buf) < p.fmt.size:
-            self.bad += 1
-            log.debug("bad record type=%s len=%d", etype, len(buf))
-            return None
-        v = p.fmt.unpack_from(buf)
-        # v[0] is the type; header fields follow: pid, tid, tag, ts_ns
-        _, pid, tid, tag, ts = v[:5]
-        f = v[5:]
-        t = p.tail_offsets
-        if etype == L.EV_FDIO:
-            return E.FdIO(ts, pid, tid, tag, *f)
-        if etype == L.EV_OPEN:
-            fd, dirfd, flags, fmode, ino, dev, imode, plen, _ = f
-            return E.Open(ts, pid, tid, tag, fd, dirfd, flags, fmode, ino, dev, imode,
-                          _cstr(buf, t["path"], plen))
-        if etype == L.EV_FORK:
-            cpid, ctid, uid, thr = f
-            return E.Fork(ts, pid, tid, tag, cpid, ctid, uid, bool(thr))
-        if etype == L.EV_EXEC:
-            old_tid, uid, flen, _ = f
-            return E.Exec(ts, pid, tid, tag, old_tid, uid, _cstr(buf, t["filename"], flen))
-        if etype == L.EV_EXEC_ARGV:
-            argc, n, trunc, _ = f
-            raw = buf[t["args"]: t["args"] + n]
-            args = tuple(os.fsdecode(a) for a in raw.split(b"\0")[:argc])
-            return E.Argv(ts, pid, tid, tag, args, bool(trunc))
-        if etype == L.EV_EXIT:
-            return E.Exit(ts, pid, tid, tag, f[0], f[1])
-        if etype == L.EV_FDOP:
-            op, oldfd, newfd, cloexec = f
-            return E.FdOp(ts, pid, tid, tag, op, oldfd, newfd, bool(cloexec))
-        if etype == L.EV_CHDIR:
-            fd, plen = f
-            return E.Chdir(ts, pid, tid, tag, fd, _cstr(buf, t["path"], plen) if plen else None)
-        if etype == L.EV_RENAME:
-            odfd, ndfd, flags, olen, nlen, _ = f
-            return E.Rename(ts, pid, tid, tag, odfd, ndfd, flags,
-                            _cstr(buf, t["oldpath"], olen), _cstr(buf, t["newpath"], nlen))
-        if etype == L.EV_UNLINK:
-            dirfd, flags, plen, _ = f
-            return E.Unlink(ts, pid, tid, tag, dirfd, flags, _cstr(buf, t["path"], plen))
-        if etype == L.EV_TRUNCATE:
-            fd, plen, length = f
-            return E.Truncate(ts, pid, tid, tag, fd, length,
-                              _cstr(buf, t["path"], plen) if plen else None)
-        if etype == L.EV_NET:
-            op, fd, ret, alen = f
-            off = t["addr"]
-            return E.Net(ts, pid, tid, tag, op, fd, ret, bytes(buf[off: off + alen]))
+        out = self.decode_all((buf,))
+        return out[0] if out else None
+
+    def _bad(self, buf: bytes) -> None:
         self.bad += 1
-        return None
+        etype = _TYPE.unpack_from(buf)[0] if len(buf) >= _TYPE.size else None
+        log.debug("bad record type=%s len=%d", etype, len(buf))

@@ -49,6 +49,11 @@ def resolve(base: str | None, path: str) -> str | None:
 
 
 def _norm(path: str) -> str:
+    # Most paths the kernel reports are already normal; normpath would split
+    # and rejoin each of them. With no '//', no component starting with '.'
+    # and no trailing '/', normpath returns its input unchanged.
+    if "//" not in path and "/." not in path and not path.endswith("/") and path.startswith("/"):
+        return path
     p = posixpath.normpath(path)
     # POSIX keeps a leading '//' as implementation-defined; Linux treats it as '/'.
     return "/" + p.lstrip("/") if p.startswith("//") else p

@@ -15,7 +15,9 @@ import errno
 import logging
 import os
 import stat
-from dataclasses import dataclass, field, replace
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from ..capture import layouts as L
 from . import events as E
@@ -28,10 +30,12 @@ O_ACCMODE, O_RDONLY, O_TRUNC, O_CLOEXEC = 0o3, 0o0, 0o1000, 0o2000000
 AT_REMOVEDIR = 0x200
 PROT_WRITE, PROT_EXEC = 0x2, 0x4
 AF_UNIX, AF_INET, AF_INET6 = 1, 2, 10
+_FD_GONE = (L.FLUSH_CLOSE, L.FLUSH_REPLACED)  # the fd no longer names what it named
 
 
-@dataclass(frozen=True, slots=True)
-class FdEntry:
+class FdEntry(NamedTuple):
+    """One fd table slot. A NamedTuple (immutable, built cheaply): one is made per open."""
+
     path: str | None
     kind: str  # file | dir | pipe | socket | device | unknown
     ino: int = 0
@@ -99,7 +103,8 @@ class Proc:
             fa = self.files[key] = FileAccess(path, first_ns=ts_ns, last_ns=ts_ns,
                                               exe=self.exe, cell=cell)
         else:
-            fa.last_ns = max(fa.last_ns, ts_ns)
+            if ts_ns > fa.last_ns:
+                fa.last_ns = ts_ns
             fa.exe = self.exe
         return fa
 
@@ -161,6 +166,9 @@ class Tracker:
         self.sink = sink
         self.created_mask = created_mask
         self.cells = cells
+        # The base policy's action cell is always the process's own: asking it
+        # is a call per file access (one per record on small-file workloads).
+        self._own_cells = type(cells) is CellPolicy
         self.live: dict[int, Proc] = {}
         self.threads: dict[int, int] = {}
         self.exited: list[Proc] = []
@@ -200,6 +208,16 @@ class Tracker:
             return
         h(ev)
 
+    def handle_all(self, events: Iterable[E.Event]) -> None:
+        """handle() for each event, with one call per event instead of two."""
+        handlers = self._handlers
+        for ev in events:
+            h = handlers.get(type(ev))
+            if h is None:
+                self._gap("unknown_event")
+            else:
+                h(ev)
+
     def finish_exited(self) -> None:
         """Hand exited processes (and their file accesses) to the sink."""
         for p in self.exited:
@@ -224,6 +242,8 @@ class Tracker:
 
     def _access(self, p: Proc, path: str, ev: E.Event, ts_ns: int | None = None) -> FileAccess:
         ts_ns = ev.ts_ns if ts_ns is None else ts_ns
+        if self._own_cells:
+            return p.access(path, ts_ns)
         return p.access(path, ts_ns, self.cells.action_cell(p, ev.tid, ts_ns))
 
     def _proc(self, pid: int, tid: int, ts_ns: int, tag: int) -> Proc:
@@ -353,16 +373,17 @@ class Tracker:
         self._exited_by_pid[p.pid] = p
 
     def _open(self, ev: E.Open) -> None:
-        p = self._proc(ev.pid, ev.tid, ev.ts_ns, ev.tag)
+        p = self.live.get(ev.pid) or self._proc(ev.pid, ev.tid, ev.ts_ns, ev.tag)
         path = self._resolve_at(p, ev.dirfd, ev.path)
-        kind = _kind_of_mode(ev.imode)
-        p.fds[ev.fd] = FdEntry(path, kind, ev.ino, ev.dev, bool(ev.flags & O_CLOEXEC), ev.flags)
+        kind = _KIND_OF_FMT.get(ev.imode & _S_IFMT) or _kind_of_mode(ev.imode)
+        flags = ev.flags
+        p.fds[ev.fd] = FdEntry(path, kind, ev.ino, ev.dev, bool(flags & O_CLOEXEC), flags)
         if kind == "dir" or path is None:
             return
         fa = self._access(p, path, ev)
         if ev.fmode & self.created_mask:
             fa.access.add("create")
-        elif ev.flags & O_TRUNC and ev.flags & O_ACCMODE != O_RDONLY and kind == "file":
+        elif flags & O_TRUNC and flags & O_ACCMODE != O_RDONLY and kind == "file":
             fa.access.add("truncate")
 
     def _fdio(self, ev: E.FdIO) -> None:
@@ -370,7 +391,7 @@ class Tracker:
         if p is None:
             p = self._proc(ev.pid, ev.tid, ev.ts_ns, ev.tag)
         entry = p.fds.get(ev.fd)
-        if entry is not None and ev.ino and entry.ino and (entry.ino, entry.dev) != (ev.ino, ev.dev):
+        if entry is not None and ev.ino and entry.ino and (entry.ino != ev.ino or entry.dev != ev.dev):
             self._gap("stale_fd_entry")
             entry = None
         if entry is None:
@@ -388,7 +409,8 @@ class Tracker:
                 r.add(p.pid)
         elif entry.path is not None and entry.kind in ("file", "device"):
             fa = self._access(p, entry.path, ev, ev.first_ts_ns or ev.ts_ns)
-            fa.last_ns = max(fa.last_ns, ev.ts_ns)
+            if ev.ts_ns > fa.last_ns:
+                fa.last_ns = ev.ts_ns
             if ev.nreads:
                 fa.access.add("read")
                 fa.bytes_read += ev.bytes_read
@@ -404,7 +426,7 @@ class Tracker:
         elif entry.path is None and entry.kind not in ("socket", "pipe", "anon") and (ev.nreads or ev.nwrites):
             log.debug("event=io-on-unknown-fd pid=%d fd=%d kind=%s imode=%o", p.pid, ev.fd, entry.kind, ev.imode)
             self._gap("io_on_unknown_fd")
-        if ev.reason in (L.FLUSH_CLOSE, L.FLUSH_REPLACED):
+        if ev.reason in _FD_GONE:
             p.fds.pop(ev.fd, None)
 
     def _fdop(self, ev: E.FdOp) -> None:
@@ -414,17 +436,17 @@ class Tracker:
             if src is None:
                 p.fds.pop(ev.newfd, None)
             else:
-                p.fds[ev.newfd] = replace(src, cloexec=ev.cloexec)
+                p.fds[ev.newfd] = src._replace(cloexec=ev.cloexec)
         elif ev.op == L.FDOP_SETFD:
             e = p.fds.get(ev.oldfd)
             if e is not None:
-                p.fds[ev.oldfd] = replace(e, cloexec=ev.cloexec)
+                p.fds[ev.oldfd] = e._replace(cloexec=ev.cloexec)
         elif ev.op in (L.FDOP_CLOSE_RANGE, L.FDOP_CLOEXEC_RANGE):
             for fd in [fd for fd in p.fds if ev.oldfd <= fd <= ev.newfd]:
                 if ev.op == L.FDOP_CLOSE_RANGE:
                     del p.fds[fd]
                 else:
-                    p.fds[fd] = replace(p.fds[fd], cloexec=True)
+                    p.fds[fd] = p.fds[fd]._replace(cloexec=True)
 
     def _chdir(self, ev: E.Chdir) -> None:
         p = self._proc(ev.pid, ev.tid, ev.ts_ns, ev.tag)
@@ -448,9 +470,9 @@ class Tracker:
         for q in self.live.values():
             for fd, e in q.fds.items():
                 if e.path == src:
-                    q.fds[fd] = replace(e, path=dst)
+                    q.fds[fd] = e._replace(path=dst)
                 elif e.path and e.path.startswith(prefix):
-                    q.fds[fd] = replace(e, path=dst + e.path[len(src):])
+                    q.fds[fd] = e._replace(path=dst + e.path[len(src):])
 
     def _unlink(self, ev: E.Unlink) -> None:
         if ev.flags & AT_REMOVEDIR:
@@ -504,18 +526,17 @@ def parse_sockaddr(raw: bytes) -> tuple[str | None, str, int | None]:
     return None, "", None
 
 
+_S_IFMT = 0o170000  # stat.S_IFMT(mode) is mode & this
+_KIND_OF_FMT = {stat.S_IFREG: "file", stat.S_IFDIR: "dir", stat.S_IFIFO: "pipe",
+                stat.S_IFSOCK: "socket", stat.S_IFCHR: "device", stat.S_IFBLK: "device"}
+
+
 def _kind_of_mode(mode: int) -> str:
-    if stat.S_ISREG(mode):
-        return "file"
-    if stat.S_ISDIR(mode):
-        return "dir"
-    if stat.S_ISFIFO(mode):
-        return "pipe"
-    if stat.S_ISSOCK(mode):
-        return "socket"
-    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-        return "device"
-    if mode and not stat.S_IFMT(mode):  # anon inodes (eventfd, epoll, timerfd) have no type bits
+    fmt = stat.S_IFMT(mode)
+    kind = _KIND_OF_FMT.get(fmt)
+    if kind is not None:
+        return kind
+    if mode and not fmt:  # anon inodes (eventfd, epoll, timerfd) have no type bits
         return "anon"
     return "unknown"
 

@@ -18,9 +18,9 @@ import logging
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 from ..errors import ChainBroken, StoreError
 
@@ -67,29 +67,35 @@ def default_db_path() -> str:
 
 
 def chain_hash(prev: bytes, rid: int, kind: int, p1: bytes | None, p2: bytes | None, body: str) -> bytes:
-    h = hashlib.sha256(prev)
-    h.update(f"{rid}|{kind}|".encode())
-    h.update(p1 or b"")
-    h.update(b"\0")
-    h.update(p2 or b"")
-    h.update(b"\0")
-    h.update(body.encode("utf-8", "surrogateescape"))
-    return h.digest()
+    """sha256(prev || "rid|kind|" || p1 || NUL || p2 || NUL || body), hashed in one call."""
+    return hashlib.sha256(b"".join((prev, b"%d|%d|" % (rid, kind), p1 or b"", b"\0", p2 or b"",
+                                    b"\0", body.encode("utf-8", "surrogateescape")))).digest()
+
+
+# json.dumps with any option builds a new JSONEncoder per call; one encoder
+# made once writes the same text (a store write is one dumps per record).
+_ENCODER = json.JSONEncoder(separators=(",", ":"))
 
 
 def dumps(obj: object) -> str:
     """Compact JSON. ASCII-escaped, so a name that is not UTF-8 (a str with
     surrogateescape characters) is stored as \\udcXX and loads back exactly."""
-    return json.dumps(obj, separators=(",", ":"))
+    return _ENCODER.encode(obj)
 
 
-@dataclass
-class Pending:
+class Pending(NamedTuple):
+    """A record queued for the next flush (body already serialised)."""
+
     rid: int
     kind: int
     p1: str | None
     p2: str | None
     body: str
+
+
+# Most placeholders one SELECT ... IN (...) takes when looking up new path ids
+# (SQLite's limit is 32766 since 3.32, 999 before).
+_IN_CHUNK = 500
 
 
 class Store:
@@ -116,7 +122,8 @@ class Store:
                 self._check_version(write=False)
         except sqlite3.DatabaseError as e:
             raise StoreError(f"cannot open store {path}: {e}") from e
-        self._path_ids: dict[str, int] = {}
+        # path -> (paths.id, the path's bytes): each name is encoded and looked up once
+        self._path_ids: dict[str, tuple[int, bytes]] = {}
         self._pending: list[Pending] = []
         # One Store may be shared by threads (a notebook's consumer and its cell
         # hooks; the daemon's sessions): writes and the chain head go one at a time.
@@ -158,6 +165,13 @@ class Store:
         with self._lock:
             self._pending.append(Pending(rid, kind, p1, p2, body if isinstance(body, str) else dumps(body)))
 
+    def append_many(self, rid: int, kind: int, items: list[tuple[object, str | None, str | None]]) -> None:
+        """Queue several records of one kind: (body, p1, p2) each, in order."""
+        batch = [Pending(rid, kind, p1, p2, body if isinstance(body, str) else dumps(body))
+                 for body, p1, p2 in items]
+        with self._lock:
+            self._pending.extend(batch)
+
     @property
     def pending(self) -> int:
         return len(self._pending)
@@ -181,27 +195,51 @@ class Store:
                              int(bool(end.get("complete"))), rid))
 
     def _tx(self):
-        return _Tx(self.db)
+        # After a rollback, path ids handed out in it may be handed out again
+        # to other names: forget them all (they are looked up again).
+        return _Tx(self.db, on_rollback=self._path_ids.clear)
 
-    def _path_id(self, path: str) -> int:
-        pid = self._path_ids.get(path)
-        if pid is None:
-            raw = os.fsencode(path)
-            self.db.execute("INSERT OR IGNORE INTO paths(path) VALUES(?)", (raw,))
-            pid = self.db.execute("SELECT id FROM paths WHERE path=?", (raw,)).fetchone()[0]
-            self._path_ids[path] = pid
-        return pid
+    def _register_paths(self, batch: list[Pending]) -> None:
+        """Give every path of batch its paths.id, a chunk of names per statement
+        (not two statements per name). Runs inside the flush's BEGIN IMMEDIATE
+        transaction, so no other writer can take the ids handed out here."""
+        known = self._path_ids
+        # first-seen order, so ids are handed out as the records name them
+        new = dict.fromkeys(p for r in batch for p in (r.p1, r.p2) if p is not None and p not in known)
+        if not new:
+            return
+        by_raw: dict[bytes, list[str]] = {}
+        for path in new:
+            by_raw.setdefault(os.fsencode(path), []).append(path)
+        missing = dict.fromkeys(by_raw)  # names not in the table yet (another run may have them)
+        raws = list(by_raw)
+        for i in range(0, len(raws), _IN_CHUNK):
+            chunk = raws[i: i + _IN_CHUNK]
+            sql = f"SELECT id, path FROM paths WHERE path IN ({','.join('?' * len(chunk))})"
+            for pid, raw in self.db.execute(sql, chunk):
+                del missing[raw]
+                for path in by_raw[raw]:
+                    known[path] = (pid, raw)
+        if not missing:
+            return
+        first = self.db.execute("SELECT coalesce(max(id), 0) + 1 FROM paths").fetchone()[0]
+        rows = list(enumerate(missing, first))
+        self.db.executemany("INSERT INTO paths(id, path) VALUES(?,?)", rows)
+        for pid, raw in rows:
+            for path in by_raw[raw]:
+                known[path] = (pid, raw)
 
     def _append_now(self, batch: list[Pending]) -> None:
         row = self.db.execute("SELECT hash FROM records ORDER BY seq DESC LIMIT 1").fetchone()
         prev = row[0] if row else GENESIS
+        self._register_paths(batch)
+        known = self._path_ids
         rows = []
-        for r in batch:
-            b1 = os.fsencode(r.p1) if r.p1 is not None else None
-            b2 = os.fsencode(r.p2) if r.p2 is not None else None
-            prev = chain_hash(prev, r.rid, r.kind, b1, b2, r.body)
-            rows.append((r.rid, r.kind, self._path_id(r.p1) if r.p1 is not None else None,
-                         self._path_id(r.p2) if r.p2 is not None else None, r.body, prev))
+        for rid, kind, p1, p2, body in batch:
+            i1, b1 = known[p1] if p1 is not None else (None, None)
+            i2, b2 = known[p2] if p2 is not None else (None, None)
+            prev = chain_hash(prev, rid, kind, b1, b2, body)
+            rows.append((rid, kind, i1, i2, body, prev))
         self.db.executemany("INSERT INTO records(rid, kind, p1, p2, body, hash) VALUES(?,?,?,?,?,?)", rows)
         self.db.execute("INSERT OR REPLACE INTO meta VALUES('head', ?)", (prev.hex(),))
 
@@ -261,11 +299,17 @@ class Store:
 class _Tx:
     """BEGIN IMMEDIATE ... COMMIT: one writer at a time keeps the chain linear."""
 
-    def __init__(self, db: sqlite3.Connection) -> None:
+    def __init__(self, db: sqlite3.Connection, on_rollback: Callable[[], None] | None = None) -> None:
         self.db = db
+        self.on_rollback = on_rollback
 
     def __enter__(self) -> None:
         self.db.execute("BEGIN IMMEDIATE")
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        self.db.execute("ROLLBACK" if exc_type else "COMMIT")
+        if not exc_type:
+            self.db.execute("COMMIT")
+            return
+        self.db.execute("ROLLBACK")
+        if self.on_rollback:
+            self.on_rollback()
