@@ -228,8 +228,9 @@ def main(argv: list[str] | None = None) -> int:
     names_cfg = [c.name for c in all_cfgs]
     offsets = {}
     base_true = ((startup or {}).get("untraced") or {}).get("median_s")
-    if ((startup or {}).get("provtrace-ebpf") or {}).get("median_s") is not None and base_true is not None:
-        offsets["provtrace-ebpf"] = startup["provtrace-ebpf"]["median_s"] - base_true
+    for name in ("provtrace-ebpf", "provtrace-daemon"):
+        if ((startup or {}).get(name) or {}).get("median_s") is not None and base_true is not None:
+            offsets[name] = startup[name]["median_s"] - base_true
     rows = report.summarize(samples, names_wl, names_cfg, unavailable, offsets)
     ebpf_cfgs = [c.name for c in all_cfgs if c.ebpf]
     checks = report.evaluate_targets(rows, startup, ceilings, ebpf_cfgs, unavailable)
