@@ -10,6 +10,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import time
 
 from provtrace.tracer.runner import TracedCommand
 from provtrace.tracer.store import queries as Q
@@ -88,3 +89,38 @@ def running_daemon(env: dict | None = None):
             proc.kill()
             proc.wait()
         shutil.rmtree(base, ignore_errors=True)
+
+
+def stored_run(db: str, run_id: str) -> dict:
+    """provtrace.run/1 of run_id, read from a (daemon's) store file."""
+    from provtrace.tracer.store import queries as Q
+    from provtrace.tracer.store import sqlite as S
+
+    store = S.Store(db, readonly=True)
+    try:
+        return Q.load_run(store, Q.resolve_run(store, run_id))
+    finally:
+        store.close()
+
+
+def wait_for(pred, timeout_s: float, what: str):
+    """pred()'s first truthy value, polled every 0.2 s; AssertionError after timeout_s."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = pred()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def until_followed(kc, db: str, session_id: str) -> None:
+    """Run a no-op cell until the daemon records one: IOPub is then being followed
+    (a subscriber misses what was sent before it joined)."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        kc.execute_interactive("1", timeout=30)
+        time.sleep(0.7)  # the store is flushed every 0.5 s
+        if stored_run(db, session_id)["cells"]:
+            return
+    raise AssertionError("the daemon never recorded a cell of this kernel")

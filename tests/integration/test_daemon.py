@@ -12,7 +12,6 @@ import subprocess
 import sys
 import tempfile
 import textwrap
-import time
 
 import pytest
 from jupyter_client.kernelspec import KernelSpecManager
@@ -21,7 +20,9 @@ from jupyter_client.manager import KernelManager
 from provtrace.tracer.store import queries as Q
 from provtrace.tracer.store import sqlite as S
 
-from .helpers import running_daemon
+from .helpers import stored_run as _doc
+from .helpers import until_followed as _until_followed
+from .helpers import wait_for as _wait
 
 pytestmark = pytest.mark.privileged
 
@@ -29,20 +30,6 @@ PROVTRACE = os.path.join(os.path.dirname(sys.executable), "provtrace")
 USER = "provtrace-test"
 
 
-@pytest.fixture(scope="module")
-def daemon():
-    if os.geteuid() != 0:
-        pytest.skip("needs root for eBPF")
-    with running_daemon() as d:
-        yield d
-
-
-def _doc(db: str, run_id: str) -> dict:
-    store = S.Store(db, readonly=True)
-    try:
-        return Q.load_run(store, Q.resolve_run(store, run_id))
-    finally:
-        store.close()
 
 
 def _cli(*args, user=None, cwd=None):
@@ -137,26 +124,6 @@ def _sessions(db: str) -> list[dict]:
         store.close()
 
 
-def _until_followed(kc, db: str, session_id: str) -> None:
-    """Run a no-op cell until the daemon records one: IOPub is then being followed
-    (a subscriber misses what was sent before it joined)."""
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        kc.execute_interactive("1", timeout=30)
-        time.sleep(0.7)  # the store is flushed every 0.5 s
-        if _doc(db, session_id)["cells"]:
-            return
-    raise AssertionError("the daemon never recorded a cell of this kernel")
-
-
-def _wait(pred, timeout_s: float, what: str):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = pred()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.mark.parametrize("kernel", ["python3", "ir"])

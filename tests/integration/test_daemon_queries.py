@@ -13,19 +13,11 @@ import tempfile
 
 import pytest
 
-from .helpers import running_daemon
 
 pytestmark = pytest.mark.privileged
 
 PROVTRACE = os.path.join(os.path.dirname(sys.executable), "provtrace")
 
-
-@pytest.fixture(scope="module")
-def daemon():
-    if os.geteuid() != 0:
-        pytest.skip("needs root for eBPF")
-    with running_daemon() as d:
-        yield d
 
 
 def _cli(*args, user=None, cwd=None, check=True):

@@ -35,40 +35,17 @@ from provtrace.tracer.api.client import ProvtraceClient
 from provtrace.tracer.jupyter.kernels import KernelFacts
 from provtrace.tracer.jupyter.provisioner import PROVISIONER_NAME, ProvtraceProvisioner
 from provtrace.tracer.jupyter.reporter import CellEnd, CellReporter, CellStart
-from provtrace.tracer.store import queries as Q
-from provtrace.tracer.store import sqlite as S
 
-from .helpers import running_daemon
+from .helpers import stored_run as _doc
+from .helpers import until_followed as _until_followed
+from .helpers import wait_for as _wait
 
 JUPYTER = os.path.join(os.path.dirname(sys.executable), "jupyter")
 V1 = "v1.kernel.websocket.jupyter.org"
 UNREACHABLE_WARNING = "cannot report to the daemon"
 
 
-@pytest.fixture(scope="module")
-def daemon():
-    if os.geteuid() != 0:
-        pytest.skip("needs root for eBPF")
-    with running_daemon() as d:
-        yield d
 
-
-def _doc(db: str, run_id: str) -> dict:
-    store = S.Store(db, readonly=True)
-    try:
-        return Q.load_run(store, Q.resolve_run(store, run_id))
-    finally:
-        store.close()
-
-
-def _wait(pred, timeout_s: float, what: str):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = pred()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def _ended(db: str, session_id: str) -> dict:
@@ -102,17 +79,6 @@ def _kernel(km: KernelManager, cwd, env: dict):
         kc.stop_channels()
         km.shutdown_kernel(now=False)
 
-
-def _until_followed(kc, db: str, session_id: str) -> None:
-    """Run a no-op cell until the daemon records one: IOPub is then being followed
-    (a subscriber misses what was sent before it joined)."""
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        kc.execute_interactive("1", timeout=30)
-        time.sleep(0.7)  # the store is flushed every 0.5 s
-        if _doc(db, session_id)["cells"]:
-            return
-    raise AssertionError("the daemon never recorded a cell of this kernel")
 
 
 @pytest.mark.privileged
