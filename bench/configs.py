@@ -425,7 +425,55 @@ class BpftraceFloor(Config):
             self.proc = None
 
 
-ALL = (Config, ProvtraceEbpf, ProvtraceDaemon, ProvtracePtrace, Strace, StraceSeccomp, ReproZip, BpftraceFloor)
+HOOKFLOOR_SCRIPT = Path(__file__).resolve().with_name("hookfloor.py")
+
+
+class HookFloor(Config):
+    """Empty programs on provtrace's own raw tracepoints: what merely hooking costs a syscall."""
+
+    name = "ebpf-hook-floor"
+    title = ("empty eBPF programs on the raw tracepoints provtrace hooks (sys_exit, sched fork/exec/exit): "
+             "the least any design like ours costs (attached before the run)")
+
+    def __init__(self, ctx: Context):
+        super().__init__(ctx)
+        self.proc: measure.Background | None = None
+
+    def prepare(self) -> None:
+        d = self.ctx.workdir / "probe-hookfloor"
+        d.mkdir(parents=True, exist_ok=True)
+        self.before_run(d)
+        self.after_run(d)
+
+    def before_run(self, rundir: Path) -> None:
+        out = rundir / "hookfloor.out"
+        self.proc = measure.Background([self.ctx.python, str(HOOKFLOOR_SCRIPT)], rundir,
+                                       rundir / "hookfloor.log", stdout=out)
+
+        def ready() -> bool:
+            return out.exists() and b"ready" in out.read_bytes()
+
+        if not self.proc.wait_for(ready, self.ctx.probe_timeout_s):
+            self.close()  # closes the log, so the error line below is complete
+            raise Unavailable(self.name, f"hookfloor.py did not attach: "
+                                         f"{_first_error_line((rundir / 'hookfloor.log').read_text(errors='replace'))}")
+
+    def daemon_pid(self) -> int | None:
+        return self.proc.pid if self.proc and self.proc.alive() else None
+
+    def after_run(self, rundir: Path) -> Records:
+        self.close()
+        # It counts nothing; its programs have no maps, so nothing can be lost.
+        return Records(emitted=None, lost=0, complete=True)
+
+    def close(self) -> None:
+        if self.proc is not None:
+            self.proc.stop()
+            self.proc = None
+
+
+ALL = (Config, ProvtraceEbpf, ProvtraceDaemon, ProvtracePtrace, Strace, StraceSeccomp, ReproZip, BpftraceFloor,
+       HookFloor)
 NAMES = tuple(c.name for c in ALL)
 
 

@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
-from bench import configs, report
+from bench import configs, hookfloor, measure, report
 
 
 def _sample(wl, cfg, rep, wall, cpu=None, lost=None, exit_code=0, **kw):
@@ -136,3 +142,40 @@ def test_plot_writes_png(tmp_path):
 def test_skipped_phases_are_not_reported_as_missed():
     checks = report.evaluate_targets([], None, None, ["provtrace-ebpf", "provtrace-daemon"], {})
     assert checks == []
+
+
+def _provtrace_raw_tracepoints() -> set[str]:
+    probes = Path(__file__).resolve().parent.parent / "probes"
+    return {m.group(1) for f in probes.glob("*.bpf.c")
+            for m in re.finditer(r"RAW_TRACEPOINT_PROBE\((\w+)\)", f.read_text())}
+
+
+def test_hook_floor_hooks_only_provtrace_raw_tracepoints_with_empty_bodies():
+    # The floor must stay on tracepoints provtrace really attaches, or it floors nothing.
+    assert "sys_exit" in hookfloor.HOOKS
+    assert set(hookfloor.HOOKS) <= _provtrace_raw_tracepoints()
+    text = hookfloor.program_text()
+    bodies = re.findall(r"RAW_TRACEPOINT_PROBE\((\w+)\)\s*\{([^}]*)\}", text)
+    assert [hook for hook, _ in bodies] == list(hookfloor.HOOKS)
+    assert all(body.split() == ["return", "0;"] for _, body in bodies)
+
+
+def test_hook_floor_registered_right_after_bpftrace_floor():
+    assert configs.NAMES.index("ebpf-hook-floor") == configs.NAMES.index("bpftrace-floor") + 1
+    ctx = configs.Context(workdir=Path("/nonexistent"), python=sys.executable, provtrace="provtrace",
+                          allow_install=False)
+    assert [c.name for c in configs.build(["ebpf-hook-floor"], ctx)] == ["untraced", "ebpf-hook-floor"]
+    assert not configs.HookFloor.ebpf  # the targets are about provtrace, not its floor
+
+
+def test_hook_floor_unprivileged_fails_with_one_error_line():
+    argv = [sys.executable, str(configs.HOOKFLOOR_SCRIPT)]
+    if os.geteuid() == 0:
+        setpriv = shutil.which("setpriv")
+        if setpriv is None:
+            pytest.skip("setpriv (util-linux) not found: cannot drop root")
+        argv = [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", *argv]
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1
+    assert "ready" not in r.stdout
+    assert measure.last_line(r.stderr).startswith("hookfloor: ")
