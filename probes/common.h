@@ -6,8 +6,8 @@
  * `agg` and leave the kernel as one EV_FDIO when the fd is closed, replaced,
  * or the process execs or exits.
  * Syscalls: programs are tail-called per syscall number from the raw
- * sys_enter/sys_exit tracepoints (dispatch.bpf.c) and read their arguments
- * from the task's saved user registers (sys_arg), at exit as at entry.
+ * sys_exit tracepoint (dispatch.bpf.c) and read their arguments from the
+ * task's saved user registers (sys_arg). Nothing hooks sys_enter.
  *
  * Struct offsets (OFF_*) come from the running kernel's BTF as -D defines;
  * never from the installed headers, which belong to another kernel.
@@ -52,6 +52,7 @@ struct fdagg {
 	__u32 imode;
 	__u32 map_prot;
 	__u32 flags;
+	__u64 file;     /* the struct file it counts: tells a reused fd number at close */
 };
 
 /* Per-CPU scratch for records too big for the BPF stack. Its size is a power
@@ -252,6 +253,24 @@ static __always_inline void flush_fd(struct traced_val *tv, __u32 tgid, __s32 fd
 	agg.delete(&k);
 }
 
+/* Flush the entry of an fd that a close released, seen at sys_exit. By then
+ * another thread may have reused the number: if the fd now holds the very file
+ * the entry counts, the entry was made for the new occupant and stays (the
+ * closed file's entry, if any, was flushed as FLUSH_REPLACED by that open). */
+static __always_inline void flush_closed(struct traced_val *tv, __u32 tgid, __s32 fd)
+{
+	struct fdkey k = {.pid = tgid, .fd = fd};
+	struct fdagg *a = agg.lookup(&k);
+	void *now;
+
+	if (!a)
+		return;
+	now = fd_file(fd);
+	if (now && (__u64)now == a->file)
+		return;
+	flush_fd(tv, tgid, fd, FLUSH_CLOSE);
+}
+
 /* Flush every agg entry of a process, up to its highest fd seen (bounded). */
 static __always_inline void flush_all(struct traced_val *tv, __u32 tgid, __u32 reason)
 {
@@ -276,7 +295,10 @@ static __always_inline struct fdagg *agg_get(struct traced_val *tv, __u32 tgid, 
 
 	if (a)
 		return a;
-	file_info(fd_file(fd), &fresh.ino, &fresh.dev, &fresh.imode, &fmode);
+	void *file = fd_file(fd);
+
+	file_info(file, &fresh.ino, &fresh.dev, &fresh.imode, &fmode);
+	fresh.file = (__u64)file;
 	fresh.first_ts_ns = bpf_ktime_get_ns();
 	fresh.flags = flags;
 	if (agg.insert(&k, &fresh)) {

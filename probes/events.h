@@ -13,8 +13,6 @@
 
 #define PT_PATH_MAX 4096     /* PATH_MAX, including the NUL */
 #define PT_ARGV_MAX 4096     /* argv bytes kept per exec, NUL-separated */
-#define PT_ARG_MAX 1024      /* bytes kept of one argument */
-#define PT_MAX_ARGS 64
 #define PT_SOCKADDR_MAX 128  /* sizeof(struct sockaddr_storage) */
 #define PT_FLUSH_FDS 64      /* fds swept in-kernel at exec/exit; the rest by userspace */
 
@@ -89,11 +87,11 @@ struct exec_event {
 
 struct argv_event {
 	struct event_hdr h;
-	__u32 argc;           /* arguments kept */
-	__u32 len;            /* bytes used in args */
-	__u32 truncated;      /* 1 when arguments were cut */
+	__u32 _reserved;      /* 0 */
+	__u32 len;            /* bytes used in args: NUL-terminated arguments, the last maybe cut */
+	__u32 truncated;      /* 1 when argv was longer than PT_ARGV_MAX (or unreadable) */
 	__u32 _pad;
-	char args[PT_ARGV_MAX + PT_ARG_MAX];
+	char args[PT_ARGV_MAX];
 };
 
 struct exit_event {

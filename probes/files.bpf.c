@@ -1,12 +1,12 @@
 /* files.bpf.c: files and file descriptors.
  *
- * Hooks: syscall programs tail-called by dispatch.bpf.c. sysexit_* run at
- * sys_exit and read their arguments from the saved user registers; sysenter_*
- * run at sys_enter. Which syscalls each serves: tracer/capture/syscalls.py.
+ * Hooks: syscall programs tail-called at sys_exit by dispatch.bpf.c; they
+ * read their arguments from the saved user registers. Which syscalls each
+ * serves: tracer/capture/syscalls.py.
  *   sysexit_open, _openat, _openat2, _creat  -> EV_OPEN (+ agg entry)
- *   sysexit_read, _write, _sendfile, _copy,
- *   _mmap                                    -> agg counters (no event)
- *   sysenter_close, sysenter_close_range     -> EV_FDIO flush, EV_FDOP
+ *   read and write (in the dispatcher), sysexit_read, _write, _sendfile,
+ *   _copy, _mmap                             -> agg counters (no event)
+ *   sysexit_close, sysexit_close_range       -> EV_FDIO flush, EV_FDOP
  *   sysexit_dup, _dup3, _fcntl, _ioctl       -> EV_FDOP
  *   sysexit_chdir, _fchdir                   -> EV_CHDIR
  *   sysexit_rename, _renameat, _renameat2    -> EV_RENAME
@@ -48,6 +48,7 @@ static __always_inline int open_exit(struct bpf_raw_tracepoint_args *ctx, int ki
 	struct fdkey k;
 	struct fdagg fresh = {};
 	__u64 path, flags = 0;
+	void *file;
 
 	if (ret < 0)
 		return 0;
@@ -78,7 +79,8 @@ static __always_inline int open_exit(struct bpf_raw_tracepoint_args *ctx, int ki
 	e->ino = 0;
 	e->dev = 0;
 	e->imode = 0;
-	file_info(fd_file(ret), &e->ino, &e->dev, &e->imode, &e->fmode);
+	file = fd_file(ret);
+	file_info(file, &e->ino, &e->dev, &e->imode, &e->fmode);
 	/* A leftover entry on this fd number belongs to a file already gone. */
 	flush_fd(tv, tgid, ret, FLUSH_REPLACED);
 	if ((e->imode & S_IFMT_VAL) != S_IFDIR_VAL) {
@@ -89,6 +91,7 @@ static __always_inline int open_exit(struct bpf_raw_tracepoint_args *ctx, int ki
 		fresh.imode = e->imode;
 		fresh.first_ts_ns = e->h.ts_ns;
 		fresh.flags = FDIO_SEEN_OPEN;
+		fresh.file = (__u64)file;
 		if (agg.update(&k, &fresh))
 			count_lost(LOST_AGG);
 		else if ((__u32)ret > tv->max_fd)
@@ -122,10 +125,9 @@ static __always_inline void agg_io(struct traced_val *tv, __u32 tgid, __s32 fd, 
 	}
 }
 
-/* read, readv, pread64, preadv, preadv2, recvfrom, recvmsg: fd is argument 0. */
-static __always_inline int io_exit(struct bpf_raw_tracepoint_args *ctx, int is_write)
+/* A read or write of `ret` bytes on fd (argument 0), already read by the caller. */
+static __always_inline int io_done(long ret, __s32 fd, int is_write)
 {
-	long ret = sys_ret(ctx);
 	__u32 tgid;
 	struct traced_val *tv;
 
@@ -134,8 +136,20 @@ static __always_inline int io_exit(struct bpf_raw_tracepoint_args *ctx, int is_w
 	tv = sys_traced(&tgid);
 	if (!tv)
 		return 0;
-	agg_io(tv, tgid, (__s32)sys_arg(ctx, SYS_ARG0), ret, is_write);
+	agg_io(tv, tgid, fd, ret, is_write);
 	return 0;
+}
+
+/* readv, pread64, preadv, preadv2, recvfrom, recvmsg and the write
+ * counterparts: fd is argument 0. Plain read and write never get here: the
+ * dispatcher handles them itself, saving the tail call on the hottest path. */
+static __always_inline int io_exit(struct bpf_raw_tracepoint_args *ctx, int is_write)
+{
+	long ret = sys_ret(ctx);
+
+	if (ret < 0)
+		return 0;
+	return io_done(ret, (__s32)sys_arg(ctx, SYS_ARG0), is_write);
 }
 
 int sysexit_read(struct bpf_raw_tracepoint_args *ctx) { return io_exit(ctx, 0); }
@@ -197,15 +211,19 @@ int sysexit_mmap(struct bpf_raw_tracepoint_args *ctx)
 
 /* ---- close, dup, fcntl ------------------------------------------------------ */
 
-int sysenter_close(struct bpf_raw_tracepoint_args *ctx)
+#define EBADF_VAL 9
+
+/* close(fd). It releases the fd even when it fails, except with EBADF. */
+int sysexit_close(struct bpf_raw_tracepoint_args *ctx)
 {
 	__u32 tgid;
-	struct traced_val *tv = sys_traced(&tgid);
+	struct traced_val *tv;
 
-	/* close() releases the fd even when it fails, and another thread may
-	 * reuse the number before sys_exit: flush at entry. */
+	if (sys_ret(ctx) == -EBADF_VAL)
+		return 0;
+	tv = sys_traced(&tgid);
 	if (tv)
-		flush_fd(tv, tgid, (__s32)sys_arg(ctx, SYS_ARG0), FLUSH_CLOSE);
+		flush_closed(tv, tgid, (__s32)sys_arg(ctx, SYS_ARG0));
 	return 0;
 }
 
@@ -227,12 +245,15 @@ static __always_inline void emit_fdop(struct traced_val *tv, __u32 op, __s32 old
 }
 
 /* close_range(first, last, flags) */
-int sysenter_close_range(struct bpf_raw_tracepoint_args *ctx)
+int sysexit_close_range(struct bpf_raw_tracepoint_args *ctx)
 {
 	__u32 tgid;
-	struct traced_val *tv = sys_traced(&tgid);
+	struct traced_val *tv;
 	__u32 first, last;
 
+	if (sys_ret(ctx) != 0)
+		return 0;
+	tv = sys_traced(&tgid);
 	if (!tv)
 		return 0;
 	first = sys_arg(ctx, SYS_ARG0);
@@ -246,7 +267,7 @@ int sysenter_close_range(struct bpf_raw_tracepoint_args *ctx)
 		__u32 fd = first + i;
 		if (fd > last || fd > tv->max_fd)
 			break;
-		flush_fd(tv, tgid, fd, FLUSH_CLOSE);
+		flush_closed(tv, tgid, fd);
 	}
 	emit_fdop(tv, FDOP_CLOSE_RANGE, first, last > 0x7fffffff ? 0x7fffffff : last, 0);
 	return 0;

@@ -1,9 +1,8 @@
 /* process.bpf.c: the process tree.
  *
  * Hooks:  raw_tp/sched_process_fork, raw_tp/sched_process_exec,
- *         raw_tp/sched_process_exit, sysenter_execve(at) (syscall programs
- *         tail-called at sys_enter by dispatch.bpf.c)
- * Emits:  EV_FORK, EV_EXEC, EV_EXEC_ARGV, EV_EXIT, and EV_FDIO flushes at
+ *         raw_tp/sched_process_exit
+ * Emits:  EV_FORK, EV_EXEC_ARGV then EV_EXEC, EV_EXIT, and EV_FDIO flushes at
  *         exec and exit.
  *
  * Children join `traced` in sched_process_fork, which runs in the parent
@@ -44,9 +43,50 @@ RAW_TRACEPOINT_PROBE(sched_process_fork)
 	return 0;
 }
 
+/* argv of the image that exec just started: the NUL-separated strings between
+ * mm->arg_start and arg_end on its new stack (what /proc/PID/cmdline shows
+ * before the program changes it). For a #! script that is the interpreter's
+ * argv: "/bin/sh ./script.sh a b". One copy, cut at PT_ARGV_MAX bytes;
+ * userspace splits it. Read here rather than at execve's entry so that no
+ * program runs on sys_enter (see dispatch.bpf.c). */
+static __always_inline void emit_argv(struct traced_val *tv, void *task)
+{
+	union big_event *b = scratch_get();
+	struct argv_event *e;
+	void *mm = 0;
+	__u64 start = 0, end = 0, len;
+
+	if (!b)
+		return;
+	e = &b->argv;
+	fill_hdr(&e->h, EV_EXEC_ARGV, tv->tag);
+	e->_reserved = 0;
+	e->truncated = 0;
+	e->len = 0;
+	bpf_probe_read_kernel(&mm, sizeof(mm), task + OFF_TASK_MM);
+	if (mm) {
+		bpf_probe_read_kernel(&start, sizeof(start), mm + OFF_MM_ARG_START);
+		bpf_probe_read_kernel(&end, sizeof(end), mm + OFF_MM_ARG_END);
+	}
+	len = end > start ? end - start : 0;
+	if (len > PT_ARGV_MAX) {
+		len = PT_ARGV_MAX;
+		e->truncated = 1;
+	}
+	/* hide len from clang so that the bound below stays for the verifier */
+	asm volatile("" : "+r"(len));
+	if (len > PT_ARGV_MAX)
+		return;
+	if (len && bpf_probe_read_user(e->args, len, (void *)start) == 0)
+		e->len = len;
+	else if (len)
+		e->truncated = 1; /* not readable: an empty argv, marked cut */
+	emit(e, offsetof(struct argv_event, args) + e->len, sizeof(*e));
+}
+
 RAW_TRACEPOINT_PROBE(sched_process_exec)
 {
-	/* args: (struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm) */
+	/* args: (struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm), p == current */
 	void *bprm = (void *)ctx->args[2];
 	const char *filename = 0;
 	__u32 tgid;
@@ -59,6 +99,8 @@ RAW_TRACEPOINT_PROBE(sched_process_exec)
 		return 0;
 	/* Counts so far belong to the old image; fds may live on. */
 	flush_all(tv, tgid, FLUSH_EXEC);
+	/* before EV_EXEC: the model takes the argv waiting when the exec comes */
+	emit_argv(tv, (void *)ctx->args[0]);
 	b = scratch_get();
 	if (!b)
 		return 0;
@@ -73,59 +115,6 @@ RAW_TRACEPOINT_PROBE(sched_process_exec)
 	emit(e, offsetof(struct exec_event, filename) + e->filename_len, sizeof(*e));
 	return 0;
 }
-
-static __always_inline int emit_argv(struct bpf_raw_tracepoint_args *ctx, __u32 argv_arg)
-{
-	__u32 tgid;
-	struct traced_val *tv = sys_traced(&tgid);
-	const char *const *argv;
-	union big_event *b;
-	struct argv_event *e;
-	__u32 off = 0;
-
-	if (!tv)
-		return 0;
-	b = scratch_get();
-	if (!b)
-		return 0;
-	argv = (const char *const *)sys_arg(ctx, argv_arg);
-	e = &b->argv;
-	fill_hdr(&e->h, EV_EXEC_ARGV, tv->tag);
-	e->argc = 0;
-	e->truncated = 0;
-#pragma clang loop unroll(disable)
-	for (int i = 0; i < PT_MAX_ARGS; i++) {
-		const char *arg = 0;
-		long n;
-
-		bpf_probe_read_user(&arg, sizeof(arg), &argv[i]);
-		if (!arg)
-			goto done;
-		if (off >= PT_ARGV_MAX) {
-			e->truncated = 1;
-			goto done;
-		}
-		n = bpf_probe_read_user_str(&e->args[off & (PT_ARGV_MAX - 1)], PT_ARG_MAX, arg);
-		if (n <= 0)
-			goto done;
-		/* 1 <= n <= PT_ARG_MAX: n / PT_ARG_MAX is 1 only for a cut argument.
-		 * Branch-free on purpose: an if here doubled the paths the verifier
-		 * walks per iteration (650 ms to load this program). */
-		e->truncated |= (__u32)((__u64)n / PT_ARG_MAX);
-		off += n;
-		e->argc++;
-	}
-	e->truncated = 1; /* more than PT_MAX_ARGS */
-done:
-	e->len = off;
-	emit(e, offsetof(struct argv_event, args) + (off & (PT_ARGV_MAX * 2 - 1)), sizeof(*e));
-	return 0;
-}
-
-/* execve(path, argv, envp) */
-int sysenter_execve(struct bpf_raw_tracepoint_args *ctx) { return emit_argv(ctx, SYS_ARG1); }
-/* execveat(dirfd, path, argv, envp, flags) */
-int sysenter_execveat(struct bpf_raw_tracepoint_args *ctx) { return emit_argv(ctx, SYS_ARG2); }
 
 RAW_TRACEPOINT_PROBE(sched_process_exit)
 {

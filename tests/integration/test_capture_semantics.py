@@ -171,6 +171,57 @@ def test_exec_scripts_with_shebang_and_execveat(capture, work):
     assert any(p["exe"] == "/usr/bin/true" for p in doc["processes"])
 
 
+def test_argv_is_what_the_new_image_runs_with(capture, work):
+    """argv is read from the exec'd image, as /proc/PID/cmdline shows it: for a
+    #! script the interpreter's argv; empty arguments kept; cut at 4,096 bytes."""
+    script = work / "args.sh"
+    script.write_text("#!/bin/sh\nexit 0\n")
+    script.chmod(0o755)
+    long_args = [f"{i:03d}" + "y" * 96 for i in range(60)]  # 60 x 100 bytes + NULs > 4,096
+    code, doc = trace_py(capture, f"""
+        import subprocess
+        subprocess.run([{str(script)!r}, "a b", ""], check=True)
+        subprocess.run(["/bin/true", "x", "", "z"], check=True)
+        subprocess.run(["/bin/true"] + {long_args!r}, check=True)
+    """, cwd=work)
+    assert code == 0
+    by_first = {}
+    for p in doc["processes"]:
+        if p["argv"]:
+            by_first.setdefault(p["argv"][0], []).append(p["argv"])
+    assert by_first["/bin/sh"] == [["/bin/sh", str(script), "a b", ""]]
+    trues = by_first["/bin/true"]
+    assert ["/bin/true", "x", "", "z"] in trues
+    cut = [a for a in trues if len(a) > 4][0]
+    kept = len(cut) - 1
+    assert 30 < kept < 60 and cut[1:kept] == long_args[:kept - 1]
+    assert sum(len(a) + 1 for a in cut) - 1 == 4096, "the last argument is kept up to the cut"
+    assert long_args[kept - 1].startswith(cut[-1]) and cut[-1] != long_args[kept - 1]
+    assert doc["run"]["gaps"].get("argv_truncated")
+
+
+def test_close_and_reopen_in_two_threads_keep_exact_counts(capture, work):
+    """Two threads open, read and close their own file 300 times: fd numbers are
+    reused across threads all the time, and every byte lands on its own file."""
+    code, doc = trace_py(capture, """
+        import os, threading
+        open("a", "wb").write(b"a" * 64)
+        open("b", "wb").write(b"b" * 64)
+        def loop(name, n):
+            for _ in range(300):
+                fd = os.open(name, os.O_RDONLY)
+                os.read(fd, n)
+                os.close(fd)
+        ts = [threading.Thread(target=loop, args=a) for a in (("a", 3), ("b", 5))]
+        [t.start() for t in ts]
+        [t.join() for t in ts]
+    """, cwd=work)
+    assert code == 0
+    assert sum(f["bytes_read"] for f in entries(doc, work / "a")) == 900
+    assert sum(f["bytes_read"] for f in entries(doc, work / "b")) == 1500
+    assert doc["run"]["lost_events"] == 0
+
+
 def test_shared_libraries_are_mapped(capture, work):
     code, doc = trace(capture, ["cat", "/dev/null"], cwd=work)
     libc = [f for f in doc["files"] if os.path.basename(f["path"]).startswith("libc.so")]

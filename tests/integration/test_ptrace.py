@@ -37,6 +37,8 @@ SHARED = [
     SEM.test_rename_variants_and_atomic_saves,
     SEM.test_unlink_and_truncate,
     SEM.test_exec_scripts_with_shebang_and_execveat,
+    SEM.test_argv_is_what_the_new_image_runs_with,
+    SEM.test_close_and_reopen_in_two_threads_keep_exact_counts,
     SEM.test_shared_libraries_are_mapped,
     SEM.test_threads_fold_and_fork_vfork_children_have_parents,
     SEM.test_sockets_inet_inet6_unix,

@@ -92,7 +92,7 @@ def test_exec_filename():
 def test_argv_with_several_args():
     args = [b"python3", b"-c", b"", b"print('hi there')", b"caf\xe9"]
     blob = b"\0".join(args) + b"\0"
-    obj = _rec(L.ArgvEvent, L.EV_EXEC_ARGV, argc=len(args), len=len(blob), truncated=0)
+    obj = _rec(L.ArgvEvent, L.EV_EXEC_ARGV, len=len(blob), truncated=0)
     _put(obj, "args", blob)
     ev = Decoder().decode(_trim(obj, "args", len(blob)))
     assert isinstance(ev, E.Argv)
@@ -100,12 +100,18 @@ def test_argv_with_several_args():
     assert ev.truncated is False
 
 
-def test_argv_truncated_flag_and_argc_limit():
-    blob = b"a\0b\0c\0"
-    obj = _rec(L.ArgvEvent, L.EV_EXEC_ARGV, argc=2, len=len(blob), truncated=1)
+def test_argv_cut_keeps_the_partial_last_argument():
+    blob = b"a\0\0bc"  # cut inside the third argument: no NUL after it
+    obj = _rec(L.ArgvEvent, L.EV_EXEC_ARGV, len=len(blob), truncated=1)
     _put(obj, "args", blob)
     ev = Decoder().decode(_trim(obj, "args", len(blob)))
-    assert ev.argv == ("a", "b") and ev.truncated is True
+    assert ev.argv == ("a", "", "bc") and ev.truncated is True
+
+
+def test_argv_empty_region_is_an_empty_argv():
+    obj = _rec(L.ArgvEvent, L.EV_EXEC_ARGV, len=0, truncated=0)
+    ev = Decoder().decode(_trim(obj, "args", 0))
+    assert ev.argv == () and ev.truncated is False
 
 
 def test_exit_signed_status():

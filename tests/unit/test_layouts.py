@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[2]
 HEADER = ROOT / "probes" / "events.h"
 ENUM_PREFIXES = ("EV_", "FLUSH_", "FDOP_", "NET_")
 # #defines that only the probes use; any other PT_* must be mirrored in layouts.py.
-KERNEL_ONLY_DEFINES = {"PT_MAX_ARGS"}
+KERNEL_ONLY_DEFINES: set[str] = set()
 SIGNED = (ctypes.c_int8, ctypes.c_int16, ctypes.c_int32, ctypes.c_int64)
 
 

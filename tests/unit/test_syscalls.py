@@ -1,7 +1,7 @@
 """The syscall dispatch table (tracer/capture/syscalls.py) against its two sources of truth.
 
 The numbers must be the x86_64 ABI's, read here from the installed uapi header;
-the program names must be exactly the sysenter_*/sysexit_* programs defined in
+the program names must be exactly the sysexit_* programs defined in
 probes/*.bpf.c, so that no program is written and never dispatched.
 """
 
@@ -36,19 +36,27 @@ def test_numbers_are_the_x86_64_abi():
 
 def test_every_program_in_the_probes_is_dispatched_and_vice_versa():
     in_probes = _probe_programs()
-    assert in_probes, "no sysenter_/sysexit_ programs found in probes/"
-    assert in_probes == set(S.ENTER_PROGRAMS) | set(S.EXIT_PROGRAMS)
-    assert all(n.startswith("sysenter_") for n in S.ENTER_PROGRAMS)
+    assert in_probes, "no sysexit_ programs found in probes/"
+    assert in_probes == set(S.EXIT_PROGRAMS)
     assert all(n.startswith("sysexit_") for n in S.EXIT_PROGRAMS)
 
 
 def test_each_syscall_has_at_most_one_program_per_side_and_fits_the_array():
-    for programs in (S.ENTER_PROGRAMS, S.EXIT_PROGRAMS):
-        nrs = [nr for _prog, nr in S.slots(programs)]
-        assert len(nrs) == len(set(nrs))
-        assert all(0 <= nr < S.PROG_ARRAY_SIZE for nr in nrs)
-    named = {n for progs in (S.ENTER_PROGRAMS, S.EXIT_PROGRAMS) for names in progs.values() for n in names}
-    assert named == set(S.NR_X86_64), "a number nobody dispatches, or a syscall without a number"
+    nrs = [nr for _prog, nr in S.slots(S.EXIT_PROGRAMS)]
+    assert len(nrs) == len(set(nrs))
+    assert all(0 <= nr < S.PROG_ARRAY_SIZE for nr in nrs)
+    named = [n for names in S.EXIT_PROGRAMS.values() for n in names]
+    named += list(S.INLINE) + list(S.NOT_DISPATCHED)
+    assert len(named) == len(set(named)), "a syscall both inline or undispatched and in a program"
+    assert set(named) == set(S.NR_X86_64), "a number nobody handles, or a syscall without a number"
+
+
+def test_the_dispatcher_inlines_exactly_read_and_write():
+    """dispatch.bpf.c compares orig_ax with NR_READ/NR_WRITE itself; INLINE must say the same."""
+    src = (ROOT / "probes" / "dispatch.bpf.c").read_text()
+    inline = {int(v) for v in re.findall(r"^#define NR_(?:READ|WRITE) (\d+)$", src, re.M)}
+    assert inline == {S.NR_X86_64[n] for n in S.INLINE}
+    assert "RAW_TRACEPOINT_PROBE(sys_enter)" not in src
 
 
 def test_prog_array_size_is_what_the_probes_are_compiled_with():

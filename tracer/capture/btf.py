@@ -52,6 +52,10 @@ WANTED: dict[str, tuple[str, str]] = {
     "SB_S_DEV": ("super_block", "s_dev"),
     "TASK_TI_STATUS": ("task_struct", "thread_info.status"),  # TS_COMPAT: ia32 syscall
     "BPRM_FILENAME": ("linux_binprm", "filename"),
+    # argv of a new image: mm->arg_start..arg_end (read at sched_process_exec)
+    "TASK_MM": ("task_struct", "mm"),
+    "MM_ARG_START": ("mm_struct", "arg_start"),
+    "MM_ARG_END": ("mm_struct", "arg_end"),
     # x86_64 syscall arguments in the saved user registers, and the number
     "REGS_DI": ("pt_regs", "di"),
     "REGS_SI": ("pt_regs", "si"),

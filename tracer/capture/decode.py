@@ -64,15 +64,25 @@ def _exec() -> Decode:
     return dec
 
 
+def argv_from_region(region: bytes) -> tuple[str, ...]:
+    """argv from the bytes between mm->arg_start and arg_end (or their first
+    part): NUL-terminated arguments, empty ones included; a last argument
+    without its NUL was cut and is kept as far as it goes."""
+    if not region:
+        return ()
+    parts = region.split(b"\0")
+    if region.endswith(b"\0"):
+        parts.pop()
+    return tuple(a.decode(_FS_ENCODING, _FS_ERRORS) for a in parts)
+
+
 def _argv() -> Decode:
     unpack, tails = _layout(L.ArgvEvent)
     off = tails["args"]
 
     def dec(buf):
-        _, pid, tid, tag, ts, argc, n, trunc, _pad = unpack(buf)
-        parts = buf[off: off + n].split(b"\0")[:argc]
-        args = tuple(a.decode(_FS_ENCODING, _FS_ERRORS) for a in parts)
-        return E.Argv(ts, pid, tid, tag, args, bool(trunc))
+        _, pid, tid, tag, ts, _reserved, n, trunc, _pad = unpack(buf)
+        return E.Argv(ts, pid, tid, tag, argv_from_region(buf[off: off + n]), bool(trunc))
     return dec
 
 

@@ -4,9 +4,9 @@ EbpfCapture compiles probes/*.bpf.c once (struct offsets from BTF passed as
 -D defines), attaches them, and hands raw ring-buffer records to a consumer
 in batches. The ring-buffer callback does one thing: append the bytes.
 
-Attached are five raw tracepoints (sys_enter, sys_exit, sched_process_fork,
-_exec, _exit); the syscall programs are loaded here and written into the two
-dispatch prog arrays by syscall number (syscalls.py).
+Attached are four raw tracepoints (sys_exit, sched_process_fork, _exec,
+_exit); the syscall programs are loaded here and written into the dispatch
+prog array by syscall number (syscalls.py). Nothing hooks sys_enter.
 """
 
 from __future__ import annotations
@@ -26,8 +26,9 @@ from .layouts import LOST_REASONS
 
 log = logging.getLogger(__name__)
 
-PROBE_FILES = ("dispatch.bpf.c", "process.bpf.c", "files.bpf.c", "net.bpf.c")
-_DISPATCH = ((b"sys_enter_progs", syscalls.ENTER_PROGRAMS), (b"sys_exit_progs", syscalls.EXIT_PROGRAMS))
+# dispatch.bpf.c last: its sys_exit hook calls io_done from files.bpf.c
+PROBE_FILES = ("process.bpf.c", "files.bpf.c", "net.bpf.c", "dispatch.bpf.c")
+_DISPATCH = ((b"sys_exit_progs", syscalls.EXIT_PROGRAMS),)
 # Where FMODE_CREATED has lived in struct file's f_mode: bit 20 up to 6.10,
 # bit 21 after the 6.11 reshuffle. The calibration picks the right one.
 _CREATED_CANDIDATES = (1 << 20, 1 << 21, 1 << 19, 1 << 22)
@@ -115,8 +116,8 @@ class EbpfCapture:
         mod = self._bpf.module
         names = {libbcc.lib.bpf_function_name(mod, i).decode()
                  for i in range(libbcc.lib.bpf_num_functions(mod))}
-        listed = set(syscalls.ENTER_PROGRAMS) | set(syscalls.EXIT_PROGRAMS)
-        unlisted = sorted(n for n in names - listed if n.startswith(("sysenter_", "sysexit_")))
+        listed = set(syscalls.EXIT_PROGRAMS)
+        unlisted = sorted(n for n in names - listed if n.startswith("sysexit_"))
         if unlisted:  # a program written but never dispatched would silently never run
             raise ProbeLoadError(f"syscall programs missing from syscalls.py: {', '.join(unlisted)}")
         for table, programs in _DISPATCH:
@@ -131,7 +132,7 @@ class EbpfCapture:
     def dispatch_slots(self) -> dict[str, list[int]]:
         """Syscall numbers that have a program, read back from the kernel's prog arrays."""
         out = {}
-        for side, (table, _programs) in zip(("enter", "exit"), _DISPATCH):
+        for side, (table, _programs) in zip(("exit",), _DISPATCH):
             slots = self._bpf[table]
             out[side] = []
             for nr in range(syscalls.PROG_ARRAY_SIZE):

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 
 PT_PATH_MAX = 4096
 PT_ARGV_MAX = 4096
-PT_ARG_MAX = 1024
 PT_SOCKADDR_MAX = 128
 PT_FLUSH_FDS = 64
 
@@ -45,9 +44,9 @@ class ExecEvent(C.Structure):
 
 
 class ArgvEvent(C.Structure):
-    _fields_ = [("h", EventHdr), ("argc", C.c_uint32), ("len", C.c_uint32),
+    _fields_ = [("h", EventHdr), ("_reserved", C.c_uint32), ("len", C.c_uint32),
                 ("truncated", C.c_uint32), ("_pad", C.c_uint32),
-                ("args", C.c_char * (PT_ARGV_MAX + PT_ARG_MAX))]
+                ("args", C.c_char * PT_ARGV_MAX)]
 
 
 class ExitEvent(C.Structure):

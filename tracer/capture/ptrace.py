@@ -37,6 +37,7 @@ from ..errors import CaptureUnavailable
 from ..model import events as E
 from . import layouts as L
 from . import ptrace_kernel as K
+from .decode import argv_from_region
 from .fdagg import FdAggregator
 from .ptrace_syscalls import (CREATED_BIT, EXECS, FIOCLEX, FIONCLEX, IOCTL, MAP_ANONYMOUS, MMAP, TRACED,
                               Pending, SyscallFolder)
@@ -297,8 +298,20 @@ class PtraceCapture:
         now = time.monotonic_ns()
         self._agg.flush_process(tgid, tgid, L.FLUSH_EXEC, now)
         uid = _status_ids(tgid)[1]
+        self._emit(self._new_argv(tgid, now))
         self._emit(E.Exec(now, tgid, tgid, self._tag, old, uid or 0, name))
         return task
+
+    def _new_argv(self, tgid: int, now: int) -> E.Argv:
+        """argv of the image just started, as the probes read it at
+        sched_process_exec: its first PT_ARGV_MAX bytes of arg_start..arg_end."""
+        try:
+            with open(f"/proc/{tgid}/cmdline", "rb") as f:
+                region = f.read(L.PT_ARGV_MAX + 1)
+        except OSError:
+            return E.Argv(now, tgid, tgid, self._tag, (), True)  # the model records the gap
+        cut = len(region) > L.PT_ARGV_MAX
+        return E.Argv(now, tgid, tgid, self._tag, argv_from_region(region[:L.PT_ARGV_MAX]), cut)
 
     def _gone(self, task: _Task, status: int) -> None:
         del self._tasks[task.tid]

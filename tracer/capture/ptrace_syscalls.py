@@ -57,7 +57,6 @@ S_IFMT, S_IFDIR = 0o170000, 0o040000
 # Not a kernel bit: the ptrace backend cannot read f_mode, so it decides
 # "created" itself and says so with this bit (the Tracker's created_mask).
 CREATED_BIT = 1 << 20
-PT_MAX_ARGS = 64  # probes/events.h
 
 
 def s32(v: int) -> int:
@@ -152,39 +151,16 @@ class SyscallFolder:
         self.emit(E.FdOp(ts, tgid, tid, self.tag, L.FDOP_CLOSE_RANGE, first, last, False))
 
     def _exec_entry(self, tid: int, tgid: int, nr: int, args: tuple[int, ...], ts: int) -> None:
-        """argv at entry (it is gone after a successful exec), as sys_enter_execve does."""
+        """The exec'd name at entry (as the kernel's bprm->filename has it). argv
+        is read at the exec stop, from the new image, as the probes do."""
         if nr == EXECVE:
-            name, argv_at = self.mem.cstr(tid, args[0]), args[1]
+            name = self.mem.cstr(tid, args[0])
         else:
-            name, argv_at = _execveat_name(self.mem.cstr(tid, args[1]), s32(args[0]), args[4]), args[2]
+            name = _execveat_name(self.mem.cstr(tid, args[1]), s32(args[0]), args[4])
         if name is None:
             self.gap("ptrace_unreadable_exec_name")
         else:
             self.exec_name[tid] = os.fsdecode(name)
-        argv, truncated = self._read_argv(tid, argv_at)
-        self.emit(E.Argv(ts, tgid, tid, self.tag, argv, truncated))
-
-    def _read_argv(self, tid: int, at: int) -> tuple[tuple[str, ...], bool]:
-        """Up to PT_MAX_ARGS arguments, PT_ARG_MAX bytes each, PT_ARGV_MAX in all."""
-        if not at:  # execve(path, NULL, ...): Linux runs it with an empty argv
-            return (), False
-        raw = self.mem.read(tid, at, 8 * (PT_MAX_ARGS + 1))
-        out: list[str] = []
-        used, truncated = 0, False
-        for i in range(0, len(raw) - 7, 8):
-            ptr = int.from_bytes(raw[i: i + 8], "little")
-            if not ptr:
-                return tuple(out), truncated
-            if len(out) == PT_MAX_ARGS or used >= L.PT_ARGV_MAX:
-                return tuple(out), True
-            arg = self.mem.cstr(tid, ptr, L.PT_ARG_MAX)
-            if arg is None:
-                break
-            truncated = truncated or len(arg) + 1 >= L.PT_ARG_MAX
-            out.append(os.fsdecode(arg))
-            used += len(arg) + 1
-        self.gap("ptrace_unreadable_argv")
-        return tuple(out), True
 
     # -- exit -----------------------------------------------------------------------
     def exit(self, tid: int, tgid: int, pend: Pending, ret: int, ts: int) -> None:

@@ -1,9 +1,10 @@
 """Which probe program handles which syscall, by x86_64 syscall number.
 
-The probes hook the two raw syscall tracepoints (raw_syscalls:sys_enter and
-sys_exit) and tail-call into one program per kind of syscall through a
-BPF_PROG_ARRAY indexed by syscall number (probes/dispatch.bpf.c). This module
-is the index: program name -> the syscalls it serves.
+The probes hook one raw syscall tracepoint, raw_syscalls:sys_exit, and
+tail-call into one program per kind of syscall through a BPF_PROG_ARRAY
+indexed by syscall number (probes/dispatch.bpf.c). This module is the index:
+program name -> the syscalls it serves. Nothing runs at sys_enter: each hook
+there would cost every syscall on the machine.
 
 The numbers are the x86_64 table (asm/unistd_64.h); they are ABI, so they do
 not change between kernels. Other architectures number syscalls differently
@@ -34,14 +35,13 @@ NR_X86_64: dict[str, int] = {
     "close_range": 436, "openat2": 437,
 }
 
-# Programs tail-called at sys_enter: only what must happen before the kernel
-# acts (argv is gone after exec; a closed fd number can be reused at once).
-ENTER_PROGRAMS: dict[str, tuple[str, ...]] = {
-    "sysenter_close": ("close",),
-    "sysenter_close_range": ("close_range",),
-    "sysenter_execve": ("execve",),
-    "sysenter_execveat": ("execveat",),
-}
+# Counted by the dispatcher itself, without a tail call: the most frequent
+# syscalls of all, so the cheapest path (probes/dispatch.bpf.c).
+INLINE: tuple[str, ...] = ("read", "write")
+
+# Numbered for the ptrace backend, but no syscall program of the probes: an
+# exec is recorded at sched_process_exec, argv included.
+NOT_DISPATCHED: tuple[str, ...] = ("execve", "execveat")
 
 # Programs tail-called at sys_exit; they read their arguments from the saved
 # user registers, which the kernel leaves as the caller set them.
@@ -50,11 +50,13 @@ EXIT_PROGRAMS: dict[str, tuple[str, ...]] = {
     "sysexit_openat": ("openat",),
     "sysexit_creat": ("creat",),
     "sysexit_openat2": ("openat2",),
-    "sysexit_read": ("read", "readv", "pread64", "preadv", "preadv2", "recvfrom", "recvmsg"),
-    "sysexit_write": ("write", "writev", "pwrite64", "pwritev", "pwritev2", "sendto", "sendmsg"),
+    "sysexit_read": ("readv", "pread64", "preadv", "preadv2", "recvfrom", "recvmsg"),
+    "sysexit_write": ("writev", "pwrite64", "pwritev", "pwritev2", "sendto", "sendmsg"),
     "sysexit_sendfile": ("sendfile",),
     "sysexit_copy": ("copy_file_range", "splice"),
     "sysexit_mmap": ("mmap",),
+    "sysexit_close": ("close",),
+    "sysexit_close_range": ("close_range",),
     "sysexit_dup": ("dup", "dup2"),
     "sysexit_dup3": ("dup3",),
     "sysexit_fcntl": ("fcntl",),
