@@ -7,6 +7,12 @@ in batches. The ring-buffer callback does one thing: append the bytes.
 Attached are four raw tracepoints (sys_exit, sched_process_fork, _exec,
 _exit); the syscall programs are loaded here and written into the dispatch
 prog array by syscall number (syscalls.py). Nothing hooks sys_enter.
+
+The sys_exit hook is attached only while something is traced: it costs
+every syscall on the machine (~100 ns here), traced or not, so a daemon that
+waits for work detaches it after IDLE_DETACH_S with an empty traced set, and
+trace() attaches it again first (6-20 ms: the kernel flags every task for
+syscall tracing). The sched hooks stay: fork, exec and exit are rare.
 """
 
 from __future__ import annotations
@@ -17,6 +23,8 @@ import os
 import platform
 import select
 import tempfile
+import threading
+import time
 from importlib import resources
 from pathlib import Path
 
@@ -29,6 +37,11 @@ log = logging.getLogger(__name__)
 # dispatch.bpf.c last: its sys_exit hook calls io_done from files.bpf.c
 PROBE_FILES = ("process.bpf.c", "files.bpf.c", "net.bpf.c", "dispatch.bpf.c")
 _DISPATCH = ((b"sys_exit_progs", syscalls.EXIT_PROGRAMS),)
+# The hook that comes and goes with the traced set; bcc attaches every
+# RAW_TRACEPOINT_PROBE on load, this one as raw_tracepoint__sys_exit.
+SWITCHED_HOOK = b"sys_exit"
+# How long the traced set must stay empty before it is detached.
+IDLE_DETACH_S = 2.0
 # Where FMODE_CREATED has lived in struct file's f_mode: bit 20 up to 6.10,
 # bit 21 after the 6.11 reshuffle. The calibration picks the right one.
 _CREATED_CANDIDATES = (1 << 20, 1 << 21, 1 << 19, 1 << 22)
@@ -108,6 +121,50 @@ class EbpfCapture:
         self._epoll.register(self._wake_fd, select.EPOLLIN)
         self._traced = self._bpf[b"traced"]
         self.created_mask = 0
+        # Attach state changes and insertions into `traced` happen under one
+        # lock: a detach must never slip between an attach and its insert.
+        self._hooks_lock = threading.Lock()
+        self._attached = True  # bcc attached it on load
+        self._empty_since: float | None = None
+        self._next_idle_check = 0.0
+        with self._hooks_lock:
+            self._detach_hooks()  # nothing is traced yet
+
+    @property
+    def attached(self) -> bool:
+        """Whether the sys_exit hook is attached now."""
+        return self._attached
+
+    def _attach_hooks(self) -> None:
+        if self._attached:
+            return
+        try:
+            self._bpf.attach_raw_tracepoint(tp=SWITCHED_HOOK, fn_name=b"raw_tracepoint__" + SWITCHED_HOOK)
+        except Exception as e:  # bcc raises bare Exception when the kernel refuses
+            raise ProbeLoadError(f"could not attach raw tracepoint sys_exit: {e}") from e
+        self._attached = True
+        log.debug("event=hook-attached tp=sys_exit")
+
+    def _detach_hooks(self) -> None:
+        if SWITCHED_HOOK in self._bpf.raw_tracepoint_fds:
+            self._bpf.detach_raw_tracepoint(tp=SWITCHED_HOOK)
+        self._attached = False
+        self._empty_since = None
+        log.debug("event=hook-detached tp=sys_exit")
+
+    def _detach_when_idle(self) -> None:
+        """Detach the sys_exit hook once the traced set has been empty for IDLE_DETACH_S."""
+        now = time.monotonic()
+        if not self._attached or now < self._next_idle_check:
+            return
+        self._next_idle_check = now + 0.5
+        with self._hooks_lock:
+            if any(True for _ in self._traced.keys()):
+                self._empty_since = None
+            elif self._empty_since is None:
+                self._empty_since = now
+            elif now - self._empty_since >= IDLE_DETACH_S:
+                self._detach_hooks()
 
     def _fill_dispatch(self, prog_type: int) -> None:
         """Load each syscall program and write it into its prog-array slots."""
@@ -148,7 +205,10 @@ class EbpfCapture:
         """Follow pid (a tgid) and, from now on, every child it forks."""
         key = self._traced.Key(pid)
         val = self._traced.Leaf(tag, 0)
-        self._traced[key] = val
+        with self._hooks_lock:
+            self._attach_hooks()  # before the insert: its first syscall must be seen
+            self._traced[key] = val
+            self._empty_since = None
 
     def untrace(self, pid: int) -> None:
         try:
@@ -174,6 +234,7 @@ class EbpfCapture:
                 except BlockingIOError:  # another poll took it first
                     pass
         self._bpf.ring_buffer_consume()
+        self._detach_when_idle()
         return self.take()
 
     def wake(self) -> None:
