@@ -15,6 +15,7 @@ import shutil
 import sqlite3
 import stat
 import subprocess
+import time
 from datetime import datetime
 from pathlib import Path
 
@@ -138,6 +139,24 @@ def _iso_s(value: str | None) -> float | None:
         return datetime.fromisoformat(value).timestamp()
     except ValueError:
         return None
+
+
+def _linked_tracepoints(pid: int) -> set[str]:
+    """tp_name of the raw tracepoint links process pid holds (its fdinfo)."""
+    found = set()
+    try:
+        fds = os.listdir(f"/proc/{pid}/fdinfo")
+    except OSError:
+        return found
+    for fd in fds:
+        try:
+            text = Path(f"/proc/{pid}/fdinfo/{fd}").read_text()
+        except OSError:
+            continue
+        m = re.search(r"^tp_name:\s*(\S+)", text, re.M)
+        if m:
+            found.add(m.group(1))
+    return found
 
 
 def root_span_s(processes: list[dict]) -> float | None:
@@ -271,9 +290,30 @@ class ProvtraceDaemon(_Provtrace):
         except Unavailable:
             self.close()
             raise
+        self.wait_detached()
 
     def _store_args(self, rundir: Path) -> list[str]:
         return ["--socket", str(self.socket)]
+
+    def after_run(self, rundir: Path) -> Records:
+        rec = super().after_run(rundir)
+        self.wait_detached()
+        return rec
+
+    def wait_detached(self) -> bool:
+        """Wait (untimed) until the idle daemon has let go of raw sys_exit.
+
+        While its hook is attached every syscall on the machine pays for it, so
+        the next configuration's run, or the untraced baseline, would be taxed.
+        The daemon detaches it after IDLE_DETACH_S (2 s) with nothing traced.
+        """
+        pid = self.daemon_pid()
+        deadline = time.monotonic() + 10.0
+        while pid is not None and time.monotonic() < deadline:
+            if "sys_exit" not in _linked_tracepoints(pid):
+                return True
+            time.sleep(0.2)
+        return False
 
     def daemon_pid(self) -> int | None:
         return self.daemon.pid if self.daemon and self.daemon.alive() else None
