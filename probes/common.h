@@ -223,20 +223,18 @@ static __always_inline void file_info(void *file, __u64 *ino, __u32 *dev,
 		bpf_probe_read_kernel(dev, sizeof(*dev), sb + OFF_SB_S_DEV);
 }
 
-/* Send one agg entry to userspace and forget it. Built on the stack and sent
- * with ringbuf_output (not reserve/submit): no reference is held across the
- * branches, which keeps the verifier's cost of the sweep loops low. */
-static __always_inline void flush_fd(struct traced_val *tv, __u32 tgid, __s32 fd, __u32 reason)
+/* Send one agg entry (a, of tgid's fd) to userspace and forget it. Built on
+ * the stack and sent with ringbuf_output (not reserve/submit): no reference is
+ * held across the branches, which keeps the verifier's cost of the sweep
+ * loops low. */
+static __always_inline void flush_entry(struct traced_val *tv, struct fdkey *k, struct fdagg *a,
+					__u32 reason)
 {
-	struct fdkey k = {.pid = tgid, .fd = fd};
-	struct fdagg *a = agg.lookup(&k);
 	struct fdio_event e;
 
-	if (!a)
-		return;
 	fill_hdr(&e.h, EV_FDIO, tv->tag);
-	e.h.pid = tgid;
-	e.fd = fd;
+	e.h.pid = k->pid;
+	e.fd = k->fd;
 	e.reason = reason;
 	e.bytes_read = a->bytes_read;
 	e.bytes_written = a->bytes_written;
@@ -250,7 +248,16 @@ static __always_inline void flush_fd(struct traced_val *tv, __u32 tgid, __s32 fd
 	e.first_ts_ns = a->first_ts_ns;
 	if (events.ringbuf_output(&e, sizeof(e), rb_flags()))
 		count_lost(LOST_RINGBUF);
-	agg.delete(&k);
+	agg.delete(k);
+}
+
+static __always_inline void flush_fd(struct traced_val *tv, __u32 tgid, __s32 fd, __u32 reason)
+{
+	struct fdkey k = {.pid = tgid, .fd = fd};
+	struct fdagg *a = agg.lookup(&k);
+
+	if (a)
+		flush_entry(tv, &k, a, reason);
 }
 
 /* Flush the entry of an fd that a close released, seen at sys_exit. By then
@@ -268,7 +275,7 @@ static __always_inline void flush_closed(struct traced_val *tv, __u32 tgid, __s3
 	now = fd_file(fd);
 	if (now && (__u64)now == a->file)
 		return;
-	flush_fd(tv, tgid, fd, FLUSH_CLOSE);
+	flush_entry(tv, &k, a, FLUSH_CLOSE);
 }
 
 /* Flush every agg entry of a process, up to its highest fd seen (bounded). */

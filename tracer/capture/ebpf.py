@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 
 # dispatch.bpf.c last: its sys_exit hook calls io_done from files.bpf.c
 PROBE_FILES = ("process.bpf.c", "files.bpf.c", "net.bpf.c", "dispatch.bpf.c")
-_DISPATCH = ((b"sys_exit_progs", syscalls.EXIT_PROGRAMS),)
+_DISPATCH_TABLE = b"sys_exit_progs"  # probes/dispatch.bpf.c
 # The hook that comes and goes with the traced set; bcc attaches every
 # RAW_TRACEPOINT_PROBE on load, this one as raw_tracepoint__sys_exit.
 SWITCHED_HOOK = b"sys_exit"
@@ -177,28 +177,26 @@ class EbpfCapture:
         unlisted = sorted(n for n in names - listed if n.startswith("sysexit_"))
         if unlisted:  # a program written but never dispatched would silently never run
             raise ProbeLoadError(f"syscall programs missing from syscalls.py: {', '.join(unlisted)}")
-        for table, programs in _DISPATCH:
-            slots = self._bpf[table]
-            for prog, nr in syscalls.slots(programs):
-                try:
-                    fn = self._bpf.load_func(prog.encode(), prog_type)  # loaded once, cached by bcc
-                except Exception as e:  # bcc raises bare Exception when the verifier refuses
-                    raise ProbeLoadError(f"probe program {prog} did not load: {e}") from e
-                slots[ctypes.c_int(nr)] = ctypes.c_int(fn.fd)
+        slots = self._bpf[_DISPATCH_TABLE]
+        for prog, nr in syscalls.slots(syscalls.EXIT_PROGRAMS):
+            try:
+                fn = self._bpf.load_func(prog.encode(), prog_type)  # loaded once, cached by bcc
+            except Exception as e:  # bcc raises bare Exception when the verifier refuses
+                raise ProbeLoadError(f"probe program {prog} did not load: {e}") from e
+            slots[ctypes.c_int(nr)] = ctypes.c_int(fn.fd)
 
     def dispatch_slots(self) -> dict[str, list[int]]:
-        """Syscall numbers that have a program, read back from the kernel's prog arrays."""
-        out = {}
-        for side, (table, _programs) in zip(("exit",), _DISPATCH):
-            slots = self._bpf[table]
-            out[side] = []
-            for nr in range(syscalls.PROG_ARRAY_SIZE):
-                try:
-                    slots[ctypes.c_int(nr)]
-                except KeyError:  # an empty slot
-                    continue
-                out[side].append(nr)
-        return out
+        """Syscall numbers that have a program, read back from the kernel's prog array
+        (keyed by side: only "exit" since nothing hooks sys_enter)."""
+        slots = self._bpf[_DISPATCH_TABLE]
+        out = []
+        for nr in range(syscalls.PROG_ARRAY_SIZE):
+            try:
+                slots[ctypes.c_int(nr)]
+            except KeyError:  # an empty slot
+                continue
+            out.append(nr)
+        return {"exit": out}
 
     # -- the traced set -----------------------------------------------------
     def trace(self, pid: int, tag: int) -> None:
