@@ -14,7 +14,11 @@
 #      struct offset from the running kernel's BTF, never from these headers.
 #   3. tracefs at /sys/kernel/tracing.
 #   4. .venv made from /usr/bin/python3 with --system-site-packages (so it
-#      sees bcc), with provtrace installed in editable mode.
+#      sees bcc), holding exactly the Python packages that requirements.lock
+#      pins (hash-checked), with provtrace installed in editable mode.
+#
+# Supported: Debian 12 (bookworm) on x86_64, the release the lock and the apt
+# package names are made for. Other releases get a warning and an attempt.
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -23,7 +27,7 @@ demo=1
 for a in "$@"; do
   case "$a" in
     --no-demo) demo=0 ;;
-    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
     *) echo "setup.sh: unknown option '$a' (try --help)" >&2; exit 2 ;;
   esac
 done
@@ -36,6 +40,10 @@ if [ "$(id -u)" -ne 0 ]; then
   exit 1
 fi
 export DEBIAN_FRONTEND=noninteractive
+. /etc/os-release 2>/dev/null || true
+if [ "${ID:-}" != debian ] || [ "${VERSION_ID:-}" != 12 ]; then
+  warn "set-up supports Debian 12 (bookworm); this is ${PRETTY_NAME:-an unknown system}: trying anyway"
+fi
 
 # --- 1. apt packages --------------------------------------------------------
 apt_pkgs=(python3-bpfcc python3-venv python3-pip python3-dev gcc strace bpftrace
@@ -89,21 +97,10 @@ else
 fi
 
 # --- 4. venv -----------------------------------------------------------------
+# Exactly the versions in requirements.lock, checked against their hashes
+# (tools/venv.sh; the lock is refreshed only by tools/lock.sh, never here).
 venv=$here/.venv
-stamp=$venv/.provtrace-installed
-want=$(sha256sum pyproject.toml | cut -c1-16)
-if [ ! -x "$venv/bin/python" ]; then
-  log "creating $venv from /usr/bin/python3 (--system-site-packages, for bcc)"
-  /usr/bin/python3 -m venv --system-site-packages "$venv"
-fi
-if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-  log "installing provtrace and its dependencies into $venv"
-  "$venv/bin/python" -m pip install -q --upgrade pip >/dev/null
-  "$venv/bin/python" -m pip install -q -e ".[dev]"
-  echo "$want" > "$stamp"
-else
-  log "venv up to date"
-fi
+bash "$here/tools/venv.sh" "$venv"
 "$venv/bin/python" -c "import bcc, provtrace.tracer" \
   || { echo "setup.sh: the venv cannot import bcc or provtrace" >&2; exit 1; }
 # Put provtrace on PATH for root shells.

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import os
 import platform
+import re
+import subprocess
 
 
 def _check(name: str, ok: bool, detail: str, fix: str = "") -> dict:
@@ -88,7 +90,40 @@ def diagnose(load_probes: bool = True) -> dict:
                                  "run with --debug for the verifier log"))
     ptrace_ok = _ptrace_checks(checks, root)
     usable = (["ebpf"] if ebpf_ok else []) + (["ptrace"] if ptrace_ok else [])
-    return {"kernel": rel, "usable_backends": usable, "checks": checks}
+    return {"kernel": rel, "usable_backends": usable, "checks": checks,
+            "system": {"os": _os_release(), "packages": debian_packages(target)}}
+
+
+# The apt packages provtrace relies on, beside those found at run time: bcc and
+# its Python binding, the LLVM/clang that bcc compiles the probes with (read
+# from libbpfcc's own dependencies), the headers linked for bcc, and R.
+_BASE_PACKAGES = ("python3-bpfcc", "libbpfcc", "r-base-core", "r-cran-irkernel")
+
+
+def debian_packages(headers_dir: str | None) -> dict[str, str | None]:
+    """Installed version of each apt package provtrace relies on (None: not installed)."""
+    from .context.dpkg import DpkgIndex  # noqa: PLC0415
+
+    index = DpkgIndex()
+    names = list(_BASE_PACKAGES) + _llvm_packages()
+    if headers_dir:
+        owner = index.owner(os.path.join(headers_dir, "Makefile"))
+        names.append(owner.split(":")[0] if owner else "linux-headers-" + os.path.basename(headers_dir))
+    return index.versions(names)
+
+
+def _llvm_packages() -> list[str]:
+    try:
+        depends = subprocess.run(["dpkg-query", "-W", "-f", "${Depends}", "libbpfcc"], capture_output=True,
+                                 text=True, timeout=10, check=False).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    return sorted(set(re.findall(r"\b(libllvm\d+|libclang-cpp\d+)\b", depends)))
+
+
+def _os_release() -> str:
+    fields = dict(line.split("=", 1) for line in (_read("/etc/os-release") or "").splitlines() if "=" in line)
+    return fields.get("PRETTY_NAME", "unknown").strip('"')
 
 
 _YAMA = {0: "classic: any process of the same user", 1: "restricted: descendants only "
@@ -136,6 +171,11 @@ def render(report: dict) -> str:
         lines.append(f"  [{mark}] {c['check']:22} {c['detail']}")
         if c["fix"]:
             lines.append(f"         fix: {c['fix']}")
+    system = report.get("system")
+    if system:
+        lines.append(f"system: {system['os']}; apt packages:")
+        for name, ver in system["packages"].items():
+            lines.append(f"  {name:28} {ver or 'not installed'}")
     usable = report["usable_backends"]
     lines.append("usable backends: " + (", ".join(usable) if usable else "none"))
     return "\n".join(lines)

@@ -114,3 +114,11 @@ def test_doctor_reports_backends():
     assert rep["usable_backends"] == ["ebpf", "ptrace"]
     names = {c["check"] for c in rep["checks"]}
     assert {"root", "bcc", "kernel headers", "BTF", "tracefs", "probes", "ptrace backend"} <= names
+    # the Debian side of the set-up is recorded, with versions as dpkg knows them
+    pkgs = rep["system"]["packages"]
+    assert rep["system"]["os"].startswith("Debian GNU/Linux")
+    for name in ("python3-bpfcc", "libbpfcc", "r-base-core", "r-cran-irkernel"):
+        assert pkgs[name], f"{name} not reported"
+    assert any(n.startswith("libllvm") and v for n, v in pkgs.items()), pkgs
+    assert any(n.startswith("linux-headers-") and v for n, v in pkgs.items()), pkgs
+    assert "apt packages:" in pt("doctor", "--no-load").stdout

@@ -6,7 +6,7 @@ import warnings
 from . import service_pb2 as provtrace_dot_v1_dot_service__pb2
 from . import types_pb2 as provtrace_dot_v1_dot_types__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.85.4'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
