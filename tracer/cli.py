@@ -122,6 +122,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_db(p)
     p.add_argument("--backend", choices=("auto", "ebpf"), default="auto",
                    help="capture backend (the daemon traces with eBPF)")
+    p.add_argument("--max-connections", type=_positive_int, default=1024, metavar="N",
+                   help="connections held at once, all users together (default 1024)")
+    p.add_argument("--max-connections-per-user", type=_positive_int, default=64, metavar="N",
+                   help="connections one non-root uid may hold at once (default 64)")
+    p.add_argument("--handshake-timeout", type=_positive_float, default=10.0, metavar="S",
+                   help="close a connection that sends nothing within S seconds (default 10)")
+    p.add_argument("--idle-timeout", type=_positive_float, default=300.0, metavar="S",
+                   help="close a connection whose client is silent for S seconds (default 300; "
+                        "live clients answer the daemon's keepalive pings)")
 
     p = sub.add_parser("notebook", help="notebook verbs (run)")
     nsub = p.add_subparsers(dest="notebook_verb", metavar="VERB", required=True)
@@ -178,3 +187,23 @@ def print_json(obj: object) -> None:
 def need(cond: bool, msg: str) -> None:
     if not cond:
         raise UsageError(msg)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text}")
+    return value

@@ -102,9 +102,12 @@ def cmd_daemon(args: argparse.Namespace) -> int:
     from .store import sqlite as S  # noqa: PLC0415
 
     from .api.client import default_socket_path  # noqa: PLC0415
+    from .api.proxy import ConnectionLimits  # noqa: PLC0415
     from .daemon import serve  # noqa: PLC0415
 
-    return serve(args.socket or default_socket_path(), args.db or S.default_db_path())
+    limits = ConnectionLimits(total=args.max_connections, per_uid=args.max_connections_per_user,
+                              handshake_s=args.handshake_timeout, idle_s=args.idle_timeout)
+    return serve(args.socket or default_socket_path(), args.db or S.default_db_path(), limits)
 
 
 def cmd_notebook(args: argparse.Namespace) -> int:

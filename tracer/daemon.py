@@ -9,25 +9,36 @@ finished and written before it exits.
 
 from __future__ import annotations
 
+import faulthandler
 import logging
 import os
+import resource
 import signal
+import sqlite3
 import sys
 import threading
+import time
 
-from .errors import CaptureUnavailable
+from .errors import CaptureUnavailable, TracerError
 from .store import sqlite as S
 
 log = logging.getLogger(__name__)
 
 SCAN_INTERVAL_S = 2.0
 IOPUB_POLL_S = 2.0  # how often an idle watcher wakes to check its kernel is alive
+WANT_NOFILE = 65536  # fds: each proxied connection holds 3, each followed kernel a few
+
+# What a periodic loop survives (logged, counted): fds or disk exhausted, a
+# broken invariant while live, a store error. Anything else ends its thread,
+# and Health turns NOT_SERVING, naming it.
+_LOOP_ERRORS = (OSError, sqlite3.Error, TracerError)
 
 
 class Daemon:
     def __init__(self, socket_path: str, db_path: str, scan_interval_s: float = SCAN_INTERVAL_S,
-                 follow_kernels: bool = True) -> None:
+                 follow_kernels: bool = True, limits=None) -> None:
         self.socket_path = socket_path
+        self.limits = limits  # api.proxy.ConnectionLimits, or None for the defaults
         self.db_path = db_path
         self.scan_interval_s = scan_interval_s
         self.follow_kernels = follow_kernels
@@ -46,26 +57,36 @@ class Daemon:
         if os.geteuid() != 0:
             raise CaptureUnavailable("the daemon traces with eBPF and must run as root "
                                      "(see 'provtrace doctor')")
+        raise_fd_limit()
         store = S.Store(self.db_path)
         capture = EbpfCapture()
         capture.calibrate_created_bit()
         hub = EventHub()
         tracing = TracingStore(store, capture, hub)
-        server = ApiServer(tracing, self.socket_path, hub=hub)
+        server = ApiServer(tracing, self.socket_path, hub=hub, limits=self.limits)
+        reaper_alive = threading.Event()
         follower = (KernelFollower(StoreSink(tracing), poll_interval_s=IOPUB_POLL_S)
                     if self.follow_kernels else None)
         try:
             server.start()  # fails clearly when another daemon holds the socket
             tracing.start()
+            components = server.servicer.components
+            components["capture router"] = lambda: tracing.router.alive or self.stop_requested.is_set()
+            components["kernel reaper"] = reaper_alive.is_set
             if follower is not None:
                 self._follower_thread = threading.Thread(
-                    target=follower.run, args=(self.stop_requested, self.scan_interval_s),
-                    name="provtrace-follower", daemon=True)
+                    target=self._follow, args=(follower,), name="provtrace-follower", daemon=True)
                 self._follower_thread.start()
+                thread = self._follower_thread
+                components["kernel follower"] = lambda: thread.is_alive() or self.stop_requested.is_set()
             log.info("event=daemon-ready socket=%s db=%s", self.socket_path, self.db_path)
             self.ready.set()
-            while not self.stop_requested.wait(self.scan_interval_s):
-                tracing.reap_gone_kernels()
+            reaper_alive.set()
+            try:
+                guarded_loop("kernel reaper", tracing.reap_gone_kernels, self.stop_requested,
+                             self.scan_interval_s)
+            finally:
+                reaper_alive.clear()
         finally:
             self.stop_requested.set()
             if self._follower_thread is not None:
@@ -80,10 +101,53 @@ class Daemon:
     def stop(self) -> None:
         self.stop_requested.set()
 
+    def _follow(self, follower) -> None:
+        try:
+            guarded_loop("kernel follower", follower.scan_once, self.stop_requested, self.scan_interval_s)
+        finally:
+            follower.close()  # its watchers stop: their sessions end
 
-def serve(socket_path: str, db_path: str) -> int:
+
+def guarded_loop(name: str, step, stop: threading.Event, interval_s: float) -> None:
+    """Runs step() every interval_s until stop is set, surviving the errors a live host throws.
+
+    One log line per error kind a minute (a flood of EMFILE must not flood the
+    log); anything not in _LOOP_ERRORS propagates and ends the loop.
+    """
+    last_logged: dict[str, float] = {}
+    errors = 0
+    while True:
+        try:
+            step()
+        except _LOOP_ERRORS as exc:
+            errors += 1
+            kind = type(exc).__name__ + str(getattr(exc, "errno", ""))
+            now = time.monotonic()
+            if now - last_logged.get(kind, -60.0) >= 60.0:
+                last_logged[kind] = now
+                log.error("event=loop-error loop=%r count=%d error=%r", name, errors, str(exc))
+        if stop.wait(interval_s):
+            return
+
+
+def raise_fd_limit(want: int = WANT_NOFILE) -> None:
+    """Lifts RLIMIT_NOFILE (soft, and hard where root may) to `want`, with one log line."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    new_hard = hard if hard == resource.RLIM_INFINITY or hard >= want else want
+    new_soft = want if new_hard == resource.RLIM_INFINITY else min(want, new_hard)
+    if new_soft <= soft:
+        return
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (new_soft, new_hard))
+    except (ValueError, OSError):  # no CAP_SYS_RESOURCE for the hard limit: take what is allowed
+        new_soft = hard
+        resource.setrlimit(resource.RLIMIT_NOFILE, (new_soft, hard))
+    log.info("event=nofile-raised soft=%d->%d", soft, new_soft)
+
+
+def serve(socket_path: str, db_path: str, limits=None) -> int:
     """The CLI's entry: run until SIGTERM/SIGINT."""
-    daemon = Daemon(socket_path, db_path)
+    daemon = Daemon(socket_path, db_path, limits=limits)
 
     def _stop(signum, _frame):
         log.info("event=signal signum=%d", signum)
@@ -91,6 +155,8 @@ def serve(socket_path: str, db_path: str) -> int:
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
+    faulthandler.enable()  # a fatal signal (an abort in a C library) leaves every stack in the log
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1 PID`: every thread's stack
     threading.Thread(target=_announce, args=(daemon,), daemon=True).start()
     return daemon.run()
 

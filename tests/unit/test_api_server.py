@@ -45,6 +45,20 @@ def test_health_reports_peer_credentials(api):
     assert (h.caller_uid, h.caller_pid, h.daemon_pid) == (os.getuid(), os.getpid(), os.getpid())
 
 
+def test_health_turns_not_serving_when_a_component_thread_dies(api):
+    server, _ = api
+    worker = threading.Thread(target=lambda: None, name="short-lived")
+    worker.start()
+    server.servicer.components["short-lived worker"] = worker.is_alive
+    worker.join()
+    with ProvtraceClient(server.socket_path) as c:
+        h = c.health()
+    assert not h.serving and h.failed == ("short-lived worker",)
+    server.servicer.components.pop("short-lived worker")
+    with ProvtraceClient(server.socket_path) as c:
+        assert c.health().serving  # the socket proxy itself is alive
+
+
 def test_socket_permissions(api):
     server, _ = api
     st = os.stat(server.socket_path)

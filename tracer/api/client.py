@@ -66,6 +66,8 @@ class Health:
     caller_pid: int
     backend: str
     kernels_watched: int
+    serving: bool = True
+    failed: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -103,7 +105,8 @@ class ProvtraceClient:
     # -- RPCs ----------------------------------------------------------------
     def health(self) -> Health:
         r = self._call("Health", svc.HealthRequest())
-        return Health(r.version, r.daemon_pid, r.caller_uid, r.caller_pid, r.backend, r.kernels_watched)
+        return Health(r.version, r.daemon_pid, r.caller_uid, r.caller_pid, r.backend, r.kernels_watched,
+                      serving=r.status != svc.SERVING_STATUS_NOT_SERVING, failed=tuple(r.failed))
 
     def register_kernel(self, pid: int, connection_file: str | None = None, notebook_path: str | None = None,
                         kernel_name: str | None = None, language: str | None = None,

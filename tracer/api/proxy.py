@@ -10,6 +10,15 @@ Socket life cycle, race-free:
   listening, and only then renamed onto PATH.
 The gRPC server itself listens in a private 0700 directory beside PATH,
 reachable only through this proxy (see auth.py for how calls get a uid).
+
+Limits (ConnectionLimits), so that no local user can exhaust the daemon:
+- at most `per_uid` connections held at once by one uid (root is exempt),
+  and at most `total` in all; a connection over a cap is closed at once;
+- a connection whose client sends nothing within `handshake_s` is closed
+  (a gRPC client sends its HTTP/2 preface immediately);
+- a connection whose client sends nothing for `idle_s` is closed. The gRPC
+  server pings every connection (keepalive) more often than that, and a live
+  client's gRPC library answers each ping, so only dead or hostile peers go.
 """
 
 from __future__ import annotations
@@ -25,8 +34,11 @@ import socket
 import stat
 import tempfile
 import threading
+import time
+from dataclasses import dataclass
 
 from ..errors import TracerError
+from ..fds import fds_to_spare
 from .auth import CallerRegistry, peer_cred
 
 log = logging.getLogger(__name__)
@@ -158,18 +170,63 @@ class PublicSocket:
         return sock
 
 
+@dataclass(frozen=True)
+class ConnectionLimits:
+    total: int = 1024
+    per_uid: int = 64
+    handshake_s: float = 10.0
+    idle_s: float = 300.0
+
+    def __post_init__(self) -> None:
+        if self.total < 1 or self.per_uid < 1:
+            raise ValueError(f"connection caps must be >= 1, got total={self.total} per_uid={self.per_uid}")
+        if self.handshake_s <= 0 or self.idle_s <= 0:
+            raise ValueError(f"timeouts must be > 0 s, got handshake={self.handshake_s} idle={self.idle_s}")
+
+
+class _RateLimitedLog:
+    """At most one line per key every `every_s` seconds, with the count of those held back."""
+
+    def __init__(self, every_s: float = 60.0) -> None:
+        self.every_s = every_s
+        self._last: dict[str, tuple[float, int]] = {}
+
+    def warning(self, key: str, msg: str, *args: object) -> None:
+        now = time.monotonic()
+        last, held = self._last.get(key, (-self.every_s, 0))
+        if now - last < self.every_s:
+            self._last[key] = (last, held + 1)
+            return
+        self._last[key] = (now, 0)
+        log.warning(msg + " suppressed_since_last=%d", *args, held)
+
+
 class CredentialProxy:
     """Relays public connections to the private gRPC socket, recording each peer's creds."""
 
-    def __init__(self, listener: socket.socket, private_path: str, registry: CallerRegistry) -> None:
+    def __init__(self, listener: socket.socket, private_path: str, registry: CallerRegistry,
+                 limits: ConnectionLimits | None = None) -> None:
         self.listener = listener
         self.private_path = private_path
         self.registry = registry
-        self.connections = 0
+        self.limits = limits or ConnectionLimits()
+        self.connections = 0           # accepted since start (names the upstream sockets)
+        self.refused = 0               # closed at once: over a cap
+        self.timed_out = 0             # closed for silence (handshake or idle)
+        self._held: dict[int, int] = {}  # uid -> connections open now
+        self._warn = _RateLimitedLog()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
         self._tag = f"provtrace-{os.getpid()}-{secrets.token_hex(4)}"
+
+    @property
+    def held(self) -> int:
+        return sum(self._held.values())
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="cred-proxy", daemon=True)
@@ -187,6 +244,7 @@ class CredentialProxy:
         asyncio.set_event_loop(loop)  # this thread's own loop
         self._loop = loop
         self.listener.setblocking(False)
+        loop.set_exception_handler(self._loop_error)
         server = loop.run_until_complete(asyncio.start_unix_server(self._serve, sock=self.listener))
         self._ready.set()
         try:
@@ -200,12 +258,61 @@ class CredentialProxy:
                 loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
             loop.close()
 
+    def _loop_error(self, loop: asyncio.AbstractEventLoop, context: dict) -> None:
+        # asyncio reports accept() failing with EMFILE here (and retries by
+        # itself a second later): one line a minute, never a traceback.
+        exc = context.get("exception")
+        self._warn.warning(f"loop-{type(exc).__name__}", "event=proxy-loop-error message=%r error=%r",
+                           context.get("message", ""), str(exc) if exc else "")
+
+    def _admit(self, uid: int) -> bool:
+        held = self._held.get(uid, 0)
+        if self.held >= self.limits.total or (uid != 0 and held >= self.limits.per_uid):
+            return False
+        if not fds_to_spare(_FDS_PER_CONNECTION + _FD_RESERVE):
+            return False  # the rest of the daemon (store, kernels, /proc scans) needs its fds
+        self._held[uid] = held + 1
+        return True
+
+    def _release(self, uid: int) -> None:
+        left = self._held.get(uid, 0) - 1
+        if left > 0:
+            self._held[uid] = left
+        else:
+            self._held.pop(uid, None)
+
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         sock = writer.get_extra_info("socket")
         try:
             caller = peer_cred(sock)
         except OSError as exc:
-            log.warning("event=peercred-failed error=%s", exc)
+            self._warn.warning("peercred", "event=peercred-failed error=%s", exc)
+            writer.close()
+            return
+        if not self._admit(caller.uid):
+            self.refused += 1
+            self._warn.warning(f"cap-{caller.uid}", "event=connection-refused uid=%d pid=%d held_by_uid=%d "
+                               "held=%d reason=cap", caller.uid, caller.pid, self._held.get(caller.uid, 0), self.held)
+            writer.close()
+            return
+        try:
+            await self._relay(reader, writer, caller)
+        finally:
+            self._release(caller.uid)
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, caller) -> None:
+        try:
+            first = await asyncio.wait_for(reader.read(_CHUNK), self.limits.handshake_s)
+        except asyncio.TimeoutError:
+            self.timed_out += 1
+            self._warn.warning("handshake", "event=connection-closed uid=%d pid=%d reason=handshake-timeout",
+                               caller.uid, caller.pid)
+            writer.close()
+            return
+        except (ConnectionError, OSError):
+            writer.close()
+            return
+        if not first:
             writer.close()
             return
         self.connections += 1
@@ -218,17 +325,27 @@ class CredentialProxy:
             up_reader, up_writer = await asyncio.open_unix_connection(sock=_connected(out, self.private_path))
         except OSError as exc:
             out.close()
-            log.error("event=proxy-upstream-failed private=%s error=%s", self.private_path, exc)
+            self._warn.warning("upstream", "event=proxy-upstream-failed private=%s error=%s",
+                               self.private_path, exc)
             self.registry.remove(peer)
             writer.close()
             return
         log.debug("event=proxy-accept uid=%d pid=%d peer=%s", caller.uid, caller.pid, peer)
+        up_writer.write(first)
         try:
-            await asyncio.gather(_pump(reader, up_writer), _pump(up_reader, writer))
+            idle = await _first_done(_pump(reader, up_writer, self.limits.idle_s), _pump(up_reader, writer))
+            if idle:
+                self.timed_out += 1
+                self._warn.warning("idle", "event=connection-closed uid=%d pid=%d reason=idle-timeout",
+                                   caller.uid, caller.pid)
         finally:
             self.registry.remove(peer)
             for w in (writer, up_writer):
                 w.close()
+
+
+_FDS_PER_CONNECTION = 3   # the accepted socket, the upstream socket, and grpc's end of it
+_FD_RESERVE = 32          # kept free for everything else the daemon opens
 
 
 def _connected(sock: socket.socket, path: str) -> socket.socket:
@@ -238,10 +355,28 @@ def _connected(sock: socket.socket, path: str) -> socket.socket:
     return sock
 
 
-async def _pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+async def _first_done(client_to_daemon: "asyncio.Future", daemon_to_client: "asyncio.Future") -> bool:
+    """Relays both ways until the client's side ends (EOF, error, or silence: returns True)."""
+    up = asyncio.ensure_future(client_to_daemon)
+    down = asyncio.ensure_future(daemon_to_client)
+    try:
+        await asyncio.wait({up}, return_when=asyncio.FIRST_COMPLETED)
+        if not up.result():   # the client half-closed: let the answer finish
+            await down
+        return up.result()
+    finally:
+        for task in (up, down):
+            task.cancel()
+
+
+async def _pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter, idle_s: float | None = None) -> bool:
+    """Copies src to dst until EOF. Returns True when src stayed silent for idle_s."""
     try:
         while True:
-            data = await src.read(_CHUNK)
+            try:
+                data = await asyncio.wait_for(src.read(_CHUNK), idle_s)
+            except asyncio.TimeoutError:
+                return True
             if not data:
                 break
             dst.write(data)
@@ -252,6 +387,7 @@ async def _pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
         # One side went away mid-stream; the other is closed by the caller.
         log.debug("event=proxy-pipe-closed error=%s", exc)
         dst.close()
+    return False
 
 
 def _listener_pid(path: str) -> int | None:

@@ -14,6 +14,7 @@ outlived the root, writes the execution context and the end record.
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 import time
 from collections import deque
@@ -32,6 +33,7 @@ from ..store.writer import RunWriter
 log = logging.getLogger(__name__)
 
 FLUSH_EVERY_S = 0.5
+ERROR_BACKOFF_S = 0.2  # after an error in the loop, so a persistent one cannot spin
 # How long one poll may block: short while a command run is live (its finish
 # request waits for the router), long when only idle kernels are followed.
 POLL_MS_BUSY, POLL_MS_IDLE = 40, 250
@@ -94,11 +96,16 @@ class RunRouter:
         self._finishing: list[_Finish] = []
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.errors = 0
 
     # -- other threads --------------------------------------------------------------
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="provtrace-router", daemon=True)
         self._thread.start()
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
 
     def stop(self) -> None:
         self._stop.set()
@@ -138,8 +145,12 @@ class RunRouter:
                 if now - last_flush >= FLUSH_EVERY_S:
                     self.store.flush()
                     last_flush = now
-            except TracerError as e:  # a broken invariant while live: log, count, go on
-                log.error("event=router-error error=%r", str(e))
+            except (TracerError, OSError, sqlite3.Error) as e:
+                # A broken invariant, a full disk, fds exhausted: log, count, go on.
+                # The ring buffer keeps counting what it drops meanwhile.
+                self.errors += 1
+                log.error("event=router-error count=%d error=%r", self.errors, str(e))
+                self._stop.wait(ERROR_BACKOFF_S)
         self._step(self.capture.drain())
         with self._lock:
             pending = list(self._finishing)

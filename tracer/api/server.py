@@ -31,7 +31,7 @@ from .events import EventHub
 from .gen import service_pb2 as svc
 from .gen import service_pb2_grpc as svc_grpc
 from .gen import types_pb2 as pb
-from .proxy import CredentialProxy, PublicSocket
+from .proxy import ConnectionLimits, CredentialProxy, PublicSocket
 from .records import Caller, RunRecord
 
 log = logging.getLogger(__name__)
@@ -118,6 +118,8 @@ class ProvtraceServicer(svc_grpc.ProvtraceServicer):
         self.max_streams_per_uid = max(1, max_streams // 2)
         self._streams: dict[int, int] = {}
         self._streams_lock = threading.Lock()
+        # name -> "is it still running?"; Health is NOT_SERVING when one says no
+        self.components: dict[str, Callable[[], bool]] = {}
 
     def caller(self, context: grpc.ServicerContext) -> Caller:
         caller = self._resolve(context)
@@ -153,8 +155,11 @@ class ProvtraceServicer(svc_grpc.ProvtraceServicer):
     def Health(self, request: svc.HealthRequest, context: Any, caller: Caller) -> svc.HealthResponse:
         sessions = self.store.list_runs(caller.visible_uid, "session")
         alive = sum(1 for r in sessions if r.kernel is not None and r.kernel.alive and r.ended is None)
+        failed = sorted(name for name, alive_now in self.components.items() if not alive_now())
+        status = svc.SERVING_STATUS_NOT_SERVING if failed else svc.SERVING_STATUS_SERVING
         return svc.HealthResponse(version=__version__, daemon_pid=os.getpid(), caller_uid=caller.uid,
-                                  caller_pid=caller.pid, backend=self.backend, kernels_watched=alive)
+                                  caller_pid=caller.pid, backend=self.backend, kernels_watched=alive,
+                                  status=status, failed=failed)
 
     @_rpc
     def RegisterKernel(self, request: svc.RegisterKernelRequest, context: Any, caller: Caller) -> svc.RegisterKernelResponse:
@@ -323,7 +328,7 @@ class ApiServer:
 
     def __init__(self, store: SessionStore, socket_path: str, hub: EventHub | None = None,
                  backend: str = "ebpf", max_workers: int = 16,
-                 max_message_bytes: int = MAX_MESSAGE_BYTES) -> None:
+                 max_message_bytes: int = MAX_MESSAGE_BYTES, limits: ConnectionLimits | None = None) -> None:
         if max_workers < 2:
             raise ValueError(f"max_workers must be >= 2 (streams hold a worker), got {max_workers}")
         self.socket_path = socket_path
@@ -334,6 +339,7 @@ class ApiServer:
                                           max_streams=max(1, max_workers // 2))
         self.max_workers = max_workers
         self.max_message_bytes = max_message_bytes
+        self.limits = limits or ConnectionLimits()
         self._public: PublicSocket | None = None
         self._grpc: grpc.Server | None = None
         self._proxy: CredentialProxy | None = None
@@ -347,6 +353,12 @@ class ApiServer:
                 ("grpc.max_receive_message_length", self.max_message_bytes),
                 ("grpc.max_send_message_length", self.max_message_bytes),
                 ("grpc.so_reuseport", 0),
+                # Ping every connection well inside the proxy's idle timeout: a live
+                # client's gRPC library answers, so only silent peers are cut.
+                ("grpc.keepalive_time_ms", int(min(60.0, self.limits.idle_s / 3) * 1000)),
+                ("grpc.keepalive_timeout_ms", 20_000),
+                ("grpc.keepalive_permit_without_calls", 1),
+                ("grpc.http2.max_pings_without_data", 0),
             ]
             server = grpc.server(futures.ThreadPoolExecutor(self.max_workers, thread_name_prefix="grpc"),
                                  options=options, maximum_concurrent_rpcs=self.max_workers * 4)
@@ -355,8 +367,9 @@ class ApiServer:
                 raise TracerError(f"grpc could not listen on {public.private_path}")
             server.start()
             self._grpc = server
-            self._proxy = CredentialProxy(listener, public.private_path, self.registry)
+            self._proxy = CredentialProxy(listener, public.private_path, self.registry, self.limits)
             self._proxy.start()
+            self.servicer.components["socket proxy"] = lambda: self._proxy is not None and self._proxy.alive
         except BaseException:
             self.stop()
             raise

@@ -12,16 +12,20 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from pathlib import Path
 from typing import Iterable, Protocol
 
 from ..errors import TracerError
+from ..fds import fds_to_spare
 from .clock import Clock, default_clock
 from .iopub import IOPubError, IOPubWatcher
 from .kernels import DiscoveredKernel, Discovery, KernelDiscovery
 from .windows import CellWindow
 
 log = logging.getLogger(__name__)
+
+WATCHER_FDS = 64  # free fds needed to start one IOPub watcher (zmq context, sockets, epoll, signalers)
 
 
 class FollowerSink(Protocol):
@@ -46,6 +50,7 @@ class KernelFollower:
         self._followed: dict[tuple[int, float], tuple[str, IOPubWatcher]] = {}
         self._refused: set[tuple[int, float]] = set()
         self._lock = threading.Lock()
+        self._fd_warned = -60.0
 
     @property
     def sessions(self) -> dict[int, str]:
@@ -83,6 +88,14 @@ class KernelFollower:
         key = (kernel.pid, kernel.create_time)
         if kernel.connection is None:
             self._refused.add(key)  # discovery already recorded why
+            return
+        if not fds_to_spare(WATCHER_FDS):
+            # libzmq aborts the process when it cannot make its own fds: wait
+            # for fds to come back and try at a later scan.
+            now = time.monotonic()
+            if now - self._fd_warned >= 60.0:
+                self._fd_warned = now
+                log.warning("event=kernel-follow-deferred pid=%d reason=too-few-free-fds", kernel.pid)
             return
         session_id = self.sink.kernel_found(kernel)
         watcher = IOPubWatcher(kernel.connection, kernel.pid, clock=self.clock,

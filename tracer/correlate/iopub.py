@@ -130,6 +130,8 @@ class IOPubWatcher:
             self._follow(client)
         except zmq.ZMQError as exc:
             self._fail_or_gap(f"zmq error: {exc}")
+        except OSError as exc:  # fds exhausted, and the like: a gap, never a dead thread's traceback
+            self._fail_or_gap(f"os error: {exc}")
         finally:
             client.stop_channels()
             self._ready.set()

@@ -4,6 +4,7 @@ from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from . import types_pb2 as _types_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
@@ -11,25 +12,38 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class ServingStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SERVING_STATUS_UNSPECIFIED: _ClassVar[ServingStatus]
+    SERVING_STATUS_SERVING: _ClassVar[ServingStatus]
+    SERVING_STATUS_NOT_SERVING: _ClassVar[ServingStatus]
+SERVING_STATUS_UNSPECIFIED: ServingStatus
+SERVING_STATUS_SERVING: ServingStatus
+SERVING_STATUS_NOT_SERVING: ServingStatus
+
 class HealthRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
 class HealthResponse(_message.Message):
-    __slots__ = ("version", "daemon_pid", "caller_uid", "caller_pid", "backend", "kernels_watched")
+    __slots__ = ("version", "daemon_pid", "caller_uid", "caller_pid", "backend", "kernels_watched", "status", "failed")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     DAEMON_PID_FIELD_NUMBER: _ClassVar[int]
     CALLER_UID_FIELD_NUMBER: _ClassVar[int]
     CALLER_PID_FIELD_NUMBER: _ClassVar[int]
     BACKEND_FIELD_NUMBER: _ClassVar[int]
     KERNELS_WATCHED_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    FAILED_FIELD_NUMBER: _ClassVar[int]
     version: str
     daemon_pid: int
     caller_uid: int
     caller_pid: int
     backend: str
     kernels_watched: int
-    def __init__(self, version: _Optional[str] = ..., daemon_pid: _Optional[int] = ..., caller_uid: _Optional[int] = ..., caller_pid: _Optional[int] = ..., backend: _Optional[str] = ..., kernels_watched: _Optional[int] = ...) -> None: ...
+    status: ServingStatus
+    failed: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, version: _Optional[str] = ..., daemon_pid: _Optional[int] = ..., caller_uid: _Optional[int] = ..., caller_pid: _Optional[int] = ..., backend: _Optional[str] = ..., kernels_watched: _Optional[int] = ..., status: _Optional[_Union[ServingStatus, str]] = ..., failed: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class RegisterKernelRequest(_message.Message):
     __slots__ = ("pid", "connection_file", "notebook_path", "kernel_name", "language", "session_id")
