@@ -138,3 +138,35 @@ def test_argv_bytes_and_empty() -> None:
 ])
 def test_authorization_headers(value: str, expected: str) -> None:
     assert redact_text(value) == expected
+
+
+# Gaps found by a hostile review (issue 12): each stayed verbatim before.
+@pytest.mark.parametrize("env", [
+    {"DB_PW": SECRET}, {"PW": SECRET}, {"SESSION": SECRET}, {"CREDS": f"user:{SECRET}"},
+    {"NOTIFY": f"https://hooks.slack.com/services/T0ABC/B0DEF/{SECRET}"},
+    {"NOTIFY": f"https://discord.com/api/webhooks/1234567/{SECRET}"},
+    {"NOTIFY": f"https://example.webhook.office.com/webhookb2/{SECRET}"},
+    {"NOTIFY": f"https://ci.example.org/generic-webhook-trigger/invoke?x=1&token={SECRET}"},
+])
+def test_review_env_gaps(env: dict) -> None:
+    out = redact_env(env)
+    assert SECRET not in "".join(out.values()), out
+
+
+@pytest.mark.parametrize("argv", [
+    ["tool", f"--pw={SECRET}"], ["redis-cli", "-P", SECRET], ["tool", f"password:{SECRET}"],
+    ["tool", f"token: {SECRET}"],
+    ["sh", "-c", f"load --password={SECRET} && curl -u bob:{SECRET} https://h/x"],
+    ["bash", "-c", f"psql --password {SECRET} -c 'select 1'"],
+    ["sh", "-c", f"run --token '{SECRET}' -v"],
+])
+def test_review_argv_gaps(argv: list[str]) -> None:
+    out = redact_argv(argv)
+    assert SECRET not in " ".join(out), out
+
+
+def test_shell_strings_keep_what_is_not_secret() -> None:
+    out = redact_argv(["sh", "-c", f"curl -u bob:{SECRET} -o out.csv https://h/data.csv"])
+    assert out[2] == f"curl -u bob:{REDACTED} -o out.csv https://h/data.csv"
+    assert redact_argv(["sh", "-c", "cut -d, -f1 sorted.csv | uniq > cities.txt"])[2] == \
+        "cut -d, -f1 sorted.csv | uniq > cities.txt"

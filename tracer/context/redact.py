@@ -7,11 +7,12 @@ Environment variables (names compared case-insensitively):
 
 1. Secret names: the whole value becomes ``<redacted>`` when the name
    contains ``TOKEN``, ``SECRET``, ``PASSWORD``, ``PASSWD``, ``PASSPHRASE``,
-   ``KEY``, ``CREDENTIAL``, ``PRIVATE``, ``AUTH`` (but not ``AUTHOR``, so
-   ``GIT_AUTHOR_NAME`` is kept; ``AUTHORIZATION`` is redacted), ``COOKIE`` or
-   ``SESSID``;
-   starts with ``AWS_``; or ends with ``PASS`` or ``_PWD`` (``PGPASS``,
-   ``MYSQL_PWD``; plain ``PWD``, the working directory, is kept).
+   ``KEY``, ``CRED`` (``CREDENTIALS``, ``CREDS``), ``PRIVATE``, ``AUTH`` (but
+   not ``AUTHOR``, so ``GIT_AUTHOR_NAME`` is kept; ``AUTHORIZATION`` is
+   redacted), ``COOKIE``, ``SESSID``, ``SESSION`` or ``WEBHOOK``;
+   starts with ``AWS_``; or ends with ``PASS``, ``_PWD`` or ``_PW`` (or is
+   ``PW``) (``PGPASS``, ``MYSQL_PWD``, ``DB_PW``; plain ``PWD``, the working
+   directory, is kept).
 2. Any other value keeps its text, but secrets inside it are cut out:
    - URL userinfo: ``scheme://user:pw@host`` -> ``scheme://user:<redacted>@host``;
      a userinfo without a colon is often a bare token
@@ -22,6 +23,13 @@ Environment variables (names compared case-insensitively):
    - ``Bearer X`` / ``Basic X`` / ``Digest X`` credentials (HTTP headers),
      where X is 8 or more token characters, and anything after an
      ``Authorization:`` header name;
+   - webhook URLs, whose secret is their path: everything after a
+     ``*hooks.HOST/`` or a ``/webhook(s)/`` segment (Slack, Discord, Teams,
+     Zapier, …);
+   - inside free text such as ``sh -c "..."`` strings: a flag named like a
+     secret (or ``-P``/``--pw``) and its value, after ``=`` or spaces;
+     ``-u``/``--user user:pw`` keeps the user; ``password:X`` and
+     ``DB_PASSWORD=X`` key-value pairs;
    - well-known token shapes: GitHub ``ghp_ gho_ ghu_ ghs_ ghr_ github_pat_``,
      GitLab ``glpat-``, Slack ``xox?-``, AWS access key ids ``AKIA...``/``ASIA...``,
      ``sk-...`` API keys, and PEM private-key blocks.
@@ -31,7 +39,8 @@ Environment variables (names compared case-insensitively):
 
 argv (the first entry, the program, is kept as is apart from rule 2):
 
-- ``--NAME=value`` and ``-NAME=value`` where NAME is a secret name -> value redacted;
+- ``--NAME=value`` and ``-NAME=value`` where NAME is a secret name (or
+  ``pw``, ``pwd``, ``pass``, ``P``) -> value redacted;
 - ``--NAME value`` (a flag that is a secret name, no ``=``) -> the next entry
   is redacted. ``--password``, ``--token``, ``--api-key``, ``--secret`` ...;
 - ``NAME=value`` (as passed to ``env`` or make) follows the environment rule;
@@ -58,10 +67,26 @@ from collections.abc import Mapping, Sequence
 REDACTED = "<redacted>"
 
 _SECRET_NAME = re.compile(
-    r"TOKEN|SECRET|PASSWORD|PASSWD|PASSPHRASE|KEY|CREDENTIAL|PRIVATE|AUTH(?!OR(?!IZ))|COOKIE|SESSID"
-    r"|^AWS_|PASS$|_PWD$",
+    r"TOKEN|SECRET|PASSWORD|PASSWD|PASSPHRASE|KEY|CRED|PRIVATE|AUTH(?!OR(?!IZ))|COOKIE|SESSID|SESSION"
+    r"|WEBHOOK|^AWS_|PASS$|_PWD$|(?:^|_)PW$",
     re.IGNORECASE,
 )
+# Flags that take a password under short names in common tools (sshpass -P
+# prompt aside, `-P X` is a password for redis-cli and many CLIs, and `--pw`
+# is common). Over-redaction (scp's -P port) is accepted.
+_SECRET_SHORT_FLAGS = {"P", "pw", "pwd", "pass"}
+# `password:X` / `token: X` / `DB_PASSWORD=X` as a key-value pair in free text
+_SECRET_PAIR = re.compile(
+    r"(?<![\w./-])(?P<name>[A-Za-z_][A-Za-z0-9_.\-]*)(?P<sep>\s*:\s*|=)(?P<value>[^\s,;'\"&|]+)")
+# Inside a shell string (`sh -c "... --password=X ..."`): a flag that is a
+# secret name, then its value (after = or spaces), quoted or not.
+_TEXT_FLAG = re.compile(
+    r"(?<![\w-])(?P<flag>--?(?P<name>[A-Za-z0-9][A-Za-z0-9_.\-]*))(?P<sep>=|\s+)"
+    r"(?P<value>\"[^\"]*\"|'[^']*'|[^\s\"';|&]+)")
+# Webhook URLs carry their secret in the path: cut everything after the hook part.
+_WEBHOOK = re.compile(
+    r"(?P<keep>https?://(?:[^\s/]*hooks?\.[^\s/]+/|[^\s/]+/(?:[^\s/?#]+/)*?(?:api/)?web-?hooks?/))"
+    r"(?P<secret>[^\s?#'\"]+)", re.IGNORECASE)
 _URL_USERINFO = re.compile(
     r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)(?P<user>[^\s/@:?#]*)(?P<pw>:[^\s/?#]*)?@"
 )
@@ -122,14 +147,36 @@ def _auth_header(m: re.Match) -> str:
     return f"{m.group('header')}{scheme}{REDACTED}"
 
 
+def _text_flag(m: re.Match) -> str:
+    name = m.group("name")
+    value = m.group("value")
+    if name in ("u", "user") and ":" in value.strip("'\""):
+        user = value.strip("'\"").partition(":")[0]
+        return f"{m.group('flag')}{m.group('sep')}{user}:{REDACTED}"
+    if is_secret_name(name) or name in _SECRET_SHORT_FLAGS:
+        return f"{m.group('flag')}{m.group('sep')}{REDACTED}"
+    return m.group(0)
+
+
+def _secret_pair(m: re.Match) -> str:
+    value = m.group("value")
+    if (is_secret_name(m.group("name")) and "//" not in value and not value.startswith(REDACTED)
+            and value.lower() not in ("bearer", "basic", "digest")):
+        return f"{m.group('name')}{m.group('sep')}{REDACTED}"
+    return m.group(0)
+
+
 def redact_text(text: str | bytes) -> str:
     """Rule 2: cut secrets out of free text, keeping the rest."""
     text = to_text(text)
     text = _PEM_BLOCK.sub(REDACTED, text)
+    text = _WEBHOOK.sub(lambda m: f"{m.group('keep')}{REDACTED}", text)
     text = _URL_USERINFO.sub(_userinfo, text)
+    text = _TEXT_FLAG.sub(_text_flag, text)
     text = _QUERY_PARAM.sub(_query, text)
     text = _AUTH_HEADER.sub(_auth_header, text)
     text = _AUTH_SCHEME.sub(lambda m: f"{m.group('scheme')} {REDACTED}", text)
+    text = _SECRET_PAIR.sub(_secret_pair, text)
     return _TOKEN_SHAPES.sub(REDACTED, text)
 
 
@@ -165,7 +212,7 @@ def _redact_flag(arg: str, program: str) -> tuple[str, bool]:
         if m.group("eq"):
             return f"{dashes}{name}={_user_colon_pw(value)}", False
         return arg, True
-    if is_secret_name(name):
+    if is_secret_name(name) or name in _SECRET_SHORT_FLAGS:
         if m.group("eq"):
             return f"{dashes}{name}={REDACTED}", False
         return arg, True

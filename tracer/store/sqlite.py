@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import NamedTuple
 
+from ..context.redact import redact_text
 from ..errors import ChainBroken, StoreError
 
 log = logging.getLogger(__name__)
@@ -151,6 +152,8 @@ class Store:
     # -- writing ---------------------------------------------------------------
     def new_run(self, run_id: str, header: dict) -> int:
         """Insert the run index row and its chained start record; returns rid."""
+        if header.get("label"):  # a label is free text from the user: no secret reaches the file
+            header = {**header, "label": redact_text(header["label"])}
         with self._lock, self._tx():
             cur = self.db.execute(
                 "INSERT INTO runs(id, kind, label, backend, uid, user, started) VALUES(?,?,?,?,?,?,?)",
