@@ -138,11 +138,10 @@ def cmd_notebook(args: argparse.Namespace) -> int:
 
 
 def _write_json(path: str, doc: dict) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(doc, f, indent=2, ensure_ascii=False)
-        f.write("\n")
-    os.replace(tmp, path)
+    """--json-out: written as exports are (atomically, never through a planted symlink)."""
+    from .export.exporter import write  # noqa: PLC0415
+
+    write((json.dumps(doc, indent=2, ensure_ascii=False) + "\n").encode("utf-8"), path)
 
 
 def _remote_runs(socket_path: str) -> list[dict]:

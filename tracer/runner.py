@@ -19,6 +19,7 @@ import socket
 import time
 from collections.abc import Callable, Mapping, Sequence
 
+from .capture import gate
 from .capture.decode import Decoder
 from .correlate.clock import Clock
 from .correlate.clock import us_to_iso as iso
@@ -146,8 +147,7 @@ class TracedCommand:
                 os.close(go_w)
                 os.close(err_r)
                 os.chdir(self.cwd)
-                os.read(go_r, 1)
-                os.close(go_r)
+                gate.wait_for_release(go_r)  # exits, never execs, if we die before release
                 os.execve(exe, self.argv, self.env)
             except OSError as e:
                 os.write(err_w, f"{e.errno}".encode())
@@ -157,8 +157,7 @@ class TracedCommand:
         os.close(err_w)
         tracker.add_root(pid, Clock.now_mono_ns(), self.argv, self.cwd, uid, tag=tag)
         cap.trace(pid, tag)
-        os.write(go_w, b"g")
-        os.close(go_w)
+        gate.release(go_w)
         failed = os.read(err_r, 64)
         os.close(err_r)
         old_int = signal.signal(signal.SIGINT, signal.SIG_IGN)  # the child gets ^C; we record

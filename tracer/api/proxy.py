@@ -44,6 +44,7 @@ from .auth import CallerRegistry, peer_cred
 log = logging.getLogger(__name__)
 
 _CHUNK = 256 * 1024
+_PRIVATE_PREFIX = ".grpc-"  # the gRPC server's private folder beside PATH: .grpc-PID-XXXXXXXX
 
 
 class SocketInUse(TracerError):
@@ -90,7 +91,9 @@ class PublicSocket:
             self.sock = self._bind()
             st = os.stat(self.path)
             self._inode = (st.st_dev, st.st_ino)
-            self.private_dir = tempfile.mkdtemp(prefix=".grpc-", dir=parent)  # 0700
+            _remove_stale_private_dirs(parent)
+            # 0700; named by our pid so that the next daemon can tell it is stale
+            self.private_dir = tempfile.mkdtemp(prefix=f"{_PRIVATE_PREFIX}{os.getpid()}-", dir=parent)
         except BaseException:
             self.close()
             raise
@@ -106,11 +109,7 @@ class PublicSocket:
             self.sock.close()
             self.sock = None
         if self.private_dir is not None:
-            for name in os.listdir(self.private_dir):
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(os.path.join(self.private_dir, name))
-            with contextlib.suppress(OSError):
-                os.rmdir(self.private_dir)
+            _remove_private_dir(self.private_dir)
             self.private_dir = None
         if self._lock_fd is not None:
             os.close(self._lock_fd)  # releases the flock
@@ -406,6 +405,56 @@ def _listener_pid(path: str) -> int | None:
         return peer_cred(probe).pid or None
     finally:
         probe.close()
+
+
+def _remove_stale_private_dirs(parent: str) -> None:
+    """Remove the private gRPC folders that daemons killed with SIGKILL left in parent.
+
+    Called with the lock held. A folder is stale when the daemon whose pid
+    names it (.grpc-PID-*) is gone; one of an older provtrace, named without
+    a pid, when nobody listens on its socket. Only folders, of our own uid,
+    are touched.
+    """
+    try:
+        names = [n for n in os.listdir(parent) if n.startswith(_PRIVATE_PREFIX)]
+    except OSError:
+        return
+    for name in names:
+        path = os.path.join(parent, name)
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            continue
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or _private_dir_in_use(name, path):
+            continue
+        _remove_private_dir(path)
+        log.info("event=stale-private-dir-removed path=%s", path)
+
+
+def _private_dir_in_use(name: str, path: str) -> bool:
+    pid = name[len(_PRIVATE_PREFIX):].split("-", 1)[0]
+    if pid.isdigit():
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            pass  # alive, someone else's
+        return True
+    try:
+        return _listener_pid(os.path.join(path, "grpc.sock")) is not None
+    except SocketError:
+        return True  # cannot tell: keep it
+
+
+def _remove_private_dir(path: str) -> None:
+    """The gRPC socket inside, then the folder (nothing else is ever put there)."""
+    with contextlib.suppress(OSError):
+        for name in os.listdir(path):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(path, name))
+    with contextlib.suppress(OSError):
+        os.rmdir(path)
 
 
 def _read_pid(fd: int) -> int | None:

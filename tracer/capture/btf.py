@@ -13,10 +13,12 @@ from __future__ import annotations
 import json
 import logging
 import os
+import stat
 import struct
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..atomic import atomic_write
 from ..errors import BTFError
 
 log = logging.getLogger(__name__)
@@ -185,7 +187,7 @@ def kernel_offsets(btf_path: str = VMLINUX_BTF, cache_dir: str | None = None) ->
     key = f"{os.uname().release}-{st.st_size}-{int(st.st_mtime)}"
     cache = Path(cache_dir or os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "provtrace" / "btf-offsets.json"
     try:
-        cached = json.loads(cache.read_text())
+        cached = json.loads(_read_own_file(cache))
         if cached.get("key") == key and set(cached["offsets"]) == set(WANTED):
             return dict(cached["offsets"])
     except (OSError, ValueError, KeyError):
@@ -194,7 +196,22 @@ def kernel_offsets(btf_path: str = VMLINUX_BTF, cache_dir: str | None = None) ->
     offsets = {name: btf.offset_of(s, m) for name, (s, m) in WANTED.items()}
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)
-        cache.write_text(json.dumps({"key": key, "offsets": offsets}))
+        atomic_write(str(cache), json.dumps({"key": key, "offsets": offsets}).encode())
     except OSError as e:
         log.debug("btf cache not written path=%s err=%s", cache, e)
     return offsets
+
+
+def _read_own_file(path: Path) -> bytes:
+    """The cache's bytes, if it is a regular file of ours that nobody else may write.
+
+    Root may be run with a user's HOME (sudo keeps it on some systems): the
+    offsets steer what the probes read, so another user's file is not trusted.
+    Raises OSError otherwise.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022:
+            raise PermissionError(f"{path} is not a private file of uid {os.geteuid()}; ignored")
+        return f.read(1 << 20)

@@ -35,6 +35,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 from ..errors import CaptureUnavailable
 from ..model import events as E
+from . import gate
 from . import layouts as L
 from . import ptrace_kernel as K
 from .decode import argv_from_region
@@ -122,8 +123,7 @@ class PtraceCapture:
             if started:
                 started(pid)
             K.resume(K.PTRACE_SYSCALL, pid)
-            os.write(go_w, b"g")
-            os.close(go_w)
+            gate.release(go_w)
             go_w = -1
             self._loop()
             failed = os.read(err_r, 64)
@@ -367,8 +367,7 @@ def _spawn(exe: str, argv: Sequence[str], env: Mapping[str, str], cwd: str,
             for fd in (go_w, err_r, mode_r):
                 os.close(fd)
             os.chdir(cwd)
-            os.read(go_r, 1)
-            os.close(go_r)
+            gate.wait_for_release(go_r)  # exits, never execs, if the tracer dies before release
             if prog is not None:
                 os.write(mode_w, b"S" if K.install_seccomp(prog) == 0 else b"F")
             os.execve(exe, list(argv), dict(env))

@@ -8,15 +8,21 @@ and never anything else.
 
 from __future__ import annotations
 
+import errno
 import json
+import logging
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NoReturn
 
 from ..errors import TracerError
 
 CHANNELS = ("shell", "iopub", "stdin", "control", "hb")
 _MAX_BYTES = 64 * 1024  # real files are < 1 KiB; refuse to slurp a huge one
+
+log = logging.getLogger(__name__)
 
 
 class ConnectionFileError(TracerError):
@@ -61,13 +67,7 @@ class ConnectionInfo:
 
 def parse_connection_file(path: str | os.PathLike[str]) -> ConnectionInfo:
     """Reads and validates one connection file; raises ConnectionFileError."""
-    try:
-        with open(path, "rb") as fh:
-            raw = fh.read(_MAX_BYTES + 1)
-    except OSError as exc:
-        raise ConnectionFileError(path, f"cannot read ({exc.strerror or exc})") from exc
-    if len(raw) > _MAX_BYTES:
-        raise ConnectionFileError(path, f"larger than {_MAX_BYTES} bytes; not a connection file")
+    raw, _ = read_connection_bytes(path)
     if not raw.strip():
         raise ConnectionFileError(path, "empty (the launcher may still be writing it)")
     try:
@@ -75,6 +75,63 @@ def parse_connection_file(path: str | os.PathLike[str]) -> ConnectionInfo:
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ConnectionFileError(path, f"not valid JSON ({exc}); partial write?") from exc
     return connection_from_dict(data, path)
+
+
+def read_connection_bytes(path: str | os.PathLike[str]) -> tuple[bytes, os.stat_result]:
+    """The bytes of a connection file and its stat, read so that nothing a user
+    plants under a kernel-*.json name can hang or mislead the reader.
+
+    O_NONBLOCK: opening a FIFO does not wait for a writer. O_NOFOLLOW: a
+    symlink is refused, not followed to a file its planter could not read.
+    Then fstat on what was opened: only a regular file of at most _MAX_BYTES
+    is read. Anything else raises ConnectionFileError (a recorded gap), with
+    one warning per file.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NOCTTY)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            _refuse(path, "cannot read: a symlink, not followed")
+        raise ConnectionFileError(path, f"cannot read ({exc.strerror or exc})") from exc
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            _refuse(path, "cannot read: not a regular file (a FIFO, socket, device or folder)")
+        if st.st_size > _MAX_BYTES:
+            _refuse(path, f"larger than {_MAX_BYTES} bytes; not a connection file")
+        raw = _read_upto(fd, _MAX_BYTES + 1)
+    except OSError as exc:
+        raise ConnectionFileError(path, f"cannot read ({exc.strerror or exc})") from exc
+    finally:
+        os.close(fd)
+    if len(raw) > _MAX_BYTES:  # grew after the fstat
+        _refuse(path, f"larger than {_MAX_BYTES} bytes; not a connection file")
+    return raw, st
+
+
+def _read_upto(fd: int, limit: int) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    while size < limit and (chunk := os.read(fd, limit - size)):
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
+
+
+# (path, reason) already warned about: a planted file is seen again at every
+# scan, and the log should say so once. Bounded: cleared when full.
+_warned: set[tuple[str, str]] = set()
+_WARNED_MAX = 1024
+
+
+def _refuse(path: str | os.PathLike[str], reason: str) -> NoReturn:
+    key = (os.fspath(path), reason)
+    if key not in _warned:
+        if len(_warned) >= _WARNED_MAX:
+            _warned.clear()
+        _warned.add(key)
+        log.warning("event=connection-file-refused path=%s reason=%r", key[0], reason)
+    raise ConnectionFileError(path, reason)
 
 
 def connection_from_dict(data: object, path: str | os.PathLike[str] = "<dict>") -> ConnectionInfo:

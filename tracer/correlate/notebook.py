@@ -25,6 +25,7 @@ from jupyter_client.kernelspec import NoSuchKernel
 from nbclient import NotebookClient
 from nbclient.exceptions import CellTimeoutError, DeadKernelError
 
+from ..atomic import atomic_write
 from ..errors import TracerError
 from .clock import Clock, default_clock, parse_iso
 from .windows import DIED, ERROR, OK, CellWindow
@@ -93,7 +94,10 @@ class NotebookResult:
         return [c.window(self.kernel_pid or 0, clock) for c in self.cells]
 
     def write_notebook(self, out: str | os.PathLike[str]) -> None:
-        nbformat.write(self.notebook, os.fspath(out))
+        """The executed notebook, written as nbformat.write would, but atomically and
+        never through a symlink planted at out (atomic.py)."""
+        text = nbformat.writes(self.notebook)
+        atomic_write(os.fspath(out), (text if text.endswith("\n") else text + "\n").encode("utf-8"))
 
 
 def read_notebook(path: str | os.PathLike[str]) -> Any:

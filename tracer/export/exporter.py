@@ -13,6 +13,7 @@ import os
 import sys
 from collections.abc import Callable
 
+from ..atomic import atomic_write
 from ..errors import TracerError
 
 log = logging.getLogger(__name__)
@@ -76,26 +77,16 @@ def render(docs: list[dict], fmt: str, *, single: bool = False) -> bytes:
 
 
 def write(data: bytes, dest: str) -> None:
-    """Write to dest ('-' is stdout) atomically: a reader never sees half an export."""
+    """Write to dest ('-' is stdout) atomically: a reader never sees half an export,
+    and a symlink planted at dest or near it is never written through (atomic.py)."""
     if dest == "-":
         sys.stdout.buffer.write(data)
         sys.stdout.buffer.flush()
         return
     if os.path.isdir(dest):
         raise ExportError(f"cannot write export to {dest}: it is a directory; give a file name")
-    tmp = f"{dest}.tmp{os.getpid()}"
     try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, dest)
+        atomic_write(dest, data)
     except OSError as e:
-        _discard(tmp)
         raise ExportError(f"cannot write export to {dest}: {e.strerror or e}; "
                           "check the folder exists and is writable") from e
-
-
-def _discard(tmp: str) -> None:
-    try:
-        os.unlink(tmp)
-    except FileNotFoundError:
-        pass  # never created: the open itself failed

@@ -24,6 +24,7 @@ from typing import NamedTuple
 
 from ..context.redact import redact_text
 from ..errors import ChainBroken, StoreError
+from . import private
 
 log = logging.getLogger(__name__)
 
@@ -56,15 +57,20 @@ CREATE INDEX IF NOT EXISTS records_renamed_from ON records(p2) WHERE kind = 4;
 """
 
 
+SYSTEM_DIR = "/var/lib/provtrace"
+
+
 def default_db_path() -> str:
     """PROVTRACE_DB, else root's system store, else the user's XDG data dir."""
-    env = os.environ.get("PROVTRACE_DB")
-    if env:
-        return env
+    return os.environ.get("PROVTRACE_DB") or os.path.join(default_dir(), "provtrace.db")
+
+
+def default_dir() -> str:
+    """The directory provtrace owns for this user's default store."""
     if os.geteuid() == 0:
-        return "/var/lib/provtrace/provtrace.db"
+        return SYSTEM_DIR
     base = os.environ.get("XDG_DATA_HOME") or os.path.join(Path.home(), ".local", "share")
-    return os.path.join(base, "provtrace", "provtrace.db")
+    return os.path.join(base, "provtrace")
 
 
 def chain_hash(prev: bytes, rid: int, kind: int, p1: bytes | None, p2: bytes | None, body: str) -> bytes:
@@ -100,15 +106,27 @@ _IN_CHUNK = 500
 
 
 class Store:
-    """One SQLite file. Open with Store(path); readers and one writer may share it."""
+    """One SQLite file. Open with Store(path); readers and one writer may share it.
 
-    def __init__(self, path: str, *, create: bool = True, readonly: bool = False) -> None:
+    Opened for writing, the store is made private first (store/private.py):
+    its files 0600, its directory 0700 when created here, or when own_dir
+    (default: when it is default_dir()) says the directory is provtrace's.
+    """
+
+    def __init__(self, path: str, *, create: bool = True, readonly: bool = False,
+                 own_dir: bool | None = None) -> None:
         self.path = path
         if readonly or not create:
             if not os.path.exists(path):
                 raise StoreError(f"no store at {path} (trace something first, or pass --db)")
-        else:
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        if not readonly:
+            if own_dir is None:
+                own_dir = os.path.dirname(os.path.abspath(path)) == os.path.abspath(default_dir())
+            try:
+                private.prepare(path, own_dir=own_dir)
+            except OSError as e:
+                raise StoreError(f"cannot open store {path} for writing: {e.strerror or e}; "
+                                 "check the folder is writable, or pass --db") from e
         uri = f"file:{path}?mode=ro" if readonly else f"file:{path}"
         try:
             self.db = sqlite3.connect(uri, uri=True, timeout=30, isolation_level=None,
