@@ -34,7 +34,15 @@ typedef int rwf_t;
 struct traced_val {
 	__u32 tag;
 	__u32 max_fd;   /* highest fd with an agg entry: bounds the exec/exit sweep */
+	__u32 flags;    /* TV_PRIVILEGED */
+	__u32 _pad;
 };
+
+/* The process exec'd a program that gained privileges (setuid, setgid, file
+ * capabilities) in a non-root run, or descends from one: its process tree is
+ * still seen (fork, exec, exit), but none of its syscalls are, so nothing it
+ * reads with those privileges (chage reading /etc/shadow) reaches the user. */
+#define TV_PRIVILEGED 1
 
 struct fdkey {
 	__u32 pid;
@@ -136,7 +144,7 @@ static __always_inline struct traced_val *sys_traced(__u32 *tgid)
 	struct traced_val *tv = trace_allowed(tgid);
 	__u32 status = 0;
 
-	if (!tv)
+	if (!tv || tv->flags & TV_PRIVILEGED)
 		return 0;
 	bpf_probe_read_kernel(&status, sizeof(status),
 			      (void *)bpf_get_current_task() + OFF_TASK_TI_STATUS);

@@ -76,12 +76,17 @@ struct fork_event {
 	__u32 is_thread;      /* 1: CLONE_THREAD, the child folds into the parent */
 };
 
+/* exec_event.flags: the new image gained privileges (setuid, setgid, file
+ * capabilities) in a non-root run, or runs below one that did; from here on
+ * the process's syscalls are not traced (common.h, TV_PRIVILEGED). */
+#define EXEC_PRIVILEGED 1
+
 struct exec_event {
 	struct event_hdr h;
 	__u32 old_tid;        /* the thread that called exec */
 	__u32 uid;
 	__u32 filename_len;   /* bytes including NUL */
-	__u32 _pad;
+	__u32 flags;          /* EXEC_PRIVILEGED */
 	char filename[PT_PATH_MAX]; /* as passed to exec: may be relative */
 };
 

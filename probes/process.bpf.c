@@ -25,7 +25,7 @@ RAW_TRACEPOINT_PROBE(sched_process_fork)
 	bpf_probe_read_kernel(&child_tgid, sizeof(child_tgid), child + OFF_TASK_TGID);
 	bpf_probe_read_kernel(&child_tid, sizeof(child_tid), child + OFF_TASK_PID);
 	if (child_tgid != tgid) {
-		struct traced_val ctv = {.tag = tv->tag, .max_fd = 0};
+		struct traced_val ctv = {.tag = tv->tag, .max_fd = 0, .flags = tv->flags};
 		if (traced.update(&child_tgid, &ctv))
 			count_lost(LOST_TRACED);
 	}
@@ -84,6 +84,29 @@ static __always_inline void emit_argv(struct traced_val *tv, void *task)
 	emit(e, offsetof(struct argv_event, args) + e->len, sizeof(*e));
 }
 
+/* Did this exec gain privileges the caller did not have? At
+ * sched_process_exec the new image's credentials are already committed:
+ * a setuid/setgid program differs in euid/egid, and file capabilities show
+ * in cap_effective (a non-root caller normally has none). Root gains nothing. */
+static __always_inline int exec_gained_privileges(void *task)
+{
+	void *cred = 0;
+	__u32 ids[4] = {}; /* uid, gid, euid, egid at their BTF offsets */
+	__u64 caps = 0;
+
+	bpf_probe_read_kernel(&cred, sizeof(cred), task + OFF_TASK_CRED);
+	if (!cred)
+		return 0;
+	bpf_probe_read_kernel(&ids[0], sizeof(__u32), cred + OFF_CRED_UID);
+	bpf_probe_read_kernel(&ids[1], sizeof(__u32), cred + OFF_CRED_GID);
+	bpf_probe_read_kernel(&ids[2], sizeof(__u32), cred + OFF_CRED_EUID);
+	bpf_probe_read_kernel(&ids[3], sizeof(__u32), cred + OFF_CRED_EGID);
+	bpf_probe_read_kernel(&caps, sizeof(caps), cred + OFF_CRED_CAP_EFFECTIVE);
+	if (ids[0] == 0)
+		return 0;
+	return ids[2] != ids[0] || ids[3] != ids[1] || caps != 0;
+}
+
 RAW_TRACEPOINT_PROBE(sched_process_exec)
 {
 	/* args: (struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm), p == current */
@@ -94,13 +117,20 @@ RAW_TRACEPOINT_PROBE(sched_process_exec)
 	union big_event *b;
 	struct exec_event *e;
 	long n;
+	__u32 inherited;
 
 	if (!tv)
 		return 0;
 	/* Counts so far belong to the old image; fds may live on. */
 	flush_all(tv, tgid, FLUSH_EXEC);
-	/* before EV_EXEC: the model takes the argv waiting when the exec comes */
-	emit_argv(tv, (void *)ctx->args[0]);
+	inherited = tv->flags & TV_PRIVILEGED;
+	if (!inherited && exec_gained_privileges((void *)ctx->args[0]))
+		tv->flags |= TV_PRIVILEGED;
+	/* before EV_EXEC: the model takes the argv waiting when the exec comes.
+	 * The argv the user gave the privileged program is theirs; what runs
+	 * below it chose its own, and stays out. */
+	if (!inherited)
+		emit_argv(tv, (void *)ctx->args[0]);
 	b = scratch_get();
 	if (!b)
 		return 0;
@@ -108,6 +138,7 @@ RAW_TRACEPOINT_PROBE(sched_process_exec)
 	fill_hdr(&e->h, EV_EXEC, tv->tag);
 	e->old_tid = (__u32)ctx->args[1];
 	e->uid = (__u32)bpf_get_current_uid_gid();
+	e->flags = tv->flags & TV_PRIVILEGED ? EXEC_PRIVILEGED : 0;
 	/* what the tracepoint's filename field holds: bprm->filename */
 	bpf_probe_read_kernel(&filename, sizeof(filename), bprm + OFF_BPRM_FILENAME);
 	n = bpf_probe_read_kernel_str(e->filename, PT_PATH_MAX, filename);

@@ -56,6 +56,13 @@ WANTED: dict[str, tuple[str, str]] = {
     "BPRM_FILENAME": ("linux_binprm", "filename"),
     # argv of a new image: mm->arg_start..arg_end (read at sched_process_exec)
     "TASK_MM": ("task_struct", "mm"),
+    # the credentials of a new image: did exec gain privileges?
+    "TASK_CRED": ("task_struct", "cred"),
+    "CRED_UID": ("cred", "uid"),
+    "CRED_GID": ("cred", "gid"),
+    "CRED_EUID": ("cred", "euid"),
+    "CRED_EGID": ("cred", "egid"),
+    "CRED_CAP_EFFECTIVE": ("cred", "cap_effective"),
     "MM_ARG_START": ("mm_struct", "arg_start"),
     "MM_ARG_END": ("mm_struct", "arg_end"),
     # x86_64 syscall arguments in the saved user registers, and the number

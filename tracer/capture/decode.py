@@ -59,8 +59,9 @@ def _exec() -> Decode:
     off = tails["filename"]
 
     def dec(buf):
-        _, pid, tid, tag, ts, old_tid, uid, flen, _pad = unpack(buf)
-        return E.Exec(ts, pid, tid, tag, old_tid, uid, _cstr(buf, off, flen))
+        _, pid, tid, tag, ts, old_tid, uid, flen, flags = unpack(buf)
+        return E.Exec(ts, pid, tid, tag, old_tid, uid, _cstr(buf, off, flen),
+                      bool(flags & L.EXEC_PRIVILEGED))
     return dec
 
 

@@ -24,6 +24,7 @@ FLUSH_CLOSE, FLUSH_REPLACED, FLUSH_EXIT, FLUSH_EXEC, FLUSH_SWEEP = 1, 2, 3, 4, 5
 FDOP_DUP, FDOP_SETFD, FDOP_CLOSE_RANGE, FDOP_CLOEXEC_RANGE = 1, 2, 3, 4
 NET_CONNECT, NET_ACCEPT, NET_BIND = 1, 2, 3
 FDIO_SEEN_OPEN, FDIO_MAP_SHARED = 0x1, 0x2
+EXEC_PRIVILEGED = 0x1
 LOST_REASONS = ("ringbuf", "agg_map", "compat_syscalls", "traced_map")
 
 
@@ -39,7 +40,7 @@ class ForkEvent(C.Structure):
 
 class ExecEvent(C.Structure):
     _fields_ = [("h", EventHdr), ("old_tid", C.c_uint32), ("uid", C.c_uint32),
-                ("filename_len", C.c_uint32), ("_pad", C.c_uint32),
+                ("filename_len", C.c_uint32), ("flags", C.c_uint32),
                 ("filename", C.c_char * PT_PATH_MAX)]
 
 

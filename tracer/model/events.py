@@ -31,6 +31,7 @@ class Exec(Event):
     old_tid: int
     uid: int
     filename: str
+    privileged: bool = False  # gained privileges (setuid/setgid/caps): not followed from here
 
 
 @dataclass(frozen=True, slots=True)

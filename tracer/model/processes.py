@@ -75,6 +75,7 @@ class Proc:
     files: dict[str, FileAccess] = field(default_factory=dict)
     pending_argv: tuple[str, ...] | None = None
     seeded_from_proc: bool = False
+    privileged: bool = False  # exec'd a program that gained privileges: not followed after
 
     @property
     def exit_code(self) -> int | None:
@@ -348,6 +349,9 @@ class Tracker:
             p.pending_argv = None
         p.uid = ev.uid
         p.start_cwd = p.cwd
+        if ev.privileged:
+            p.privileged = True
+            self._gap("privileged_exec_not_followed")
         exe = path
         if path:
             self._access(p, path, ev).access.add("exec")

@@ -166,7 +166,8 @@ def _process(b: dict) -> dict:
     return {"pid": b["pid"], "ppid": b["ppid"], "exe": _text(b["exe"]),
             "argv": [_text(a) for a in b["argv"]], "cwd": _text(b["cwd"]),
             "uid": b["uid"], "started": iso(b["started_us"]), "ended": iso(b["ended_us"]),
-            "exit_code": b["exit_code"], "signal": b.get("signal"), "cell": b["cell"]}
+            "exit_code": b["exit_code"], "signal": b.get("signal"), "cell": b["cell"],
+            **({"privileged": True} if b.get("privileged") else {})}
 
 
 def _mark_temp(files: list[dict], renames: list[dict]) -> None:

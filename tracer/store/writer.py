@@ -70,6 +70,8 @@ class RunWriter(Sink):
         }
         if p.seeded_from_proc:
             body["seeded_from_proc"] = True
+        if p.privileged:
+            body["privileged"] = True
         self.store.append(self.rid, S.PROCESS, body)
         self.processes += 1
         self.store.append_many(self.rid, S.FILE, [self._file_record(p.pid, fa) for fa in p.files.values()])
