@@ -1,15 +1,20 @@
 """A Jupyter connection file, parsed defensively.
 
 Connection files are written by whoever launched the kernel and read here
-by the daemon, often as root, so nothing in them is trusted: an unreadable,
-partial or odd file raises ConnectionFileError (the caller records a gap)
-and never anything else.
+by the daemon, so nothing in them is trusted: an unreadable, partial or odd
+file (a symlink as its last component, a FIFO, anything but a regular file)
+raises ConnectionFileError (the caller records a gap) and never anything
+else. The daemon reads them with the claimed owner's credentials
+(privs.acting_as): this module only opens what it is given.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import errno
 import json
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,6 +44,7 @@ class ConnectionInfo:
     kernel_name: str | None = None
     curve_publickey: bytes | None = field(default=None, repr=False)
     curve_secretkey: bytes | None = field(default=None, repr=False)
+    owner_uid: int = -1  # the file's owner, when read from a file (who may claim it)
 
     @property
     def uses_curve(self) -> bool:
@@ -61,11 +67,7 @@ class ConnectionInfo:
 
 def parse_connection_file(path: str | os.PathLike[str]) -> ConnectionInfo:
     """Reads and validates one connection file; raises ConnectionFileError."""
-    try:
-        with open(path, "rb") as fh:
-            raw = fh.read(_MAX_BYTES + 1)
-    except OSError as exc:
-        raise ConnectionFileError(path, f"cannot read ({exc.strerror or exc})") from exc
+    raw, owner_uid = _read_regular(path)
     if len(raw) > _MAX_BYTES:
         raise ConnectionFileError(path, f"larger than {_MAX_BYTES} bytes; not a connection file")
     if not raw.strip():
@@ -74,7 +76,32 @@ def parse_connection_file(path: str | os.PathLike[str]) -> ConnectionInfo:
         data = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ConnectionFileError(path, f"not valid JSON ({exc}); partial write?") from exc
-    return connection_from_dict(data, path)
+    return dataclasses.replace(connection_from_dict(data, path), owner_uid=owner_uid)
+
+
+def _read_regular(path: str | os.PathLike[str]) -> tuple[bytes, int]:
+    """(content, owner uid) of a regular file, never through a symlink as its
+    last component, never blocking on a FIFO; raises ConnectionFileError."""
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        reason = "a symlink (not followed)" if exc.errno == errno.ELOOP else \
+            f"cannot read ({exc.strerror or exc})"
+        raise ConnectionFileError(path, reason) from exc
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ConnectionFileError(path, "not a regular file")
+        chunks, size = [], 0
+        while size <= _MAX_BYTES and (chunk := os.read(fd, _MAX_BYTES + 1 - size)):
+            chunks.append(chunk)
+            size += len(chunk)
+        return b"".join(chunks), st.st_uid
+    except OSError as exc:
+        raise ConnectionFileError(path, f"cannot read ({exc.strerror or exc})") from exc
+    finally:
+        os.close(fd)
 
 
 def connection_from_dict(data: object, path: str | os.PathLike[str] = "<dict>") -> ConnectionInfo:
