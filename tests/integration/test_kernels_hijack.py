@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import shutil
 import subprocess
 import sys
@@ -33,6 +34,7 @@ from .helpers import stored_run, until_followed, wait_for
 pytestmark = pytest.mark.privileged
 
 SLEEP = "import time; time.sleep(60)"
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _have(name: str) -> bool:
@@ -130,31 +132,59 @@ def test_fake_argv_naming_roots_connection_file_does_not_take_over(base, test_us
 
 @pytest.mark.parametrize("name", ["ir", "python3"])
 def test_attackers_file_naming_victims_ports_is_refused_and_never_probed(base, test_user, name):
-    """IRkernel exits on a message signed with a wrong key; ipykernel logs it."""
+    """IRkernel exits on a message signed with a wrong key; ipykernel logs it.
+
+    Run in a network namespace of its own: any other provtrace daemon on this
+    host (an older one, say) sees the fake's command line too, and must not be
+    able to reach the victim's ports and spoil what this test observes."""
     if not _have(name):
         pytest.skip(f"kernelspec {name!r} not installed")
-    victim = _Kernel(name, base / "root-runtime", base)
-    evil_runtime = base / "evil-runtime"
+    seen = _in_private_network(f"_never_probed({name!r}, {str(base)!r}, {test_user.pw_name!r})")
+    assert not seen["fake_followed"]
+    assert seen["victim_alive"] and seen["victim_answers"]  # not killed by a wrong-key probe
+    assert not seen["victim_log_complains"], seen["victim_log"]  # and sent nothing at all
+    # the fake's command-line claim, and the file itself (its ports lead to root's kernel)
+    assert f"shell port {seen['shell_port']} is not held by pid {seen['fake_pid']}" in seen["reasons"]
+    assert f"owned by uid {test_user.pw_uid}, not by the process's uid 0" in seen["reasons"]
+
+
+def _in_private_network(call: str) -> dict:
+    """json of `call` (a call of a function of this module, as `m`), run by a child
+    in a new network namespace with its loopback up."""
+    code = f"import json\nfrom tests.integration import test_kernels_hijack as m\nprint(json.dumps(m.{call}))"
+    r = subprocess.run(["unshare", "--net", "sh", "-c", 'ip link set lo up && exec "$0" -c "$1"',
+                        sys.executable, code], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def _never_probed(name: str, base: str, user_name: str) -> dict:
+    """Root's kernel `name`; the user's own file naming its ports with a wrong key,
+    claimed by the user's fake process; three follower scans. What was seen."""
+    user, base_dir = pwd.getpwnam(user_name), Path(base)
+    victim = _Kernel(name, base_dir / "root-runtime", base_dir)
+    evil_runtime = base_dir / "evil-runtime"
     evil_runtime.mkdir()
     evil = evil_runtime / "kernel-evil.json"
     evil.write_text(json.dumps({**victim.connection, "key": "not-the-key"}))
     for p in (evil_runtime, evil):
-        os.chown(p, test_user.pw_uid, test_user.pw_gid)
+        os.chown(p, user.pw_uid, user.pw_gid)
     argv = ([sys.executable, "-c", SLEEP, "IRkernel::main()", "--args", str(evil)] if name == "ir"
             else [sys.executable, "-c", SLEEP, "ipykernel_launcher", "-f", str(evil)])
     follower = KernelFollower(StoreSink(InMemoryStore()), dirs=[evil_runtime], ready_timeout_s=5)
     fake = None
     try:
-        fake = _as_user(test_user, argv)
+        fake = _as_user(user, argv)
         gaps = [g for _ in range(3) for g in follower.scan_once().gaps]
-        assert fake.pid not in follower.sessions
         time.sleep(1)
-        assert victim.km.is_alive() and victim.answers()  # not killed by a wrong-key probe
-        assert "Invalid" not in victim.log() and "signature" not in victim.log().lower()
-        reasons = " | ".join(g.reason for g in gaps if g.what == "claim" and g.where == str(evil))
-        # the fake's command-line claim, and the file itself (its ports lead to root's kernel)
-        assert f"shell port {victim.connection['shell_port']} is not held by pid {fake.pid}" in reasons
-        assert f"owned by uid {test_user.pw_uid}, not by the process's uid 0" in reasons
+        log = victim.log()
+        return {
+            "fake_pid": fake.pid, "fake_followed": fake.pid in follower.sessions,
+            "victim_alive": victim.km.is_alive(), "victim_answers": victim.km.is_alive() and victim.answers(),
+            "victim_log": log, "victim_log_complains": "Invalid" in log or "signature" in log.lower(),
+            "shell_port": victim.connection["shell_port"],
+            "reasons": " | ".join(g.reason for g in gaps if g.what == "claim" and g.where == str(evil)),
+        }
     finally:
         if fake is not None:
             _stop(fake)
