@@ -26,6 +26,7 @@ import ipaddress
 import logging
 import os
 import re
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -171,26 +172,73 @@ class _Listeners:
 
     def get(self) -> Listeners:
         if self._all is None:
-            self._all = _listeners(_host_connections())
+            self._all = listening_sockets()
         return self._all
 
 
-def _host_connections() -> list:
-    try:
-        return psutil.net_connections(kind="inet")
-    except psutil.AccessDenied:
-        log.info("event=net-connections-denied reason=not root; only own sockets visible")
-        return []
+_TCP_LISTEN = "0A"
 
 
-def _listeners(conns: Iterable, pid: int | None = None) -> Listeners:
-    """Listening sockets by address; a socket inherited by a child is listed once per pid."""
+def listening_sockets(pids: Iterable[int] | None = None) -> Listeners:
+    """(bound ip, port) -> every pid holding that listening TCP socket, from /proc.
+
+    Every holder counts: a socket inherited by a forked child is held by both
+    (psutil names only one of them). pids limits the processes looked at."""
+    by_inode: dict[int, tuple[str, int]] = {}
+    for table, version in (("/proc/net/tcp", 4), ("/proc/net/tcp6", 6)):
+        by_inode.update(_listen_table(table, version))
     found: dict[tuple[str, int], set[int]] = {}
-    for c in conns:
-        holder = c.pid if pid is None else pid
-        if c.status == psutil.CONN_LISTEN and c.laddr and holder:
-            found.setdefault((c.laddr.ip, c.laddr.port), set()).add(holder)
+    for pid in (pids if pids is not None else _all_pids()):
+        for inode in _socket_inodes(pid):
+            addr = by_inode.get(inode)
+            if addr is not None:
+                found.setdefault(addr, set()).add(pid)
     return {k: frozenset(v) for k, v in found.items()}
+
+
+def _listen_table(path: str, version: int) -> dict[int, tuple[str, int]]:
+    """inode -> (ip, port) of the LISTEN sockets in one /proc/net/tcp* table."""
+    out: dict[int, tuple[str, int]] = {}
+    try:
+        with open(path, encoding="ascii") as fh:
+            next(fh, None)  # header
+            for line in fh:
+                fields = line.split()
+                if len(fields) < 10 or fields[3] != _TCP_LISTEN:
+                    continue
+                ip_hex, port_hex = fields[1].split(":")
+                out[int(fields[9])] = (_proc_ip(ip_hex, version), int(port_hex, 16))
+    except (OSError, ValueError) as exc:
+        log.info("event=tcp-table-unreadable path=%s error=%s", path, exc)
+    return out
+
+
+def _proc_ip(hex_ip: str, version: int) -> str:
+    """/proc/net/tcp writes addresses as 32-bit words in host byte order."""
+    raw = bytes.fromhex(hex_ip)
+    words = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4)) if sys.byteorder == "little" else raw
+    return str(ipaddress.ip_address(words)) if version == 4 else str(ipaddress.IPv6Address(words))
+
+
+def _all_pids() -> list[int]:
+    return [int(name) for name in os.listdir("/proc") if name.isdigit()]
+
+
+def _socket_inodes(pid: int) -> list[int]:
+    fd_dir = f"/proc/{pid}/fd"
+    try:
+        names = os.listdir(fd_dir)
+    except OSError:
+        return []  # gone, or not ours to look at (not root)
+    inodes = []
+    for name in names:
+        try:
+            target = os.readlink(f"{fd_dir}/{name}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.append(int(target[8:-1]))
+    return inodes
 
 
 def _target_ip(ip: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
@@ -249,13 +297,11 @@ def still_holds_ports(kernel: DiscoveredKernel) -> str | None:
     if kernel.connection is None:
         return "no connection file"
     try:
-        proc = psutil.Process(kernel.pid)
-        if proc.create_time() != kernel.create_time:
+        if psutil.Process(kernel.pid).create_time() != kernel.create_time:
             return "the process is gone"
-        own = _listeners(proc.net_connections(kind="inet"), pid=kernel.pid)
     except psutil.Error as exc:
         return f"the process is gone or denied: {exc}"
-    return ports_not_held(kernel.pid, kernel.connection, own)
+    return ports_not_held(kernel.pid, kernel.connection, listening_sockets([kernel.pid]))
 
 
 def _port_owner(info: ConnectionInfo, listeners: Listeners) -> int | None:
