@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 from pathlib import Path
 
@@ -253,3 +254,32 @@ def test_daemon_keeps_roots_kernel_when_a_user_claims_its_file(daemon, base, tes
         if fake is not None:
             _stop(fake)
         kernel.stop()
+
+
+def test_register_kernel_says_nothing_of_files_the_caller_cannot_see(daemon, base, test_user):
+    """RegisterKernel checks a connection file with the caller's view: a file that
+    exists in a root-only directory and one that does not get the same answer."""
+    sealed = base / "sealed"
+    sealed.mkdir(mode=0o700)
+    (sealed / "kernel-root.json").write_text("{}")
+    code = textwrap.dedent(f"""
+        import json, subprocess
+        from provtrace.tracer.api.client import ApiError, ProvtraceClient
+        sleeper = subprocess.Popen(["sleep", "30"])
+        answers = []
+        with ProvtraceClient({daemon["socket"]!r}) as c:
+            for name in ("kernel-root.json", "kernel-none.json"):
+                try:
+                    c.register_kernel(sleeper.pid, connection_file={str(sealed)!r} + "/" + name)
+                    answers.append("OK")
+                except ApiError as e:
+                    answers.append(e.code.name + " " + e.details.replace(name, "NAME"))
+        sleeper.kill()
+        print(json.dumps(answers))
+    """)
+    out = subprocess.run([sys.executable, "-c", code], user=test_user.pw_uid, group=test_user.pw_gid,
+                         extra_groups=[], capture_output=True, text=True, timeout=60, cwd="/tmp",
+                         env={"PATH": "/usr/bin:/bin", "HOME": "/tmp"})
+    assert out.returncode == 0, out.stderr
+    existing, missing = json.loads(out.stdout.strip().splitlines()[-1])
+    assert existing == missing and existing.startswith("PERMISSION_DENIED"), (existing, missing)
