@@ -173,6 +173,7 @@ class _Judge:
         self.f = facts
         self._now: dict[tuple[int | None, str], dict] = {}
         self._cache: HashCache = {}
+        self._creds: dict[int, Creds] = {}
 
     def now(self, unit: Unit, path: str) -> dict:
         """path as it is now, as the unit's owner sees it: never with more
@@ -181,8 +182,9 @@ class _Judge:
         if uid == os.geteuid():
             uid = None  # ourselves: nothing to take on
         if (uid, path) not in self._now:
-            creds = None if uid is None else Creds.of_user(uid)
-            self._now[(uid, path)] = fingerprint(path, self._cache, creds=creds)
+            if uid is not None and uid not in self._creds:
+                self._creds[uid] = Creds.of_user(uid)
+            self._now[(uid, path)] = fingerprint(path, self._cache, creds=self._creds.get(uid))
         return self._now[(uid, path)]
 
     def later_writer(self, unit: Unit, path: str, after_us: int) -> _Write | None:
