@@ -62,10 +62,26 @@ def test_bad_files(tmp_path, content, words):
 def test_missing_and_unreadable(tmp_path):
     with pytest.raises(ConnectionFileError, match="cannot read"):
         parse_connection_file(tmp_path / "nope.json")
-    with pytest.raises(ConnectionFileError, match="cannot read"):
+    with pytest.raises(ConnectionFileError, match="not a regular file"):
         parse_connection_file(tmp_path)  # a directory
     if os.geteuid() != 0:
         path = _write(tmp_path, GOOD)
         path.chmod(0)
         with pytest.raises(ConnectionFileError, match="cannot read"):
             parse_connection_file(path)
+
+
+def test_symlink_and_fifo_are_refused_without_blocking(tmp_path):
+    real = _write(tmp_path, GOOD)
+    link = tmp_path / "kernel-link.json"
+    link.symlink_to(real)
+    with pytest.raises(ConnectionFileError, match="symlink"):
+        parse_connection_file(link)
+    fifo = tmp_path / "kernel-fifo.json"
+    os.mkfifo(fifo)
+    with pytest.raises(ConnectionFileError, match="not a regular file"):
+        parse_connection_file(fifo)  # would block forever if opened blocking
+
+
+def test_owner_is_recorded(tmp_path):
+    assert parse_connection_file(_write(tmp_path, GOOD)).owner_uid == os.geteuid()

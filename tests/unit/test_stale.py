@@ -9,11 +9,15 @@ files in tmp_path, so the fingerprints are of real content.
 from __future__ import annotations
 
 import base64
+import hashlib
 import itertools
 import json
 import os
+import shutil
 import stat
+import tempfile
 import time
+from pathlib import Path
 
 import pytest
 
@@ -24,6 +28,7 @@ from provtrace.tracer.lineage.diff import diff_runs
 from provtrace.tracer.lineage.stale import render, staleness
 from provtrace.tracer.model import events as E
 from provtrace.tracer.model.processes import AT_FDCWD, CellPolicy, Tracker
+from provtrace.tracer.privs import Creds
 from provtrace.tracer.store import sqlite as S
 from provtrace.tracer.store.fingerprint import HASH_CAP_BYTES, fingerprint, record_fingerprints
 from provtrace.tracer.store.queries import load_run
@@ -49,13 +54,14 @@ class _CurrentCell(CellPolicy):
 class Run:
     """One traced run into a real store: real file operations, mirrored as events."""
 
-    def __init__(self, store: S.Store) -> None:
+    def __init__(self, store: S.Store, uid: int = 0) -> None:
         self.store = store
         self.id = f"20240101T0000{next(RUN_IDS):02d}-abcdef"
+        self.uid = uid  # the owner, as the daemon records it: fingerprints are taken as this user
         start_us = time.time_ns() // 1000
         self.rid = store.new_run(self.id, {
             "id": self.id, "kind": "command", "backend": "ebpf", "label": None, "argv": ["tool"],
-            "cwd": "/", "host": "h", "user": "root", "uid": 0, "started": iso(start_us),
+            "cwd": "/", "host": "h", "user": None, "uid": uid, "started": iso(start_us),
             "start_us": start_us})
         # offset 0: the events' "monotonic" stamps are wall-clock ns, so write
         # times compare with fingerprint times as they would in a real run
@@ -107,7 +113,8 @@ class Run:
         self.tracker.handle(E.Exit(time.time_ns(), self.pid, self.pid, 1, 0, 7))
         self.tracker.finish_all(time.time_ns())
         record_fingerprints(self.store, self.rid,
-                            self.writer.touched.union(*self.writer.renamed_to.values()))
+                            self.writer.touched.union(*self.writer.renamed_to.values()),
+                            creds=None if self.uid == os.geteuid() else Creds.of_user(self.uid))
         self.store.end_run(self.rid, {"ended": iso(time.time_ns() // 1000), "exit_code": 0,
                                       "lost_events": 0, "complete": True, "gaps": {}})
         return self
@@ -376,3 +383,81 @@ def test_diff_reports_a_changed_input(store, tmp_path):
     d = diff_runs(load_run(store, a.rid), load_run(store, b.rid))
     assert [(c["path"], c["basis"]) for c in d["inputs"]["changed"]] == [(str(src), "sha256")]
     assert [c["path"] for c in d["outputs"]["changed"]] == [str(tmp_path / "copy.csv")]
+
+
+@pytest.fixture
+def users_dir(test_user):
+    """/tmp/X (root, 0755) holding a root-only secret and work/, a dir of test_user's."""
+    base = tempfile.mkdtemp(prefix="provtrace-fp-", dir="/tmp")
+    os.chmod(base, 0o755)
+    secret = os.path.join(base, "secret")
+    with open(secret, "w") as f:
+        f.write("root only\n")
+    os.chmod(secret, 0o600)
+    work = os.path.join(base, "work")
+    os.mkdir(work)
+    os.chown(work, test_user.pw_uid, test_user.pw_gid)
+    yield Path(base), Path(secret), Path(work)
+    shutil.rmtree(base, ignore_errors=True)
+
+
+def _give(path, user) -> None:
+    os.lchown(path, user.pw_uid, user.pw_gid)
+
+
+@pytest.mark.privileged
+def test_fingerprints_are_taken_as_the_runs_owner(store, test_user, users_dir):
+    """Issue 12, finding 4: a user's output replaced by a symlink to a root-only
+    file records nothing of that file; what the user cannot read gets no hash."""
+    _base, secret, work = users_dir
+    mine, sealed, out = work / "mine.csv", work / "sealed.csv", work / "out.csv"
+    mine.write_bytes(b"1,2\n")
+    _give(mine, test_user)
+    sealed.write_bytes(b"root's numbers\n")  # root's 0600 file in the user's directory
+    os.chmod(sealed, 0o600)
+    run = Run(store, uid=test_user.pw_uid)
+    run.read(mine)
+    run.read(sealed)
+    run.write(out, b"result\n")
+    out.unlink()
+    out.symlink_to(secret)  # the user swaps its output for a link to root's file
+    _give(out, test_user)
+    run.end()
+    store.flush()
+    fps = {p: json.loads(b) for _s, _r, _k, p, _p2, b in store.records(run.rid, (S.FINGERPRINT,))}
+    secret_st = os.stat(secret)
+    assert fps[str(out)] == {**{k: fps[str(out)][k] for k in ("cell", "at_us")}, "type": "symlink",
+                             "sha256": None, "hash_skipped": "a symlink (not followed)"}
+    assert secret_st.st_size not in (fps[str(out)].get("size_bytes"),)
+    assert fps[str(sealed)]["sha256"] is None
+    assert fps[str(sealed)]["hash_skipped"] == "unreadable: permission denied"
+    assert fps[str(mine)]["sha256"] == hashlib.sha256(b"1,2\n").hexdigest()
+    doc = load_run(store, run.rid)
+    assert {f["path"]: f.get("sha256") for f in doc["files"] if f["path"] == str(out)} == {str(out): None}
+
+
+@pytest.mark.privileged
+def test_stale_is_no_oracle_on_a_root_only_file(store, test_user, users_dir):
+    """stale re-reads files on every call: as the owner, never following a symlink,
+    so a root-only target changing makes no difference to the user's result."""
+    _base, secret, work = users_dir
+    linked, swapped = work / "linked.csv", work / "swapped.csv"
+    run = Run(store, uid=test_user.pw_uid)
+    run.write(linked, b"a\n")
+    run.write(swapped, b"b\n")
+    for p in (linked, swapped):
+        _give(p, test_user)
+    linked.unlink()
+    linked.symlink_to(secret)  # a symlink at the run's end
+    run.end()
+    swapped.unlink()
+    swapped.symlink_to(secret)  # a symlink after it
+    before = staleness(store)
+    secret.write_text("root changed it\n")
+    after = staleness(store)
+    assert before == after
+    unchecked = [u for group in before.values() for x in group for u in x["unchecked"]]
+    assert {"path": str(linked), "role": "output",
+            "why": "not fingerprinted: a symlink (not followed)"} in unchecked
+    secret.unlink()
+    assert staleness(store) == before  # not even its deletion shows

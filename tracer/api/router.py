@@ -25,6 +25,7 @@ from ..correlate.clock import Clock
 from ..correlate.clock import us_to_iso as iso
 from ..errors import TracerError
 from ..model.processes import Tracker
+from ..privs import Creds
 from ..store import sqlite as S
 from ..runner import settle
 from ..store.fingerprint import record_fingerprints
@@ -58,6 +59,7 @@ class LiveRun:
     decoder: Decoder | None = None
     kernel_pid: int | None = None
     root_pid: int | None = None
+    uid: int | None = None  # the owner: whose credentials read its files
     env: dict[str, str] = field(default_factory=dict)
     gpu_samples: list = field(default_factory=list)
     lost_at_start: dict[str, int] = field(default_factory=dict)
@@ -216,7 +218,10 @@ class RunRouter:
         except TracerError as e:
             ctx = {"error": str(e)}
         self.store.append(live.rid, S.CONTEXT, ctx)
-        record_fingerprints(self.store, live.rid, w.touched.union(*w.renamed_to.values()))
+        # as the run's owner, never as root: a user's output may be a symlink to, or a
+        # hard link of, a file only root may read
+        creds = Creds.of_user(live.uid) if live.uid is not None else None
+        record_fingerprints(self.store, live.rid, w.touched.union(*w.renamed_to.values()), creds=creds)
         now_lost = self.capture.lost()  # the daemon's counters: this run's share is the delta
         lost = {k: v - live.lost_at_start.get(k, 0) for k, v in now_lost.items()}
         total = sum(lost.values())

@@ -24,6 +24,7 @@ import grpc
 
 from .. import __version__
 from ..errors import ProcessError, TracerError, UsageError
+from ..privs import Creds, PrivilegeError, acting_as
 from . import convert
 from .auth import CallerRegistry, process_ids, start_time_ns
 from .backend import AccessDenied, NotFound, SessionStore
@@ -92,6 +93,20 @@ def _abs_path(value: str, field: str) -> str | None:
     if not os.path.isabs(value):
         raise UsageError(f"{field} must be an absolute path, got {value!r}")
     return os.path.normpath(value)
+
+
+def _check_own_file(path: str, caller: Caller) -> None:
+    """path must be the caller's own; looked at with the caller's file-system view,
+    so the answer says nothing of files the caller could not see itself."""
+    try:
+        with acting_as(Creds.of_user(caller.uid)):
+            owner = os.stat(path, follow_symlinks=False).st_uid
+    except FileNotFoundError:
+        raise UsageError(f"connection file {path} does not exist") from None
+    except (OSError, PrivilegeError):
+        raise AccessDenied(f"connection file {path} is not yours") from None
+    if owner != caller.uid:
+        raise AccessDenied(f"connection file {path} is not yours")
 
 
 def _user(uid: int) -> str | None:
@@ -171,11 +186,7 @@ class ProvtraceServicer(svc_grpc.ProvtraceServicer):
                                "you may register only your own kernels")
         conn = _abs_path(request.connection_file, "connection_file")
         if conn and not caller.is_root:
-            try:
-                if os.stat(conn).st_uid != caller.uid:
-                    raise AccessDenied(f"connection file {conn} is not yours")
-            except FileNotFoundError:
-                raise UsageError(f"connection file {conn} does not exist") from None
+            _check_own_file(conn, caller)
         kernel = self.store.register_kernel(
             pid=request.pid, pid_start_ns=start_time_ns(request.pid), uid=owner, user=_user(owner),
             connection_file=conn, notebook_path=_abs_path(request.notebook_path, "notebook_path"),

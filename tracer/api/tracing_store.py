@@ -256,7 +256,7 @@ class TracingStore(InMemoryStore):
         return self.document(run_id, None)["context"]
 
     def staleness(self, run_id: str | None, uid: int | None) -> dict:
-        """The store's staleness, cut to the runs uid may see; files are read as the daemon."""
+        """The store's staleness, cut to the runs uid may see; files are read as each run's owner."""
         from ..lineage.stale import staleness  # noqa: PLC0415
 
         reader = self._reader()
@@ -290,7 +290,7 @@ class TracingStore(InMemoryStore):
         writer = RunWriter(self.db, rid, self.clock, _redactor(), base_us=started_us)
         tracker = Tracker(writer, self.capture.created_mask, cells=policy)
         live = LiveRun(run_id=run_id, rid=rid, tag=tag, kind=kind, tracker=tracker, writer=writer,
-                       policy=policy, lost_at_start=self.capture.lost())
+                       policy=policy, lost_at_start=self.capture.lost(), uid=header.get("uid"))
         self._live[run_id] = live
         return live
 

@@ -1,13 +1,16 @@
 """A Jupyter connection file, parsed defensively.
 
 Connection files are written by whoever launched the kernel and read here
-by the daemon, often as root, so nothing in them is trusted: an unreadable,
-partial or odd file raises ConnectionFileError (the caller records a gap)
-and never anything else.
+by the daemon, so nothing in them is trusted: an unreadable, partial or odd
+file (a symlink as its last component, a FIFO, anything but a regular file)
+raises ConnectionFileError (the caller records a gap) and never anything
+else. The daemon reads them with the claimed owner's credentials
+(privs.acting_as): this module only opens what it is given.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import logging
@@ -45,6 +48,7 @@ class ConnectionInfo:
     kernel_name: str | None = None
     curve_publickey: bytes | None = field(default=None, repr=False)
     curve_secretkey: bytes | None = field(default=None, repr=False)
+    owner_uid: int = -1  # the file's owner, when read from a file (who may claim it)
 
     @property
     def uses_curve(self) -> bool:
@@ -67,14 +71,14 @@ class ConnectionInfo:
 
 def parse_connection_file(path: str | os.PathLike[str]) -> ConnectionInfo:
     """Reads and validates one connection file; raises ConnectionFileError."""
-    raw, _ = read_connection_bytes(path)
+    raw, st = read_connection_bytes(path)
     if not raw.strip():
         raise ConnectionFileError(path, "empty (the launcher may still be writing it)")
     try:
         data = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ConnectionFileError(path, f"not valid JSON ({exc}); partial write?") from exc
-    return connection_from_dict(data, path)
+    return dataclasses.replace(connection_from_dict(data, path), owner_uid=st.st_uid)
 
 
 def read_connection_bytes(path: str | os.PathLike[str]) -> tuple[bytes, os.stat_result]:

@@ -4,8 +4,10 @@ The daemon calls scan_once() periodically (or run() in a thread). New
 kernels are handed to the sink (which returns their session id) and
 watched; each window change goes to the sink; a kernel that died or
 vanished is closed in the sink and forgotten. Only kernels whose connection
-file is provably theirs (named on their command line, or all ports held by
-that pid) are probed: IRkernel exits on a message signed with a wrong key.
+file is provably theirs (their uid's file, read as that uid, every port held
+by that pid: see kernels.py) are probed, and their ports are checked again
+right before the first message: IRkernel exits on a message signed with a
+wrong key, and the daemon sends nothing to a port its kernel does not hold.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from ..errors import TracerError
 from ..fds import fds_to_spare
 from .clock import Clock, default_clock
 from .iopub import IOPubError, IOPubWatcher
-from .kernels import DiscoveredKernel, Discovery, KernelDiscovery
+from .kernels import DiscoveredKernel, Discovery, KernelDiscovery, still_holds_ports
 from .windows import CellWindow
 
 log = logging.getLogger(__name__)
@@ -97,6 +99,10 @@ class KernelFollower:
                 self._fd_warned = now
                 log.warning("event=kernel-follow-deferred pid=%d reason=too-few-free-fds", kernel.pid)
             return
+        why = still_holds_ports(kernel)
+        if why is not None:  # nothing is sent to a port the kernel does not hold now
+            log.warning("event=kernel-not-followed pid=%d reason=%r", kernel.pid, why)
+            return  # not refused for good: the next scan proves it again, or drops it
         session_id = self.sink.kernel_found(kernel)
         watcher = IOPubWatcher(kernel.connection, kernel.pid, clock=self.clock,
                                poll_interval_s=self.poll_interval_s,

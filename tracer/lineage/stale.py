@@ -13,14 +13,17 @@ Each is judged against the FINGERPRINT taken when the unit ended
 - an input whose producer (the last unit that wrote it before it was read)
   is stale -> "upstream stale", transitively, over a networkx graph of units.
 
-What cannot be judged (no fingerprint, not a regular file, unreadable now) is
-listed under `unchecked`, never guessed.
+What cannot be judged (no fingerprint, not a regular file, a symlink,
+unreadable now) is listed under `unchecked`, never guessed. Files are read
+now as each run's owner (its header's uid) would read them, never with more
+privilege, and a symlink is never followed (store/fingerprint.py).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 from collections import defaultdict
 from dataclasses import dataclass, field
 
@@ -28,6 +31,7 @@ import networkx as nx
 
 from ..correlate.clock import parse_iso
 from ..model.paths import display, to_json
+from ..privs import Creds
 from ..store import sqlite as S
 from ..store.fingerprint import HashCache, fingerprint
 from ..store.writer import ACCESS_BITS
@@ -49,6 +53,7 @@ class Unit:
 class _Run:
     rid: int
     id: str
+    uid: int | None = None  # the run's owner: its files are judged as that user sees them
     base_us: int = 0
     ended_us: int | None = None
     cells: dict[str, int | None] = field(default_factory=dict)  # id -> ended_us
@@ -95,6 +100,7 @@ class _Facts:
         run = self._run(rid)
         if kind == S.RUN_START:
             run.id, run.base_us = b.get("id", run.id), b.get("start_us") or 0
+            run.uid = b.get("uid") if isinstance(b.get("uid"), int) else None
         elif kind == S.RUN_END:
             run.ended_us = _iso_us(b.get("ended"))
         elif kind == S.CELL and b.get("id") is not None:
@@ -165,13 +171,21 @@ def _compare(then: dict, now: dict) -> tuple[str, str | None]:
 class _Judge:
     def __init__(self, facts: _Facts) -> None:
         self.f = facts
-        self._now: dict[str, dict] = {}
+        self._now: dict[tuple[int | None, str], dict] = {}
         self._cache: HashCache = {}
+        self._creds: dict[int, Creds] = {}
 
-    def now(self, path: str) -> dict:
-        if path not in self._now:
-            self._now[path] = fingerprint(path, self._cache)
-        return self._now[path]
+    def now(self, unit: Unit, path: str) -> dict:
+        """path as it is now, as the unit's owner sees it: never with more
+        privilege than the owner has, so `stale` is no oracle on others' files."""
+        uid = self.f.runs[unit.rid].uid
+        if uid == os.geteuid():
+            uid = None  # ourselves: nothing to take on
+        if (uid, path) not in self._now:
+            if uid is not None and uid not in self._creds:
+                self._creds[uid] = Creds.of_user(uid)
+            self._now[(uid, path)] = fingerprint(path, self._cache, creds=self._creds.get(uid))
+        return self._now[(uid, path)]
 
     def later_writer(self, unit: Unit, path: str, after_us: int) -> _Write | None:
         later = [w for w in self.f.writes.get(path, ()) if _other(w.unit, unit) and w.last_us > after_us]
@@ -191,7 +205,7 @@ class _Judge:
                 return _reason(path, role, f"rewritten by {_name(self.f, writer.unit)}",
                                by=self.f.label(writer.unit), content="unknown"), None
             return None, {**to_json(path), "role": role, "why": why}
-        status, basis = _compare(base, self.now(path))
+        status, basis = _compare(base, self.now(unit, path))
         if writer:
             if role == "output":
                 return None, None  # superseded: the later run now owns the file

@@ -2,12 +2,15 @@
 
 A FINGERPRINT record (p1 = path) holds a dict body:
 
-    {"cell", "at_us", "type": "file"|"dir"|"other", "size_bytes", "mtime_ns",
+    {"cell", "at_us", "type": "file"|"dir"|"symlink"|"other", "size_bytes", "mtime_ns",
      "mtime", "inode", "dev", "sha256", "hash_skipped"?, "error"?}
 
 sha256 is taken for regular files up to HASH_CAP_BYTES; above it, or when the
 file cannot be read, sha256 is null and `hash_skipped` says why. A file that
 cannot even be stat'ed (vanished, permission denied) keeps only `error`.
+A symlink (as the path's last component) is never followed: it keeps only
+its type. The daemon fingerprints with the run owner's credentials
+(privs.acting_as), so nothing the owner could not read is ever recorded.
 `provtrace stale` compares these against the files as they are now, and
 load_run merges them into the run document's `files` entries.
 """
@@ -24,6 +27,7 @@ from collections.abc import Iterable
 
 from ..correlate.clock import us_to_iso
 from ..model.paths import DATA, TEMP, classify, display
+from ..privs import Creds, PrivilegeError, acting_as
 from . import sqlite as S
 
 log = logging.getLogger(__name__)
@@ -34,8 +38,9 @@ HASH_CAP_BYTES = 256 * 1024 * 1024
 FINGERPRINTED_KINDS = (DATA, TEMP)
 _CHUNK_BYTES = 1 << 20
 
-# (dev, inode, size, mtime_ns) -> sha256 hex: hard links and repeated paths hash once
-HashCache = dict[tuple[int, int, int, int], str]
+# (reader uid, dev, inode, size, mtime_ns) -> sha256 hex: hard links and repeated
+# paths hash once per reader
+HashCache = dict[tuple[int, int, int, int, int], str]
 
 
 def _reason(err: OSError) -> str:
@@ -53,10 +58,11 @@ def _kind_of(mode: int) -> str:
 
 
 def _hash_open_file(path: str, st: os.stat_result) -> tuple[str | None, str | None]:
-    """(sha256, None) or (None, why). Opens, checks it is still the same file,
-    hashes, and checks again that it did not change underneath the read."""
+    """(sha256, None) or (None, why). Opens (never through a symlink), checks it
+    is still the same file, hashes, and checks again that it did not change
+    underneath the read."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK | os.O_NOFOLLOW)
     except OSError as e:
         return None, f"unreadable: {_reason(e)}"
     try:
@@ -77,13 +83,30 @@ def _hash_open_file(path: str, st: os.stat_result) -> tuple[str | None, str | No
 
 
 def fingerprint(path: str, cache: HashCache | None = None, *,
-                cap_bytes: int = HASH_CAP_BYTES) -> dict:
+                cap_bytes: int = HASH_CAP_BYTES, creds: Creds | None = None) -> dict:
     """The fingerprint of path as it is now (no cell, no time). Never raises
-    for file-system reasons: a failure is recorded in `error` or `hash_skipped`."""
+    for file-system reasons: a failure is recorded in `error` or `hash_skipped`.
+
+    With creds (the run's owner), the file is stat'ed and read with that
+    user's file-system credentials, so a fingerprint never holds what the
+    owner could not have read. Either way a symlink as the last component is
+    never followed: it is recorded as type "symlink", with nothing of its target."""
+    if creds is None:
+        return _fingerprint(path, cache, cap_bytes, -1)
     try:
-        st = os.stat(path)
+        with acting_as(creds):
+            return _fingerprint(path, cache, cap_bytes, creds.uid)
+    except PrivilegeError as e:
+        return {"error": f"not read as its owner: {e}"}
+
+
+def _fingerprint(path: str, cache: HashCache | None, cap_bytes: int, uid: int) -> dict:
+    try:
+        st = os.lstat(path)
     except OSError as e:
         return {"error": _reason(e)}
+    if stat.S_ISLNK(st.st_mode):
+        return {"type": "symlink", "sha256": None, "hash_skipped": "a symlink (not followed)"}
     fp: dict = {"type": _kind_of(st.st_mode), "size_bytes": st.st_size,
                 "mtime_ns": st.st_mtime_ns, "mtime": us_to_iso(st.st_mtime_ns // 1000),
                 "inode": st.st_ino, "dev": st.st_dev, "sha256": None}
@@ -93,7 +116,7 @@ def fingerprint(path: str, cache: HashCache | None = None, *,
     if st.st_size > cap_bytes:
         fp["hash_skipped"] = "too large"
         return fp
-    key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    key = (uid, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)  # a hash read as one user is theirs
     if cache is not None and key in cache:
         fp["sha256"] = cache[key]
         return fp
@@ -108,11 +131,12 @@ def fingerprint(path: str, cache: HashCache | None = None, *,
 
 def record_fingerprints(store: S.Store, rid: int, paths: Iterable[str], cell: str | None = None,
                         *, kinds: tuple[str, ...] | None = FINGERPRINTED_KINDS,
-                        cap_bytes: int = HASH_CAP_BYTES) -> int:
+                        cap_bytes: int = HASH_CAP_BYTES, creds: Creds | None = None) -> int:
     """Queue one FINGERPRINT record per path of a fingerprinted kind; returns how many.
 
     Called by the runner before end_run, and by a notebook session recorder at
     each cell end (with that cell's id). kinds=None fingerprints every path.
+    creds: the run owner's, when this process is not the owner (the daemon).
     """
     cache: HashCache = {}
     n = 0
@@ -120,7 +144,7 @@ def record_fingerprints(store: S.Store, rid: int, paths: Iterable[str], cell: st
     for path in sorted(set(paths)):
         if kinds is not None and classify(path) not in kinds:
             continue
-        fp = fingerprint(path, cache, cap_bytes=cap_bytes)
+        fp = fingerprint(path, cache, cap_bytes=cap_bytes, creds=creds)
         store.append(rid, S.FINGERPRINT, {"cell": cell, "at_us": time.time_ns() // 1000, **fp},
                      p1=path)
         if "error" in fp:
