@@ -1,6 +1,8 @@
 """The daemon's public Unix socket and its credential-checking proxy.
 
 Socket life cycle, race-free:
+- the path is refused unless no one but root (or the daemon's uid) can
+  swap it: every directory above it is checked first (sockpath.py);
 - an exclusive flock on PATH.lock (pid inside) decides who owns PATH; a
   second daemon fails with "already running, pid N" and touches nothing;
 - with the lock held, a leftover socket at PATH is stale only if nobody
@@ -28,6 +30,7 @@ import threading
 
 from ..errors import TracerError
 from .auth import CallerRegistry, peer_cred
+from .sockpath import check_socket_path
 
 log = logging.getLogger(__name__)
 
@@ -66,12 +69,7 @@ class PublicSocket:
         return os.path.join(self.private_dir, "grpc.sock")
 
     def open(self) -> socket.socket:
-        parent = os.path.dirname(self.path)
-        try:
-            os.makedirs(parent, mode=0o755, exist_ok=True)
-        except OSError as exc:
-            raise SocketError(f"cannot create {parent}: {exc.strerror}") from exc
-        _check_parent(parent)
+        parent = prepare_socket_dir(self.path)
         self._lock()
         try:
             self._clear_stale()
@@ -156,6 +154,22 @@ class PublicSocket:
                 os.unlink(tmp)
             raise SocketError(f"cannot publish socket {self.path}: {exc.strerror}") from exc
         return sock
+
+
+def prepare_socket_dir(path: str) -> str:
+    """Creates path's directory (0755) if missing and refuses a path that
+    anyone but root or this process's uid could swap (sockpath.py); returns
+    the directory. Cheap: the daemon calls it before loading its probes too."""
+    parent = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(parent, mode=0o755, exist_ok=True)
+    except OSError as exc:
+        raise SocketError(f"cannot create {parent}: {exc.strerror}") from exc
+    try:
+        check_socket_path(path, frozenset({0, os.geteuid()}))
+    except OSError as exc:
+        raise SocketError(f"cannot check {parent}: {exc.strerror}") from exc
+    return parent
 
 
 class CredentialProxy:
@@ -275,10 +289,3 @@ def _listener_pid(path: str) -> int | None:
 def _read_pid(fd: int) -> int | None:
     raw = os.pread(fd, 32, 0).strip()
     return int(raw) if raw.isdigit() else None
-
-
-def _check_parent(parent: str) -> None:
-    st = os.stat(parent)
-    if st.st_mode & stat.S_IWOTH and not st.st_mode & stat.S_ISVTX:
-        raise SocketError(f"{parent} is world-writable without the sticky bit; "
-                          "anyone could replace the socket: choose another --socket")
