@@ -24,6 +24,7 @@ import logging
 import os
 import shutil
 import socket
+import struct
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Iterator, Mapping, Sequence
 
@@ -261,7 +262,9 @@ def _check_listener(target: str, trusted: frozenset[int]) -> None:
     daemon (a root process that handed its listening fd on)."""
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
     try:
-        probe.settimeout(5.0)
+        # Blocking, bounded by SO_SNDTIMEO: a busy daemon's full backlog is
+        # waited out (a Python timeout would make connect fail with EAGAIN at once).
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("ll", 5, 0))
         probe.connect(target)
         uid = peer_cred(probe).uid
     finally:
