@@ -130,12 +130,13 @@ def _client_health(user, socket_path: str, cwd: str) -> str:
 
 
 # -- the daemon ----------------------------------------------------------------
-@pytest.mark.parametrize("layout", ["user-dir", "user-dir-above", "world-writable", "sticky-parent"])
+@pytest.mark.parametrize("layout", ["user-dir", "user-dir-above", "user-dir-above-missing",
+                                    "world-writable", "sticky-parent"])
 def test_daemon_refuses_a_socket_others_could_swap(base, test_user, layout):
     if layout.startswith("user-dir"):
         bad = _owned_dir(os.path.join(base, "u"), test_user)
         parent = bad if layout == "user-dir" else os.path.join(bad, "run")
-        if parent != bad:
+        if layout == "user-dir-above":
             os.mkdir(parent)  # root's own directory, inside the user's
         why = f"{bad} is owned by uid {test_user.pw_uid}"
     else:
@@ -151,6 +152,7 @@ def test_daemon_refuses_a_socket_others_could_swap(base, test_user, layout):
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and why in lines[0], r.stderr
     assert not os.path.exists(sock) and not os.path.exists(db)  # refused before anything was made
+    assert os.path.isdir(parent) == (layout != "user-dir-above-missing")  # not even its directory
 
 
 # -- clients against a fake -------------------------------------------------------

@@ -30,7 +30,7 @@ import threading
 
 from ..errors import TracerError
 from .auth import CallerRegistry, peer_cred
-from .sockpath import check_socket_path
+from .sockpath import check_socket_path, open_socket_dir
 
 log = logging.getLogger(__name__)
 
@@ -161,12 +161,18 @@ def prepare_socket_dir(path: str) -> str:
     anyone but root or this process's uid could swap (sockpath.py); returns
     the directory. Cheap: the daemon calls it before loading its probes too."""
     parent = os.path.dirname(os.path.abspath(path))
+    trusted = frozenset({0, os.geteuid()})
+    top = parent
+    while not os.path.isdir(top):  # nothing is created below a directory that fails
+        top = os.path.dirname(top)
     try:
+        if top != parent:
+            os.close(open_socket_dir(os.path.join(top, "_"), trusted, shared_parent_ok=True)[0])
         os.makedirs(parent, mode=0o755, exist_ok=True)
     except OSError as exc:
         raise SocketError(f"cannot create {parent}: {exc.strerror}") from exc
     try:
-        check_socket_path(path, frozenset({0, os.geteuid()}))
+        check_socket_path(path, trusted)
     except OSError as exc:
         raise SocketError(f"cannot check {parent}: {exc.strerror}") from exc
     return parent

@@ -52,12 +52,15 @@ def trusted_uids() -> frozenset[int]:
     return frozenset({0, int(raw)})
 
 
-def open_socket_dir(path: str, trusted: frozenset[int]) -> tuple[int, str, str]:
+def open_socket_dir(path: str, trusted: frozenset[int], *,
+                    shared_parent_ok: bool = False) -> tuple[int, str, str]:
     """Checks every directory down to path's parent; returns (O_PATH fd of the
     parent, the parent as walked with symlinks resolved, the socket's name).
 
     The caller owns the fd. Raises UntrustedSocket naming the first directory
-    (or symlink) that breaks the rule, FileNotFoundError when one is missing."""
+    (or symlink) that breaks the rule, FileNotFoundError when one is missing.
+    shared_parent_ok checks the parent as an ancestor (sticky allowed): for a
+    directory that is about to get a trusted subdirectory."""
     path = os.path.join(os.getcwd(), path)  # an absolute path stays as it is
     head, name = os.path.split(path)
     if not name or name in (".", ".."):
@@ -98,7 +101,7 @@ def open_socket_dir(path: str, trusted: frozenset[int]) -> tuple[int, str, str]:
             _check_dir(where, os.fstat(fds[-1]), trusted)
         parent = "/".join(shown) or "/"
         st = os.fstat(fds[-1])
-        if _shared(st):
+        if _shared(st) and not shared_parent_ok:
             raise UntrustedSocket(f"{parent} is writable by other users (sticky or not): a socket's directory "
                                   "must be writable only by root or the daemon (e.g. /run/provtrace, 0755)")
         return fds.pop(), parent, name
