@@ -25,6 +25,7 @@ import os
 import shutil
 import socket
 import struct
+import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Iterator, Mapping, Sequence
 
@@ -107,6 +108,7 @@ class ProvtraceClient:
         self._channel: grpc.Channel | None = None
         self._stub_: svc_grpc.ProvtraceStub | None = None
         self._dir_fd = -1  # the checked socket directory, held while the channel lives
+        self._opening = threading.Lock()  # threads sharing a client open one channel
 
     def close(self) -> None:
         if self._channel is not None:
@@ -119,15 +121,16 @@ class ProvtraceClient:
     @property
     def _stub(self) -> svc_grpc.ProvtraceStub:
         """The channel, opened on first use once the daemon is known to be the real one."""
-        if self._stub_ is None:
-            target = self._verified_target()
-            self._channel = grpc.insecure_channel(
-                f"unix:{target}",
-                options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)],
-            )
-            self._stub_ = svc_grpc.ProvtraceStub(self._channel)
-        return self._stub_
+        with self._opening:
+            if self._stub_ is None:
+                target = self._verified_target()
+                self._channel = grpc.insecure_channel(
+                    f"unix:{target}",
+                    options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)],
+                )
+                self._stub_ = svc_grpc.ProvtraceStub(self._channel)
+            return self._stub_
 
     def _verified_target(self) -> str:
         """/proc/self/fd/N/NAME after the path, the socket and the listener passed."""

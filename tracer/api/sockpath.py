@@ -16,7 +16,8 @@ environment and cells):
 - a symlink on the way is followed only when nobody else can replace it: it
   lies in a directory that passed the rule and is not sticky, or it is owned
   by a trusted uid; its target is then checked by the same rule. The socket
-  itself must not be a symlink.
+  itself must not be a symlink;
+- every directory walked through must pass, even one that `..` leaves again.
 
 The walk opens each directory with O_PATH|O_NOFOLLOW relative to the one
 before and checks the opened directory (fstat), so no rename between check
