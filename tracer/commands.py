@@ -44,8 +44,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         from .api.client import default_socket_path  # noqa: PLC0415
 
         if args.socket:
-            return _run_via_daemon(cmd, args.socket, args, fallback=False)
-        if os.geteuid() != 0 and os.path.exists(default_socket_path()):
+            code = _run_via_daemon(cmd, args.socket, args, fallback=False)
+            if code is not None:
+                return code
+        elif os.geteuid() != 0 and os.path.exists(default_socket_path()):
             code = _run_via_daemon(cmd, default_socket_path(), args, fallback=args.backend == "auto")
             if code is not None:
                 return code
@@ -78,12 +80,20 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _run_via_daemon(cmd: list[str], socket_path: str, args: argparse.Namespace,
                     fallback: bool) -> int | None:
     """The daemon traces CMD on this user's behalf (eBPF), stored under this uid.
-    None when the daemon is unreachable and a fallback is allowed."""
-    from .api.client import ApiError, ProvtraceClient, run_command  # noqa: PLC0415
+    None when the daemon is unreachable and a fallback is allowed, or when the
+    socket is refused as untrusted (nothing was sent to it) and --backend is
+    auto: the command still runs, traced here instead."""
+    from .api.client import ApiError, ProvtraceClient, UntrustedDaemon, run_command  # noqa: PLC0415
 
     try:
         with ProvtraceClient(socket_path, timeout_s=5) as client:
             client.health()
+    except UntrustedDaemon as e:
+        if args.backend == "auto":
+            how = "with ptrace" if os.geteuid() != 0 else "with eBPF, here"
+            print(f"provtrace: warning: {e}; tracing {how} instead", file=sys.stderr)
+            return None
+        raise
     except ApiError as e:
         if fallback:
             print(f"provtrace: daemon at {socket_path} not reachable ({e}); tracing with ptrace",

@@ -48,6 +48,7 @@ class Daemon:
 
     def run(self) -> int:
         from .api.events import EventHub  # noqa: PLC0415
+        from .api.proxy import prepare_socket_dir  # noqa: PLC0415
         from .api.ingest import StoreSink  # noqa: PLC0415
         from .api.server import ApiServer  # noqa: PLC0415
         from .api.tracing_store import TracingStore  # noqa: PLC0415
@@ -58,6 +59,7 @@ class Daemon:
             raise CaptureUnavailable("the daemon traces with eBPF and must run as root "
                                      "(see 'provtrace doctor')")
         raise_fd_limit()
+        prepare_socket_dir(self.socket_path)  # a refused path fails now, not after seconds of loading
         store = S.Store(self.db_path)
         capture = EbpfCapture()
         capture.calibrate_created_bit()

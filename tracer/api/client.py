@@ -4,6 +4,16 @@ ProvtraceClient wraps the RPCs and returns records.py dataclasses; every
 gRPC failure becomes an ApiError whose message names the socket.
 run_command() is `provtrace run` for a non-root user: the daemon traces the
 command on the user's behalf (see TraceCommand in service.proto).
+
+Before its first byte goes out, a client makes sure it talks to the real
+daemon (a fake server on the path would collect commands, environments and
+cells): every directory down to the socket must be root's and writable by
+nobody else (sockpath.py), the socket must be root's, and the listener's
+SO_PEERCRED uid must be root (or $PROVTRACE_DAEMON_UID). gRPC then connects
+through /proc/self/fd/N/NAME, N being the directory it checked, so no swap
+of any ancestor between the check and gRPC's (re)connects changes where it
+goes; a swap inside the checked directory would need root. A refused daemon
+raises UntrustedDaemon, which callers treat like an absent daemon.
 """
 
 from __future__ import annotations
@@ -13,14 +23,20 @@ import json
 import logging
 import os
 import shutil
+import socket
+import struct
+import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Iterator, Mapping, Sequence
 
 import grpc
 
+from ..context.redact import redact_env
 from ..errors import CommandNotFound, TracerError
+from .auth import peer_cred
 from .gen import service_pb2 as svc
 from .gen import service_pb2_grpc as svc_grpc
+from .sockpath import UntrustedSocket, check_socket_file, open_socket_dir, trusted_uids
 
 if TYPE_CHECKING:
     from .records import ApiEvent, CellRecord, KernelRecord, LineageGraph, RunRecord
@@ -48,14 +64,25 @@ def default_socket_path() -> str:
 class ApiError(TracerError):
     """A call to the daemon failed; carries the gRPC status code."""
 
-    def __init__(self, socket_path: str, code: grpc.StatusCode, details: str) -> None:
+    def __init__(self, socket_path: str, code: grpc.StatusCode, details: str, message: str | None = None) -> None:
         self.code = code
         self.details = details
-        if code == grpc.StatusCode.UNAVAILABLE:
+        if message is not None:
+            msg = message
+        elif code == grpc.StatusCode.UNAVAILABLE:
             msg = f"no provtrace daemon answers on {socket_path} (start one with: provtrace daemon)"
         else:
             msg = f"daemon at {socket_path}: {code.name.lower()}: {details}"
         super().__init__(msg)
+
+
+class UntrustedDaemon(ApiError):
+    """The socket could be someone's fake daemon; nothing was sent to it.
+    Its code is UNAVAILABLE: callers that fall back without a daemon do so here too."""
+
+    def __init__(self, socket_path: str, reason: str) -> None:
+        super().__init__(socket_path, grpc.StatusCode.UNAVAILABLE, reason,
+                         f"refusing daemon socket {socket_path}: {reason}")
 
 
 @dataclass(frozen=True)
@@ -80,15 +107,55 @@ class ProvtraceClient:
     def __init__(self, socket_path: str | None = None, timeout_s: float = 30.0) -> None:
         self.socket_path = socket_path or default_socket_path()
         self.timeout_s = timeout_s
-        self._channel = grpc.insecure_channel(
-            f"unix:{self.socket_path}",
-            options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)],
-        )
-        self._stub = svc_grpc.ProvtraceStub(self._channel)
+        self._channel: grpc.Channel | None = None
+        self._stub_: svc_grpc.ProvtraceStub | None = None
+        self._dir_fd = -1  # the checked socket directory, held while the channel lives
+        self._opening = threading.Lock()  # threads sharing a client open one channel
 
     def close(self) -> None:
-        self._channel.close()
+        if self._channel is not None:
+            self._channel.close()
+            self._channel = self._stub_ = None
+        if self._dir_fd >= 0:
+            os.close(self._dir_fd)
+            self._dir_fd = -1
+
+    @property
+    def _stub(self) -> svc_grpc.ProvtraceStub:
+        """The channel, opened on first use once the daemon is known to be the real one."""
+        with self._opening:
+            if self._stub_ is None:
+                target = self._verified_target()
+                self._channel = grpc.insecure_channel(
+                    f"unix:{target}",
+                    options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)],
+                )
+                self._stub_ = svc_grpc.ProvtraceStub(self._channel)
+            return self._stub_
+
+    def _verified_target(self) -> str:
+        """/proc/self/fd/N/NAME after the path, the socket and the listener passed."""
+        unavailable = ApiError(self.socket_path, grpc.StatusCode.UNAVAILABLE, "")
+        try:
+            trusted = trusted_uids()
+            fd, parent, name = open_socket_dir(self.socket_path, trusted)
+        except UntrustedSocket as exc:
+            raise UntrustedDaemon(self.socket_path, str(exc)) from None
+        except OSError:
+            raise unavailable from None  # a missing directory: no daemon there
+        try:
+            check_socket_file(fd, parent, name, trusted)
+            target = f"/proc/self/fd/{fd}/{name}"
+            _check_listener(target, trusted)
+        except UntrustedSocket as exc:
+            os.close(fd)
+            raise UntrustedDaemon(self.socket_path, str(exc)) from None
+        except OSError:
+            os.close(fd)
+            raise unavailable from None
+        self._dir_fd = fd
+        return target
 
     def __enter__(self) -> "ProvtraceClient":
         return self
@@ -181,14 +248,35 @@ class ProvtraceClient:
 
     def trace_command(self, pid: int, argv: Sequence[str], cwd: str, env: Mapping[str, str],
                       label: str | None = None) -> str:
+        # The daemon only records the environment (in the run's context, redacted
+        # there too): what it never needs in clear text is never sent.
         r = self._call("TraceCommand", svc.TraceCommandRequest(
-            pid=pid, argv=list(argv), cwd=cwd, env=dict(env), label=label or ""))
+            pid=pid, argv=list(argv), cwd=cwd, env=redact_env(env), label=label or ""))
         return r.run_id
 
     def finish_command(self, run_id: str, exit_code: int) -> None:
         req = svc.FinishCommandRequest(run_id=run_id, exit_code=exit_code)
         req.ended.GetCurrentTime()  # UTC wall clock, as ts_to_pb would give
         self._call("FinishCommand", req)
+
+
+def _check_listener(target: str, trusted: frozenset[int]) -> None:
+    """Connects once and asks the kernel who listens (SO_PEERCRED); sends nothing.
+
+    With the directory and socket file checked this is defense in depth: it
+    also catches a trusted-owned socket whose listener is no longer the
+    daemon (a root process that handed its listening fd on)."""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    try:
+        # Blocking, bounded by SO_SNDTIMEO: a busy daemon's full backlog is
+        # waited out (a Python timeout would make connect fail with EAGAIN at once).
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("ll", 5, 0))
+        probe.connect(target)
+        uid = peer_cred(probe).uid
+    finally:
+        probe.close()
+    if uid not in trusted:
+        raise UntrustedSocket(f"the process listening there runs as uid {uid}, not as root or the daemon's uid")
 
 
 class _EventStream:

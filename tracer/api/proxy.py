@@ -1,6 +1,8 @@
 """The daemon's public Unix socket and its credential-checking proxy.
 
 Socket life cycle, race-free:
+- the path is refused unless no one but root (or the daemon's uid) can
+  swap it: every directory above it is checked first (sockpath.py);
 - an exclusive flock on PATH.lock (pid inside) decides who owns PATH; a
   second daemon fails with "already running, pid N" and touches nothing;
 - with the lock held, a leftover socket at PATH is stale only if nobody
@@ -40,6 +42,7 @@ from dataclasses import dataclass
 from ..errors import TracerError
 from ..fds import fds_to_spare
 from .auth import CallerRegistry, peer_cred
+from .sockpath import check_socket_path, open_socket_dir
 
 log = logging.getLogger(__name__)
 
@@ -79,12 +82,7 @@ class PublicSocket:
         return os.path.join(self.private_dir, "grpc.sock")
 
     def open(self) -> socket.socket:
-        parent = os.path.dirname(self.path)
-        try:
-            os.makedirs(parent, mode=0o755, exist_ok=True)
-        except OSError as exc:
-            raise SocketError(f"cannot create {parent}: {exc.strerror}") from exc
-        _check_parent(parent)
+        parent = prepare_socket_dir(self.path)
         self._lock()
         try:
             self._clear_stale()
@@ -198,6 +196,28 @@ class _RateLimitedLog:
             return
         self._last[key] = (now, 0)
         log.warning(msg + " suppressed_since_last=%d", *args, held)
+
+
+def prepare_socket_dir(path: str) -> str:
+    """Creates path's directory (0755) if missing and refuses a path that
+    anyone but root or this process's uid could swap (sockpath.py); returns
+    the directory. Cheap: the daemon calls it before loading its probes too."""
+    parent = os.path.dirname(os.path.abspath(path))
+    trusted = frozenset({0, os.geteuid()})
+    top = parent
+    while not os.path.isdir(top):  # nothing is created below a directory that fails
+        top = os.path.dirname(top)
+    try:
+        if top != parent:
+            os.close(open_socket_dir(os.path.join(top, "_"), trusted, shared_parent_ok=True)[0])
+        os.makedirs(parent, mode=0o755, exist_ok=True)
+    except OSError as exc:
+        raise SocketError(f"cannot create {parent}: {exc.strerror}") from exc
+    try:
+        check_socket_path(path, trusted)
+    except OSError as exc:
+        raise SocketError(f"cannot check {parent}: {exc.strerror}") from exc
+    return parent
 
 
 class CredentialProxy:
@@ -460,10 +480,3 @@ def _remove_private_dir(path: str) -> None:
 def _read_pid(fd: int) -> int | None:
     raw = os.pread(fd, 32, 0).strip()
     return int(raw) if raw.isdigit() else None
-
-
-def _check_parent(parent: str) -> None:
-    st = os.stat(parent)
-    if st.st_mode & stat.S_IWOTH and not st.st_mode & stat.S_ISVTX:
-        raise SocketError(f"{parent} is world-writable without the sticky bit; "
-                          "anyone could replace the socket: choose another --socket")

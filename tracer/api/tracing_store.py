@@ -238,19 +238,16 @@ class TracingStore(InMemoryStore):
         if direction not in ("upstream", "downstream"):
             raise UsageError(f"direction must be upstream or downstream, got {direction!r}")
         reader = self._reader()
-        try:
-            visible = None if uid is None else {r["id"] for r in Q.list_runs(reader, uid)}
-            result = lineage(reader, path, direction, depth or 10)
+        try:  # the walk itself keeps to uid's runs: other users' files are never reached
+            result = lineage(reader, path, direction, depth or 10, uid)
         finally:
             reader.close()
-        nodes = [n for n in result["nodes"] if visible is None or n.get("run") in (None, *visible)]
-        keep = {n["id"] for n in nodes}
         return LineageGraph(
             tuple(LineageNode(n["id"], n["kind"], n.get("path") or " ".join(n.get("argv") or []),
-                              n.get("run"), {k: v for k, v in n.items() if k != "id"}) for n in nodes),
+                              n.get("run"), {k: v for k, v in n.items() if k != "id"}) for n in result["nodes"]),
             tuple(LineageEdge(e["from"], e["to"], e.get("rel") or "",
                               {k: v for k, v in e.items() if k not in ("from", "to", "rel")})
-                  for e in result["edges"] if e["from"] in keep and e["to"] in keep))
+                  for e in result["edges"]))
 
     def context(self, run_id: str) -> Mapping[str, Any]:
         return self.document(run_id, None)["context"]

@@ -5,6 +5,12 @@ then the data files those processes read before they finished writing, and
 the processes that fed them through pipes, transitively. Downstream is the
 mirror image. The walk is a networkx DiGraph whose edges point from input to
 output (file -> process -> file), so the same graph feeds the exporters.
+
+Given a uid (the daemon's non-root caller), the walk runs over that uid's
+runs only: a process of another run is never entered, and a file appears
+only when one of the caller's own processes read or wrote it or one of the
+caller's own renames named it. Filtering the finished graph instead would
+keep the files (and rename edges) reached through other users' processes.
 """
 
 from __future__ import annotations
@@ -26,9 +32,12 @@ SHOWN_KINDS = (DATA, TEMP)
 class _Index:
     """Small cached queries over one store."""
 
-    def __init__(self, store: S.Store) -> None:
+    def __init__(self, store: S.Store, uid: int | None = None) -> None:
         self.s = store
         self.run_ids = dict(store.db.execute("SELECT rid, id FROM runs"))
+        # the runs the walk may use; None: all (a store's own reader, root)
+        self.visible = None if uid is None else {rid for (rid,) in store.db.execute(
+            "SELECT rid FROM runs WHERE uid=?", (uid,))}
         self.base_us = {rid: json.loads(body).get("start_us", 0) for rid, body in store.db.execute(
             "SELECT rid, body FROM records WHERE kind=?", (S.RUN_START,))}
         self._procs: dict[int, dict[int, dict]] = {}
@@ -61,7 +70,8 @@ class _Index:
         if pid is None:
             return []
         return [(rid, self._file(rid, json.loads(body))) for rid, body in self.s.db.execute(
-            "SELECT rid, body FROM records WHERE kind=? AND p1=? ORDER BY seq", (S.FILE, pid))]
+            "SELECT rid, body FROM records WHERE kind=? AND p1=? ORDER BY seq", (S.FILE, pid))
+            if self._sees(rid)]
 
     def renames_to(self, path: str) -> list[tuple[int, str, list]]:
         pid = self.path_id(path)
@@ -69,7 +79,7 @@ class _Index:
             return []
         return [(rid, _dec(src), self._when(rid, json.loads(body))) for rid, src, body in self.s.db.execute(
             "SELECT r.rid, p.path, r.body FROM records r JOIN paths p ON p.id=r.p2 "
-            "WHERE r.kind=? AND r.p1=?", (S.RENAME, pid))]
+            "WHERE r.kind=? AND r.p1=?", (S.RENAME, pid)) if self._sees(rid)]
 
     def renames_from(self, path: str) -> list[tuple[int, str, list]]:
         pid = self.path_id(path)
@@ -78,7 +88,12 @@ class _Index:
         # kind=4 literally (S.RENAME): it lets SQLite use the partial index on p2
         return [(rid, _dec(dst), self._when(rid, json.loads(body))) for rid, dst, body in self.s.db.execute(
             "SELECT r.rid, p.path, r.body FROM records r JOIN paths p ON p.id=r.p1 "
-            "WHERE r.kind=4 AND r.p2=?", (pid,))]
+            "WHERE r.kind=4 AND r.p2=?", (pid,)) if self._sees(rid)]
+
+    def _sees(self, rid: int) -> bool:
+        """Every step away from a file goes through here: processes and renames
+        are reached only from a file's records, so only in visible runs."""
+        return self.visible is None or rid in self.visible
 
     def files_of(self, rid: int, pid: int) -> list[tuple[str, list]]:
         return [(_dec(path), b) for path, b in (
@@ -105,9 +120,11 @@ def _dec(raw: bytes) -> str:
     return os.fsdecode(raw)
 
 
-def lineage(store: S.Store, path: str, direction: str = "upstream", depth: int = 10) -> dict:
-    """Walk from path; returns {root, direction, nodes, edges} (JSON-ready)."""
-    ix = _Index(store)
+def lineage(store: S.Store, path: str, direction: str = "upstream", depth: int = 10,
+            uid: int | None = None) -> dict:
+    """Walk from path; returns {root, direction, nodes, edges} (JSON-ready).
+    With uid, over that uid's runs only (see the module's docstring)."""
+    ix = _Index(store, uid)
     g = nx.DiGraph()
     froot = ("file", path)
     g.add_node(froot, kind="file", path=path, depth=0)
