@@ -47,7 +47,7 @@ fi
 
 # --- 1. apt packages --------------------------------------------------------
 apt_pkgs=(python3-bpfcc python3-venv python3-pip python3-dev gcc strace bpftrace
-          tmux r-cran-irkernel iproute2 procps)
+          tmux r-cran-irkernel iproute2 procps openssh-client)
 missing=()
 for p in "${apt_pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -10,6 +10,7 @@ import argparse
 import json
 import logging
 import os
+import sqlite3
 import sys
 import textwrap
 
@@ -28,7 +29,8 @@ EPILOG = textwrap.dedent("""\
       provtrace daemon                      follow Jupyter kernels; trace users' runs (as root)
       provtrace runs --socket /run/provtrace/provtrace.sock   ask a live daemon
       provtrace stale                       runs and cells whose inputs changed since
-      provtrace verify                      check the store's tamper-evident chain
+      provtrace verify                      check the store's storage and tamper-evident chain
+      provtrace head                        the chain's head, to anchor elsewhere
       provtrace tui                         browse runs, cells, files and lineage
       provtrace export last --format prov-json -o run.prov.json
     """)
@@ -112,8 +114,22 @@ def build_parser() -> argparse.ArgumentParser:
     _add_socket(p)
     p.add_argument("--json", action="store_true")
 
-    p = sub.add_parser("verify", help="check the store's tamper-evident chain")
+    p = sub.add_parser("verify", help="check the store's storage and its tamper-evident chain",
+                       epilog="exit codes: 0 intact, 1 chain broken, 4 storage corrupt, 5 an anchor does not "
+                              "hold. examples: provtrace verify --expect-head 3fa9…@1200; "
+                              "provtrace verify --anchor-log /var/log/provtrace-anchors.log")
     _add_db(p)
+    p.add_argument("--expect-head", metavar="HASH[@SEQ]", action="append", default=[],
+                   help="an anchor from `provtrace head` (repeatable): fail unless the chain still holds it")
+    p.add_argument("--anchor-log", metavar="FILE",
+                   help="check every anchor the daemon appended to FILE (--anchor-log) for this store")
+
+    p = sub.add_parser("head", help="print the store's head (hash@sequence): an anchor to keep elsewhere",
+                       epilog="example: provtrace head >> /mnt/other-host/anchors.txt")
+    _add_db(p)
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--sign-ssh", metavar="KEY", help="sign the head with this SSH private key "
+                   "(ssh-keygen -Y sign, namespace provtrace-head)")
 
     p = sub.add_parser("daemon", help="the long-running service: kernels, cells, gRPC API",
                        epilog="example: sudo provtrace daemon --socket /run/provtrace/provtrace.sock")
@@ -128,6 +144,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="connections one non-root uid may hold at once (default 64)")
     p.add_argument("--handshake-timeout", type=_positive_float, default=10.0, metavar="S",
                    help="close a connection that sends nothing within S seconds (default 10)")
+    p.add_argument("--anchor-log", metavar="FILE", help="append the store's head (an anchor line) to FILE "
+                   "every --anchor-every seconds; keep FILE where the store's writer cannot rewrite it")
+    p.add_argument("--anchor-syslog", action="store_true",
+                   help="send the anchor line to syslog/journald too (facility auth, tag provtrace)")
+    p.add_argument("--anchor-every", type=_positive_float, default=300.0, metavar="S",
+                   help="seconds between anchors (default 300)")
     p.add_argument("--idle-timeout", type=_positive_float, default=300.0, metavar="S",
                    help="close a connection whose client is silent for S seconds (default 300; "
                         "live clients answer the daemon's keepalive pings)")
@@ -170,6 +192,12 @@ def main(argv: list[str] | None = None) -> None:
             raise
         print(f"provtrace: {e}", file=sys.stderr)
         sys.exit(e.exit_code)
+    except sqlite3.DatabaseError as e:  # a damaged store file: say so, never a traceback
+        if args.debug:
+            raise
+        print(f"provtrace: the store cannot be read ({e}); run `provtrace verify` to see what is damaged",
+              file=sys.stderr)
+        sys.exit(4)
     except KeyboardInterrupt:
         print("provtrace: interrupted", file=sys.stderr)
         sys.exit(130)

@@ -117,7 +117,10 @@ def cmd_daemon(args: argparse.Namespace) -> int:
 
     limits = ConnectionLimits(total=args.max_connections, per_uid=args.max_connections_per_user,
                               handshake_s=args.handshake_timeout, idle_s=args.idle_timeout)
-    return serve(args.socket or default_socket_path(), args.db or S.default_db_path(), limits)
+    from .daemon import AnchorPolicy  # noqa: PLC0415
+
+    anchors = AnchorPolicy(args.anchor_log, args.anchor_syslog, args.anchor_every)
+    return serve(args.socket or default_socket_path(), args.db or S.default_db_path(), limits, anchors)
 
 
 def cmd_notebook(args: argparse.Namespace) -> int:
@@ -328,9 +331,41 @@ def cmd_stale(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
+    """Storage first (a damaged index makes every other answer unreliable), then
+    the chain, then each anchor."""
+    from .store.anchor import anchors_in_log, parse_anchor  # noqa: PLC0415
+
+    anchors = [parse_anchor(a) for a in args.expect_head]
     store = _store(args)
+    if args.anchor_log:
+        from_log = anchors_in_log(args.anchor_log, store.path)
+        need(bool(from_log), f"{args.anchor_log} holds no anchor for {store.path}")
+        anchors += from_log
+    store.check_storage()
     n = store.verify()
-    print(f"ok: {n} records, chain intact, head {store.head()}")
+    head, seq = store.head_seq()
+    held = [store.check_anchor(a.hash, a.seq) for a in anchors]
+    note = f"; {len(held)} anchor(s) hold, the latest at record {max(held)}" if held else ""
+    print(f"ok: {n} records, storage intact, chain intact, head {head}@{seq}{note}")
+    return 0
+
+
+def cmd_head(args: argparse.Namespace) -> int:
+    from .store.anchor import anchor_line, sign_ssh  # noqa: PLC0415
+
+    store = _store(args)
+    head, seq = store.head_seq()
+    line = anchor_line(head, seq, store.path)
+    signature = sign_ssh(line + "\n", args.sign_ssh) if args.sign_ssh else None
+    if args.json:
+        doc = {"head": head, "seq": seq, "db": os.path.abspath(store.path), "line": line}
+        if signature:
+            doc["ssh_signature"] = {"namespace": "provtrace-head", "signed": line + "\n", "signature": signature}
+        print_json(doc)
+    else:
+        print(line)
+        if signature:
+            print(signature, end="")
     return 0
 
 

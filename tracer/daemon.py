@@ -16,8 +16,10 @@ import resource
 import signal
 import sqlite3
 import sys
+import syslog
 import threading
 import time
+from dataclasses import dataclass
 
 from .errors import CaptureUnavailable, TracerError
 from .store import sqlite as S
@@ -34,9 +36,24 @@ WANT_NOFILE = 65536  # fds: each proxied connection holds 3, each followed kerne
 _LOOP_ERRORS = (OSError, sqlite3.Error, TracerError)
 
 
+@dataclass(frozen=True)
+class AnchorPolicy:
+    """Where and how often the daemon writes its head (store/anchor.py)."""
+    log_path: str | None = None
+    syslog: bool = False
+    every_s: float = 300.0
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.log_path or self.syslog)
+
+
 class Daemon:
     def __init__(self, socket_path: str, db_path: str, scan_interval_s: float = SCAN_INTERVAL_S,
-                 follow_kernels: bool = True, limits=None) -> None:
+                 follow_kernels: bool = True, limits=None, anchors: AnchorPolicy | None = None) -> None:
+        self.anchors = anchors or AnchorPolicy()
+        self._last_anchor: tuple[str, int] | None = None
+        self._anchor_thread: threading.Thread | None = None
         self.socket_path = socket_path
         self.limits = limits  # api.proxy.ConnectionLimits, or None for the defaults
         self.db_path = db_path
@@ -81,6 +98,11 @@ class Daemon:
                 self._follower_thread.start()
                 thread = self._follower_thread
                 components["kernel follower"] = lambda: thread.is_alive() or self.stop_requested.is_set()
+            if self.anchors.enabled:
+                anchor = threading.Thread(target=self._anchor, args=(store,), name="provtrace-anchor", daemon=True)
+                self._anchor_thread = anchor
+                anchor.start()
+                components["anchor writer"] = lambda: anchor.is_alive() or self.stop_requested.is_set()
             log.info("event=daemon-ready socket=%s db=%s", self.socket_path, self.db_path)
             self.ready.set()
             reaper_alive.set()
@@ -94,6 +116,12 @@ class Daemon:
             if self._follower_thread is not None:
                 self._follower_thread.join()  # follower.run closes its watchers: sessions end
             tracing.close()
+            if self._anchor_thread is not None:
+                self._anchor_thread.join()
+                try:
+                    self._write_anchor(store)  # the head as the daemon leaves the store
+                except _LOOP_ERRORS as exc:
+                    log.error("event=anchor-failed error=%r", str(exc))
             server.stop()
             capture.close()
             store.close()
@@ -102,6 +130,25 @@ class Daemon:
 
     def stop(self) -> None:
         self.stop_requested.set()
+
+    def _anchor(self, store) -> None:
+        guarded_loop("anchor writer", lambda: self._write_anchor(store), self.stop_requested,
+                     self.anchors.every_s)
+
+    def _write_anchor(self, store) -> None:
+        """One anchor line for the store's head, unless the head is unchanged since the last."""
+        from .store.anchor import anchor_line, append_anchor  # noqa: PLC0415
+
+        head, seq = store.head_seq()
+        if self._last_anchor == (head, seq):
+            return
+        line = anchor_line(head, seq, store.path)
+        if self.anchors.log_path:
+            append_anchor(self.anchors.log_path, line)
+        if self.anchors.syslog:
+            syslog.openlog("provtrace", 0, syslog.LOG_AUTH)
+            syslog.syslog(syslog.LOG_NOTICE, line)
+        self._last_anchor = (head, seq)
 
     def _follow(self, follower) -> None:
         try:
@@ -147,9 +194,9 @@ def raise_fd_limit(want: int = WANT_NOFILE) -> None:
     log.info("event=nofile-raised soft=%d->%d", soft, new_soft)
 
 
-def serve(socket_path: str, db_path: str, limits=None) -> int:
+def serve(socket_path: str, db_path: str, limits=None, anchors: AnchorPolicy | None = None) -> int:
     """The CLI's entry: run until SIGTERM/SIGINT."""
-    daemon = Daemon(socket_path, db_path, limits=limits)
+    daemon = Daemon(socket_path, db_path, limits=limits, anchors=anchors)
 
     def _stop(signum, _frame):
         log.info("event=signal signum=%d", signum)

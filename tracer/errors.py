@@ -64,6 +64,27 @@ class ChainBroken(StoreError):
         super().__init__(f"chain broken at record {seq}: {why}")
 
 
+class StorageCorrupt(StoreError):
+    """SQLite's own structures are damaged (pages, indexes): not a chain question.
+
+    Exit code 4, so that scripts tell a damaged file (restore it) from a
+    rewritten history (investigate it)."""
+
+    exit_code = 4
+
+    def __init__(self, db: str, problems: list[str]) -> None:
+        self.problems = problems
+        more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
+        super().__init__(f"storage of {db} is corrupt: {problems[0]}{more}; the chain was not checked "
+                         "(restore the file from a backup; PRAGMA integrity_check lists every problem)")
+
+
+class AnchorMismatch(StoreError):
+    """The chain verifies, but not up to an anchored head: history was cut or rewritten."""
+
+    exit_code = 5
+
+
 class ProcessError(TracerError):
     """An operation on a specific process failed (carries pid and name, like psutil)."""
 

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from ..context.redact import redact_text
-from ..errors import ChainBroken, StoreError
+from ..errors import AnchorMismatch, ChainBroken, StorageCorrupt, StoreError
 from . import private
 
 log = logging.getLogger(__name__)
@@ -315,6 +315,51 @@ class Store:
     def head(self) -> str:
         row = self.db.execute("SELECT value FROM meta WHERE key='head'").fetchone()
         return row[0] if row else GENESIS.hex()
+
+    def head_seq(self) -> tuple[str, int]:
+        """(hash, sequence) of the last record: an anchor to keep somewhere else."""
+        with self._lock:  # never mid-transaction of another thread's flush
+            row = self.db.execute("SELECT hash, seq FROM records ORDER BY seq DESC LIMIT 1").fetchone()
+        return (row[0].hex(), int(row[1])) if row else (GENESIS.hex(), 0)
+
+    def check_storage(self) -> None:
+        """SQLite's integrity_check (pages, freelists, every index against its
+        table); raises StorageCorrupt naming what is damaged."""
+        try:
+            rows = [r[0] for r in self.db.execute("PRAGMA integrity_check(100)")]
+        except sqlite3.DatabaseError as e:  # damaged beyond what the check can walk
+            rows = [str(e)]
+        if rows != ["ok"]:
+            raise StorageCorrupt(self.path, rows)
+
+    def check_anchor(self, anchor_hash: str, anchor_seq: int | None = None) -> int:
+        """After verify(): the record anchored as HASH (at SEQ) is still in the chain.
+
+        A verified chain whose record at SEQ still has the anchored hash cannot
+        have lost or changed anything up to SEQ: each hash covers every record
+        before it. Returns the anchored sequence; raises AnchorMismatch."""
+        try:
+            want = bytes.fromhex(anchor_hash)
+        except ValueError:
+            raise AnchorMismatch(f"anchor {anchor_hash!r} is not a hex hash") from None
+        if want == GENESIS and anchor_seq in (None, 0):
+            return 0  # anchored while empty: every store holds that
+        if anchor_seq is None:
+            row = self.db.execute("SELECT seq FROM records WHERE hash=?", (want,)).fetchone()
+            if row is None:
+                raise AnchorMismatch(f"no record has the anchored hash {anchor_hash[:16]}…: the history "
+                                     "up to the anchor was removed or rewritten")
+            return int(row[0])
+        row = self.db.execute("SELECT hash FROM records WHERE seq=?", (anchor_seq,)).fetchone()
+        if row is None:
+            last = self.head_seq()[1]
+            where = "from the end" if anchor_seq > last else f"(record {anchor_seq} is gone)"
+            raise AnchorMismatch(f"the anchor is record {anchor_seq}, but the store ends at record {last}: "
+                                 f"records were removed {where}")
+        if row[0] != want:
+            raise AnchorMismatch(f"record {anchor_seq} has hash {row[0].hex()[:16]}…, the anchor says "
+                                 f"{anchor_hash[:16]}…: the history up to the anchor was rewritten")
+        return anchor_seq
 
 
 class _Tx:
