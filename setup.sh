@@ -16,6 +16,7 @@
 #   4. .venv made from /usr/bin/python3 with --system-site-packages (so it
 #      sees bcc), holding exactly the Python packages that requirements.lock
 #      pins (hash-checked), with provtrace installed in editable mode.
+#   5. where systemd runs: the daemon's unit in /etc/systemd/system (not enabled).
 #
 # Supported: Debian 12 (bookworm) on x86_64, the release the lock and the apt
 # package names are made for. Other releases get a warning and an attempt.
@@ -105,6 +106,19 @@ bash "$here/tools/venv.sh" "$venv"
   || { echo "setup.sh: the venv cannot import bcc or provtrace" >&2; exit 1; }
 # Put provtrace on PATH for root shells.
 ln -sfn "$venv/bin/provtrace" /usr/local/bin/provtrace
+
+# --- 5. systemd unit ----------------------------------------------------------
+# Installed (not enabled) where systemd runs: systemctl enable --now provtrace
+unit=packaging/systemd/provtrace.service
+if [ -d /run/systemd/system ]; then
+  if ! cmp -s "$unit" /etc/systemd/system/provtrace.service; then
+    log "installing /etc/systemd/system/provtrace.service (enable with: systemctl enable --now provtrace)"
+    install -m 0644 "$unit" /etc/systemd/system/provtrace.service
+    systemctl daemon-reload
+  fi
+else
+  log "systemd is not running here: $unit not installed"
+fi
 
 if [ "$demo" -eq 1 ]; then
   log "demo: provtrace doctor, then a traced shell pipeline"
