@@ -166,3 +166,65 @@ def test_renv_lock_is_read_by_r(tmp_path):
              'R.version$minor, sep = "."))')
     r = subprocess.run(["Rscript", "-e", check], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
+
+
+def test_a_cell_gets_its_own_packages(tmp_path):
+    """A real notebook run (ipykernel, traced): each cell's manifest holds what that cell imported."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to trace")
+    import nbformat  # noqa: PLC0415
+    from nbformat.v4 import new_code_cell, new_notebook  # noqa: PLC0415
+
+    nb = new_notebook(cells=[new_code_cell("import idna"), new_code_cell("import six")])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "python3", "language": "python"}
+    nbformat.write(nb, str(tmp_path / "nb.ipynb"))
+    db = str(tmp_path / "nb.db")
+    pt("notebook", "run", str(tmp_path / "nb.ipynb"), "--db", db, cwd=tmp_path)
+    doc = json.loads(pt("show", "last", "--db", db, "--json").stdout)
+    first, second = (c["id"] for c in sorted(doc["cells"], key=lambda c: c["index"]))
+    run = doc["run"]["id"]
+    own = {cell: _pins(pt("env", f"{run}:{cell}", "--db", db, "--format", "requirements.txt",
+                          "--no-hashes").stdout) for cell in (first, second)}
+    assert "idna" in own[first] and "six" not in own[first]
+    assert "six" in own[second] and "idna" not in own[second]
+    whole = _pins(pt("env", run, "--db", db, "--format", "requirements.txt", "--no-hashes").stdout)
+    assert {"idna", "six"} <= set(whole)
+
+
+@pytest.fixture
+def shared_work(test_user):
+    """A folder the test user owns, where it can reach it (pytest's tmp_path is root's alone)."""
+    import pathlib  # noqa: PLC0415
+    import tempfile  # noqa: PLC0415
+
+    work = pathlib.Path(tempfile.mkdtemp(prefix="provtrace-env-", dir="/tmp"))
+    os.chown(work, test_user.pw_uid, test_user.pw_gid)
+    yield work
+    shutil.rmtree(work, ignore_errors=True)
+
+
+def test_through_the_daemon_a_user_gets_only_its_own_runs(daemon, test_user, shared_work):
+    """--socket asks the daemon's GetContext: the same manifest as the store file gives, for
+    the caller's own runs; another user's run is refused in one line."""
+    work = shared_work
+    as_user = {"user": test_user.pw_uid, "group": test_user.pw_gid, "extra_groups": [],
+               "env": {"PATH": "/usr/bin:/bin", "HOME": str(work)}, "cwd": str(work)}
+
+    def cli(*args, user=False):
+        return subprocess.run([helpers.PROVTRACE, *args], capture_output=True, text=True, timeout=180,
+                              **(as_user if user else {"cwd": str(work)}))
+
+    sock = ("--socket", daemon["socket"])
+    assert cli("run", *sock, "--json-out", str(work / "root.json"), "--", "sh", "-c", "true").returncode == 0
+    r = cli("run", *sock, "--json-out", str(work / "mine.json"), "--", "sh", "-c", "ls >/dev/null", user=True)
+    assert r.returncode == 0, r.stderr
+    root_run, mine = (json.loads((work / f).read_text())["run"]["id"] for f in ("root.json", "mine.json"))
+
+    via_socket = cli("env", mine, *sock, "--format", "apt", user=True)
+    assert via_socket.returncode == 0, via_socket.stderr
+    assert via_socket.stdout == pt("env", mine, "--db", daemon["db"], "--format", "apt").stdout
+    assert "coreutils=" in via_socket.stdout  # ls
+
+    denied = cli("env", root_run, *sock, "--format", "apt", user=True)
+    assert denied.returncode != 0 and root_run in denied.stderr and denied.stdout == ""
+    assert len(denied.stderr.strip().splitlines()) == 1
