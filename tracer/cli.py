@@ -33,6 +33,7 @@ EPILOG = textwrap.dedent("""\
       provtrace head                        the chain's head, to anchor elsewhere
       provtrace tui                         browse runs, cells, files and lineage
       provtrace export last --format prov-json -o run.prov.json
+      provtrace env last --format requirements.txt -o requirements.txt
     """)
 
 
@@ -104,6 +105,32 @@ def build_parser() -> argparse.ArgumentParser:
                    choices=("prov-json", "prov-n", "prov-xml", "openlineage", "graphml", "dot", "json"),
                    help="prov-json (default), prov-n, prov-xml, openlineage, graphml, dot, json")
     p.add_argument("-o", "--output", required=True, metavar="FILE", help="where to write; '-' is stdout")
+    _add_db(p)
+    _add_socket(p)
+
+    p = sub.add_parser("env", help="an environment manifest (requirements.txt, renv.lock, julia, apt, "
+                       "Dockerfile) from what a run or cell really used",
+                       epilog="RUN is a run id, unique prefix or 'last'; RUN:CELL takes that cell's own "
+                              "context (a cell id, prefix, or index).\n"
+                              "examples: provtrace env last --format requirements.txt -o requirements.txt\n"
+                              "          provtrace env last --format apt | xargs apt-get install -y\n"
+                              "          provtrace env 20261207T184442-19c7fd:3 --format renv.lock\n"
+                              "          provtrace env last --format julia -o env/   (Project.toml + "
+                              "Manifest.toml)\n"
+                              "          provtrace env last --format dockerfile -o build/Dockerfile   "
+                              "(+ requirements.txt, renv.lock beside it)\n"
+                              "a format the run used nothing of gives an empty manifest, a warning, and exit 0",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run", metavar="RUN|CELL", help="RUN, or RUN:CELL for one notebook cell")
+    p.add_argument("--format", required=True, metavar="FMT",
+                   choices=("requirements.txt", "renv.lock", "julia", "apt", "dockerfile"),
+                   help="requirements.txt, renv.lock, julia, apt or dockerfile")
+    p.add_argument("-o", "--output", metavar="FILE", help="write here (atomically) instead of stdout; "
+                   "julia: a directory for Project.toml + Manifest.toml")
+    p.add_argument("--no-hashes", action="store_true",
+                   help="requirements.txt/dockerfile: plain pins, without asking PyPI for --hash lines")
+    p.add_argument("--base", metavar="IMAGE", help="dockerfile: the base image (default: from the "
+                   "run's os_release, e.g. debian:12)")
     _add_db(p)
     _add_socket(p)
 

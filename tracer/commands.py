@@ -309,6 +309,41 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_env(args: argparse.Namespace) -> int:
+    """An environment manifest: to stdout or -o; warnings (one line each) on stderr."""
+    from .export import manifests as M  # noqa: PLC0415
+
+    run_ref, cell = M.split_ref(args.run)
+    if args.socket:
+        context = _remote_context(args.socket, run_ref, cell, M)
+    else:
+        from .store import queries as Q  # noqa: PLC0415
+
+        store = _store(args)
+        try:
+            doc = Q.load_run(store, Q.resolve_run(store, run_ref))
+        finally:
+            store.close()
+        context = M.cell_context(doc, cell) if cell else doc.get("context") or {}
+    source = args.run
+    manifest = M.build(context, args.format, source, hashes=not args.no_hashes, base=args.base)
+    M.write(manifest, args.output)
+    for warning in manifest.warnings:
+        print(f"provtrace: warning: {warning}", file=sys.stderr)
+    return 0
+
+
+def _remote_context(socket_path: str, run: str, cell: str | None, M) -> dict:
+    """The daemon's GetContext (only the caller's own runs); a cell's context comes with its
+    run's document, which the daemon also gives only to the run's owner."""
+    from .api.client import ProvtraceClient  # noqa: PLC0415
+
+    with ProvtraceClient(socket_path) as client:
+        if cell is None:
+            return client.context(run)
+        return M.cell_context(json.loads(client.export(run, "json")), cell)
+
+
 def cmd_stale(args: argparse.Namespace) -> int:
     """Stale or fresh, the exit status is 0: staleness is a finding, not a failure."""
     from .lineage.stale import render, staleness  # noqa: PLC0415
