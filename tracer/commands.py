@@ -40,20 +40,21 @@ def cmd_run(args: argparse.Namespace) -> int:
     if cmd and cmd[0] == "--":
         cmd = cmd[1:]
     need(bool(cmd), "no command given: provtrace run [OPTIONS] -- CMD [ARG...]")
+    fell_back = False  # a daemon was asked and could not take the command
     if args.backend != "ptrace":
         from .api.client import default_socket_path  # noqa: PLC0415
 
-        if args.socket:
-            return _run_via_daemon(cmd, args.socket, args, fallback=False)
-        if os.geteuid() != 0 and os.path.exists(default_socket_path()):
-            code = _run_via_daemon(cmd, default_socket_path(), args, fallback=args.backend == "auto")
+        socket_path = args.socket or (default_socket_path() if os.geteuid() != 0 else None)
+        if socket_path and (args.socket or os.path.exists(socket_path)):
+            code = _run_via_daemon(cmd, socket_path, args, fallback=args.backend == "auto")
             if code is not None:
                 return code
+            fell_back = True
     if args.backend == "ebpf" and os.geteuid() != 0:
         raise CaptureUnavailable("eBPF tracing needs root; run as root, or trace with "
                                  "--backend ptrace (see 'provtrace doctor')")
     capture = None  # eBPF, loaded by the runner
-    if args.backend == "ptrace" or os.geteuid() != 0:  # asked for, or the fallback without root
+    if args.backend == "ptrace" or os.geteuid() != 0 or fell_back:  # asked for, or a fallback
         from .capture.ptrace import PtraceCapture  # noqa: PLC0415
 
         capture = PtraceCapture()
@@ -78,19 +79,21 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _run_via_daemon(cmd: list[str], socket_path: str, args: argparse.Namespace,
                     fallback: bool) -> int | None:
     """The daemon traces CMD on this user's behalf (eBPF), stored under this uid.
-    None when the daemon is unreachable and a fallback is allowed."""
-    from .api.client import ApiError, ProvtraceClient, run_command  # noqa: PLC0415
+
+    None when the daemon is unreachable, busy or too slow to answer and a
+    fallback is allowed: the command has not started, and the caller traces
+    it with ptrace instead, so it always runs (issue 12: RPC starvation)."""
+    from .api.client import ApiError, DaemonBusy, ProvtraceClient, run_command  # noqa: PLC0415
 
     try:
         with ProvtraceClient(socket_path, timeout_s=5) as client:
             client.health()
-    except ApiError as e:
-        if fallback:
-            print(f"provtrace: daemon at {socket_path} not reachable ({e}); tracing with ptrace",
-                  file=sys.stderr)
+        result = run_command(cmd, socket_path, label=args.label)
+    except (ApiError, DaemonBusy) as e:
+        if fallback and (isinstance(e, DaemonBusy) or e.transient):
+            print(f"provtrace: warning: {e}; tracing with ptrace instead", file=sys.stderr)
             return None
         raise
-    result = run_command(cmd, socket_path, label=args.label)
     if args.json_out:
         with ProvtraceClient(socket_path) as client:
             doc = json.loads(client.export(result.run_id, "json"))

@@ -13,8 +13,10 @@ import json
 import logging
 import os
 import shutil
+import sys
+import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, Mapping, Sequence, TypeVar
 
 import grpc
 
@@ -26,9 +28,21 @@ if TYPE_CHECKING:
     from .records import ApiEvent, CellRecord, KernelRecord, LineageGraph, RunRecord
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 DEFAULT_SOCKET = "/run/provtrace/provtrace.sock"
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+
+# The daemon refuses a call over its share at once (RESOURCE_EXHAUSTED): a
+# client waits a little and asks again, up to BUSY_RETRY_S in all.
+BUSY_RETRY_S = 5.0
+# A command handed to the daemon: these codes mean it could not take it
+# (busy, gone, or too slow to answer) and the command has not started yet.
+# The first two are refusals before any work, so asking again is safe; after
+# a deadline the daemon may still act on the call, so that one is not repeated.
+HANDOVER_RETRY_S = 10.0
+_REFUSED = (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE)
+_TRANSIENT = (*_REFUSED, grpc.StatusCode.DEADLINE_EXCEEDED)
 
 
 def _convert():
@@ -56,6 +70,20 @@ class ApiError(TracerError):
         else:
             msg = f"daemon at {socket_path}: {code.name.lower()}: {details}"
         super().__init__(msg)
+
+    @property
+    def transient(self) -> bool:
+        """Busy, gone or too slow: asking again later, or elsewhere, may work."""
+        return self.code in _TRANSIENT
+
+
+class DaemonBusy(TracerError):
+    """The daemon could not take a command (busy or unreachable); the command did not start."""
+
+    def __init__(self, socket_path: str, cause: ApiError) -> None:
+        self.cause = cause
+        super().__init__(f"daemon at {socket_path} could not take the command "
+                         f"({cause.code.name.lower()}: {cause.details or 'no answer'})")
 
 
 @dataclass(frozen=True)
@@ -96,11 +124,28 @@ class ProvtraceClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _call(self, name: str, request: object) -> object:
-        try:
-            return getattr(self._stub, name)(request, timeout=self.timeout_s)
-        except grpc.RpcError as exc:
-            raise ApiError(self.socket_path, exc.code(), exc.details() or "") from None
+    def _call(self, name: str, request: object, retry_s: float = BUSY_RETRY_S,
+              retry_on: tuple[grpc.StatusCode, ...] = (grpc.StatusCode.RESOURCE_EXHAUSTED,),
+              timeout_s: float | None = None) -> object:
+        """One RPC; a refusal in retry_on is asked again, with backoff, for up to retry_s."""
+        method = getattr(self._stub, name)
+        return self._retrying(name, lambda: method(request, timeout=timeout_s or self.timeout_s),
+                              retry_s, retry_on)
+
+    def _retrying(self, name: str, call: Callable[[], T], retry_s: float,
+                  retry_on: tuple[grpc.StatusCode, ...]) -> T:
+        deadline = time.monotonic() + retry_s
+        pause_s = 0.1
+        while True:
+            try:
+                return call()
+            except grpc.RpcError as exc:
+                error = ApiError(self.socket_path, exc.code(), exc.details() or "")
+            if error.code not in retry_on or time.monotonic() + pause_s > deadline:
+                raise error
+            log.debug("event=rpc-retry method=%s code=%s pause_s=%.1f", name, error.code.name, pause_s)
+            time.sleep(pause_s)
+            pause_s = min(pause_s * 2, 2.0)
 
     # -- RPCs ----------------------------------------------------------------
     def health(self) -> Health:
@@ -174,21 +219,23 @@ class ProvtraceClient:
         if fmt not in _convert().EXPORT_FORMAT:
             raise TracerError(f"unknown export format {fmt!r}; one of {', '.join(_convert().EXPORT_FORMAT)}")
         req = svc.ExportRequest(run_id=run_id or "", all=run_id is None, format=_convert().EXPORT_FORMAT[fmt])
-        try:
-            return b"".join(chunk.data for chunk in self._stub.Export(req, timeout=self.timeout_s))
-        except grpc.RpcError as exc:
-            raise ApiError(self.socket_path, exc.code(), exc.details() or "") from None
+        return self._retrying("Export", lambda: b"".join(
+            chunk.data for chunk in self._stub.Export(req, timeout=self.timeout_s)),
+            BUSY_RETRY_S, (grpc.StatusCode.RESOURCE_EXHAUSTED,))
 
     def trace_command(self, pid: int, argv: Sequence[str], cwd: str, env: Mapping[str, str],
-                      label: str | None = None) -> str:
+                      label: str | None = None, retry_s: float = BUSY_RETRY_S) -> str:
+        """The daemon starts tracing pid; busy, unreachable or slow answers are
+        asked again for up to retry_s (the child has not started: nothing is lost)."""
         r = self._call("TraceCommand", svc.TraceCommandRequest(
-            pid=pid, argv=list(argv), cwd=cwd, env=dict(env), label=label or ""))
+            pid=pid, argv=list(argv), cwd=cwd, env=dict(env), label=label or ""),
+            retry_s=retry_s, retry_on=_REFUSED, timeout_s=HANDOVER_RETRY_S)
         return r.run_id
 
     def finish_command(self, run_id: str, exit_code: int) -> None:
         req = svc.FinishCommandRequest(run_id=run_id, exit_code=exit_code)
         req.ended.GetCurrentTime()  # UTC wall clock, as ts_to_pb would give
-        self._call("FinishCommand", req)
+        self._call("FinishCommand", req, retry_on=_REFUSED)
 
 
 class _EventStream:
@@ -230,7 +277,12 @@ def run_command(argv: Sequence[str], socket_path: str | None = None, cwd: str | 
     pid, gate_w, err_r = _fork_gated(list(argv), cwd, env)
     try:
         with ProvtraceClient(socket_path) as client:
-            run_id = client.trace_command(pid, argv, cwd, env, label)
+            try:
+                run_id = client.trace_command(pid, argv, cwd, env, label, retry_s=HANDOVER_RETRY_S)
+            except ApiError as e:
+                if e.transient:  # the child never ran: the caller may run it another way
+                    raise DaemonBusy(client.socket_path, e) from None
+                raise
             if on_started is not None:
                 on_started(run_id)
             os.write(gate_w, b"1")
@@ -241,7 +293,7 @@ def run_command(argv: Sequence[str], socket_path: str | None = None, cwd: str | 
             pid = -1
             code = os.waitstatus_to_exitcode(status)
             exit_code = 128 - code if code < 0 else code
-            client.finish_command(run_id, 127 if failed else exit_code)
+            _report_exit(client, run_id, 127 if failed else exit_code)
         if failed:
             raise CommandNotFound(argv[0], os.strerror(int(failed.decode() or "2")))
         return CommandResult(run_id, exit_code)
@@ -251,6 +303,16 @@ def run_command(argv: Sequence[str], socket_path: str | None = None, cwd: str | 
         os.close(err_r)
         if pid > 0:
             os.waitpid(pid, 0)
+
+
+def _report_exit(client: ProvtraceClient, run_id: str, exit_code: int) -> None:
+    """FinishCommand; the command has run, so a failure here is a warning, never its exit code."""
+    try:
+        client.finish_command(run_id, exit_code)
+    except ApiError as e:
+        log.warning("event=finish-not-reported run=%s error=%s", run_id, e)
+        print(f"provtrace: warning: could not report the end of run {run_id} to the daemon ({e})",
+              file=sys.stderr)
 
 
 def _fork_gated(argv: list[str], cwd: str, env: dict[str, str]) -> tuple[int, int, int]:
