@@ -83,14 +83,14 @@ def _run_via_daemon(cmd: list[str], socket_path: str, args: argparse.Namespace,
     None when the daemon is unreachable, busy or too slow to answer and a
     fallback is allowed: the command has not started, and the caller traces
     it with ptrace instead, so it always runs (issue 12: RPC starvation)."""
-    from .api.client import ApiError, DaemonBusy, ProvtraceClient, run_command  # noqa: PLC0415
+    from .api.client import ApiError, HandOverFailed, ProvtraceClient, run_command  # noqa: PLC0415
 
     try:
         with ProvtraceClient(socket_path, timeout_s=5) as client:
             client.health()
         result = run_command(cmd, socket_path, label=args.label)
-    except (ApiError, DaemonBusy) as e:
-        if fallback and (isinstance(e, DaemonBusy) or e.transient):
+    except (ApiError, HandOverFailed) as e:
+        if fallback and (isinstance(e, HandOverFailed) or e.transient):
             print(f"provtrace: warning: {e}; tracing with ptrace instead", file=sys.stderr)
             return None
         raise
@@ -123,7 +123,8 @@ def cmd_notebook(args: argparse.Namespace) -> int:
     from .traced_notebook import TracedNotebook  # noqa: PLC0415
 
     traced = TracedNotebook(args.notebook, kernel_name=args.kernel, label=args.label,
-                            timeout_s=args.timeout, store=_store(args, readonly=False))
+                            timeout_s=args.timeout, startup_timeout_s=args.startup_timeout,
+                            store=_store(args, readonly=False))
     try:
         code = traced.run()
     finally:

@@ -32,6 +32,7 @@ T = TypeVar("T")
 
 DEFAULT_SOCKET = "/run/provtrace/provtrace.sock"
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+MAX_SOCKET_PATH_BYTES = 107  # sockaddr_un.sun_path, less its NUL
 
 # The daemon refuses a call over its share at once (RESOURCE_EXHAUSTED): a
 # client waits a little and asks again, up to BUSY_RETRY_S in all.
@@ -67,8 +68,8 @@ class ApiError(TracerError):
         self.details = details
         if code == grpc.StatusCode.UNAVAILABLE:
             msg = f"no provtrace daemon answers on {socket_path} (start one with: provtrace daemon)"
-        else:
-            msg = f"daemon at {socket_path}: {code.name.lower()}: {details}"
+        else:  # grpc's own details can run to several lines (file:line of its C core)
+            msg = f"daemon at {socket_path}: {code.name.lower()}: {(details.splitlines() or [''])[0]}"
         super().__init__(msg)
 
     @property
@@ -77,13 +78,20 @@ class ApiError(TracerError):
         return self.code in _TRANSIENT
 
 
-class DaemonBusy(TracerError):
-    """The daemon could not take a command (busy or unreachable); the command did not start."""
+class HandOverFailed(TracerError):
+    """The daemon could not take a command; the command did not start, and may run another way."""
+
+    def __init__(self, socket_path: str, why: str) -> None:
+        super().__init__(f"daemon at {socket_path} could not take the command ({why})")
+
+
+class DaemonBusy(HandOverFailed):
+    """Busy, unreachable or too slow to answer."""
 
     def __init__(self, socket_path: str, cause: ApiError) -> None:
         self.cause = cause
-        super().__init__(f"daemon at {socket_path} could not take the command "
-                         f"({cause.code.name.lower()}: {cause.details or 'no answer'})")
+        super().__init__(socket_path, f"{cause.code.name.lower()}: "
+                                      f"{(cause.details.splitlines() or ['no answer'])[0]}")
 
 
 @dataclass(frozen=True)
@@ -107,6 +115,9 @@ class CommandResult:
 class ProvtraceClient:
     def __init__(self, socket_path: str | None = None, timeout_s: float = 30.0) -> None:
         self.socket_path = socket_path or default_socket_path()
+        if len(os.fsencode(self.socket_path)) > MAX_SOCKET_PATH_BYTES:
+            raise TracerError(f"socket path is longer than {MAX_SOCKET_PATH_BYTES} bytes, the most a unix "
+                              f"socket address holds: {self.socket_path[:40]}...; use a shorter path")
         self.timeout_s = timeout_s
         self._channel = grpc.insecure_channel(
             f"unix:{self.socket_path}",
@@ -274,11 +285,16 @@ def run_command(argv: Sequence[str], socket_path: str | None = None, cwd: str | 
     env = dict(os.environ if env is None else env)
     if "/" not in argv[0] and shutil.which(argv[0], path=env.get("PATH", os.defpath)) is None:
         raise CommandNotFound(argv[0], "command not found in PATH")  # as a shell says it
+    from ..model.paths import is_utf8  # noqa: PLC0415
+
+    if not all(is_utf8(a) for a in (*argv, cwd)):
+        raise HandOverFailed(socket_path or default_socket_path(),
+                             "its arguments or directory are not UTF-8, which the daemon's API cannot carry")
     pid, gate_w, err_r = _fork_gated(list(argv), cwd, env)
     try:
         with ProvtraceClient(socket_path) as client:
             try:
-                run_id = client.trace_command(pid, argv, cwd, env, label, retry_s=HANDOVER_RETRY_S)
+                run_id = client.trace_command(pid, argv, cwd, _wire_env(env), label, retry_s=HANDOVER_RETRY_S)
             except ApiError as e:
                 if e.transient:  # the child never ran: the caller may run it another way
                     raise DaemonBusy(client.socket_path, e) from None
@@ -303,6 +319,14 @@ def run_command(argv: Sequence[str], socket_path: str | None = None, cwd: str | 
         os.close(err_r)
         if pid > 0:
             os.waitpid(pid, 0)
+
+
+def _wire_env(env: Mapping[str, str]) -> dict[str, str]:
+    """The environment as the daemon records it: undecodable bytes as \\xNN escapes
+    (the command itself gets the exact bytes)."""
+    from ..model.paths import display  # noqa: PLC0415
+
+    return {display(k): display(v) for k, v in env.items()}
 
 
 def _report_exit(client: ProvtraceClient, run_id: str, exit_code: int) -> None:
