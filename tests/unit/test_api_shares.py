@@ -61,3 +61,15 @@ def test_rate_limit_filter_drops_repeats_and_tracebacks(caplog):
     assert len(caplog.records) == 1
     record = caplog.records[0]
     assert record.exc_info is None and "KeyError" in record.getMessage()
+
+
+def test_control_calls_are_capped_per_uid_only_and_root_is_exempt():
+    share = Share("calls", None, per_uid=2, exempt_root=True)
+    for _ in range(2):
+        share.acquire(1000)
+    with pytest.raises(Busy):
+        share.acquire(1000)
+    share.acquire(1001)  # another uid has its own cap: no total
+    for _ in range(50):
+        share.acquire(0)  # root: no per-uid cap
+    assert share.held() == 53

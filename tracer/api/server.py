@@ -8,7 +8,6 @@ and may register or hand over only processes whose real uid is theirs.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import datetime as dt
 import functools
@@ -67,15 +66,15 @@ def _status_of(exc: TracerError) -> grpc.StatusCode:
     return grpc.StatusCode.FAILED_PRECONDITION
 
 
-def _unary(share: str | None) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Resolves the caller, holds a slot of the named share (None: a control call,
-    never limited), runs the unary method, and maps its errors to a status."""
+def _unary(share: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Resolves the caller, holds a slot of the named share (see shares.py),
+    runs the unary method, and maps its errors to a status."""
 
     def decorate(method: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(method)
         def wrapper(self: "ProvtraceServicer", request: Any, context: grpc.ServicerContext) -> Any:
             caller = self.caller(context)
-            slot = getattr(self, share).hold(caller.uid) if share else contextlib.nullcontext()
+            slot = getattr(self, share).hold(caller.uid)
             try:
                 with slot:
                     return method(self, request, context, caller)
@@ -88,7 +87,7 @@ def _unary(share: str | None) -> Callable[[Callable[..., Any]], Callable[..., An
     return decorate
 
 
-_rpc = _unary(None)       # control calls
+_rpc = _unary("control")    # short calls a traced command or kernel waits on
 _query = _unary("queries")  # may scan the store: a share of the workers
 
 
@@ -120,7 +119,7 @@ class ProvtraceServicer(svc_grpc.ProvtraceServicer):
     def __init__(self, store: SessionStore, hub: EventHub, registry: CallerRegistry,
                  backend: str = "ebpf",
                  resolve_caller: Callable[[grpc.ServicerContext], Caller | None] | None = None,
-                 max_streams: int = 8, max_queries: int = 4) -> None:
+                 max_streams: int = 8, max_queries: int = 4, max_workers: int = 16) -> None:
         self.store = store
         self.hub = hub
         self.registry = registry
@@ -132,6 +131,7 @@ class ProvtraceServicer(svc_grpc.ProvtraceServicer):
         # cannot take a whole share (see shares.py).
         self.streams = Share("live streams", max_streams, max(1, max_streams // 2))
         self.queries = Share("queries", max_queries, max(1, max_queries // 2))
+        self.control = Share("calls", None, max(1, max_workers // 2), exempt_root=True)
         self._failures = RateLimitedLog(log)
         # name -> "is it still running?"; Health is NOT_SERVING when one says no
         self.components: dict[str, Callable[[], bool]] = {}
@@ -357,7 +357,7 @@ class ApiServer:
         # (TraceCommand, FinishCommand, cell reports, Health) always have the rest
         _reserved, streams, queries = worker_budget(max_workers)
         self.servicer = ProvtraceServicer(store, self.hub, self.registry, backend,
-                                          max_streams=streams, max_queries=queries)
+                                          max_streams=streams, max_queries=queries, max_workers=max_workers)
         self.max_workers = max_workers
         self.max_message_bytes = max_message_bytes
         self.limits = limits or ConnectionLimits()

@@ -5,8 +5,10 @@ served; a call that waits for anything holds its worker. So the daemon sorts
 its RPCs into three classes:
 
 - control (Health, RegisterKernel, ReportCell*, TraceCommand, FinishCommand):
-  short, and what a user's traced command or kernel waits on. Never limited
-  here: they run on the workers the other classes must leave free.
+  short, and what a user's traced command or kernel waits on. They run on the
+  workers the other classes must leave free; no total cap, but one non-root
+  uid may hold at most half the workers (FinishCommand waits for its run's
+  last events and fingerprints), so one user's control calls cannot take them all.
 - query (ListSessions, ListCells, Lineage, Stale, GetContext, Export): may
   scan the whole store and re-hash files, seconds each on a big store.
 - stream (StreamEvents): holds a worker for as long as the client listens.
@@ -33,12 +35,13 @@ class Busy(TracerError):
 class Share:
     """Counts the calls of one class in flight, in total and per uid."""
 
-    def __init__(self, what: str, total: int, per_uid: int) -> None:
-        if total < 1 or not 1 <= per_uid <= total:
+    def __init__(self, what: str, total: int | None, per_uid: int, exempt_root: bool = False) -> None:
+        if per_uid < 1 or (total is not None and total < per_uid):
             raise ValueError(f"{what}: need 1 <= per_uid ({per_uid}) <= total ({total})")
         self.what = what
         self.total = total
         self.per_uid = per_uid
+        self.exempt_root = exempt_root  # root is counted in the total, never capped per uid
         self._held: dict[int, int] = {}
         self._lock = threading.Lock()
 
@@ -50,10 +53,10 @@ class Share:
     def acquire(self, uid: int) -> None:
         with self._lock:
             mine = self._held.get(uid, 0)
-            if mine >= self.per_uid:
+            if mine >= self.per_uid and not (uid == 0 and self.exempt_root):
                 raise Busy(f"too many {self.what} (uid {uid} has {mine} in progress, "
                            f"at most {self.per_uid}); wait for one to finish and retry")
-            if sum(self._held.values()) >= self.total:
+            if self.total is not None and sum(self._held.values()) >= self.total:
                 raise Busy(f"too many {self.what} from all users ({self.total} in progress); retry shortly")
             self._held[uid] = mine + 1
 
