@@ -128,7 +128,7 @@ class ProvtraceServicer(svc_grpc.ProvtraceServicer):
         self.stopping = threading.Event()
         # Streams and queries each hold a worker thread while they run: capped in
         # total so control calls always find one, and per uid so that one user
-        # cannot take a whole share (see shares.py).
+        # cannot take a whole share; control calls per non-root uid only (see shares.py).
         self.streams = Share("live streams", max_streams, max(1, max_streams // 2))
         self.queries = Share("queries", max_queries, max(1, max_queries // 2))
         self.control = Share("calls", None, max(1, max_workers // 2), exempt_root=True)

@@ -69,7 +69,7 @@ class TracingStore(InMemoryStore):
         self._kernel_sessions: dict[tuple[int, int], str] = {}  # (pid, start_ns) -> session
         from ..lineage.stale import StaleCache  # noqa: PLC0415 -- networkx: only when serving
 
-        self._stale = StaleCache()
+        self._stale = StaleCache(size=32)
 
     def start(self) -> None:
         self.router.start()
