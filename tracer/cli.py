@@ -192,6 +192,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--output", metavar="OUT.ipynb", help="write the executed notebook here")
     q.add_argument("--label", metavar="TEXT")
     q.add_argument("--timeout", type=int, default=600, metavar="S", help="per-cell timeout (default 600)")
+    q.add_argument("--startup-timeout", type=_positive_int, default=60, metavar="S",
+                   help="how long the kernel may take to answer at start (default 60)")
 
     p = sub.add_parser("tui", help="the terminal UI: runs, cells, processes, files, lineage, context",
                        epilog="keys: q quit, / filter, enter open, l lineage, tab next pane, escape back")
@@ -213,6 +215,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         from . import commands  # noqa: PLC0415
 
+        _check_invocation(args)
         code = getattr(commands, "cmd_" + args.verb)(args)
     except TracerError as e:
         if args.debug:
@@ -232,6 +235,21 @@ def main(argv: list[str] | None = None) -> None:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(1)
     sys.exit(code or 0)
+
+
+def _check_invocation(args: argparse.Namespace) -> None:
+    """What every verb relies on, checked once, each failure one line."""
+    try:
+        os.getcwd()  # relative paths are resolved against it; a traced command starts in it
+    except FileNotFoundError:
+        raise TracerError("the current directory no longer exists (deleted while you were in it); "
+                          "cd to an existing directory and retry") from None
+    from .model.paths import is_utf8  # noqa: PLC0415
+
+    label = getattr(args, "label", None)
+    if label is not None and not is_utf8(label):
+        raise UsageError("--label is not valid UTF-8 text (it is stored and sent as UTF-8); "
+                         "pass it in a UTF-8 locale")
 
 
 def print_json(obj: object) -> None:

@@ -40,22 +40,21 @@ def cmd_run(args: argparse.Namespace) -> int:
     if cmd and cmd[0] == "--":
         cmd = cmd[1:]
     need(bool(cmd), "no command given: provtrace run [OPTIONS] -- CMD [ARG...]")
+    fell_back = False  # a daemon was asked and could not take the command
     if args.backend != "ptrace":
         from .api.client import default_socket_path  # noqa: PLC0415
 
-        if args.socket:
-            code = _run_via_daemon(cmd, args.socket, args, fallback=False)
+        socket_path = args.socket or (default_socket_path() if os.geteuid() != 0 else None)
+        if socket_path and (args.socket or os.path.exists(socket_path)):
+            code = _run_via_daemon(cmd, socket_path, args, fallback=args.backend == "auto")
             if code is not None:
                 return code
-        elif os.geteuid() != 0 and os.path.exists(default_socket_path()):
-            code = _run_via_daemon(cmd, default_socket_path(), args, fallback=args.backend == "auto")
-            if code is not None:
-                return code
+            fell_back = True
     if args.backend == "ebpf" and os.geteuid() != 0:
         raise CaptureUnavailable("eBPF tracing needs root; run as root, or trace with "
                                  "--backend ptrace (see 'provtrace doctor')")
     capture = None  # eBPF, loaded by the runner
-    if args.backend == "ptrace" or os.geteuid() != 0:  # asked for, or the fallback without root
+    if args.backend == "ptrace" or os.geteuid() != 0 or fell_back:  # asked for, or a fallback
         from .capture.ptrace import PtraceCapture  # noqa: PLC0415
 
         capture = PtraceCapture()
@@ -80,27 +79,24 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _run_via_daemon(cmd: list[str], socket_path: str, args: argparse.Namespace,
                     fallback: bool) -> int | None:
     """The daemon traces CMD on this user's behalf (eBPF), stored under this uid.
-    None when the daemon is unreachable and a fallback is allowed, or when the
-    socket is refused as untrusted (nothing was sent to it) and --backend is
-    auto: the command still runs, traced here instead."""
-    from .api.client import ApiError, ProvtraceClient, UntrustedDaemon, run_command  # noqa: PLC0415
+
+    None when the daemon is unreachable, busy or too slow to answer, or its
+    socket is refused as untrusted (nothing was sent to it), and a fallback is
+    allowed: the command has not started, and the caller traces it with
+    ptrace instead, so it always runs (issue 12)."""
+    from .api.client import (ApiError, HandOverFailed, ProvtraceClient, UntrustedDaemon,  # noqa: PLC0415
+                             run_command)
 
     try:
         with ProvtraceClient(socket_path, timeout_s=5) as client:
             client.health()
-    except UntrustedDaemon as e:
-        if args.backend == "auto":
-            how = "with ptrace" if os.geteuid() != 0 else "with eBPF, here"
-            print(f"provtrace: warning: {e}; tracing {how} instead", file=sys.stderr)
+        result = run_command(cmd, socket_path, label=args.label)
+    except (ApiError, HandOverFailed) as e:
+        usable_elsewhere = isinstance(e, (HandOverFailed, UntrustedDaemon)) or e.transient
+        if fallback and usable_elsewhere:
+            print(f"provtrace: warning: {e}; tracing with ptrace instead", file=sys.stderr)
             return None
         raise
-    except ApiError as e:
-        if fallback:
-            print(f"provtrace: daemon at {socket_path} not reachable ({e}); tracing with ptrace",
-                  file=sys.stderr)
-            return None
-        raise
-    result = run_command(cmd, socket_path, label=args.label)
     if args.json_out:
         with ProvtraceClient(socket_path) as client:
             doc = json.loads(client.export(result.run_id, "json"))
@@ -133,7 +129,8 @@ def cmd_notebook(args: argparse.Namespace) -> int:
     from .traced_notebook import TracedNotebook  # noqa: PLC0415
 
     traced = TracedNotebook(args.notebook, kernel_name=args.kernel, label=args.label,
-                            timeout_s=args.timeout, store=_store(args, readonly=False))
+                            timeout_s=args.timeout, startup_timeout_s=args.startup_timeout,
+                            store=_store(args, readonly=False))
     try:
         code = traced.run()
     finally:

@@ -89,8 +89,11 @@ def test_a_user_gets_answers_about_its_own_runs_only(daemon, work, test_user):
     up = _json("lineage", f"{work}/mine.txt", *sock, user=test_user, cwd=work)
     assert {n.get("run") for n in up["nodes"] if n["kind"] == "process"} == {mine}
 
+    # another user's run id is answered exactly as an id that does not exist
     denied = _cli("stale", root_run, *sock, user=test_user, cwd=work, check=False)
-    assert denied.returncode != 0 and "not to you" in denied.stderr
+    absent = _cli("stale", "no-such-run", *sock, user=test_user, cwd=work, check=False)
+    assert denied.returncode != 0 and "visible to you" in denied.stderr and "uid" not in denied.stderr
+    assert denied.stderr.replace(root_run, "ID") == absent.stderr.replace("no-such-run", "ID")
     denied = _cli("diff", root_run, mine, *sock, user=test_user, cwd=work, check=False)
     assert denied.returncode != 0 and root_run in denied.stderr
     assert root_run in {u["run"] for u in _json("stale", *sock)["fresh"] + _json("stale", *sock)["stale"]}

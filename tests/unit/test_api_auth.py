@@ -82,6 +82,12 @@ res["read_root_cells"] = code_of(lambda: c.list_cells({root_session!r}))
 res["report_root_cell"] = code_of(lambda: c.report_cell_start({root_session!r}, msg_id="evil"))
 res["export_root"] = code_of(lambda: c.export({root_session!r}))
 res["context_root"] = code_of(lambda: c.context({root_session!r}))
+def details(ref):
+    try:
+        c.context(ref)
+    except ApiError as e:
+        return e.details.replace(ref, "ID")
+res["details_root"], res["details_none"] = details({root_session!r}), details("no-such-run")
 k = c.register_kernel({user_kernel.pid}, kernel_name="ir")
 res["own_session_uid"] = k.uid
 c.report_cell_start(k.session_id, msg_id="m1", code="1+1")
@@ -102,10 +108,12 @@ print(json.dumps(res))
     assert got["uid"] == uid
     assert got["runs_before"] == []  # root's session is invisible
     assert got["register_root_kernel"] == "PERMISSION_DENIED"
-    assert got["read_root_cells"] == "PERMISSION_DENIED"
-    assert got["report_root_cell"] == "PERMISSION_DENIED"
-    assert got["export_root"] == "PERMISSION_DENIED"
-    assert got["context_root"] == "PERMISSION_DENIED"
+    # another user's run is answered as if it did not exist: its id and owner are not confirmed
+    assert got["read_root_cells"] == "NOT_FOUND"
+    assert got["report_root_cell"] == "NOT_FOUND"
+    assert got["export_root"] == "NOT_FOUND"
+    assert got["context_root"] == "NOT_FOUND"
+    assert got["details_root"] == got["details_none"] and "uid" not in got["details_root"]
     assert got["own_session_uid"] == uid and got["own_cells"] == ["m1"]
     assert got["runs_after"] == [uid]
     assert got["trace_pid1"] == "PERMISSION_DENIED"

@@ -244,14 +244,14 @@ def test_trace_command_as_self(api):
 
 def test_streams_are_capped_so_unary_calls_keep_working(api):
     server, _ = api
-    limit = server.servicer.max_streams_per_uid
+    limit = server.servicer.streams.per_uid
     with ProvtraceClient(server.socket_path) as c:
         streams = [c.stream_events() for _ in range(limit)]
         for _ in range(400):
-            if server.servicer._streams.get(os.getuid()) == limit:
+            if server.servicer.streams.held(os.getuid()) == limit:
                 break
             threading.Event().wait(0.05)
-        assert server.servicer._streams.get(os.getuid()) == limit
+        assert server.servicer.streams.held(os.getuid()) == limit
         extra = c.stream_events()
         with pytest.raises(ApiError) as err:
             next(extra)
@@ -260,7 +260,7 @@ def test_streams_are_capped_so_unary_calls_keep_working(api):
         for s in streams:
             s.cancel()
         for _ in range(400):
-            if not server.servicer._streams:
+            if not server.servicer.streams.held():
                 break
             threading.Event().wait(0.05)
-        assert server.servicer._streams == {}
+        assert server.servicer.streams.held() == 0

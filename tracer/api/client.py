@@ -25,9 +25,11 @@ import os
 import shutil
 import socket
 import struct
+import sys
 import threading
+import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, Mapping, Sequence, TypeVar
 
 import grpc
 
@@ -42,9 +44,22 @@ if TYPE_CHECKING:
     from .records import ApiEvent, CellRecord, KernelRecord, LineageGraph, RunRecord
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 DEFAULT_SOCKET = "/run/provtrace/provtrace.sock"
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+MAX_SOCKET_PATH_BYTES = 107  # sockaddr_un.sun_path, less its NUL
+
+# The daemon refuses a call over its share at once (RESOURCE_EXHAUSTED): a
+# client waits a little and asks again, up to BUSY_RETRY_S in all.
+BUSY_RETRY_S = 5.0
+# A command handed to the daemon: these codes mean it could not take it
+# (busy, gone, or too slow to answer) and the command has not started yet.
+# The first two are refusals before any work, so asking again is safe; after
+# a deadline the daemon may still act on the call, so that one is not repeated.
+HANDOVER_RETRY_S = 10.0
+_REFUSED = (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE)
+_TRANSIENT = (*_REFUSED, grpc.StatusCode.DEADLINE_EXCEEDED)
 
 
 def _convert():
@@ -71,9 +86,30 @@ class ApiError(TracerError):
             msg = message
         elif code == grpc.StatusCode.UNAVAILABLE:
             msg = f"no provtrace daemon answers on {socket_path} (start one with: provtrace daemon)"
-        else:
-            msg = f"daemon at {socket_path}: {code.name.lower()}: {details}"
+        else:  # grpc's own details can run to several lines (file:line of its C core)
+            msg = f"daemon at {socket_path}: {code.name.lower()}: {(details.splitlines() or [''])[0]}"
         super().__init__(msg)
+
+    @property
+    def transient(self) -> bool:
+        """Busy, gone or too slow: asking again later, or elsewhere, may work."""
+        return self.code in _TRANSIENT
+
+
+class HandOverFailed(TracerError):
+    """The daemon could not take a command; the command did not start, and may run another way."""
+
+    def __init__(self, socket_path: str, why: str) -> None:
+        super().__init__(f"daemon at {socket_path} could not take the command ({why})")
+
+
+class DaemonBusy(HandOverFailed):
+    """Busy, unreachable or too slow to answer."""
+
+    def __init__(self, socket_path: str, cause: ApiError) -> None:
+        self.cause = cause
+        super().__init__(socket_path, f"{cause.code.name.lower()}: "
+                                      f"{(cause.details.splitlines() or ['no answer'])[0]}")
 
 
 class UntrustedDaemon(ApiError):
@@ -106,6 +142,9 @@ class CommandResult:
 class ProvtraceClient:
     def __init__(self, socket_path: str | None = None, timeout_s: float = 30.0) -> None:
         self.socket_path = socket_path or default_socket_path()
+        if len(os.fsencode(self.socket_path)) > MAX_SOCKET_PATH_BYTES:
+            raise TracerError(f"socket path is longer than {MAX_SOCKET_PATH_BYTES} bytes, the most a unix "
+                              f"socket address holds: {self.socket_path[:40]}...; use a shorter path")
         self.timeout_s = timeout_s
         self._channel: grpc.Channel | None = None
         self._stub_: svc_grpc.ProvtraceStub | None = None
@@ -163,11 +202,28 @@ class ProvtraceClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _call(self, name: str, request: object) -> object:
-        try:
-            return getattr(self._stub, name)(request, timeout=self.timeout_s)
-        except grpc.RpcError as exc:
-            raise ApiError(self.socket_path, exc.code(), exc.details() or "") from None
+    def _call(self, name: str, request: object, retry_s: float = BUSY_RETRY_S,
+              retry_on: tuple[grpc.StatusCode, ...] = (grpc.StatusCode.RESOURCE_EXHAUSTED,),
+              timeout_s: float | None = None) -> object:
+        """One RPC; a refusal in retry_on is asked again, with backoff, for up to retry_s."""
+        method = getattr(self._stub, name)
+        return self._retrying(name, lambda: method(request, timeout=timeout_s or self.timeout_s),
+                              retry_s, retry_on)
+
+    def _retrying(self, name: str, call: Callable[[], T], retry_s: float,
+                  retry_on: tuple[grpc.StatusCode, ...]) -> T:
+        deadline = time.monotonic() + retry_s
+        pause_s = 0.1
+        while True:
+            try:
+                return call()
+            except grpc.RpcError as exc:
+                error = ApiError(self.socket_path, exc.code(), exc.details() or "")
+            if error.code not in retry_on or time.monotonic() + pause_s > deadline:
+                raise error
+            log.debug("event=rpc-retry method=%s code=%s pause_s=%.1f", name, error.code.name, pause_s)
+            time.sleep(pause_s)
+            pause_s = min(pause_s * 2, 2.0)
 
     # -- RPCs ----------------------------------------------------------------
     def health(self) -> Health:
@@ -241,23 +297,25 @@ class ProvtraceClient:
         if fmt not in _convert().EXPORT_FORMAT:
             raise TracerError(f"unknown export format {fmt!r}; one of {', '.join(_convert().EXPORT_FORMAT)}")
         req = svc.ExportRequest(run_id=run_id or "", all=run_id is None, format=_convert().EXPORT_FORMAT[fmt])
-        try:
-            return b"".join(chunk.data for chunk in self._stub.Export(req, timeout=self.timeout_s))
-        except grpc.RpcError as exc:
-            raise ApiError(self.socket_path, exc.code(), exc.details() or "") from None
+        return self._retrying("Export", lambda: b"".join(
+            chunk.data for chunk in self._stub.Export(req, timeout=self.timeout_s)),
+            BUSY_RETRY_S, (grpc.StatusCode.RESOURCE_EXHAUSTED,))
 
     def trace_command(self, pid: int, argv: Sequence[str], cwd: str, env: Mapping[str, str],
-                      label: str | None = None) -> str:
-        # The daemon only records the environment (in the run's context, redacted
-        # there too): what it never needs in clear text is never sent.
+                      label: str | None = None, retry_s: float = BUSY_RETRY_S) -> str:
+        """The daemon starts tracing pid; busy, unreachable or slow answers are
+        asked again for up to retry_s (the child has not started: nothing is lost).
+        The daemon only records the environment (in the run's context, redacted
+        there too): what it never needs in clear text is never sent."""
         r = self._call("TraceCommand", svc.TraceCommandRequest(
-            pid=pid, argv=list(argv), cwd=cwd, env=redact_env(env), label=label or ""))
+            pid=pid, argv=list(argv), cwd=cwd, env=redact_env(env), label=label or ""),
+            retry_s=retry_s, retry_on=_REFUSED, timeout_s=HANDOVER_RETRY_S)
         return r.run_id
 
     def finish_command(self, run_id: str, exit_code: int) -> None:
         req = svc.FinishCommandRequest(run_id=run_id, exit_code=exit_code)
         req.ended.GetCurrentTime()  # UTC wall clock, as ts_to_pb would give
-        self._call("FinishCommand", req)
+        self._call("FinishCommand", req, retry_on=_REFUSED)
 
 
 def _check_listener(target: str, trusted: frozenset[int]) -> None:
@@ -315,10 +373,20 @@ def run_command(argv: Sequence[str], socket_path: str | None = None, cwd: str | 
     env = dict(os.environ if env is None else env)
     if "/" not in argv[0] and shutil.which(argv[0], path=env.get("PATH", os.defpath)) is None:
         raise CommandNotFound(argv[0], "command not found in PATH")  # as a shell says it
+    from ..model.paths import is_utf8  # noqa: PLC0415
+
+    if not all(is_utf8(a) for a in (*argv, cwd)):
+        raise HandOverFailed(socket_path or default_socket_path(),
+                             "its arguments or directory are not UTF-8, which the daemon's API cannot carry")
     pid, gate_w, err_r = _fork_gated(list(argv), cwd, env)
     try:
         with ProvtraceClient(socket_path) as client:
-            run_id = client.trace_command(pid, argv, cwd, env, label)
+            try:
+                run_id = client.trace_command(pid, argv, cwd, _wire_env(env), label, retry_s=HANDOVER_RETRY_S)
+            except ApiError as e:
+                if e.transient:  # the child never ran: the caller may run it another way
+                    raise DaemonBusy(client.socket_path, e) from None
+                raise
             if on_started is not None:
                 on_started(run_id)
             os.write(gate_w, b"1")
@@ -329,7 +397,7 @@ def run_command(argv: Sequence[str], socket_path: str | None = None, cwd: str | 
             pid = -1
             code = os.waitstatus_to_exitcode(status)
             exit_code = 128 - code if code < 0 else code
-            client.finish_command(run_id, 127 if failed else exit_code)
+            _report_exit(client, run_id, 127 if failed else exit_code)
         if failed:
             raise CommandNotFound(argv[0], os.strerror(int(failed.decode() or "2")))
         return CommandResult(run_id, exit_code)
@@ -339,6 +407,24 @@ def run_command(argv: Sequence[str], socket_path: str | None = None, cwd: str | 
         os.close(err_r)
         if pid > 0:
             os.waitpid(pid, 0)
+
+
+def _wire_env(env: Mapping[str, str]) -> dict[str, str]:
+    """The environment as the daemon records it: undecodable bytes as \\xNN escapes
+    (the command itself gets the exact bytes)."""
+    from ..model.paths import display  # noqa: PLC0415
+
+    return {display(k): display(v) for k, v in env.items()}
+
+
+def _report_exit(client: ProvtraceClient, run_id: str, exit_code: int) -> None:
+    """FinishCommand; the command has run, so a failure here is a warning, never its exit code."""
+    try:
+        client.finish_command(run_id, exit_code)
+    except ApiError as e:
+        log.warning("event=finish-not-reported run=%s error=%s", run_id, e)
+        print(f"provtrace: warning: could not report the end of run {run_id} to the daemon ({e})",
+              file=sys.stderr)
 
 
 def _fork_gated(argv: list[str], cwd: str, env: dict[str, str]) -> tuple[int, int, int]:

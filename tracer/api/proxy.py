@@ -36,12 +36,12 @@ import socket
 import stat
 import tempfile
 import threading
-import time
 from dataclasses import dataclass
 
 from ..errors import TracerError
 from ..fds import fds_to_spare
 from .auth import CallerRegistry, peer_cred
+from .ratelog import RateLimitedLog
 from .sockpath import check_socket_path, open_socket_dir
 
 log = logging.getLogger(__name__)
@@ -181,23 +181,6 @@ class ConnectionLimits:
             raise ValueError(f"timeouts must be > 0 s, got handshake={self.handshake_s} idle={self.idle_s}")
 
 
-class _RateLimitedLog:
-    """At most one line per key every `every_s` seconds, with the count of those held back."""
-
-    def __init__(self, every_s: float = 60.0) -> None:
-        self.every_s = every_s
-        self._last: dict[str, tuple[float, int]] = {}
-
-    def warning(self, key: str, msg: str, *args: object) -> None:
-        now = time.monotonic()
-        last, held = self._last.get(key, (-self.every_s, 0))
-        if now - last < self.every_s:
-            self._last[key] = (last, held + 1)
-            return
-        self._last[key] = (now, 0)
-        log.warning(msg + " suppressed_since_last=%d", *args, held)
-
-
 def prepare_socket_dir(path: str) -> str:
     """Creates path's directory (0755) if missing and refuses a path that
     anyone but root or this process's uid could swap (sockpath.py); returns
@@ -233,7 +216,7 @@ class CredentialProxy:
         self.refused = 0               # closed at once: over a cap
         self.timed_out = 0             # closed for silence (handshake or idle)
         self._held: dict[int, int] = {}  # uid -> connections open now
-        self._warn = _RateLimitedLog()
+        self._warn = RateLimitedLog(log)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()

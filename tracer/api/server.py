@@ -33,7 +33,9 @@ from .gen import service_pb2 as svc
 from .gen import service_pb2_grpc as svc_grpc
 from .gen import types_pb2 as pb
 from .proxy import ConnectionLimits, CredentialProxy, PublicSocket
+from .ratelog import RateLimitedLog, RateLimitFilter
 from .records import Caller, RunRecord
+from .shares import Busy, Share, worker_budget
 
 log = logging.getLogger(__name__)
 
@@ -41,13 +43,16 @@ MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 MAX_TEXT = 4096  # paths, ids, labels
 MAX_CODE = 1024 * 1024
 MAX_ARGS = 4096
-
-class StreamLimit(TracerError):
-    """Too many live streams; the message says whose."""
-
+_GRPC_LOGGERS = ("grpc._server", "grpc._common")  # where grpc logs failed requests
+# Calls one connection may have in flight (HTTP/2 streams); more wait in the
+# client. With the proxy's per-uid connection cap this bounds one user's
+# queued calls, so the server needs no global cap on calls in flight: such a
+# cap is one queue, and one user's flood of calls, each refused at once,
+# would fill it and shut every other caller out.
+MAX_CALLS_PER_CONNECTION = 16
 
 _STATUS = {
-    StreamLimit: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    Busy: grpc.StatusCode.RESOURCE_EXHAUSTED,
     NotFound: grpc.StatusCode.NOT_FOUND,
     AccessDenied: grpc.StatusCode.PERMISSION_DENIED,
     UsageError: grpc.StatusCode.INVALID_ARGUMENT,
@@ -62,20 +67,29 @@ def _status_of(exc: TracerError) -> grpc.StatusCode:
     return grpc.StatusCode.FAILED_PRECONDITION
 
 
-def _rpc(method: Callable[..., Any]) -> Callable[..., Any]:
-    """Resolves the caller, runs the unary method, maps TracerError to a status."""
+def _unary(share: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Resolves the caller, holds a slot of the named share (see shares.py),
+    runs the unary method, and maps its errors to a status."""
 
-    @functools.wraps(method)
-    def wrapper(self: "ProvtraceServicer", request: Any, context: grpc.ServicerContext) -> Any:
-        caller = self.caller(context)
-        try:
-            return method(self, request, context, caller)
-        except TracerError as exc:
-            log.info("event=rpc-refused method=%s uid=%d code=%s error=%r",
-                     method.__name__, caller.uid, _status_of(exc).name, str(exc))
-            context.abort(_status_of(exc), str(exc))
+    def decorate(method: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(method)
+        def wrapper(self: "ProvtraceServicer", request: Any, context: grpc.ServicerContext) -> Any:
+            caller = self.caller(context)
+            slot = getattr(self, share).hold(caller.uid)
+            try:
+                with slot:
+                    return method(self, request, context, caller)
+            except Exception as exc:  # noqa: BLE001 -- every failure becomes a status, none a traceback
+                code, message = self.failure(method.__name__, caller, exc)
+            context.abort(code, message)
 
-    return wrapper
+        return wrapper
+
+    return decorate
+
+
+_rpc = _unary("control")    # short calls a traced command or kernel waits on
+_query = _unary("queries")  # may scan the store: a share of the workers
 
 
 def _text(value: str, field: str, limit: int = MAX_TEXT) -> str:
@@ -120,19 +134,20 @@ class ProvtraceServicer(svc_grpc.ProvtraceServicer):
     def __init__(self, store: SessionStore, hub: EventHub, registry: CallerRegistry,
                  backend: str = "ebpf",
                  resolve_caller: Callable[[grpc.ServicerContext], Caller | None] | None = None,
-                 max_streams: int = 8) -> None:
+                 max_streams: int = 8, max_queries: int = 4, max_workers: int = 16) -> None:
         self.store = store
         self.hub = hub
         self.registry = registry
         self.backend = backend
         self._resolve = resolve_caller or (lambda ctx: registry.lookup(ctx.peer()))
         self.stopping = threading.Event()
-        # Each live stream holds a worker thread: cap them so streams can never
-        # starve unary calls, and per uid so one user cannot take them all.
-        self.max_streams = max_streams
-        self.max_streams_per_uid = max(1, max_streams // 2)
-        self._streams: dict[int, int] = {}
-        self._streams_lock = threading.Lock()
+        # Streams and queries each hold a worker thread while they run: capped in
+        # total so control calls always find one, and per uid so that one user
+        # cannot take a whole share; control calls per non-root uid only (see shares.py).
+        self.streams = Share("live streams", max_streams, max(1, max_streams // 2))
+        self.queries = Share("queries", max_queries, max(1, max_queries // 2))
+        self.control = Share("calls", None, max(1, max_workers // 2), exempt_root=True)
+        self._failures = RateLimitedLog(log)
         # name -> "is it still running?"; Health is NOT_SERVING when one says no
         self.components: dict[str, Callable[[], bool]] = {}
 
@@ -143,27 +158,29 @@ class ProvtraceServicer(svc_grpc.ProvtraceServicer):
                           "connection did not come through the daemon's socket; peer unknown")
         return caller
 
-    def _acquire_stream(self, caller: Caller) -> None:
-        with self._streams_lock:
-            mine = self._streams.get(caller.uid, 0)
-            if sum(self._streams.values()) >= self.max_streams or mine >= self.max_streams_per_uid:
-                raise StreamLimit(f"too many live streams (uid {caller.uid} has {mine}); close one and retry")
-            self._streams[caller.uid] = mine + 1
+    def failure(self, method: str, caller: Caller, exc: Exception) -> tuple[grpc.StatusCode, str]:
+        """The status and message for an RPC that raised; one log line per kind a minute.
 
-    def _release_stream(self, caller: Caller) -> None:
-        with self._streams_lock:
-            self._streams[caller.uid] -= 1
-            if not self._streams[caller.uid]:
-                del self._streams[caller.uid]
+        A TracerError is the caller's problem and its message is for them;
+        anything else is a bug or a fault here, logged without a traceback
+        (unless --debug) and told to the caller without details."""
+        if isinstance(exc, TracerError):
+            code = _status_of(exc)
+            self._failures.log(logging.INFO, (method, caller.uid, code),
+                               "event=rpc-refused method=%s uid=%d code=%s error=%r",
+                               method, caller.uid, code.name, str(exc))
+            return code, str(exc)
+        self._failures.error((method, type(exc).__name__), "event=rpc-failed method=%s uid=%d error=%s: %s",
+                             method, caller.uid, type(exc).__name__, exc, exc_info=exc)
+        return grpc.StatusCode.INTERNAL, f"{method} failed inside the daemon ({type(exc).__name__}); see its log"
 
     def _visible_run(self, ref: str, caller: Caller) -> RunRecord:
+        """The run, if the caller may see it. Another user's run is NotFound with
+        the same message as a run that does not exist: ids are not confirmed."""
         _text(ref, "run id", 256)
         if not ref:
             raise UsageError("a run or session id is required")
-        run = self.store.get_run(ref, caller.visible_uid if ref == "last" else None)
-        if not caller.is_root and run.uid != caller.uid:
-            raise AccessDenied(f"run {ref!r} belongs to uid {run.uid}, not to you (uid {caller.uid})")
-        return run
+        return self.store.get_run(ref, caller.visible_uid)
 
     # -- health & registration -----------------------------------------------
     @_rpc
@@ -232,18 +249,18 @@ class ProvtraceServicer(svc_grpc.ProvtraceServicer):
         return svc.ReportCellResponse(cell=convert.cell_to_pb(cell))
 
     # -- queries ---------------------------------------------------------------
-    @_rpc
+    @_query
     def ListSessions(self, request: svc.ListSessionsRequest, context: Any, caller: Caller) -> svc.ListSessionsResponse:
         kind = convert.enum_name(convert.RUN_KIND, request.kind)
         runs = self.store.list_runs(caller.visible_uid, kind, request.limit or None)
         return svc.ListSessionsResponse(runs=[convert.run_to_pb(r) for r in runs])
 
-    @_rpc
+    @_query
     def ListCells(self, request: svc.ListCellsRequest, context: Any, caller: Caller) -> svc.ListCellsResponse:
         run = self._visible_run(request.session_id, caller)
         return svc.ListCellsResponse(cells=[convert.cell_to_pb(c) for c in self.store.list_cells(run.id)])
 
-    @_rpc
+    @_query
     def Lineage(self, request: svc.LineageRequest, context: Any, caller: Caller) -> svc.LineageResponse:
         path = _abs_path(request.path, "path")
         if path is None:
@@ -252,13 +269,13 @@ class ProvtraceServicer(svc_grpc.ProvtraceServicer):
         graph = self.store.lineage(path, direction, request.depth or None, caller.visible_uid)
         return convert.lineage_to_pb(graph)
 
-    @_rpc
+    @_query
     def Stale(self, request: svc.StaleRequest, context: Any, caller: Caller) -> svc.StaleResponse:
         run_id = self._visible_run(request.run_id, caller).id if request.run_id else None
         result = self.store.staleness(run_id, caller.visible_uid)
         return svc.StaleResponse(result_json=json.dumps(result, ensure_ascii=False))
 
-    @_rpc
+    @_query
     def GetContext(self, request: svc.GetContextRequest, context: Any, caller: Caller) -> svc.GetContextResponse:
         run = self._visible_run(request.run_id, caller)
         return svc.GetContextResponse(context=convert.struct_to_pb(self.store.context(run.id)))
@@ -269,9 +286,10 @@ class ProvtraceServicer(svc_grpc.ProvtraceServicer):
             if request.session_id:
                 self._visible_run(request.session_id, caller)
             kinds = [_text(k, "kind", 64) for k in request.kinds]
-            self._acquire_stream(caller)
-        except TracerError as exc:
-            context.abort(_status_of(exc), str(exc))
+            self.streams.acquire(caller.uid)
+        except Exception as exc:  # noqa: BLE001 -- a status, never a traceback
+            code, message = self.failure("StreamEvents", caller, exc)
+            context.abort(code, message)
         sub = self.hub.subscribe(caller.visible_uid, request.session_id or None, kinds)
         context.add_callback(sub.close)  # runs when the client goes away mid-stream
         log.info("event=stream-open uid=%d subscribers=%d", caller.uid, self.hub.subscribers)
@@ -282,24 +300,27 @@ class ProvtraceServicer(svc_grpc.ProvtraceServicer):
                     yield convert.event_to_pb(event)
         finally:
             sub.close()
-            self._release_stream(caller)
+            self.streams.release(caller.uid)
             log.info("event=stream-closed uid=%d", caller.uid)
 
     def Export(self, request: svc.ExportRequest, context: grpc.ServicerContext) -> Iterator[svc.ExportChunk]:
+        """A query in chunks: it holds a query slot until the last chunk is sent."""
         caller = self.caller(context)
         try:
-            fmt = convert.enum_name(convert.EXPORT_FORMAT, request.format) or "json"
-            if request.all:
-                ids = [r.id for r in self.store.list_runs(caller.visible_uid)]
-            else:
-                ids = [self._visible_run(request.run_id, caller).id]
-            chunks = iter(self.store.export(ids, fmt))
-            for chunk in chunks:
-                if not context.is_active():
-                    return
-                yield svc.ExportChunk(data=chunk)
-        except TracerError as exc:
-            context.abort(_status_of(exc), str(exc))
+            with self.queries.hold(caller.uid):
+                fmt = convert.enum_name(convert.EXPORT_FORMAT, request.format) or "json"
+                if request.all:
+                    ids = [r.id for r in self.store.list_runs(caller.visible_uid)]
+                else:
+                    ids = [self._visible_run(request.run_id, caller).id]
+                for chunk in self.store.export(ids, fmt):
+                    if not context.is_active():
+                        return
+                    yield svc.ExportChunk(data=chunk)
+                return
+        except Exception as exc:  # noqa: BLE001 -- a status, never a traceback
+            code, message = self.failure("Export", caller, exc)
+        context.abort(code, message)
 
     # -- commands on behalf of a user -----------------------------------------
     @_rpc
@@ -340,22 +361,26 @@ class ApiServer:
     def __init__(self, store: SessionStore, socket_path: str, hub: EventHub | None = None,
                  backend: str = "ebpf", max_workers: int = 16,
                  max_message_bytes: int = MAX_MESSAGE_BYTES, limits: ConnectionLimits | None = None) -> None:
-        if max_workers < 2:
-            raise ValueError(f"max_workers must be >= 2 (streams hold a worker), got {max_workers}")
         self.socket_path = socket_path
         self.hub = hub or EventHub()
         self.registry = CallerRegistry()
-        # streams get at most half the workers; unary calls always have the rest
+        # streams and queries each get a share of the workers; control calls
+        # (TraceCommand, FinishCommand, cell reports, Health) always have the rest
+        _reserved, streams, queries = worker_budget(max_workers)
         self.servicer = ProvtraceServicer(store, self.hub, self.registry, backend,
-                                          max_streams=max(1, max_workers // 2))
+                                          max_streams=streams, max_queries=queries, max_workers=max_workers)
         self.max_workers = max_workers
         self.max_message_bytes = max_message_bytes
         self.limits = limits or ConnectionLimits()
         self._public: PublicSocket | None = None
         self._grpc: grpc.Server | None = None
+        # grpc logs a traceback for each request it cannot decode or serve: rate-limit them
+        self._grpc_log_filter = RateLimitFilter()
         self._proxy: CredentialProxy | None = None
 
     def start(self) -> None:
+        for name in _GRPC_LOGGERS:
+            logging.getLogger(name).addFilter(self._grpc_log_filter)
         public = PublicSocket(self.socket_path)
         listener = public.open()
         self._public = public
@@ -370,9 +395,10 @@ class ApiServer:
                 ("grpc.keepalive_timeout_ms", 20_000),
                 ("grpc.keepalive_permit_without_calls", 1),
                 ("grpc.http2.max_pings_without_data", 0),
+                ("grpc.max_concurrent_streams", MAX_CALLS_PER_CONNECTION),
             ]
             server = grpc.server(futures.ThreadPoolExecutor(self.max_workers, thread_name_prefix="grpc"),
-                                 options=options, maximum_concurrent_rpcs=self.max_workers * 4)
+                                 options=options)
             svc_grpc.add_ProvtraceServicer_to_server(self.servicer, server)
             if server.add_insecure_port(f"unix:{public.private_path}") == 0:
                 raise TracerError(f"grpc could not listen on {public.private_path}")
@@ -397,6 +423,8 @@ class ApiServer:
         if self._public is not None:
             self._public.close()
             self._public = None
+        for name in _GRPC_LOGGERS:
+            logging.getLogger(name).removeFilter(self._grpc_log_filter)
 
     def __enter__(self) -> "ApiServer":
         self.start()

@@ -67,6 +67,9 @@ class TracingStore(InMemoryStore):
         self.router = RunRouter(capture, store)
         self._live: dict[str, LiveRun] = {}  # run id -> live run (sessions and commands)
         self._kernel_sessions: dict[tuple[int, int], str] = {}  # (pid, start_ns) -> session
+        from ..lineage.stale import StaleCache  # noqa: PLC0415 -- networkx: only when serving
+
+        self._stale = StaleCache(size=32)
 
     def start(self) -> None:
         self.router.start()
@@ -253,21 +256,20 @@ class TracingStore(InMemoryStore):
         return self.document(run_id, None)["context"]
 
     def staleness(self, run_id: str | None, uid: int | None) -> dict:
-        """The store's staleness, cut to the runs uid may see; files are read as each run's owner."""
+        """Staleness judged over the runs uid may see only (all for root), cached
+        while the store and the files compared stay the same; files are read as each run's owner."""
         from ..lineage.stale import staleness  # noqa: PLC0415
 
         reader = self._reader()
         try:
             rid = Q.resolve_run(reader, run_id, uid) if run_id else None
-            result = staleness(reader, rid)
-            visible = None if uid is None else {r["id"] for r in Q.list_runs(reader, uid)}
+            rids = None if uid is None else [r["rid"] for r in Q.list_runs(reader, uid)]
+            key = (uid, rid, reader.head())
+            return self._stale.get(key, lambda looked_at: staleness(reader, rid, rids=rids, looked_at=looked_at))
         except RunNotFound as e:
             raise NotFound(f"no run or session {run_id!r} visible to you") from e
         finally:
             reader.close()
-        if visible is not None:
-            result = {k: [u for u in v if u["run"] in visible] for k, v in result.items()}
-        return result
 
     def export(self, run_ids: Sequence[str], fmt: str) -> Iterable[bytes]:
         from ..export.exporter import render  # noqa: PLC0415

@@ -8,6 +8,11 @@ and the cell that was running is recorded as an error ("died"/"timeout").
 on_kernel_started(pid) runs right after the kernel process starts and
 before any cell: the place to add the kernel to tracing. The kernel process
 itself has started before it (its start-up belongs to no cell anyway).
+
+Failures are NotebookError, one line each: an unknown kernel when the runner
+is built (before anything starts), a kernel that dies or does not answer
+kernel_info within the start-up timeout when run() starts it (the kernel is
+shut down first). jupyter's own log lines about them show only when debugging.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import nbformat
-from jupyter_client.kernelspec import NoSuchKernel
+from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
 from nbclient import NotebookClient
 from nbclient.exceptions import CellTimeoutError, DeadKernelError
 
@@ -131,6 +136,11 @@ class NotebookRunner:
         self.nb = read_notebook(self.path)
         spec = self.nb.metadata.get("kernelspec", {}) or {}
         self.kernel_name = kernel_name or spec.get("name") or "python3"
+        try:  # an unknown kernel fails here, before the caller creates a run for it
+            KernelSpecManager().get_kernel_spec(self.kernel_name)
+        except NoSuchKernel:
+            raise NotebookError(self.path, f"no kernel named {self.kernel_name!r} "
+                                "(list them with: jupyter kernelspec list)") from None
         self.timeout_s = timeout_s
         self.startup_timeout_s = startup_timeout_s
         self.on_kernel_started = on_kernel_started
@@ -144,6 +154,7 @@ class NotebookRunner:
             kernel_name=self.kernel_name, allow_errors=True, record_timing=True,
             resources={"metadata": {"path": str(self.path.parent)}},
             on_cell_execute=self._cell_execute, on_cell_executed=self._cell_executed,
+            log=_jupyter_log(),
         )
         result = NotebookResult(
             path=str(self.path), kernel_name=self.kernel_name, language=None,
@@ -151,18 +162,20 @@ class NotebookRunner:
         )
         self._result = result
         client.km = client.create_kernel_manager()
+        client.km.log = client.log
         try:
             client.start_new_kernel(cwd=str(self.path.parent))
         except NoSuchKernel as exc:
             raise NotebookError(self.path, f"no kernel named {self.kernel_name!r} "
                                 "(list them with: jupyter kernelspec list)") from exc
         except (OSError, RuntimeError) as exc:
-            raise NotebookError(self.path, f"kernel {self.kernel_name!r} failed to start: {exc}") from exc
+            raise NotebookError(self.path, f"kernel {self.kernel_name!r} failed to start: {_first_line(exc)}") from exc
         result.kernel_pid = _kernel_pid(client)
         log.info("event=kernel-started notebook=%s kernel=%s pid=%s", self.path, self.kernel_name, result.kernel_pid)
         try:
             if self.on_kernel_started is not None and result.kernel_pid is not None:
                 self.on_kernel_started(result.kernel_pid)
+            self._connect(client)
             client.execute()
         except DeadKernelError as exc:
             self._stop_early(client, DIED, str(exc))
@@ -175,6 +188,15 @@ class NotebookRunner:
         result.language = (self.nb.metadata.get("language_info") or {}).get("name")
         result.ended = _now()
         return result
+
+    def _connect(self, client: NotebookClient) -> None:
+        """Waits for the kernel's kernel_info reply. Done here, not inside execute():
+        there nbclient leaves an atexit hook behind when the kernel never answers."""
+        try:
+            client.start_new_kernel_client()
+        except (RuntimeError, TimeoutError, OSError) as exc:  # nbclient has shut the kernel down
+            raise NotebookError(self.path, f"kernel {self.kernel_name!r} did not start: {_first_line(exc)} "
+                                f"(start-up timeout {self.startup_timeout_s} s)") from exc
 
     # -- nbclient hooks --------------------------------------------------------
     def _cell_execute(self, cell: Any, cell_index: int) -> None:
@@ -221,6 +243,18 @@ class NotebookRunner:
 def run_notebook(path: str | os.PathLike[str], **options: Any) -> NotebookResult:
     """Shorthand: NotebookRunner(path, **options).run()."""
     return NotebookRunner(path, **options).run()
+
+
+def _jupyter_log() -> logging.Logger:
+    """nbclient's and jupyter_client's logger: their errors repeat what NotebookError
+    says in one line, with a traceback, so they show only when debugging."""
+    quiet = logging.getLogger(__name__ + ".jupyter")
+    quiet.setLevel(logging.NOTSET if logging.getLogger().isEnabledFor(logging.DEBUG) else logging.CRITICAL)
+    return quiet
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 def _kernel_pid(client: NotebookClient) -> int | None:

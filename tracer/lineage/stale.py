@@ -17,6 +17,10 @@ What cannot be judged (no fingerprint, not a regular file, a symlink,
 unreadable now) is listed under `unchecked`, never guessed. Files are read
 now as each run's owner (its header's uid) would read them, never with more
 privilege, and a symlink is never followed (store/fingerprint.py).
+
+`rids` limits the whole computation to some runs (the daemon passes a user's
+own runs): other runs' writes are then not seen, so an input another user
+rewrote shows as "content changed", never as "rewritten by run X".
 """
 
 from __future__ import annotations
@@ -24,7 +28,9 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-from collections import defaultdict
+import threading
+from collections import OrderedDict, defaultdict
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import networkx as nx
@@ -83,12 +89,17 @@ def _iso_us(text: str | None) -> int | None:
 class _Facts:
     """One pass over the store: every run's data accesses, renames, cells, fingerprints."""
 
-    def __init__(self, store: S.Store) -> None:
+    def __init__(self, store: S.Store, rids: Iterable[int] | None = None) -> None:
         self.runs: dict[int, _Run] = {}
         self.writes: dict[str, list[_Write]] = defaultdict(list)
         kinds = (S.RUN_START, S.RUN_END, S.FILE, S.RENAME, S.CELL, S.FINGERPRINT)
-        for _seq, rid, kind, p1, p2, body in store.records(kinds=kinds):
-            self._add(rid, kind, p1, p2, json.loads(body))
+        # Within a run, records come in chain order (RUN_START and CELL before
+        # the accesses that need them); the order across runs does not matter.
+        sources = [store.records(kinds=kinds)] if rids is None else \
+            [store.records(rid=rid, kinds=kinds) for rid in sorted(set(rids))]
+        for records in sources:
+            for _seq, rid, kind, p1, p2, body in records:
+                self._add(rid, kind, p1, p2, json.loads(body))
 
     def _run(self, rid: int) -> _Run:
         return self.runs.setdefault(rid, _Run(rid, str(rid)))
@@ -174,6 +185,7 @@ class _Judge:
         self._now: dict[tuple[int | None, str], dict] = {}
         self._cache: HashCache = {}
         self._creds: dict[int, Creds] = {}
+        self.signatures: dict[str, tuple] = {}  # path -> its stat just before it was judged
 
     def now(self, unit: Unit, path: str) -> dict:
         """path as it is now, as the unit's owner sees it: never with more
@@ -184,6 +196,7 @@ class _Judge:
         if (uid, path) not in self._now:
             if uid is not None and uid not in self._creds:
                 self._creds[uid] = Creds.of_user(uid)
+            self.signatures[path] = _stat_signature(path)
             self._now[(uid, path)] = fingerprint(path, self._cache, creds=self._creds.get(uid))
         return self._now[(uid, path)]
 
@@ -238,9 +251,14 @@ def _producer(facts: _Facts, unit: Unit, path: str, read_last_us: int) -> Unit |
     return best.unit if best else None
 
 
-def staleness(store: S.Store, rid: int | None = None) -> dict:
-    """{"stale": [...], "fresh": [...]} for every unit of the store, or of one run."""
-    facts = _Facts(store)
+def staleness(store: S.Store, rid: int | None = None, *, rids: Iterable[int] | None = None,
+              looked_at: dict[str, tuple] | None = None) -> dict:
+    """{"stale": [...], "fresh": [...]} for every unit of the store, or of one run.
+
+    rids: judge over these runs only (None: all). looked_at, when given, is
+    filled with the files compared against their state now, each with its
+    stat signature from before it was read (see StaleCache)."""
+    facts = _Facts(store, rids)
     judge = _Judge(facts)
     units = facts.units()
     reasons: dict[Unit, list[dict]] = {u: [] for u in units}
@@ -269,6 +287,8 @@ def staleness(store: S.Store, rid: int | None = None) -> dict:
                 path = g.edges[p, v]["path"]
                 reasons[v].append(_reason(path, "input", "upstream stale", **{"from": facts.label(p)}))
     wanted = [u for u in units if rid is None or u.rid == rid]
+    if looked_at is not None:
+        looked_at.update(judge.signatures)
     return {
         "stale": [{**facts.label(u), "reasons": reasons[u], "unchecked": unchecked[u]}
                   for u in wanted if u in stale],
@@ -276,6 +296,66 @@ def staleness(store: S.Store, rid: int | None = None) -> dict:
                    "outputs": len(facts.runs[u.rid].writes.get(u, {})), "unchecked": unchecked[u]}
                   for u in wanted if u not in stale],
     }
+
+
+def _stat_signature(path: str) -> tuple:
+    """What changes when a file's content may have: identity, size, times, mode
+    (of the last component itself: symlinks are never followed when judging)."""
+    try:
+        st = os.lstat(path)
+    except OSError as e:
+        return ("error", e.errno)
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_mode)
+
+
+class StaleCache:
+    """Reuses a staleness answer while neither the store nor a file it compared has changed.
+
+    The caller keys an answer by who asks, which run, and the store's head
+    hash (any new record changes it). A hit is checked by stat'ing again every
+    file the answer compared, which is cheap next to reading the store and
+    hashing, so an edit made outside any trace still shows at once. Callers
+    asking the same question at the same time wait for one computation.
+    """
+
+    def __init__(self, size: int = 64) -> None:
+        self.size = size
+        self.hits = 0
+        self._entries: OrderedDict[tuple, tuple[dict, dict[str, tuple]]] = OrderedDict()
+        self._computing: dict[tuple, threading.Lock] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple, compute: Callable[[dict[str, tuple]], dict]) -> dict:
+        """The cached answer for key, or compute(looked_at) stored under it."""
+        with self._lock:
+            flight = self._computing.setdefault(key, threading.Lock())
+        try:
+            with flight:
+                found = self._valid(key)
+                if found is not None:
+                    return found
+                looked_at: dict[str, tuple] = {}
+                result = compute(looked_at)
+                with self._lock:
+                    self._entries[key] = (result, looked_at)
+                    self._entries.move_to_end(key)
+                    while len(self._entries) > self.size:
+                        self._entries.popitem(last=False)
+                return result
+        finally:
+            with self._lock:
+                self._computing.pop(key, None)
+
+    def _valid(self, key: tuple) -> dict | None:
+        with self._lock:
+            entry = self._entries.get(key)
+        if entry is None:
+            return None
+        result, signatures = entry
+        if any(_stat_signature(p) != sig for p, sig in signatures.items()):
+            return None
+        self.hits += 1
+        return result
 
 
 def render(result: dict) -> str:

@@ -92,6 +92,17 @@ def display(path: str) -> str:
     return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
+def is_utf8(text: str) -> bool:
+    """Whether text decoded by os.fsdecode (argv, environment, paths) was valid
+    UTF-8: undecodable bytes arrive as lone surrogates, which protobuf strings
+    and UTF-8 JSON cannot carry."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def from_user(arg: str) -> str:
     """A path typed by a user, made absolute against the caller's cwd."""
     return resolve(os.getcwd(), arg) or arg
