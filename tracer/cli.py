@@ -81,6 +81,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--upstream", dest="direction", action="store_const", const="upstream")
     g.add_argument("--downstream", dest="direction", action="store_const", const="downstream")
     p.add_argument("--depth", type=int, default=10, metavar="N")
+    p.add_argument("--all-versions", action="store_true",
+                   help="every version of PATH, not only the bytes on disk now")
+    p.add_argument("--at", metavar="TIME", help="the version current at an ISO-8601 time")
+    p.add_argument("--no-kernel-state", action="store_true",
+                   help="cut the kernel-state edges from a notebook cell to the later cells of its kernel")
     _add_db(p)
     _add_socket(p)
     p.add_argument("--json", action="store_true")

@@ -173,16 +173,17 @@ def _remote_export(socket_path: str, run: str | None, fmt: str) -> bytes:
         return client.export(run, fmt)
 
 
-def _remote_lineage(socket_path: str, path: str, direction: str, depth: int) -> dict:
+def _remote_lineage(socket_path: str, path: str, direction: str, depth: int, **opts) -> dict:
     """The daemon's lineage of path, in the shape `lineage()` gives for a local store."""
     from .api.client import ProvtraceClient  # noqa: PLC0415
 
     with ProvtraceClient(socket_path) as client:
-        g = client.lineage(path, direction, depth)
+        g = client.lineage(path, direction, depth, **opts)
     nodes = [{"id": n.id, "kind": n.kind, **n.detail} for n in g.nodes]
-    return {"root": path, "direction": direction, "nodes": nodes,
+    summary = dict(g.summary)
+    return {"root": path, "direction": direction, "current": summary.get("current"), "nodes": nodes,
             "edges": [{"from": e.source, "to": e.target, "rel": e.relation, **e.detail} for e in g.edges],
-            "found": len(nodes) > 1}
+            "found": summary.get("found", len(nodes) > 1), "truncated": summary.get("truncated", False)}
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
@@ -253,14 +254,23 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_lineage(args: argparse.Namespace) -> int:
-    from .lineage.graph import lineage, render  # noqa: PLC0415
+    from .lineage.graph import lineage, now_fingerprint, parse_at, render  # noqa: PLC0415
 
     need(args.depth >= 1, "--depth must be at least 1")
     direction = args.direction or "upstream"
+    at_us = None
+    if args.at:
+        try:
+            at_us = parse_at(args.at)
+        except ValueError:
+            raise UsageError(f"--at needs an ISO-8601 time (e.g. 2026-12-07T18:30:00Z), got {args.at!r}") from None
+    path = os.path.abspath(from_user(args.path))
+    opts = {"all_versions": args.all_versions, "kernel_state": not args.no_kernel_state}
     if args.socket:
-        result = _remote_lineage(args.socket, from_user(args.path), direction, args.depth)
+        result = _remote_lineage(args.socket, path, direction, args.depth, at=args.at, **opts)
     else:
-        result = lineage(_store(args), from_user(args.path), direction, args.depth)
+        now = None if at_us is not None else now_fingerprint(path)
+        result = lineage(_store(args), path, direction, args.depth, at_us=at_us, now=now, **opts)
     if args.json:
         print_json(result)
     else:
