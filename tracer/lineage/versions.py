@@ -21,8 +21,8 @@ A delete, a rename away, or a fingerprint that found the file gone ends the
 current version; the path is then absent until the next version.
 
 Every read is bound to the version current when the read began (its first
-access). A read of a path the same process wrote, with nothing there before,
-is the process reading its own output and is bound to nothing.
+access). A read by a process that created the path, with no version there
+before, is the process reading its own output and is bound to nothing.
 
 Events are ordered by time on one clock (the store's wall-clock microseconds,
 converted from CLOCK_MONOTONIC once per run by the writer), ties by the
@@ -78,7 +78,7 @@ class Event:
     other: str | None = None  # a rename's other path
     fp: dict | None = None  # a fingerprint's body
     whole: bool = True  # a write that created or truncated (else it updated the previous content)
-    self_write: bool = False  # a read by a process that also wrote the path
+    created: bool = False  # a read by a process that created the path (capture checks it did not exist)
 
     @property
     def key(self) -> tuple:
@@ -183,8 +183,8 @@ def history(path: str, events: list[Event]) -> History:
                 cur.end = key
             cur = None
         elif ev.op == READ:
-            if cur is None and ev.self_write:
-                pass  # the process reads what it writes itself, with nothing there before
+            if cur is None and ev.created:
+                pass  # the process reads back what it created itself
             else:
                 existing(key).reads.append(Read(ev.act, key))
         elif ev.op == FP:
@@ -388,7 +388,7 @@ def file_events(seq: int, f: FileRec) -> list[Event]:
     and then a delete at its last."""
     out = []
     if f.bits & READ_BITS:
-        out.append(Event(f.first, seq, READ, f.act, self_write=bool(f.bits & WRITE_BITS)))
+        out.append(Event(f.first, seq, READ, f.act, created=bool(f.bits & ACCESS_BITS["create"])))
     if f.bits & WRITE_BITS:
         out.append(Event(f.last, seq, WRITE, f.act, whole=bool(f.bits & WHOLE_BITS)))
     if f.bits & DELETE_BITS:
