@@ -103,7 +103,7 @@ def _producer(hists: dict[str, V.History], v: V.Version | None):
 @given(st.lists(op, max_size=40))
 def test_every_read_is_bound_to_the_write_it_saw(ops):
     events, expected = _replay(ops)
-    hists = {p: V.history(p, evs) for p, evs in events.items()}
+    hists = V.build(events)
     for act, path, t, want in expected:
         (bound,) = [v for v in hists[path].versions for r in v.reads if r.act == act and r.key[0] == t]
         assert _producer(hists, bound) == want, (path, t, hists[path].versions)
@@ -115,7 +115,7 @@ def test_versions_follow_one_another(ops):
     """Per path: versions in time order, numbered 1.., none overlapping, each
     rename version moved from a version of its source."""
     events, _ = _replay(ops)
-    hists = {p: V.history(p, evs) for p, evs in events.items()}
+    hists = V.build(events)
     for h in hists.values():
         assert [v.n for v in h.versions] == list(range(1, len(h.versions) + 1))
         for a, b in zip(h.versions, h.versions[1:]):

@@ -304,7 +304,8 @@ def render(result: dict) -> str:
         n = nodes[nid]
         if n["kind"] == "file":
             if n.get("changed_outside_tracing"):
-                what = "content no traced process wrote"
+                what = ("changed outside tracing" if n["version"] > 1
+                        else "no traced process wrote it")
             else:
                 what = f"written {n.get('written') or '?'}"
             sha = f", sha256 {n['sha256'][:12]}" if n.get("sha256") else ""

@@ -50,6 +50,9 @@ WRITE, READ, DELETE, RENAME_IN, RENAME_OUT, FP = "write", "read", "delete", "ren
 # order of a record's own events at one instant: read, then write, then delete
 _SUB = {READ: 0, FP: 0, WRITE: 1, RENAME_OUT: 1, RENAME_IN: 2, DELETE: 3}
 NEVER = (-math.inf, 0, 0.0)
+# most paths built together because renames link them (a name reused by
+# thousands of runs); beyond it a moved version's fingerprint may be unknown
+_COMPONENT_CAP = 20000
 FOREVER = (math.inf, 0, 0.0)
 
 
@@ -147,73 +150,92 @@ def same_content(a: dict, b: dict) -> bool:
 
 def history(path: str, events: list[Event]) -> History:
     """The versions of path from its events (any order), reads bound to them."""
-    versions: list[Version] = []
-    moved_out: dict[tuple, Version] = {}
-    cur: Version | None = None
-    last = NEVER  # key of the last event seen
+    return build({path: events})[path]
 
-    def new(how: str, start: tuple, act: Act | None = None, **kw) -> Version:
-        nonlocal cur
+
+def build(events: dict[str, list[Event]]) -> dict[str, History]:
+    """The histories of paths linked by renames, built in one pass in time order,
+    so a renamed version keeps the content identity (fingerprint) it had."""
+    b = _Builder(events)
+    for path, ev in sorted(((p, e) for p, evs in events.items() for e in evs), key=lambda pe: pe[1].key):
+        b.step(path, ev)
+    return {path: History(path, b.versions[path], b.moved_out[path]) for path in events}
+
+
+class _Builder:
+    """Per-path state of build(): the versions so far, the current one, the last event."""
+
+    def __init__(self, paths) -> None:
+        self.versions: dict[str, list[Version]] = {p: [] for p in paths}
+        self.moved_out: dict[str, dict[tuple, Version]] = {p: {} for p in paths}
+        self.cur: dict[str, Version | None] = dict.fromkeys(paths)
+        self.last: dict[str, tuple] = dict.fromkeys(paths, NEVER)
+
+    def new(self, path: str, how: str, start: tuple, act: Act | None = None, **kw) -> Version:
+        cur = self.cur[path]
         if cur is not None and cur.end is None:
             cur.end = start
-        v = Version(path, len(versions) + 1, how, start, act, observed=start, **kw)
-        versions.append(v)
-        cur = v
+        vs = self.versions[path]
+        v = Version(path, len(vs) + 1, how, start, act, observed=start, **kw)
+        vs.append(v)
+        self.cur[path] = v
         return v
 
-    def existing(key: tuple) -> Version:
+    def existing(self, path: str) -> Version:
         """The current version; content nobody traced made when there is none."""
-        return cur if cur is not None else new("outside", _just_after(last))
+        cur = self.cur[path]
+        return cur if cur is not None else self.new(path, "outside", _just_after(self.last[path]))
 
-    for ev in sorted(events, key=lambda e: e.key):
+    def end(self, path: str, key: tuple) -> None:
+        cur = self.cur[path]
+        if cur is not None:
+            cur.end = key
+        self.cur[path] = None
+
+    def step(self, path: str, ev: Event) -> None:
         key = ev.key
         if ev.op == WRITE:
-            prev = None if ev.whole else cur
-            v = new("write", key, ev.act, prev=prev)
+            prev = None if ev.whole else self.cur[path]
+            v = self.new(path, "write", key, ev.act, prev=prev)
             if prev is not None:
                 prev.updated_by.append(v)
         elif ev.op == RENAME_IN:
-            new("rename", key, ev.act, src_path=ev.other)
-        elif ev.op in (DELETE, RENAME_OUT):
-            if ev.op == RENAME_OUT:
-                v = existing(key)
-                v.moved_to.append((ev.other, key))
-                moved_out[key[:2]] = v
-            if cur is not None:
-                cur.end = key
-            cur = None
+            src = self.moved_out.get(ev.other, {}).get(key[:2])
+            self.new(path, "rename", key, ev.act, src_path=ev.other, fp=src.fp if src else None)
+        elif ev.op == RENAME_OUT:
+            v = self.existing(path)
+            v.moved_to.append((ev.other, key))
+            self.moved_out[path][key[:2]] = v
+            self.end(path, key)
+        elif ev.op == DELETE:
+            self.end(path, key)
         elif ev.op == READ:
-            if cur is None and ev.created:
-                pass  # the process reads back what it created itself
-            else:
-                existing(key).reads.append(Read(ev.act, key))
+            if not (self.cur[path] is None and ev.created):  # else: it reads back what it created itself
+                self.existing(path).reads.append(Read(ev.act, key))
         elif ev.op == FP:
-            _fingerprint(ev, key, cur, new, existing)
-            if ev.fp.get("error") == "vanished" and cur is not None:
-                cur.end = key
-                cur = None
-        last = key
-    return History(path, versions, moved_out)
+            self.fingerprint(path, ev.fp, key)
+        self.last[path] = key
 
-
-def _fingerprint(ev: Event, key: tuple, cur: Version | None, new, existing) -> None:
-    """Match a fingerprint against the current version: adopt it, confirm it, or
-    start a version changed outside tracing."""
-    fp = ev.fp
-    if fp.get("error") or fp.get("type") not in (None, "file"):
-        return  # unreadable, gone, or not a regular file: says nothing of the content
-    if cur is None:
-        existing(key).fp = fp
-        return
-    if cur.fp is None:
-        cur.fp = fp
-    elif not same_content(cur.fp, fp):
-        # the content changed after it was last seen as it was: reads since then saw the new one
-        since = cur.observed
-        v = new("outside", _just_after(since), fp=fp)
-        v.reads = [r for r in cur.reads if r.key > v.start]
-        cur.reads = [r for r in cur.reads if r.key <= v.start]
-    existing(key).observed = key
+    def fingerprint(self, path: str, fp: dict, key: tuple) -> None:
+        """Match a fingerprint against the current version: adopt it, confirm it,
+        or start a version changed outside tracing; one that found the file gone
+        ends the current version."""
+        if fp.get("error") == "vanished":
+            self.end(path, key)
+            return
+        if fp.get("error") or fp.get("type") not in (None, "file"):
+            return  # unreadable, or not a regular file: says nothing of the content
+        cur = self.cur[path]
+        if cur is None:
+            self.existing(path).fp = fp
+        elif cur.fp is None:
+            cur.fp = fp
+        elif not same_content(cur.fp, fp):
+            # changed after it was last seen as it was: reads since then saw the new content
+            v = self.new(path, "outside", _just_after(cur.observed), fp=fp)
+            v.reads = [r for r in cur.reads if r.key > v.start]
+            cur.reads = [r for r in cur.reads if r.key <= v.start]
+        self.cur[path].observed = key
 
 
 def _just_after(key: tuple) -> tuple:
@@ -269,17 +291,30 @@ class Model:
         return row[0] if row else None
 
     def history(self, path: str) -> History:
+        """path's versions; built with every path renames link it to (so a moved
+        version keeps its content identity), all at once."""
         if path not in self._hist:
-            self._hist[path] = history(path, self._events(path))
+            events: dict[str, list[Event]] = {}
+            todo = [path]
+            while todo and len(events) < _COMPONENT_CAP:
+                p = todo.pop()
+                if p in events or p in self._hist:
+                    continue
+                events[p], partners = self._events(p)
+                todo += partners
+            built = build(events)
+            self._hist.update({p: h for p, h in built.items() if p not in self._hist})
         return self._hist[path]
 
-    def _events(self, path: str) -> list[Event]:
+    def _events(self, path: str) -> tuple[list[Event], set[str]]:
+        """path's events, and the paths renamed onto it or from it."""
         events: list[Event] = []
+        partners: set[str] = set()
         if path in self.now:
             events.append(Event(math.inf, 0, FP, fp=self.now[path]))
         pid = self._path_id(path)
         if pid is None:
-            return events
+            return events, partners
         rows = self.db.execute(
             "SELECT r.seq, r.rid, r.kind, p.path, r.body FROM records r LEFT JOIN paths p ON p.id=r.p2 "
             "WHERE r.p1=? AND r.kind IN (?,?,?)", (pid, S.FILE, S.RENAME, S.FINGERPRINT)).fetchall()
@@ -299,9 +334,10 @@ class Model:
                 pid_, t, cell = b
                 op = RENAME_IN if kind == S.RENAME else RENAME_OUT
                 events.append(Event(base + (t or 0), seq, op, Act(rid, pid_, cell), other=os.fsdecode(other)))
+                partners.add(os.fsdecode(other))
             elif kind == S.FINGERPRINT and b.get("at_us") is not None:
                 events.append(Event(b["at_us"], seq, FP, fp=b))
-        return events
+        return events, partners
 
     # -- what an activity did ------------------------------------------------------
     def run_files(self, rid: int) -> list[FileRec]:

@@ -1,0 +1,162 @@
+"""File versions on real traced runs (issue 14): `provtrace lineage` answers
+about the bytes on disk now, `--all-versions` and `--at` about history.
+
+Runs are traced in-process with the session's real probes (helpers.trace);
+the questions go through the real CLI (helpers.pt) on the same SQLite store.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import time
+
+import pytest
+
+from .helpers import pt, trace
+
+pytestmark = pytest.mark.privileged
+
+
+@pytest.fixture
+def work(tmp_path):
+    d = tmp_path / "w"
+    d.mkdir()
+    return d
+
+
+def _db(work):
+    return str(work.parent / "store.db")
+
+
+def _sh(capture, work, script):
+    code, doc = trace(capture, ["sh", "-c", script], cwd=work, db=_db(work))
+    assert code == 0
+    return doc["run"]["id"]
+
+
+def _lineage(work, path, *opts):
+    return json.loads(pt("lineage", str(work / path), "--db", _db(work), "--json", *opts, check=True).stdout)
+
+
+def _files(result):
+    return {n["path"] for n in result["nodes"] if n["kind"] == "file"}
+
+
+def _runs(result):
+    return {n["run"] for n in result["nodes"] if n["kind"] in ("process", "cell")}
+
+
+def _sha(text):
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def test_a_rerun_through_a_temporary_name_is_the_current_version(capture, work):
+    """The issue's first example: lineage of o names run 2 and its input b."""
+    (work / "a").write_text("1\n")
+    first = _sh(capture, work, "cat a > o.tmp && mv o.tmp o")
+    (work / "b").write_text("2\n")
+    second = _sh(capture, work, "cat b > o.tmp && mv o.tmp o")
+
+    up = _lineage(work, "o")
+    assert up["current"] == {"run": second, "cell": None, "pid": up["current"]["pid"], "sha256": _sha("2\n"),
+                             "written": up["current"]["written"], "changed_outside_tracing": False}
+    assert isinstance(up["current"]["pid"], int) and up["current"]["written"].endswith("Z")
+    assert up["found"] and up["truncated"] is False
+    assert str(work / "b") in _files(up) and str(work / "a") not in _files(up)
+    assert _runs(up) == {second}
+    assert any(e["rel"] == "renamed" and e["run"] == second for e in up["edges"])
+    (root,) = [n for n in up["nodes"] if n.get("root")]
+    assert root["path"] == str(work / "o") and root["id"] == f"file:{work / 'o'}@{root['version']}"
+
+    history = _lineage(work, "o", "--all-versions")
+    assert {str(work / "a"), str(work / "b")} <= _files(history) and _runs(history) == {first, second}
+    assert len([n for n in history["nodes"] if n.get("root")]) == 2
+
+    down = _lineage(work, "a", "--downstream")  # a's bytes went to o's first version only
+    assert _runs(down) == {first}
+    outs = [n for n in down["nodes"] if n["kind"] == "file" and n["path"] == str(work / "o")]
+    assert [n["sha256"] for n in outs] == [_sha("1\n")]
+
+    text = pt("lineage", str(work / "o"), "--db", _db(work), check=True).stdout
+    assert f"[run {second} " in text and f"reads {work / 'b'}" in text and first not in text
+
+
+def test_overwrite_in_place_names_only_the_last_writer(capture, work):
+    (work / "a").write_text("from a\n")
+    (work / "q").write_text("from q\n")
+    _sh(capture, work, "cat a > p")
+    second = _sh(capture, work, "cat q > p")
+    up = _lineage(work, "p")
+    assert up["current"]["run"] == second and up["current"]["sha256"] == _sha("from q\n")
+    assert _files(up) == {str(work / "p"), str(work / "q")} and _runs(up) == {second}
+
+
+def test_a_change_outside_tracing_is_a_version_of_its_own(capture, work):
+    (work / "a").write_text("1\n")
+    run = _sh(capture, work, "cat a > o")
+    assert _lineage(work, "o")["current"]["run"] == run
+    (work / "o").write_text("edited by hand\n")
+    up = _lineage(work, "o")
+    assert up["current"] == {"run": None, "cell": None, "pid": None, "sha256": _sha("edited by hand\n"),
+                             "written": up["current"]["written"], "changed_outside_tracing": True}
+    assert up["found"] and [n["kind"] for n in up["nodes"]] == ["file"]  # produced by no traced process
+    assert str(work / "a") not in _files(up)
+    text = pt("lineage", str(work / "o"), "--db", _db(work), check=True).stdout
+    assert "changed outside tracing" in text
+
+    # a later traced read sees that version; its output derives from no traced run
+    reader = _sh(capture, work, "cat o > copy")
+    up = _lineage(work, "copy")
+    assert _runs(up) == {reader} and str(work / "a") not in _files(up)
+    (o,) = [n for n in up["nodes"] if n.get("path") == str(work / "o")]
+    assert o["changed_outside_tracing"] is True
+
+
+def test_a_read_is_bound_to_the_version_current_then(capture, work):
+    (work / "a").write_text("A\n")
+    (work / "q").write_text("Q\n")
+    first = _sh(capture, work, "cat a > p")
+    time.sleep(0.05)
+    between = dt.datetime.now(dt.timezone.utc).isoformat().replace("+00:00", "Z")
+    reader = _sh(capture, work, "cat p > r")
+    third = _sh(capture, work, "cat q > p")
+
+    up = _lineage(work, "r")
+    assert _runs(up) == {reader, first} and str(work / "a") in _files(up)
+    assert str(work / "q") not in _files(up) and third not in _runs(up)
+    assert _lineage(work, "p", "--at", between)["current"]["run"] == first
+    assert _lineage(work, "p")["current"]["run"] == third
+    down = _lineage(work, "q", "--downstream")
+    assert _runs(down) == {third}  # r was made from the version before
+
+
+def test_an_intermediate_deleted_inside_the_run(capture, work):
+    (work / "a").write_text("x\n")
+    run = _sh(capture, work, "cat a > t && cat t > o && rm t")
+    up = _lineage(work, "o")
+    assert {str(work / "t"), str(work / "a")} <= _files(up) and _runs(up) == {run}
+    gone = _lineage(work, "t", "--downstream")
+    assert gone["absent"] == "deleted or moved away by a traced run"
+    assert gone["current"]["run"] is None and gone["current"]["changed_outside_tracing"] is False
+    (root,) = [n for n in gone["nodes"] if n.get("root")]
+    assert root["gone"] is True and str(work / "o") in _files(gone)
+
+
+def test_depth_truncation_is_marked(capture, work):
+    (work / "a").write_text("x\n")
+    _sh(capture, work, "cat a > b")
+    _sh(capture, work, "cat b > c")
+    cut = _lineage(work, "c", "--depth", "1")
+    assert cut["truncated"] is True
+    assert [n for n in cut["nodes"] if n.get("truncated")]
+    assert _lineage(work, "c")["truncated"] is False
+    text = pt("lineage", str(work / "c"), "--db", _db(work), "--depth", "1", check=True).stdout
+    assert "depth limit" in text
+
+
+def test_bad_at_is_one_line(work):
+    r = pt("lineage", str(work / "x"), "--db", _db(work), "--at", "yesterday")
+    assert r.returncode == 2 and "ISO-8601" in r.stderr and "Traceback" not in r.stderr
