@@ -160,3 +160,46 @@ def test_depth_truncation_is_marked(capture, work):
 def test_bad_at_is_one_line(work):
     r = pt("lineage", str(work / "x"), "--db", _db(work), "--at", "yesterday")
     assert r.returncode == 2 and "ISO-8601" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_notebook_cell_that_overwrites_another_cells_output(capture, work):
+    """Lineage goes through cells, not the kernel process; kernel state is a
+    labelled edge to the next cell that --no-kernel-state cuts."""
+    from .test_notebook_run import _need_kernel, _run, _write_notebook
+
+    _need_kernel("python3")
+    (work / "a.txt").write_text("A\n")
+    (work / "b.txt").write_text("B\n")
+    nb = work / "nb.ipynb"
+    _write_notebook(nb, "python3", [
+        "open('out.txt', 'w').write(open('a.txt').read())",
+        "open('out.txt', 'w').write(open('b.txt').read())",
+        "open('res.txt', 'w').write(open('out.txt').read())",
+    ])
+    code, _traced, doc = _run(capture, nb, _db(work))
+    assert code == 0
+    c1, c2, c3 = (c["id"] for c in doc["cells"])
+
+    up = _lineage(work, "out.txt", "--no-kernel-state")
+    assert up["current"]["run"] == doc["run"]["id"] and up["current"]["cell"] == c2
+    assert up["current"]["sha256"] == _sha("B\n")
+    assert _files(up) == {str(work / "out.txt"), str(work / "b.txt")}
+    assert {n["cell"] for n in up["nodes"] if n["kind"] == "cell"} == {c2}
+    assert not [n for n in up["nodes"] if n["kind"] == "process"]
+
+    with_state = _lineage(work, "out.txt")
+    assert {"rel": "kernel_state", "from": f"cell:{_rid(with_state)}:{c1}",
+            "to": f"cell:{_rid(with_state)}:{c2}"} in with_state["edges"]
+    assert str(work / "a.txt") in _files(with_state)  # through cell 1, labelled
+
+    down = _lineage(work, "a.txt", "--downstream", "--no-kernel-state")
+    assert {n["cell"] for n in down["nodes"] if n["kind"] == "cell"} == {c1}
+    assert str(work / "res.txt") not in _files(down)  # made from cell 2's version, not cell 1's
+    res = _lineage(work, "res.txt", "--no-kernel-state")
+    assert {n["cell"] for n in res["nodes"] if n["kind"] == "cell"} == {c2, c3}
+
+
+def _rid(result):
+    """The store's run number in a cell node id (cell:RID:CELL)."""
+    (cell,) = {n["id"].split(":")[1] for n in result["nodes"] if n["kind"] == "cell"}
+    return cell
