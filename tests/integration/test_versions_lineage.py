@@ -203,3 +203,63 @@ def _rid(result):
     """The store's run number in a cell node id (cell:RID:CELL)."""
     (cell,) = {n["id"].split(":")[1] for n in result["nodes"] if n["kind"] == "cell"}
     return cell
+
+
+def _stale(work, *run):
+    return json.loads(pt("stale", *run, "--db", _db(work), "--json", check=True).stdout)
+
+
+def _group(result, run):
+    for group in ("stale", "fresh"):
+        for u in result[group]:
+            if u["run"] == run and u["cell"] is None:
+                return group, u
+    raise AssertionError(f"no run {run} in {result}")
+
+
+def test_stale_follows_another_runs_rename(capture, work):
+    """cat a > b (run 1); mv b c (run 2); cat c > d (run 3): b moved by a traced
+    run is not "output deleted"; when a changes, run 3 is stale through the rename."""
+    (work / "a").write_text("1\n")
+    one = _sh(capture, work, "cat a > b")
+    two = _sh(capture, work, "mv b c")
+    three = _sh(capture, work, "cat c > d")
+    fresh = _stale(work)
+    assert fresh["stale"] == [] and {u["run"] for u in fresh["fresh"]} >= {one, two, three}
+
+    (work / "a").write_text("2\n")
+    result = _stale(work)
+    group, u1 = _group(result, one)
+    assert group == "stale" and [(r["path"], r["why"]) for r in u1["reasons"]] == [(str(work / "a"), "content changed")]
+    group, u3 = _group(result, three)
+    assert group == "stale"
+    (up,) = u3["reasons"]
+    assert up["why"] == "upstream stale" and up["path"] == str(work / "c") and up["from"]["run"] == one
+    assert _group(result, two)[0] == "fresh"  # a rename made nothing new
+    text = pt("stale", "--db", _db(work), check=True).stdout
+    assert "output deleted" not in text
+
+
+def test_staleness_travels_through_the_versions_consumed(capture, work):
+    """One run makes two outputs from two inputs; only one input changes. A run
+    that read the other output stays fresh."""
+    (work / "x").write_text("x\n")
+    (work / "y").write_text("y\n")
+    both = _sh(capture, work, "cat x > ox; cat y > oy")
+    from_x = _sh(capture, work, "cat ox > dx")
+    from_y = _sh(capture, work, "cat oy > dy")
+    (work / "x").write_text("changed\n")
+    result = _stale(work)
+    assert _group(result, both)[0] == "stale"
+    assert _group(result, from_x)[0] == "stale"
+    assert _group(result, from_y)[0] == "fresh"
+
+
+def test_a_superseded_read_names_the_rewriting_run(capture, work):
+    (work / "cfg").write_text("a\n")
+    user = _sh(capture, work, "cat cfg > used")
+    rewriter = _sh(capture, work, "echo b > cfg.tmp && mv cfg.tmp cfg")
+    group, u = _group(_stale(work), user)
+    assert group == "stale"
+    (reason,) = u["reasons"]
+    assert reason["why"] == f"rewritten by run {rewriter}" and reason["content"] == "changed"

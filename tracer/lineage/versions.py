@@ -109,6 +109,8 @@ class Version:
     moved_to: list[tuple[str, tuple]] = field(default_factory=list)  # (path, key) of renames away
     updated_by: list[Version] = field(default_factory=list)
     observed: tuple = NEVER  # last moment its content was known to be there
+    fp_problem: str | None = None  # why the latest fingerprint of it says nothing (a symlink, unreadable)
+    ended_by: Act | None = None  # the delete or rename that ended it (None: still current, or not traced)
 
     @property
     def t_us(self) -> int | None:
@@ -186,10 +188,11 @@ class _Builder:
         cur = self.cur[path]
         return cur if cur is not None else self.new(path, "outside", _just_after(self.last[path]))
 
-    def end(self, path: str, key: tuple) -> None:
+    def end(self, path: str, key: tuple, act: Act | None = None) -> None:
         cur = self.cur[path]
         if cur is not None:
             cur.end = key
+            cur.ended_by = act
         self.cur[path] = None
 
     def step(self, path: str, ev: Event) -> None:
@@ -206,9 +209,9 @@ class _Builder:
             v = self.existing(path)
             v.moved_to.append((ev.other, key))
             self.moved_out[path][key[:2]] = v
-            self.end(path, key)
+            self.end(path, key, ev.act)
         elif ev.op == DELETE:
-            self.end(path, key)
+            self.end(path, key, ev.act)
         elif ev.op == READ:
             if not (self.cur[path] is None and ev.created):  # else: it reads back what it created itself
                 self.existing(path).reads.append(Read(ev.act, key))
@@ -224,7 +227,10 @@ class _Builder:
             self.end(path, key)
             return
         if fp.get("error") or fp.get("type") not in (None, "file"):
-            return  # unreadable, or not a regular file: says nothing of the content
+            # unreadable, or not a regular file: says nothing of the content
+            if self.cur[path] is not None:
+                self.cur[path].fp_problem = fp.get("error") or fp.get("hash_skipped") or "not a regular file"
+            return
         cur = self.cur[path]
         if cur is None:
             self.existing(path).fp = fp
@@ -236,6 +242,7 @@ class _Builder:
             v.reads = [r for r in cur.reads if r.key > v.start]
             cur.reads = [r for r in cur.reads if r.key <= v.start]
         self.cur[path].observed = key
+        self.cur[path].fp_problem = None
 
 
 def _just_after(key: tuple) -> tuple:
@@ -358,7 +365,7 @@ class Model:
         return [f for f in self.run_files(rid) if f.act.pid == who and f.act.cell is None]
 
     def renames_by(self, unit: tuple) -> list[tuple[str, str, Event]]:
-        """(from, to, event) of the renames an activity made."""
+        """(from, to, event) of the renames an activity made (kind "run": the whole run's)."""
         kind, rid, who = unit
         base = self.base_us(rid)
         out = []
@@ -366,7 +373,7 @@ class Model:
                 "SELECT r.seq, a.path, b.path, r.body FROM records r JOIN paths a ON a.id=r.p1 "
                 "JOIN paths b ON b.id=r.p2 WHERE r.rid=? AND r.kind=?", (rid, S.RENAME)):
             pid, t, cell = json.loads(body)
-            if (kind == "cell" and cell == who) or (kind == "proc" and cell is None and pid == who):
+            if kind == "run" or (kind == "cell" and cell == who) or (kind == "proc" and cell is None and pid == who):
                 out.append((os.fsdecode(src), os.fsdecode(dst),
                             Event(base + (t or 0), seq, RENAME_IN, Act(rid, pid, cell))))
         return out
