@@ -263,3 +263,30 @@ def test_a_superseded_read_names_the_rewriting_run(capture, work):
     assert group == "stale"
     (reason,) = u["reasons"]
     assert reason["why"] == f"rewritten by run {rewriter}" and reason["content"] == "changed"
+
+
+def test_diff_of_two_atomic_write_runs(work):
+    """cat a > o.tmp; mv o.tmp o, twice with other input and environment: the
+    output is o (its content compared), o.tmp is no input, and the changed
+    variable shows while a secret stays redacted."""
+    db = _db(work)
+    (work / "a").write_text("1\n")
+    env = {**os.environ, "PARAM": "one", "API_TOKEN": "s3cret-one"}
+    pt("run", "--db", db, "--", "sh", "-c", "cat a > o.tmp && cat o.tmp > /dev/null && mv o.tmp o",
+       cwd=work, env=env, check=True)
+    (work / "a").write_text("2\n")
+    env = {**env, "PARAM": "two", "API_TOKEN": "s3cret-two"}
+    pt("run", "--db", db, "--", "sh", "-c", "cat a > o.tmp && cat o.tmp > /dev/null && mv o.tmp o",
+       cwd=work, env=env, check=True)
+    first, second = [r["id"] for r in json.loads(pt("runs", "--db", db, "--json", check=True).stdout)]
+    d = json.loads(pt("diff", first, second, "--db", db, "--json", check=True).stdout)
+    outs = {c["path"]: c for c in d["outputs"]["changed"]}
+    assert set(outs) == {str(work / "o")} and outs[str(work / "o")]["basis"] == "sha256"
+    assert d["outputs"]["unknown"] == [] and str(work / "o.tmp") not in json.dumps(d["outputs"])
+    assert str(work / "o.tmp") not in json.dumps(d["inputs"])
+    assert [c["path"] for c in d["inputs"]["changed"]] == [str(work / "a")]
+    env_changes = {c["key"]: c for c in d["env"]["changed"]}
+    assert env_changes["PARAM"]["a"] == "one" and env_changes["PARAM"]["b"] == "two"
+    text = pt("diff", first, second, "--db", db, check=True).stdout
+    assert "Environment variables" in text and "PARAM" in text and "o.tmp" not in text
+    assert "s3cret" not in text and "s3cret" not in json.dumps(d)
