@@ -79,7 +79,7 @@ class _Runs:
 
     def __init__(self, store: S.Store, model: Model) -> None:
         self.m = model
-        self.ids: dict[int, str] = dict(model.run_ids)
+        self.ids: dict[int, str] = dict(store.db.execute("SELECT rid, id FROM runs"))
         self.uid: dict[int, int | None] = {}
         self.cells: dict[int, list[str]] = {}
         for rid, kind, body in store.db.execute(

@@ -82,10 +82,10 @@ class Event:
     fp: dict | None = None  # a fingerprint's body
     whole: bool = True  # a write that created or truncated (else it updated the previous content)
     created: bool = False  # a read by a process that created the path (capture checks it did not exist)
+    key: tuple = field(init=False, compare=False, repr=False)
 
-    @property
-    def key(self) -> tuple:
-        return (self.t, self.seq, float(_SUB[self.op]))
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key", (self.t, self.seq, float(_SUB[self.op])))
 
 
 @dataclass(frozen=True)
@@ -274,7 +274,7 @@ class Model:
 
     def __init__(self, store: S.Store, uid: int | None = None, now: dict[str, dict] | None = None) -> None:
         self.db = store.db
-        self.run_ids: dict[int, str] = dict(self.db.execute("SELECT rid, id FROM runs"))
+        self.run_ids = _RunIds(self.db)
         self.visible = None if uid is None else {rid for (rid,) in self.db.execute(
             "SELECT rid FROM runs WHERE uid=?", (uid,))}
         self.now = now or {}
@@ -288,10 +288,18 @@ class Model:
 
     def base_us(self, rid: int) -> int:
         if rid not in self._base:
-            row = self.db.execute("SELECT body FROM records WHERE rid=? AND kind=?",
-                                  (rid, S.RUN_START)).fetchone()
-            self._base[rid] = (json.loads(row[0]).get("start_us") or 0) if row else 0
+            self._bases([rid])
         return self._base[rid]
+
+    def _bases(self, rids) -> None:
+        """The start times (every body time is relative to it) of runs, a chunk per query."""
+        todo = [r for r in set(rids) if r not in self._base]
+        for i in range(0, len(todo), 500):
+            chunk = todo[i: i + 500]
+            self._base.update(dict.fromkeys(chunk, 0))
+            self._base.update((rid, us or 0) for rid, us in self.db.execute(
+                f"SELECT rid, json_extract(body, '$.start_us') FROM records WHERE kind={S.RUN_START} "
+                f"AND rid IN ({','.join('?' * len(chunk))})", chunk))
 
     def _path_id(self, path: str) -> int | None:
         row = self.db.execute("SELECT id FROM paths WHERE path=?", (os.fsencode(path),)).fetchone()
@@ -329,6 +337,7 @@ class Model:
         rows += [(seq, rid, -S.RENAME, dst, body) for seq, rid, dst, body in self.db.execute(
             "SELECT r.seq, r.rid, p.path, r.body FROM records r JOIN paths p ON p.id=r.p1 "
             "WHERE r.kind=4 AND r.p2=?", (pid,))]
+        self._bases(rid for _s, rid, _k, _o, _b in rows)
         for seq, rid, kind, other, body in rows:
             if not self.sees(rid):
                 continue
@@ -424,6 +433,20 @@ class Model:
 
     def written_version(self, f: FileRec) -> Version | None:
         return self.history(f.path).made_by(f.act, f.last)
+
+
+class _RunIds(dict):
+    """rid -> run id, looked up on first use (a store may hold many thousands)."""
+
+    def __init__(self, db) -> None:
+        super().__init__()
+        self.db = db
+
+    def get(self, rid, default=None):
+        if rid not in self:
+            row = self.db.execute("SELECT id FROM runs WHERE rid=?", (rid,)).fetchone()
+            self[rid] = row[0] if row else default
+        return self[rid]
 
 
 def file_events(seq: int, f: FileRec) -> list[Event]:
