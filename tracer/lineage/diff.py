@@ -13,6 +13,8 @@ Sections, each ``{"changed": [...], "only_a": [...], "only_b": [...]}``:
   renamed into place or wrote before reading it.
 - ``env``: environment variables (as stored: redacted values stay redacted).
 - ``argv``: the command line.
+- ``cells``: a notebook's code per cell (keyed by the cell's position in the
+  notebook, else its order), compared on ``code_sha256``.
 - ``libraries``: keyed by soname (path when there is none); build-id changes.
 - ``packages``: keyed by (ecosystem, name); version changes, added, removed.
 - ``interpreters``: keyed by name; version (and path) changes.
@@ -123,6 +125,14 @@ def _outputs(doc: dict) -> dict[str, dict]:
 def _env(doc: dict) -> dict[str, str]:
     env = _get(doc, "context", "env")
     return {str(k): v for k, v in env.items()} if isinstance(env, dict) else {}
+
+
+def _cells(doc: dict) -> dict[str, str | None]:
+    out = {}
+    for i, cell in enumerate(_list(doc, "cells")):
+        key = f"cell {cell['index'] if isinstance(cell.get('index'), int) else i}"
+        out[key] = cell.get("code_sha256")
+    return out
 
 
 def _argv(doc: dict) -> dict[str, str]:
@@ -240,11 +250,12 @@ def diff_runs(a: dict, b: dict) -> dict:
                              if host_a[k] != host_b[k]], "only_a": [], "only_b": []},
         "env": _keyed_section(_env(a), _env(b)),
         "argv": _keyed_section(_argv(a), _argv(b)),
+        "cells": _keyed_section(_cells(a), _cells(b)),
     }
     diff["identical"] = not any(
         diff[s]["changed"] or diff[s]["only_a"] or diff[s]["only_b"]
         for s in ("inputs", "outputs", "libraries", "packages", "interpreters", "gpus", "host",
-                  "env", "argv"))
+                  "env", "argv", "cells"))
     return diff
 
 
@@ -310,6 +321,7 @@ def render_diff(d: dict) -> str:
         ("Host", _get(d, "host") or {}, _short),
         ("Environment variables", _get(d, "env") or {}, _short),
         ("Command line", _get(d, "argv") or {}, _short),
+        ("Notebook cells (code sha256)", _get(d, "cells") or {}, _short),
     ]
     for title, section, describe in sections:
         out += _table(title, _rows(section, describe))

@@ -282,6 +282,7 @@ class Model:
         self._hist: dict[str, History] = {}
         self._run_files: dict[int, list[FileRec]] = {}
         self._procs: dict[int, dict[int, dict]] = {}
+        self._reads: dict[str, dict[tuple, Version]] = {}  # path -> (act, time) of a read -> its version
 
     def sees(self, rid: int) -> bool:
         return self.visible is None or rid in self.visible
@@ -423,13 +424,10 @@ class Model:
         return out
 
     def read_version(self, f: FileRec) -> Version | None:
-        """The version a FILE record's read saw."""
-        h = self.history(f.path)
-        key = (f.first, 0, 0.0)
-        for v in h.versions:
-            if any(r.act == f.act and r.key[0] == f.first for r in v.reads):
-                return v
-        return h.at(key)
+        """The version a FILE record's read saw (None: it read back what it created)."""
+        if f.path not in self._reads:
+            self._reads[f.path] = {(r.act, r.key[0]): v for v in self.history(f.path).versions for r in v.reads}
+        return self._reads[f.path].get((f.act, f.first))
 
     def written_version(self, f: FileRec) -> Version | None:
         return self.history(f.path).made_by(f.act, f.last)
