@@ -86,9 +86,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--at", metavar="TIME", help="the version current at an ISO-8601 time")
     p.add_argument("--no-kernel-state", action="store_true",
                    help="cut the kernel-state edges from a notebook cell to the later cells of its kernel")
+    p.add_argument("--format", choices=("text", "json", "dot", "svg", "png", "mermaid"), default=None,
+                   metavar="FMT", help="text (default), json, dot, svg, png (through Graphviz's dot), mermaid")
+    p.add_argument("-o", "--output", default="-", metavar="FILE", help="where to write; '-' (default) is stdout")
     _add_db(p)
     _add_socket(p)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="same as --format json")
 
     p = sub.add_parser("diff", help="what changed between two runs")
     p.add_argument("run_a", metavar="RUN_A")

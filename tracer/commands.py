@@ -257,6 +257,8 @@ def cmd_lineage(args: argparse.Namespace) -> int:
     from .lineage.graph import lineage, now_fingerprint, parse_at, render  # noqa: PLC0415
 
     need(args.depth >= 1, "--depth must be at least 1")
+    need(not (args.json and args.format not in (None, "json")), "give --json or --format, not both")
+    fmt = "json" if args.json else (args.format or "text")
     direction = args.direction or "upstream"
     at_us = None
     if args.at:
@@ -271,11 +273,26 @@ def cmd_lineage(args: argparse.Namespace) -> int:
     else:
         now = None if at_us is not None else now_fingerprint(path)
         result = lineage(_store(args), path, direction, args.depth, at_us=at_us, now=now, **opts)
-    if args.json:
-        print_json(result)
-    else:
-        print(render(result))
+    _write_lineage(result, fmt, args.output)
     return 0
+
+
+def _write_lineage(result: dict, fmt: str, dest: str) -> None:
+    """lineage in one format, to stdout or atomically to a file."""
+    from .export.exporter import write  # noqa: PLC0415
+    from .lineage import graph as G  # noqa: PLC0415
+
+    if fmt == "json":
+        if dest == "-":
+            print_json(result)
+            return
+        data = (json.dumps(result, indent=2, ensure_ascii=False) + "\n").encode("utf-8", "surrogateescape")
+    elif fmt in ("svg", "png"):
+        data = G.to_image(result, fmt)
+    else:
+        text = {"text": G.render, "dot": G.to_dot, "mermaid": G.to_mermaid}[fmt](result)
+        data = (text if text.endswith("\n") else text + "\n").encode("utf-8", "surrogateescape")
+    write(data, dest)
 
 
 def cmd_diff(args: argparse.Namespace) -> int:

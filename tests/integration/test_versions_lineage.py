@@ -290,3 +290,21 @@ def test_diff_of_two_atomic_write_runs(work):
     text = pt("diff", first, second, "--db", db, check=True).stdout
     assert "Environment variables" in text and "PARAM" in text and "o.tmp" not in text
     assert "s3cret" not in text and "s3cret" not in json.dumps(d)
+
+
+def test_lineage_formats(capture, work):
+    import pydot
+
+    (work / "a").write_text("1\n")
+    _sh(capture, work, "cat a > o.tmp && mv o.tmp o")
+    db, o = _db(work), str(work / "o")
+    (graph,) = pydot.graph_from_dot_data(pt("lineage", o, "--db", db, "--format", "dot", check=True).stdout)
+    names = {n.get_name().strip('"') for n in graph.get_nodes()}
+    assert f"file:{work / 'a'}@1" in names and any(n.startswith(f"file:{o}@") for n in names)
+    mermaid = pt("lineage", o, "--db", db, "--format", "mermaid", check=True).stdout
+    assert mermaid.startswith("flowchart LR") and "-->|renamed|" in mermaid
+    out = work.parent / "lineage.json"
+    pt("lineage", o, "--db", db, "--format", "json", "-o", str(out), check=True)
+    assert json.loads(out.read_text()) == _lineage(work, "o")
+    r = pt("lineage", o, "--db", db, "--json", "--format", "dot")
+    assert r.returncode == 2 and "not both" in r.stderr

@@ -32,7 +32,7 @@ from collections import deque
 import networkx as nx
 
 from ..correlate.clock import us_to_iso
-from ..model.paths import DATA, TEMP
+from ..model.paths import DATA, TEMP, display
 from ..store import sqlite as S
 from ..store.writer import KIND_CODES
 from .versions import FOREVER, READ_BITS, WRITE_BITS, Model, Version
@@ -351,3 +351,63 @@ def parse_at(text: str) -> int:
     when = parse_iso(text)
     return (when - dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)) // dt.timedelta(microseconds=1)
 
+
+
+# ---- other formats (`lineage --format dot|svg|png|mermaid`) -------------------
+
+def _short_label(n: dict) -> str:
+    if n["kind"] == "file":
+        how = "changed outside tracing" if n.get("changed_outside_tracing") else (n.get("written") or "")
+        return f"{display(n['path'])}\nversion {n.get('version')}" + (f" ({how})" if how else "")
+    if n["kind"] == "cell":
+        return f"run {n.get('run')}\ncell {n.get('cell')}"
+    argv = " ".join(display(a) for a in (n.get("argv") or []))[:60]
+    return f"run {n.get('run')} pid {n.get('pid')}\n{argv}"
+
+
+def to_dot(result: dict) -> str:
+    """Graphviz DOT: versions as notes, processes as boxes, cells as folders; edges by relation."""
+    def q(text: str) -> str:
+        return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+    shape = {"file": "note", "process": "box", "cell": "folder"}
+    lines = ["digraph lineage {", "  rankdir=LR;", f"  label={q(result['direction'] + ' lineage of ' + display(result['root']))};"]
+    for n in result["nodes"]:
+        style = ", penwidth=2" if n.get("root") else ""
+        style += ", style=dashed" if n.get("changed_outside_tracing") else ""
+        lines.append(f"  {q(n['id'])} [shape={shape.get(n['kind'], 'ellipse')}, label={q(_short_label(n))}{style}];")
+    for e in result["edges"]:
+        lines.append(f"  {q(e['from'])} -> {q(e['to'])} [label={q(e['rel'])}];")
+    return "\n".join(lines + ["}"]) + "\n"
+
+
+def to_mermaid(result: dict) -> str:
+    """A Mermaid flowchart (node ids n0, n1, ...; labels quoted)."""
+    ids = {n["id"]: f"n{i}" for i, n in enumerate(result["nodes"])}
+
+    def q(text: str) -> str:
+        return '"' + text.replace('"', "#quot;").replace("\n", "<br/>") + '"'
+    lines = ["flowchart LR"]
+    for n in result["nodes"]:
+        open_, close = {"file": ("[/", "/]"), "cell": ("[[", "]]")}.get(n["kind"], ("[", "]"))
+        lines.append(f"  {ids[n['id']]}{open_}{q(_short_label(n))}{close}")
+    for e in result["edges"]:
+        if e["from"] in ids and e["to"] in ids:
+            lines.append(f"  {ids[e['from']]} -->|{e['rel']}| {ids[e['to']]}")
+    return "\n".join(lines) + "\n"
+
+
+def to_image(result: dict, fmt: str) -> bytes:
+    """SVG or PNG through Graphviz's `dot` program; a clear error when it is missing."""
+    import shutil  # noqa: PLC0415
+    import subprocess  # noqa: PLC0415
+
+    from ..errors import UsageError  # noqa: PLC0415
+
+    dot = shutil.which("dot")
+    if dot is None:
+        raise UsageError(f"--format {fmt} needs Graphviz's dot program (apt install graphviz); "
+                         "--format dot writes the graph for it")
+    r = subprocess.run([dot, f"-T{fmt}"], input=to_dot(result).encode(), capture_output=True, timeout=120)
+    if r.returncode != 0:
+        raise UsageError(f"dot -T{fmt} failed: {r.stderr.decode(errors='replace').strip()[:200]}")
+    return r.stdout
