@@ -121,3 +121,29 @@ def test_deterministic_and_empty(tmp_path):
     names = [json.loads(line)["job"]["name"] for line in outs[0].decode().splitlines()]
     assert names[:2] == ["tool in.csv", "tool in.csv"]
     assert OL.serialize([]) == b""
+
+
+def test_a_rename_only_run_has_the_old_name_in_and_the_new_one_out(store):  # noqa: F811
+    """Issue 14: `mv report.md final.md` keeps the chain in a catalog."""
+    from provtrace.tracer.correlate.clock import Clock
+    from provtrace.tracer.model import events as E
+    from provtrace.tracer.model.processes import AT_FDCWD, Tracker
+    from provtrace.tracer.store.writer import RunWriter
+
+    from .test_export_flows import CREATED, OFFSET_NS, _clock, _end, _new_run
+
+    rid, start_us = _new_run(store, "20231114T221600-mv0001", "command", 12_000_000_000, argv=("mv",))
+    tracker = Tracker(RunWriter(store, rid, Clock(offset_ns=OFFSET_NS), base_us=start_us), CREATED)
+    t = _clock(12_001_000_000)
+    for ev in (E.Exec(t(), 90, 90, 1, 90, 1000, "/usr/bin/mv"),
+               E.Rename(t(), 90, 90, 1, AT_FDCWD, AT_FDCWD, 0, "/w/report.md", "/w/final.md"),
+               E.Exit(t(), 90, 90, 1, 0, 7)):
+        tracker.handle(ev)
+    tracker.finish_all(t())
+    _end(store, rid, t())
+    _start, done = parse(OL.serialize([load(store, rid)]))
+    assert [i["name"] for i in done["inputs"]] == ["/w/report.md"]
+    (out,) = done["outputs"]
+    change = out["facets"]["lifecycleStateChange"]
+    assert out["name"] == "/w/final.md" and change["lifecycleStateChange"] == "RENAME"
+    assert change["previousIdentifier"] == {"name": "/w/report.md", "namespace": "file://testhost"}
