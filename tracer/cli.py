@@ -114,11 +114,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_socket(p)
 
     p = sub.add_parser("stale", help="runs and cells whose inputs changed after they ran, and why",
-                       epilog="exit status is 0 whether or not anything is stale; use --json to test")
+                       epilog="exit status is 0 whether or not anything is stale (3 with --fail-if-stale "
+                              "when something is); use --json to test")
     p.add_argument("run", metavar="RUN", nargs="?", help="run id, unique prefix, or 'last' (default: all)")
     _add_db(p)
     _add_socket(p)
     p.add_argument("--json", action="store_true")
+    p.add_argument("--fail-if-stale", action="store_true", help="exit 3 when anything is stale")
+    p.add_argument("--plan", action="store_true",
+                   help="what to re-run, in order (producers before what they feed)")
 
     p = sub.add_parser("verify", help="check the store's tamper-evident chain")
     _add_db(p)

@@ -333,25 +333,42 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_stale(args: argparse.Namespace) -> int:
-    """Stale or fresh, the exit status is 0: staleness is a finding, not a failure."""
-    from .lineage.stale import render, staleness  # noqa: PLC0415
-    from .store import queries as Q  # noqa: PLC0415
+STALE_EXIT = 3  # --fail-if-stale, when anything is stale
 
+
+def cmd_stale(args: argparse.Namespace) -> int:
+    """Stale or fresh, the exit status is 0: staleness is a finding, not a failure
+    (unless --fail-if-stale asks for 3 when anything is stale)."""
+    from .lineage.stale import plan, render, render_plan, staleness  # noqa: PLC0415
+    from .store import queries as Q  # noqa: PLC0415
+    from .store import sqlite as S  # noqa: PLC0415
+
+    headers: dict[str, dict] = {}
     if args.socket:
         from .api.client import ProvtraceClient  # noqa: PLC0415
 
         with ProvtraceClient(args.socket) as client:
             result = client.stale(args.run)
+        if args.plan:
+            headers = {r["id"]: r for r in _remote_runs(args.socket)}
     else:
         store = _store(args)
         rid = Q.resolve_run(store, args.run) if args.run else None
         result = staleness(store, rid)
-    if args.json:
+        if args.plan:
+            headers = {r["id"]: r for r in Q.list_runs(store)}
+            for r in headers.values():  # the command line and folder, to re-run it
+                row = store.db.execute("SELECT body FROM records WHERE rid=? AND kind=?",
+                                       (r["rid"], S.RUN_START)).fetchone()
+                r.update({k: json.loads(row[0]).get(k) for k in ("argv", "cwd")} if row else {})
+    if args.plan:
+        steps = plan(result, headers)
+        print_json({"plan": steps}) if args.json else print(render_plan(steps))
+    elif args.json:
         print_json(result)
     else:
         print(render(result))
-    return 0
+    return STALE_EXIT if args.fail_if_stale and result["stale"] else 0
 
 
 def cmd_verify(args: argparse.Namespace) -> int:

@@ -239,6 +239,12 @@ def test_stale_follows_another_runs_rename(capture, work):
     text = pt("stale", "--db", _db(work), check=True).stdout
     assert "output deleted" not in text
 
+    steps = json.loads(pt("stale", "--db", _db(work), "--plan", "--json", check=True).stdout)["plan"]
+    assert [s["run"] for s in steps] == [one, three] and steps[0]["argv"] == ["sh", "-c", "cat a > b"]
+    assert pt("stale", "--db", _db(work), "--plan", check=True).stdout.startswith(f"1. run {one} in {work}: ")
+    assert pt("stale", "--db", _db(work), "--fail-if-stale").returncode == 3
+    assert pt("stale", two, "--db", _db(work), "--fail-if-stale").returncode == 0
+
 
 def test_staleness_travels_through_the_versions_consumed(capture, work):
     """One run makes two outputs from two inputs; only one input changes. A run

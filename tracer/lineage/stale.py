@@ -324,6 +324,36 @@ def staleness(store: S.Store, rid: int | None = None) -> dict:
     return {"stale": stale, "fresh": fresh}
 
 
+def plan(result: dict, runs: dict[str, dict]) -> list[dict]:
+    """What to re-run, in order: each run with something stale, once, in the order
+    the runs ran (a producer always ran before what read its output), with its
+    stale cells and, where known, its command line and folder."""
+    order = {run_id: i for i, run_id in enumerate(runs)}
+    steps: dict[str, dict] = {}
+    for u in result["stale"]:
+        step = steps.setdefault(u["run"], {"run": u["run"], "cells": [], "why": []})
+        if u["cell"] is not None:
+            step["cells"].append(u["cell"])
+        step["why"] += [r["why"] for r in u["reasons"] if r["why"] not in step["why"]]
+    out = []
+    for run_id in sorted(steps, key=lambda r: (order.get(r, len(order)), r)):
+        header = runs.get(run_id) or {}
+        out.append({**steps[run_id], **{k: header.get(k) for k in ("kind", "label", "argv", "cwd")}})
+    return out
+
+
+def render_plan(steps: list[dict]) -> str:
+    if not steps:
+        return "nothing to re-run: nothing is stale"
+    lines = []
+    for i, s in enumerate(steps, 1):
+        what = " ".join(display(a) for a in s.get("argv") or []) or s.get("label") or "(command not known)"
+        cells = f" (cells {', '.join(s['cells'])})" if s["cells"] else ""
+        where = f" in {display(s['cwd'])}" if s.get("cwd") else ""
+        lines.append(f"{i}. run {s['run']}{cells}{where}: {what}   [{'; '.join(s['why'])}]")
+    return "\n".join(lines)
+
+
 def render(result: dict) -> str:
     """One line per stale run or cell, with its reasons; then a count."""
     lines = []
