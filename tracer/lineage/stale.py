@@ -28,12 +28,10 @@ privilege, and a symlink is never followed (store/fingerprint.py).
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import os
 from dataclasses import dataclass
 
-from ..correlate.clock import parse_iso
 from ..model.paths import display, to_json
 from ..privs import Creds
 from ..store import sqlite as S
@@ -43,23 +41,12 @@ from .versions import READ_BITS, WRITE_BITS, Act, FileRec, Model, Version
 _JUDGED_KINDS = ("d", "t")  # data and temp, as the writer codes them
 _SHOWN_REASONS = 4
 _HOPS = 256  # renames followed from one version
-_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 
 
 @dataclass(frozen=True, order=True)
 class Unit:
     rid: int
     cell: str | None = None
-
-
-def _iso_us(text: str | None) -> int | None:
-    if not text:
-        return None
-    try:
-        when = parse_iso(text)
-    except ValueError:
-        return None
-    return (when - _EPOCH) // dt.timedelta(microseconds=1)
 
 
 def _unit_of(act: Act) -> Unit:
@@ -110,10 +97,9 @@ class _Runs:
         for f in self.files(unit):
             if f.bits & READ_BITS:
                 v = self.m.read_version(f)
-                out.setdefault(f.path, [])
-                if v is not None and not _mine(unit, _writer(self.m, v).act if _writer(self.m, v) else None) \
-                        and v not in out[f.path]:
-                    out[f.path].append(v)
+                seen = out.setdefault(f.path, [])
+                if v is not None and not _mine(unit, _writer_act(self.m, v)) and v not in seen:
+                    seen.append(v)
         return out
 
     def outputs(self, unit: Unit) -> dict[str, Version | None]:
@@ -148,6 +134,11 @@ def _writer(model: Model, v: Version | None) -> Version | None:
             return v
         v = model.renamed_from(v)
     return None
+
+
+def _writer_act(model: Model, v: Version) -> Act | None:
+    w = _writer(model, v)
+    return w.act if w is not None else None
 
 
 def _final(model: Model, v: Version) -> tuple[Version, list[Act]]:
@@ -277,7 +268,7 @@ class _Judge:
             if not (f.bits & READ_BITS and f.kind in _JUDGED_KINDS and f.first <= w.start[0]):
                 continue
             r = self.m.read_version(f)
-            if r is None or _mine(Unit(w.act.rid, w.act.cell), _writer(self.m, r).act if _writer(self.m, r) else None):
+            if r is None or _mine(producer, _writer_act(self.m, r)):
                 continue
             reason, _skip = self.check(producer, f.path, r, "input")
             if reason is not None or self.tainted(r) is not None:
