@@ -246,16 +246,20 @@ class _Walk:
             yield after, None, (unit, after, {"rel": "kernel_state"})
 
     def _pipes(self, unit: tuple, into: bool):
-        """Processes that fed this one through a pipe (into) or that it fed."""
-        kind, rid, pid = unit
-        if kind != "proc":
-            return
+        """Activities that fed this one through a pipe (into) or that it fed: the
+        other end's process, or the notebook cell it ran in."""
+        kind, rid, who = unit
+        procs = self.m.procs(rid)
+        pids = ({who} if kind == "proc" else
+                {pid for pid, p in procs.items() if p.get("cell") == who})
         for ino, writers, readers in self.m.pipes(rid):
             mine, theirs = (readers, writers) if into else (writers, readers)
-            if pid in mine:
+            if pids & set(mine):
                 for other in theirs:
-                    if other != pid:
-                        yield ("proc", rid, other), {"rel": "pipe", "inode": ino}
+                    cell = procs.get(other, {}).get("cell")
+                    end = ("cell", rid, cell) if cell is not None else ("proc", rid, other)
+                    if end != unit:
+                        yield end, {"rel": "pipe", "inode": ino}
 
     def _cell_beside(self, unit: tuple, step: int) -> tuple | None:
         """The cell run just before (step -1) or after (+1) this one in the same kernel."""
