@@ -11,6 +11,8 @@ import datetime as dt
 import hashlib
 import json
 import os
+import shutil
+import tempfile
 import time
 
 import pytest
@@ -314,3 +316,28 @@ def test_lineage_formats(capture, work):
     assert json.loads(out.read_text()) == _lineage(work, "o")
     r = pt("lineage", o, "--db", db, "--json", "--format", "dot")
     assert r.returncode == 2 and "not both" in r.stderr
+
+
+def test_the_daemon_answers_versions_as_the_store_does(daemon):
+    """--all-versions, --at and the current version through the Lineage RPC give
+    what the same verbs give on the daemon's store file."""
+    work = tempfile.mkdtemp(prefix="provtrace-versions-", dir="/tmp")
+    sock, db = ("--socket", daemon["socket"]), ("--db", daemon["db"])
+    try:
+        with open(f"{work}/a", "w") as f:
+            f.write("1\n")
+        pt("run", *sock, "--", "sh", "-c", "cat a > o.tmp && mv o.tmp o", cwd=work, check=True)
+        between = dt.datetime.now(dt.timezone.utc).isoformat().replace("+00:00", "Z")
+        with open(f"{work}/b", "w") as f:
+            f.write("2\n")
+        pt("run", *sock, "--", "sh", "-c", "cat b > o.tmp && mv o.tmp o", cwd=work, check=True)
+        for opts in ((), ("--all-versions",), ("--at", between), ("--downstream",)):
+            target = f"{work}/a" if "--downstream" in opts else f"{work}/o"
+            got = json.loads(pt("lineage", target, *sock, "--json", *opts, check=True).stdout)
+            assert got == json.loads(pt("lineage", target, *db, "--json", *opts, check=True).stdout), opts
+        now = json.loads(pt("lineage", f"{work}/o", *sock, "--json", check=True).stdout)
+        assert now["current"]["sha256"] == _sha("2\n") and f"{work}/b" in _files(now)
+        at = json.loads(pt("lineage", f"{work}/o", *sock, "--json", "--at", between, check=True).stdout)
+        assert at["current"]["sha256"] == _sha("1\n") and f"{work}/a" in _files(at)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
