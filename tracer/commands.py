@@ -181,7 +181,10 @@ def _remote_lineage(socket_path: str, path: str, direction: str, depth: int, **o
         g = client.lineage(path, direction, depth, **opts)
     nodes = [{"id": n.id, "kind": n.kind, **n.detail} for n in g.nodes]
     summary = dict(g.summary)
-    return {"root": path, "direction": direction, "current": summary.get("current"), "nodes": nodes,
+    # a daemon without file versions (its in-memory store, or an older one) knows no current version
+    unknown = {"run": None, "cell": None, "pid": None, "sha256": None, "written": None,
+               "changed_outside_tracing": False}
+    return {"root": path, "direction": direction, "current": summary.get("current") or unknown, "nodes": nodes,
             "edges": [{"from": e.source, "to": e.target, "rel": e.relation, **e.detail} for e in g.edges],
             "found": summary.get("found", len(nodes) > 1), "truncated": summary.get("truncated", False)}
 
