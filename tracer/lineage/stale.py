@@ -155,9 +155,8 @@ def _final(model: Model, v: Version) -> tuple[Version, list[Act]]:
 
 def _successor(model: Model, v: Version) -> Version | None:
     """The first version on v's path after v ended."""
-    if v.end is None:
-        return None
-    return next((w for w in model.history(v.path).versions if w.start >= v.end), None)
+    versions = model.history(v.path).versions
+    return versions[v.n] if v.end is not None and v.n < len(versions) else None  # in time order
 
 
 def _content_fp(model: Model, v: Version) -> Version:

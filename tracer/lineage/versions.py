@@ -116,10 +116,6 @@ class Version:
     def t_us(self) -> int | None:
         return None if not math.isfinite(self.start[0]) else int(self.start[0])
 
-    @property
-    def outside(self) -> bool:
-        return self.act is None
-
     def __repr__(self) -> str:  # short, for test failures
         return f"<{self.path}@{self.n} {self.how} {self.act}>"
 
@@ -129,6 +125,8 @@ class History:
     path: str
     versions: list[Version]
     moved_out: dict[tuple, Version]  # (t, seq) of a rename away -> the version it moved
+    _made: dict[tuple, Version] | None = field(default=None, repr=False)
+    _renamed: dict[tuple, Version] | None = field(default=None, repr=False)
 
     def at(self, key: tuple) -> Version | None:
         """The version current at key (None: the path was absent, or unknown then)."""
@@ -139,7 +137,17 @@ class History:
 
     def made_by(self, act: Act, t: float) -> Version | None:
         """The version act wrote (or renamed here) at time t."""
-        return next((v for v in self.versions if v.act == act and v.start[0] == t), None)
+        if self._made is None:  # one index, not a scan per question (a path may have thousands)
+            self._made = {}
+            for v in self.versions:
+                self._made.setdefault((v.act, v.start[0]), v)
+        return self._made.get((act, t))
+
+    def made_by_rename(self, key: tuple) -> Version | None:
+        """The version the rename at key (its time and record) put here."""
+        if self._renamed is None:
+            self._renamed = {v.start[:2]: v for v in self.versions if v.how == "rename"}
+        return self._renamed.get(key[:2])
 
 
 def same_content(a: dict, b: dict) -> bool:
@@ -416,9 +424,10 @@ class Model:
         return self.history(v.src_path).moved_out.get(v.start[:2])
 
     def renamed_to(self, v: Version) -> list[Version]:
+        """The versions renames made of v on other paths."""
         out = []
         for dst, key in v.moved_to:
-            w = next((x for x in self.history(dst).versions if x.how == "rename" and x.start[:2] == key[:2]), None)
+            w = self.history(dst).made_by_rename(key)
             if w is not None:
                 out.append(w)
         return out
