@@ -147,3 +147,29 @@ def test_a_rename_only_run_has_the_old_name_in_and_the_new_one_out(store):  # no
     change = out["facets"]["lifecycleStateChange"]
     assert out["name"] == "/w/final.md" and change["lifecycleStateChange"] == "RENAME"
     assert change["previousIdentifier"] == {"name": "/w/report.md", "namespace": "file://testhost"}
+
+
+def test_failures_carry_an_error_message(store):  # noqa: F811
+    start, done = parse(OL.serialize([load(store, command_run(store, exit_code=3))]))
+    assert "errorMessage" not in start["run"]["facets"]
+    err = done["run"]["facets"]["errorMessage"]
+    assert err["message"] == "exited with status 3" and err["programmingLanguage"] == "python"
+    events = parse(OL.serialize([load(store, notebook_run(store))]))
+    (cell_fail,) = [e for e in events if e["job"]["name"] == "analysis.cell.cell-b" and e["eventType"] == "FAIL"]
+    assert cell_fail["run"]["facets"]["errorMessage"]["message"]
+    (cell_ok,) = [e for e in events if e["job"]["name"] == "analysis.cell.cell-a" and e["eventType"] == "COMPLETE"]
+    assert "errorMessage" not in cell_ok["run"]["facets"]
+
+
+def test_fingerprinted_datasets_carry_their_version(store):  # noqa: F811
+    rid = command_run(store)
+    for path, sha in (("/w/in.csv", "aa" * 32), ("/w/out.csv", "bb" * 32)):
+        store.append(rid, S.FINGERPRINT, {"cell": None, "at_us": 1, "type": "file", "sha256": sha,
+                                          "size_bytes": 1}, p1=path)
+    store.flush()
+    _start, done = parse(OL.serialize([load(store, rid)]))
+    ins = {i["name"]: i["facets"] for i in done["inputs"]}
+    outs = {o["name"]: o["facets"] for o in done["outputs"]}
+    assert ins["/w/in.csv"]["version"]["datasetVersion"] == "aa" * 32
+    assert outs["/w/out.csv"]["version"]["datasetVersion"] == "bb" * 32  # the renamed-in content
+    assert "version" not in outs["/w/mid.csv"]  # never fingerprinted
