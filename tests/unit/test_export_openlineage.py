@@ -57,7 +57,7 @@ def test_command_run_start_and_complete(store):  # noqa: F811
     assert start["run"]["runId"] == done["run"]["runId"]
     assert start["eventTime"] < done["eventTime"]
     assert done["job"] == start["job"]
-    assert (done["job"]["namespace"], done["job"]["name"]) == ("provtrace://testhost", "tool in.csv")
+    assert (done["job"]["namespace"], done["job"]["name"]) == ("provtrace://testhost", "tool")
     assert done["job"]["facets"]["jobType"]["jobType"] == "COMMAND"
     assert [(i["namespace"], i["name"]) for i in done["inputs"]] == [
         ("file://testhost", CAFE_ESCAPED), ("file://testhost", "/w/in.csv")]
@@ -119,7 +119,7 @@ def test_deterministic_and_empty(tmp_path):
     assert outs[0] == outs[1]
     # runs come out in start order whatever order they were given in
     names = [json.loads(line)["job"]["name"] for line in outs[0].decode().splitlines()]
-    assert names[:2] == ["tool in.csv", "tool in.csv"]
+    assert names[:2] == ["tool", "tool"]
     assert OL.serialize([]) == b""
 
 
@@ -173,3 +173,15 @@ def test_fingerprinted_datasets_carry_their_version(store):  # noqa: F811
     assert ins["/w/in.csv"]["version"]["datasetVersion"] == "aa" * 32
     assert outs["/w/out.csv"]["version"]["datasetVersion"] == "bb" * 32  # the renamed-in content
     assert "version" not in outs["/w/mid.csv"]  # never fingerprinted
+
+
+def test_job_names_are_stable_across_reruns():
+    """Issue 14: the label, else the script or notebook, never the whole argv."""
+    def name(argv, label=None, cwd="/w"):
+        return OL._job_name({"id": "r", "argv": argv, "cwd": cwd, "label": label})
+    assert name(["python3", "-u", "train.py", "--lr", "0.1"]) == name(["python3", "-u", "train.py", "--lr", "0.2"])
+    assert name(["python3", "-u", "train.py", "--lr", "0.1"]) == "/w/train.py"
+    assert name(["Rscript", "/abs/fit.R", "x"]) == "/abs/fit.R"
+    assert name(["sh", "-c", "cat a > b"]) == "sh" and name(["make", "all"]) == "make"
+    assert name(["python3", "train.py"], label="nightly") == "nightly" and name([]) == "run r"
+    assert name(["provtrace", "notebook", "run", "/n/analysis.ipynb"]) == "/n/analysis.ipynb"

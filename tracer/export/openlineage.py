@@ -20,6 +20,8 @@ with the client's own Serde.
 
 from __future__ import annotations
 
+import os
+import re
 from datetime import datetime
 from typing import ClassVar
 
@@ -101,11 +103,27 @@ def _uuid(started: str | None, *key: object) -> str:
     return str(generate_static_uuid(instant, "\0".join(str(k) for k in key).encode()))
 
 
+# programs whose first argument that is not an option is the script they run
+_INTERPRETERS = re.compile(r"^(python[0-9.]*|pypy[0-9.]*|Rscript|R|julia|bash|sh|dash|zsh|node|perl|ruby)$")
+
+
 def _job_name(run: dict) -> str:
+    """A name that stays the same across re-runs (issue 14): the run's label,
+    else the notebook or the script an interpreter ran (absolute, from the run's
+    folder), else the program; never the whole command line, whose arguments change."""
     if run.get("label"):
         return str(run["label"])
-    argv = run.get("argv") or []
-    return " ".join(str(a) for a in argv) if argv else f"run {run.get('id')}"
+    argv = [str(a) for a in run.get("argv") or []]
+    if not argv:
+        return f"run {run.get('id')}"
+    notebook = next((a for a in argv if a.endswith(".ipynb")), None)  # provtrace notebook run NB
+    if notebook is not None:
+        return os.path.normpath(os.path.join(str(run.get("cwd") or "/"), notebook))
+    if _INTERPRETERS.match(os.path.basename(argv[0])):
+        script = next((a for a in argv[1:] if not a.startswith("-")), None)
+        if script is not None and "-c" not in argv[1:] and "-e" not in argv[1:]:
+            return os.path.normpath(os.path.join(str(run.get("cwd") or "/"), script))
+    return argv[0]
 
 
 def _dataset(cls, host: str, path: str, b64: dict[str, str], shas: dict[str, str] | None = None, **facets):
