@@ -84,9 +84,17 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--upstream", dest="direction", action="store_const", const="upstream")
     g.add_argument("--downstream", dest="direction", action="store_const", const="downstream")
     p.add_argument("--depth", type=int, default=10, metavar="N")
+    p.add_argument("--all-versions", action="store_true",
+                   help="every version of PATH, not only the bytes on disk now")
+    p.add_argument("--at", metavar="TIME", help="the version current at an ISO-8601 time")
+    p.add_argument("--no-kernel-state", action="store_true",
+                   help="cut the kernel-state edges from a notebook cell to the later cells of its kernel")
+    p.add_argument("--format", choices=("text", "json", "dot", "svg", "png", "mermaid"), default=None,
+                   metavar="FMT", help="text (default), json, dot, svg, png (through Graphviz's dot), mermaid")
+    p.add_argument("-o", "--output", default="-", metavar="FILE", help="where to write; '-' (default) is stdout")
     _add_db(p)
     _add_socket(p)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="same as --format json")
 
     p = sub.add_parser("diff", help="what changed between two runs")
     p.add_argument("run_a", metavar="RUN_A")
@@ -135,11 +143,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_socket(p)
 
     p = sub.add_parser("stale", help="runs and cells whose inputs changed after they ran, and why",
-                       epilog="exit status is 0 whether or not anything is stale; use --json to test")
+                       epilog="exit status is 0 whether or not anything is stale (3 with --fail-if-stale "
+                              "when something is); use --json to test")
     p.add_argument("run", metavar="RUN", nargs="?", help="run id, unique prefix, or 'last' (default: all)")
     _add_db(p)
     _add_socket(p)
     p.add_argument("--json", action="store_true")
+    p.add_argument("--fail-if-stale", action="store_true", help="exit 3 when anything is stale")
+    p.add_argument("--plan", action="store_true",
+                   help="what to re-run, in order (producers before what they feed)")
 
     p = sub.add_parser("verify", help="check the store's storage and its tamper-evident chain",
                        epilog="exit codes: 0 intact, 1 chain broken, 4 storage corrupt, 5 an anchor does not "

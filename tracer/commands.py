@@ -173,16 +173,20 @@ def _remote_export(socket_path: str, run: str | None, fmt: str) -> bytes:
         return client.export(run, fmt)
 
 
-def _remote_lineage(socket_path: str, path: str, direction: str, depth: int) -> dict:
+def _remote_lineage(socket_path: str, path: str, direction: str, depth: int, **opts) -> dict:
     """The daemon's lineage of path, in the shape `lineage()` gives for a local store."""
     from .api.client import ProvtraceClient  # noqa: PLC0415
 
     with ProvtraceClient(socket_path) as client:
-        g = client.lineage(path, direction, depth)
+        g = client.lineage(path, direction, depth, **opts)
     nodes = [{"id": n.id, "kind": n.kind, **n.detail} for n in g.nodes]
-    return {"root": path, "direction": direction, "nodes": nodes,
+    summary = dict(g.summary)
+    # a daemon without file versions (its in-memory store, or an older one) knows no current version
+    unknown = {"run": None, "cell": None, "pid": None, "sha256": None, "written": None,
+               "changed_outside_tracing": False}
+    return {"root": path, "direction": direction, "current": summary.get("current") or unknown, "nodes": nodes,
             "edges": [{"from": e.source, "to": e.target, "rel": e.relation, **e.detail} for e in g.edges],
-            "found": len(nodes) > 1}
+            "found": summary.get("found", len(nodes) > 1), "truncated": summary.get("truncated", False)}
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
@@ -253,19 +257,45 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_lineage(args: argparse.Namespace) -> int:
-    from .lineage.graph import lineage, render  # noqa: PLC0415
+    from .lineage.graph import lineage, now_fingerprint, parse_at, render  # noqa: PLC0415
 
     need(args.depth >= 1, "--depth must be at least 1")
+    need(not (args.json and args.format not in (None, "json")), "give --json or --format, not both")
+    fmt = "json" if args.json else (args.format or "text")
     direction = args.direction or "upstream"
+    at_us = None
+    if args.at:
+        try:
+            at_us = parse_at(args.at)
+        except ValueError:
+            raise UsageError(f"--at needs an ISO-8601 time (e.g. 2026-12-07T18:30:00Z), got {args.at!r}") from None
+    path = os.path.abspath(from_user(args.path))
+    opts = {"all_versions": args.all_versions, "kernel_state": not args.no_kernel_state}
     if args.socket:
-        result = _remote_lineage(args.socket, from_user(args.path), direction, args.depth)
+        result = _remote_lineage(args.socket, path, direction, args.depth, at=args.at, **opts)
     else:
-        result = lineage(_store(args), from_user(args.path), direction, args.depth)
-    if args.json:
-        print_json(result)
-    else:
-        print(render(result))
+        now = None if at_us is not None else now_fingerprint(path)
+        result = lineage(_store(args), path, direction, args.depth, at_us=at_us, now=now, **opts)
+    _write_lineage(result, fmt, args.output)
     return 0
+
+
+def _write_lineage(result: dict, fmt: str, dest: str) -> None:
+    """lineage in one format, to stdout or atomically to a file."""
+    from .export.exporter import write  # noqa: PLC0415
+    from .lineage import graph as G  # noqa: PLC0415
+
+    if fmt == "json":
+        if dest == "-":
+            print_json(result)
+            return
+        data = (json.dumps(result, indent=2, ensure_ascii=False) + "\n").encode("utf-8", "surrogateescape")
+    elif fmt in ("svg", "png"):
+        data = G.to_image(result, fmt)
+    else:
+        text = {"text": G.render, "dot": G.to_dot, "mermaid": G.to_mermaid}[fmt](result)
+        data = (text if text.endswith("\n") else text + "\n").encode("utf-8", "surrogateescape")
+    write(data, dest)
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
@@ -341,25 +371,42 @@ def _remote_context(socket_path: str, run: str, cell: str | None, M) -> dict:
         return M.cell_context(json.loads(client.export(run, "json")), cell)
 
 
-def cmd_stale(args: argparse.Namespace) -> int:
-    """Stale or fresh, the exit status is 0: staleness is a finding, not a failure."""
-    from .lineage.stale import render, staleness  # noqa: PLC0415
-    from .store import queries as Q  # noqa: PLC0415
+STALE_EXIT = 3  # --fail-if-stale, when anything is stale
 
+
+def cmd_stale(args: argparse.Namespace) -> int:
+    """Stale or fresh, the exit status is 0: staleness is a finding, not a failure
+    (unless --fail-if-stale asks for 3 when anything is stale)."""
+    from .lineage.stale import plan, render, render_plan, staleness  # noqa: PLC0415
+    from .store import queries as Q  # noqa: PLC0415
+    from .store import sqlite as S  # noqa: PLC0415
+
+    headers: dict[str, dict] = {}
     if args.socket:
         from .api.client import ProvtraceClient  # noqa: PLC0415
 
         with ProvtraceClient(args.socket) as client:
             result = client.stale(args.run)
+        if args.plan:
+            headers = {r["id"]: r for r in _remote_runs(args.socket)}
     else:
         store = _store(args)
         rid = Q.resolve_run(store, args.run) if args.run else None
         result = staleness(store, rid)
-    if args.json:
+        if args.plan:
+            headers = {r["id"]: r for r in Q.list_runs(store)}
+            for r in headers.values():  # the command line and folder, to re-run it
+                row = store.db.execute("SELECT body FROM records WHERE rid=? AND kind=?",
+                                       (r["rid"], S.RUN_START)).fetchone()
+                r.update({k: json.loads(row[0]).get(k) for k in ("argv", "cwd")} if row else {})
+    if args.plan:
+        steps = plan(result, headers)
+        print_json({"plan": steps}) if args.json else print(render_plan(steps))
+    elif args.json:
         print_json(result)
     else:
         print(render(result))
-    return 0
+    return STALE_EXIT if args.fail_if_stale and result["stale"] else 0
 
 
 def cmd_verify(args: argparse.Namespace) -> int:

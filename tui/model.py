@@ -85,14 +85,44 @@ def lineage_from_store(result: dict) -> Lineage:
     nodes = {}
     for n in result["nodes"]:
         if n["kind"] == "file":
-            label = display(n["path"])
+            label = display(n["path"]) + _version_label(n)
+        elif n["kind"] == "cell":
+            label = f"[run {n.get('run')} cell {n.get('cell')}]"
         else:
             cell = f" cell {n['cell']}" if n.get("cell") else ""
             argv = " ".join(display(a) for a in (n.get("argv") or [])) or display(n.get("exe") or "?")
             label = f"[run {n.get('run')} pid {n.get('pid')}{cell}] {argv}"
         nodes[n["id"]] = LineageNode(n["id"], n["kind"], label)
     edges = tuple(LineageEdge(e["from"], e["to"], e["rel"]) for e in result["edges"])
-    return Lineage(f"file:{result['root']}", result["direction"], nodes, edges)
+    root = _root_id(result["root"], result["nodes"], nodes)
+    return Lineage(root, result["direction"], nodes, edges)
+
+
+def _version_label(n: dict) -> str:
+    """' (changed outside tracing)' on a version no traced process wrote; the
+    version's number stays in the node's id (the tree reads as paths)."""
+    changed = n.get("changed_outside_tracing") and (n.get("version") or 1) > 1  # v1: there before tracing
+    return " (changed outside tracing)" if changed else ""
+
+
+def _root_id(path: str, raw_nodes, nodes: dict) -> str:
+    """The node id of the version asked about (the one marked root); a plain
+    file node when there is none (an absent path, an older daemon)."""
+    for n in raw_nodes:
+        if n.get("root"):
+            return n["id"]
+    root = f"file:{path}"
+    nodes.setdefault(root, LineageNode(root, "file", display(path)))
+    return root
+
+
+def path_of(node_id: str) -> str | None:
+    """The path of a file (version) node id: 'file:PATH' or 'file:PATH@N'."""
+    if not node_id.startswith("file:"):
+        return None
+    path = node_id.removeprefix("file:")
+    head, at, n = path.rpartition("@")
+    return head if at and n.isdigit() else path
 
 
 def lineage_from_graph(root_path: str, direction: str, graph: object) -> Lineage:
@@ -100,9 +130,9 @@ def lineage_from_graph(root_path: str, direction: str, graph: object) -> Lineage
     nodes = {}
     for n in graph.nodes:
         run = f"[run {n.run_id}] " if n.run_id and n.kind != "file" else ""
-        nodes[n.id] = LineageNode(n.id, n.kind, f"{run}{n.label or n.id}")
-    root = f"file:{root_path}"
-    nodes.setdefault(root, LineageNode(root, "file", root_path))
+        extra = _version_label(dict(n.detail)) if n.kind == "file" else ""
+        nodes[n.id] = LineageNode(n.id, n.kind, f"{run}{n.label or n.id}{extra}")
+    root = _root_id(root_path, [{"id": n.id, **n.detail} for n in graph.nodes], nodes)
     edges = tuple(LineageEdge(e.source, e.target, e.relation) for e in graph.edges)
     return Lineage(root, direction, nodes, edges)
 

@@ -226,7 +226,9 @@ def gpu_lines(gpus: list[dict] | None) -> list[str]:
 
 # -- lineage ------------------------------------------------------------------
 _VERBS = {"wrote": ("written by", "writes"), "read": ("reads", "read by"),
-          "renamed": ("renamed from", "renamed to"), "pipe": ("piped from", "pipes to")}
+          "renamed": ("renamed from", "renamed to"), "pipe": ("piped from", "pipes to"),
+          "updated": ("updated from", "updated into"),
+          "kernel_state": ("kernel state from", "kernel state to")}
 
 
 def lineage_tree(lin: M.Lineage) -> TreeItem:
@@ -258,4 +260,6 @@ def lineage_tree(lin: M.Lineage) -> TreeItem:
         why = ("no traced process wrote this path or renamed a file onto it" if up
                else "no traced process read this path or renamed it")
         kids = (TreeItem(f"nothing {lin.direction}: {why}"),)
-    return TreeItem(f"{lin.direction} lineage of {label(lin.root)}", kids, key=lin.root)
+    path = M.path_of(lin.root)  # the title names the path; the version shows below it
+    title = printable(display(path)) if path is not None else label(lin.root)
+    return TreeItem(f"{lin.direction} lineage of {title}", kids, key=lin.root)

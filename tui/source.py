@@ -70,11 +70,12 @@ class StoreSource:
             return Q.load_run(self.store, Q.resolve_run(self.store, run_id))
 
     def lineage(self, path: str, direction: str, depth: int) -> M.Lineage:
-        from ..tracer.lineage.graph import lineage  # noqa: PLC0415  (networkx is slow to import)
+        from ..tracer.lineage.graph import lineage, now_fingerprint  # noqa: PLC0415  (networkx is slow to import)
 
         _check_lineage_args(direction, depth)
+        now = now_fingerprint(path)  # the bytes on disk now, as this user reads them
         with self._reading():
-            return M.lineage_from_store(lineage(self.store, path, direction, depth))
+            return M.lineage_from_store(lineage(self.store, path, direction, depth, now=now))
 
     def close(self) -> None:
         with self._lock:

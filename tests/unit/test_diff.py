@@ -174,3 +174,35 @@ def test_many_uncomparable_files_are_summarised() -> None:
 
 def test_nothing_to_compare_says_no_differences() -> None:
     assert render_diff(diff_runs({}, {})).endswith("No differences.\n")
+
+
+def test_final_names_intermediates_env_argv_and_cells() -> None:
+    """Issue 14: an atomic write is compared as its final name; what the run made
+    and read back is no input; env, argv and per-cell code are sections."""
+    def doc(run_id: str, sha: str, token: str, code: str) -> dict:
+        return {
+            "run": {"id": run_id, "argv": ["sh", "-c", f"make {run_id}"]},
+            "files": [
+                {"path": "/w/in", "access": ["read"], "kind": "data", "sha256": "11" * 32,
+                 "first": "2026-01-01T00:00:01.000000Z"},
+                {"path": "/w/o.tmp", "access": ["write", "create"], "kind": "temp",
+                 "first": "2026-01-01T00:00:02.000000Z"},
+                {"path": "/w/o.tmp", "access": ["read"], "kind": "temp", "first": "2026-01-01T00:00:03.000000Z"},
+                {"path": "/w/mid", "access": ["write", "create"], "kind": "data", "sha256": "22" * 32,
+                 "first": "2026-01-01T00:00:02.000000Z"},
+                {"path": "/w/mid", "access": ["read"], "kind": "data", "first": "2026-01-01T00:00:03.000000Z"},
+            ],
+            "renames": [{"from": "/w/o.tmp", "to": "/w/o", "time": "2026-01-01T00:00:04.000000Z",
+                         "sha256": sha}],
+            "cells": [{"index": 1, "code_sha256": code}],
+            "context": {"env": {"PARAM": run_id, "API_TOKEN": token}},
+        }
+    d = diff_runs(doc("a", "aa" * 32, "[REDACTED]", "c1"), doc("b", "bb" * 32, "[REDACTED]", "c2"))
+    assert [c["path"] for c in d["outputs"]["changed"]] == ["/w/o"]
+    assert "/w/o.tmp" not in json.dumps(d["outputs"]) and d["outputs"]["unknown"] == []
+    assert set(json.dumps(d["inputs"]).split('"')) & {"/w/mid", "/w/o.tmp"} == set()
+    assert [c["key"] for c in d["env"]["changed"]] == ["PARAM"]  # the redacted token is equal
+    assert d["argv"]["changed"][0]["a"] == "sh -c make a"
+    assert d["cells"]["changed"] == [{"key": "cell 1", "a": "c1", "b": "c2"}]
+    text = render_diff(d)
+    assert "Environment variables" in text and "Command line" in text and "Notebook cells" in text

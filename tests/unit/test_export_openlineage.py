@@ -57,7 +57,7 @@ def test_command_run_start_and_complete(store):  # noqa: F811
     assert start["run"]["runId"] == done["run"]["runId"]
     assert start["eventTime"] < done["eventTime"]
     assert done["job"] == start["job"]
-    assert (done["job"]["namespace"], done["job"]["name"]) == ("provtrace://testhost", "tool in.csv")
+    assert (done["job"]["namespace"], done["job"]["name"]) == ("provtrace://testhost", "tool")
     assert done["job"]["facets"]["jobType"]["jobType"] == "COMMAND"
     assert [(i["namespace"], i["name"]) for i in done["inputs"]] == [
         ("file://testhost", CAFE_ESCAPED), ("file://testhost", "/w/in.csv")]
@@ -119,5 +119,69 @@ def test_deterministic_and_empty(tmp_path):
     assert outs[0] == outs[1]
     # runs come out in start order whatever order they were given in
     names = [json.loads(line)["job"]["name"] for line in outs[0].decode().splitlines()]
-    assert names[:2] == ["tool in.csv", "tool in.csv"]
+    assert names[:2] == ["tool", "tool"]
     assert OL.serialize([]) == b""
+
+
+def test_a_rename_only_run_has_the_old_name_in_and_the_new_one_out(store):  # noqa: F811
+    """Issue 14: `mv report.md final.md` keeps the chain in a catalog."""
+    from provtrace.tracer.correlate.clock import Clock
+    from provtrace.tracer.model import events as E
+    from provtrace.tracer.model.processes import AT_FDCWD, Tracker
+    from provtrace.tracer.store.writer import RunWriter
+
+    from .test_export_flows import CREATED, OFFSET_NS, _clock, _end, _new_run
+
+    rid, start_us = _new_run(store, "20231114T221600-mv0001", "command", 12_000_000_000, argv=("mv",))
+    tracker = Tracker(RunWriter(store, rid, Clock(offset_ns=OFFSET_NS), base_us=start_us), CREATED)
+    t = _clock(12_001_000_000)
+    for ev in (E.Exec(t(), 90, 90, 1, 90, 1000, "/usr/bin/mv"),
+               E.Rename(t(), 90, 90, 1, AT_FDCWD, AT_FDCWD, 0, "/w/report.md", "/w/final.md"),
+               E.Exit(t(), 90, 90, 1, 0, 7)):
+        tracker.handle(ev)
+    tracker.finish_all(t())
+    _end(store, rid, t())
+    _start, done = parse(OL.serialize([load(store, rid)]))
+    assert [i["name"] for i in done["inputs"]] == ["/w/report.md"]
+    (out,) = done["outputs"]
+    change = out["facets"]["lifecycleStateChange"]
+    assert out["name"] == "/w/final.md" and change["lifecycleStateChange"] == "RENAME"
+    assert change["previousIdentifier"] == {"name": "/w/report.md", "namespace": "file://testhost"}
+
+
+def test_failures_carry_an_error_message(store):  # noqa: F811
+    start, done = parse(OL.serialize([load(store, command_run(store, exit_code=3))]))
+    assert "errorMessage" not in start["run"]["facets"]
+    err = done["run"]["facets"]["errorMessage"]
+    assert err["message"] == "exited with status 3" and err["programmingLanguage"] == "python"
+    events = parse(OL.serialize([load(store, notebook_run(store))]))
+    (cell_fail,) = [e for e in events if e["job"]["name"] == "analysis.cell.cell-b" and e["eventType"] == "FAIL"]
+    assert cell_fail["run"]["facets"]["errorMessage"]["message"]
+    (cell_ok,) = [e for e in events if e["job"]["name"] == "analysis.cell.cell-a" and e["eventType"] == "COMPLETE"]
+    assert "errorMessage" not in cell_ok["run"]["facets"]
+
+
+def test_fingerprinted_datasets_carry_their_version(store):  # noqa: F811
+    rid = command_run(store)
+    for path, sha in (("/w/in.csv", "aa" * 32), ("/w/out.csv", "bb" * 32)):
+        store.append(rid, S.FINGERPRINT, {"cell": None, "at_us": 1, "type": "file", "sha256": sha,
+                                          "size_bytes": 1}, p1=path)
+    store.flush()
+    _start, done = parse(OL.serialize([load(store, rid)]))
+    ins = {i["name"]: i["facets"] for i in done["inputs"]}
+    outs = {o["name"]: o["facets"] for o in done["outputs"]}
+    assert ins["/w/in.csv"]["version"]["datasetVersion"] == "aa" * 32
+    assert outs["/w/out.csv"]["version"]["datasetVersion"] == "bb" * 32  # the renamed-in content
+    assert "version" not in outs["/w/mid.csv"]  # never fingerprinted
+
+
+def test_job_names_are_stable_across_reruns():
+    """Issue 14: the label, else the script or notebook, never the whole argv."""
+    def name(argv, label=None, cwd="/w"):
+        return OL._job_name({"id": "r", "argv": argv, "cwd": cwd, "label": label})
+    assert name(["python3", "-u", "train.py", "--lr", "0.1"]) == name(["python3", "-u", "train.py", "--lr", "0.2"])
+    assert name(["python3", "-u", "train.py", "--lr", "0.1"]) == "/w/train.py"
+    assert name(["Rscript", "/abs/fit.R", "x"]) == "/abs/fit.R"
+    assert name(["sh", "-c", "cat a > b"]) == "sh" and name(["make", "all"]) == "make"
+    assert name(["python3", "train.py"], label="nightly") == "nightly" and name([]) == "run r"
+    assert name(["provtrace", "notebook", "run", "/n/analysis.ipynb"]) == "/n/analysis.ipynb"

@@ -167,3 +167,22 @@ def test_several_runs_share_file_entities(store):  # noqa: F811
     assert len(ins) == 1
     users = {a for a, e, _t in rels(doc, ProvUsage) if e == f("/w/in.csv")}
     assert users == {PROC_A, "provtrace:run/20231114T221330-cmd002/process/4200000"}
+
+
+def test_every_node_has_a_label_and_cells_pass_kernel_state(store):  # noqa: F811
+    """Issue 14: prov:label on every node; a cell wasInformedBy the cell before it."""
+    from prov.model import PROV_LABEL, ProvElement
+
+    docs = [load(store, command_run(store)), load(store, notebook_run(store))]
+    doc = roundtrip(docs, "json")
+    labels = {str(r.identifier): next(iter(r.get_attribute(PROV_LABEL)), None)
+              for r in doc.get_records(ProvElement)}
+    assert labels and all(labels.values())
+    assert labels[f("/w/in.csv")] == "/w/in.csv" and labels[PROC_A] == "/nonexistent/bin/tool"
+    assert labels["provtrace:package/pypi/numpy/1.26.4"] == "numpy 1.26.4"
+    assert labels[f"{NB}/cell/cell-a"].startswith("cell ")
+    informed = {(a, b) for a, b in rels(doc, ProvCommunication)}
+    assert (f"{NB}/cell/cell-b", f"{NB}/cell/cell-a") in informed
+    (kernel,) = [r for r in doc.get_records(ProvCommunication)
+                 if str(r.formal_attributes[0][1]) == f"{NB}/cell/cell-b"]
+    assert [str(t) for t in kernel.get_asserted_types()] == ["provtrace:KernelState"]

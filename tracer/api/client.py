@@ -273,9 +273,11 @@ class ProvtraceClient:
         r = self._call("ListCells", svc.ListCellsRequest(session_id=session_id))
         return [_convert().cell_from_pb(c) for c in r.cells]
 
-    def lineage(self, path: str, direction: str = "upstream", depth: int | None = None) -> LineageGraph:
+    def lineage(self, path: str, direction: str = "upstream", depth: int | None = None, *,
+                at: str | None = None, all_versions: bool = False, kernel_state: bool = True) -> LineageGraph:
         r = self._call("Lineage", svc.LineageRequest(
-            path=os.path.abspath(path) if path else "", direction=_convert().DIRECTION.get(direction, 0), depth=depth or 0))
+            path=os.path.abspath(path) if path else "", direction=_convert().DIRECTION.get(direction, 0),
+            depth=depth or 0, at=at or "", all_versions=all_versions, no_kernel_state=not kernel_state))
         return _convert().lineage_from_pb(r)
 
     def context(self, run_id: str) -> dict:

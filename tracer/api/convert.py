@@ -166,6 +166,7 @@ def lineage_to_pb(g: LineageGraph) -> svc.LineageResponse:
                               detail_json=json.dumps(dict(n.detail), ensure_ascii=False)) for n in g.nodes],
         edges=[pb.LineageEdge(source=e.source, target=e.target, relation=e.relation,
                               detail_json=json.dumps(dict(e.detail), ensure_ascii=False)) for e in g.edges],
+        summary_json=json.dumps(dict(g.summary), ensure_ascii=False) if g.summary else "",
     )
 
 
@@ -175,6 +176,7 @@ def lineage_from_pb(msg: svc.LineageResponse) -> LineageGraph:
                     for n in msg.nodes),
         edges=tuple(LineageEdge(e.source, e.target, e.relation, _detail(e.detail_json))
                     for e in msg.edges),
+        summary=_detail(msg.summary_json),
     )
 
 

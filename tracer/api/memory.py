@@ -189,8 +189,11 @@ class InMemoryStore:
         with self._lock:
             return dict(self._traced_pids)
 
-    def lineage(self, path: str, direction: str, depth: int | None, uid: int | None) -> LineageGraph:
-        """Cell-level lineage from the cells' reads and writes."""
+    def lineage(self, path: str, direction: str, depth: int | None, uid: int | None, *,
+                at: str | None = None, all_versions: bool = False,
+                kernel_state: bool = True) -> LineageGraph:
+        """Cell-level lineage from the cells' reads and writes (no file versions:
+        this store keeps none, so the version options change nothing)."""
         if direction not in ("upstream", "downstream"):
             raise UsageError(f"direction must be upstream or downstream, got {direction!r}")
         with self._lock:

@@ -126,6 +126,8 @@ class LineageEdge:
 class LineageGraph:
     nodes: tuple[LineageNode, ...] = ()
     edges: tuple[LineageEdge, ...] = ()
+    # the rest of `provtrace lineage --json`: current, found, truncated (empty: not known)
+    summary: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
 
 @dataclass(frozen=True)

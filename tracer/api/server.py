@@ -266,7 +266,9 @@ class ProvtraceServicer(svc_grpc.ProvtraceServicer):
         if path is None:
             raise UsageError("lineage needs a path")
         direction = convert.enum_name(convert.DIRECTION, request.direction) or "upstream"
-        graph = self.store.lineage(path, direction, request.depth or None, caller.visible_uid)
+        graph = self.store.lineage(path, direction, request.depth or None, caller.visible_uid,
+                                   at=request.at or None, all_versions=request.all_versions,
+                                   kernel_state=not request.no_kernel_state)
         return convert.lineage_to_pb(graph)
 
     @_query

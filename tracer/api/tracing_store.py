@@ -235,14 +235,25 @@ class TracingStore(InMemoryStore):
         finally:
             reader.close()
 
-    def lineage(self, path: str, direction: str, depth: int | None, uid: int | None) -> LineageGraph:
-        from ..lineage.graph import lineage  # noqa: PLC0415
+    def lineage(self, path: str, direction: str, depth: int | None, uid: int | None, *,
+                at: str | None = None, all_versions: bool = False,
+                kernel_state: bool = True) -> LineageGraph:
+        from ..lineage.graph import lineage, now_fingerprint, parse_at  # noqa: PLC0415
+        from ..privs import Creds  # noqa: PLC0415
 
         if direction not in ("upstream", "downstream"):
             raise UsageError(f"direction must be upstream or downstream, got {direction!r}")
+        try:
+            at_us = parse_at(at) if at else None
+        except ValueError:
+            raise UsageError(f"--at needs an ISO-8601 time (2026-12-07T18:30:00Z), got {at!r}") from None
+        # the file as it is now, read as the caller would read it (never with more privilege)
+        now = None if at_us is not None else now_fingerprint(
+            path, None if uid is None or uid == os.geteuid() else Creds.of_user(uid))
         reader = self._reader()
         try:  # the walk itself keeps to uid's runs: other users' files are never reached
-            result = lineage(reader, path, direction, depth or 10, uid)
+            result = lineage(reader, path, direction, depth or 10, uid, at_us=at_us,
+                             all_versions=all_versions, kernel_state=kernel_state, now=now)
         finally:
             reader.close()
         return LineageGraph(
@@ -250,7 +261,8 @@ class TracingStore(InMemoryStore):
                               n.get("run"), {k: v for k, v in n.items() if k != "id"}) for n in result["nodes"]),
             tuple(LineageEdge(e["from"], e["to"], e.get("rel") or "",
                               {k: v for k, v in e.items() if k not in ("from", "to", "rel")})
-                  for e in result["edges"]))
+                  for e in result["edges"]),
+            {k: result[k] for k in ("current", "found", "truncated")})
 
     def context(self, run_id: str) -> Mapping[str, Any]:
         return self.document(run_id, None)["context"]
@@ -263,9 +275,8 @@ class TracingStore(InMemoryStore):
         reader = self._reader()
         try:
             rid = Q.resolve_run(reader, run_id, uid) if run_id else None
-            rids = None if uid is None else [r["rid"] for r in Q.list_runs(reader, uid)]
             key = (uid, rid, reader.head())
-            return self._stale.get(key, lambda looked_at: staleness(reader, rid, rids=rids, looked_at=looked_at))
+            return self._stale.get(key, lambda looked_at: staleness(reader, rid, uid=uid, looked_at=looked_at))
         except RunNotFound as e:
             raise NotFound(f"no run or session {run_id!r} visible to you") from e
         finally:

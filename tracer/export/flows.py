@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..model.paths import DATA, classify
+
 # Kinds that are lineage: data files, and temp files (a temp name is how a
 # write reaches its final name through a rename).
 LINEAGE_KINDS = ("data", "temp")
@@ -190,7 +192,9 @@ def run_io(fl: Flows) -> tuple[list[str], list[tuple[str, str]]]:
 
     Inputs: data files read before the run first wrote them (a file the run
     made and then read back is an output, not an input). Outputs: data files
-    written, under their final names, as (final, name written).
+    written, under their final names, as (final, name written). A data file the
+    run only renamed (one it did not make) is both: its old name an input, its
+    final name an output renamed from it.
     """
     first_write: dict[str, str] = {}
     for w in fl.writes():
@@ -198,10 +202,17 @@ def run_io(fl: Flows) -> tuple[list[str], list[tuple[str, str]]]:
         first_write[w.path] = min(first_write.get(w.path, t), t)
     for _proc, _src, dst, when in fl.renames:  # a rename onto a name makes that file too
         first_write[dst] = min(first_write.get(dst, when or ""), when or "")
-    inputs = sorted({a.path for a in fl.reads() if a.kind == "data" and "read" in a.access
-                     and (a.path not in first_write or (a.first or "") < first_write[a.path])})
-    outputs = sorted({(final_name(w.path, fl.renames, w.first), w.path) for w in fl.writes()
-                      if w.kind in LINEAGE_KINDS})
+    inputs = {a.path for a in fl.reads() if a.kind == "data" and "read" in a.access
+              and (a.path not in first_write or (a.first or "") < first_write[a.path])}
+    outputs = {(final_name(w.path, fl.renames, w.first), w.path) for w in fl.writes()
+               if w.kind in LINEAGE_KINDS}
+    # a file the run only moved (mv report.md final.md): the old name in, the final name out
+    for _proc, src, dst, when in fl.renames:
+        made = first_write.get(src)
+        if (made is None or made > (when or "")) and classify(src) == DATA:
+            inputs.add(src)
+            outputs.add((final_name(dst, fl.renames, when), src))
+    inputs, outputs = sorted(inputs), sorted(outputs)
     # a temp name that never reached a final data name is no output of the run
     temp = {a.path for a in fl.accesses if a.kind == "temp"}
     outputs = [(dst, src) for dst, src in outputs if dst not in temp]

@@ -6,7 +6,11 @@ only, since how it ended is unknown. Per notebook cell: the same pair, with a
 ParentRunFacet naming the notebook run. Datasets are data files, namespace
 `file://HOST`, name the absolute path; inputs on START, inputs and outputs on
 the final event. An output written under a temporary name and renamed
-carries a LifecycleStateChange(RENAME) facet with the name it was written as.
+carries a LifecycleStateChange(RENAME) facet with the name it was written as;
+a run that only renamed a file has the old name in and the final name out.
+A dataset whose content the run fingerprinted carries a DatasetVersion facet
+(its sha256); a failed run or cell carries an ErrorMessage facet on its FAIL
+event (the exit status or signal, the cell's error name).
 
 Run ids are UUIDs derived from the provtrace run id and start time
 (openlineage.client.uuid.generate_static_uuid), so the same store always
@@ -16,6 +20,8 @@ with the client's own Serde.
 
 from __future__ import annotations
 
+import os
+import re
 from datetime import datetime
 from typing import ClassVar
 
@@ -24,6 +30,8 @@ from openlineage.client.event_v2 import InputDataset, Job, OutputDataset, Run, R
 from openlineage.client.facet_v2 import (
     DatasetFacet,
     RunFacet,
+    dataset_version_dataset,
+    error_message_run,
     job_type_job,
     lifecycle_state_change_dataset,
     parent_run,
@@ -95,17 +103,54 @@ def _uuid(started: str | None, *key: object) -> str:
     return str(generate_static_uuid(instant, "\0".join(str(k) for k in key).encode()))
 
 
+# programs whose first argument that is not an option is the script they run
+_INTERPRETERS = re.compile(r"^(python[0-9.]*|pypy[0-9.]*|Rscript|R|julia|bash|sh|dash|zsh|node|perl|ruby)$")
+
+
 def _job_name(run: dict) -> str:
+    """A name that stays the same across re-runs (issue 14): the run's label,
+    else the notebook or the script an interpreter ran (absolute, from the run's
+    folder), else the program; never the whole command line, whose arguments change."""
     if run.get("label"):
         return str(run["label"])
-    argv = run.get("argv") or []
-    return " ".join(str(a) for a in argv) if argv else f"run {run.get('id')}"
+    argv = [str(a) for a in run.get("argv") or []]
+    if not argv:
+        return f"run {run.get('id')}"
+    notebook = next((a for a in argv if a.endswith(".ipynb")), None)  # provtrace notebook run NB
+    if notebook is not None:
+        return os.path.normpath(os.path.join(str(run.get("cwd") or "/"), notebook))
+    if _INTERPRETERS.match(os.path.basename(argv[0])):
+        script = next((a for a in argv[1:] if not a.startswith("-")), None)
+        if script is not None and "-c" not in argv[1:] and "-e" not in argv[1:]:
+            return os.path.normpath(os.path.join(str(run.get("cwd") or "/"), script))
+    return argv[0]
 
 
-def _dataset(cls, host: str, path: str, b64: dict[str, str], **facets):
+def _dataset(cls, host: str, path: str, b64: dict[str, str], shas: dict[str, str] | None = None, **facets):
     if path in b64:
         facets["provtrace"] = ProvtraceFileFacet(pathB64=b64[path], producer=PRODUCER)
+    if shas and shas.get(path):
+        facets["version"] = dataset_version_dataset.DatasetVersionDatasetFacet(
+            datasetVersion=shas[path], producer=PRODUCER)
     return cls(namespace=f"file://{host}", name=path, facets=facets)
+
+
+def _shas(doc: dict) -> dict[str, str]:
+    """path -> sha256 of the content the run fingerprinted there (a rename's
+    target: what the rename put in place)."""
+    out = {f["path"]: f["sha256"] for f in doc.get("files") or [] if f.get("sha256") and f.get("path")}
+    out.update({r["to"]: r["sha256"] for r in doc.get("renames") or [] if r.get("sha256") and r.get("to")})
+    return out
+
+
+def _language(ctx: dict) -> str:
+    names = sorted({str(i.get("name")) for i in ctx.get("interpreters") or [] if i.get("name")})
+    return names[0] if len(names) == 1 else "unknown"
+
+
+def _error(message: str, ctx: dict) -> error_message_run.ErrorMessageRunFacet:
+    return error_message_run.ErrorMessageRunFacet(message=message, programmingLanguage=_language(ctx),
+                                                  producer=PRODUCER)
 
 
 def _run_events(doc: dict) -> list[RunEvent]:
@@ -113,9 +158,10 @@ def _run_events(doc: dict) -> list[RunEvent]:
     ctx = doc.get("context") or {}
     host = run.get("host") or ctx.get("host") or "localhost"
     fl = flows_of(doc)
+    shas = _shas(doc)
     in_paths, out_pairs = run_io(fl)
-    inputs = [_dataset(InputDataset, host, p, fl.b64) for p in in_paths]
-    outputs = [_output(host, final, written, fl.b64) for final, written in out_pairs]
+    inputs = [_dataset(InputDataset, host, p, fl.b64, shas) for p in in_paths]
+    outputs = [_output(host, final, written, fl.b64, shas) for final, written in out_pairs]
     job = Job(namespace=f"provtrace://{host}", name=_job_name(run), facets={
         "jobType": job_type_job.JobTypeJobFacet(
             processingType="BATCH", integration="PROVTRACE", jobType=str(run.get("kind") or "command").upper(),
@@ -131,27 +177,30 @@ def _run_events(doc: dict) -> list[RunEvent]:
             kernel=ctx.get("kernel"),
             interpreters=[{k: i.get(k) for k in ("name", "version", "path")} for i in ctx.get("interpreters") or []],
             gpus=[{k: g.get(k) for k in ("name", "uuid")} for g in ctx.get("gpus") or []], producer=PRODUCER)}
-    out = _pair(run.get("started"), run.get("ended"), run.get("exit_code") in (0, None),
-                Run(runId=run_id, facets=facets), job, inputs, outputs)
+    ok = run.get("exit_code") in (0, None)
+    error = None if ok else _error(f"exited with status {run.get('exit_code')}", ctx)
+    out = _pair(run.get("started"), run.get("ended"), ok,
+                Run(runId=run_id, facets=facets), job, inputs, outputs, error)
     parent = parent_run.ParentRunFacet(run=parent_run.Run(runId=run_id),
                                        job=parent_run.Job(namespace=job.namespace, name=job.name),
                                        producer=PRODUCER)
     for c in sorted(doc.get("cells") or [], key=lambda c: (c.get("started") or "", c.get("index") or 0)):
-        out.extend(_cell_events(c, run, host, job, parent, fl.b64))
+        out.extend(_cell_events(c, run, host, job, parent, fl.b64, shas, ctx))
     return out
 
 
-def _output(host: str, final: str, written: str, b64: dict[str, str]) -> OutputDataset:
+def _output(host: str, final: str, written: str, b64: dict[str, str], shas: dict[str, str]) -> OutputDataset:
     facets = {}
     if final != written:
         facets["lifecycleStateChange"] = lifecycle_state_change_dataset.LifecycleStateChangeDatasetFacet(
             lifecycleStateChange=lifecycle_state_change_dataset.LifecycleStateChange.RENAME,
             previousIdentifier=lifecycle_state_change_dataset.PreviousIdentifier(
                 name=written, namespace=f"file://{host}"), producer=PRODUCER)
-    return _dataset(OutputDataset, host, final, b64, **facets)
+    return _dataset(OutputDataset, host, final, b64, shas, **facets)
 
 
-def _cell_events(c: dict, run: dict, host: str, job: Job, parent, b64: dict) -> list[RunEvent]:
+def _cell_events(c: dict, run: dict, host: str, job: Job, parent, b64: dict, shas: dict,
+                 ctx: dict) -> list[RunEvent]:
     key = c.get("id") if c.get("id") is not None else f"index-{c.get('index')}"
     started = c.get("started") or run.get("started")
     cjob = Job(namespace=job.namespace, name=f"{job.name}.cell.{key}", facets={
@@ -162,16 +211,19 @@ def _cell_events(c: dict, run: dict, host: str, job: Job, parent, b64: dict) -> 
             k: c.get(k) for k in ("id", "index", "execution_count", "code_sha256", "status")},
         producer=PRODUCER)}
     crun = Run(runId=_uuid(started, run.get("id"), "cell", key), facets=facets)
-    inputs = [_dataset(InputDataset, host, p, b64) for p in sorted(c.get("reads") or [])]
-    outputs = [_dataset(OutputDataset, host, p, b64) for p in sorted(c.get("writes") or [])]
-    return _pair(started, c.get("ended"), c.get("status") != "error",
-                 crun, cjob, inputs, outputs)
+    inputs = [_dataset(InputDataset, host, p, b64, shas) for p in sorted(c.get("reads") or [])]
+    outputs = [_dataset(OutputDataset, host, p, b64, shas) for p in sorted(c.get("writes") or [])]
+    ok = c.get("status") != "error"
+    error = None if ok else _error(str(c.get("error_name") or c.get("end_reason") or "the cell failed"), ctx)
+    return _pair(started, c.get("ended"), ok, crun, cjob, inputs, outputs, error)
 
 
-def _pair(started, ended, ok, run: Run, job: Job, inputs: list, outputs: list) -> list[RunEvent]:
+def _pair(started, ended, ok, run: Run, job: Job, inputs: list, outputs: list,
+          error: RunFacet | None = None) -> list[RunEvent]:
     evs = [RunEvent(eventType=RunState.START, eventTime=started or EPOCH, run=run, job=job,
                     producer=PRODUCER, inputs=inputs, outputs=[])]
     if ended:
+        end_run = run if ok or error is None else Run(runId=run.runId, facets={**run.facets, "errorMessage": error})
         evs.append(RunEvent(eventType=RunState.COMPLETE if ok else RunState.FAIL, eventTime=ended,
-                            run=run, job=job, producer=PRODUCER, inputs=inputs, outputs=outputs))
+                            run=end_run, job=job, producer=PRODUCER, inputs=inputs, outputs=outputs))
     return evs

@@ -12,6 +12,8 @@ The model, in PROV terms:
     access times; wasDerivedFrom for content (a process read A and wrote B,
     pipes and renames followed) and for renames (prov:type provtrace:Rename).
   - Agent: the user (host + uid) the run wasAssociatedWith.
+  - Every entity, activity and agent has a prov:label; a notebook cell
+    wasInformedBy the cell run before it (prov:type provtrace:KernelState).
 
 A file entity is the path, not one version of its content, so an export of
 several runs may show one file generated more than once.
@@ -26,7 +28,7 @@ from datetime import datetime
 from urllib.parse import quote
 
 from prov.constants import PROV
-from prov.model import PROV_TYPE, ProvDocument
+from prov.model import PROV_LABEL, PROV_TYPE, ProvDocument, ProvElement
 
 from .flows import USE_ACCESS, WRITE_ACCESS, Flows, ProcKey, flows_of
 
@@ -38,7 +40,32 @@ def prov_document(docs: list[dict]) -> ProvDocument:
     b = _Builder()
     for doc in docs:
         b.add_run(doc)
+    _label_all(b.d)
     return b.d
+
+
+# the attribute that names a node best, in order (issue 14: prov:label on every node)
+_LABEL_FROM = ("label", "path", "argv", "exe", "name", "cell", "user", "id")
+
+
+def _label_all(d: ProvDocument) -> None:
+    """prov:label on every entity, activity and agent: its label, path, command
+    line, name, cell or user as recorded, else its identifier's local part."""
+    for rec in d.get_records(ProvElement):
+        if rec.get_attribute(PROV_LABEL):
+            continue
+        attrs = {str(k).split(":", 1)[-1]: v for k, v in rec.extra_attributes}
+        value = next((attrs[k] for k in _LABEL_FROM if attrs.get(k) not in (None, "")), None)
+        if isinstance(value, str) and value.startswith("["):  # argv, stored as JSON text
+            try:
+                value = " ".join(str(a) for a in json.loads(value))
+            except ValueError:
+                pass
+        if rec.get_type() == PROV["Activity"] and "cell" in attrs and "label" not in attrs:
+            value = f"cell {attrs.get('index', attrs['cell'])}"
+        elif attrs.get("name") and attrs.get("version") and value == attrs["name"]:
+            value = f"{attrs['name']} {attrs['version']}"  # a package or interpreter
+        rec.add_attributes({PROV_LABEL: str(value if value is not None else rec.identifier.localpart)})
 
 
 def serialize(docs: list[dict], fmt: str) -> bytes:
@@ -173,6 +200,10 @@ class _Builder:
                     cell=c.get("id"), index=c.get("index"), execution_count=c.get("execution_count"),
                     code_sha256=c.get("code_sha256"), status=c.get("status")), "provtrace:run": act})
             self.d.wasStartedBy(qn, None, act, _dt(c.get("started")))
+        # kernel state: each cell may use what the cells before it left in the kernel
+        ordered = list(out.values())
+        for before, after in zip(ordered, ordered[1:]):
+            self.d.wasInformedBy(after, before, other_attributes={PROV_TYPE: self.pt["KernelState"]})
         return out
 
     def _proc_qn(self, rid: str, key: ProcKey):

@@ -5,7 +5,16 @@ Sections, each ``{"changed": [...], "only_a": [...], "only_b": [...]}``:
 - ``inputs``: data files some process read. Content is compared on ``sha256``
   when both runs recorded it, else on ``size_bytes`` and ``mtime`` where
   present; a file with nothing to compare is listed under ``unknown``.
-- ``outputs``: files written, created or truncated; same rule.
+- ``outputs``: files written, created or truncated, under their final names
+  (renames the run made are followed, so ``o.tmp`` renamed to ``o`` is ``o``,
+  with the content the rename put in place); same rule. A temporary the run
+  removed again is not an output.
+- ``inputs`` never list the run's own intermediates: a file the run created,
+  renamed into place or wrote before reading it.
+- ``env``: environment variables (as stored: redacted values stay redacted).
+- ``argv``: the command line.
+- ``cells``: a notebook's code per cell (keyed by the cell's position in the
+  notebook, else its order), compared on ``code_sha256``.
 - ``libraries``: keyed by soname (path when there is none); build-id changes.
 - ``packages``: keyed by (ecosystem, name); version changes, added, removed.
 - ``interpreters``: keyed by name; version (and path) changes.
@@ -49,11 +58,86 @@ def _files(doc: dict, wanted: Callable[[set[str], dict], bool]) -> dict[str, dic
         access = set(entry.get("access") or [])
         if not path or not wanted(access, entry):
             continue
-        facts = merged.setdefault(path, {})
-        for field in ("sha256", *_CONTENT_FIELDS):
-            if entry.get(field) is not None:
-                facts[field] = entry[field]
+        _merge_facts(merged.setdefault(path, {}), entry)
     return merged
+
+
+def _merge_facts(facts: dict, entry: dict) -> None:
+    for field in ("sha256", *_CONTENT_FIELDS):
+        if entry.get(field) is not None:
+            facts[field] = entry[field]
+
+
+def _renames(doc: dict) -> list[dict]:
+    return sorted((r for r in _list(doc, "renames") if r.get("from") and r.get("to")),
+                  key=lambda r: r.get("time") or "")
+
+
+def _final_name(path: str, renames: list[dict], after: str | None) -> tuple[str, dict | None]:
+    """Where path's content went by the run's end (renames in time order, from a
+    time on), and the last rename that moved it (None: not moved)."""
+    t, last = after or "", None
+    for r in renames:
+        if r["from"] == path and (r.get("time") or "") >= t:
+            path, t, last = r["to"], r.get("time") or t, r
+    return path, last
+
+
+def _inputs(doc: dict) -> dict[str, dict]:
+    """Data files read, less the run's own intermediates: a file it created or
+    renamed into place, or wrote before this read."""
+    made: dict[str, str] = {}  # path -> earliest time the run made or wrote it ("": from the start)
+    for entry in _list(doc, "files"):
+        access = set(entry.get("access") or [])
+        # a process that reads and rewrites a file in place (no create) still read an input
+        writer = access & _WRITE_ACCESS and "read" not in access and entry.get("first")
+        if entry.get("path") and ("create" in access or writer):
+            when = "" if "create" in access else entry["first"]
+            made[entry["path"]] = min(made.get(entry["path"], when), when)
+    for r in _renames(doc):
+        made[r["to"]] = min(made.get(r["to"], r.get("time") or ""), r.get("time") or "")
+
+    def wanted(access: set[str], entry: dict) -> bool:
+        if not _is_input(access, entry):
+            return False
+        when = made.get(entry["path"])
+        return when is None or (bool(when) and bool(entry.get("first")) and entry["first"] < when)
+    return _files(doc, wanted)
+
+
+def _outputs(doc: dict) -> dict[str, dict]:
+    """Files written, keyed by the name their content ended up under."""
+    renames = _renames(doc)
+    deleted = {e["path"] for e in _list(doc, "files") if "delete" in (e.get("access") or [])}
+    merged: dict[str, dict] = {}
+    for entry in _list(doc, "files"):
+        path, access = entry.get("path"), set(entry.get("access") or [])
+        if not path or not _is_output(access, entry):
+            continue
+        final, moved_by = _final_name(path, renames, entry.get("first"))
+        if moved_by is None and path in deleted and entry.get("kind") == "temp":
+            continue  # a temporary the run removed again
+        facts = merged.setdefault(final, {})
+        _merge_facts(facts, moved_by if moved_by is not None else entry)
+    return merged
+
+
+def _env(doc: dict) -> dict[str, str]:
+    env = _get(doc, "context", "env")
+    return {str(k): v for k, v in env.items()} if isinstance(env, dict) else {}
+
+
+def _cells(doc: dict) -> dict[str, str | None]:
+    out = {}
+    for i, cell in enumerate(_list(doc, "cells")):
+        key = f"cell {cell['index'] if isinstance(cell.get('index'), int) else i}"
+        out[key] = cell.get("code_sha256")
+    return out
+
+
+def _argv(doc: dict) -> dict[str, str]:
+    argv = _get(doc, "run", "argv")
+    return {"argv": " ".join(str(a) for a in argv)} if isinstance(argv, list) else {}
 
 
 def _is_input(access: set[str], entry: dict) -> bool:
@@ -155,8 +239,8 @@ def diff_runs(a: dict, b: dict) -> dict:
     diff = {
         "a": {"id": _get(a, "run", "id"), "started": _get(a, "run", "started")},
         "b": {"id": _get(b, "run", "id"), "started": _get(b, "run", "started")},
-        "inputs": _file_section(_files(a, _is_input), _files(b, _is_input)),
-        "outputs": _file_section(_files(a, _is_output), _files(b, _is_output)),
+        "inputs": _file_section(_inputs(a), _inputs(b)),
+        "outputs": _file_section(_outputs(a), _outputs(b)),
         "libraries": _keyed_section(_libraries(a), _libraries(b),
                                     lambda x, y: x["build_id"] == y["build_id"]),
         "packages": _keyed_section(_packages(a), _packages(b)),
@@ -164,10 +248,14 @@ def diff_runs(a: dict, b: dict) -> dict:
         "gpus": _keyed_section(_gpus(a), _gpus(b)),
         "host": {"changed": [{"key": k, "a": host_a[k], "b": host_b[k]} for k in host_a
                              if host_a[k] != host_b[k]], "only_a": [], "only_b": []},
+        "env": _keyed_section(_env(a), _env(b)),
+        "argv": _keyed_section(_argv(a), _argv(b)),
+        "cells": _keyed_section(_cells(a), _cells(b)),
     }
     diff["identical"] = not any(
         diff[s]["changed"] or diff[s]["only_a"] or diff[s]["only_b"]
-        for s in ("inputs", "outputs", "libraries", "packages", "interpreters", "gpus", "host"))
+        for s in ("inputs", "outputs", "libraries", "packages", "interpreters", "gpus", "host",
+                  "env", "argv", "cells"))
     return diff
 
 
@@ -231,6 +319,9 @@ def render_diff(d: dict) -> str:
         ("Interpreters", _get(d, "interpreters") or {}, _short),
         ("GPUs", _get(d, "gpus") or {}, _short),
         ("Host", _get(d, "host") or {}, _short),
+        ("Environment variables", _get(d, "env") or {}, _short),
+        ("Command line", _get(d, "argv") or {}, _short),
+        ("Notebook cells (code sha256)", _get(d, "cells") or {}, _short),
     ]
     for title, section, describe in sections:
         out += _table(title, _rows(section, describe))

@@ -1,243 +1,294 @@
-"""Lineage: a walk over the store's file, rename and pipe records, across runs.
+"""Lineage: a walk over file versions (lineage/versions.py), across runs.
 
-Upstream of a path: the processes that wrote it (or renamed a file onto it),
-then the data files those processes read before they finished writing, and
-the processes that fed them through pipes, transitively. Downstream is the
-mirror image. The walk is a networkx DiGraph whose edges point from input to
-output (file -> process -> file), so the same graph feeds the exporters.
+`lineage PATH` answers about one version of PATH: the bytes on disk now by
+default (a fingerprint taken now is matched against the last traced version,
+so a change made outside tracing is a version of its own), the version
+current at a moment with `at`, or every version with `all_versions`.
 
-Given a uid (the daemon's non-root caller), the walk runs over that uid's
-runs only: a process of another run is never entered, and a file appears
-only when one of the caller's own processes read or wrote it or one of the
-caller's own renames named it. Filtering the finished graph instead would
-keep the files (and rename edges) reached through other users' processes.
+Upstream of a version: the activity that wrote it (a process, or the notebook
+cell it ran in) or the rename that moved another version here; then the
+versions that activity had read before that write, the processes that fed it
+through pipes, and, for a cell, the cell before it in the same kernel
+(kernel state, a labelled edge that `kernel_state=False` cuts), transitively.
+Downstream is the mirror image: the activities that read this very version,
+what they wrote after reading it, and where renames moved it. Each step keeps
+to time order, so nothing is derived through a step that ran after it.
+
+The walk is a networkx DiGraph whose edges point from input to output
+(version -> activity -> version), so the same graph feeds the exporters.
+A node at the depth limit with neighbours left unwalked is marked
+`truncated`, and so is the result.
+
+Given a uid (the daemon's non-root caller), the versions are built from that
+uid's runs only (versions.Model): a process of another run is never entered,
+and what other users' runs did to a file shows as a change outside tracing.
 """
 
 from __future__ import annotations
 
-import json
+import math
 from collections import deque
 
 import networkx as nx
 
-from ..model.paths import DATA, TEMP
+from ..correlate.clock import us_to_iso
+from ..model.paths import DATA, TEMP, display
 from ..store import sqlite as S
-from ..store.writer import ACCESS_BITS, KIND_NAMES
+from ..store.writer import KIND_CODES
+from .versions import FOREVER, READ_BITS, WRITE_BITS, Model, Version
 
-WRITE_BITS = ACCESS_BITS["write"] | ACCESS_BITS["create"] | ACCESS_BITS["truncate"]
-READ_BITS = ACCESS_BITS["read"]
-SHOWN_KINDS = (DATA, TEMP)
-
-
-class _Index:
-    """Small cached queries over one store."""
-
-    def __init__(self, store: S.Store, uid: int | None = None) -> None:
-        self.s = store
-        self.run_ids = dict(store.db.execute("SELECT rid, id FROM runs"))
-        # the runs the walk may use; None: all (a store's own reader, root)
-        self.visible = None if uid is None else {rid for (rid,) in store.db.execute(
-            "SELECT rid FROM runs WHERE uid=?", (uid,))}
-        self.base_us = {rid: json.loads(body).get("start_us", 0) for rid, body in store.db.execute(
-            "SELECT rid, body FROM records WHERE kind=?", (S.RUN_START,))}
-        self._procs: dict[int, dict[int, dict]] = {}
-        self._pipes: dict[int, list] = {}
-
-    def _file(self, rid: int, b: list) -> list:
-        """A file body with absolute times and the kind's name."""
-        base = self.base_us.get(rid, 0)
-        b = list(b)
-        for i in (4, 5):
-            if b[i] is not None:
-                b[i] += base
-        b[7] = KIND_NAMES.get(b[7], b[7])
-        return b
-
-    def _when(self, rid: int, b: list) -> list:
-        b = list(b)
-        if b[1] is not None:
-            b[1] += self.base_us.get(rid, 0)
-        return b
-
-    def path_id(self, path: str) -> int | None:
-        import os  # noqa: PLC0415
-
-        row = self.s.db.execute("SELECT id FROM paths WHERE path=?", (os.fsencode(path),)).fetchone()
-        return row[0] if row else None
-
-    def file_records(self, path: str) -> list[tuple[int, list]]:
-        pid = self.path_id(path)
-        if pid is None:
-            return []
-        return [(rid, self._file(rid, json.loads(body))) for rid, body in self.s.db.execute(
-            "SELECT rid, body FROM records WHERE kind=? AND p1=? ORDER BY seq", (S.FILE, pid))
-            if self._sees(rid)]
-
-    def renames_to(self, path: str) -> list[tuple[int, str, list]]:
-        pid = self.path_id(path)
-        if pid is None:
-            return []
-        return [(rid, _dec(src), self._when(rid, json.loads(body))) for rid, src, body in self.s.db.execute(
-            "SELECT r.rid, p.path, r.body FROM records r JOIN paths p ON p.id=r.p2 "
-            "WHERE r.kind=? AND r.p1=?", (S.RENAME, pid)) if self._sees(rid)]
-
-    def renames_from(self, path: str) -> list[tuple[int, str, list]]:
-        pid = self.path_id(path)
-        if pid is None:
-            return []
-        # kind=4 literally (S.RENAME): it lets SQLite use the partial index on p2
-        return [(rid, _dec(dst), self._when(rid, json.loads(body))) for rid, dst, body in self.s.db.execute(
-            "SELECT r.rid, p.path, r.body FROM records r JOIN paths p ON p.id=r.p1 "
-            "WHERE r.kind=4 AND r.p2=?", (pid,)) if self._sees(rid)]
-
-    def _sees(self, rid: int) -> bool:
-        """Every step away from a file goes through here: processes and renames
-        are reached only from a file's records, so only in visible runs."""
-        return self.visible is None or rid in self.visible
-
-    def files_of(self, rid: int, pid: int) -> list[tuple[str, list]]:
-        return [(_dec(path), b) for path, b in (
-            (path, self._file(rid, json.loads(body))) for path, body in self.s.db.execute(
-                "SELECT p.path, r.body FROM records r JOIN paths p ON p.id=r.p1 "
-                "WHERE r.rid=? AND r.kind=?", (rid, S.FILE))) if b[0] == pid]
-
-    def procs(self, rid: int) -> dict[int, dict]:
-        if rid not in self._procs:
-            self._procs[rid] = {b["pid"]: b for b in (json.loads(body) for (body,) in self.s.db.execute(
-                "SELECT body FROM records WHERE rid=? AND kind=?", (rid, S.PROCESS)))}
-        return self._procs[rid]
-
-    def pipes(self, rid: int) -> list:
-        if rid not in self._pipes:
-            self._pipes[rid] = [json.loads(body) for (body,) in self.s.db.execute(
-                "SELECT body FROM records WHERE rid=? AND kind=?", (rid, S.PIPE))]
-        return self._pipes[rid]
-
-
-def _dec(raw: bytes) -> str:
-    import os  # noqa: PLC0415
-
-    return os.fsdecode(raw)
+SHOWN_KINDS = (KIND_CODES[DATA], KIND_CODES[TEMP])
+_HOPS = 64  # renames followed to find a moved version's fingerprint
 
 
 def lineage(store: S.Store, path: str, direction: str = "upstream", depth: int = 10,
-            uid: int | None = None) -> dict:
-    """Walk from path; returns {root, direction, nodes, edges} (JSON-ready).
-    With uid, over that uid's runs only (see the module's docstring)."""
-    ix = _Index(store, uid)
-    g = nx.DiGraph()
-    froot = ("file", path)
-    g.add_node(froot, kind="file", path=path, depth=0)
-    queue = deque([(froot, 0, None)])  # (node, depth, time bound in us)
-    seen = {froot}
-    walk = _up if direction == "upstream" else _down
+            uid: int | None = None, *, at_us: int | None = None, all_versions: bool = False,
+            kernel_state: bool = True, now: dict | None = None) -> dict:
+    """Walk from a version of path; returns {root, direction, current, nodes, edges,
+    found, truncated} (JSON-ready). `now`: path's fingerprint as it is now (taken
+    by the caller, as the user asking); ignored with at_us."""
+    model = Model(store, uid, now={path: now} if now is not None and at_us is None else None)
+    hist = model.history(path)
+    key = FOREVER if at_us is None else (at_us, math.inf, math.inf)
+    cur = hist.at(key)
+    # absent then: the last version before, marked gone (where it went, what it came from)
+    last = cur or next((v for v in reversed(hist.versions) if v.start <= key), None)
+    roots = hist.versions if all_versions else ([last] if last is not None else [])
+    w = _Walk(model, direction, kernel_state)
+    g = w.g
+    for v in roots:
+        w.add_version(v, depth=0, root=True)
+    if cur is None and last is not None and not all_versions:
+        g.nodes[_vkey(last)]["gone"] = True
+    queue = deque((_vkey(v), 0, None) for v in roots)  # (node, depth, time bound in us)
+    bounds: dict[tuple, float] = {}
+    truncated = False
     while queue:
         node, d, bound = queue.popleft()
+        steps = list(w.steps(node, bound))
         if d >= depth:
+            if any(nxt not in g for nxt, _b, _a in steps):
+                g.nodes[node]["truncated"] = truncated = True
             continue
-        for nxt, bound2 in walk(ix, g, node, bound):
-            if nxt not in seen:
-                seen.add(nxt)
-                g.nodes[nxt]["depth"] = d + 1
+        for nxt, bound2, (a, b, attrs) in steps:
+            new = nxt not in g
+            w.add(nxt, d + 1)
+            g.add_edge(a, b, **attrs)
+            # an activity met again with a later (upstream) or earlier (downstream) bound has more to give
+            better = bound2 is not None and nxt in bounds and (
+                bound2 > bounds[nxt] if direction == "upstream" else bound2 < bounds[nxt])
+            if new or better:
+                if bound2 is not None:
+                    bounds[nxt] = bound2
                 queue.append((nxt, d + 1, bound2))
-    return _to_json(g, ix, path, direction)
+    traced = any(v.act is not None or v.reads for v in hist.versions)
+    current = _current(model, cur, hist, key)
+    result = {"root": path, "direction": direction, "current": current,
+              "nodes": _nodes(g), "edges": [{"from": _id(a), "to": _id(b), **attrs}
+                                            for a, b, attrs in g.edges(data=True)],
+              "found": traced, "truncated": truncated}
+    if cur is None:
+        result["absent"] = _absent(hist, key, current)
+    return result
 
 
-def _proc_node(ix: _Index, g: nx.DiGraph, rid: int, pid: int) -> tuple:
-    node = ("proc", rid, pid)
-    if node not in g:
-        p = ix.procs(rid).get(pid, {})
-        g.add_node(node, kind="process", run=ix.run_ids.get(rid), pid=pid, exe=p.get("exe"),
-                   argv=p.get("argv"), cell=p.get("cell"))
-    return node
+def _absent(hist, key: tuple, current: dict) -> str:
+    """Why there is no version to answer about."""
+    if current["changed_outside_tracing"]:
+        return "deleted outside tracing"
+    if not any(v.start <= key for v in hist.versions):
+        return "no version recorded at that time" if key != FOREVER else "not on disk, never traced"
+    return "deleted or moved away by a traced run"
 
 
-def _file_node(g: nx.DiGraph, path: str) -> tuple:
-    node = ("file", path)
-    if node not in g:
-        g.add_node(node, kind="file", path=path)
-    return node
+def _vkey(v: Version) -> tuple:
+    return ("ver", v.path, v.n)
 
 
-def _up(ix: _Index, g: nx.DiGraph, node: tuple, bound: int | None):
-    if node[0] == "file":
-        path = node[1]
-        for rid, b in ix.file_records(path):
-            pid, bits, _br, _bw, first, last = b[:6]
-            if bits & WRITE_BITS and (bound is None or (first or 0) <= bound):
-                pn = _proc_node(ix, g, rid, pid)
-                g.add_edge(pn, node, rel="wrote")
-                yield pn, last
-        for rid, src, b in ix.renames_to(path):
-            t = b[1]
-            if bound is None or (t or 0) <= bound:
-                fn = _file_node(g, src)
-                g.add_edge(fn, node, rel="renamed", run=ix.run_ids.get(rid), pid=b[0])
-                yield fn, t
-        return
-    _, rid, pid = node
-    for path, b in ix.files_of(rid, pid):
-        bits, first, kind = b[1], b[4], b[7]
-        if bits & READ_BITS and kind in SHOWN_KINDS and (bound is None or (first or 0) <= bound):
-            fn = _file_node(g, path)
-            g.add_edge(fn, node, rel="read")
-            yield fn, first
-    for ino, writers, readers in ix.pipes(rid):
-        if pid in readers:
-            for w in writers:
-                if w != pid:
-                    wn = _proc_node(ix, g, rid, w)
-                    g.add_edge(wn, node, rel="pipe", inode=ino)
-                    yield wn, bound
+def _id(node: tuple) -> str:
+    kind = node[0]
+    if kind == "ver":
+        return f"file:{node[1]}@{node[2]}"
+    return f"{kind}:{node[1]}:{node[2]}"
 
 
-def _down(ix: _Index, g: nx.DiGraph, node: tuple, bound: int | None):
-    if node[0] == "file":
-        path = node[1]
-        for rid, b in ix.file_records(path):
-            pid, bits, _br, _bw, first, last = b[:6]
-            if bits & READ_BITS and (bound is None or (last or 0) >= bound):
-                pn = _proc_node(ix, g, rid, pid)
-                g.add_edge(node, pn, rel="read")
-                yield pn, first
-        for rid, dst, b in ix.renames_from(path):
-            t = b[1]
-            if bound is None or (t or 0) >= bound:
-                fn = _file_node(g, dst)
-                g.add_edge(node, fn, rel="renamed", run=ix.run_ids.get(rid), pid=b[0])
-                yield fn, t
-        return
-    _, rid, pid = node
-    for path, b in ix.files_of(rid, pid):
-        bits, last, kind = b[1], b[5], b[7]
-        if bits & WRITE_BITS and kind in SHOWN_KINDS and (bound is None or (last or 0) >= bound):
-            fn = _file_node(g, path)
-            g.add_edge(node, fn, rel="wrote")
-            yield fn, last
-    for ino, writers, readers in ix.pipes(rid):
-        if pid in writers:
-            for r in readers:
-                if r != pid:
-                    rn = _proc_node(ix, g, rid, r)
-                    g.add_edge(node, rn, rel="pipe", inode=ino)
-                    yield rn, bound
+def content_fp(model: Model, v: Version | None) -> dict | None:
+    """v's fingerprint, else that of the version a rename moved here."""
+    for _ in range(_HOPS):
+        if v is None or v.fp is not None:
+            break
+        v = model.renamed_from(v)
+    return v.fp if v is not None else None
 
 
-def _key(node: tuple) -> str:
-    return f"file:{node[1]}" if node[0] == "file" else f"proc:{node[1]}:{node[2]}"
+def _written(model: Model, v: Version) -> str | None:
+    if v.act is not None:
+        return us_to_iso(v.t_us)
+    fp = v.fp or {}
+    return fp.get("mtime")
 
 
-def _to_json(g: nx.DiGraph, ix: _Index, root: str, direction: str) -> dict:
-    nodes = []
-    for n, attrs in g.nodes(data=True):
-        nodes.append({"id": _key(n), **{k: v for k, v in attrs.items()}})
-    edges = [{"from": _key(a), "to": _key(b), **attrs} for a, b, attrs in g.edges(data=True)]
-    return {"root": root, "direction": direction, "nodes": nodes, "edges": edges,
-            "found": g.number_of_nodes() > 1}
+def _current(model: Model, v: Version | None, hist, key: tuple) -> dict:
+    """The contract's `current`: the version at key, or nulls when the path is absent then."""
+    if v is None:
+        gone_outside = bool(hist.versions) and hist.versions[-1].end is not None and \
+            not math.isfinite(hist.versions[-1].end[0])
+        return {"run": None, "cell": None, "pid": None, "sha256": None, "written": None,
+                "changed_outside_tracing": gone_outside}
+    act = v.act
+    return {"run": model.run_ids.get(act.rid) if act else None, "cell": act.cell if act else None,
+            "pid": act.pid if act else None, "sha256": (content_fp(model, v) or {}).get("sha256"),
+            "written": _written(model, v), "changed_outside_tracing": act is None}
+
+
+class _Walk:
+    """The graph and one step of the walk in either direction."""
+
+    def __init__(self, model: Model, direction: str, kernel_state: bool) -> None:
+        self.m = model
+        self.up = direction == "upstream"
+        self.kernel_state = kernel_state
+        self.g = nx.DiGraph()
+        self._versions: dict[tuple, Version] = {}
+
+    # -- nodes ---------------------------------------------------------------------
+    def add_version(self, v: Version, depth: int, root: bool = False) -> tuple:
+        node = _vkey(v)
+        self._versions[node] = v
+        if node not in self.g:
+            fp = content_fp(self.m, v) or {}
+            self.g.add_node(node, kind="file", path=v.path, version=v.n, sha256=fp.get("sha256"),
+                            written=_written(self.m, v), changed_outside_tracing=v.act is None,
+                            depth=depth)
+            if root:
+                self.g.nodes[node]["root"] = True
+        return node
+
+    def add(self, node: tuple, depth: int) -> None:
+        if node in self.g:
+            return
+        if node[0] == "ver":
+            self.add_version(self._versions[node], depth)
+            return
+        kind, rid, who = node
+        run = self.m.run_ids.get(rid)
+        if kind == "proc":
+            p = self.m.procs(rid).get(who, {})
+            self.g.add_node(node, kind="process", run=run, pid=who, exe=p.get("exe"),
+                            argv=p.get("argv"), cell=p.get("cell"), depth=depth)
+        else:
+            pids = sorted({f.act.pid for f in self.m.files_of(node)})
+            self.g.add_node(node, kind="cell", run=run, cell=who, pid=pids[0] if pids else None,
+                            depth=depth)
+
+    def _ver(self, v: Version) -> tuple:
+        node = _vkey(v)
+        self._versions.setdefault(node, v)
+        return node
+
+    # -- steps: (next node, its time bound, (edge from, edge to, attrs)) ------------
+    def steps(self, node: tuple, bound: float | None):
+        if node[0] == "ver":
+            v = self._versions[node]
+            yield from (self._up_version(node, v) if self.up else self._down_version(node, v))
+        else:
+            yield from (self._up_unit(node, bound) if self.up else self._down_unit(node, bound))
+
+    def _up_version(self, node: tuple, v: Version):
+        if v.how == "write" and v.act is not None:
+            unit = v.act.unit
+            yield unit, v.start[0], (unit, node, {"rel": "wrote"})
+        if v.prev is not None:
+            p = self._ver(v.prev)
+            yield p, None, (p, node, {"rel": "updated"})
+        src = self.m.renamed_from(v)
+        if src is not None:
+            s = self._ver(src)
+            yield s, None, (s, node, {"rel": "renamed", "run": self.m.run_ids.get(v.act.rid),
+                                      "pid": v.act.pid})
+
+    def _down_version(self, node: tuple, v: Version):
+        for r in v.reads:
+            unit = r.act.unit
+            yield unit, r.key[0], (node, unit, {"rel": "read"})
+        for w in self.m.renamed_to(v):
+            n = self._ver(w)
+            yield n, None, (node, n, {"rel": "renamed", "run": self.m.run_ids.get(w.act.rid),
+                                      "pid": w.act.pid})
+        for w in v.updated_by:
+            n = self._ver(w)
+            yield n, None, (node, n, {"rel": "updated"})
+
+    def _up_unit(self, unit: tuple, bound: float | None):
+        for f in self.m.files_of(unit):
+            if f.bits & READ_BITS and f.kind in SHOWN_KINDS and (bound is None or f.first <= bound):
+                v = self.m.read_version(f)
+                if v is not None and not (v.act is not None and v.act.unit == unit):
+                    n = self._ver(v)
+                    yield n, None, (n, unit, {"rel": "read"})
+        for other, attrs in self._pipes(unit, into=True):
+            yield other, bound, (other, unit, attrs)
+        before = self._cell_beside(unit, -1)
+        if before is not None:
+            yield before, bound, (before, unit, {"rel": "kernel_state"})
+
+    def _down_unit(self, unit: tuple, bound: float | None):
+        for f in self.m.files_of(unit):
+            if f.bits & WRITE_BITS and f.kind in SHOWN_KINDS and (bound is None or f.last >= bound):
+                v = self.m.written_version(f)
+                if v is not None:
+                    n = self._ver(v)
+                    yield n, None, (unit, n, {"rel": "wrote"})
+        for other, attrs in self._pipes(unit, into=False):
+            yield other, bound, (unit, other, attrs)
+        after = self._cell_beside(unit, +1)
+        if after is not None:
+            yield after, None, (unit, after, {"rel": "kernel_state"})
+
+    def _pipes(self, unit: tuple, into: bool):
+        """Activities that fed this one through a pipe (into) or that it fed: the
+        other end's process, or the notebook cell it ran in."""
+        kind, rid, who = unit
+        procs = self.m.procs(rid)
+        pids = ({who} if kind == "proc" else
+                {pid for pid, p in procs.items() if p.get("cell") == who})
+        for ino, writers, readers in self.m.pipes(rid):
+            mine, theirs = (readers, writers) if into else (writers, readers)
+            if pids & set(mine):
+                for other in theirs:
+                    cell = procs.get(other, {}).get("cell")
+                    end = ("cell", rid, cell) if cell is not None else ("proc", rid, other)
+                    if end != unit:
+                        yield end, {"rel": "pipe", "inode": ino}
+
+    def _cell_beside(self, unit: tuple, step: int) -> tuple | None:
+        """The cell run just before (step -1) or after (+1) this one in the same kernel."""
+        kind, rid, cell = unit
+        if kind != "cell" or not self.kernel_state:
+            return None
+        order = self.m.cells(rid)
+        if cell not in order:
+            return None
+        i = order.index(cell) + step
+        return ("cell", rid, order[i]) if 0 <= i < len(order) else None
+
+
+def _nodes(g: nx.DiGraph) -> list[dict]:
+    return [{"id": _id(n), **attrs} for n, attrs in g.nodes(data=True)]
+
+
+def now_fingerprint(path: str, creds=None) -> dict | None:
+    """path's fingerprint as it is now, as the asking user reads it (None: cannot tell)."""
+    from ..store.fingerprint import fingerprint  # noqa: PLC0415
+
+    fp = fingerprint(path, creds=creds)
+    if fp.get("error") and fp["error"] != "vanished":
+        return None  # unreadable to the asker: no claim either way
+    return fp
 
 
 def render(result: dict) -> str:
-    """Readable text: the root, then each step away from it, indented by depth."""
+    """Readable text: the version asked about, then each step away from it, indented."""
     nodes = {n["id"]: n for n in result["nodes"]}
     up = result["direction"] == "upstream"
     children: dict[str, list[tuple[str, str]]] = {}
@@ -248,27 +299,119 @@ def render(result: dict) -> str:
     if not result["found"]:
         lines.append("  (nothing recorded: no traced run touched this path)")
         return "\n".join(lines)
+    roots = [n["id"] for n in result["nodes"] if n.get("root")]
+    if result.get("absent"):
+        lines.append(f"  (absent: {result['absent']}" + ("; its last version:)" if roots else ")"))
     printed = set()
 
     def label(nid: str) -> str:
         n = nodes[nid]
         if n["kind"] == "file":
-            return n["path"]
+            if n.get("changed_outside_tracing"):
+                what = ("changed outside tracing" if n["version"] > 1
+                        else "no traced process wrote it")
+            else:
+                what = f"written {n.get('written') or '?'}"
+            sha = f", sha256 {n['sha256'][:12]}" if n.get("sha256") else ""
+            cut = " … (depth limit: more not shown)" if n.get("truncated") else ""
+            gone = ", no longer there" if n.get("gone") else ""
+            return f"{n['path']} (version {n['version']}: {what}{sha}{gone}){cut}"
+        cut = " … (depth limit: more not shown)" if n.get("truncated") else ""
+        if n["kind"] == "cell":
+            return f"[run {n['run']} cell {n['cell']}]{cut}"
         argv = " ".join(n.get("argv") or [])[:80]
         cell = f" cell {n['cell']}" if n.get("cell") else ""
-        return f"[run {n['run']} pid {n['pid']}{cell}] {argv}"
+        return f"[run {n['run']} pid {n['pid']}{cell}] {argv}{cut}"
+
+    verbs = {"wrote": ("written by", "writes"), "read": ("reads", "read by"),
+             "renamed": ("renamed from", "renamed to"), "pipe": ("piped from", "pipes to"),
+             "updated": ("updated from", "updated into"),
+             "kernel_state": ("kernel state from", "kernel state to")}
 
     def visit(nid: str, indent: int) -> None:
         for child, rel in children.get(nid, []):
-            verb = {"wrote": "written by" if up else "writes", "read": "reads" if up else "read by",
-                    "renamed": "renamed from" if up else "renamed to", "pipe": "piped from" if up else "pipes to"}[rel]
+            verb = verbs.get(rel, (rel, rel))[0 if up else 1]
             again = " (see above)" if child in printed else ""
             lines.append(f"{'  ' * indent}{verb} {label(child)}{again}")
             if child not in printed:
                 printed.add(child)
                 visit(child, indent + 1)
 
-    root_id = f"file:{result['root']}"
-    printed.add(root_id)
-    visit(root_id, 1)
+    for root in roots:
+        lines.append(f"  {label(root)}")
+        printed.add(root)
+        visit(root, 2)
+    if result.get("truncated"):
+        lines.append("  (cut at the depth limit: --depth N shows more)")
     return "\n".join(lines)
+
+
+def parse_at(text: str) -> int:
+    """An ISO-8601 time (UTC when no zone is given) -> wall-clock microseconds."""
+    import datetime as dt  # noqa: PLC0415
+
+    from ..correlate.clock import parse_iso  # noqa: PLC0415
+
+    when = parse_iso(text)
+    return (when - dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)) // dt.timedelta(microseconds=1)
+
+
+
+# ---- other formats (`lineage --format dot|svg|png|mermaid`) -------------------
+
+def _short_label(n: dict) -> str:
+    if n["kind"] == "file":
+        how = "changed outside tracing" if n.get("changed_outside_tracing") else (n.get("written") or "")
+        return f"{display(n['path'])}\nversion {n.get('version')}" + (f" ({how})" if how else "")
+    if n["kind"] == "cell":
+        return f"run {n.get('run')}\ncell {n.get('cell')}"
+    argv = " ".join(display(a) for a in (n.get("argv") or []))[:60]
+    return f"run {n.get('run')} pid {n.get('pid')}\n{argv}"
+
+
+def to_dot(result: dict) -> str:
+    """Graphviz DOT: versions as notes, processes as boxes, cells as folders; edges by relation."""
+    def q(text: str) -> str:
+        return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+    shape = {"file": "note", "process": "box", "cell": "folder"}
+    lines = ["digraph lineage {", "  rankdir=LR;", f"  label={q(result['direction'] + ' lineage of ' + display(result['root']))};"]
+    for n in result["nodes"]:
+        style = ", penwidth=2" if n.get("root") else ""
+        style += ", style=dashed" if n.get("changed_outside_tracing") else ""
+        lines.append(f"  {q(n['id'])} [shape={shape.get(n['kind'], 'ellipse')}, label={q(_short_label(n))}{style}];")
+    for e in result["edges"]:
+        lines.append(f"  {q(e['from'])} -> {q(e['to'])} [label={q(e['rel'])}];")
+    return "\n".join(lines + ["}"]) + "\n"
+
+
+def to_mermaid(result: dict) -> str:
+    """A Mermaid flowchart (node ids n0, n1, ...; labels quoted)."""
+    ids = {n["id"]: f"n{i}" for i, n in enumerate(result["nodes"])}
+
+    def q(text: str) -> str:
+        return '"' + text.replace('"', "#quot;").replace("\n", "<br/>") + '"'
+    lines = ["flowchart LR"]
+    for n in result["nodes"]:
+        open_, close = {"file": ("[/", "/]"), "cell": ("[[", "]]")}.get(n["kind"], ("[", "]"))
+        lines.append(f"  {ids[n['id']]}{open_}{q(_short_label(n))}{close}")
+    for e in result["edges"]:
+        if e["from"] in ids and e["to"] in ids:
+            lines.append(f"  {ids[e['from']]} -->|{e['rel']}| {ids[e['to']]}")
+    return "\n".join(lines) + "\n"
+
+
+def to_image(result: dict, fmt: str) -> bytes:
+    """SVG or PNG through Graphviz's `dot` program; a clear error when it is missing."""
+    import shutil  # noqa: PLC0415
+    import subprocess  # noqa: PLC0415
+
+    from ..errors import UsageError  # noqa: PLC0415
+
+    dot = shutil.which("dot")
+    if dot is None:
+        raise UsageError(f"--format {fmt} needs Graphviz's dot program (apt install graphviz); "
+                         "--format dot writes the graph for it")
+    r = subprocess.run([dot, f"-T{fmt}"], input=to_dot(result).encode(), capture_output=True, timeout=120)
+    if r.returncode != 0:
+        raise UsageError(f"dot -T{fmt} failed: {r.stderr.decode(errors='replace').strip()[:200]}")
+    return r.stdout

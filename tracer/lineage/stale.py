@@ -1,52 +1,53 @@
-"""Staleness: which runs and cells have inputs that changed after they ran.
+"""Staleness: which runs and cells consumed file versions that have since been superseded.
 
-A *unit* is a run, or one cell of a notebook run. A unit's inputs are the
-data files it read; its outputs the data files it wrote or renamed into place.
-Each is judged against the FINGERPRINT taken when the unit ended
-(store/fingerprint.py) and the store's later writes:
+A *unit* is a run, or one cell of a notebook run. Its inputs are the file
+versions its reads were bound to (lineage/versions.py), its outputs the last
+version it wrote or renamed into place on each path. Each is followed forward
+through renames made by any traced run (an output moved by a later run is
+not "deleted"; an input moved and then rewritten is), to the version that
+holds its bytes last, and judged:
 
-- input rewritten by another unit after the fingerprint -> "rewritten by run X"
-  (the most recent such writer is named; "content" says whether bytes differ);
-- input now different (sha256 when recorded, else size/mtime/inode) -> "content changed";
-- input gone -> "deleted";
-- output changed or gone with no traced writer since -> "modified since" / "deleted";
-- an input whose producer (the last unit that wrote it before it was read)
-  is stale -> "upstream stale", transitively, over a networkx graph of units.
+- that version superseded by another unit's write -> "rewritten by run X"
+  ("content" says whether the bytes on disk now differ);
+- superseded by a change made outside tracing, or now different from its
+  fingerprint (sha256 when recorded, else size/mtime/inode) -> "content changed"
+  (an input) or "modified since" (an output);
+- gone (deleted outside tracing, or by another unit) -> "deleted"; an output a
+  later traced run replaced or deleted belongs to that run and is not judged;
+- an input version whose bytes were produced by a process (or cell) that had
+  itself read a superseded or stale version before writing them ->
+  "upstream stale", naming the unit that produced it. Staleness travels
+  through the versions consumed, not whole runs: a fresh output of a run
+  with some stale inputs stays fresh when its writer read none of them.
 
 What cannot be judged (no fingerprint, not a regular file, a symlink,
 unreadable now) is listed under `unchecked`, never guessed. Files are read
 now as each run's owner (its header's uid) would read them, never with more
 privilege, and a symlink is never followed (store/fingerprint.py).
 
-`rids` limits the whole computation to some runs (the daemon passes a user's
-own runs): other runs' writes are then not seen, so an input another user
+`uid` limits the whole computation to that user's runs (the daemon passes its
+caller's): other runs' writes are then not seen, so an input another user
 rewrote shows as "content changed", never as "rewritten by run X".
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import os
 import threading
-from collections import OrderedDict, defaultdict
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-import networkx as nx
-
-from ..correlate.clock import parse_iso
 from ..model.paths import display, to_json
 from ..privs import Creds
 from ..store import sqlite as S
 from ..store.fingerprint import HashCache, fingerprint
-from ..store.writer import ACCESS_BITS
+from .versions import READ_BITS, WRITE_BITS, Act, FileRec, Model, Version
 
-_WRITE_BITS = ACCESS_BITS["write"] | ACCESS_BITS["create"] | ACCESS_BITS["truncate"]
-_READ_BITS = ACCESS_BITS["read"]
 _JUDGED_KINDS = ("d", "t")  # data and temp, as the writer codes them
 _SHOWN_REASONS = 4
-_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+_HOPS = 256  # renames followed from one version
 
 
 @dataclass(frozen=True, order=True)
@@ -55,114 +56,126 @@ class Unit:
     cell: str | None = None
 
 
-@dataclass
-class _Run:
-    rid: int
-    id: str
-    uid: int | None = None  # the run's owner: its files are judged as that user sees them
-    base_us: int = 0
-    ended_us: int | None = None
-    cells: dict[str, int | None] = field(default_factory=dict)  # id -> ended_us
-    fps: dict[tuple[str, str | None], dict] = field(default_factory=dict)
-    # unit -> path -> last read / write time (us)
-    reads: dict[Unit, dict[str, int]] = field(default_factory=lambda: defaultdict(dict))
-    writes: dict[Unit, dict[str, int]] = field(default_factory=lambda: defaultdict(dict))
+def _unit_of(act: Act) -> Unit:
+    """The finest unit of an activity: its cell when it had one."""
+    return Unit(act.rid, act.cell)
 
 
-@dataclass(frozen=True)
-class _Write:
-    unit: Unit  # the finest unit: the cell when the write had one
-    first_us: int
-    last_us: int
+def _mine(unit: Unit, act: Act | None) -> bool:
+    """Whether act belongs to unit (a run holds all its cells)."""
+    if act is None:
+        return False
+    return act.rid == unit.rid and (unit.cell is None or act.cell == unit.cell)
 
 
-def _iso_us(text: str | None) -> int | None:
-    if not text:
-        return None
-    try:
-        when = parse_iso(text)
-    except ValueError:
-        return None
-    return (when - _EPOCH) // dt.timedelta(microseconds=1)
+class _Runs:
+    """Every run's id, owner and cells; each unit's reads and writes (FILE records, renames)."""
 
-
-class _Facts:
-    """One pass over the store: every run's data accesses, renames, cells, fingerprints."""
-
-    def __init__(self, store: S.Store, rids: Iterable[int] | None = None) -> None:
-        self.runs: dict[int, _Run] = {}
-        self.writes: dict[str, list[_Write]] = defaultdict(list)
-        kinds = (S.RUN_START, S.RUN_END, S.FILE, S.RENAME, S.CELL, S.FINGERPRINT)
-        # Within a run, records come in chain order (RUN_START and CELL before
-        # the accesses that need them); the order across runs does not matter.
-        sources = [store.records(kinds=kinds)] if rids is None else \
-            [store.records(rid=rid, kinds=kinds) for rid in sorted(set(rids))]
-        for records in sources:
-            for _seq, rid, kind, p1, p2, body in records:
-                self._add(rid, kind, p1, p2, json.loads(body))
-
-    def _run(self, rid: int) -> _Run:
-        return self.runs.setdefault(rid, _Run(rid, str(rid)))
-
-    def _units(self, run: _Run, cell: str | None) -> tuple[Unit, ...]:
-        return (Unit(run.rid), Unit(run.rid, cell)) if cell in run.cells else (Unit(run.rid),)
-
-    def _add(self, rid: int, kind: int, p1: str | None, p2: str | None, b) -> None:
-        run = self._run(rid)
-        if kind == S.RUN_START:
-            run.id, run.base_us = b.get("id", run.id), b.get("start_us") or 0
-            run.uid = b.get("uid") if isinstance(b.get("uid"), int) else None
-        elif kind == S.RUN_END:
-            run.ended_us = _iso_us(b.get("ended"))
-        elif kind == S.CELL and b.get("id") is not None:
-            run.cells[b["id"]] = _iso_us(b.get("ended"))
-        elif kind == S.FINGERPRINT:
-            run.fps[(p1, b.get("cell"))] = b
-        elif kind == S.FILE and b[7] in _JUDGED_KINDS:
-            _pid, bits, _br, _bw, first, last, cell, _code = b
-            first_us, last_us = run.base_us + (first or 0), run.base_us + (last or 0)
-            units = self._units(run, cell)
-            if bits & _READ_BITS:
-                for u in units:
-                    run.reads[u][p1] = max(run.reads[u].get(p1, 0), last_us)
-            if bits & _WRITE_BITS:
-                self._wrote(run, units, p1, first_us, last_us)
-        elif kind == S.RENAME:
-            t_us = run.base_us + (b[1] or 0)
-            self._wrote(run, self._units(run, b[2]), p1, t_us, t_us)
-
-    def _wrote(self, run: _Run, units: tuple[Unit, ...], path: str, first_us: int, last_us: int) -> None:
-        for u in units:
-            run.writes[u][path] = max(run.writes[u].get(path, 0), last_us)
-        self.writes[path].append(_Write(units[-1], first_us, last_us))
+    def __init__(self, store: S.Store, model: Model) -> None:
+        self.m = model
+        self.ids: dict[int, str] = dict(store.db.execute("SELECT rid, id FROM runs"))
+        self.uid: dict[int, int | None] = {}
+        self.cells: dict[int, list[str]] = {}
+        for rid, kind, body in store.db.execute(
+                "SELECT rid, kind, body FROM records WHERE kind IN (?,?) ORDER BY seq", (S.RUN_START, S.CELL)):
+            b = json.loads(body)
+            if kind == S.RUN_START:
+                self.ids[rid] = b.get("id", self.ids.get(rid, str(rid)))
+                self.uid[rid] = b.get("uid") if isinstance(b.get("uid"), int) else None
+            elif b.get("id") is not None and b["id"] not in self.cells.setdefault(rid, []):
+                self.cells[rid].append(b["id"])
+        self.rids = sorted(r for r in set(self.ids) | set(self.uid) if model.sees(r))
 
     def units(self) -> list[Unit]:
         out = []
-        for rid in sorted(self.runs):
+        for rid in self.rids:
             out.append(Unit(rid))
-            out.extend(Unit(rid, c) for c in self.runs[rid].cells)
+            out.extend(Unit(rid, c) for c in self.cells.get(rid, []))
         return out
 
-    def baseline(self, unit: Unit, path: str) -> dict | None:
-        fps = self.runs[unit.rid].fps
-        found = fps.get((path, unit.cell)) or fps.get((path, None))
-        if found is None and unit.cell is None:
-            found = next((fp for (p, _c), fp in reversed(fps.items()) if p == path), None)
-        return found
+    def files(self, unit: Unit) -> list[FileRec]:
+        cells = self.cells.get(unit.rid, [])
+        return [f for f in self.m.run_files(unit.rid) if f.kind in _JUDGED_KINDS and (
+            unit.cell is None or (f.act.cell == unit.cell and unit.cell in cells))]
 
-    def ended_us(self, unit: Unit) -> int | None:
-        run = self.runs[unit.rid]
-        return run.cells.get(unit.cell) if unit.cell is not None else run.ended_us
+    def inputs(self, unit: Unit) -> dict[str, list[Version]]:
+        """path -> the versions the unit read there, not counting its own output."""
+        out: dict[str, list[Version]] = {}
+        for f in self.files(unit):
+            if f.bits & READ_BITS:
+                v = self.m.read_version(f)
+                seen = out.setdefault(f.path, [])
+                if v is not None and not _mine(unit, _writer_act(self.m, v)) and v not in seen:
+                    seen.append(v)
+        return out
+
+    def outputs(self, unit: Unit) -> dict[str, Version | None]:
+        """path -> the last version the unit wrote or renamed there."""
+        out: dict[str, Version | None] = {}
+        for f in self.files(unit):
+            if f.bits & WRITE_BITS:
+                _keep_last(out, f.path, self.m.written_version(f))
+        for src, dst, ev in self.m.renames_by(("cell", unit.rid, unit.cell) if unit.cell is not None
+                                              else ("run", unit.rid, None)):
+            _keep_last(out, dst, self.m.history(dst).made_by(ev.act, ev.t))
+        return out
 
     def label(self, unit: Unit) -> dict:
-        return {"run": self.runs[unit.rid].id, "cell": unit.cell}
+        return {"run": self.ids.get(unit.rid, str(unit.rid)), "cell": unit.cell}
+
+    def name(self, unit: Unit) -> str:
+        run = f"run {self.ids.get(unit.rid, unit.rid)}"
+        return f"{run} cell {unit.cell}" if unit.cell is not None else run
 
 
-def _other(writer: Unit, unit: Unit) -> bool:
-    """Whether a write by `writer` counts as someone else's for `unit`."""
-    if unit.cell is None:
-        return writer.rid != unit.rid
-    return writer != unit
+def _keep_last(out: dict, path: str, v: Version | None) -> None:
+    if path not in out or (v is not None and (out[path] is None or v.start > out[path].start)):
+        out[path] = v
+
+
+def _writer(model: Model, v: Version | None) -> Version | None:
+    """The version whose write produced v's bytes: renames followed back (None: moved
+    from nowhere known)."""
+    for _ in range(_HOPS):
+        if v is None or v.how != "rename":
+            return v
+        v = model.renamed_from(v)
+    return None
+
+
+def _writer_act(model: Model, v: Version) -> Act | None:
+    w = _writer(model, v)
+    return w.act if w is not None else None
+
+
+def _final(model: Model, v: Version) -> tuple[Version, list[Act]]:
+    """Where v's bytes went: renames followed forward; and who made those renames."""
+    movers = []
+    for _ in range(_HOPS):
+        nxt = model.renamed_to(v)
+        if not nxt:
+            break
+        v = nxt[0]
+        movers.append(v.act)
+    return v, movers
+
+
+def _successor(model: Model, v: Version) -> Version | None:
+    """The first version on v's path after v ended."""
+    versions = model.history(v.path).versions
+    return versions[v.n] if v.end is not None and v.n < len(versions) else None  # in time order
+
+
+def _content_fp(model: Model, v: Version) -> Version:
+    """The version that holds v's fingerprint (itself, or where a rename took it from)."""
+    for _ in range(_HOPS):
+        if v.fp is not None or v.fp_problem is not None or v.how != "rename":
+            return v
+        src = model.renamed_from(v)
+        if src is None:
+            return v
+        v = src
+    return v
 
 
 def _compare(then: dict, now: dict) -> tuple[str, str | None]:
@@ -180,17 +193,19 @@ def _compare(then: dict, now: dict) -> tuple[str, str | None]:
 
 
 class _Judge:
-    def __init__(self, facts: _Facts) -> None:
-        self.f = facts
+    def __init__(self, runs: _Runs) -> None:
+        self.r = runs
+        self.m = runs.m
         self._now: dict[tuple[int | None, str], dict] = {}
         self._cache: HashCache = {}
         self._creds: dict[int, Creds] = {}
         self.signatures: dict[str, tuple] = {}  # path -> its stat just before it was judged
+        self._tainted: dict[int, Unit | None] = {}  # id(version) -> the unit that made it stale
 
     def now(self, unit: Unit, path: str) -> dict:
         """path as it is now, as the unit's owner sees it: never with more
         privilege than the owner has, so `stale` is no oracle on others' files."""
-        uid = self.f.runs[unit.rid].uid
+        uid = self.r.uid.get(unit.rid)
         if uid == os.geteuid():
             uid = None  # ourselves: nothing to take on
         if (uid, path) not in self._now:
@@ -200,102 +215,149 @@ class _Judge:
             self._now[(uid, path)] = fingerprint(path, self._cache, creds=self._creds.get(uid))
         return self._now[(uid, path)]
 
-    def later_writer(self, unit: Unit, path: str, after_us: int) -> _Write | None:
-        later = [w for w in self.f.writes.get(path, ()) if _other(w.unit, unit) and w.last_us > after_us]
-        return max(later, key=lambda w: w.last_us, default=None)
-
-    def check(self, unit: Unit, path: str, role: str, used_us: int) -> tuple[dict | None, dict | None]:
-        """(reason, unchecked) for one input or output path of a unit."""
-        base = self.f.baseline(unit, path)
-        after = (base or {}).get("at_us") or self.f.ended_us(unit) or used_us
-        writer = self.later_writer(unit, path, after)
-        if base is not None and base.get("error") == "vanished":
-            return None, None  # gone when the unit ended (a temporary): nothing to judge
-        if base is None or base.get("error") or base.get("type") != "file":
-            why = ("no fingerprint recorded" if base is None else
-                   f"not fingerprinted: {base.get('error') or base.get('hash_skipped')}")
-            if writer and role == "input":
-                return _reason(path, role, f"rewritten by {_name(self.f, writer.unit)}",
-                               by=self.f.label(writer.unit), content="unknown"), None
-            return None, {**to_json(path), "role": role, "why": why}
-        status, basis = _compare(base, self.now(unit, path))
-        if writer:
+    def check(self, unit: Unit, path: str, v: Version | None, role: str) -> tuple[dict | None, dict | None]:
+        """(reason, unchecked) for one input or output version of a unit."""
+        if v is None:
+            return None, None
+        end, movers = _final(self.m, v)
+        if role == "output" and movers and _mine(unit, movers[0]):
+            return None, None  # renamed by the unit itself: judged under the name it gave it
+        moved = {"now_at": display(end.path)} if end.path != path else {}
+        nxt = _successor(self.m, end)
+        if end.end is not None and nxt is not None and nxt.act is not None:
+            if _mine(unit, nxt.act):
+                return None, None  # superseded by the unit itself (an update in place)
             if role == "output":
-                return None, None  # superseded: the later run now owns the file
-            return _reason(path, role, f"rewritten by {_name(self.f, writer.unit)}",
-                           by=self.f.label(writer.unit), content=status), None
+                return None, None  # a later traced run now owns the file
+            status = self._status(unit, end)[0]
+            by = _unit_of(nxt.act)
+            return _reason(path, role, f"rewritten by {self.r.name(by)}", by=self.r.label(by),
+                           content=status if status != "unknown" else "unknown", **moved), None
+        if end.end is not None and nxt is None and end.ended_by is not None:
+            if _mine(unit, end.ended_by) or role == "output":
+                return None, None  # a temporary the unit removed, or a later run's decision
+            return _reason(path, role, "deleted", **moved), None
+        if end.end is not None and nxt is not None:  # changed outside tracing, seen by a fingerprint
+            return _reason(path, role, "content changed" if role == "input" else "modified since",
+                           basis="fingerprint", **moved), None
+        holder = _content_fp(self.m, end)
+        if holder.fp_problem is not None or holder.fp is None:
+            why = ("no fingerprint recorded" if holder.fp is None and holder.fp_problem is None
+                   else f"not fingerprinted: {holder.fp_problem}")
+            return None, {**to_json(path), "role": role, "why": why}
+        status, basis = self._status(unit, end)
         if status == "unknown":
             return None, {**to_json(path), "role": role, "why": basis}
         if status == "same":
             return None, None
         why = "deleted" if status == "deleted" else (
             "content changed" if role == "input" else "modified since")
-        return _reason(path, role, why, basis=basis), None
+        return _reason(path, role, why, basis=basis, **moved), None
+
+    def _status(self, unit: Unit, v: Version) -> tuple[str, str | None]:
+        holder = _content_fp(self.m, v)
+        if holder.fp is None:
+            return "unknown", "no fingerprint recorded"
+        return _compare(holder.fp, self.now(unit, v.path))
+
+    def tainted(self, v: Version) -> Unit | None:
+        """The unit that produced v's bytes, when it did so from a superseded or
+        stale version (None: v is sound as far as the store can tell)."""
+        w = _writer(self.m, v)
+        if w is None or w.act is None:
+            return None
+        key = id(w)
+        if key in self._tainted:
+            return self._tainted[key]
+        self._tainted[key] = None  # a cycle says nothing new
+        producer = _unit_of(w.act)
+        bad = None
+        for f in self.m.files_of(w.act.unit):
+            if not (f.bits & READ_BITS and f.kind in _JUDGED_KINDS and f.first <= w.start[0]):
+                continue
+            r = self.m.read_version(f)
+            if r is None or _mine(producer, _writer_act(self.m, r)):
+                continue
+            reason, _skip = self.check(producer, f.path, r, "input")
+            if reason is not None or self.tainted(r) is not None:
+                bad = producer
+                break
+        self._tainted[key] = bad
+        return bad
 
 
 def _reason(path: str, role: str, why: str, **extra) -> dict:
     return {**to_json(path), "role": role, "why": why, **{k: v for k, v in extra.items() if v}}
 
 
-def _name(facts: _Facts, unit: Unit) -> str:
-    run = f"run {facts.runs[unit.rid].id}"
-    return f"{run} cell {unit.cell}" if unit.cell is not None else run
-
-
-def _producer(facts: _Facts, unit: Unit, path: str, read_last_us: int) -> Unit | None:
-    """The unit that last wrote path before `unit` read it (None: outside any trace)."""
-    run_of = unit.rid
-    cands = [w for w in facts.writes.get(path, ()) if w.first_us <= read_last_us
-             and (w.unit.rid != run_of or (unit.cell is not None and w.unit.cell not in (None, unit.cell)))]
-    best = max(cands, key=lambda w: w.last_us, default=None)
-    return best.unit if best else None
-
-
-def staleness(store: S.Store, rid: int | None = None, *, rids: Iterable[int] | None = None,
+def staleness(store: S.Store, rid: int | None = None, *, uid: int | None = None,
               looked_at: dict[str, tuple] | None = None) -> dict:
     """{"stale": [...], "fresh": [...]} for every unit of the store, or of one run.
 
-    rids: judge over these runs only (None: all). looked_at, when given, is
-    filled with the files compared against their state now, each with its
-    stat signature from before it was read (see StaleCache)."""
-    facts = _Facts(store, rids)
-    judge = _Judge(facts)
-    units = facts.units()
-    reasons: dict[Unit, list[dict]] = {u: [] for u in units}
-    unchecked: dict[Unit, list[dict]] = {u: [] for u in units}
-    g = nx.DiGraph()
-    g.add_nodes_from(units)
-    for u in units:
-        run = facts.runs[u.rid]
-        outputs = run.writes.get(u, {})
-        for role, paths in (("input", run.reads.get(u, {})), ("output", outputs)):
-            for path, used_us in sorted(paths.items()):
-                if role == "input" and path in outputs:
-                    continue  # updated in place: judged as an output
-                reason, skip = judge.check(u, path, role, used_us)
-                reasons[u] += [reason] if reason else []
-                unchecked[u] += [skip] if skip else []
-                producer = _producer(facts, u, path, used_us) if role == "input" else None
-                if producer is not None and producer in g:
-                    g.add_edge(producer, u, path=path)
-    stale = {u for u in units if reasons[u]}
-    for u in list(stale):
-        stale |= nx.descendants(g, u)
-    for v in stale:
-        for p in sorted(g.predecessors(v)):
-            if p in stale and p != v:
-                path = g.edges[p, v]["path"]
-                reasons[v].append(_reason(path, "input", "upstream stale", **{"from": facts.label(p)}))
-    wanted = [u for u in units if rid is None or u.rid == rid]
+    uid: judge over that uid's runs only (None: all). looked_at, when given, is
+    filled with the files compared against their state now, each with its stat
+    signature from before it was read (see StaleCache)."""
+    model = Model(store, uid)
+    runs = _Runs(store, model)
+    judge = _Judge(runs)
+    stale, fresh = [], []
+    for u in runs.units():
+        if rid is not None and u.rid != rid:
+            continue
+        reasons, unchecked = [], []
+        inputs, outputs = runs.inputs(u), runs.outputs(u)
+        for path in sorted(inputs):
+            if path in outputs and not inputs[path]:
+                continue
+            for v in inputs[path]:
+                reason, skip = judge.check(u, path, v, "input")
+                reasons += [reason] if reason else []
+                unchecked += [skip] if skip else []
+                by = judge.tainted(v)
+                if by is not None:
+                    reasons.append(_reason(path, "input", "upstream stale", **{"from": runs.label(by)}))
+        for path in sorted(outputs):
+            reason, skip = judge.check(u, path, outputs[path], "output")
+            reasons += [reason] if reason else []
+            unchecked += [skip] if skip else []
+        if reasons:
+            stale.append({**runs.label(u), "reasons": reasons, "unchecked": unchecked})
+        else:
+            fresh.append({**runs.label(u), "inputs": len(inputs), "outputs": len(outputs),
+                          "unchecked": unchecked})
     if looked_at is not None:
         looked_at.update(judge.signatures)
-    return {
-        "stale": [{**facts.label(u), "reasons": reasons[u], "unchecked": unchecked[u]}
-                  for u in wanted if u in stale],
-        "fresh": [{**facts.label(u), "inputs": len(facts.runs[u.rid].reads.get(u, {})),
-                   "outputs": len(facts.runs[u.rid].writes.get(u, {})), "unchecked": unchecked[u]}
-                  for u in wanted if u not in stale],
-    }
+    return {"stale": stale, "fresh": fresh}
+
+
+def plan(result: dict, runs: dict[str, dict]) -> list[dict]:
+    """What to re-run, in order: each run with something stale, once, in the order
+    the runs ran (a producer always ran before what read its output), with its
+    stale cells and, where known, its command line and folder."""
+    order = {run_id: i for i, run_id in enumerate(runs)}
+    steps: dict[str, dict] = {}
+    for u in result["stale"]:
+        step = steps.setdefault(u["run"], {"run": u["run"], "cells": [], "why": []})
+        if u["cell"] is not None:
+            step["cells"].append(u["cell"])
+        step["why"] += [r["why"] for r in u["reasons"] if r["why"] not in step["why"]]
+    out = []
+    for run_id in sorted(steps, key=lambda r: (order.get(r, len(order)), r)):
+        header = runs.get(run_id) or {}
+        out.append({**steps[run_id], **{k: header.get(k) for k in ("kind", "label", "argv", "cwd")}})
+    return out
+
+
+def render_plan(steps: list[dict]) -> str:
+    if not steps:
+        return "nothing to re-run: nothing is stale"
+    lines = []
+    for i, s in enumerate(steps, 1):
+        what = " ".join(display(a) for a in s.get("argv") or []) or s.get("label") or "(command not known)"
+        cells = f" (cells {', '.join(s['cells'])})" if s["cells"] else ""
+        where = f" in {display(s['cwd'])}" if s.get("cwd") else ""
+        lines.append(f"{i}. run {s['run']}{cells}{where}: {what}   [{'; '.join(s['why'])}]")
+    return "\n".join(lines)
 
 
 def _stat_signature(path: str) -> tuple:

@@ -116,6 +116,7 @@ def load_run(store: S.Store, rid: int) -> dict:
         _cell_io(c, files, renames, processes)
         c["context"] = cell_contexts.get(c.get("id"), {})
     _merge_fingerprints(files, fingerprints)
+    _rename_fingerprints(renames, fingerprints)
     for f in files:
         for k in ("_first", "_last", "_path"):
             f.pop(k, None)
@@ -141,6 +142,17 @@ def _merge_fingerprints(files: list[dict], fps: dict[tuple[str, str | None], dic
             f["hash_skipped"] = fp["hash_skipped"]
         if fp.get("error"):
             f["fingerprint_error"] = fp["error"]
+
+
+def _rename_fingerprints(renames: list[dict], fps: dict[tuple[str, str | None], dict]) -> None:
+    """sha256, size_bytes, mtime of what a rename put in place (its target's
+    fingerprint), so a file the run produced only under a renamed name is
+    compared by content too (diff)."""
+    for r in renames:
+        fp = fps.get((r["to"], r["cell"])) or fps.get((r["to"], None))
+        if fp is not None and fp.get("type") == "file":
+            r.update({"sha256": fp.get("sha256"), "size_bytes": fp.get("size_bytes"),
+                      "mtime": fp.get("mtime")})
 
 
 def _merge_cell(cells: list[dict], body: dict) -> None:

@@ -87,5 +87,6 @@ class LineageScreen(Screen):
     def on_tree_node_selected(self, event: Tree.NodeSelected) -> None:
         event.stop()
         key = event.node.data
-        if isinstance(key, str) and key.startswith("file:") and key != f"file:{self.path}":
-            self.app.push_screen(LineageScreen(key.removeprefix("file:"), self.direction))
+        path = M.path_of(key) if isinstance(key, str) else None
+        if path is not None and path != self.path:
+            self.app.push_screen(LineageScreen(path, self.direction))

@@ -27,7 +27,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from . import types_pb2 as provtrace_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1aprovtrace/v1/service.proto\x12\x0cprovtrace.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18provtrace/v1/types.proto\"\x0f\n\rHealthRequest\"\xc4\x01\n\x0eHealthResponse\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x12\n\ndaemon_pid\x18\x02 \x01(\x05\x12\x12\n\ncaller_uid\x18\x03 \x01(\r\x12\x12\n\ncaller_pid\x18\x04 \x01(\x05\x12\x0f\n\x07\x62\x61\x63kend\x18\x05 \x01(\t\x12\x17\n\x0fkernels_watched\x18\x06 \x01(\r\x12+\n\x06status\x18\x07 \x01(\x0e\x32\x1b.provtrace.v1.ServingStatus\x12\x0e\n\x06\x66\x61iled\x18\x08 \x03(\t\"\x8f\x01\n\x15RegisterKernelRequest\x12\x0b\n\x03pid\x18\x01 \x01(\x05\x12\x17\n\x0f\x63onnection_file\x18\x02 \x01(\t\x12\x15\n\rnotebook_path\x18\x03 \x01(\t\x12\x13\n\x0bkernel_name\x18\x04 \x01(\t\x12\x10\n\x08language\x18\x05 \x01(\t\x12\x12\n\nsession_id\x18\x06 \x01(\t\">\n\x16RegisterKernelResponse\x12$\n\x06kernel\x18\x01 \x01(\x0b\x32\x14.provtrace.v1.Kernel\"\xe9\x01\n\x16ReportCellStartRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63\x65ll_id\x18\x02 \x01(\t\x12\x0e\n\x06msg_id\x18\x03 \x01(\t\x12\x17\n\x0f\x65xecution_count\x18\x04 \x01(\x05\x12\x13\n\x0b\x63ode_sha256\x18\x05 \x01(\t\x12\x0c\n\x04\x63ode\x18\x06 \x01(\t\x12+\n\x07started\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\x05index\x18\x08 \x01(\x05H\x00\x88\x01\x01\x12\x13\n\x0bsubshell_id\x18\t \x01(\tB\x08\n\x06_index\"\xcd\x01\n\x14ReportCellEndRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63\x65ll_id\x18\x02 \x01(\t\x12\x0e\n\x06msg_id\x18\x03 \x01(\t\x12\x17\n\x0f\x65xecution_count\x18\x04 \x01(\x05\x12)\n\x05\x65nded\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12(\n\x06status\x18\x06 \x01(\x0e\x32\x18.provtrace.v1.CellStatus\x12\x12\n\nerror_name\x18\x07 \x01(\t\"6\n\x12ReportCellResponse\x12 \n\x04\x63\x65ll\x18\x01 \x01(\x0b\x32\x12.provtrace.v1.Cell\"I\n\x13ListSessionsRequest\x12#\n\x04kind\x18\x01 \x01(\x0e\x32\x15.provtrace.v1.RunKind\x12\r\n\x05limit\x18\x02 \x01(\r\"7\n\x14ListSessionsResponse\x12\x1f\n\x04runs\x18\x01 \x03(\x0b\x32\x11.provtrace.v1.Run\"&\n\x10ListCellsRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"6\n\x11ListCellsResponse\x12!\n\x05\x63\x65lls\x18\x01 \x03(\x0b\x32\x12.provtrace.v1.Cell\"`\n\x0eLineageRequest\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x31\n\tdirection\x18\x02 \x01(\x0e\x32\x1e.provtrace.v1.LineageDirection\x12\r\n\x05\x64\x65pth\x18\x03 \x01(\r\"e\n\x0fLineageResponse\x12(\n\x05nodes\x18\x01 \x03(\x0b\x32\x19.provtrace.v1.LineageNode\x12(\n\x05\x65\x64ges\x18\x02 \x03(\x0b\x32\x19.provtrace.v1.LineageEdge\"\x1e\n\x0cStaleRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"$\n\rStaleResponse\x12\x13\n\x0bresult_json\x18\x01 \x01(\t\"#\n\x11GetContextRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\">\n\x12GetContextResponse\x12(\n\x07\x63ontext\x18\x01 \x01(\x0b\x32\x17.google.protobuf.Struct\"8\n\x13StreamEventsRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\r\n\x05kinds\x18\x02 \x03(\t\"X\n\rExportRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12*\n\x06\x66ormat\x18\x02 \x01(\x0e\x32\x1a.provtrace.v1.ExportFormat\x12\x0b\n\x03\x61ll\x18\x03 \x01(\x08\"\x1b\n\x0b\x45xportChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\"\xb1\x01\n\x13TraceCommandRequest\x12\x0b\n\x03pid\x18\x01 \x01(\x05\x12\x0c\n\x04\x61rgv\x18\x02 \x03(\t\x12\x0b\n\x03\x63wd\x18\x03 \x01(\t\x12\x37\n\x03\x65nv\x18\x04 \x03(\x0b\x32*.provtrace.v1.TraceCommandRequest.EnvEntry\x12\r\n\x05label\x18\x05 \x01(\t\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"S\n\x14TraceCommandResponse\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12+\n\x07started\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"d\n\x14\x46inishCommandRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x11\n\texit_code\x18\x02 \x01(\x05\x12)\n\x05\x65nded\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x17\n\x15\x46inishCommandResponse*k\n\rServingStatus\x12\x1e\n\x1aSERVING_STATUS_UNSPECIFIED\x10\x00\x12\x1a\n\x16SERVING_STATUS_SERVING\x10\x01\x12\x1e\n\x1aSERVING_STATUS_NOT_SERVING\x10\x02\x32\x9e\x08\n\tProvtrace\x12\x43\n\x06Health\x12\x1b.provtrace.v1.HealthRequest\x1a\x1c.provtrace.v1.HealthResponse\x12[\n\x0eRegisterKernel\x12#.provtrace.v1.RegisterKernelRequest\x1a$.provtrace.v1.RegisterKernelResponse\x12Y\n\x0fReportCellStart\x12$.provtrace.v1.ReportCellStartRequest\x1a .provtrace.v1.ReportCellResponse\x12U\n\rReportCellEnd\x12\".provtrace.v1.ReportCellEndRequest\x1a .provtrace.v1.ReportCellResponse\x12U\n\x0cListSessions\x12!.provtrace.v1.ListSessionsRequest\x1a\".provtrace.v1.ListSessionsResponse\x12L\n\tListCells\x12\x1e.provtrace.v1.ListCellsRequest\x1a\x1f.provtrace.v1.ListCellsResponse\x12\x46\n\x07Lineage\x12\x1c.provtrace.v1.LineageRequest\x1a\x1d.provtrace.v1.LineageResponse\x12O\n\nGetContext\x12\x1f.provtrace.v1.GetContextRequest\x1a .provtrace.v1.GetContextResponse\x12@\n\x05Stale\x12\x1a.provtrace.v1.StaleRequest\x1a\x1b.provtrace.v1.StaleResponse\x12H\n\x0cStreamEvents\x12!.provtrace.v1.StreamEventsRequest\x1a\x13.provtrace.v1.Event0\x01\x12\x42\n\x06\x45xport\x12\x1b.provtrace.v1.ExportRequest\x1a\x19.provtrace.v1.ExportChunk0\x01\x12U\n\x0cTraceCommand\x12!.provtrace.v1.TraceCommandRequest\x1a\".provtrace.v1.TraceCommandResponse\x12X\n\rFinishCommand\x12\".provtrace.v1.FinishCommandRequest\x1a#.provtrace.v1.FinishCommandResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1aprovtrace/v1/service.proto\x12\x0cprovtrace.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18provtrace/v1/types.proto\"\x0f\n\rHealthRequest\"\xc4\x01\n\x0eHealthResponse\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x12\n\ndaemon_pid\x18\x02 \x01(\x05\x12\x12\n\ncaller_uid\x18\x03 \x01(\r\x12\x12\n\ncaller_pid\x18\x04 \x01(\x05\x12\x0f\n\x07\x62\x61\x63kend\x18\x05 \x01(\t\x12\x17\n\x0fkernels_watched\x18\x06 \x01(\r\x12+\n\x06status\x18\x07 \x01(\x0e\x32\x1b.provtrace.v1.ServingStatus\x12\x0e\n\x06\x66\x61iled\x18\x08 \x03(\t\"\x8f\x01\n\x15RegisterKernelRequest\x12\x0b\n\x03pid\x18\x01 \x01(\x05\x12\x17\n\x0f\x63onnection_file\x18\x02 \x01(\t\x12\x15\n\rnotebook_path\x18\x03 \x01(\t\x12\x13\n\x0bkernel_name\x18\x04 \x01(\t\x12\x10\n\x08language\x18\x05 \x01(\t\x12\x12\n\nsession_id\x18\x06 \x01(\t\">\n\x16RegisterKernelResponse\x12$\n\x06kernel\x18\x01 \x01(\x0b\x32\x14.provtrace.v1.Kernel\"\xe9\x01\n\x16ReportCellStartRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63\x65ll_id\x18\x02 \x01(\t\x12\x0e\n\x06msg_id\x18\x03 \x01(\t\x12\x17\n\x0f\x65xecution_count\x18\x04 \x01(\x05\x12\x13\n\x0b\x63ode_sha256\x18\x05 \x01(\t\x12\x0c\n\x04\x63ode\x18\x06 \x01(\t\x12+\n\x07started\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\x05index\x18\x08 \x01(\x05H\x00\x88\x01\x01\x12\x13\n\x0bsubshell_id\x18\t \x01(\tB\x08\n\x06_index\"\xcd\x01\n\x14ReportCellEndRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63\x65ll_id\x18\x02 \x01(\t\x12\x0e\n\x06msg_id\x18\x03 \x01(\t\x12\x17\n\x0f\x65xecution_count\x18\x04 \x01(\x05\x12)\n\x05\x65nded\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12(\n\x06status\x18\x06 \x01(\x0e\x32\x18.provtrace.v1.CellStatus\x12\x12\n\nerror_name\x18\x07 \x01(\t\"6\n\x12ReportCellResponse\x12 \n\x04\x63\x65ll\x18\x01 \x01(\x0b\x32\x12.provtrace.v1.Cell\"I\n\x13ListSessionsRequest\x12#\n\x04kind\x18\x01 \x01(\x0e\x32\x15.provtrace.v1.RunKind\x12\r\n\x05limit\x18\x02 \x01(\r\"7\n\x14ListSessionsResponse\x12\x1f\n\x04runs\x18\x01 \x03(\x0b\x32\x11.provtrace.v1.Run\"&\n\x10ListCellsRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"6\n\x11ListCellsResponse\x12!\n\x05\x63\x65lls\x18\x01 \x03(\x0b\x32\x12.provtrace.v1.Cell\"\x9b\x01\n\x0eLineageRequest\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x31\n\tdirection\x18\x02 \x01(\x0e\x32\x1e.provtrace.v1.LineageDirection\x12\r\n\x05\x64\x65pth\x18\x03 \x01(\r\x12\n\n\x02\x61t\x18\x04 \x01(\t\x12\x14\n\x0c\x61ll_versions\x18\x05 \x01(\x08\x12\x17\n\x0fno_kernel_state\x18\x06 \x01(\x08\"{\n\x0fLineageResponse\x12(\n\x05nodes\x18\x01 \x03(\x0b\x32\x19.provtrace.v1.LineageNode\x12(\n\x05\x65\x64ges\x18\x02 \x03(\x0b\x32\x19.provtrace.v1.LineageEdge\x12\x14\n\x0csummary_json\x18\x03 \x01(\t\"\x1e\n\x0cStaleRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"$\n\rStaleResponse\x12\x13\n\x0bresult_json\x18\x01 \x01(\t\"#\n\x11GetContextRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\">\n\x12GetContextResponse\x12(\n\x07\x63ontext\x18\x01 \x01(\x0b\x32\x17.google.protobuf.Struct\"8\n\x13StreamEventsRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\r\n\x05kinds\x18\x02 \x03(\t\"X\n\rExportRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12*\n\x06\x66ormat\x18\x02 \x01(\x0e\x32\x1a.provtrace.v1.ExportFormat\x12\x0b\n\x03\x61ll\x18\x03 \x01(\x08\"\x1b\n\x0b\x45xportChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\"\xb1\x01\n\x13TraceCommandRequest\x12\x0b\n\x03pid\x18\x01 \x01(\x05\x12\x0c\n\x04\x61rgv\x18\x02 \x03(\t\x12\x0b\n\x03\x63wd\x18\x03 \x01(\t\x12\x37\n\x03\x65nv\x18\x04 \x03(\x0b\x32*.provtrace.v1.TraceCommandRequest.EnvEntry\x12\r\n\x05label\x18\x05 \x01(\t\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"S\n\x14TraceCommandResponse\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12+\n\x07started\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"d\n\x14\x46inishCommandRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x11\n\texit_code\x18\x02 \x01(\x05\x12)\n\x05\x65nded\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x17\n\x15\x46inishCommandResponse*k\n\rServingStatus\x12\x1e\n\x1aSERVING_STATUS_UNSPECIFIED\x10\x00\x12\x1a\n\x16SERVING_STATUS_SERVING\x10\x01\x12\x1e\n\x1aSERVING_STATUS_NOT_SERVING\x10\x02\x32\x9e\x08\n\tProvtrace\x12\x43\n\x06Health\x12\x1b.provtrace.v1.HealthRequest\x1a\x1c.provtrace.v1.HealthResponse\x12[\n\x0eRegisterKernel\x12#.provtrace.v1.RegisterKernelRequest\x1a$.provtrace.v1.RegisterKernelResponse\x12Y\n\x0fReportCellStart\x12$.provtrace.v1.ReportCellStartRequest\x1a .provtrace.v1.ReportCellResponse\x12U\n\rReportCellEnd\x12\".provtrace.v1.ReportCellEndRequest\x1a .provtrace.v1.ReportCellResponse\x12U\n\x0cListSessions\x12!.provtrace.v1.ListSessionsRequest\x1a\".provtrace.v1.ListSessionsResponse\x12L\n\tListCells\x12\x1e.provtrace.v1.ListCellsRequest\x1a\x1f.provtrace.v1.ListCellsResponse\x12\x46\n\x07Lineage\x12\x1c.provtrace.v1.LineageRequest\x1a\x1d.provtrace.v1.LineageResponse\x12O\n\nGetContext\x12\x1f.provtrace.v1.GetContextRequest\x1a .provtrace.v1.GetContextResponse\x12@\n\x05Stale\x12\x1a.provtrace.v1.StaleRequest\x1a\x1b.provtrace.v1.StaleResponse\x12H\n\x0cStreamEvents\x12!.provtrace.v1.StreamEventsRequest\x1a\x13.provtrace.v1.Event0\x01\x12\x42\n\x06\x45xport\x12\x1b.provtrace.v1.ExportRequest\x1a\x19.provtrace.v1.ExportChunk0\x01\x12U\n\x0cTraceCommand\x12!.provtrace.v1.TraceCommandRequest\x1a\".provtrace.v1.TraceCommandResponse\x12X\n\rFinishCommand\x12\".provtrace.v1.FinishCommandRequest\x1a#.provtrace.v1.FinishCommandResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,8 +36,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_TRACECOMMANDREQUEST_ENVENTRY']._loaded_options = None
   _globals['_TRACECOMMANDREQUEST_ENVENTRY']._serialized_options = b'8\001'
-  _globals['_SERVINGSTATUS']._serialized_start=2228
-  _globals['_SERVINGSTATUS']._serialized_end=2335
+  _globals['_SERVINGSTATUS']._serialized_start=2310
+  _globals['_SERVINGSTATUS']._serialized_end=2417
   _globals['_HEALTHREQUEST']._serialized_start=133
   _globals['_HEALTHREQUEST']._serialized_end=148
   _globals['_HEALTHRESPONSE']._serialized_start=151
@@ -60,34 +60,34 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTCELLSREQUEST']._serialized_end=1229
   _globals['_LISTCELLSRESPONSE']._serialized_start=1231
   _globals['_LISTCELLSRESPONSE']._serialized_end=1285
-  _globals['_LINEAGEREQUEST']._serialized_start=1287
-  _globals['_LINEAGEREQUEST']._serialized_end=1383
-  _globals['_LINEAGERESPONSE']._serialized_start=1385
-  _globals['_LINEAGERESPONSE']._serialized_end=1486
-  _globals['_STALEREQUEST']._serialized_start=1488
-  _globals['_STALEREQUEST']._serialized_end=1518
-  _globals['_STALERESPONSE']._serialized_start=1520
-  _globals['_STALERESPONSE']._serialized_end=1556
-  _globals['_GETCONTEXTREQUEST']._serialized_start=1558
-  _globals['_GETCONTEXTREQUEST']._serialized_end=1593
-  _globals['_GETCONTEXTRESPONSE']._serialized_start=1595
-  _globals['_GETCONTEXTRESPONSE']._serialized_end=1657
-  _globals['_STREAMEVENTSREQUEST']._serialized_start=1659
-  _globals['_STREAMEVENTSREQUEST']._serialized_end=1715
-  _globals['_EXPORTREQUEST']._serialized_start=1717
-  _globals['_EXPORTREQUEST']._serialized_end=1805
-  _globals['_EXPORTCHUNK']._serialized_start=1807
-  _globals['_EXPORTCHUNK']._serialized_end=1834
-  _globals['_TRACECOMMANDREQUEST']._serialized_start=1837
-  _globals['_TRACECOMMANDREQUEST']._serialized_end=2014
-  _globals['_TRACECOMMANDREQUEST_ENVENTRY']._serialized_start=1972
-  _globals['_TRACECOMMANDREQUEST_ENVENTRY']._serialized_end=2014
-  _globals['_TRACECOMMANDRESPONSE']._serialized_start=2016
-  _globals['_TRACECOMMANDRESPONSE']._serialized_end=2099
-  _globals['_FINISHCOMMANDREQUEST']._serialized_start=2101
-  _globals['_FINISHCOMMANDREQUEST']._serialized_end=2201
-  _globals['_FINISHCOMMANDRESPONSE']._serialized_start=2203
-  _globals['_FINISHCOMMANDRESPONSE']._serialized_end=2226
-  _globals['_PROVTRACE']._serialized_start=2338
-  _globals['_PROVTRACE']._serialized_end=3392
+  _globals['_LINEAGEREQUEST']._serialized_start=1288
+  _globals['_LINEAGEREQUEST']._serialized_end=1443
+  _globals['_LINEAGERESPONSE']._serialized_start=1445
+  _globals['_LINEAGERESPONSE']._serialized_end=1568
+  _globals['_STALEREQUEST']._serialized_start=1570
+  _globals['_STALEREQUEST']._serialized_end=1600
+  _globals['_STALERESPONSE']._serialized_start=1602
+  _globals['_STALERESPONSE']._serialized_end=1638
+  _globals['_GETCONTEXTREQUEST']._serialized_start=1640
+  _globals['_GETCONTEXTREQUEST']._serialized_end=1675
+  _globals['_GETCONTEXTRESPONSE']._serialized_start=1677
+  _globals['_GETCONTEXTRESPONSE']._serialized_end=1739
+  _globals['_STREAMEVENTSREQUEST']._serialized_start=1741
+  _globals['_STREAMEVENTSREQUEST']._serialized_end=1797
+  _globals['_EXPORTREQUEST']._serialized_start=1799
+  _globals['_EXPORTREQUEST']._serialized_end=1887
+  _globals['_EXPORTCHUNK']._serialized_start=1889
+  _globals['_EXPORTCHUNK']._serialized_end=1916
+  _globals['_TRACECOMMANDREQUEST']._serialized_start=1919
+  _globals['_TRACECOMMANDREQUEST']._serialized_end=2096
+  _globals['_TRACECOMMANDREQUEST_ENVENTRY']._serialized_start=2054
+  _globals['_TRACECOMMANDREQUEST_ENVENTRY']._serialized_end=2096
+  _globals['_TRACECOMMANDRESPONSE']._serialized_start=2098
+  _globals['_TRACECOMMANDRESPONSE']._serialized_end=2181
+  _globals['_FINISHCOMMANDREQUEST']._serialized_start=2183
+  _globals['_FINISHCOMMANDREQUEST']._serialized_end=2283
+  _globals['_FINISHCOMMANDRESPONSE']._serialized_start=2285
+  _globals['_FINISHCOMMANDRESPONSE']._serialized_end=2308
+  _globals['_PROVTRACE']._serialized_start=2420
+  _globals['_PROVTRACE']._serialized_end=3474
 # @@protoc_insertion_point(module_scope)

@@ -140,22 +140,30 @@ class ListCellsResponse(_message.Message):
     def __init__(self, cells: _Optional[_Iterable[_Union[_types_pb2.Cell, _Mapping]]] = ...) -> None: ...
 
 class LineageRequest(_message.Message):
-    __slots__ = ("path", "direction", "depth")
+    __slots__ = ("path", "direction", "depth", "at", "all_versions", "no_kernel_state")
     PATH_FIELD_NUMBER: _ClassVar[int]
     DIRECTION_FIELD_NUMBER: _ClassVar[int]
     DEPTH_FIELD_NUMBER: _ClassVar[int]
+    AT_FIELD_NUMBER: _ClassVar[int]
+    ALL_VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    NO_KERNEL_STATE_FIELD_NUMBER: _ClassVar[int]
     path: str
     direction: _types_pb2.LineageDirection
     depth: int
-    def __init__(self, path: _Optional[str] = ..., direction: _Optional[_Union[_types_pb2.LineageDirection, str]] = ..., depth: _Optional[int] = ...) -> None: ...
+    at: str
+    all_versions: bool
+    no_kernel_state: bool
+    def __init__(self, path: _Optional[str] = ..., direction: _Optional[_Union[_types_pb2.LineageDirection, str]] = ..., depth: _Optional[int] = ..., at: _Optional[str] = ..., all_versions: _Optional[bool] = ..., no_kernel_state: _Optional[bool] = ...) -> None: ...
 
 class LineageResponse(_message.Message):
-    __slots__ = ("nodes", "edges")
+    __slots__ = ("nodes", "edges", "summary_json")
     NODES_FIELD_NUMBER: _ClassVar[int]
     EDGES_FIELD_NUMBER: _ClassVar[int]
+    SUMMARY_JSON_FIELD_NUMBER: _ClassVar[int]
     nodes: _containers.RepeatedCompositeFieldContainer[_types_pb2.LineageNode]
     edges: _containers.RepeatedCompositeFieldContainer[_types_pb2.LineageEdge]
-    def __init__(self, nodes: _Optional[_Iterable[_Union[_types_pb2.LineageNode, _Mapping]]] = ..., edges: _Optional[_Iterable[_Union[_types_pb2.LineageEdge, _Mapping]]] = ...) -> None: ...
+    summary_json: str
+    def __init__(self, nodes: _Optional[_Iterable[_Union[_types_pb2.LineageNode, _Mapping]]] = ..., edges: _Optional[_Iterable[_Union[_types_pb2.LineageEdge, _Mapping]]] = ..., summary_json: _Optional[str] = ...) -> None: ...
 
 class StaleRequest(_message.Message):
     __slots__ = ("run_id",)
