@@ -59,6 +59,7 @@ class Daemon:
                                      "(see 'provtrace doctor')")
         raise_fd_limit()
         store = S.Store(self.db_path)
+        recover_open_runs(store)
         capture = EbpfCapture()
         capture.calibrate_created_bit()
         hub = EventHub()
@@ -128,6 +129,20 @@ def guarded_loop(name: str, step, stop: threading.Event, interval_s: float) -> N
                 log.error("event=loop-error loop=%r count=%d error=%r", name, errors, str(exc))
         if stop.wait(interval_s):
             return
+
+
+def recover_open_runs(store: S.Store) -> None:
+    """Runs a previous daemon (or a standalone run) left open when it died are
+    closed now, incomplete, with the reason. A full store only delays it."""
+    from .store.recover import close_abandoned  # noqa: PLC0415
+
+    try:
+        closed = close_abandoned(store)
+    except TracerError as exc:
+        log.error("event=recovery-failed error=%r", str(exc))
+        return
+    if closed:
+        log.warning("event=recovery closed=%d runs=%s", len(closed), ",".join(closed[:20]))
 
 
 def raise_fd_limit(want: int = WANT_NOFILE) -> None:
