@@ -113,7 +113,9 @@ def _run_via_daemon(cmd: list[str], socket_path: str, args: argparse.Namespace,
             return None
         raise
     result = run_command(cmd, socket_path, label=args.label)
-    if args.json_out:
+    if result.warning:
+        print(f"provtrace: warning: {result.warning}", file=sys.stderr)
+    if args.json_out and result.run_id:
         with ProvtraceClient(socket_path) as client:
             doc = json.loads(client.export(result.run_id, "json"))
         _write_json(args.json_out, doc)

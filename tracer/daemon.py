@@ -84,7 +84,7 @@ class Daemon:
             self.ready.set()
             reaper_alive.set()
             try:
-                guarded_loop("kernel reaper", tracing.reap_gone_kernels, self.stop_requested,
+                guarded_loop("kernel reaper", tracing.reap, self.stop_requested,
                              self.scan_interval_s)
             finally:
                 reaper_alive.clear()

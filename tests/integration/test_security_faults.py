@@ -97,3 +97,92 @@ def test_store_filling_during_the_run_keeps_the_exit_code(small_fs, tmp_path):
     doc = json.loads(pt("show", first["id"], "--db", db, "--json", check=True).stdout)["run"]
     assert doc["gaps"].get("run_not_finished") or doc["gaps"].get("store_write_failed"), doc
     pt("verify", "--db", db, check=True)
+
+
+def health(sock: str):
+    from provtrace.tracer.api.client import ProvtraceClient
+
+    with ProvtraceClient(sock, timeout_s=10) as client:
+        return client.health()
+
+
+def open_runs(db: str) -> list[dict]:
+    return [r for r in runs(db) if r["ended"] is None]
+
+
+# -- a full disk, through the daemon ------------------------------------------------
+def test_daemon_on_a_full_store_runs_commands_and_recovers(small_fs, tmp_path):
+    db = os.path.join(small_fs, "d.db")
+    with running_daemon(args=("--db", db)) as d:
+        sock = d["socket"]
+        assert pt("run", "--socket", sock, "--", "sh", "-c", "exit 4").returncode == 4
+        filler = fill(small_fs)
+        marker = tmp_path / "ran"
+        r = pt("run", "--socket", sock, "--", "sh", "-c", f"echo yes > {marker}; exit 7")
+        assert r.returncode == 7 and marker.read_text() == "yes\n"
+        line = one_warning(r.stderr)
+        assert "untraced" in line and ("full" in line or "I/O error" in line), line
+        assert health(sock).serving
+        # The disk fills while a traced command runs: its exit code still comes
+        # back, and its end is written once space returns (marked incomplete).
+        os.unlink(filler)
+        script = (f"for i in $(seq 300); do echo x > {tmp_path}/f$i; done; "
+                  f"dd if=/dev/zero of={filler} bs=4k 2>/dev/null; sleep 1; exit 6")
+        r = pt("run", "--socket", sock, "--", "sh", "-c", script)
+        assert r.returncode == 6 and "Traceback" not in r.stderr, r.stderr
+        os.unlink(filler)
+        filled = wait_for(lambda: [x for x in runs(db) if x["exit_code"] == 6], 30, "the late end")[0]
+        assert filled["complete"] is False
+        assert stored_run(db, filled["id"])["run"]["gaps"]["store_write_failed"] > 0
+        # space is back: new runs are stored whole, and the daemon is healthy
+        r = pt("run", "--socket", sock, "--", "sh", "-c", "exit 3")
+        assert r.returncode == 3 and not r.stderr.strip(), r.stderr
+        last = runs(db)[-1]
+        assert last["exit_code"] == 3 and last["complete"] is True
+        h = health(sock)
+        assert h.serving and not h.failed
+    assert open_runs(db) == []
+    pt("verify", "--db", db, check=True)
+
+
+# -- runs left open -------------------------------------------------------------------
+def test_killed_client_run_is_ended_by_the_daemon(tmp_path):
+    if os.geteuid() != 0:
+        pytest.skip("needs root for eBPF")
+    db = str(tmp_path / "store.db")
+    with running_daemon(args=("--db", db)) as d:
+        started = tmp_path / "started"
+        client = subprocess.Popen([PROVTRACE, "run", "--socket", d["socket"], "--", "sh", "-c",
+                                   f"touch {started}; sleep 3; exit 5"], stderr=subprocess.DEVNULL)
+        wait_for(started.exists, 30, "the command to run")
+        client.send_signal(signal.SIGKILL)  # while the command runs: no report will come
+        client.wait()
+        run = wait_for(lambda: [r for r in runs(db) if r["ended"]], 40, "the daemon to end the run")[0]
+        doc = stored_run(db, run["id"])["run"]
+        assert doc["exit_code"] == 5, doc  # the root's exit, as the kernel reported it
+        assert doc["gaps"].get("client_vanished") == 1
+        assert "client vanished" in doc["end_reason"]
+    pt("verify", "--db", db, check=True)
+
+
+def test_runs_open_at_a_daemon_crash_are_closed_at_the_next_start(tmp_path):
+    if os.geteuid() != 0:
+        pytest.skip("needs root for eBPF")
+    db = str(tmp_path / "store.db")
+    with running_daemon(args=("--db", db)) as d:
+        client = subprocess.Popen([PROVTRACE, "run", "--socket", d["socket"], "--", "sh", "-c",
+                                   "sleep 2; exit 5"], stderr=subprocess.PIPE, text=True)
+        run_id = wait_for(lambda: open_runs(db), 30, "the run to start")[0]["id"]
+        d["proc"].send_signal(signal.SIGKILL)
+        d["proc"].wait()
+        # the user's command is unharmed: it runs to its end, its exit code comes back
+        assert client.wait(timeout=60) == 5
+        assert "Traceback" not in client.stderr.read()
+    assert [r["id"] for r in open_runs(db)] == [run_id]
+    with running_daemon(args=("--db", db)):
+        assert open_runs(db) == []
+    doc = stored_run(db, run_id)["run"]
+    assert doc["complete"] is False and doc["exit_code"] is None
+    assert doc["gaps"] == {"run_not_finished": 1} and "closed at recovery" in doc["end_reason"]
+    assert doc["ended"] >= doc["started"]
+    pt("verify", "--db", db, check=True)

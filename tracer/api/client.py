@@ -72,8 +72,9 @@ class Health:
 
 @dataclass(frozen=True)
 class CommandResult:
-    run_id: str
+    run_id: str  # "" when the daemon did not take the command (it ran untraced)
     exit_code: int
+    warning: str | None = None  # one line for the user when the daemon failed around the command
 
 
 class ProvtraceClient:
@@ -228,10 +229,16 @@ def run_command(argv: Sequence[str], socket_path: str | None = None, cwd: str | 
     if "/" not in argv[0] and shutil.which(argv[0], path=env.get("PATH", os.defpath)) is None:
         raise CommandNotFound(argv[0], "command not found in PATH")  # as a shell says it
     pid, gate_w, err_r = _fork_gated(list(argv), cwd, env)
+    warning = None
     try:
         with ProvtraceClient(socket_path) as client:
-            run_id = client.trace_command(pid, argv, cwd, env, label)
-            if on_started is not None:
+            # Whatever happens to the daemon (a full store, a crash, no slot),
+            # the command runs and its exit code comes back; the user is told.
+            try:
+                run_id = client.trace_command(pid, argv, cwd, env, label)
+            except ApiError as exc:
+                run_id, warning = "", f"{exc}; the command runs untraced"
+            if on_started is not None and run_id:
                 on_started(run_id)
             os.write(gate_w, b"1")
             os.close(gate_w)
@@ -241,10 +248,14 @@ def run_command(argv: Sequence[str], socket_path: str | None = None, cwd: str | 
             pid = -1
             code = os.waitstatus_to_exitcode(status)
             exit_code = 128 - code if code < 0 else code
-            client.finish_command(run_id, 127 if failed else exit_code)
+            if run_id:
+                try:
+                    client.finish_command(run_id, 127 if failed else exit_code)
+                except ApiError as exc:  # the daemon ends the run itself once the command is gone
+                    warning = f"{exc}; run {run_id} is ended by the daemon, without this exit code"
         if failed:
             raise CommandNotFound(argv[0], os.strerror(int(failed.decode() or "2")))
-        return CommandResult(run_id, exit_code)
+        return CommandResult(run_id, exit_code, warning)
     finally:
         if gate_w >= 0:
             os.close(gate_w)  # the child reads EOF and exits without running anything
