@@ -211,12 +211,13 @@ class TracedCommand:
         gc.freeze()
         try:
             while status is None:
-                batch = cap.poll(100)
+                batch = cap.poll(100)  # bounded: memory does not grow with the event rate
                 done, st = os.waitpid(pid, os.WNOHANG)
+                apply_batch(batch, cap, tracker, decoder)
                 if done:
                     status = st
-                    batch += cap.drain()  # the root's exit is already in the ring buffer
-                apply_batch(batch, cap, tracker, decoder)
+                    for rest in cap.drain_batches():  # the root's exit is already in the ring buffer
+                        apply_batch(rest, cap, tracker, decoder)
                 now = time.monotonic()
                 if self.store.pending >= FLUSH_ROWS or now - last_flush >= FLUSH_EVERY_S:
                     self._flush()

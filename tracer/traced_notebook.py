@@ -86,7 +86,8 @@ class _Consumer(threading.Thread):
 
     def finish(self) -> None:
         """Called after the thread stopped: drain what is left."""
-        self._step(self.cap.drain())
+        for batch in self.cap.drain_batches():
+            self._step(batch)
 
 
 class TracedNotebook:

@@ -163,7 +163,8 @@ class RunRouter:
                 # The ring buffer keeps counting what it drops meanwhile.
                 self._error(e)
                 self._stop.wait(ERROR_BACKOFF_S)
-        self._step(self.capture.drain())
+        for batch in self.capture.drain_batches():
+            self._step(batch)
         with self._lock:
             pending = list(self._finishing)
         for req in pending:
@@ -222,10 +223,11 @@ class RunRouter:
             self._by_tag.pop(live.tag, None)
         t = live.tracker
         try:
-            for ev in self.decoder.decode_all(self.capture.drain()):
-                target = live if ev.tag == live.tag else self._by_tag.get(ev.tag)
-                if target is not None:
-                    target.take(ev)
+            for batch in self.capture.drain_batches():
+                for ev in self.decoder.decode_all(batch):
+                    target = live if ev.tag == live.tag else self._by_tag.get(ev.tag)
+                    if target is not None:
+                        target.take(ev)
             live.release()
             pids = set(t.live) | {p.pid for p in t.exited}
             for leftover in set(self.capture.traced_pids()) & set(t.live):  # outlived the root
