@@ -417,4 +417,6 @@ def test_recovery_closes_only_runs_whose_writer_is_gone(store, db):
     doc = load_run(store, dead["rid"])
     assert doc["run"]["gaps"] == {"run_not_finished": 1} and "pid" in doc["run"]["end_reason"]
     assert close_abandoned(store) == [] and store.verify() == 4
+    store.end_run(dead["rid"], _end())  # a writer that comes back late: one run, one end
+    assert store.verify() == 4
     store.end_run(mine, _end())

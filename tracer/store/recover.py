@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 
 from ..correlate.clock import us_to_iso as iso
 from . import sqlite as S
@@ -25,16 +26,24 @@ END_REASON = ("its writer (pid {pid}) ended without writing the run's end "
 
 
 def writer_stamp() -> dict:
-    """Who writes a run: this process (pid, start time since boot, boot id)."""
-    return {"pid": os.getpid(), "start": _start_ticks(os.getpid()), "boot": _boot_id()}
+    """Who writes a run: this process (pid, start time since boot, pid namespace, boot id)."""
+    return {"pid": os.getpid(), "start": _start_ticks(os.getpid()), "pidns": _pid_ns(),
+            "boot": _boot_id()}
 
 
 def writer_alive(stamp: dict | None) -> bool:
-    """The process a stamp names still runs (same boot, same pid, same start, not a zombie)."""
+    """The process a stamp names may still run: same boot, and either another pid
+    namespace (a container sharing the store: its pids mean nothing here, so
+    it is not judged) or the same pid with the same start time, not a zombie."""
     if not stamp or stamp.get("boot") != _boot_id():
         return False
+    if stamp.get("pidns") != _pid_ns():
+        return True
     pid = stamp.get("pid")
-    return isinstance(pid, int) and pid > 0 and _start_ticks(pid) == stamp.get("start")
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    ticks = _start_ticks(pid)
+    return ticks is not None and stamp.get("start") in (None, ticks)
 
 
 def close_abandoned(store: S.Store, *, skip: set[int] = frozenset()) -> list[str]:
@@ -51,7 +60,7 @@ def close_abandoned(store: S.Store, *, skip: set[int] = frozenset()) -> list[str
             continue
         pid = stamp.get("pid") if stamp else "unknown"
         store.end_run(rid, {
-            "ended": iso(last_us) if last_us else header.get("started"), "exit_code": None,
+            "ended": iso(last_us or time.time_ns() // 1000), "exit_code": None,
             "signal": None, "lost_events": 0, "lost_by_reason": {}, "complete": False,
             "gaps": {"run_not_finished": 1}, "end_reason": END_REASON.format(pid=pid),
             "processes": None, "files": None})
@@ -90,6 +99,13 @@ def _start_ticks(pid: int) -> int | None:
     if fields[0] in (b"Z", b"X"):
         return None
     return int(fields[19])
+
+
+def _pid_ns() -> int | None:
+    try:
+        return os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return None
 
 
 def _boot_id() -> str | None:

@@ -266,6 +266,9 @@ class Store:
                        "gaps": {**(end.get("gaps") or {}), "store_write_failed": lost}}
             try:
                 with self._tx():
+                    if self._ended(rid):  # closed meanwhile (recovery judged its writer gone)
+                        log.warning("event=end-after-close rid=%d", rid)
+                        return
                     self._append_now([Pending(rid, RUN_END, None, None, dumps(end))])
                     self.db.execute("UPDATE runs SET ended=?, exit_code=?, lost_events=?, complete=? "
                                     "WHERE rid=?", (end.get("ended"), end.get("exit_code"),
@@ -275,6 +278,11 @@ class Store:
                 raise self._write_failed(e, "the end of a run") from e
             self.lost_records.pop(rid, None)
             self.write_error = None
+
+    def _ended(self, rid: int) -> bool:
+        """rid has its end record already: one run, one end (verify checks the index against it)."""
+        row = self.db.execute("SELECT ended FROM runs WHERE rid=?", (rid,)).fetchone()
+        return bool(row and row[0])
 
     def _write_failed(self, exc: BaseException, what: str) -> StoreWriteError:
         """The one-line error for a write that failed (remembered until one succeeds)."""
