@@ -245,7 +245,8 @@ class Store:
             except _WRITE_ERRORS as e:
                 for r in batch:
                     self.lost_records[r.rid] = self.lost_records.get(r.rid, 0) + 1
-                raise self._write_failed(e, f"{len(batch)} records") from e
+                rids = sorted({r.rid for r in batch})
+                raise self._write_failed(e, f"{len(batch)} records of run index {rids[:5]}") from e
             self.write_error = None
             return len(batch)
 
