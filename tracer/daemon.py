@@ -138,7 +138,7 @@ def recover_open_runs(store: S.Store) -> None:
 
     try:
         closed = close_abandoned(store)
-    except TracerError as exc:
+    except (TracerError, sqlite3.Error, OSError) as exc:
         log.error("event=recovery-failed error=%r", str(exc))
         return
     if closed:

@@ -106,8 +106,23 @@ def health(sock: str):
         return client.health()
 
 
+def commands(db: str) -> list[dict]:
+    """The store's command runs (the daemon also follows whatever Jupyter kernels run here)."""
+    return [r for r in runs(db) if r["kind"] == "command"]
+
+
 def open_runs(db: str) -> list[dict]:
-    return [r for r in runs(db) if r["ended"] is None]
+    return [r for r in commands(db) if r["ended"] is None]
+
+
+def daemon_log(proc: subprocess.Popen) -> str:
+    """What the daemon wrote to stderr so far, without blocking."""
+    fd, out = proc.stderr.fileno(), b""
+    os.set_blocking(fd, False)
+    with contextlib.suppress(BlockingIOError):
+        while chunk := os.read(fd, 65536):
+            out += chunk
+    return out.decode(errors="replace")
 
 
 # -- a full disk, through the daemon ------------------------------------------------
@@ -121,7 +136,8 @@ def test_daemon_on_a_full_store_runs_commands_and_recovers(small_fs, tmp_path):
         r = pt("run", "--socket", sock, "--", "sh", "-c", f"echo yes > {marker}; exit 7")
         assert r.returncode == 7 and marker.read_text() == "yes\n"
         line = one_warning(r.stderr)
-        assert "untraced" in line and ("full" in line or "I/O error" in line), line
+        assert "untraced" in line and ("full" in line or "I/O error" in line), \
+            (line, d["proc"].poll(), daemon_log(d["proc"]))
         assert health(sock).serving
         # The disk fills while a traced command runs: its exit code still comes
         # back, and its end is written once space returns (marked incomplete).
@@ -131,13 +147,13 @@ def test_daemon_on_a_full_store_runs_commands_and_recovers(small_fs, tmp_path):
         r = pt("run", "--socket", sock, "--", "sh", "-c", script)
         assert r.returncode == 6 and "Traceback" not in r.stderr, r.stderr
         os.unlink(filler)
-        filled = wait_for(lambda: [x for x in runs(db) if x["exit_code"] == 6], 30, "the late end")[0]
+        filled = wait_for(lambda: [x for x in commands(db) if x["exit_code"] == 6], 30, "the late end")[0]
         assert filled["complete"] is False
         assert stored_run(db, filled["id"])["run"]["gaps"]["store_write_failed"] > 0
         # space is back: new runs are stored whole, and the daemon is healthy
         r = pt("run", "--socket", sock, "--", "sh", "-c", "exit 3")
         assert r.returncode == 3 and not r.stderr.strip(), r.stderr
-        last = runs(db)[-1]
+        last = commands(db)[-1]
         assert last["exit_code"] == 3 and last["complete"] is True
         h = health(sock)
         assert h.serving and not h.failed
@@ -157,9 +173,10 @@ def test_killed_client_run_is_ended_by_the_daemon(tmp_path):
         wait_for(started.exists, 30, "the command to run")
         client.send_signal(signal.SIGKILL)  # while the command runs: no report will come
         client.wait()
-        run = wait_for(lambda: [r for r in runs(db) if r["ended"]], 40, "the daemon to end the run")[0]
+        run = wait_for(lambda: [r for r in commands(db) if r["ended"]], 40, "the daemon to end the run")[0]
+        log = daemon_log(d["proc"])  # for the message, should it fail
         doc = stored_run(db, run["id"])["run"]
-        assert doc["exit_code"] == 5, doc  # the root's exit, as the kernel reported it
+        assert doc["exit_code"] == 5, (doc, log)  # the root's exit, as the kernel reported it
         assert doc["gaps"].get("client_vanished") == 1
         assert "client vanished" in doc["end_reason"]
     pt("verify", "--db", db, check=True)
@@ -170,14 +187,16 @@ def test_runs_open_at_a_daemon_crash_are_closed_at_the_next_start(tmp_path):
         pytest.skip("needs root for eBPF")
     db = str(tmp_path / "store.db")
     with running_daemon(args=("--db", db)) as d:
+        started = tmp_path / "started"
         client = subprocess.Popen([PROVTRACE, "run", "--socket", d["socket"], "--", "sh", "-c",
-                                   "sleep 2; exit 5"], stderr=subprocess.PIPE, text=True)
+                                   f"touch {started}; sleep 2; exit 5"], stderr=subprocess.PIPE, text=True)
+        wait_for(started.exists, 30, "the command to run")
         run_id = wait_for(lambda: open_runs(db), 30, "the run to start")[0]["id"]
         d["proc"].send_signal(signal.SIGKILL)
         d["proc"].wait()
         # the user's command is unharmed: it runs to its end, its exit code comes back
-        assert client.wait(timeout=60) == 5
-        assert "Traceback" not in client.stderr.read()
+        code, err = client.wait(timeout=60), client.stderr.read()
+        assert code == 5 and "Traceback" not in err, err
     assert [r["id"] for r in open_runs(db)] == [run_id]
     with running_daemon(args=("--db", db)):
         assert open_runs(db) == []

@@ -238,8 +238,8 @@ class RunRouter:
             self._end(live, req.exit_code, req.reason)
             log.info("event=finish-timing run=%s waited_ms=%.1f finish_ms=%.1f", live.run_id,
                      1e3 * (begun - req.asked), 1e3 * (time.monotonic() - begun))
-        except TracerError as e:
-            self._error(e)
+        except TracerError as e:  # a refused end is kept and written again (_retry_ends)
+            self.errors += 1
             log.error("event=finish-failed run=%s error=%r", live.run_id, str(e))
         finally:
             req.done.set()
