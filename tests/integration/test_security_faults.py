@@ -1,4 +1,4 @@
-"""Issue 12, faults: a full disk, a vanished client, a killed daemon.
+"""Issue 12, faults: a full disk, a vanished client, a killed daemon, an event storm.
 
 Real components only: a real small tmpfs holds the store and is filled for
 real; real `provtrace run` and `provtrace daemon` processes are killed with
@@ -18,11 +18,17 @@ import time
 
 import pytest
 
-from provtrace.tracer.store import sqlite as S
-
 from .helpers import PROVTRACE, pt, running_daemon, stored_run, wait_for
 
 pytestmark = pytest.mark.privileged
+
+NOBODY = 65534  # a real non-root user, for the clients
+
+
+def _as_nobody() -> None:
+    os.setgroups([])
+    os.setgid(NOBODY)
+    os.setuid(NOBODY)
 
 
 @pytest.fixture
@@ -138,6 +144,11 @@ def test_daemon_on_a_full_store_runs_commands_and_recovers(small_fs, tmp_path):
         line = one_warning(r.stderr)
         assert "untraced" in line and ("full" in line or "I/O error" in line), \
             (line, d["proc"].poll(), daemon_log(d["proc"]))
+        # a real non-root user's run too: it runs, its exit code comes back
+        r = subprocess.run([PROVTRACE, "run", "--socket", sock, "--", "sh", "-c", "exit 9"],
+                           capture_output=True, text=True, timeout=120, preexec_fn=_as_nobody)
+        assert r.returncode == 9, r.stderr
+        assert "untraced" in one_warning(r.stderr)
         assert health(sock).serving
         # The disk fills while a traced command runs: its exit code still comes
         # back, and its end is written once space returns (marked incomplete).
@@ -167,10 +178,14 @@ def test_killed_client_run_is_ended_by_the_daemon(tmp_path):
         pytest.skip("needs root for eBPF")
     db = str(tmp_path / "store.db")
     with running_daemon(args=("--db", db)) as d:
-        started = tmp_path / "started"
+        shared = tempfile.mkdtemp(prefix="provtrace-vanish-", dir="/tmp")
+        os.chmod(shared, 0o1777)  # the user's command says here that it runs
+        started = os.path.join(shared, "started")
         client = subprocess.Popen([PROVTRACE, "run", "--socket", d["socket"], "--", "sh", "-c",
-                                   f"touch {started}; sleep 3; exit 5"], stderr=subprocess.DEVNULL)
-        wait_for(started.exists, 30, "the command to run")
+                                   f"touch {started}; sleep 3; exit 5"], stderr=subprocess.DEVNULL,
+                                  preexec_fn=_as_nobody)  # a real user's client
+        wait_for(lambda: os.path.exists(started), 30, "the command to run")
+        shutil.rmtree(shared)
         client.send_signal(signal.SIGKILL)  # while the command runs: no report will come
         client.wait()
         run = wait_for(lambda: [r for r in commands(db) if r["ended"]], 40, "the daemon to end the run")[0]
@@ -178,7 +193,7 @@ def test_killed_client_run_is_ended_by_the_daemon(tmp_path):
         doc = stored_run(db, run["id"])["run"]
         assert doc["exit_code"] == 5, (doc, log)  # the root's exit, as the kernel reported it
         assert doc["gaps"].get("client_vanished") == 1
-        assert "client vanished" in doc["end_reason"]
+        assert "client vanished" in doc["end_reason"] and run["uid"] == NOBODY
     pt("verify", "--db", db, check=True)
 
 
