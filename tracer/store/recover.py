@@ -46,18 +46,17 @@ def writer_alive(stamp: dict | None) -> bool:
     return ticks is not None and stamp.get("start") in (None, ticks)
 
 
-def close_abandoned(store: S.Store, *, skip: set[int] = frozenset()) -> list[str]:
-    """Ends every open run whose writer is gone (rids in skip are left alone);
-    returns their ids. StoreWriteError when an end cannot be written."""
+def close_abandoned(store: S.Store) -> list[str]:
+    """Ends every open run whose writer is gone; returns their ids.
+    StoreWriteError when an end cannot be written (the rest wait for the next time)."""
     closed = []
     rows = store.db.execute("SELECT rid, id FROM runs WHERE ended IS NULL ORDER BY rid").fetchall()
     for rid, run_id in rows:
-        if rid in skip:
-            continue
-        header, last_us = _scan(store, rid)
+        header = _header(store, rid)
         stamp = header.get("writer")
         if writer_alive(stamp):
             continue
+        last_us = _last_time_us(store, rid, header)
         pid = stamp.get("pid") if stamp else "unknown"
         store.end_run(rid, {
             "ended": iso(last_us or time.time_ns() // 1000), "exit_code": None,
@@ -69,24 +68,27 @@ def close_abandoned(store: S.Store, *, skip: set[int] = frozenset()) -> list[str
     return closed
 
 
-def _scan(store: S.Store, rid: int) -> tuple[dict, int | None]:
-    """The run's start header and the latest time its records name (µs since the epoch)."""
-    header: dict = {}
-    last = None
-    base = 0
-    for _seq, _rid, kind, _p1, _p2, body in store.records(rid, (S.RUN_START, S.PROCESS, S.FILE)):
+def _header(store: S.Store, rid: int) -> dict:
+    """The run's start record (its writer's stamp among it)."""
+    row = store.db.execute("SELECT body FROM records WHERE rid=? AND kind=? ORDER BY seq LIMIT 1",
+                           (rid, S.RUN_START)).fetchone()
+    return json.loads(row[0]) if row else {}
+
+
+def _last_time_us(store: S.Store, rid: int, header: dict) -> int | None:
+    """The latest time the run's records name (µs since the epoch), its start at least."""
+    base = header.get("start_us") or 0
+    last = base or None
+    for _seq, _rid, kind, _p1, _p2, body in store.records(rid, (S.PROCESS, S.FILE)):
         b = json.loads(body)
-        if kind == S.RUN_START:
-            header, base = b, b.get("start_us") or 0
-            times = [base]
-        elif kind == S.PROCESS:
+        if kind == S.PROCESS:
             times = [b.get("started_us"), b.get("ended_us")]
         else:  # FILE: [pid, bits, read, written, first, last, cell, kind], times relative to the start
             times = [base + b[5]] if isinstance(b, list) and len(b) > 5 and b[5] is not None else []
         for t in times:
             if isinstance(t, int) and (last is None or t > last):
                 last = t
-    return header, last
+    return last
 
 
 def _start_ticks(pid: int) -> int | None:
