@@ -74,6 +74,9 @@ class Daemon:
             components = server.servicer.components
             components["capture router"] = lambda: tracing.router.alive or self.stop_requested.is_set()
             components["kernel reaper"] = reaper_alive.is_set
+            # The store's last write failed (a full disk): commands still run, untraced
+            # or with records lost, and Health says so until a write succeeds again.
+            components["store writes"] = lambda: store.write_error is None
             if follower is not None:
                 self._follower_thread = threading.Thread(
                     target=self._follow, args=(follower,), name="provtrace-follower", daemon=True)
