@@ -58,14 +58,22 @@ def cmd_run(args: argparse.Namespace) -> int:
         from .capture.ptrace import PtraceCapture  # noqa: PLC0415
 
         capture = PtraceCapture()
-    from .runner import TracedCommand  # noqa: PLC0415
+    from .errors import StoreWriteError  # noqa: PLC0415
+    from .runner import TracedCommand, run_untraced  # noqa: PLC0415
     from .store import queries as Q  # noqa: PLC0415
 
-    store = _store(args, readonly=False)
     try:
+        store = _store(args, readonly=False)
+    except StoreWriteError as e:  # a full disk: nothing can be recorded, the command still runs
+        print(f"provtrace: warning: {e}; the command runs untraced", file=sys.stderr)
+        return run_untraced(cmd)
+    try:
+        _close_abandoned(store)
         tc = TracedCommand(cmd, store=store, label=args.label, capture=capture)
         code = tc.run()
-        if args.json_out:
+        if tc.store_warning:
+            print(f"provtrace: warning: {tc.store_warning}", file=sys.stderr)
+        if args.json_out and tc.rid is not None:
             _write_json(args.json_out, Q.load_run(store, tc.rid))
         if tc.lost and sum(tc.lost.values()):
             print(f"provtrace: warning: {sum(tc.lost.values())} events lost "
@@ -74,6 +82,20 @@ def cmd_run(args: argparse.Namespace) -> int:
         return code
     finally:
         store.close()
+
+
+def _close_abandoned(store) -> None:
+    """Runs left open by a writer that died (kill -9, a full disk) are closed,
+    incomplete; a store that cannot take it now is left for the next run."""
+    import sqlite3  # noqa: PLC0415
+
+    from .errors import StoreError  # noqa: PLC0415
+    from .store.recover import close_abandoned  # noqa: PLC0415
+
+    try:
+        close_abandoned(store)
+    except (StoreError, sqlite3.Error, OSError):
+        pass  # never in the way of the command
 
 
 def _run_via_daemon(cmd: list[str], socket_path: str, args: argparse.Namespace,
@@ -97,7 +119,9 @@ def _run_via_daemon(cmd: list[str], socket_path: str, args: argparse.Namespace,
             print(f"provtrace: warning: {e}; tracing with ptrace instead", file=sys.stderr)
             return None
         raise
-    if args.json_out:
+    if result.warning:
+        print(f"provtrace: warning: {result.warning}", file=sys.stderr)
+    if args.json_out and result.run_id:
         with ProvtraceClient(socket_path) as client:
             doc = json.loads(client.export(result.run_id, "json"))
         _write_json(args.json_out, doc)

@@ -78,6 +78,7 @@ class Daemon:
         raise_fd_limit()
         prepare_socket_dir(self.socket_path)  # a refused path fails now, not after seconds of loading
         store = S.Store(self.db_path)
+        recover_open_runs(store)
         capture = EbpfCapture()
         capture.calibrate_created_bit()
         hub = EventHub()
@@ -92,6 +93,9 @@ class Daemon:
             components = server.servicer.components
             components["capture router"] = lambda: tracing.router.alive or self.stop_requested.is_set()
             components["kernel reaper"] = reaper_alive.is_set
+            # The store's last write failed (a full disk): commands still run, untraced
+            # or with records lost, and Health says so until a write succeeds again.
+            components["store writes"] = lambda: store.write_error is None
             if follower is not None:
                 self._follower_thread = threading.Thread(
                     target=self._follow, args=(follower,), name="provtrace-follower", daemon=True)
@@ -107,7 +111,7 @@ class Daemon:
             self.ready.set()
             reaper_alive.set()
             try:
-                guarded_loop("kernel reaper", tracing.reap_gone_kernels, self.stop_requested,
+                guarded_loop("kernel reaper", tracing.reap, self.stop_requested,
                              self.scan_interval_s)
             finally:
                 reaper_alive.clear()
@@ -177,6 +181,20 @@ def guarded_loop(name: str, step, stop: threading.Event, interval_s: float) -> N
                 log.error("event=loop-error loop=%r count=%d error=%r", name, errors, str(exc))
         if stop.wait(interval_s):
             return
+
+
+def recover_open_runs(store: S.Store) -> None:
+    """Runs a previous daemon (or a standalone run) left open when it died are
+    closed now, incomplete, with the reason. A full store only delays it."""
+    from .store.recover import close_abandoned  # noqa: PLC0415
+
+    try:
+        closed = close_abandoned(store)
+    except (TracerError, sqlite3.Error, OSError) as exc:
+        log.error("event=recovery-failed error=%r", str(exc))
+        return
+    if closed:
+        log.warning("event=recovery closed=%d runs=%s", len(closed), ",".join(closed[:20]))
 
 
 def raise_fd_limit(want: int = WANT_NOFILE) -> None:

@@ -50,6 +50,11 @@ class StoreError(TracerError):
     """The SQLite store is unreadable, of a newer schema, or otherwise unusable."""
 
 
+class StoreWriteError(StoreError):
+    """The store could not take a write (a full disk, an I/O error): what was
+    being written is counted as lost, and the command being traced goes on."""
+
+
 class RunNotFound(UsageError):
     def __init__(self, ref: str, db: str) -> None:
         self.ref = ref

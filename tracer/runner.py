@@ -16,6 +16,7 @@ import secrets
 import shutil
 import signal
 import socket
+import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
 
@@ -23,7 +24,7 @@ from .capture import gate
 from .capture.decode import Decoder
 from .correlate.clock import Clock
 from .correlate.clock import us_to_iso as iso
-from .errors import CommandNotFound, TracerError, UsageError
+from .errors import CommandNotFound, StoreWriteError, TracerError, UsageError
 from .model.processes import Tracker
 from .store import sqlite as S
 from .store.fingerprint import record_fingerprints
@@ -63,25 +64,16 @@ class TracedCommand:
         self.capture = capture
         self.on_finished = on_finished
         self.run_id = new_run_id()
-        self.rid: int | None = None
+        self.rid: int | None = None  # None when the store could not take the run at all
         self.lost: dict[str, int] = {}
-
-    def _find_executable(self) -> str:
-        a0 = self.argv[0]
-        if "/" in a0:
-            path = a0 if os.path.isabs(a0) else os.path.join(self.cwd, a0)
-            if not os.path.exists(path):
-                raise CommandNotFound(a0, "no such file")
-            if not os.access(path, os.X_OK):
-                raise CommandNotFound(a0, "permission denied (not executable)")
-            return path
-        found = shutil.which(a0, path=self.env.get("PATH", os.defpath))
-        if not found:
-            raise CommandNotFound(a0, "command not found in PATH")
-        return found
+        # The store's last write error, when one failed: the command still ran
+        # (untraced when even the run's start could not be written).
+        self.store_error: str | None = None
+        self.ran_untraced = False
+        self.ended_in_store = False
 
     def run(self) -> int:
-        exe = self._find_executable()
+        exe = find_executable(self.argv[0], self.cwd, self.env)
         if self.capture is None:
             from .capture.ebpf import EbpfCapture  # noqa: PLC0415
 
@@ -98,7 +90,11 @@ class TracedCommand:
                   "argv": redact(self.argv) if redact else self.argv, "cwd": self.cwd,
                   "host": socket.gethostname(), "user": _user(uid), "uid": uid,
                   "started": iso(started_us), "start_us": started_us, "exe": exe}
-        self.rid = self.store.new_run(self.run_id, header)
+        try:
+            self.rid = self.store.new_run(self.run_id, header)
+        except StoreWriteError as e:  # nothing can be recorded: the command still runs
+            self.store_error, self.ran_untraced = str(e), True
+            return run_untraced(self.argv, self.cwd, self.env, exe)
         writer = RunWriter(self.store, self.rid, clock, redact, base_us=started_us)
         tracker = Tracker(writer, cap.created_mask)
         decoder = Decoder()
@@ -121,12 +117,16 @@ class TracedCommand:
         self._write_context(tracker, writer)
         record_fingerprints(self.store, self.rid,
                             writer.touched.union(*writer.renamed_to.values()))
-        self.store.end_run(self.rid, {
-            "ended": iso(time.time_ns() // 1000), "exit_code": exit_code,
-            "signal": status & 0x7F if os.WIFSIGNALED(status) else None,
-            "lost_events": lost_total, "lost_by_reason": self.lost,
-            "complete": lost_total == 0, "gaps": gaps,
-            "processes": writer.processes, "files": writer.files})
+        try:
+            self.store.end_run(self.rid, {
+                "ended": iso(time.time_ns() // 1000), "exit_code": exit_code,
+                "signal": status & 0x7F if os.WIFSIGNALED(status) else None,
+                "lost_events": lost_total, "lost_by_reason": self.lost,
+                "complete": lost_total == 0, "gaps": gaps,
+                "processes": writer.processes, "files": writer.files})
+            self.ended_in_store = True
+        except StoreWriteError as e:  # the run stays open: recovery closes it, incomplete
+            self.store_error = str(e)
         if failed:
             raise CommandNotFound(self.argv[0], os.strerror(int(failed)))
         if self.on_finished:
@@ -186,7 +186,7 @@ class TracedCommand:
             tracker.finish_exited()
             now = time.monotonic()
             if self.store.pending >= FLUSH_ROWS or now - last_flush[0] >= FLUSH_EVERY_S:
-                self.store.flush()
+                self._flush()
                 last_flush[0] = now
 
         old_int = signal.signal(signal.SIGINT, signal.SIG_IGN)  # the child gets ^C; we record
@@ -211,19 +211,40 @@ class TracedCommand:
         gc.freeze()
         try:
             while status is None:
-                batch = cap.poll(100)
+                batch = cap.poll(100)  # bounded: memory does not grow with the event rate
                 done, st = os.waitpid(pid, os.WNOHANG)
+                apply_batch(batch, cap, tracker, decoder)
                 if done:
                     status = st
-                    batch += cap.drain()  # the root's exit is already in the ring buffer
-                apply_batch(batch, cap, tracker, decoder)
+                    for rest in cap.drain_batches():  # the root's exit is already in the ring buffer
+                        apply_batch(rest, cap, tracker, decoder)
                 now = time.monotonic()
                 if self.store.pending >= FLUSH_ROWS or now - last_flush >= FLUSH_EVERY_S:
-                    self.store.flush()
+                    self._flush()
                     last_flush = now
         finally:
             gc.unfreeze()
         return status
+
+    def _flush(self) -> None:
+        """A flush that a full disk cannot stop: the store counts what it dropped."""
+        try:
+            self.store.flush()
+        except StoreWriteError as e:
+            self.store_error = str(e)
+
+    @property
+    def store_warning(self) -> str | None:
+        """One line for the user when the store failed during this run, else None."""
+        if self.store_error is None:
+            return None
+        if self.ran_untraced:
+            return f"{self.store_error}; the command ran untraced"
+        lost = self.store.lost_records.get(self.rid, 0) if self.rid is not None else 0
+        if self.ended_in_store:
+            return f"{self.store_error}; {lost} records lost, run {self.run_id} marked incomplete"
+        return (f"{self.store_error}; run {self.run_id} was left open (the daemon, or the next "
+                "run on this store, closes it as incomplete)")
 
     def _write_context(self, tracker: Tracker, writer: RunWriter) -> None:
         """Execution context (issue 4) when the context package is present."""
@@ -240,6 +261,43 @@ class TracedCommand:
         except TracerError as e:
             ctx = {"error": str(e)}
         self.store.append(self.rid, S.CONTEXT, ctx)
+
+
+def find_executable(argv0: str, cwd: str, env: Mapping[str, str]) -> str:
+    """The file argv0 names, as execve will run it; CommandNotFound otherwise."""
+    if "/" in argv0:
+        path = argv0 if os.path.isabs(argv0) else os.path.join(cwd, argv0)
+        if not os.path.exists(path):
+            raise CommandNotFound(argv0, "no such file")
+        if not os.access(path, os.X_OK):
+            raise CommandNotFound(argv0, "permission denied (not executable)")
+        return path
+    found = shutil.which(argv0, path=env.get("PATH", os.defpath))
+    if not found:
+        raise CommandNotFound(argv0, "command not found in PATH")
+    return found
+
+
+def run_untraced(argv: Sequence[str], cwd: str | None = None, env: Mapping[str, str] | None = None,
+                 exe: str | None = None) -> int:
+    """Runs argv without tracing and returns its exit code (128+N when killed by
+    signal N): what `provtrace run` does when nothing can be recorded, so the
+    user's command still runs. ^C goes to the command, as when traced."""
+    cwd = cwd or os.getcwd()
+    env = dict(os.environ if env is None else env)
+    exe = exe or find_executable(argv[0], cwd, env)
+    try:  # forked before SIGINT is ignored here: the command keeps its default ^C
+        proc = subprocess.Popen(list(argv), executable=exe, cwd=cwd, env=env)
+    except OSError as e:
+        raise CommandNotFound(argv[0], e.strerror or str(e)) from None
+    old_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    old_term = signal.signal(signal.SIGTERM, lambda *_: proc.send_signal(signal.SIGTERM))
+    try:
+        code = proc.wait()
+    finally:
+        signal.signal(signal.SIGINT, old_int)
+        signal.signal(signal.SIGTERM, old_term)
+    return 128 - code if code < 0 else code
 
 
 def apply_batch(batch: list[bytes], cap, tracker: Tracker, decoder: Decoder) -> None:

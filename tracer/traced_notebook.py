@@ -25,7 +25,7 @@ from .correlate.clock import us_to_iso as iso
 from .correlate.notebook import CellExecution, CellStart, NotebookResult, NotebookRunner
 from .correlate.policy import KernelCells, attach_kernel
 from .correlate.windows import CellWindow
-from .errors import TracerError
+from .errors import StoreWriteError, TracerError
 from .model.processes import Tracker
 from .runner import _gpu_sample, _redactor, _user, apply_batch, new_run_id
 from .store import sqlite as S
@@ -61,11 +61,17 @@ class _Consumer(threading.Thread):
 
     def run(self) -> None:
         last_flush = time.monotonic()
+        store_failed = False
         try:
             while not self.stop_requested.is_set():
                 self._step(self.cap.poll(100))
                 if time.monotonic() - last_flush >= FLUSH_EVERY_S:
-                    self.store.flush()
+                    try:
+                        self.store.flush()
+                    except StoreWriteError as e:  # a full disk: counted as lost, the notebook goes on
+                        if not store_failed:  # once: the end record says how much was lost
+                            log.warning("event=store-write-failed error=%r", str(e))
+                        store_failed = True
                     last_flush = time.monotonic()
         except BaseException as e:  # noqa: BLE001 - handed to the main thread, which re-raises
             log.exception("event=consumer-failed")
@@ -80,7 +86,8 @@ class _Consumer(threading.Thread):
 
     def finish(self) -> None:
         """Called after the thread stopped: drain what is left."""
-        self._step(self.cap.drain())
+        for batch in self.cap.drain_batches():
+            self._step(batch)
 
 
 class TracedNotebook:

@@ -83,8 +83,9 @@ def running_daemon(env: dict | None = None, args: tuple[str, ...] = ()):
                 break
         assert "serving" in line, f"daemon did not start: {line}"
         yield {"socket": sock, "db": db, "base": base, "proc": proc}
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=120) == 0
+        if proc.poll() is None:  # a test may have killed it itself (crash recovery)
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=120) == 0
     finally:
         if proc.poll() is None:
             proc.kill()

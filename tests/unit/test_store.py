@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import os
 import sqlite3
 import stat
@@ -11,7 +12,7 @@ import pytest
 
 from provtrace.tracer.capture import layouts as L
 from provtrace.tracer.correlate.clock import Clock
-from provtrace.tracer.errors import ChainBroken, RunNotFound, StoreError
+from provtrace.tracer.errors import ChainBroken, RunNotFound, StoreError, StoreWriteError
 from provtrace.tracer.model import events as E
 from provtrace.tracer.model.processes import AT_FDCWD, CellPolicy, Tracker
 from provtrace.tracer.store import sqlite as S
@@ -360,8 +361,9 @@ def test_rolled_back_flush_does_not_leave_stale_path_ids(store):
     store.append(rid, S.GAP, "not JSON", p1="/home/u/also-lost.csv")
     store.db.execute("CREATE TRIGGER refuse BEFORE INSERT ON records WHEN NEW.body = 'not JSON' "
                      "BEGIN SELECT RAISE(ABORT, 'refused'); END")
-    with pytest.raises(sqlite3.DatabaseError, match="refused"):
+    with pytest.raises(StoreWriteError, match="refused"):  # one line, the batch counted as lost
         store.flush()
+    assert store.lost_records == {rid: 2}
     store.db.execute("DROP TRIGGER refuse")
     assert store.db.execute("SELECT count(*) FROM paths").fetchone()[0] == 0
     store.append(rid, S.GAP, {"x": 2}, p1="/home/u/kept.csv")
@@ -370,3 +372,51 @@ def test_rolled_back_flush_does_not_leave_stale_path_ids(store):
     named = [p1 for _s, _r, k, p1, _p2, _b in store.records(rid) if k == S.GAP]
     assert named == ["/home/u/kept.csv", "/home/u/lost.csv"]
     assert store.verify() == 4
+    end = json.loads(next(b for _s, _r, k, _p1, _p2, b in store.records(rid) if k == S.RUN_END))
+    assert end["complete"] is False and end["lost_records"] == 2
+    assert end["gaps"]["store_write_failed"] == 2 and store.lost_records == {}
+
+
+def test_failed_end_is_written_again_later(store):
+    """An end that cannot be written raises StoreWriteError and leaves the run
+    open; written again once the store takes writes, it is the run's only end."""
+    rid = store.new_run(RUN_ID, _header())
+    store.db.execute("CREATE TRIGGER refuse BEFORE INSERT ON records BEGIN SELECT RAISE(ABORT, 'full'); END")
+    with pytest.raises(StoreWriteError, match="full"):
+        store.end_run(rid, _end())
+    assert store.write_error and "full" in store.write_error
+    store.db.execute("DROP TRIGGER refuse")
+    store.end_run(rid, _end())
+    assert store.write_error is None
+    assert [k for _s, _r, k, *_ in store.records(rid)] == [S.RUN_START, S.RUN_END]
+    assert store.verify() == 2
+
+
+def test_recovery_closes_only_runs_whose_writer_is_gone(store, db):
+    """A run written by a process that died without its end is closed, incomplete,
+    at its last record's time; a run whose writer still lives is left open."""
+    from provtrace.tracer.store.recover import close_abandoned
+
+    mine = store.new_run(RUN_ID, _header())
+    pid = os.fork()
+    if pid == 0:  # a writer that dies mid-run, as kill -9 would leave it
+        child = S.Store(db)
+        rid = child.new_run("20240101T000000-dead00", {**_header("20240101T000000-dead00"), "start_us": 10})
+        child.append(rid, S.PROCESS, {"pid": 5, "ppid": 1, "exe": "/bin/sh", "argv": [], "cwd": "/",
+                                      "uid": 0, "started_us": 20, "ended_us": 30_000_000,
+                                      "exit_code": 0, "signal": None, "cell": None})
+        child.flush()
+        os._exit(0)
+    os.waitpid(pid, 0)
+    assert close_abandoned(store) == ["20240101T000000-dead00"]
+    rows = {r["id"]: r for r in list_runs(store)}
+    assert rows[RUN_ID]["ended"] is None  # its writer (this process) may still finish it
+    dead = rows["20240101T000000-dead00"]
+    assert dead["complete"] is False and dead["exit_code"] is None
+    assert dead["ended"] == "1970-01-01T00:00:30.000000Z"
+    doc = load_run(store, dead["rid"])
+    assert doc["run"]["gaps"] == {"run_not_finished": 1} and "pid" in doc["run"]["end_reason"]
+    assert close_abandoned(store) == [] and store.verify() == 4
+    store.end_run(dead["rid"], _end())  # a writer that comes back late: one run, one end
+    assert store.verify() == 4
+    store.end_run(mine, _end())

@@ -135,8 +135,9 @@ class Health:
 
 @dataclass(frozen=True)
 class CommandResult:
-    run_id: str
+    run_id: str  # "" when the daemon did not take the command (it ran untraced)
     exit_code: int
+    warning: str | None = None  # one line for the user when the daemon failed around the command
 
 
 class ProvtraceClient:
@@ -381,15 +382,19 @@ def run_command(argv: Sequence[str], socket_path: str | None = None, cwd: str | 
         raise HandOverFailed(socket_path or default_socket_path(),
                              "its arguments or directory are not UTF-8, which the daemon's API cannot carry")
     pid, gate_w, err_r = _fork_gated(list(argv), cwd, env)
+    warning = None
     try:
         with ProvtraceClient(socket_path) as client:
+            # Whatever happens to the daemon (a full store, a crash), the command
+            # runs and its exit code comes back; the user is told. A busy or
+            # absent daemon is the caller's to decide: it may trace it another way.
             try:
                 run_id = client.trace_command(pid, argv, cwd, _wire_env(env), label, retry_s=HANDOVER_RETRY_S)
             except ApiError as e:
                 if e.transient:  # the child never ran: the caller may run it another way
                     raise DaemonBusy(client.socket_path, e) from None
-                raise
-            if on_started is not None:
+                run_id, warning = "", f"{e}; the command runs untraced"
+            if on_started is not None and run_id:
                 on_started(run_id)
             os.write(gate_w, b"1")
             os.close(gate_w)
@@ -399,10 +404,14 @@ def run_command(argv: Sequence[str], socket_path: str | None = None, cwd: str | 
             pid = -1
             code = os.waitstatus_to_exitcode(status)
             exit_code = 128 - code if code < 0 else code
-            _report_exit(client, run_id, 127 if failed else exit_code)
+            if run_id:
+                try:
+                    client.finish_command(run_id, 127 if failed else exit_code)
+                except ApiError as exc:  # the daemon ends the run itself once the command is gone
+                    warning = f"{exc}; run {run_id} is ended by the daemon, without this exit code"
         if failed:
             raise CommandNotFound(argv[0], os.strerror(int(failed.decode() or "2")))
-        return CommandResult(run_id, exit_code)
+        return CommandResult(run_id, exit_code, warning)
     finally:
         if gate_w >= 0:
             os.close(gate_w)  # the child reads EOF and exits without running anything
@@ -417,16 +426,6 @@ def _wire_env(env: Mapping[str, str]) -> dict[str, str]:
     from ..model.paths import display  # noqa: PLC0415
 
     return {display(k): display(v) for k, v in env.items()}
-
-
-def _report_exit(client: ProvtraceClient, run_id: str, exit_code: int) -> None:
-    """FinishCommand; the command has run, so a failure here is a warning, never its exit code."""
-    try:
-        client.finish_command(run_id, exit_code)
-    except ApiError as e:
-        log.warning("event=finish-not-reported run=%s error=%s", run_id, e)
-        print(f"provtrace: warning: could not report the end of run {run_id} to the daemon ({e})",
-              file=sys.stderr)
 
 
 def _fork_gated(argv: list[str], cwd: str, env: dict[str, str]) -> tuple[int, int, int]:

@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 from ..capture.decode import Decoder
 from ..correlate.clock import Clock
 from ..correlate.clock import us_to_iso as iso
-from ..errors import TracerError
-from ..model.processes import Tracker
+from ..errors import StoreWriteError, TracerError
+from ..model.processes import Proc, Tracker
 from ..privs import Creds
 from ..store import sqlite as S
 from ..runner import settle
@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 
 FLUSH_EVERY_S = 0.5
 ERROR_BACKOFF_S = 0.2  # after an error in the loop, so a persistent one cannot spin
+ERROR_LOG_EVERY_S = 60.0  # one log line per kind of error a minute (a full disk fails every flush)
+RETRY_END_S = 1.0  # how often an end the store refused is written again
 # How long one poll may block: short while a command run is live (its finish
 # request waits for the router), long when only idle kernels are followed.
 POLL_MS_BUSY, POLL_MS_IDLE = 40, 250
@@ -60,6 +62,9 @@ class LiveRun:
     kernel_pid: int | None = None
     root_pid: int | None = None
     uid: int | None = None  # the owner: whose credentials read its files
+    root: Proc | None = None  # a command's root process: its exit status, when its client never reports
+    root_start_ns: int = 0  # the root's start (ns since boot): a reused pid is not the root
+    root_gone_at: float | None = None  # when the reaper first found the root gone (monotonic)
     env: dict[str, str] = field(default_factory=dict)
     gpu_samples: list = field(default_factory=list)
     lost_at_start: dict[str, int] = field(default_factory=dict)
@@ -83,6 +88,7 @@ class _Finish:
     live: LiveRun
     exit_code: int | None
     not_before: float
+    reason: str | None = None  # why the daemon ends it itself (no report came), or None
     done: threading.Event = field(default_factory=threading.Event)
     asked: float = field(default_factory=time.monotonic)
 
@@ -99,6 +105,11 @@ class RunRouter:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.errors = 0
+        self._logged: dict[str, float] = {}  # error kind -> when last logged
+        # Ends the store refused (a full disk), written again until it takes them:
+        # (run id, rid, end record); those runs stay open in the store meanwhile.
+        self._unended: list[tuple[str, int, dict]] = []
+        self._retried = 0.0
 
     # -- other threads --------------------------------------------------------------
     def start(self) -> None:
@@ -120,9 +131,10 @@ class RunRouter:
         if live.kind == "command":
             self.capture.wake()  # leave the idle poll: a command's client waits on its finish
 
-    def finish(self, live: LiveRun, exit_code: int | None) -> threading.Event:
+    def finish(self, live: LiveRun, exit_code: int | None, reason: str | None = None) -> threading.Event:
+        """Ends live. reason: why the daemon ends it without its client's report."""
         grace = SESSION_GRACE_S if live.kind == "session" else 0.0
-        req = _Finish(live, exit_code, time.monotonic() + grace)
+        req = _Finish(live, exit_code, time.monotonic() + grace, reason)
         with self._lock:
             self._finishing.append(req)
         self.capture.wake()
@@ -145,20 +157,45 @@ class RunRouter:
                 self._step(self.capture.poll(POLL_MS_BUSY if busy else POLL_MS_IDLE))
                 now = time.monotonic()
                 if now - last_flush >= FLUSH_EVERY_S:
-                    self.store.flush()
                     last_flush = now
+                    self.store.flush()  # a failed batch is dropped, counted against its runs
+                    self._retry_ends(now)
             except (TracerError, OSError, sqlite3.Error) as e:
                 # A broken invariant, a full disk, fds exhausted: log, count, go on.
                 # The ring buffer keeps counting what it drops meanwhile.
-                self.errors += 1
-                log.error("event=router-error count=%d error=%r", self.errors, str(e))
+                self._error(e)
                 self._stop.wait(ERROR_BACKOFF_S)
-        self._step(self.capture.drain())
+        for batch in self.capture.drain_batches():
+            self._step(batch)
         with self._lock:
             pending = list(self._finishing)
         for req in pending:
             self._finish_now(req)
-        self.store.flush()
+        try:
+            self.store.flush()
+            self._retry_ends(None)
+        except StoreWriteError as e:  # still full at shutdown: the next start closes those runs
+            log.error("event=router-stop-unwritten error=%r unended=%d", str(e), len(self._unended))
+
+    def _error(self, e: Exception) -> None:
+        """Counts every error; logs the first of each kind, then one a minute."""
+        self.errors += 1
+        kind = type(e).__name__
+        now = time.monotonic()
+        if now - self._logged.get(kind, -ERROR_LOG_EVERY_S) >= ERROR_LOG_EVERY_S:
+            self._logged[kind] = now
+            log.error("event=router-error count=%d error=%r", self.errors, str(e))
+
+    def _retry_ends(self, now: float | None) -> None:
+        """Writes again the ends the store refused (now None: at once, at shutdown)."""
+        if not self._unended or (now is not None and now - self._retried < RETRY_END_S):
+            return
+        self._retried = now or time.monotonic()
+        while self._unended:
+            run_id, rid, end = self._unended[0]
+            self.store.end_run(rid, end)  # StoreWriteError: still full, kept for the next try
+            self._unended.pop(0)
+            log.info("event=run-end-written-late run=%s", run_id)
 
     def _step(self, batch: list[bytes]) -> None:
         with self._lock:
@@ -188,10 +225,11 @@ class RunRouter:
             self._by_tag.pop(live.tag, None)
         t = live.tracker
         try:
-            for ev in self.decoder.decode_all(self.capture.drain()):
-                target = live if ev.tag == live.tag else self._by_tag.get(ev.tag)
-                if target is not None:
-                    target.take(ev)
+            for batch in self.capture.drain_batches():
+                for ev in self.decoder.decode_all(batch):
+                    target = live if ev.tag == live.tag else self._by_tag.get(ev.tag)
+                    if target is not None:
+                        target.take(ev)
             live.release()
             pids = set(t.live) | {p.pid for p in t.exited}
             for leftover in set(self.capture.traced_pids()) & set(t.live):  # outlived the root
@@ -199,15 +237,16 @@ class RunRouter:
             for ev in self.decoder.decode_all(self.capture.sweep(pids)):
                 t.handle(ev)
             t.finish_all(Clock.now_mono_ns())
-            self._end(live, req.exit_code)
+            self._end(live, req.exit_code, req.reason)
             log.info("event=finish-timing run=%s waited_ms=%.1f finish_ms=%.1f", live.run_id,
                      1e3 * (begun - req.asked), 1e3 * (time.monotonic() - begun))
-        except TracerError as e:
+        except TracerError as e:  # a refused end is kept and written again (_retry_ends)
+            self.errors += 1
             log.error("event=finish-failed run=%s error=%r", live.run_id, str(e))
         finally:
             req.done.set()
 
-    def _end(self, live: LiveRun, exit_code: int | None) -> None:
+    def _end(self, live: LiveRun, exit_code: int | None, reason: str | None = None) -> None:
         from ..context.collect import collect_run_context  # noqa: PLC0415
 
         w = live.writer
@@ -226,9 +265,19 @@ class RunRouter:
         lost = {k: v - live.lost_at_start.get(k, 0) for k, v in now_lost.items()}
         total = sum(lost.values())
         gaps = dict(live.tracker.gaps)
-        self.store.end_run(live.rid, {
-            "ended": iso(time.time_ns() // 1000), "exit_code": exit_code, "signal": None,
-            "lost_events": total, "lost_by_reason": lost, "complete": total == 0, "gaps": gaps,
-            "processes": w.processes, "files": w.files})
+        end = {"ended": iso(time.time_ns() // 1000), "exit_code": exit_code, "signal": None,
+               "lost_events": total, "lost_by_reason": lost, "complete": total == 0, "gaps": gaps,
+               "processes": w.processes, "files": w.files}
+        if reason is not None:  # no report came: the exit status is the kernel's, if it was seen
+            root_code = live.root.exit_code if live.root is not None else None
+            end.update({"exit_code": root_code, "end_reason": reason,
+                        "exit_code_from": "kernel" if root_code is not None else None,
+                        "complete": end["complete"] and root_code is not None})
+            gaps["client_vanished"] = 1
+        try:
+            self.store.end_run(live.rid, end)
+        except StoreWriteError:
+            self._unended.append((live.run_id, live.rid, end))  # written once space returns
+            raise
         log.info("event=run-finished run=%s kind=%s processes=%d files=%d", live.run_id, live.kind,
                  w.processes, w.files)

@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterator
 import grpc
 
 from .. import __version__
-from ..errors import ProcessError, TracerError, UsageError
+from ..errors import ProcessError, StoreWriteError, TracerError, UsageError
 from ..privs import Creds, PrivilegeError, acting_as
 from . import convert
 from .auth import CallerRegistry, process_ids, start_time_ns
@@ -57,6 +57,7 @@ _STATUS = {
     AccessDenied: grpc.StatusCode.PERMISSION_DENIED,
     UsageError: grpc.StatusCode.INVALID_ARGUMENT,
     ProcessError: grpc.StatusCode.FAILED_PRECONDITION,
+    StoreWriteError: grpc.StatusCode.RESOURCE_EXHAUSTED,  # a full store: the client runs the command anyway
 }
 
 

@@ -56,6 +56,12 @@ from .router import LiveRun, RunRouter
 log = logging.getLogger(__name__)
 
 FINISH_TIMEOUT_S = 30.0
+# A command's client reports its exit right after waitpid; a run whose root
+# process is gone this long without a report lost its client (killed, or
+# gone), and the daemon ends it itself.
+CLIENT_GRACE_S = 5.0
+VANISHED = ("the client vanished before reporting the exit; ended by the daemon "
+            f"{CLIENT_GRACE_S:g} s or more after the command's root process was gone")
 
 
 class TracingStore(InMemoryStore):
@@ -138,6 +144,31 @@ class TracingStore(InMemoryStore):
             self.db.append(live.rid, S.CELL, _cell_body(cell))
         return cell
 
+    def reap(self) -> None:
+        """The daemon's periodic sweep: sessions whose kernel is gone, commands whose client is."""
+        self.reap_gone_kernels()
+        self.reap_vanished_clients()
+
+    def reap_vanished_clients(self) -> list[str]:
+        """Ends the command runs whose root process is gone and whose client has
+        not reported for CLIENT_GRACE_S since; returns their ids. The exit
+        status is the kernel's (the root's exit event) when it was seen."""
+        now = time.monotonic()
+        due = []
+        for run_id, live in list(self._live.items()):
+            if live.kind != "command" or live.root_pid is None:
+                continue
+            if _same_process_alive(live.root_pid, live.root_start_ns):
+                continue
+            if live.root_gone_at is None:
+                live.root_gone_at = now
+            elif now - live.root_gone_at >= CLIENT_GRACE_S:
+                due.append(run_id)
+        for run_id in due:
+            log.warning("event=client-vanished run=%s", run_id)
+            self._finish(run_id, exit_code=None, wait=True, reason=VANISHED)
+        return due
+
     def reap_gone_kernels(self) -> list[str]:
         """Ends the sessions whose kernel process is gone; returns their ids.
 
@@ -178,8 +209,9 @@ class TracingStore(InMemoryStore):
                   "via": "daemon"}
         live = self._open_run(run_id, "command", header, NO_CELLS, started_us)
         live.root_pid = pid
+        live.root_start_ns = _start_ns(pid)
         live.env = dict(env)
-        live.tracker.add_root(pid, Clock.now_mono_ns(), list(argv), cwd, uid, tag=live.tag)
+        live.root = live.tracker.add_root(pid, Clock.now_mono_ns(), list(argv), cwd, uid, tag=live.tag)
         self.router.add(live)  # only now can the router touch this tracker
         self.capture.trace(pid, live.tag)
         run = RunRecord(id=run_id, kind="command", uid=uid, user=user, label=label or " ".join(argv),
@@ -320,11 +352,11 @@ class TracingStore(InMemoryStore):
             status=cell.status, subshell_id=cell.subshell_id))
         return live
 
-    def _finish(self, run_id: str, exit_code: int | None, wait: bool) -> None:
-        live = self._live.pop(run_id, None)
+    def _finish(self, run_id: str, exit_code: int | None, wait: bool, reason: str | None = None) -> None:
+        live = self._live.pop(run_id, None)  # one finisher only: the client's report or the reaper
         if live is None:
             return
-        done = self.router.finish(live, exit_code)
+        done = self.router.finish(live, exit_code, reason)
         if wait and not done.wait(FINISH_TIMEOUT_S):
             log.warning("event=finish-timeout run=%s", run_id)
 
@@ -394,6 +426,16 @@ def _redact(argv: list[str]) -> list[str]:
 
     redact = _redactor()
     return redact(argv) if redact else argv
+
+
+def _start_ns(pid: int) -> int:
+    """pid's start (ns since boot), 0 when unknown (then only the pid is checked)."""
+    from .auth import start_time_ns  # noqa: PLC0415
+
+    try:
+        return start_time_ns(pid)
+    except TracerError:
+        return 0
 
 
 def _same_process_alive(pid: int, start_ns: int) -> bool:

@@ -42,6 +42,11 @@ _DISPATCH_TABLE = b"sys_exit_progs"  # probes/dispatch.bpf.c
 SWITCHED_HOOK = b"sys_exit"
 # How long the traced set must stay empty before it is detached.
 IDLE_DETACH_S = 2.0
+# Most records one poll() or drain() hands over. The consumer takes at most
+# this many, processes them, and comes back: its memory stays bounded however
+# fast the traced commands produce. What it cannot keep up with waits in the
+# ring buffer, and when that is full the probes drop and count it (lost()).
+MAX_BATCH = 16384
 # Where FMODE_CREATED has lived in struct file's f_mode: bit 20 up to 6.10,
 # bit 21 after the 6.11 reshuffle. The calibration picks the right one.
 _CREATED_CANDIDATES = (1 << 20, 1 << 21, 1 << 19, 1 << 22)
@@ -101,12 +106,13 @@ class EbpfCapture:
             self._bpf.cleanup()
             raise
         self._pending: list[bytes] = []
-        append = self._pending.append
+        pending, append = self._pending, self._pending.append
         string_at = ctypes.string_at
 
-        def _on_record(_ctx, data, size):  # the hot path: copy bytes, nothing else
+        def _on_record(_ctx, data, size):  # the hot path: copy bytes, count, nothing else
             append(string_at(data, size))
-            return 0
+            # A negative return ends this consume (libbpf leaves the rest in the ring).
+            return -1 if len(pending) >= MAX_BATCH else 0
 
         self._cb = _on_record
         events = self._bpf[b"events"]
@@ -219,7 +225,7 @@ class EbpfCapture:
 
     # -- consuming ----------------------------------------------------------
     def poll(self, timeout_ms: int) -> list[bytes]:
-        """Wait up to timeout_ms, then return everything available.
+        """Wait up to timeout_ms, then return what is available, MAX_BATCH records at most.
 
         The probes wake this poll only every PT_WAKE_EVERY records per CPU
         (probes/common.h), so it usually sleeps the whole timeout; the consume
@@ -240,9 +246,20 @@ class EbpfCapture:
         os.eventfd_write(self._wake_fd, 1)
 
     def drain(self) -> list[bytes]:
-        """Everything already submitted, without waiting."""
+        """What is already submitted, without waiting: MAX_BATCH records at most
+        (drain_batches() for all of it, a bounded batch at a time)."""
         self._bpf.ring_buffer_consume()
         return self.take()
+
+    def drain_batches(self):
+        """Everything already submitted, one bounded batch at a time; ends at
+        the first batch short of MAX_BATCH (the ring had caught up)."""
+        while True:
+            batch = self.drain()
+            if batch:
+                yield batch
+            if len(batch) < MAX_BATCH:
+                return
 
     def take(self) -> list[bytes]:
         out = self._pending[:]

@@ -112,6 +112,8 @@ def load_run(store: S.Store, rid: int) -> dict:
         "gaps": {**(end.get("gaps", {}) if end else {"run_not_finished": 1}),
                  **{g.get("what", "gap"): 1 for g in gaps}},
     }
+    if end and end.get("end_reason"):  # ended by someone other than its writer, and why
+        run["end_reason"] = end["end_reason"]
     for c in cells:
         _cell_io(c, files, renames, processes)
         c["context"] = cell_contexts.get(c.get("id"), {})

@@ -12,6 +12,7 @@ are not UTF-8 are kept exactly); the hash covers the path bytes, not the id.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -23,7 +24,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from ..context.redact import redact_text
-from ..errors import AnchorMismatch, ChainBroken, StorageCorrupt, StoreError
+from ..errors import AnchorMismatch, ChainBroken, StorageCorrupt, StoreError, StoreWriteError
 from . import private
 
 log = logging.getLogger(__name__)
@@ -100,6 +101,23 @@ class Pending(NamedTuple):
     body: str
 
 
+# What a write can meet on a live host (a full disk, an I/O error, a lock held
+# past the busy timeout): each becomes a StoreWriteError, one line.
+_WRITE_ERRORS = (sqlite3.Error, OSError)
+# Errors that say the store's filesystem cannot take more (SQLite reports a
+# full disk as SQLITE_FULL, or as an I/O error where it grows -wal or -shm).
+_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EIO)
+
+
+def out_of_space(exc: BaseException) -> bool:
+    """exc says the disk is full or failing (not a bad path, a permission, a schema)."""
+    if isinstance(exc, sqlite3.Error):
+        name = getattr(exc, "sqlite_errorname", "") or ""
+        return name.startswith(("SQLITE_FULL", "SQLITE_IOERR")) or \
+            any(w in str(exc) for w in ("disk is full", "disk I/O error"))
+    return isinstance(exc, OSError) and exc.errno in _FULL_ERRNOS
+
+
 # Most placeholders one SELECT ... IN (...) takes when looking up new path ids
 # (SQLite's limit is 32766 since 3.32, 999 before).
 _IN_CHUNK = 500
@@ -125,6 +143,9 @@ class Store:
             try:
                 private.prepare(path, own_dir=own_dir)
             except OSError as e:
+                if out_of_space(e):
+                    raise StoreWriteError(f"cannot open store {path} for writing: "
+                                          f"{e.strerror or e}") from e
                 raise StoreError(f"cannot open store {path} for writing: {e.strerror or e}; "
                                  "check the folder is writable, or pass --db") from e
         uri = f"file:{path}?mode=ro" if readonly else f"file:{path}"
@@ -140,10 +161,14 @@ class Store:
             else:
                 self._check_version(write=False)
         except sqlite3.DatabaseError as e:
-            raise StoreError(f"cannot open store {path}: {e}") from e
+            cls = StoreWriteError if out_of_space(e) and not readonly else StoreError
+            raise cls(f"cannot open store {path}: {e}") from e
         # path -> (paths.id, the path's bytes): each name is encoded and looked up once
         self._path_ids: dict[str, tuple[int, bytes]] = {}
         self._pending: list[Pending] = []
+        # rid -> records that a failed write dropped; end_run marks the run incomplete
+        self.lost_records: dict[int, int] = {}
+        self.write_error: str | None = None  # the last failed write's message, until one succeeds
         # One Store may be shared by threads (a notebook's consumer and its cell
         # hooks; the daemon's sessions): writes and the chain head go one at a time.
         self._lock = threading.RLock()
@@ -172,13 +197,20 @@ class Store:
         """Insert the run index row and its chained start record; returns rid."""
         if header.get("label"):  # a label is free text from the user: no secret reaches the file
             header = {**header, "label": redact_text(header["label"])}
-        with self._lock, self._tx():
-            cur = self.db.execute(
-                "INSERT INTO runs(id, kind, label, backend, uid, user, started) VALUES(?,?,?,?,?,?,?)",
-                (run_id, header["kind"], header.get("label"), header.get("backend"),
-                 header.get("uid"), header.get("user"), header.get("started")))
-            rid = int(cur.lastrowid)
-            self._append_now([Pending(rid, RUN_START, None, None, dumps(header))])
+        from .recover import writer_stamp  # noqa: PLC0415
+
+        header = {**header, "writer": writer_stamp()}  # recovery closes the run once its writer is gone
+        try:
+            with self._lock, self._tx():
+                cur = self.db.execute(
+                    "INSERT INTO runs(id, kind, label, backend, uid, user, started) VALUES(?,?,?,?,?,?,?)",
+                    (run_id, header["kind"], header.get("label"), header.get("backend"),
+                     header.get("uid"), header.get("user"), header.get("started")))
+                rid = int(cur.lastrowid)
+                self._append_now([Pending(rid, RUN_START, None, None, dumps(header))])
+        except _WRITE_ERRORS as e:
+            raise self._write_failed(e, "a new run") from e
+        self.write_error = None
         return rid
 
     def append(self, rid: int, kind: int, body: object, p1: str | None = None, p2: str | None = None) -> None:
@@ -198,22 +230,68 @@ class Store:
         return len(self._pending)
 
     def flush(self) -> int:
-        """Write queued records in one transaction. Returns how many."""
+        """Write queued records in one transaction. Returns how many.
+
+        When the write fails (StoreWriteError), the batch is dropped, not kept:
+        a full disk must not grow memory without bound. Its records are counted
+        per run in lost_records, and that run's end says it is incomplete."""
         with self._lock:
             if not self._pending:
                 return 0
             batch, self._pending = self._pending, []
-            with self._tx():
-                self._append_now(batch)
+            try:
+                with self._tx():
+                    self._append_now(batch)
+            except _WRITE_ERRORS as e:
+                for r in batch:
+                    self.lost_records[r.rid] = self.lost_records.get(r.rid, 0) + 1
+                rids = sorted({r.rid for r in batch})
+                raise self._write_failed(e, f"{len(batch)} records of run index {rids[:5]}") from e
+            self.write_error = None
             return len(batch)
 
     def end_run(self, rid: int, end: dict) -> None:
-        self.flush()
-        with self._lock, self._tx():
-            self._append_now([Pending(rid, RUN_END, None, None, dumps(end))])
-            self.db.execute("UPDATE runs SET ended=?, exit_code=?, lost_events=?, complete=? WHERE rid=?",
-                            (end.get("ended"), end.get("exit_code"), end.get("lost_events"),
-                             int(bool(end.get("complete"))), rid))
+        """Flush, then write the run's end. The end is tried even when the flush
+        failed (a small record may fit where a batch did not); records lost to
+        failed writes make it incomplete, with the count under gaps. Raises
+        StoreWriteError when the end itself cannot be written: the run then
+        stays open until it is written again, or closed at recovery."""
+        try:
+            self.flush()
+        except StoreWriteError:
+            pass  # counted in lost_records: the end says so
+        with self._lock:
+            lost = self.lost_records.get(rid, 0)
+            if lost:
+                end = {**end, "complete": False, "lost_records": lost,
+                       "gaps": {**(end.get("gaps") or {}), "store_write_failed": lost}}
+            try:
+                with self._tx():
+                    if self._ended(rid):  # closed meanwhile (recovery judged its writer gone)
+                        log.warning("event=end-after-close rid=%d", rid)
+                        return
+                    self._append_now([Pending(rid, RUN_END, None, None, dumps(end))])
+                    self.db.execute("UPDATE runs SET ended=?, exit_code=?, lost_events=?, complete=? "
+                                    "WHERE rid=?", (end.get("ended"), end.get("exit_code"),
+                                                    end.get("lost_events"), int(bool(end.get("complete"))),
+                                                    rid))
+            except _WRITE_ERRORS as e:
+                raise self._write_failed(e, "the end of a run") from e
+            self.lost_records.pop(rid, None)
+            self.write_error = None
+
+    def _ended(self, rid: int) -> bool:
+        """rid has its end record already: one run, one end (verify checks the index against it)."""
+        row = self.db.execute("SELECT ended FROM runs WHERE rid=?", (rid,)).fetchone()
+        return bool(row and row[0])
+
+    def _write_failed(self, exc: BaseException, what: str) -> StoreWriteError:
+        """The one-line error for a write that failed (remembered until one succeeds)."""
+        reason = str(exc) or type(exc).__name__
+        if isinstance(exc, OSError):
+            reason = exc.strerror or reason
+        self.write_error = f"cannot write {what} to store {self.path}: {reason}"
+        return StoreWriteError(self.write_error)
 
     def _tx(self):
         # After a rollback, path ids handed out in it may be handed out again
@@ -374,8 +452,21 @@ class _Tx:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if not exc_type:
-            self.db.execute("COMMIT")
-            return
-        self.db.execute("ROLLBACK")
+            try:
+                self.db.execute("COMMIT")
+                return
+            except sqlite3.Error:  # a full disk shows at COMMIT too (the WAL grows there)
+                self._rollback()
+                raise
+        self._rollback()
+
+    def _rollback(self) -> None:
+        # SQLite may have rolled back itself (SQLITE_FULL, some I/O errors): then
+        # there is nothing to roll back, and ROLLBACK would raise over the real error.
+        if self.db.in_transaction:
+            try:
+                self.db.execute("ROLLBACK")
+            except sqlite3.Error:
+                log.warning("event=rollback-failed")
         if self.on_rollback:
             self.on_rollback()
