@@ -57,7 +57,9 @@ _STATUS = {
     AccessDenied: grpc.StatusCode.PERMISSION_DENIED,
     UsageError: grpc.StatusCode.INVALID_ARGUMENT,
     ProcessError: grpc.StatusCode.FAILED_PRECONDITION,
-    StoreWriteError: grpc.StatusCode.RESOURCE_EXHAUSTED,  # a full store: the client runs the command anyway
+    # A full or failing store is not "busy": asking again soon will not help,
+    # so the client runs the command at once (untraced, with one warning).
+    StoreWriteError: grpc.StatusCode.FAILED_PRECONDITION,
 }
 
 
