@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import os
 import pwd
+import shutil
 import subprocess
+import tempfile
+
+from pathlib import Path
 
 import pytest
 
@@ -54,3 +58,31 @@ def test_user():
         subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin",
                         TEST_USER], check=True)
         return pwd.getpwnam(TEST_USER)
+
+
+@pytest.fixture
+def root_tmp_dir():
+    """A root-owned 0755 folder under sticky /tmp (the shape the tests' daemons use):
+    other users may traverse it, only root may change it. Removed afterwards."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    path = tempfile.mkdtemp(prefix="provtrace-test-", dir="/tmp")
+    os.chmod(path, 0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def users_dir(test_user):
+    """/tmp/X (root, 0755) holding a root-only secret and work/, a dir of test_user's."""
+    base = tempfile.mkdtemp(prefix="provtrace-fp-", dir="/tmp")
+    os.chmod(base, 0o755)
+    secret = os.path.join(base, "secret")
+    with open(secret, "w") as f:
+        f.write("root only\n")
+    os.chmod(secret, 0o600)
+    work = os.path.join(base, "work")
+    os.mkdir(work)
+    os.chown(work, test_user.pw_uid, test_user.pw_gid)
+    yield Path(base), Path(secret), Path(work)
+    shutil.rmtree(base, ignore_errors=True)

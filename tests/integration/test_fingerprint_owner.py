@@ -9,9 +9,6 @@ change when root's file does.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 
 import pytest
 
@@ -25,36 +22,25 @@ def _as(user, *args, cwd):
               env={"PATH": "/usr/bin:/bin", "HOME": cwd})
 
 
-def test_daemon_records_nothing_of_a_root_only_symlink_target(daemon, test_user):
-    base = tempfile.mkdtemp(prefix="provtrace-fp-daemon-", dir="/tmp")
-    try:
-        os.chmod(base, 0o755)
-        secret = os.path.join(base, "secret")
-        with open(secret, "w") as f:
-            f.write("root only\n")
-        os.chmod(secret, 0o600)
-        work = os.path.join(base, "work")
-        os.mkdir(work)
-        os.chown(work, test_user.pw_uid, test_user.pw_gid)
-        r = _as(test_user, "run", "--socket", daemon["socket"], "--json-out", f"{work}/r.json", "--",
-                "sh", "-c", f"echo mine > mine.csv; echo x > out.csv; rm out.csv; ln -s {secret} out.csv",
-                cwd=work)
-        assert r.returncode == 0, r.stderr
-        run_id = json.loads(open(f"{work}/r.json").read())["run"]["id"]
-        files = {f["path"]: f for f in stored_run(daemon["db"], run_id)["files"]}
-        out, mine = files[f"{work}/out.csv"], files[f"{work}/mine.csv"]
-        assert (out["sha256"], out["size_bytes"], out["mtime"]) == (None, None, None), out
-        assert out["hash_skipped"] == "a symlink (not followed)"
-        assert mine["sha256"] and mine["size_bytes"] == len("mine\n")  # the user's own file: hashed
+def test_daemon_records_nothing_of_a_root_only_symlink_target(daemon, test_user, users_dir):
+    _base, secret, work = users_dir
+    r = _as(test_user, "run", "--socket", daemon["socket"], "--json-out", f"{work}/r.json", "--",
+            "sh", "-c", f"echo mine > mine.csv; echo x > out.csv; rm out.csv; ln -s {secret} out.csv",
+            cwd=str(work))
+    assert r.returncode == 0, r.stderr
+    run_id = json.loads(open(f"{work}/r.json").read())["run"]["id"]
+    files = {f["path"]: f for f in stored_run(daemon["db"], run_id)["files"]}
+    out, mine = files[f"{work}/out.csv"], files[f"{work}/mine.csv"]
+    assert (out["sha256"], out["size_bytes"], out["mtime"]) == (None, None, None), out
+    assert out["hash_skipped"] == "a symlink (not followed)"
+    assert mine["sha256"] and mine["size_bytes"] == len("mine\n")  # the user's own file: hashed
 
-        def stale() -> dict:
-            s = _as(test_user, "stale", "--socket", daemon["socket"], "--json", run_id, cwd=work)
-            assert s.returncode == 0, s.stderr
-            return json.loads(s.stdout)
+    def stale() -> dict:
+        s = _as(test_user, "stale", "--socket", daemon["socket"], "--json", run_id, cwd=str(work))
+        assert s.returncode == 0, s.stderr
+        return json.loads(s.stdout)
 
-        before = stale()
-        with open(secret, "a") as f:
-            f.write("changed by root\n")
-        assert stale() == before  # no oracle on root's file
-    finally:
-        shutil.rmtree(base, ignore_errors=True)
+    before = stale()
+    with open(secret, "a") as f:
+        f.write("changed by root\n")
+    assert stale() == before  # no oracle on root's file

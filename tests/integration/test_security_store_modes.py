@@ -5,10 +5,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import shutil
 import stat
 import subprocess
-import tempfile
 
 import pytest
 
@@ -22,14 +20,9 @@ SYSTEM_PY = "/usr/bin/python3"  # any user may run it (the venv's may sit in a p
 
 
 @pytest.fixture
-def open_dir():
+def open_dir(root_tmp_dir):
     """A world-traversable folder in /tmp: only the store's own modes keep others out."""
-    if os.geteuid() != 0:
-        pytest.skip("needs root to become another user")
-    base = tempfile.mkdtemp(prefix="provtrace-modes-", dir="/tmp")
-    os.chmod(base, 0o755)
-    yield base
-    shutil.rmtree(base, ignore_errors=True)
+    return root_tmp_dir
 
 
 @contextlib.contextmanager

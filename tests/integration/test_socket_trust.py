@@ -15,11 +15,9 @@ import json
 import os
 import pwd
 import secrets
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import textwrap
 
 import pytest
@@ -63,14 +61,8 @@ FAKE_SERVER = textwrap.dedent("""
 
 
 @pytest.fixture
-def base():
-    """Root-owned 0755 under sticky /tmp, as the tests' daemons use."""
-    if os.geteuid() != 0:
-        pytest.skip("needs root")
-    path = tempfile.mkdtemp(prefix="provtrace-trust-", dir="/tmp")
-    os.chmod(path, 0o755)
-    yield path
-    shutil.rmtree(path)
+def base(root_tmp_dir):
+    return root_tmp_dir
 
 
 @pytest.fixture(scope="module")

@@ -6,8 +6,6 @@ Needs root: directories are chown'ed to the real non-root user `provtrace-test`.
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 
 import pytest
 
@@ -18,14 +16,8 @@ ROOT = frozenset({0})
 
 
 @pytest.fixture
-def base():
-    """A root-owned 0755 directory under sticky /tmp: the shape the tests' daemons use."""
-    if os.geteuid() != 0:
-        pytest.skip("needs root to chown directories")
-    path = tempfile.mkdtemp(prefix="provtrace-sockpath-", dir="/tmp")
-    os.chmod(path, 0o755)
-    yield path
-    shutil.rmtree(path)
+def base(root_tmp_dir):
+    return root_tmp_dir
 
 
 def _dir(*parts: str, mode: int = 0o755, uid: int = 0, gid: int = 0) -> str:

@@ -13,9 +13,7 @@ import hashlib
 import itertools
 import json
 import os
-import shutil
 import stat
-import tempfile
 import time
 from pathlib import Path
 
@@ -383,22 +381,6 @@ def test_diff_reports_a_changed_input(store, tmp_path):
     d = diff_runs(load_run(store, a.rid), load_run(store, b.rid))
     assert [(c["path"], c["basis"]) for c in d["inputs"]["changed"]] == [(str(src), "sha256")]
     assert [c["path"] for c in d["outputs"]["changed"]] == [str(tmp_path / "copy.csv")]
-
-
-@pytest.fixture
-def users_dir(test_user):
-    """/tmp/X (root, 0755) holding a root-only secret and work/, a dir of test_user's."""
-    base = tempfile.mkdtemp(prefix="provtrace-fp-", dir="/tmp")
-    os.chmod(base, 0o755)
-    secret = os.path.join(base, "secret")
-    with open(secret, "w") as f:
-        f.write("root only\n")
-    os.chmod(secret, 0o600)
-    work = os.path.join(base, "work")
-    os.mkdir(work)
-    os.chown(work, test_user.pw_uid, test_user.pw_gid)
-    yield Path(base), Path(secret), Path(work)
-    shutil.rmtree(base, ignore_errors=True)
 
 
 def _give(path, user) -> None:
