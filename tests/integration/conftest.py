@@ -16,3 +16,11 @@ def daemon():
         pytest.skip("needs root for eBPF")
     with running_daemon() as d:
         yield d
+
+
+@pytest.fixture
+def work(tmp_path):
+    """An empty working folder for a traced command."""
+    d = tmp_path / "w"
+    d.mkdir()
+    return d

@@ -126,3 +126,12 @@ def until_followed(kc, db: str, session_id: str) -> None:
         if stored_run(db, session_id)["cells"]:
             return
     raise AssertionError("the daemon never recorded a cell of this kernel")
+
+
+def sessions(db: str) -> list[dict]:
+    """The session runs (followed kernels) in a store file."""
+    store = S.Store(db, readonly=True)
+    try:
+        return [r for r in Q.list_runs(store) if r["kind"] == "session"]
+    finally:
+        store.close()

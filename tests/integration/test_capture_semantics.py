@@ -12,13 +12,6 @@ from .helpers import PY, accesses, entries, proc_by_argv, trace, trace_py
 pytestmark = pytest.mark.privileged
 
 
-@pytest.fixture
-def work(tmp_path):
-    d = tmp_path / "w"
-    d.mkdir()
-    return d
-
-
 def test_relative_paths_follow_chdir(capture, work):
     (work / "sub").mkdir()
     (work / "a.txt").write_text("a\n")

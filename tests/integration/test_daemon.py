@@ -20,6 +20,7 @@ from jupyter_client.manager import KernelManager
 from provtrace.tracer.store import queries as Q
 from provtrace.tracer.store import sqlite as S
 
+from .helpers import sessions as _sessions
 from .helpers import stored_run as _doc
 from .helpers import until_followed as _until_followed
 from .helpers import wait_for as _wait
@@ -114,14 +115,6 @@ CODE = {
                 "1/0"],
     "ir": ["writeLines('x', 'a.txt')", "system('cat a.txt > b.txt')", "stop('no')"],
 }
-
-
-def _sessions(db: str) -> list[dict]:
-    store = S.Store(db, readonly=True)
-    try:
-        return [r for r in Q.list_runs(store) if r["kind"] == "session"]
-    finally:
-        store.close()
 
 
 

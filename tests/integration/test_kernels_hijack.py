@@ -30,6 +30,7 @@ from provtrace.tracer.api.ingest import StoreSink
 from provtrace.tracer.api.memory import InMemoryStore
 from provtrace.tracer.correlate.follower import KernelFollower
 
+from .helpers import sessions as _sessions
 from .helpers import stored_run, until_followed, wait_for
 
 pytestmark = pytest.mark.privileged
@@ -215,17 +216,6 @@ def test_runtime_file_of_another_owner_is_refused(base, test_user):
     finally:
         follower.close()
         victim.stop()
-
-
-def _sessions(db: str) -> list[dict]:
-    from provtrace.tracer.store import queries as Q
-    from provtrace.tracer.store import sqlite as S
-
-    store = S.Store(db, readonly=True)
-    try:
-        return [r for r in Q.list_runs(store) if r["kind"] == "session"]
-    finally:
-        store.close()
 
 
 def test_daemon_keeps_roots_kernel_when_a_user_claims_its_file(daemon, base, test_user):

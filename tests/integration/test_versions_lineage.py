@@ -22,13 +22,6 @@ from .helpers import pt, trace
 pytestmark = pytest.mark.privileged
 
 
-@pytest.fixture
-def work(tmp_path):
-    d = tmp_path / "w"
-    d.mkdir()
-    return d
-
-
 def _db(work):
     return str(work.parent / "store.db")
 
