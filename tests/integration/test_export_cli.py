@@ -20,6 +20,7 @@ from prov.model import ProvDerivation, ProvDocument, ProvEntity, ProvGeneration,
 
 from provtrace.tracer.store import sqlite as S
 from tests.unit.test_export_flows import command_run, notebook_run
+from tests.unit.test_export_openlineage import check_event
 
 PROVTRACE = os.path.join(os.path.dirname(sys.executable), "provtrace")
 FORMATS = ("prov-json", "prov-n", "prov-xml", "openlineage", "graphml", "dot", "json")
@@ -151,7 +152,10 @@ def test_traced_cat_exported_to_every_format(tmp_path):
         _derived_in_prov(ProvDocument.deserialize(content=got[fmt].decode(), format=name), src, dst)
 
     events = [json.loads(line) for line in got["openlineage"].decode().splitlines()]
+    for ev in events:
+        check_event(ev)  # the OpenLineage spec's schema, and each standard facet's
     assert [e["eventType"] for e in events] == ["START", "COMPLETE"]
+    assert "version" in {k for o in events[1]["outputs"] for k in o.get("facets", {})}  # sha256, fingerprinted
     assert src in [i["name"] for i in events[1]["inputs"]]
     assert [o["name"] for o in events[1]["outputs"]] == [dst]
 
