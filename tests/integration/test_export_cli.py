@@ -12,11 +12,11 @@ import subprocess
 import sys
 
 import networkx as nx
+import prov
 import pydot
 import pytest
-import prov
 from lxml import etree
-from prov.model import ProvDerivation, ProvDocument, ProvEntity, ProvGeneration, ProvUsage, ProvSpecialization
+from prov.model import ProvDerivation, ProvDocument, ProvEntity, ProvGeneration, ProvSpecialization, ProvUsage
 
 from provtrace.tracer.store import sqlite as S
 from tests.unit.test_export_flows import command_run, notebook_run

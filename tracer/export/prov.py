@@ -125,6 +125,7 @@ class _Builder:
         self.pt = self.d.add_namespace("provtrace", PT_URI)
         self.hosts: dict[str, object] = {}
         self.seen: set[str] = set()
+        self.generated: set[str] = set()  # version entities with their generation
 
     # --- identifiers -------------------------------------------------------
 
@@ -224,14 +225,14 @@ class _Builder:
             self.d.wasInformedBy(after, before, other_attributes={PROV_TYPE: self.pt["KernelState"]})
         return out
 
-    def _proc_qn(self, rid: str, key: ProcKey):
+    def proc_qn(self, rid: str, key: ProcKey):
         return self.pt[_local("run", rid, "process", key.local)]
 
     def _processes(self, act, rid: str, host: str | None, run_uid: int | None,
                    fl: Flows, cells: dict) -> None:
         for key in sorted(fl.procs, key=lambda k: (k.pid, k.nth)):
             p = fl.procs[key]
-            qn = self._proc_qn(rid, key)
+            qn = self.proc_qn(rid, key)
             extra = {"provtrace:run": act}
             if p.get("cell") in cells:
                 extra["provtrace:cell"] = cells[p.get("cell")]
@@ -240,12 +241,12 @@ class _Builder:
                     pid=p.get("pid"), ppid=p.get("ppid"), exe=p.get("exe"), argv=p.get("argv"),
                     cwd=p.get("cwd"), uid=p.get("uid"), exit_code=p.get("exit_code"),
                     signal=p.get("signal")), **extra})
-            starter = self._proc_qn(rid, fl.parent[key]) if key in fl.parent else act
+            starter = self.proc_qn(rid, fl.parent[key]) if key in fl.parent else act
             self.d.wasStartedBy(qn, None, starter, _dt(p.get("started")))
             if p.get("uid") is not None and p.get("uid") != run_uid:
                 self.d.wasAssociatedWith(qn, self._agent(host, p.get("uid"), None))
         for w, r in fl.pipes:
-            self.d.wasInformedBy(self._proc_qn(rid, r), self._proc_qn(rid, w),
+            self.d.wasInformedBy(self.proc_qn(rid, r), self.proc_qn(rid, w),
                                  other_attributes={PROV_TYPE: self.pt["Pipe"]})
 
     def file(self, host: str | None, path: str, fl: Flows, kind: str | None = None):
@@ -257,7 +258,7 @@ class _Builder:
         return qn
 
     def version(self, host: str | None, v: FileVersion, fl: Flows, kind: str | None = None):
-        """v's entity, prov:specializationOf its path's; an update in place wasRevisionOf the version before."""
+        """v's entity (once), prov:specializationOf its path's entity."""
         path_qn = self.file(host, v.path, fl, kind)
         qn = self._host_ns(host)[_local(_path_raw(v.path, fl.b64.get(v.path)), f"v{v.n}")]
         if self._once(qn):
@@ -275,7 +276,6 @@ class _Files:
                  cells: dict, rename_cells: dict) -> None:
         self.b, self.d, self.rid, self.host, self.fl, self.rv = b, b.d, rid, host, fl, rv
         self.cells, self.rename_cells = cells, rename_cells
-        self.made: dict[object, object] = {}  # version entity -> the activity that generated it
 
     def ent(self, path: str, v: FileVersion | None, kind: str | None = None):
         return self.b.file(self.host, path, self.fl, kind) if v is None else \
@@ -283,13 +283,13 @@ class _Files:
 
     def unit(self, proc: ProcKey, cell: str | None):
         """The activity of an access: its notebook cell when it ran in one (as lineage), else its process."""
-        return self.cells[cell] if cell in self.cells else self.b._proc_qn(self.rid, proc)
+        return self.cells[cell] if cell in self.cells else self.b.proc_qn(self.rid, proc)
 
     def generate(self, ent, act, when: str | None, attrs: dict, v: FileVersion | None) -> None:
-        """One generation per version: a version made twice in one export is generated once."""
-        if v is not None and ent in self.made:
+        """One generation per version (PROV-CONSTRAINTS 24), however many records name it."""
+        if v is not None and str(ent) in self.b.generated:
             return
-        self.made[ent] = act
+        self.b.generated.add(str(ent))
         self.d.wasGeneratedBy(ent, act, _dt(when), other_attributes=attrs or None)
 
     def add(self) -> None:
