@@ -342,7 +342,8 @@ def cmd_diff(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     """One run or --all, rendered by tracer/export and written to -o (atomically; '-' is stdout)."""
-    from .export.exporter import render, write  # noqa: PLC0415
+    from .export.exporter import needs_versions, render, write  # noqa: PLC0415
+    from .export.versioned import versions_for  # noqa: PLC0415
     from .store import queries as Q  # noqa: PLC0415
 
     need(bool(args.run) != bool(args.all), "give a RUN or --all (not both): "
@@ -354,9 +355,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     try:
         rids = [r["rid"] for r in Q.list_runs(store)] if args.all else [Q.resolve_run(store, args.run)]
         docs = [Q.load_run(store, rid) for rid in rids]
+        versions = versions_for(store, docs) if needs_versions(args.format) else None
     finally:
         store.close()
-    write(render(docs, args.format, single=not args.all), args.output)
+    write(render(docs, args.format, single=not args.all, versions=versions), args.output)
     return 0
 
 

@@ -4,11 +4,13 @@ A real daemon, root and the real non-root user `provtrace-test` (U):
 root makes a shared file through a temporary name and copies it into a
 root-only directory, again through a temporary name; U reads the same shared
 file. U's lineage of it, both ways, names none of root's runs, pids, paths or
-temporary names; root's lineage still shows everything.
+temporary names; root's lineage still shows everything. U's exports through
+the daemon number file versions as U's lineage does, with the same cut.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -17,6 +19,7 @@ import sys
 import tempfile
 import textwrap
 
+import networkx as nx
 import pytest
 
 from .helpers import pt
@@ -101,6 +104,17 @@ def test_user_lineage_of_a_shared_file_hides_other_users(daemon, layout, test_us
     seen = json.loads(tui)
     assert any(user_out in label for _, label in seen["downstream"])
     assert not any(rid in tui for rid in root_runs) and not any(name in tui for name in root_names)
+
+    # exports bind to file versions as the caller sees them (issue 14): for U the shared
+    # file is content from outside U's runs (no writer run), not root's rename
+    for fmt in ("prov-xml", "prov-json", "graphml", "dot"):
+        text = as_user("export", "--all", "--socket", sock, "--format", fmt, "-o", "-")
+        assert not any(rid in text for rid in root_runs) and not any(name in text for name in root_names), fmt
+    g = nx.read_graphml(io.BytesIO(as_user("export", "--all", "--socket", sock, "--format", "graphml",
+                                           "-o", "-").encode()))
+    (seen_version,) = [n["id"] for n in _lineage(as_user, shared, "upstream", sock)["nodes"] if n.get("path") == shared]
+    assert g.nodes[seen_version]["how"] == "outside" and "run" not in g.nodes[seen_version]
+    assert g.has_edge(seen_version, f"file:{shared}")
 
     everything_down = _lineage(as_root, shared, "downstream", sock)
     paths = {n.get("path") for n in everything_down["nodes"]}

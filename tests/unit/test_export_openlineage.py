@@ -1,12 +1,20 @@
-"""OpenLineage export of runs built in a real store: every line a RunEvent whose
-required fields are checked against what the OpenLineage spec asks for."""
+"""OpenLineage export of runs built in a real store: every line a RunEvent validated
+against the OpenLineage spec's JSON schema, and each standard facet against its own
+(tests/fixtures/openlineage, fetched from the spec's repository; issue 14)."""
 
 from __future__ import annotations
 
 import base64
+import copy
+import functools
 import json
+import os
 import uuid
 from datetime import datetime
+
+import jsonschema
+import pytest
+from referencing import Registry, Resource
 
 from provtrace.tracer.export import openlineage as OL
 from provtrace.tracer.store import sqlite as S
@@ -21,15 +29,42 @@ from .test_export_flows import (
 )
 
 EVENT_TYPES = {"START", "RUNNING", "COMPLETE", "ABORT", "FAIL", "OTHER"}
+SCHEMAS = os.path.join(os.path.dirname(__file__), "..", "fixtures", "openlineage")
+STANDARD = "https://openlineage.io/spec/"
+
+
+@functools.cache
+def _registry() -> Registry:
+    """The fixture schemas, each under its $id (what _schemaURL and $ref name)."""
+    resources = []
+    for name in sorted(os.listdir(SCHEMAS)):
+        if name.endswith(".json"):
+            with open(os.path.join(SCHEMAS, name), encoding="utf-8") as fh:
+                schema = json.load(fh)
+            resources.append((schema["$id"], Resource.from_contents(schema)))
+    return Registry().with_resources(resources)
+
+
+def schema_errors(schema_url: str, instance: dict) -> list[str]:
+    """Errors of instance against the schema a URL (with its #/$defs/... fragment) names."""
+    validator = jsonschema.Draft202012Validator(
+        {"$ref": schema_url}, registry=_registry(), format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER)
+    return [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(instance)]
 
 
 def _check_facets(facets: dict) -> None:
     for name, facet in facets.items():
         assert facet["_producer"] and facet["_schemaURL"], f"facet {name} lacks _producer/_schemaURL"
+        if facet["_schemaURL"].startswith(STANDARD):  # ours (urn:provtrace:...) are checked as base facets
+            assert not schema_errors(facet["_schemaURL"], facet), (name, schema_errors(facet["_schemaURL"], facet))
 
 
 def check_event(ev: dict) -> None:
-    """The spec's required fields and types, for a RunEvent."""
+    """The event against the spec's schema (the base facets included), each standard
+    facet against its own schema, and what the schema cannot say."""
+    assert ev["schemaURL"].endswith("/OpenLineage.json#/$defs/RunEvent")
+    errors = schema_errors(ev["schemaURL"], ev)
+    assert not errors, errors
     assert ev["eventType"] in EVENT_TYPES
     assert datetime.fromisoformat(ev["eventTime"]).tzinfo is not None
     assert ev["producer"] == OL.PRODUCER and ev["schemaURL"].startswith("https://openlineage.io/spec/")
@@ -185,3 +220,45 @@ def test_job_names_are_stable_across_reruns():
     assert name(["sh", "-c", "cat a > b"]) == "sh" and name(["make", "all"]) == "make"
     assert name(["python3", "train.py"], label="nightly") == "nightly" and name([]) == "run r"
     assert name(["provtrace", "notebook", "run", "/n/analysis.ipynb"]) == "/n/analysis.ipynb"
+
+
+def test_the_schemas_can_fail(store):  # noqa: F811
+    """The validation is real: events or facets broken as a consumer would reject them fail it."""
+    events = parse(OL.serialize([load(store, notebook_run(store))]))
+    cell = next(e for e in events if "parent" in e["run"]["facets"])
+    assert not schema_errors(cell["schemaURL"], cell)
+    for path, value in ((("run", "runId"), "not-a-uuid"), (("eventTime",), None), (("job", "name"), 7)):
+        bad = copy.deepcopy(cell)
+        *up, last = path
+        functools.reduce(dict.__getitem__, up, bad)[last] = value
+        assert schema_errors(bad["schemaURL"], bad), path
+    parent = copy.deepcopy(cell["run"]["facets"]["parent"])
+    del parent["run"]["runId"]
+    assert schema_errors(parent["_schemaURL"], parent)
+
+
+def test_cells_are_child_runs_of_their_notebook_run(store):  # noqa: F811
+    events = parse(OL.serialize([load(store, notebook_run(store))]))
+    (nb_run,) = {e["run"]["runId"] for e in events if "parent" not in e["run"]["facets"]}
+    cells = [e for e in events if "parent" in e["run"]["facets"]]
+    assert cells and all(e["run"]["facets"]["parent"]["run"]["runId"] == nb_run for e in cells)
+    assert all(e["run"]["runId"] != nb_run for e in cells)
+
+
+@pytest.mark.parametrize("facet", sorted(f for f in os.listdir(SCHEMAS) if f.endswith("Facet.json")))
+def test_every_fixture_schema_is_one_the_export_uses(store, facet):  # noqa: F811
+    """No stale fixture: each facet schema kept is one some export names by _schemaURL."""
+    rid = command_run(store, exit_code=3)
+    docs = [load(store, rid), load(store, notebook_run(store))]
+    docs[0]["files"][0]["sha256"] = "0" * 64  # a fingerprinted dataset: DatasetVersion
+    urls = {f["_schemaURL"].split("#")[0] for line in OL.serialize(docs).decode().splitlines()
+            for f in _all_facets(json.loads(line))}
+    with open(os.path.join(SCHEMAS, facet), encoding="utf-8") as fh:
+        assert json.load(fh)["$id"] in urls
+
+
+def _all_facets(ev: dict) -> list[dict]:
+    out = [*ev["run"].get("facets", {}).values(), *ev["job"].get("facets", {}).values()]
+    for ds in ev.get("inputs", []) + ev.get("outputs", []):
+        out += ds.get("facets", {}).values()
+    return out

@@ -65,8 +65,8 @@ class SessionStore(Protocol):
         """`provtrace stale --json` of one run (None: every run uid may see; uid None: all)."""
         ...
 
-    def export(self, run_ids: Sequence[str], fmt: str) -> Iterable[bytes]:
-        """The document in chunks; fmt is one of FORMATS."""
+    def export(self, run_ids: Sequence[str], fmt: str, uid: int | None = None) -> Iterable[bytes]:
+        """The document in chunks; fmt is one of FORMATS; uid: the caller (file versions as its runs made them)."""
         ...
 
     def start_command(

@@ -236,7 +236,7 @@ class InMemoryStore:
         kernel = run.kernel
         return {"kernel": {"name": kernel.kernel_name, "language": kernel.language} if kernel else None}
 
-    def export(self, run_ids: Sequence[str], fmt: str) -> Iterable[bytes]:
+    def export(self, run_ids: Sequence[str], fmt: str, uid: int | None = None) -> Iterable[bytes]:
         if fmt not in FORMATS:
             raise UsageError(f"unknown export format {fmt!r}; one of {', '.join(FORMATS)}")
         if fmt != "json":

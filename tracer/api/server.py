@@ -318,7 +318,7 @@ class ProvtraceServicer(svc_grpc.ProvtraceServicer):
                     ids = [r.id for r in self.store.list_runs(caller.visible_uid)]
                 else:
                     ids = [self._visible_run(request.run_id, caller).id]
-                for chunk in self.store.export(ids, fmt):
+                for chunk in self.store.export(ids, fmt, caller.visible_uid):
                     if not context.is_active():
                         return
                     yield svc.ExportChunk(data=chunk)

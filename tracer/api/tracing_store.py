@@ -314,13 +314,23 @@ class TracingStore(InMemoryStore):
         finally:
             reader.close()
 
-    def export(self, run_ids: Sequence[str], fmt: str) -> Iterable[bytes]:
-        from ..export.exporter import render  # noqa: PLC0415
+    def export(self, run_ids: Sequence[str], fmt: str, uid: int | None = None) -> Iterable[bytes]:
+        """uid: file versions as that uid's runs alone made them (what others did is a
+        change outside tracing to it), as lineage answers that caller."""
+        from ..export.exporter import needs_versions, render  # noqa: PLC0415
+        from ..export.versioned import versions_for  # noqa: PLC0415
 
         if fmt not in FORMATS:
             raise UsageError(f"unknown export format {fmt!r}; one of {', '.join(FORMATS)}")
         docs = [self.document(r, None) for r in run_ids]
-        data = render(docs, fmt, single=len(run_ids) == 1)
+        versions = None
+        if needs_versions(fmt):
+            reader = self._reader()
+            try:
+                versions = versions_for(reader, docs, uid)
+            finally:
+                reader.close()
+        data = render(docs, fmt, single=len(run_ids) == 1, versions=versions)
         return (data[i: i + 65536] for i in range(0, len(data), 65536))
 
     # -- internals -------------------------------------------------------------------

@@ -2,8 +2,8 @@
 
 Every exporter needs the same reading of a run: which process is which (a
 pid can be reused inside a long run), which data files each process read and
-wrote, where temporary names were renamed to, which outputs derive from which
-inputs, and who fed whom through pipes. It is computed here once, as plain
+wrote, where temporary names were renamed to, which writes derive from which
+reads, and who fed whom through pipes. It is computed here once, as plain
 sorted tuples, so PROV, OpenLineage and the graph formats agree and stay
 deterministic.
 
@@ -50,17 +50,6 @@ class Access:
     cell: str | None
 
 
-@dataclass(frozen=True)
-class Derivation:
-    """`out` derives from `src`: content (a process read src and wrote out) or a rename."""
-
-    out: str
-    src: str
-    proc: ProcKey
-    how: str  # "content" | "rename"
-    time: str | None = None
-
-
 @dataclass
 class Flows:
     procs: dict[ProcKey, dict] = field(default_factory=dict)
@@ -68,7 +57,7 @@ class Flows:
     accesses: list[Access] = field(default_factory=list)
     renames: list[tuple[ProcKey, str, str, str | None]] = field(default_factory=list)
     pipes: list[tuple[ProcKey, ProcKey]] = field(default_factory=list)  # (writer, reader)
-    derivations: list[Derivation] = field(default_factory=list)
+    content: list[tuple[Access, Access]] = field(default_factory=list)  # (write, read before it)
     b64: dict[str, str] = field(default_factory=dict)  # escaped path -> raw bytes as base64
 
     def reads(self) -> list[Access]:
@@ -100,7 +89,7 @@ def flows_of(doc: dict) -> Flows:
                 if w != r:
                     fl.pipes.append((owner(w, None), owner(r, None)))
     fl.pipes = sorted(set(fl.pipes), key=lambda wr: (wr[0].pid, wr[0].nth, wr[1].pid, wr[1].nth))
-    fl.derivations = _derivations(fl)
+    fl.content = _content(fl)
     return fl
 
 
@@ -145,31 +134,29 @@ def final_name(path: str, renames: list[tuple[ProcKey, str, str, str | None]], a
     return path
 
 
-def _derivations(fl: Flows) -> list[Derivation]:
-    """Content derivations (with pipes and renames followed) plus one per rename.
+def _content(fl: Flows) -> list[tuple[Access, Access]]:
+    """(write, read): a process wrote a file after it read a data file.
 
     A process's inputs are the data files it read, plus, through pipes, the
-    inputs of the processes that wrote into its stdin (transitively). Its
-    outputs are the files it wrote, under their final names. A read counts
-    only if it began before the process finished writing that output.
+    inputs of the processes that wrote into its stdin (transitively). A read
+    counts only if it began before the process finished that write. Renames are
+    a step of their own (fl.renames): the renamed file derives from the name
+    it was written as.
     """
-    own: dict[ProcKey, set[tuple[str, str]]] = {}
+    own: dict[ProcKey, set[Access]] = {}
     for a in fl.reads():
         if a.kind == "data" and "read" in a.access:
-            own.setdefault(a.proc, set()).add((a.path, a.first or ""))
-    inputs = _through_pipes(own, fl.pipes)
-    out: set[Derivation] = set()
+            own.setdefault(a.proc, set()).add(a)
+    inputs = through_pipes(own, fl.pipes)
+    out = []
     for w in fl.writes():
-        dst = final_name(w.path, fl.renames, w.first)
-        for src, first in inputs.get(w.proc, ()):
-            if src not in (w.path, dst) and (not w.last or first <= w.last):
-                out.add(Derivation(dst, src, w.proc, "content"))
-    for proc, src, dst, when in fl.renames:
-        out.add(Derivation(dst, src, proc, "rename", when))
-    return sorted(out, key=lambda d: (d.out, d.src, d.how, d.proc.pid, d.proc.nth))
+        for r in sorted(inputs.get(w.proc, ()), key=lambda r: (r.path, r.first or "", r.proc.pid, r.proc.nth)):
+            if r.path != w.path and (not w.last or (r.first or "") <= w.last):
+                out.append((w, r))
+    return out
 
 
-def _through_pipes(own: dict[ProcKey, set], pipes: list[tuple[ProcKey, ProcKey]]) -> dict[ProcKey, set]:
+def through_pipes(own: dict[ProcKey, set], pipes: list[tuple[ProcKey, ProcKey]]) -> dict[ProcKey, set]:
     feeders: dict[ProcKey, set[ProcKey]] = {}
     for w, r in pipes:
         feeders.setdefault(r, set()).add(w)

@@ -8,7 +8,13 @@ run -> root process ("started"), run -> cell ("ran"), cell -> process
 PROV export). File nodes are shared across runs, so an export of the whole
 store is one lineage graph.
 
-Node ids: `run:ID`, `cell:RUN:CELL`, `proc:RUN:PID`, `file:PATH`. GraphML
+Given the file versions (versioned.versions_for), reads, writes, deletes,
+renames and derivations go to the version they touched, a node
+`file:PATH@N` (kind `version`, numbered as `provtrace lineage` numbers them)
+with a "specializes" edge to its path's node `file:PATH`; an access whose
+version is not known stays on the path's node.
+
+Node ids: `run:ID`, `cell:RUN:CELL`, `proc:RUN:PID`, `file:PATH`, `file:PATH@N`. GraphML
 comes from networkx (nx.write_graphml); DOT is written here, with every id
 and label quoted, so it needs neither pydot nor graphviz.
 """
@@ -21,14 +27,16 @@ import json
 import networkx as nx
 
 from .flows import USE_ACCESS, WRITE_ACCESS, Flows, ProcKey, flows_of
+from .versioned import FileVersion, RunVersions, Versions, content_derivations
 
-SHAPES = {"run": "doubleoctagon", "cell": "component", "process": "box", "file": "note"}
+SHAPES = {"run": "doubleoctagon", "cell": "component", "process": "box", "file": "note", "version": "note"}
 
 
-def graph(docs: list[dict]) -> nx.DiGraph:
+def graph(docs: list[dict], versions: Versions | None = None) -> nx.DiGraph:
     g = nx.DiGraph()
+    versions = versions or Versions()
     for doc in sorted(docs, key=lambda d: str((d.get("run") or {}).get("id"))):
-        _add_run(g, doc)
+        _add_run(g, doc, versions.of((doc.get("run") or {}).get("id")))
     return _sorted(g)
 
 
@@ -58,7 +66,20 @@ def _file(g: nx.DiGraph, path: str, fl: Flows, kind: str = "data") -> str:
     return node
 
 
-def _add_run(g: nx.DiGraph, doc: dict) -> None:
+def _version(g: nx.DiGraph, path: str, v: FileVersion | None, fl: Flows, kind: str = "data") -> str:
+    """v's node (specializing its path's node), or the path's node when v is not known."""
+    path_node = _file(g, path, fl, kind)
+    if v is None:
+        return path_node
+    if v.id not in g:
+        g.add_node(v.id, **_clean({"kind": "version", "label": f"{path}@{v.n}", "path": path, "version": v.n,
+                                   "how": v.how, "sha256": v.sha256, "written": v.written, "run": v.run,
+                                   "path_b64": fl.b64.get(path), "file_kind": kind}))
+        _edge(g, v.id, path_node, "specializes")
+    return v.id
+
+
+def _add_run(g: nx.DiGraph, doc: dict, rv: RunVersions) -> None:
     run = doc.get("run") or {}
     rid = str(run.get("id"))
     rn = f"run:{rid}"
@@ -87,18 +108,26 @@ def _add_run(g: nx.DiGraph, doc: dict) -> None:
             _edge(g, f"cell:{rid}:{p.get('cell')}", pn[key], "ran")
     proc = lambda k: pn.get(k) or _missing_proc(g, rid, k)  # noqa: E731
     for a in fl.accesses:
-        fn = _file(g, a.path, fl, a.kind)
+        key = (a.proc.pid, a.cell, a.path)
         if USE_ACCESS & set(a.access):
-            _edge(g, fn, proc(a.proc), "read", time=a.first, bytes=a.bytes_read)
+            _edge(g, _version(g, a.path, rv.read.get((*key, a.first)), fl, a.kind), proc(a.proc), "read",
+                  time=a.first, bytes=a.bytes_read)
         if WRITE_ACCESS & set(a.access):
-            _edge(g, proc(a.proc), fn, "wrote", time=a.last, bytes=a.bytes_written)
+            made = rv.wrote.get((*key, a.last))
+            _edge(g, proc(a.proc), _version(g, a.path, made, fl, a.kind), "wrote", time=a.last, bytes=a.bytes_written)
+            if made is not None and made.prev is not None:  # an update in place of the version before
+                _edge(g, _version(g, a.path, made.prev, fl, a.kind), made.id, "updated", run=rid, pid=a.proc.pid)
         if "delete" in a.access:
-            _edge(g, proc(a.proc), fn, "deleted", time=a.last)
+            _edge(g, proc(a.proc), _version(g, a.path, rv.ended.get((*key, a.last)), fl, a.kind), "deleted",
+                  time=a.last)
     for w, r in fl.pipes:
         _edge(g, proc(w), proc(r), "pipe")
-    for d in fl.derivations:
-        rel = "renamed" if d.how == "rename" else "derived"
-        _edge(g, _file(g, d.src, fl), _file(g, d.out, fl), rel, run=rid, pid=d.proc.pid, time=d.time)
+    for pk, src, dst, when in fl.renames:
+        moved, made = rv.renamed.get((pk.pid, src, dst, when), (None, None))
+        _edge(g, _version(g, src, moved, fl), _version(g, dst, made, fl), "renamed", run=rid, pid=pk.pid, time=when)
+    for w, made, r, seen in content_derivations(fl, rv):
+        _edge(g, _version(g, r.path, seen, fl, r.kind), _version(g, w.path, made, fl, w.kind), "derived",
+              run=rid, pid=w.proc.pid)
 
 
 def _missing_proc(g: nx.DiGraph, rid: str, key: ProcKey) -> str:
@@ -119,9 +148,9 @@ def _sorted(g: nx.DiGraph) -> nx.DiGraph:
     return h
 
 
-def graphml(docs: list[dict]) -> bytes:
+def graphml(docs: list[dict], versions: Versions | None = None) -> bytes:
     buf = io.BytesIO()
-    nx.write_graphml(graph(docs), buf, encoding="utf-8", prettyprint=True)
+    nx.write_graphml(graph(docs, versions), buf, encoding="utf-8", prettyprint=True)
     return buf.getvalue()
 
 
@@ -131,8 +160,8 @@ def _q(text: object) -> str:
     return '"' + s.replace("\r", "\\r").replace("\n", "\\n") + '"'
 
 
-def dot(docs: list[dict]) -> bytes:
-    g = graph(docs)
+def dot(docs: list[dict], versions: Versions | None = None) -> bytes:
+    g = graph(docs, versions)
     lines = ["digraph provtrace {", "  rankdir=LR;", '  node [fontname="monospace"];']
     for n, a in g.nodes(data=True):
         style = ', style="dashed"' if a.get("file_kind") == "temp" else ""

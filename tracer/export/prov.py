@@ -4,19 +4,27 @@ The model, in PROV terms:
   - Activities: the run, each process, each notebook cell. A process
     wasStartedBy its parent (the root process by the run); a cell wasStartedBy
     the run. A pipe reader wasInformedBy its writer.
-  - Entities: files by absolute path, as file://HOST URIs (data and temp
-    files; libraries as `provtrace:Library` entities named by build-id),
-    and the execution context the run `used`: host, interpreters, packages,
-    libraries, GPUs.
-  - used / wasGeneratedBy / wasInvalidatedBy (delete, rename away) with the
-    access times; wasDerivedFrom for content (a process read A and wrote B,
-    pipes and renames followed) and for renames (prov:type provtrace:Rename).
+  - Entities: a file's path (`provtrace:File`), and one entity per version of
+    its content (`provtrace:FileVersion`, numbered as `provtrace lineage`
+    numbers them) that is prov:specializationOf the path; libraries as
+    `provtrace:Library` entities named by build-id, and the execution context
+    the run `used`: host, interpreters, packages, libraries, GPUs.
+  - used binds to the version the access read; wasGeneratedBy to the version
+    a write or rename made, once per version (PROV-CONSTRAINTS' generation
+    uniqueness), by the process, or by the notebook cell the access ran in;
+    wasInvalidatedBy (delete, rename away) ends the version it ended.
+    wasDerivedFrom for content (a version written after reading another,
+    pipes followed), for renames (prov:type provtrace:Rename) and for updates
+    in place (prov:Revision).
   - Agent: the user (host + uid) the run wasAssociatedWith.
   - Every entity, activity and agent has a prov:label; a notebook cell
     wasInformedBy the cell run before it (prov:type provtrace:KernelState).
 
-A file entity is the path, not one version of its content, so an export of
-several runs may show one file generated more than once.
+Identifiers are valid XML NCNames in their local part (PROV-XML's ids are
+xs:QName): every character but ASCII letters, digits and '-' is written as
+`_XX` per UTF-8 byte (a path's raw bytes when it is not UTF-8), parts are
+joined with '.', and a version adds `.vN`. So ids are stable and
+deterministic, and the path itself is in `provtrace:path` and prov:label.
 """
 
 from __future__ import annotations
@@ -31,15 +39,19 @@ from prov.constants import PROV
 from prov.model import PROV_LABEL, PROV_TYPE, ProvDocument, ProvElement
 
 from .flows import USE_ACCESS, WRITE_ACCESS, Flows, ProcKey, flows_of
+from .versioned import FileVersion, RunVersions, Versions, content_derivations
 
 PT_URI = "urn:provtrace:"
 PROV_PERSON = PROV["Person"]
+_NC_KEEP = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-")
 
 
-def prov_document(docs: list[dict]) -> ProvDocument:
+def prov_document(docs: list[dict], versions: Versions | None = None) -> ProvDocument:
+    """versions: which file version each access touched (versioned.versions_for);
+    without them (documents that come from no store) accesses bind to the path."""
     b = _Builder()
     for doc in docs:
-        b.add_run(doc)
+        b.add_run(doc, (versions or Versions()).of((doc.get("run") or {}).get("id")))
     _label_all(b.d)
     return b.d
 
@@ -68,23 +80,27 @@ def _label_all(d: ProvDocument) -> None:
         rec.add_attributes({PROV_LABEL: str(value if value is not None else rec.identifier.localpart)})
 
 
-def serialize(docs: list[dict], fmt: str) -> bytes:
+def serialize(docs: list[dict], fmt: str, versions: Versions | None = None) -> bytes:
     """fmt: json | provn | xml (the prov library's names)."""
-    text = prov_document(docs).serialize(format=fmt, **({"indent": 2} if fmt == "json" else {}))
+    text = prov_document(docs, versions).serialize(format=fmt, **({"indent": 2} if fmt == "json" else {}))
     return (text if text.endswith("\n") else text + "\n").encode("utf-8")
 
 
-def _local(*parts: object, path: str | None = None) -> str:
-    """A PROV-N-safe local name: each part percent-encoded, joined with '/'; a path goes last, slashes kept."""
-    out = "/".join(quote(str(p), safe="") for p in parts) + (quote(path, safe="/") if path else "")
-    # PN_LOCAL may not end with '.'
-    return out[:-1] + "%2E" if out.endswith(".") else out
+def _nc(raw: bytes) -> str:
+    """One part of an identifier: ASCII letters, digits and '-' kept, every other byte as _XX."""
+    return "".join(chr(b) if b in _NC_KEEP else f"_{b:02X}" for b in raw) or "_"
 
 
-def _path_local(path: str, b64: str | None) -> str:
-    raw = base64.b64decode(b64) if b64 else path.encode("utf-8", "surrogateescape")
-    out = quote(raw, safe="/")
-    return out[:-1] + "%2E" if out.endswith(".") else out
+def _local(*parts: object) -> str:
+    """A local name that is an NCName (and a PROV-N PN_LOCAL): parts escaped
+    (_nc), joined with '.'; a first character that is not a letter is escaped too."""
+    out = ".".join(_nc(p if isinstance(p, bytes) else str(p).encode("utf-8", "surrogateescape"))
+                   for p in parts)
+    return out if out[0].isalpha() or out[0] == "_" else f"_{ord(out[0]):02X}{out[1:]}"
+
+
+def _path_raw(path: str, b64: str | None) -> bytes:
+    return base64.b64decode(b64) if b64 else path.encode("utf-8", "surrogateescape")
 
 
 def _dt(iso: str | None) -> datetime | None:
@@ -109,6 +125,7 @@ class _Builder:
         self.pt = self.d.add_namespace("provtrace", PT_URI)
         self.hosts: dict[str, object] = {}
         self.seen: set[str] = set()
+        self.generated: set[str] = set()  # version entities with their generation
 
     # --- identifiers -------------------------------------------------------
 
@@ -118,7 +135,8 @@ class _Builder:
             prefix = "f_" + re.sub(r"[^A-Za-z0-9_-]", "_", host)
             while prefix in {ns.prefix for ns in self.hosts.values()}:
                 prefix += "_"
-            self.hosts[host] = self.d.add_namespace(prefix, f"file://{quote(host, safe='')}")
+            # not file://HOST: local names are escaped paths, not URI paths
+            self.hosts[host] = self.d.add_namespace(prefix, f"{PT_URI}file:{quote(host, safe='')}:")
         return self.hosts[host]
 
     def _once(self, qn) -> bool:
@@ -130,7 +148,7 @@ class _Builder:
 
     # --- one run -----------------------------------------------------------
 
-    def add_run(self, doc: dict) -> None:
+    def add_run(self, doc: dict, rv: RunVersions) -> None:
         run = doc.get("run") or {}
         rid = run.get("id") or "unknown-run"
         host = run.get("host") or (doc.get("context") or {}).get("host")
@@ -146,8 +164,9 @@ class _Builder:
         fl = flows_of(doc)
         cells = self._cells(act, rid, doc.get("cells") or [])
         self._processes(act, rid, host, run.get("uid"), fl, cells)
-        self._files(rid, host, fl)
-        self._cell_io(host, doc.get("cells") or [], cells, fl)
+        rename_cells = {(r.get("pid"), r.get("from"), r.get("to"), r.get("time")): r.get("cell")
+                        for r in doc.get("renames") or []}
+        _Files(self, rid, host, fl, rv, cells, rename_cells).add()
 
     def _agent(self, host: str | None, uid: int | None, user: str | None):
         ag = self.pt[_local("user", host or "unknown-host", "unknown" if uid is None else uid)]
@@ -168,7 +187,7 @@ class _Builder:
         self.d.used(act, ent)
         used = []
         for i in ctx.get("interpreters") or []:
-            used.append((self.pt[_local("interpreter", i.get("name"), i.get("version"), path=i.get("path"))],
+            used.append((self.pt[_local("interpreter", i.get("name"), i.get("version"), i.get("path"))],
                          "Interpreter", _attrs(name=i.get("name"), version=i.get("version"), path=i.get("path"),
                                                implementation=i.get("implementation"))))
         for p in ctx.get("packages") or []:
@@ -176,7 +195,7 @@ class _Builder:
                          "Package", _attrs(name=p.get("name"), version=p.get("version"),
                                            ecosystem=p.get("ecosystem"), hash=p.get("hash"))))
         for lib in ctx.get("libraries") or []:
-            used.append((self.pt[_local("library", lib.get("build_id") or "no-build-id", path=lib.get("path"))],
+            used.append((self.pt[_local("library", lib.get("build_id") or "no-build-id", lib.get("path"))],
                          "Library", _attrs(path=lib.get("path"), soname=lib.get("soname"),
                                            build_id=lib.get("build_id"), package=lib.get("package"))))
         for g in ctx.get("gpus") or []:
@@ -206,14 +225,14 @@ class _Builder:
             self.d.wasInformedBy(after, before, other_attributes={PROV_TYPE: self.pt["KernelState"]})
         return out
 
-    def _proc_qn(self, rid: str, key: ProcKey):
+    def proc_qn(self, rid: str, key: ProcKey):
         return self.pt[_local("run", rid, "process", key.local)]
 
     def _processes(self, act, rid: str, host: str | None, run_uid: int | None,
                    fl: Flows, cells: dict) -> None:
         for key in sorted(fl.procs, key=lambda k: (k.pid, k.nth)):
             p = fl.procs[key]
-            qn = self._proc_qn(rid, key)
+            qn = self.proc_qn(rid, key)
             extra = {"provtrace:run": act}
             if p.get("cell") in cells:
                 extra["provtrace:cell"] = cells[p.get("cell")]
@@ -222,48 +241,85 @@ class _Builder:
                     pid=p.get("pid"), ppid=p.get("ppid"), exe=p.get("exe"), argv=p.get("argv"),
                     cwd=p.get("cwd"), uid=p.get("uid"), exit_code=p.get("exit_code"),
                     signal=p.get("signal")), **extra})
-            starter = self._proc_qn(rid, fl.parent[key]) if key in fl.parent else act
+            starter = self.proc_qn(rid, fl.parent[key]) if key in fl.parent else act
             self.d.wasStartedBy(qn, None, starter, _dt(p.get("started")))
             if p.get("uid") is not None and p.get("uid") != run_uid:
                 self.d.wasAssociatedWith(qn, self._agent(host, p.get("uid"), None))
         for w, r in fl.pipes:
-            self.d.wasInformedBy(self._proc_qn(rid, r), self._proc_qn(rid, w),
+            self.d.wasInformedBy(self.proc_qn(rid, r), self.proc_qn(rid, w),
                                  other_attributes={PROV_TYPE: self.pt["Pipe"]})
 
-    def _file(self, host: str | None, path: str, fl: Flows, kind: str | None = None):
-        qn = self._host_ns(host)[_path_local(path, fl.b64.get(path))]
+    def file(self, host: str | None, path: str, fl: Flows, kind: str | None = None):
+        """The path's entity (what every version of it specializes)."""
+        qn = self._host_ns(host)[_local(_path_raw(path, fl.b64.get(path)))]
         if self._once(qn):
             self.d.entity(qn, {PROV_TYPE: self.pt["File"], **_attrs(
                 path=path, path_b64=fl.b64.get(path), kind=kind or "data")})
         return qn
 
-    def _files(self, rid: str, host: str | None, fl: Flows) -> None:
+    def version(self, host: str | None, v: FileVersion, fl: Flows, kind: str | None = None):
+        """v's entity (once), prov:specializationOf its path's entity."""
+        path_qn = self.file(host, v.path, fl, kind)
+        qn = self._host_ns(host)[_local(_path_raw(v.path, fl.b64.get(v.path)), f"v{v.n}")]
+        if self._once(qn):
+            self.d.entity(qn, {PROV_TYPE: self.pt["FileVersion"], PROV_LABEL: f"{v.path}@{v.n}", **_attrs(
+                path=v.path, version=v.n, how=v.how, sha256=v.sha256, written=v.written, writer_run=v.run,
+                lineage_id=v.id)})
+            self.d.specializationOf(qn, path_qn)
+        return qn
+
+
+class _Files:
+    """One run's file relations, each bound to the version it touched (when known)."""
+
+    def __init__(self, b: _Builder, rid: str, host: str | None, fl: Flows, rv: RunVersions,
+                 cells: dict, rename_cells: dict) -> None:
+        self.b, self.d, self.rid, self.host, self.fl, self.rv = b, b.d, rid, host, fl, rv
+        self.cells, self.rename_cells = cells, rename_cells
+
+    def ent(self, path: str, v: FileVersion | None, kind: str | None = None):
+        return self.b.file(self.host, path, self.fl, kind) if v is None else \
+            self.b.version(self.host, v, self.fl, kind)
+
+    def unit(self, proc: ProcKey, cell: str | None):
+        """The activity of an access: its notebook cell when it ran in one (as lineage), else its process."""
+        return self.cells[cell] if cell in self.cells else self.b.proc_qn(self.rid, proc)
+
+    def generate(self, ent, act, when: str | None, attrs: dict, v: FileVersion | None) -> None:
+        """One generation per version (PROV-CONSTRAINTS 24), however many records name it."""
+        if v is not None and str(ent) in self.b.generated:
+            return
+        self.b.generated.add(str(ent))
+        self.d.wasGeneratedBy(ent, act, _dt(when), other_attributes=attrs or None)
+
+    def add(self) -> None:
+        fl, rv = self.fl, self.rv
         for a in fl.accesses:
-            ent = self._file(host, a.path, fl, a.kind)
-            proc = self._proc_qn(rid, a.proc)
+            act = self.unit(a.proc, a.cell)
+            key = (a.proc.pid, a.cell, a.path)
             if USE_ACCESS & set(a.access):
-                self.d.used(proc, ent, _dt(a.first), other_attributes=_attrs(
+                v = rv.read.get((*key, a.first))
+                self.d.used(act, self.ent(a.path, v, a.kind), _dt(a.first), other_attributes=_attrs(
                     access=",".join(a.access), bytes_read=a.bytes_read or None))
             if WRITE_ACCESS & set(a.access):
-                self.d.wasGeneratedBy(ent, proc, _dt(a.last), other_attributes=_attrs(
-                    access=",".join(a.access), bytes_written=a.bytes_written or None))
+                v = rv.wrote.get((*key, a.last))
+                self.generate(self.ent(a.path, v, a.kind), act, a.last, _attrs(
+                    access=",".join(a.access), bytes_written=a.bytes_written or None), v)
+                if v is not None and v.prev is not None:
+                    self.d.wasDerivedFrom(self.ent(a.path, v, a.kind), self.ent(a.path, v.prev, a.kind), act,
+                                          other_attributes={PROV_TYPE: PROV["Revision"]})
             if "delete" in a.access:
-                self.d.wasInvalidatedBy(ent, proc, _dt(a.last))
+                self.d.wasInvalidatedBy(self.ent(a.path, rv.ended.get((*key, a.last)), a.kind), act, _dt(a.last))
         for proc_key, src, dst, when in fl.renames:
-            proc = self._proc_qn(rid, proc_key)
-            s, t = self._file(host, src, fl), self._file(host, dst, fl)
-            self.d.wasInvalidatedBy(s, proc, _dt(when), other_attributes=_attrs(access="rename"))
-            self.d.wasGeneratedBy(t, proc, _dt(when), other_attributes=_attrs(access="rename"))
-        for dv in fl.derivations:
-            attrs = {PROV_TYPE: self.pt["Rename"]} if dv.how == "rename" else {}
-            self.d.wasDerivedFrom(self._file(host, dv.out, fl), self._file(host, dv.src, fl),
-                                  self._proc_qn(rid, dv.proc), other_attributes=attrs or None)
-
-    def _cell_io(self, host: str | None, cells: list[dict], qns: dict, fl: Flows) -> None:
-        """A cell's own reads and writes (renames followed), as the notebook user sees them."""
-        for c in sorted(cells, key=lambda c: str(qns.get(c.get("id")))):
-            qn = qns.get(c.get("id"))
-            for path in c.get("reads") or []:
-                self.d.used(qn, self._file(host, path, fl))
-            for path in c.get("writes") or []:
-                self.d.wasGeneratedBy(self._file(host, path, fl), qn, _dt(c.get("ended")))
+            act = self.unit(proc_key, self.rename_cells.get((proc_key.pid, src, dst, when)))
+            moved, made = rv.renamed.get((proc_key.pid, src, dst, when), (None, None))
+            s, t = self.ent(src, moved), self.ent(dst, made)
+            self.d.wasInvalidatedBy(s, act, _dt(when), other_attributes=_attrs(access="rename"))
+            self.generate(t, act, when, _attrs(access="rename"), made)
+            self.d.wasDerivedFrom(t, s, act, other_attributes={PROV_TYPE: self.b.pt["Rename"]})
+        done = set()
+        for w, made, r, seen in content_derivations(fl, rv):
+            out, src = self.ent(w.path, made, w.kind), self.ent(r.path, seen, r.kind)
+            if (out, src) not in done:
+                done.add((out, src))
+                self.d.wasDerivedFrom(out, src, self.unit(w.proc, w.cell))
