@@ -121,6 +121,7 @@ def _run_via_daemon(cmd: list[str], socket_path: str, args: argparse.Namespace,
     if args.json_out:
         with ProvtraceClient(socket_path) as client:
             doc = json.loads(client.export(result.run_id, "json"))
+        _reclassify([doc], _config_lenient())
         _write_json(args.json_out, doc)
     return result.exit_code
 

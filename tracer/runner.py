@@ -27,7 +27,7 @@ from .errors import CommandNotFound, TracerError, UsageError
 from .model.processes import Tracker
 from .store import sqlite as S
 from .store.fingerprint import record_fingerprints
-from .store.writer import RunWriter
+from .store.writer import RunWriter, stdio_files
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,8 @@ class TracedCommand:
                   "host": socket.gethostname(), "user": _user(uid), "uid": uid,
                   "started": iso(started_us), "start_us": started_us, "exe": exe}
         self.rid = self.store.new_run(self.run_id, header)
-        writer = RunWriter(self.store, self.rid, clock, redact, base_us=started_us)
+        # the command inherits our stdout and stderr: files there are its log, not its data
+        writer = RunWriter(self.store, self.rid, clock, redact, base_us=started_us, stdio=stdio_files())
         tracker = Tracker(writer, cap.created_mask)
         decoder = Decoder()
         tag = 1 + (self.rid % 0x7FFFFFFF)

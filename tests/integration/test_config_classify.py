@@ -14,7 +14,7 @@ import pytest
 
 from provtrace.tracer.store import sqlite as S
 
-from .helpers import PROVTRACE
+from .helpers import PROVTRACE, running_daemon
 
 pytestmark = pytest.mark.privileged
 
@@ -178,3 +178,63 @@ def test_a_venv_of_any_name_is_library(tmp_path):
     assert cfg and all(f["kind"] == "library" for f in cfg)
     data = {f["path"] for f in doc["files"] if f["kind"] == "data"}
     assert data == {str(tmp_path / "in.txt"), str(tmp_path / "out.txt")}
+
+
+def test_captured_stdout_and_stderr_files_are_not_data(tmp_path):
+    """`provtrace run -- CMD > out.log 2> err.log`: the logs the command was handed
+    are system; a file the command opens itself, even by a redirect inside
+    the traced shell, stays data."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root for eBPF")
+    env = {**os.environ, "PROVTRACE_CONFIG": str(tmp_path / "none.toml"),
+           "PROVTRACE_SYSTEM_CONFIG": str(tmp_path / "none.toml")}
+    with open(tmp_path / "out.log", "w") as out, open(tmp_path / "err.log", "w") as err:
+        r = subprocess.run([PROVTRACE, "run", "--db", str(tmp_path / "s.db"), "--json-out", str(tmp_path / "r.json"),
+                            "--", "sh", "-c", "echo hi; echo oops >&2; echo x > made.txt"],
+                           cwd=tmp_path, env=env, stdout=out, stderr=err, timeout=300)
+    assert r.returncode == 0, (tmp_path / "err.log").read_text()
+    doc = json.loads((tmp_path / "r.json").read_text())
+    assert kinds(doc) == {**kinds(doc), "out.log": {"system"}, "err.log": {"system"}, "made.txt": {"data"}}
+    # a rule brings a log back when a user wants it as data
+    (tmp_path / "keep.toml").write_text('[classify]\n"**/out.log" = "data"\n')
+    shown = subprocess.run([PROVTRACE, "show", "last", "--json", "--db", str(tmp_path / "s.db")],
+                           env={**env, "PROVTRACE_CONFIG": str(tmp_path / "keep.toml")},
+                           capture_output=True, text=True, timeout=300)
+    assert kinds(json.loads(shown.stdout))["out.log"] == {"data"}
+
+
+def test_daemon_applies_the_system_file_and_the_client_its_own(tmp_path):
+    """Through a daemon: its answers follow the system config file (it serves
+    every user); show/export --data-only then apply the caller's own file."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root for eBPF")
+    system = tmp_path / "etc.toml"
+    system.write_text('[classify]\n"**/*.tsv" = "temp"\n')
+    mine = tmp_path / "mine.toml"
+    mine.write_text('[classify]\n"**/b.csv" = "system"\n')
+    work = tmp_path / "w"
+    work.mkdir()
+    (work / "in.csv").write_text("1\n")
+    env = {**os.environ, "PROVTRACE_SYSTEM_CONFIG": str(system), "PROVTRACE_CONFIG": str(tmp_path / "none.toml")}
+    with running_daemon(env=env) as d:
+        def cli(*args, config):
+            return subprocess.run([PROVTRACE, *args], cwd=work, capture_output=True, text=True, timeout=300,
+                                  env={**env, "PROVTRACE_CONFIG": str(config)})
+        with open(work / "run.log", "w") as log:
+            r = subprocess.run([PROVTRACE, "run", "--socket", d["socket"], "--", "sh", "-c",
+                                "cat in.csv > a.tsv; cat in.csv > b.csv; echo done"],
+                               cwd=work, env=env, stdout=log, stderr=subprocess.PIPE, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr
+        r = cli("show", "last", "--json", "--socket", d["socket"], config=tmp_path / "none.toml")
+        assert r.returncode == 0, r.stderr
+        k = kinds(json.loads(r.stdout))
+        assert (k["a.tsv"], k["b.csv"], k["in.csv"], k["run.log"]) == ({"temp"}, {"data"}, {"data"}, {"system"})
+        k = kinds(json.loads(cli("show", "last", "--json", "--socket", d["socket"], config=mine).stdout))
+        assert k["b.csv"] == {"system"} and k["a.tsv"] == {"temp"}
+        r = cli("export", "last", "--data-only", "--format", "json", "-o", "-", "--socket", d["socket"], config=mine)
+        assert r.returncode == 0, r.stderr
+        assert {os.path.basename(f["path"]) for f in json.loads(r.stdout)["files"]} == {"in.csv"}
+        bad = tmp_path / "bad.toml"
+        bad.write_text("[classify]\n\"/x\" = 1\n")
+        r = cli("show", "last", "--socket", d["socket"], config=bad)
+        assert r.returncode != 0 and r.stderr.count("\n") == 1 and str(bad) in r.stderr

@@ -37,7 +37,7 @@ from ..errors import RunNotFound, TracerError, UsageError
 from ..model.processes import NO_CELLS, Tracker
 from ..store import queries as Q
 from ..store import sqlite as S
-from ..store.writer import RunWriter
+from ..store.writer import RunWriter, stdio_files
 from .backend import FORMATS, NotFound
 from .events import EventHub
 from .memory import InMemoryStore
@@ -177,6 +177,7 @@ class TracingStore(InMemoryStore):
                   "user": user, "uid": uid, "started": iso(started_us), "start_us": started_us,
                   "via": "daemon"}
         live = self._open_run(run_id, "command", header, NO_CELLS, started_us)
+        live.writer.stdio = stdio_files(pid)  # the user's `> log`: not the command's data
         live.root_pid = pid
         live.env = dict(env)
         live.tracker.add_root(pid, Clock.now_mono_ns(), list(argv), cwd, uid, tag=live.tag)
