@@ -238,3 +238,48 @@ def test_daemon_applies_the_system_file_and_the_client_its_own(tmp_path):
         bad.write_text("[classify]\n\"/x\" = 1\n")
         r = cli("show", "last", "--socket", d["socket"], config=bad)
         assert r.returncode != 0 and r.stderr.count("\n") == 1 and str(bad) in r.stderr
+
+
+def test_a_followed_kernel_writing_to_the_servers_log_file_is_no_cell_output(tmp_path):
+    """A kernel's stdout is its notebook server's (a log file under nohup or a
+    service): what a cell prints at the C level lands there, and is no output."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root for eBPF")
+    from jupyter_client.kernelspec import KernelSpecManager
+    from jupyter_client.manager import KernelManager
+
+    from provtrace.tracer.store import queries as Q
+
+    from .helpers import stored_run, until_followed, wait_for
+
+    if "python3" not in KernelSpecManager().find_kernel_specs():
+        pytest.skip("kernelspec python3 not installed (setup.sh installs it)")
+
+    def sessions(db):
+        store = S.Store(db, readonly=True)
+        try:
+            return [r["id"] for r in Q.list_runs(store) if r["kind"] == "session"]
+        finally:
+            store.close()
+
+    log_path = tmp_path / "server.log"
+    with running_daemon() as d, open(log_path, "w") as log:
+        km = KernelManager(kernel_name="python3")
+        km.start_kernel(cwd=str(tmp_path), stdout=log, stderr=log)
+        kc = km.client()
+        kc.start_channels()
+        try:
+            kc.wait_for_ready(timeout=60)
+            sid = wait_for(lambda: sessions(d["db"]), 60, "the daemon to discover the kernel")[0]
+            until_followed(kc, d["db"], sid)
+            kc.execute_interactive("import os; os.write(1, b'to the log\\n'); open('a.txt', 'w').write('x')",
+                                   timeout=60)
+        finally:
+            kc.stop_channels()
+            km.shutdown_kernel(now=False)
+        doc = wait_for(lambda: (lambda x: x if x["run"]["ended"] else None)(stored_run(d["db"], sid)),
+                       60, "the session to end")
+    assert "to the log" in log_path.read_text()
+    cell = [c for c in doc["cells"] if c.get("execution_count")][-1]
+    assert cell["writes"] == [f"{tmp_path}/a.txt"]
+    assert {f["kind"] for f in doc["files"] if f["path"] == str(log_path)} == {"system"}

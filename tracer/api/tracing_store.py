@@ -118,6 +118,7 @@ class TracingStore(InMemoryStore):
         policy = KernelCells()
         policy.add_kernel(pid, Clock.now_mono_ns())
         live = self._open_run(sid, "session", header, policy, started_us)
+        live.writer.stdio = stdio_files(pid)  # the notebook server's log, where a kernel's stdout goes
         live.kernel_pid = pid
         live.env = _environ(pid)
         attach_kernel(live.tracker, pid, live.tag)
