@@ -7,7 +7,8 @@ Files, in order (a later file's rules win over an earlier one's):
 2. the user file, $XDG_CONFIG_HOME/provtrace/config.toml (default
    ~/.config/provtrace/config.toml), or instead the file PROVTRACE_CONFIG names.
 
-A missing file is no error. `[classify]` maps globs to kinds:
+A missing file is no error, except the one PROVTRACE_CONFIG names (a user
+who names a file expects its rules to apply). `[classify]` maps globs to kinds:
 
     [classify]
     "/data/scratch/**" = "temp"
@@ -50,8 +51,9 @@ def config_files() -> list[str]:
 def load(paths: list[str] | None = None) -> Config:
     """The merged config; ConfigError (one line, naming file and key) when one is bad."""
     config = Config()
+    named = os.environ.get("PROVTRACE_CONFIG") if paths is None else None
     for path in config_files() if paths is None else paths:
-        table = _read(path)
+        table = _read(path, must_exist=path == named)
         if table is not None:
             config.rules.extend(_classify_rules(path, table.get("classify", {})))
     return config
@@ -67,11 +69,13 @@ def load_lenient(warn) -> Config:
         return Config()
 
 
-def _read(path: str) -> dict | None:
+def _read(path: str, must_exist: bool = False) -> dict | None:
     try:
         with open(path, "rb") as f:
             return tomllib.load(f)
     except FileNotFoundError:
+        if must_exist:
+            raise ConfigError(f"config {path}: no such file (named by PROVTRACE_CONFIG)") from None
         return None
     except OSError as e:
         raise ConfigError(f"config {path}: cannot read: {e.strerror}") from None

@@ -50,6 +50,14 @@ def pt(t, *args, config: str | None = None):
                           text=True, timeout=300)
 
 
+def no_config(tmp_path, **extra) -> dict:
+    """An environment in which no config file exists (none in /etc or the home either)."""
+    env = {**os.environ, "PROVTRACE_SYSTEM_CONFIG": str(tmp_path / "no-etc.toml"),
+           "XDG_CONFIG_HOME": str(tmp_path / "no-xdg"), **extra}
+    env.pop("PROVTRACE_CONFIG", None)
+    return env
+
+
 def raw_records(db: str) -> list[tuple]:
     con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     try:
@@ -132,6 +140,9 @@ def test_bad_config_is_one_line_for_query_verbs(traced, verb):
     assert r.returncode != 0 and "Traceback" not in r.stderr
     assert r.stderr.count("\n") == 1 and r.stderr.startswith("provtrace: ")
     assert str(bad) in r.stderr and "'/x/**'" in r.stderr and "nonsense" in r.stderr
+    missing = traced["base"] / "typo.toml"  # a file named on purpose must exist
+    r = pt(traced, *verb, config=str(missing))
+    assert r.returncode != 0 and r.stderr.count("\n") == 1 and f"{missing}: no such file" in r.stderr
 
 
 def test_capture_never_fails_because_of_config(traced, tmp_path):
@@ -170,8 +181,7 @@ def test_a_venv_of_any_name_is_library(tmp_path):
                         "--", str(env_dir / "bin" / "python"), "-c",
                         "open('out.txt', 'w').write(open('in.txt').read())"],
                        cwd=tmp_path, capture_output=True, text=True, timeout=300,
-                       env={**os.environ, "PROVTRACE_CONFIG": str(tmp_path / "none.toml"),
-                            "PROVTRACE_SYSTEM_CONFIG": str(tmp_path / "none.toml")})
+                       env=no_config(tmp_path))
     assert r.returncode == 0, r.stderr
     doc = json.loads((tmp_path / "r.json").read_text())
     cfg = [f for f in doc["files"] if f["path"] == str(env_dir / "pyvenv.cfg")]
@@ -186,8 +196,7 @@ def test_captured_stdout_and_stderr_files_are_not_data(tmp_path):
     the traced shell, stays data."""
     if os.geteuid() != 0:
         pytest.skip("needs root for eBPF")
-    env = {**os.environ, "PROVTRACE_CONFIG": str(tmp_path / "none.toml"),
-           "PROVTRACE_SYSTEM_CONFIG": str(tmp_path / "none.toml")}
+    env = no_config(tmp_path)
     with open(tmp_path / "out.log", "w") as out, open(tmp_path / "err.log", "w") as err:
         r = subprocess.run([PROVTRACE, "run", "--db", str(tmp_path / "s.db"), "--json-out", str(tmp_path / "r.json"),
                             "--", "sh", "-c", "echo hi; echo oops >&2; echo x > made.txt"],
@@ -215,7 +224,9 @@ def test_daemon_applies_the_system_file_and_the_client_its_own(tmp_path):
     work = tmp_path / "w"
     work.mkdir()
     (work / "in.csv").write_text("1\n")
-    env = {**os.environ, "PROVTRACE_SYSTEM_CONFIG": str(system), "PROVTRACE_CONFIG": str(tmp_path / "none.toml")}
+    env = no_config(tmp_path, PROVTRACE_SYSTEM_CONFIG=str(system))
+    empty = tmp_path / "empty.toml"
+    empty.write_text("")
     with running_daemon(env=env) as d:
         def cli(*args, config):
             return subprocess.run([PROVTRACE, *args], cwd=work, capture_output=True, text=True, timeout=300,
@@ -225,7 +236,7 @@ def test_daemon_applies_the_system_file_and_the_client_its_own(tmp_path):
                                 "cat in.csv > a.tsv; cat in.csv > b.csv; echo done"],
                                cwd=work, env=env, stdout=log, stderr=subprocess.PIPE, text=True, timeout=300)
         assert r.returncode == 0, r.stderr
-        r = cli("show", "last", "--json", "--socket", d["socket"], config=tmp_path / "none.toml")
+        r = cli("show", "last", "--json", "--socket", d["socket"], config=empty)
         assert r.returncode == 0, r.stderr
         k = kinds(json.loads(r.stdout))
         assert (k["a.tsv"], k["b.csv"], k["in.csv"], k["run.log"]) == ({"temp"}, {"data"}, {"data"}, {"system"})

@@ -95,6 +95,13 @@ def test_provtrace_config_replaces_the_user_file(env, monkeypatch):
     assert (cfg.kind_of("/s/x"), cfg.kind_of("/u/x"), cfg.kind_of("/m/x")) == ("temp", None, "library")
 
 
+def test_a_missing_file_is_an_error_only_when_named(env, monkeypatch):
+    assert C.load().rules == []  # neither the system nor the user file exists
+    monkeypatch.setenv("PROVTRACE_CONFIG", str(env / "typo.toml"))
+    with pytest.raises(C.ConfigError, match=r"typo.toml: no such file \(named by PROVTRACE_CONFIG\)"):
+        C.load()
+
+
 def test_other_tables_are_left_alone(env):
     write(env / "xdg" / "provtrace" / "config.toml", '[fleet]\nhost_id = "h1"\n')
     assert C.load().rules == []
