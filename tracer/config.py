@@ -139,13 +139,13 @@ def glob_regex(glob: str) -> re.Pattern:
     `*` matches within one path component, `?` one character of it, `[...]`
     a set (`[!...]` its complement), and a component that is exactly `**`
     any number of whole components, none included. A glob is absolute, or
-    starts with `~/` (the reading user's home) or with `**`. ValueError
+    starts with `~/` (the reading user's home) or with `**/`. ValueError
     otherwise.
     """
     if glob.startswith("~/"):
         glob = os.path.expanduser("~") + glob[1:]
-    if not glob.startswith(("/", "**")):
-        raise ValueError("a glob must start with '/', '~/' or '**'")
+    if not (glob == "**" or glob.startswith(("/", "**/"))):
+        raise ValueError("a glob must start with '/', '~/' or '**/'")
     parts = glob.split("/")
     out = []
     for i, part in enumerate(parts):

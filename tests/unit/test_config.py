@@ -53,8 +53,10 @@ def test_glob(glob, path, hit):
 
 def test_glob_home_and_relative():
     assert C.glob_regex("~/scratch/**").fullmatch(os.path.expanduser("~") + "/scratch/f")
-    with pytest.raises(ValueError):
-        C.glob_regex("*.csv")
+    for bad in ("*.csv", "data/*.csv", "**.csv"):
+        with pytest.raises(ValueError):
+            C.glob_regex(bad)
+    assert C.glob_regex("**").fullmatch("/any/thing")
 
 
 def test_no_files_no_rules(env):
@@ -113,7 +115,7 @@ def test_other_tables_are_left_alone(env):
     ('[classify]\n"/d/**" = 3\n', ["'/d/**'", "unknown kind 3"]),
     ('[classify]\n"/d/**" = ["temp"]\n', ["'/d/**'", "unknown kind"]),
     ('[classify]\nfoo.csv = "data"\n', ["'foo'", "quote a glob"]),
-    ('[classify]\n"*.csv" = "data"\n', ["'*.csv'", "must start with '/', '~/' or '**'"]),
+    ('[classify]\n"*.csv" = "data"\n', ["'*.csv'", "must start with '/', '~/' or '**/'"]),
     ('classify = "temp"\n', ["[classify] must be a table"]),
 ])
 def test_bad_config_is_one_line_naming_file_and_key(env, text, words):
