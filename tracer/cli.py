@@ -113,6 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
                    choices=("prov-json", "prov-n", "prov-xml", "openlineage", "graphml", "dot", "json"),
                    help="prov-json (default), prov-n, prov-xml, openlineage, graphml, dot, json")
     p.add_argument("-o", "--output", required=True, metavar="FILE", help="where to write; '-' is stdout")
+    p.add_argument("--data-only", action="store_true",
+                   help="only data files (kinds as the config file's [classify] rules give them, "
+                        "see docs/config.md) and the processes and runs that touch them")
     _add_db(p)
     _add_socket(p)
 

@@ -24,6 +24,27 @@ def _store(args: argparse.Namespace, *, readonly: bool = True):
     return S.Store(path, readonly=readonly)
 
 
+def _config():
+    """The config files' rules, for query verbs: a bad file is a one-line error."""
+    from . import config  # noqa: PLC0415
+
+    return config.load()
+
+
+def _config_lenient():
+    """The config for what a capture verb prints after tracing: a bad file is a
+    warning, never a failed run (the run is stored either way)."""
+    from . import config  # noqa: PLC0415
+
+    return config.load_lenient(lambda msg: print(f"provtrace: warning: {msg}", file=sys.stderr))
+
+
+def _reclassify(docs: list[dict], config) -> None:
+    """A daemon's documents with this user's [classify] rules applied to their files."""
+    for f in (f for d in docs for f in d.get("files") or []):
+        f["kind"] = config.effective(f["path"], f["kind"])
+
+
 def cmd_doctor(args: argparse.Namespace) -> int:
     from .doctor import diagnose, render  # noqa: PLC0415
 
@@ -74,7 +95,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         if tc.store_warning:
             print(f"provtrace: warning: {tc.store_warning}", file=sys.stderr)
         if args.json_out and tc.rid is not None:
-            _write_json(args.json_out, Q.load_run(store, tc.rid))
+            _write_json(args.json_out, Q.load_run(store, tc.rid, _config_lenient()))
         if tc.lost and sum(tc.lost.values()):
             print(f"provtrace: warning: {sum(tc.lost.values())} events lost "
                   f"({', '.join(f'{k}={v}' for k, v in tc.lost.items() if v)}); run marked incomplete",
@@ -124,6 +145,7 @@ def _run_via_daemon(cmd: list[str], socket_path: str, args: argparse.Namespace,
     if args.json_out and result.run_id:
         with ProvtraceClient(socket_path) as client:
             doc = json.loads(client.export(result.run_id, "json"))
+        _reclassify([doc], _config_lenient())
         _write_json(args.json_out, doc)
     return result.exit_code
 
@@ -159,7 +181,7 @@ def cmd_notebook(args: argparse.Namespace) -> int:
         code = traced.run()
     finally:
         if traced.rid is not None and args.json_out:
-            _write_json(args.json_out, Q.load_run(traced.store, traced.rid))
+            _write_json(args.json_out, Q.load_run(traced.store, traced.rid, _config_lenient()))
         traced.store.close()
     result = traced.result
     if args.output and result is not None and result.notebook is not None:
@@ -240,9 +262,10 @@ def cmd_show(args: argparse.Namespace) -> int:
 
     if args.socket:
         doc = json.loads(_remote_export(args.socket, args.run, "json"))
+        _reclassify([doc], _config())
     else:
         store = _store(args)
-        doc = Q.load_run(store, Q.resolve_run(store, args.run))
+        doc = Q.load_run(store, Q.resolve_run(store, args.run), _config())
     if args.json:
         print_json(doc)
         return 0
@@ -299,7 +322,9 @@ def cmd_lineage(args: argparse.Namespace) -> int:
         result = _remote_lineage(args.socket, path, direction, args.depth, at=args.at, **opts)
     else:
         now = None if at_us is not None else now_fingerprint(path)
-        result = lineage(_store(args), path, direction, args.depth, at_us=at_us, now=now, **opts)
+        config = _config()
+        result = lineage(_store(args), path, direction, args.depth, at_us=at_us, now=now,
+                         config=config, **opts)
     _write_lineage(result, fmt, args.output)
     return 0
 
@@ -328,10 +353,11 @@ def cmd_diff(args: argparse.Namespace) -> int:
 
     if args.socket:
         a, b = (json.loads(_remote_export(args.socket, r, "json")) for r in (args.run_a, args.run_b))
+        _reclassify([a, b], _config())
     else:
-        store = _store(args)
-        a = Q.load_run(store, Q.resolve_run(store, args.run_a))
-        b = Q.load_run(store, Q.resolve_run(store, args.run_b))
+        store, config = _store(args), _config()
+        a = Q.load_run(store, Q.resolve_run(store, args.run_a), config)
+        b = Q.load_run(store, Q.resolve_run(store, args.run_b), config)
     d = diff_runs(a, b)
     if args.json:
         print_json(d)
@@ -348,16 +374,28 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     need(bool(args.run) != bool(args.all), "give a RUN or --all (not both): "
          "provtrace export RUN|--all --format FMT -o FILE")
-    if args.socket:
+    if args.socket and not args.data_only:
         write(_remote_export(args.socket, None if args.all else args.run, args.format), args.output)
         return 0
-    store = _store(args)
-    try:
-        rids = [r["rid"] for r in Q.list_runs(store)] if args.all else [Q.resolve_run(store, args.run)]
-        docs = [Q.load_run(store, rid) for rid in rids]
-        versions = versions_for(store, docs) if needs_versions(args.format) else None
-    finally:
-        store.close()
+    config = _config()
+    versions = None
+    if args.socket:  # the daemon's documents, cut here: its kinds, then this user's rules
+        got = json.loads(_remote_export(args.socket, None if args.all else args.run, "json"))
+        docs = got if args.all else [got]
+        _reclassify(docs, config)
+    else:
+        store = _store(args)
+        try:
+            rids = [r["rid"] for r in Q.list_runs(store)] if args.all else [Q.resolve_run(store, args.run)]
+            docs = [Q.load_run(store, rid, config) for rid in rids]
+            versions = versions_for(store, docs) if needs_versions(args.format) else None
+        finally:
+            store.close()
+    if args.data_only:
+        from .export.select import data_only  # noqa: PLC0415
+        from .model.paths import classify  # noqa: PLC0415
+
+        docs = data_only(docs, lambda p: config.effective(p, classify(p)), keep_empty=not args.all)
     write(render(docs, args.format, single=not args.all, versions=versions), args.output)
     return 0
 
@@ -418,7 +456,7 @@ def cmd_stale(args: argparse.Namespace) -> int:
     else:
         store = _store(args)
         rid = Q.resolve_run(store, args.run) if args.run else None
-        result = staleness(store, rid)
+        result = staleness(store, rid, config=_config())
         if args.plan:
             headers = {r["id"]: r for r in Q.list_runs(store)}
             for r in headers.values():  # the command line and folder, to re-run it
@@ -479,7 +517,7 @@ def cmd_tui(args: argparse.Namespace) -> int:
     daemon is one line on stderr before the app takes over the terminal."""
     from ..tui.source import open_source  # noqa: PLC0415
 
-    source = open_source(db=args.db, socket_path=args.socket)
+    source = open_source(db=args.db, socket_path=args.socket, config=_config())
     try:
         # Textual draws on stderr and reads keys from stdin; stdout may be piped.
         if not (sys.stdin.isatty() and sys.stderr.isatty()):

@@ -28,7 +28,7 @@ from .errors import CommandNotFound, StoreWriteError, TracerError, UsageError
 from .model.processes import Tracker
 from .store import sqlite as S
 from .store.fingerprint import record_fingerprints
-from .store.writer import RunWriter
+from .store.writer import RunWriter, stdio_files
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +95,8 @@ class TracedCommand:
         except StoreWriteError as e:  # nothing can be recorded: the command still runs
             self.store_error, self.ran_untraced = str(e), True
             return run_untraced(self.argv, self.cwd, self.env, exe)
-        writer = RunWriter(self.store, self.rid, clock, redact, base_us=started_us)
+        # the command inherits our stdout and stderr: files there are its log, not its data
+        writer = RunWriter(self.store, self.rid, clock, redact, base_us=started_us, stdio=stdio_files())
         tracker = Tracker(writer, cap.created_mask)
         decoder = Decoder()
         tag = 1 + (self.rid % 0x7FFFFFFF)

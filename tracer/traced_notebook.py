@@ -30,7 +30,7 @@ from .model.processes import Tracker
 from .runner import _gpu_sample, _redactor, _user, apply_batch, new_run_id
 from .store import sqlite as S
 from .store.fingerprint import record_fingerprints
-from .store.writer import RunWriter
+from .store.writer import RunWriter, stdio_files
 
 log = logging.getLogger(__name__)
 
@@ -177,7 +177,8 @@ class TracedNotebook:
                   "notebook": self.path, "kernel_name": self.runner.kernel_name}
         self.rid = self.store.new_run(self.run_id, header)
         self._tag = 1 + (self.rid % 0x7FFFFFFF)
-        writer = RunWriter(self.store, self.rid, self.clock, redact, base_us=started_us)
+        # the kernel inherits our stdout and stderr: files there are a log, not data
+        writer = RunWriter(self.store, self.rid, self.clock, redact, base_us=started_us, stdio=stdio_files())
         tracker = Tracker(writer, cap.created_mask, cells=self.cells)
         self._consumer = consumer = _Consumer(cap, tracker, self.store)
         consumer.start()

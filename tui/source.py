@@ -43,10 +43,11 @@ class RunSource(Protocol):
 class StoreSource:
     """A store file, opened read-only: the TUI never writes to it."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, config=None) -> None:
         # Store raises StoreError for a missing, unreadable, or foreign file,
         # here, so the CLI reports it before the app takes the terminal.
         self.store = S.Store(path, readonly=True)
+        self.config = config  # the config file's [classify] rules, applied to what is shown
         self.description = f"store {path}"
         # One SQLite connection serves every worker thread; calls take turns.
         self._lock = threading.Lock()
@@ -67,7 +68,7 @@ class StoreSource:
 
     def load_run(self, run_id: str) -> dict:
         with self._reading():
-            return Q.load_run(self.store, Q.resolve_run(self.store, run_id))
+            return Q.load_run(self.store, Q.resolve_run(self.store, run_id), self.config)
 
     def lineage(self, path: str, direction: str, depth: int) -> M.Lineage:
         from ..tracer.lineage.graph import lineage, now_fingerprint  # noqa: PLC0415  (networkx is slow to import)
@@ -75,7 +76,8 @@ class StoreSource:
         _check_lineage_args(direction, depth)
         now = now_fingerprint(path)  # the bytes on disk now, as this user reads them
         with self._reading():
-            return M.lineage_from_store(lineage(self.store, path, direction, depth, now=now))
+            return M.lineage_from_store(lineage(self.store, path, direction, depth, now=now,
+                                                       config=self.config))
 
     def close(self) -> None:
         with self._lock:
@@ -136,10 +138,11 @@ def _check_lineage_args(direction: str, depth: int) -> None:
         raise UsageError(f"lineage depth must be at least 1, got {depth}")
 
 
-def open_source(db: str | None = None, socket_path: str | None = None) -> RunSource:
-    """The store file (db, else the default store) or, with socket_path, the daemon."""
+def open_source(db: str | None = None, socket_path: str | None = None, config=None) -> RunSource:
+    """The store file (db, else the default store) or, with socket_path, the daemon
+    (which applies the system config file's rules itself)."""
     if db and socket_path:
         raise UsageError("give --db or --socket, not both")
     if socket_path:
         return DaemonSource(socket_path)
-    return StoreSource(db or S.default_db_path())
+    return StoreSource(db or S.default_db_path(), config)

@@ -94,6 +94,25 @@ def test_store_source_answers(src):
     assert lin.found and M.path_of(lin.root) == CAFE  # a version of it (file:PATH@N)
 
 
+def test_store_source_applies_classify_rules(tmp_path):
+    """The TUI shows kinds as the config file's rules give them (issue 14)."""
+    from provtrace.tracer.config import Config, Rule, glob_regex
+
+    db = build_store(str(tmp_path / "prov.db"))
+    rules = Config([Rule("**/report.txt", "system", glob_regex("**/report.txt"), "t.toml")])
+    plain, ruled = StoreSource(db), StoreSource(db, rules)
+    try:
+        kinds = [{f["path"]: f["kind"] for f in s.load_run(RUN_B)["files"]} for s in (plain, ruled)]
+        assert kinds[0]["/data/report.txt"] == "data" and kinds[1]["/data/report.txt"] == "system"
+        shown = {row[0] for _k, row in R.file_rows(ruled.load_run(RUN_B))}
+        assert "/data/report.txt" not in shown and "/data/out.csv" in shown
+        below = [str(s.lineage("/data/out.csv", M.DOWNSTREAM, 10)) for s in (plain, ruled)]
+        assert "report.txt" in below[0] and "report.txt" not in below[1]
+    finally:
+        plain.close()
+        ruled.close()
+
+
 def test_store_source_is_read_only(tmp_path):
     db = empty_store(str(tmp_path / "e.db"))
     src = StoreSource(db)

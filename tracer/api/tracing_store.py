@@ -37,7 +37,7 @@ from ..errors import RunNotFound, TracerError, UsageError
 from ..model.processes import NO_CELLS, Tracker
 from ..store import queries as Q
 from ..store import sqlite as S
-from ..store.writer import RunWriter
+from ..store.writer import RunWriter, stdio_files
 from .backend import FORMATS, NotFound
 from .events import EventHub
 from .memory import InMemoryStore
@@ -124,6 +124,7 @@ class TracingStore(InMemoryStore):
         policy = KernelCells()
         policy.add_kernel(pid, Clock.now_mono_ns())
         live = self._open_run(sid, "session", header, policy, started_us)
+        live.writer.stdio = stdio_files(pid)  # the notebook server's log, where a kernel's stdout goes
         live.kernel_pid = pid
         live.env = _environ(pid)
         attach_kernel(live.tracker, pid, live.tag)
@@ -208,6 +209,7 @@ class TracingStore(InMemoryStore):
                   "user": user, "uid": uid, "started": iso(started_us), "start_us": started_us,
                   "via": "daemon"}
         live = self._open_run(run_id, "command", header, NO_CELLS, started_us)
+        live.writer.stdio = stdio_files(pid)  # the user's `> log`: not the command's data
         live.root_pid = pid
         live.root_start_ns = _start_ns(pid)
         live.env = dict(env)
@@ -261,7 +263,7 @@ class TracingStore(InMemoryStore):
         """The provtrace.run/1 document of a run the caller may see."""
         reader = self._reader()
         try:
-            return Q.load_run(reader, Q.resolve_run(reader, ref, uid))
+            return Q.load_run(reader, Q.resolve_run(reader, ref, uid), _system_config())
         except RunNotFound as e:
             raise NotFound(f"no run or session {ref!r} visible to you") from e
         finally:
@@ -285,7 +287,8 @@ class TracingStore(InMemoryStore):
         reader = self._reader()
         try:  # the walk itself keeps to uid's runs: other users' files are never reached
             result = lineage(reader, path, direction, depth or 10, uid, at_us=at_us,
-                             all_versions=all_versions, kernel_state=kernel_state, now=now)
+                             all_versions=all_versions, kernel_state=kernel_state, now=now,
+                             config=_system_config())
         finally:
             reader.close()
         return LineageGraph(
@@ -307,8 +310,10 @@ class TracingStore(InMemoryStore):
         reader = self._reader()
         try:
             rid = Q.resolve_run(reader, run_id, uid) if run_id else None
-            key = (uid, rid, reader.head())
-            return self._stale.get(key, lambda looked_at: staleness(reader, rid, uid=uid, looked_at=looked_at))
+            config = _system_config()
+            key = (uid, rid, reader.head(), tuple((r.glob, r.kind) for r in config.rules))
+            return self._stale.get(key, lambda looked_at: staleness(reader, rid, uid=uid, looked_at=looked_at,
+                                                                    config=config))
         except RunNotFound as e:
             raise NotFound(f"no run or session {run_id!r} visible to you") from e
         finally:
@@ -459,3 +464,12 @@ def _same_process_alive(pid: int, start_ns: int) -> bool:
     if state in (b"Z", b"X"):
         return False
     return not start_ns or ticks * (1_000_000_000 // os.sysconf("SC_CLK_TCK")) == start_ns
+
+
+def _system_config():
+    """The daemon answers many users: it applies the system config file's rules
+    only (read per query, so an edit applies without a restart; a bad file is
+    the caller's one-line error). Callers apply their own rules to documents."""
+    from .. import config  # noqa: PLC0415
+
+    return config.load(config.config_files()[:1])

@@ -43,11 +43,13 @@ _HOPS = 64  # renames followed to find a moved version's fingerprint
 
 def lineage(store: S.Store, path: str, direction: str = "upstream", depth: int = 10,
             uid: int | None = None, *, at_us: int | None = None, all_versions: bool = False,
-            kernel_state: bool = True, now: dict | None = None) -> dict:
+            kernel_state: bool = True, now: dict | None = None, config=None) -> dict:
     """Walk from a version of path; returns {root, direction, current, nodes, edges,
     found, truncated} (JSON-ready). `now`: path's fingerprint as it is now (taken
-    by the caller, as the user asking); ignored with at_us."""
-    model = Model(store, uid, now={path: now} if now is not None and at_us is None else None)
+    by the caller, as the user asking); ignored with at_us. config: its
+    [classify] rules decide which files the walk goes through."""
+    model = Model(store, uid, now={path: now} if now is not None and at_us is None else None,
+                  config=config)
     hist = model.history(path)
     key = FOREVER if at_us is None else (at_us, math.inf, math.inf)
     cur = hist.at(key)

@@ -291,13 +291,14 @@ def _reason(path: str, role: str, why: str, **extra) -> dict:
 
 
 def staleness(store: S.Store, rid: int | None = None, *, uid: int | None = None,
-              looked_at: dict[str, tuple] | None = None) -> dict:
+              looked_at: dict[str, tuple] | None = None, config=None) -> dict:
     """{"stale": [...], "fresh": [...]} for every unit of the store, or of one run.
 
     uid: judge over that uid's runs only (None: all). looked_at, when given, is
     filled with the files compared against their state now, each with its stat
-    signature from before it was read (see StaleCache)."""
-    model = Model(store, uid)
+    signature from before it was read (see StaleCache). config: its [classify]
+    rules decide which files are judged."""
+    model = Model(store, uid, config=config)
     runs = _Runs(store, model)
     judge = _Judge(runs)
     stale, fresh = [], []

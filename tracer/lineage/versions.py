@@ -38,6 +38,7 @@ import os
 from dataclasses import dataclass, field
 
 from ..store import sqlite as S
+from ..store.writer import KIND_CODES
 from ..store.writer import ACCESS_BITS
 
 WRITE_BITS = ACCESS_BITS["write"] | ACCESS_BITS["create"] | ACCESS_BITS["truncate"]
@@ -278,10 +279,13 @@ class Model:
     uid: only that uid's runs count (the daemon's non-root caller); what other
     users' runs did to a path looks like changes made outside tracing.
     now: fingerprints of paths as they are now (path -> fingerprint body),
-    matched against the last traced version like any other fingerprint."""
+    matched against the last traced version like any other fingerprint.
+    config: its [classify] rules override the kinds stored with FILE records."""
 
-    def __init__(self, store: S.Store, uid: int | None = None, now: dict[str, dict] | None = None) -> None:
+    def __init__(self, store: S.Store, uid: int | None = None, now: dict[str, dict] | None = None,
+                 config=None) -> None:
         self.db = store.db
+        self.config = config
         self.run_ids = _RunIds(self.db)
         self.visible = None if uid is None else {rid for (rid,) in self.db.execute(
             "SELECT rid FROM runs WHERE uid=?", (uid,))}
@@ -354,7 +358,7 @@ class Model:
             base = self.base_us(rid)
             if kind == S.FILE:
                 events += file_events(seq, FileRec(path, Act(rid, b[0], b[6]), b[1], base + (b[4] or 0),
-                                                   base + (b[5] or 0), b[7]))
+                                                   base + (b[5] or 0), self.kind(path, b[7])))
             elif kind in (S.RENAME, -S.RENAME):
                 pid_, t, cell = b
                 op = RENAME_IN if kind == S.RENAME else RENAME_OUT
@@ -369,11 +373,18 @@ class Model:
         if rid not in self._run_files:
             base = self.base_us(rid)
             self._run_files[rid] = [
-                FileRec(os.fsdecode(path), Act(rid, b[0], b[6]), b[1], base + (b[4] or 0), base + (b[5] or 0), b[7])
-                for path, b in ((path, json.loads(body)) for path, body in self.db.execute(
+                FileRec(path, Act(rid, b[0], b[6]), b[1], base + (b[4] or 0), base + (b[5] or 0), self.kind(path, b[7]))
+                for path, b in ((os.fsdecode(path), json.loads(body)) for path, body in self.db.execute(
                     "SELECT p.path, r.body FROM records r JOIN paths p ON p.id=r.p1 "
                     "WHERE r.rid=? AND r.kind=?", (rid, S.FILE)))]
         return self._run_files[rid]
+
+    def kind(self, path: str, code: str) -> str:
+        """The kind code to judge a FILE record by: a config rule's, else the stored one."""
+        if self.config is None:
+            return code
+        name = self.config.kind_of(path)
+        return code if name is None else KIND_CODES[name]
 
     def files_of(self, unit: tuple) -> list[FileRec]:
         """The FILE records of an activity (a cell: every process's accesses in it)."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import os
 import posixpath
+import re
 
 # Kinds, so lineage views are not drowned in /usr/lib and /proc noise. All of
 # it is stored; the kind only decides what views show by default.
@@ -18,20 +19,34 @@ DATA, LIBRARY, SYSTEM, TEMP = "data", "library", "system", "temp"
 
 _SYSTEM_PREFIXES = ("/proc/", "/sys/", "/dev/", "/run/", "/etc/", "/var/lib/dpkg/",
                     "/var/cache/", "/usr/share/locale/", "/usr/lib/locale/",
-                    "/usr/share/zoneinfo/", "/usr/share/i18n/", "/var/run/")
+                    "/usr/share/zoneinfo/", "/usr/share/i18n/", "/var/run/",
+                    "/usr/share/fonts/", "/usr/local/share/fonts/", "/usr/share/fontconfig/")
 _SYSTEM_EXACT = ("/proc", "/sys", "/dev", "/dev/null", "/dev/tty", "/etc")
 _LIBRARY_PREFIXES = ("/usr/lib/", "/usr/lib64/", "/lib/", "/lib64/", "/usr/local/lib/",
                      "/usr/bin/", "/usr/sbin/", "/bin/", "/sbin/", "/usr/local/bin/",
                      "/usr/share/R/", "/usr/share/julia/", "/usr/libexec/", "/opt/conda/pkgs/")
 _LIBRARY_PARTS = ("/site-packages/", "/dist-packages/", "/.julia/packages/", "/.julia/compiled/",
                   "/R/library/", "/R/site-library/", "/__pycache__/", "/.venv/bin/",
-                  "/.pyenv/versions/", "/lib/python3")
+                  "/.pyenv/", "/lib/python3")
 _TEMP_PREFIXES = ("/dev/shm/",)
 # Kernel and notebook-server state: IPython's history database, Jupyter's
 # runtime (connection files), R's and IJulia's logs. Not a result's input.
+# Fonts and font caches (fontconfig's, matplotlib's) are read by any program
+# that draws text.
 _SYSTEM_PARTS = ("/.ipython/profile_", "/.local/share/jupyter/", "/.jupyter/", "/jupyter/runtime/",
-                 "/.julia/logs/")
-
+                 "/.julia/logs/", "/.cache/fontconfig/", "/.fontconfig/", "/.fonts/",
+                 "/.local/share/fonts/", "/.cache/matplotlib/", "/.config/matplotlib/")
+_FONT_SUFFIXES = (".ttf", ".ttc", ".otf", ".pcf", ".pcf.gz", ".pfb", ".pfa", ".afm", ".woff", ".woff2")
+# A Jupyter kernel's connection file, wherever the runtime directory is.
+_KERNEL_JSON = re.compile(r"kernel-[0-9A-Za-z_-]+\.json")
+# R's per-session temporary directory (tempdir()): 'Rtmp' and six characters.
+_R_TEMPDIR = re.compile(r"/Rtmp[0-9A-Za-z]{6}(?:/|$)")
+# Inside a virtualenv or conda environment, the parts that are the installation
+# (a project that is itself a venv root keeps its own files as data).
+_ENV_PARTS = frozenset(("bin", "lib", "lib64", "include", "share", "etc", "libexec", "man", "ssl",
+                        "conda-meta", "pkgs", "compiler_compat", "x86_64-conda-linux-gnu",
+                        "Scripts", "Lib", "pyvenv.cfg"))
+_ENV_CACHE_MAX = 100_000
 
 def resolve(base: str | None, path: str) -> str | None:
     """Absolute, lexically normalized path; None when a relative path has no base.
@@ -60,21 +75,59 @@ def _norm(path: str) -> str:
 
 
 def classify(path: str, *, mapped_exec: bool = False) -> str:
-    """data | library | system | temp, by path (temp by lifetime is decided at query time)."""
-    if mapped_exec or path.endswith(".so") or ".so." in posixpath.basename(path):
+    """data | library | system | temp, by path (temp by lifetime is decided at query time).
+
+    Looks at the filesystem for one thing: whether a directory above path is
+    a Python environment (see env_root); the answer is cached per directory."""
+    name = posixpath.basename(path)
+    if mapped_exec or path.endswith(".so") or ".so." in name:
         return LIBRARY
     if path.startswith(_TEMP_PREFIXES):  # before /dev/: /dev/shm is temp
         return TEMP
     if path in _SYSTEM_EXACT or path.startswith(_SYSTEM_PREFIXES):
         return SYSTEM
-    if any(part in path for part in _SYSTEM_PARTS):
+    if any(part in path for part in _SYSTEM_PARTS) or name.endswith(_FONT_SUFFIXES) \
+            or _KERNEL_JSON.fullmatch(name):
         return SYSTEM
     if path.startswith(_LIBRARY_PREFIXES) or any(part in path for part in _LIBRARY_PARTS):
         return LIBRARY
     if path.endswith((".pyc", ".pyo")):
         return LIBRARY
+    if _R_TEMPDIR.search(path):
+        return TEMP
+    if _in_environment(path):
+        return LIBRARY
     return DATA
 
+
+def _in_environment(path: str) -> bool:
+    """Whether path is part of a virtualenv's or conda environment's installation."""
+    root = env_root(posixpath.dirname(path))
+    if root is None:
+        return False
+    rest = path[len(root):].lstrip("/")
+    return rest.split("/", 1)[0] in _ENV_PARTS
+
+
+_env_roots: dict[str, str | None] = {}
+
+
+def env_root(directory: str) -> str | None:
+    """The nearest directory at or above `directory` that is a Python environment:
+    a virtualenv (it holds pyvenv.cfg, whatever its name) or a conda environment
+    (it holds conda-meta/). One lookup per directory, cached."""
+    if directory in _env_roots:
+        return _env_roots[directory]
+    if len(_env_roots) > _ENV_CACHE_MAX:  # a long-lived daemon sees many directories
+        _env_roots.clear()
+    if directory in ("", "/"):
+        root = None
+    elif os.path.isfile(directory + "/pyvenv.cfg") or os.path.isdir(directory + "/conda-meta"):
+        root = directory
+    else:
+        root = env_root(posixpath.dirname(directory))
+    _env_roots[directory] = root
+    return root
 
 def to_json(path: str) -> dict[str, str]:
     """{'path': ...} plus 'path_b64' when the name is not valid UTF-8."""

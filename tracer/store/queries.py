@@ -51,8 +51,11 @@ def resolve_run(store: S.Store, ref: str, uid: int | None = None) -> int:
     raise RunNotFound(ref, store.path)
 
 
-def load_run(store: S.Store, rid: int) -> dict:
-    """The provtrace.run/1 document of one run."""
+def load_run(store: S.Store, rid: int, config=None) -> dict:
+    """The provtrace.run/1 document of one run.
+
+    config (tracer.config.Config): its [classify] rules give the files' kinds
+    where they match; otherwise a file keeps the kind stored with it."""
     header: dict = {}
     end: dict | None = None
     processes, files, renames, network, pipes, cells, gaps = [], [], [], [], [], [], []
@@ -100,6 +103,9 @@ def load_run(store: S.Store, rid: int) -> dict:
         elif kind == S.FINGERPRINT:
             fingerprints[(p1, b.get("cell"))] = b
     _mark_temp(files, renames)
+    if config is not None:
+        for f in files:
+            f["kind"] = config.effective(f["_path"], f["kind"])
     lost = end.get("lost_events", 0) if end else 0
     run = {
         "id": header.get("id"), "kind": header.get("kind"), "backend": header.get("backend"),
@@ -115,7 +121,7 @@ def load_run(store: S.Store, rid: int) -> dict:
     if end and end.get("end_reason"):  # ended by someone other than its writer, and why
         run["end_reason"] = end["end_reason"]
     for c in cells:
-        _cell_io(c, files, renames, processes)
+        _cell_io(c, files, renames, processes, config)
         c["context"] = cell_contexts.get(c.get("id"), {})
     _merge_fingerprints(files, fingerprints)
     _rename_fingerprints(renames, fingerprints)
@@ -201,6 +207,11 @@ def _mark_temp(files: list[dict], renames: list[dict]) -> None:
             f["kind"] = TEMP
 
 
+def _kind(path: str, config) -> str:
+    """A path's kind with no record of its own (a rename's target): a rule's, else the default."""
+    return (config.kind_of(path) if config is not None else None) or classify(path)
+
+
 def _final_name(path: str, renames: list[dict], after_us: int) -> str:
     """Follow renames (in time order) from path, starting after a time."""
     for r in sorted(renames, key=lambda r: r["_t"] or 0):
@@ -210,7 +221,8 @@ def _final_name(path: str, renames: list[dict], after_us: int) -> str:
     return path
 
 
-def _cell_io(cell: dict, files: list[dict], renames: list[dict], processes: list[dict]) -> None:
+def _cell_io(cell: dict, files: list[dict], renames: list[dict], processes: list[dict],
+             config=None) -> None:
     """A cell's data reads and writes (renames followed) and its processes."""
     cid = cell.get("id")
     reads, writes = set(), set()
@@ -223,7 +235,7 @@ def _cell_io(cell: dict, files: list[dict], renames: list[dict], processes: list
         acc = set(f["access"])
         if acc & {"write", "create", "truncate"}:
             final = _final_name(f["_path"], renames, f["_first"] or 0)
-            if f["kind"] == DATA or (final != f["_path"] and classify(final) == DATA):
+            if f["kind"] == DATA or (final != f["_path"] and _kind(final, config) == DATA):
                 writes.add(final)  # a temp file counts only under the data name it became
         if "read" in acc and f["kind"] == DATA:
             reads.add(f["_path"])

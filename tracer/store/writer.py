@@ -8,8 +8,11 @@ microseconds, converted from CLOCK_MONOTONIC once, here, by the shared Clock.
 
 from __future__ import annotations
 
+import os
+import stat
+
 from ..correlate.clock import Clock
-from ..model.paths import classify
+from ..model.paths import SYSTEM, classify
 from ..model.processes import FileAccess, NetRec, Proc, RenameRec, Sink
 from . import sqlite as S
 
@@ -26,6 +29,23 @@ KIND_NAMES = {v: k for k, v in KIND_CODES.items()}
 # BODY_PIPE:   [ino, writer_pids, reader_pids]
 
 
+def stdio_files(pid: int | str = "self") -> frozenset[str]:
+    """The regular files a process's stdout and stderr are (`provtrace run -- CMD > log`):
+    what the traced command was handed to write its output to, not a file it made.
+    Its children inherit them; the writer codes them as system (a config rule
+    can say otherwise at query time)."""
+    out = set()
+    for fd in (1, 2):
+        try:
+            if stat.S_ISREG(os.stat(f"/proc/{pid}/fd/{fd}").st_mode):
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                if target.startswith("/") and not target.endswith(" (deleted)"):
+                    out.add(target)
+        except OSError:
+            continue  # closed, gone, or not ours to see: nothing to exclude
+    return frozenset(out)
+
+
 def bits_of(access: set[str]) -> int:
     return sum(map(ACCESS_BITS.__getitem__, access))
 
@@ -36,8 +56,9 @@ def access_of(bits: int) -> list[str]:
 
 class RunWriter(Sink):
     def __init__(self, store: S.Store, rid: int, clock: Clock, redact_argv=None,
-                 base_us: int = 0) -> None:
+                 base_us: int = 0, stdio: frozenset[str] = frozenset()) -> None:
         self.store = store
+        self.stdio = stdio  # the run's captured stdout/stderr files (stdio_files)
         self.base_us = base_us
         self.rid = rid
         self.clock = clock
@@ -85,7 +106,7 @@ class RunWriter(Sink):
         path, access, off, base = fa.path, fa.access, self.clock.offset_ns, self.base_us
         body = [pid, bits_of(access), fa.bytes_read, fa.bytes_written,
                 (fa.first_ns + off) // 1000 - base, (fa.last_ns + off) // 1000 - base, fa.cell,
-                KIND_CODES[classify(path, mapped_exec=fa.mapped_exec)]]
+                KIND_CODES[SYSTEM if path in self.stdio else classify(path, mapped_exec=fa.mapped_exec)]]
         self._note(self.touched, self.mapped, self.execd, path, access)
         if fa.cell is not None:
             self._note(*self.by_cell.setdefault(fa.cell, (set(), set(), set())), path, access)
