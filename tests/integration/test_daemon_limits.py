@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import subprocess
 import time
 
@@ -17,7 +18,7 @@ from jupyter_client import KernelManager
 
 from provtrace.tracer.api.client import ProvtraceClient
 
-from .helpers import pt, running_daemon
+from .helpers import PROVTRACE, pt, running_daemon
 
 pytestmark = [pytest.mark.privileged, pytest.mark.slow]
 
@@ -149,3 +150,38 @@ def test_daemon_survives_fd_exhaustion():
         assert "event=proxy-loop-error" in log
         assert "event=kernel-follow-deferred" in log
         assert len(log.splitlines()) < 40, log  # rate-limited, not one line per failure
+
+
+def test_a_users_flock_on_the_socket_lock_cannot_keep_the_daemon_down(root_tmp_dir):
+    """A lock file an older provtrace left 0644, held by another user's flock:
+    the daemon replaces it and starts (issue 12, small leaks); its new lock is 0600."""
+    sock = os.path.join(root_tmp_dir, "provtrace.sock")
+    lock = sock + ".lock"
+    with open(lock, "w") as f:
+        f.write("4242\n")  # a pid the holder would like to be named
+    os.chmod(lock, 0o644)
+    holder = subprocess.Popen(
+        ["/usr/bin/python3", "-c", "import fcntl, sys, time; f = open(sys.argv[1]); "
+         "fcntl.flock(f, fcntl.LOCK_EX); print('held', flush=True); time.sleep(120)", lock],
+        stdout=subprocess.PIPE, text=True, preexec_fn=_as_nobody)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        db = os.path.join(root_tmp_dir, "d.db")
+        proc = subprocess.Popen([PROVTRACE, "daemon", "--socket", sock, "--db", db],
+                                stderr=subprocess.PIPE, text=True)
+        try:
+            line = ""
+            for _ in range(600):
+                line = proc.stderr.readline()
+                if "serving" in line or proc.poll() is not None:
+                    break
+            assert "serving" in line, line
+            assert stat.S_IMODE(os.stat(lock).st_mode) == 0o600
+            r = pt("runs", "--socket", sock)
+            assert r.returncode == 0, r.stderr
+        finally:
+            proc.terminate()
+            proc.wait(timeout=120)
+    finally:
+        holder.kill()
+        holder.wait()

@@ -97,3 +97,14 @@ def test_a_user_gets_answers_about_its_own_runs_only(daemon, work, test_user):
     denied = _cli("diff", root_run, mine, *sock, user=test_user, cwd=work, check=False)
     assert denied.returncode != 0 and root_run in denied.stderr
     assert root_run in {u["run"] for u in _json("stale", *sock)["fresh"] + _json("stale", *sock)["stale"]}
+
+
+def test_lost_counts_say_whose_they_are(daemon, tmp_path):
+    """A daemon's loss counters are shared by the runs it traces at once; a standalone
+    run's are its own. The record says which (issue 12: loss is daemon-wide)."""
+    out = tmp_path / "d.json"
+    _cli("run", "--socket", daemon["socket"], "--json-out", str(out), "--", "true")
+    assert json.loads(out.read_text())["run"]["lost_scope"] == "daemon"
+    out = tmp_path / "s.json"
+    _cli("run", "--db", str(tmp_path / "s.db"), "--json-out", str(out), "--", "true")
+    assert json.loads(out.read_text())["run"]["lost_scope"] == "run"

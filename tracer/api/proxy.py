@@ -115,20 +115,39 @@ class PublicSocket:
 
     # -- steps ---------------------------------------------------------------
     def _lock(self) -> None:
+        """The lock file is 0600: no other user can open it, so none can flock it to
+        keep the daemon from starting. A lock held by a process of an untrusted uid
+        (from an older, looser lock file) is not a daemon's: the file is replaced."""
         lock_path = self.path + ".lock"
-        try:
-            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
-        except OSError as exc:
-            raise SocketError(f"cannot open lock {lock_path}: {exc.strerror}") from exc
+        fd = self._open_lock(lock_path)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            owner = _read_pid(fd) or _listener_pid(self.path)
-            os.close(fd)
-            raise SocketInUse(self.path, owner) from None
+            holder = _flock_holder(fd)
+            if holder is not None and _uid_of(holder) not in (None, 0, os.geteuid()):
+                log.warning("event=lock-held-by-untrusted path=%s pid=%d: replacing the lock file",
+                            lock_path, holder)
+                os.close(fd)
+                os.unlink(lock_path)
+                fd = self._open_lock(lock_path)
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            else:
+                owner = _read_pid(fd) or _listener_pid(self.path)
+                os.close(fd)
+                raise SocketInUse(self.path, owner) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._lock_fd = fd
+
+    @staticmethod
+    def _open_lock(lock_path: str) -> int:
+        try:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            if os.fstat(fd).st_mode & 0o077:
+                os.fchmod(fd, 0o600)  # left looser by an older provtrace
+        except OSError as exc:
+            raise SocketError(f"cannot open lock {lock_path}: {exc.strerror}") from exc
+        return fd
 
     def _clear_stale(self) -> None:
         try:
@@ -458,6 +477,29 @@ def _remove_private_dir(path: str) -> None:
                 os.unlink(os.path.join(path, name))
     with contextlib.suppress(OSError):
         os.rmdir(path)
+
+
+def _flock_holder(fd: int) -> int | None:
+    """The pid holding a flock on fd's file, from /proc/locks (None: not found)."""
+    st = os.fstat(fd)
+    dev = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    try:
+        with open("/proc/locks") as f:
+            for line in f:
+                fields = line.split()
+                # "1: FLOCK  ADVISORY  WRITE 1234 00:1b:5678 0 EOF" ("->" marks a waiter)
+                if len(fields) >= 6 and fields[1] == "FLOCK" and fields[1:2] != ["->"] and fields[5] == dev:
+                    return int(fields[4])
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def _uid_of(pid: int) -> int | None:
+    try:
+        return os.stat(f"/proc/{pid}").st_uid
+    except OSError:
+        return None
 
 
 def _read_pid(fd: int) -> int | None:

@@ -261,12 +261,17 @@ class RunRouter:
         # hard link of, a file only root may read
         creds = Creds.of_user(live.uid) if live.uid is not None else None
         record_fingerprints(self.store, live.rid, w.touched.union(*w.renamed_to.values()), creds=creds)
-        now_lost = self.capture.lost()  # the daemon's counters: this run's share is the delta
+        # The kernel counts loss per reason for the whole daemon, not per traced
+        # tree: what was lost while this run was live may belong to any run traced
+        # then. The record says so (lost_scope), and the run is not called
+        # complete, since nothing shows that its own events all arrived.
+        now_lost = self.capture.lost()
         lost = {k: v - live.lost_at_start.get(k, 0) for k, v in now_lost.items()}
         total = sum(lost.values())
         gaps = dict(live.tracker.gaps)
         end = {"ended": iso(time.time_ns() // 1000), "exit_code": exit_code, "signal": None,
-               "lost_events": total, "lost_by_reason": lost, "complete": total == 0, "gaps": gaps,
+               "lost_events": total, "lost_by_reason": lost, "lost_scope": "daemon",
+               "complete": total == 0, "gaps": gaps,
                "processes": w.processes, "files": w.files}
         if reason is not None:  # no report came: the exit status is the kernel's, if it was seen
             root_code = live.root.exit_code if live.root is not None else None

@@ -115,6 +115,10 @@ def load_run(store: S.Store, rid: int, config=None) -> dict:
         "exit_code": end.get("exit_code") if end else None, "lost_events": lost,
         "complete": bool(end and end.get("complete")),
         "lost_by_reason": end.get("lost_by_reason", {}) if end else {},
+        # "run": counted for this run's process tree alone (standalone tracing);
+        # "daemon": the daemon's counters over the run's lifetime, shared with
+        # every run it traced meanwhile (docs/capture.md, "Lost events")
+        "lost_scope": end.get("lost_scope", "run") if end else "run",
         "gaps": {**(end.get("gaps", {}) if end else {"run_not_finished": 1}),
                  **{g.get("what", "gap"): 1 for g in gaps}},
     }
