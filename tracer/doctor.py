@@ -108,7 +108,9 @@ def debian_packages(headers_dir: str | None) -> dict[str, str | None]:
     names = list(_BASE_PACKAGES) + _llvm_packages()
     if headers_dir:
         owner = index.owner(os.path.join(headers_dir, "Makefile"))
-        names.append(owner.split(":")[0] if owner else "linux-headers-" + os.path.basename(headers_dir))
+        base = os.path.basename(headers_dir)
+        guess = base if base.startswith("linux-headers-") else "linux-headers-" + base
+        names.append(owner.split(":")[0] if owner else guess)
     return index.versions(names)
 
 
