@@ -75,6 +75,7 @@ class Kernel:
     cpus: int = 2
     timeout_s: int = 900
     mirror: str = "http://deb.debian.org/debian"
+    command: str = ""  # a shell command to run instead of the tests (--command)
 
 
 @dataclasses.dataclass
@@ -423,14 +424,18 @@ def job_script(k: Kernel, jobdir: str) -> str:
     """The shell script that runs k's tests; jobdir is where it writes results."""
     pytest = " ".join(shlex.quote(a) for a in k.tests)
     j = shlex.quote(jobdir)
-    return f"""set -u
+    head = f"""set -u
 export HOME=/root LANG=C.UTF-8 PYTHONDONTWRITEBYTECODE=1 PROVTRACE_REQUIRE_PRIVILEGED=1
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 cd {shlex.quote(REPO)}
 echo "kernel: $(uname -r)"
+"""
+    if k.command:
+        return head + k.command + "\n"
+    return head + f"""start=$(date +%s)
 .venv/bin/provtrace doctor > {j}/doctor.txt 2>&1
-echo "doctor: exit $?"
-.venv/bin/python -m pytest -q -rfEs -p no:cacheprovider --junitxml={j}/junit.xml {pytest}
+echo "doctor: exit $? after $(( $(date +%s) - start )) s"
+.venv/bin/python -m pytest -q -rfEs -p no:cacheprovider --durations=15 --junitxml={j}/junit.xml {pytest}
 """
 
 
@@ -464,7 +469,7 @@ def finish(res: Result, jobdir: str, rc: int | None) -> Result:
         res.result, res.note = "no-result", "the job wrote no exit code"
     elif rc != 0 or res.failed:
         res.result = "fail"
-        res.note = f"tests exited {rc}" if not counts else ""
+        res.note = f"exited {rc}" if not counts else ""
     return res
 
 
@@ -618,6 +623,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="downloads, extracted kernels and logs (default: $PROVTRACE_VM_CACHE or %(default)s)")
     ap.add_argument("--timeout", type=int, help="seconds per kernel, overriding the matrix")
     ap.add_argument("--suite", help="run this [suite.NAME] on every kernel instead of each kernel's own")
+    ap.add_argument("--command", metavar="SH", help="run this shell command in the repository instead of "
+                    "the tests (pass: exit 0; its output: LOGS/KERNEL/job/out.log)")
     ap.add_argument("--list", action="store_true", help="list the matrix's kernels and exit")
     args = ap.parse_args(argv)
     try:
@@ -647,6 +654,7 @@ def main(argv: list[str] | None = None) -> int:
             k.timeout_s = args.timeout
         if args.suite:
             k.tests = suites[args.suite]
+        k.command = args.command or ""
         results.append(prove(k, args.cache))
     print(table(results))
     return 0 if all(r.result == "pass" for r in results) else 1

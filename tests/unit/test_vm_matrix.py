@@ -33,7 +33,7 @@ def test_the_shipped_matrix_covers_the_promised_kernels():
     for k in kernels.values():
         for arg in k.tests:  # every test file a suite names exists
             if arg.startswith("tests/"):
-                assert (ROOT / arg).is_file(), arg
+                assert (ROOT / arg.split("::")[0]).is_file(), arg
     assert "smoke" in suites
 
 

@@ -22,6 +22,7 @@ import ctypes
 import logging
 import os
 import platform
+import re
 import select
 import tempfile
 import threading
@@ -101,9 +102,40 @@ def _with_verdict(e: Exception, text: str) -> str:
     return f"{e} (verifier: {verdict})" if verdict else str(e)
 
 
+TRACEFS_ROOTS = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
+# The tracepoints the probes attach to (raw), by tracefs category.
+TRACEPOINTS = (("raw_syscalls", "sys_exit"), ("sched", "sched_process_fork"),
+               ("sched", "sched_process_exec"), ("sched", "sched_process_exit"))
+
+
+def tracepoint_fields(category: str, name: str, roots: tuple[str, ...] = TRACEFS_ROOTS) -> set[str] | None:
+    """Field names of a tracepoint's record (tracefs format file); None when the
+    tracepoint is missing or tracefs is not mounted."""
+    for root in roots:
+        try:
+            with open(os.path.join(root, "events", category, name, "format")) as f:
+                text = f.read()
+        except OSError:
+            continue
+        return set(re.findall(r"field:[^;]*?(\w+)(?:\[\d*\])?;", text))
+    return None
+
+
+def exit_has_group_dead(roots: tuple[str, ...] = TRACEFS_ROOTS) -> bool:
+    """Does sched_process_exit pass group_dead (newer kernels: 6.18 here)?
+
+    The argument came with the record field of that name. Older kernels (6.12
+    and before) have one argument: a raw tracepoint program that reads a
+    second one is refused at attach (EINVAL), so the probe then reads
+    whole-process death from task->signal->live instead."""
+    return "group_dead" in (tracepoint_fields("sched", "sched_process_exit", roots) or set())
+
+
 def cflags(offsets: dict[str, int], ringbuf_pages: int) -> list[str]:
     flags = [f"-I{probes_dir()}", f"-DRINGBUF_PAGES={ringbuf_pages}",
              f"-DPT_NR_SLOTS={syscalls.PROG_ARRAY_SIZE}"]
+    if exit_has_group_dead():
+        flags.append("-DPT_EXIT_GROUP_DEAD_ARG=1")
     flags += [f"-DOFF_{name}={value}" for name, value in sorted(offsets.items())]
     return flags
 
