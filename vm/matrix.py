@@ -21,6 +21,7 @@ import re
 import shlex
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import time
@@ -134,10 +135,32 @@ def load_matrix(path: str) -> tuple[dict[str, Kernel], dict[str, list[str]]]:
 
 # --- host tools --------------------------------------------------------------
 
+def is_static_elf(path: str) -> bool:
+    """Whether path is an ELF64 executable without a program interpreter (PT_INTERP):
+    the initramfs has no libc, so its busybox must be busybox-static's."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(64)
+            if head[:5] != b"\x7fELF\x02":
+                return False
+            phoff, = struct.unpack_from("<Q", head, 32)
+            phentsize, phnum = struct.unpack_from("<HH", head, 54)
+            f.seek(phoff)
+            table = f.read(phentsize * phnum)
+    except OSError:
+        return False
+    return all(struct.unpack_from("<I", table, i * phentsize)[0] != 3 for i in range(phnum))
+
+
+def _have(tool: str) -> bool:
+    if tool == BUSYBOX:
+        return is_static_elf(BUSYBOX)
+    return os.path.exists(tool) if tool.startswith("/") else shutil.which(tool, path=_sbin_path()) is not None
+
+
 def ensure_host_tools() -> None:
     """Install what booting guests needs on this host, saying so; MatrixError if that fails."""
-    missing = sorted({pkg for tool, pkg in HOST_TOOLS.items()
-                      if not (os.path.exists(tool) if tool.startswith("/") else shutil.which(tool, path=_sbin_path()))})
+    missing = sorted({pkg for tool, pkg in HOST_TOOLS.items() if not _have(tool)})
     if not missing:
         return
     if os.geteuid() != 0:

@@ -75,3 +75,10 @@ def test_junit_counts_and_table(tmp_path):
     assert lines[0].split() == ["kernel", "release", "result", "passed", "failed", "skipped", "time"]
     assert lines[1].split() == ["bookworm-6.1", "6.1.0-50-amd64", "fail", "6", "2", "2", "61s"]
     assert lines[-1] == "  bullseye-5.10: linux-image-x is not in Debian bullseye"
+
+
+def test_static_busybox_is_told_from_a_dynamic_program():
+    assert not M.is_static_elf("/usr/bin/python3")  # has a program interpreter
+    assert not M.is_static_elf(__file__)  # not ELF
+    if Path("/var/lib/dpkg/info/busybox-static.list").exists():  # run-matrix installed it
+        assert M.is_static_elf("/bin/busybox")
