@@ -36,3 +36,18 @@ def test_group_dead_argument_detected_both_ways(tmp_path):
     assert ebpf.exit_has_group_dead(_tracefs(tmp_path / "new", FORMAT_6_18))
     assert not ebpf.exit_has_group_dead(_tracefs(tmp_path / "old", FORMAT_6_12))
     assert not ebpf.exit_has_group_dead((str(tmp_path / "unmounted"),))
+
+
+def test_doctor_names_a_missing_tracepoint_and_the_exit_mode(tmp_path):
+    from provtrace.tracer.doctor import _tracepoints_check
+
+    for category, name in ebpf.TRACEPOINTS:
+        d = tmp_path / "events" / category / name
+        d.mkdir(parents=True)
+        (d / "format").write_text(FORMAT_6_12 if name == "sched_process_exit" else "format:\n")
+    roots = (str(tmp_path),)
+    check = _tracepoints_check(roots)
+    assert check["ok"] and "no group_dead" in check["detail"]
+    (tmp_path / "events" / "sched" / "sched_process_exec" / "format").unlink()
+    check = _tracepoints_check(roots)
+    assert not check["ok"] and check["detail"] == "missing: sched/sched_process_exec"
