@@ -134,8 +134,10 @@ def exit_has_group_dead(roots: tuple[str, ...] = TRACEFS_ROOTS) -> bool:
 def cflags(offsets: dict[str, int], ringbuf_pages: int) -> list[str]:
     flags = [f"-I{probes_dir()}", f"-DRINGBUF_PAGES={ringbuf_pages}",
              f"-DPT_NR_SLOTS={syscalls.PROG_ARRAY_SIZE}"]
-    if exit_has_group_dead():
+    group_dead_arg = exit_has_group_dead()
+    if group_dead_arg:
         flags.append("-DPT_EXIT_GROUP_DEAD_ARG=1")
+    log.debug("event=feature sched_process_exit_group_dead=%s", "argument" if group_dead_arg else "signal_live")
     flags += [f"-DOFF_{name}={value}" for name, value in sorted(offsets.items())]
     return flags
 
