@@ -286,16 +286,19 @@ static __always_inline void flush_closed(struct traced_val *tv, __u32 tgid, __s3
 	flush_entry(tv, &k, a, FLUSH_CLOSE);
 }
 
-/* Flush every agg entry of a process, up to its highest fd seen (bounded). */
+/* Flush every agg entry of a process, up to its highest fd seen (bounded).
+ * The loop always runs PT_FLUSH_FDS times and skips fds above max: a `break`
+ * on max gives the verifier one loop exit per iteration, and the verifiers of
+ * Debian's 5.10 and 6.1 refuse that ("The sequence of 8193 jumps is too
+ * complex", vm/run-matrix). */
 static __always_inline void flush_all(struct traced_val *tv, __u32 tgid, __u32 reason)
 {
 	__u32 max = tv->max_fd;
 
 #pragma clang loop unroll(disable)
 	for (__s32 fd = 0; fd < PT_FLUSH_FDS; fd++) {
-		if ((__u32)fd > max)
-			break;
-		flush_fd(tv, tgid, fd, reason);
+		if ((__u32)fd <= max)
+			flush_fd(tv, tgid, fd, reason);
 	}
 	tv->max_fd = 0;
 }

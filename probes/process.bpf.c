@@ -147,21 +147,39 @@ RAW_TRACEPOINT_PROBE(sched_process_exec)
 	return 0;
 }
 
+/* Is the whole process exiting (its last thread)? Kernels whose
+ * sched_process_exit has no group_dead argument (6.12 and before) get it from
+ * signal->live, which do_exit has decremented before the tracepoint fires; a
+ * thread that exits in the same instant as the last one may see 0 too. */
+static __always_inline int group_dead(struct bpf_raw_tracepoint_args *ctx, void *task)
+{
+#ifdef PT_EXIT_GROUP_DEAD_ARG
+	return (__u8)ctx->args[1];
+#else
+	void *signal = 0;
+	int live = 1;
+
+	bpf_probe_read_kernel(&signal, sizeof(signal), task + OFF_TASK_SIGNAL);
+	if (signal)
+		bpf_probe_read_kernel(&live, sizeof(live), signal + OFF_SIGNAL_LIVE);
+	return live == 0;
+#endif
+}
+
 RAW_TRACEPOINT_PROBE(sched_process_exit)
 {
-	/* args: (struct task_struct *p, bool group_dead), p == current */
+	/* args: (struct task_struct *p[, bool group_dead]), p == current */
 	__u32 tgid;
 	struct traced_val *tv = trace_allowed(&tgid);
 	struct exit_event *e;
-	void *task;
+	void *task = (void *)bpf_get_current_task();
 	__s32 code = 0;
 	__u32 max_fd;
 
-	if (!tv || !(__u8)ctx->args[1])
+	if (!tv || !group_dead(ctx, task))
 		return 0;
 	max_fd = tv->max_fd;
 	flush_all(tv, tgid, FLUSH_EXIT);
-	task = (void *)bpf_get_current_task();
 	bpf_probe_read_kernel(&code, sizeof(code), task + OFF_TASK_EXIT_CODE);
 	e = events.ringbuf_reserve(sizeof(*e));
 	if (e) {

@@ -68,6 +68,8 @@ def diagnose(load_probes: bool = True) -> dict:
     tracefs = os.path.exists("/sys/kernel/tracing/events/syscalls")
     checks.append(_check("tracefs", tracefs, "/sys/kernel/tracing/events/syscalls" + (" present" if tracefs else " missing"),
                          "mount -t tracefs nodev /sys/kernel/tracing (setup.sh does this)"))
+    if tracefs:
+        checks.append(_tracepoints_check())
     kprobes = os.path.exists("/sys/kernel/tracing/kprobe_events")
     checks.append(_check("kprobes (not needed)", True,
                          "available" if kprobes else "absent: provtrace uses syscall, sched and raw tracepoints only"))
@@ -94,6 +96,21 @@ def diagnose(load_probes: bool = True) -> dict:
             "system": {"os": _os_release(), "packages": debian_packages(target)}}
 
 
+def _tracepoints_check(roots: tuple[str, ...] | None = None) -> dict:
+    """The tracepoints the probes attach to, named when missing, and which
+    sched_process_exit this kernel has (docs/kernels.md). roots: tracefs mounts."""
+    from .capture.ebpf import TRACEFS_ROOTS, TRACEPOINTS, exit_has_group_dead, tracepoint_fields  # noqa: PLC0415
+
+    roots = roots or TRACEFS_ROOTS
+    missing = [f"{c}/{n}" for c, n in TRACEPOINTS if tracepoint_fields(c, n, roots) is None]
+    if missing:
+        return _check("tracepoints", False, "missing: " + ", ".join(missing),
+                      "the probes attach to these; this kernel cannot run them (use --backend ptrace)")
+    exit_mode = ("sched_process_exit passes group_dead" if exit_has_group_dead(roots) else
+                 "sched_process_exit has no group_dead: process exit read from task->signal->live")
+    return _check("tracepoints", True, f"{len(TRACEPOINTS)} present; {exit_mode}")
+
+
 # The apt packages provtrace relies on, beside those found at run time: bcc and
 # its Python binding, the LLVM/clang that bcc compiles the probes with (read
 # from libbpfcc's own dependencies), the headers linked for bcc, and R.
@@ -108,7 +125,9 @@ def debian_packages(headers_dir: str | None) -> dict[str, str | None]:
     names = list(_BASE_PACKAGES) + _llvm_packages()
     if headers_dir:
         owner = index.owner(os.path.join(headers_dir, "Makefile"))
-        names.append(owner.split(":")[0] if owner else "linux-headers-" + os.path.basename(headers_dir))
+        base = os.path.basename(headers_dir)
+        guess = base if base.startswith("linux-headers-") else "linux-headers-" + base
+        names.append(owner.split(":")[0] if owner else guess)
     return index.versions(names)
 
 

@@ -58,6 +58,9 @@ WANTED: dict[str, tuple[str, str]] = {
     "TASK_MM": ("task_struct", "mm"),
     # the credentials of a new image: did exec gain privileges?
     "TASK_CRED": ("task_struct", "cred"),
+    # whole-process exit where sched_process_exit has no group_dead argument
+    "TASK_SIGNAL": ("task_struct", "signal"),
+    "SIGNAL_LIVE": ("signal_struct", "live"),
     "CRED_UID": ("cred", "uid"),
     "CRED_GID": ("cred", "gid"),
     "CRED_EUID": ("cred", "euid"),

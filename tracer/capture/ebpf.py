@@ -17,10 +17,12 @@ syscall tracing). The sched hooks stay: fork, exec and exit are rare.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import os
 import platform
+import re
 import select
 import tempfile
 import threading
@@ -69,9 +71,78 @@ def program_text() -> str:
     return "\n".join((d / name).read_text() for name in ("common.h",) + PROBE_FILES)
 
 
+@contextlib.contextmanager
+def _verifier_log(out: list[str]):
+    """Collect what bcc's C code writes to fd 2 (the verifier's log) into out[0].
+
+    The text goes back to stderr afterwards, unchanged, so that nothing is
+    hidden; the caller reads the verifier's verdict from it."""
+    sys_err = os.dup(2)
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(sys_err, 2)
+            os.close(sys_err)
+            tmp.seek(0)
+            data = tmp.read()
+            out.append(data.decode(errors="replace"))
+            if data:
+                os.write(2, data)
+
+
+def verifier_verdict(text: str) -> str:
+    """The line in which the kernel's verifier gave its reason for refusing a program
+    (the one before its 'processed N insns' summary), or '' when there is none."""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    for i, ln in enumerate(lines):
+        if ln.startswith("processed ") and " insns" in ln and i > 0:
+            return lines[i - 1]
+    return ""
+
+
+def _with_verdict(e: Exception, text: str) -> str:
+    verdict = verifier_verdict(text)
+    return f"{e} (verifier: {verdict})" if verdict else str(e)
+
+
+TRACEFS_ROOTS = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
+# The tracepoints the probes attach to (raw), by tracefs category.
+TRACEPOINTS = (("raw_syscalls", "sys_exit"), ("sched", "sched_process_fork"),
+               ("sched", "sched_process_exec"), ("sched", "sched_process_exit"))
+
+
+def tracepoint_fields(category: str, name: str, roots: tuple[str, ...] = TRACEFS_ROOTS) -> set[str] | None:
+    """Field names of a tracepoint's record (tracefs format file); None when the
+    tracepoint is missing or tracefs is not mounted."""
+    for root in roots:
+        try:
+            with open(os.path.join(root, "events", category, name, "format")) as f:
+                text = f.read()
+        except OSError:
+            continue
+        return set(re.findall(r"field:[^;]*?(\w+)(?:\[\d*\])?;", text))
+    return None
+
+
+def exit_has_group_dead(roots: tuple[str, ...] = TRACEFS_ROOTS) -> bool:
+    """Does sched_process_exit pass group_dead (newer kernels: 6.18 here)?
+
+    The argument came with the record field of that name. Older kernels (6.12
+    and before) have one argument: a raw tracepoint program that reads a
+    second one is refused at attach (EINVAL), so the probe then reads
+    whole-process death from task->signal->live instead."""
+    return "group_dead" in (tracepoint_fields("sched", "sched_process_exit", roots) or set())
+
+
 def cflags(offsets: dict[str, int], ringbuf_pages: int) -> list[str]:
     flags = [f"-I{probes_dir()}", f"-DRINGBUF_PAGES={ringbuf_pages}",
              f"-DPT_NR_SLOTS={syscalls.PROG_ARRAY_SIZE}"]
+    group_dead_arg = exit_has_group_dead()
+    if group_dead_arg:
+        flags.append("-DPT_EXIT_GROUP_DEAD_ARG=1")
+    log.debug("event=feature sched_process_exit_group_dead=%s", "argument" if group_dead_arg else "signal_live")
     flags += [f"-DOFF_{name}={value}" for name, value in sorted(offsets.items())]
     return flags
 
@@ -96,10 +167,13 @@ class EbpfCapture:
                 "bcc is not importable; install Debian's python3-bpfcc and use a venv made with "
                 "--system-site-packages from /usr/bin/python3 (setup.sh does both)") from e
         offsets = btf.kernel_offsets()
+        vlog: list[str] = []
         try:
-            self._bpf = BPF(text=program_text().encode(), cflags=cflags(offsets, ringbuf_pages))
+            with _verifier_log(vlog):
+                self._bpf = BPF(text=program_text().encode(), cflags=cflags(offsets, ringbuf_pages))
         except Exception as e:  # bcc raises bare Exception on compile/load failure
-            raise ProbeLoadError(f"bcc could not compile or load the probes: {e}; run 'provtrace doctor'") from e
+            raise ProbeLoadError(f"bcc could not compile or load the probes: {_with_verdict(e, vlog[0])}; "
+                                 "run 'provtrace doctor'") from e
         try:
             self._fill_dispatch(BPF.RAW_TRACEPOINT)
         except ProbeLoadError:
@@ -185,10 +259,12 @@ class EbpfCapture:
             raise ProbeLoadError(f"syscall programs missing from syscalls.py: {', '.join(unlisted)}")
         slots = self._bpf[_DISPATCH_TABLE]
         for prog, nr in syscalls.slots(syscalls.EXIT_PROGRAMS):
+            vlog: list[str] = []
             try:
-                fn = self._bpf.load_func(prog.encode(), prog_type)  # loaded once, cached by bcc
+                with _verifier_log(vlog):
+                    fn = self._bpf.load_func(prog.encode(), prog_type)  # loaded once, cached by bcc
             except Exception as e:  # bcc raises bare Exception when the verifier refuses
-                raise ProbeLoadError(f"probe program {prog} did not load: {e}") from e
+                raise ProbeLoadError(f"probe program {prog} did not load: {_with_verdict(e, vlog[0])}") from e
             slots[ctypes.c_int(nr)] = ctypes.c_int(fn.fd)
 
     def dispatch_slots(self) -> dict[str, list[int]]:
