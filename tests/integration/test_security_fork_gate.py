@@ -47,7 +47,9 @@ def test_killed_tracer_never_lets_its_command_run(tmp_path, backend):
     if os.geteuid() != 0 or shutil.which("strace") is None:
         pytest.skip("needs root and strace")
     marker = tmp_path / "marker"
-    held = f"inject=clone:delay_exit=10s:when={COMMAND_FORK[backend]}"
+    # N+: that clone and every later one, so a thread started first under load
+    # (an extra clone) cannot let the command's fork slip past the hold
+    held = f"inject=clone:delay_exit=10s:when={COMMAND_FORK[backend]}+"
     proc = subprocess.Popen(["strace", "-o", os.devnull, "-e", "trace=clone", "-e", held,
                              PROVTRACE, "run", "--backend", backend, "--db", str(tmp_path / "s.db"),
                              "--", "sh", "-c", f"touch {marker}"],
