@@ -4,6 +4,7 @@
 #
 #   sudo bash setup.sh            # set up, then run the demo
 #   sudo bash setup.sh --no-demo  # set up only (test.sh uses this)
+#   bash setup.sh --venv-only DIR # only step 4, into the venv folder DIR
 #
 # Steps, each skipped when already done:
 #   1. apt packages: python3-bpfcc (bcc for /usr/bin/python3), Debian's 6.1
@@ -23,18 +24,70 @@
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+caller=$PWD
 cd "$here"
 demo=1
-for a in "$@"; do
+venv_only=""
+while [ $# -gt 0 ]; do
+  a=$1; shift
   case "$a" in
     --no-demo) demo=0 ;;
-    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+    --venv-only) venv_only=$(cd "$caller" && realpath -m -- "${1:?setup.sh: --venv-only needs a folder}"); shift ;;
+    -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
     *) echo "setup.sh: unknown option '$a' (try --help)" >&2; exit 2 ;;
   esac
 done
 
 log() { printf '[setup] %s\n' "$*"; }
 warn() { printf '[setup] WARNING: %s\n' "$*" >&2; }
+
+# Step 4, the venv: exactly requirements.lock, hash-checked.
+# `pip install --require-hashes --no-deps -r requirements.lock` runs every time
+# (under a second when nothing changed; it puts back any package upgraded or
+# removed by hand), what the lock does not name is removed (like pip-sync),
+# provtrace is installed with --no-deps --no-build-isolation (no resolver, the
+# locked build backend), and tools/check_lock.py proves the venv equals the
+# lock. The lock is refreshed only by tools/lock.sh, never here.
+# `bash setup.sh --venv-only DIR` runs this step alone, on any venv folder.
+lock=$here/requirements.lock
+vlog() { printf '[venv] %s\n' "$*"; }
+make_venv() {
+  local venv=$1 py stamp want extras
+  local pipq=(-m pip --disable-pip-version-check -q)
+  if [ ! -x "$venv/bin/python" ]; then
+    vlog "creating $venv from /usr/bin/python3 (--system-site-packages, for bcc)"
+    /usr/bin/python3 -m venv --system-site-packages "$venv"
+  fi
+  py=$venv/bin/python
+
+  # pip prints every satisfied requirement without -q, and chatter about this
+  # machine's extra local indexes with it; keep only what matters.
+  "$py" "${pipq[@]}" install --require-hashes --no-deps -r "$lock" 2> >(grep -v "^WARNING: Location 'file:" >&2)
+
+  # Like pip-sync: what the lock does not name goes (provtrace itself stays).
+  mapfile -t extras < <("$py" "$here/tools/check_lock.py" --venv "$venv" --extras "$lock")
+  if [ "${#extras[@]}" -gt 0 ]; then
+    vlog "removing what the lock does not name: ${extras[*]}"
+    "$py" "${pipq[@]}" uninstall -y "${extras[@]}"
+  fi
+
+  stamp=$venv/.provtrace-installed
+  want=$(sha256sum "$here/pyproject.toml" | cut -c1-16)
+  if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] || ! "$py" -c "import provtrace.tracer" 2>/dev/null; then
+    vlog "installing provtrace (editable, --no-deps) into $venv"
+    # (setuptools warns that editable installs can be shadowed by folders of the
+    # same name: provtrace's folders are mapped under provtrace.*, so it can't.)
+    (cd "$here" && PYTHONWARNINGS=ignore "$py" "${pipq[@]}" install --no-deps --no-build-isolation -e .)
+    echo "$want" > "$stamp"
+  fi
+
+  "$py" "$here/tools/check_lock.py" --venv "$venv" "$lock"
+}
+
+if [ -n "$venv_only" ]; then
+  make_venv "$venv_only"
+  exit 0
+fi
 
 if [ "$(id -u)" -ne 0 ]; then
   echo "setup.sh: must run as root (it installs apt packages and kernel headers); try: sudo bash setup.sh" >&2
@@ -97,11 +150,10 @@ else
   mount -t tracefs nodev /sys/kernel/tracing
 fi
 
-# --- 4. venv -----------------------------------------------------------------
-# Exactly the versions in requirements.lock, checked against their hashes
-# (tools/venv.sh; the lock is refreshed only by tools/lock.sh, never here).
+# --- 4. venv (make_venv, above) -------------------------------------------------
+
 venv=$here/.venv
-bash "$here/tools/venv.sh" "$venv"
+make_venv "$venv"
 "$venv/bin/python" -c "import bcc, provtrace.tracer" \
   || { echo "setup.sh: the venv cannot import bcc or provtrace" >&2; exit 1; }
 # Put provtrace on PATH for root shells.

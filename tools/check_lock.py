@@ -4,7 +4,7 @@
 
 Run it with any Python; it asks VENV's own interpreter (default: the running
 one) what is installed. With --extras it only lists what the venv holds that
-the lock does not name (tools/venv.sh removes those). Exits 0 when every pinned package is installed at its
+the lock does not name (setup.sh removes those). Exits 0 when every pinned package is installed at its
 pinned version and the venv itself holds nothing else (provtrace aside);
 otherwise prints one line per difference and exits 1. A pinned package that
 pip left to Debian's copy (same version, seen through --system-site-packages)
@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     for d in diffs:
         print(f"check_lock: {d}", file=sys.stderr)
     if diffs:
-        print(f"check_lock: the venv does not match {args.lock}; run: bash tools/venv.sh", file=sys.stderr)
+        print(f"check_lock: the venv does not match {args.lock}; run: bash setup.sh --venv-only VENV", file=sys.stderr)
         return 1
     print(f"check_lock: venv matches {args.lock.name} ({len(pins)} packages)")
     return 0

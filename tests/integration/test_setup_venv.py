@@ -1,4 +1,4 @@
-"""tools/venv.sh (setup.sh's venv step) builds exactly the lock, and puts it back after hand edits.
+"""setup.sh's venv step (`setup.sh --venv-only DIR`) builds exactly the lock, and puts it back after hand edits.
 
 Builds a throwaway venv from nothing with the real script (pip's cache makes
 that ~30 s), then upgrades, downgrades and adds packages by hand the way a
@@ -18,7 +18,7 @@ pytestmark = pytest.mark.slow
 
 
 def _venv_sh(venv: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(["bash", str(ROOT / "tools" / "venv.sh"), str(venv)], capture_output=True,
+    return subprocess.run(["bash", str(ROOT / "setup.sh"), "--venv-only", str(venv)], capture_output=True,
                           text=True, timeout=600)
 
 

@@ -62,7 +62,7 @@ def test_generated_descriptors_match_the_protos(tmp_path):
 def test_generated_code_is_what_the_locked_generator_writes(tmp_path):
     have, want = version("grpcio-tools"), _locked("grpcio-tools")
     if have != want:
-        pytest.skip(f"grpcio-tools {have} is not the locked {want} (bash tools/venv.sh installs it); "
+        pytest.skip(f"grpcio-tools {have} is not the locked {want} (bash setup.sh --venv-only .venv installs it); "
                     "the descriptor check above still guards the protos")
     env = dict(os.environ, PYTHON=sys.executable)
     subprocess.run(["bash", str(PROTO / "gen.sh"), str(tmp_path)], check=True, env=env)
