@@ -118,7 +118,7 @@ class Daemon:
         finally:
             self.stop_requested.set()
             if self._follower_thread is not None:
-                self._follower_thread.join()  # follower.run closes its watchers: sessions end
+                self._follower_thread.join()  # _follow closes its watchers: sessions end
             tracing.close()
             if self._anchor_thread is not None:
                 self._anchor_thread.join()

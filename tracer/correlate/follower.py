@@ -1,6 +1,6 @@
 """Follows every kernel on the host: discovery -> one IOPub watcher per kernel -> a sink.
 
-The daemon calls scan_once() periodically (or run() in a thread). New
+The daemon calls scan_once() periodically (tracer/daemon.py, in a guarded loop). New
 kernels are handed to the sink (which returns their session id) and
 watched; each window change goes to the sink; a kernel that died or
 vanished is closed in the sink and forgotten. Only kernels whose connection
@@ -72,13 +72,6 @@ class KernelFollower:
         for key in gone:
             self._forget(key)
         return found
-
-    def run(self, stop: threading.Event, interval_s: float = 5.0) -> None:
-        """Scans every interval_s until stop is set; then stops every watcher."""
-        while not stop.is_set():
-            self.scan_once()
-            stop.wait(interval_s)
-        self.close()
 
     def close(self) -> None:
         with self._lock:
