@@ -8,7 +8,9 @@
 #
 # Steps, each skipped when already done:
 #   1. apt packages: python3-bpfcc (bcc for /usr/bin/python3), Debian's 6.1
-#      kernel headers, strace, R's IRkernel, and tools the tests use.
+#      kernel headers, strace, R's IRkernel, and tools the tests use (Graphviz
+#      and Chromium for pictures and the HTML report, PostgreSQL for the fleet
+#      store, QEMU and busybox for vm/).
 #   2. kernel headers for bcc: when /lib/modules/$(uname -r)/build is missing,
 #      link Debian's newest linux-headers-6.1.0-N-amd64 (and -common) there.
 #      Those headers do NOT match the running kernel; provtrace takes every
@@ -101,7 +103,9 @@ fi
 
 # --- 1. apt packages --------------------------------------------------------
 apt_pkgs=(python3-bpfcc python3-venv python3-pip python3-dev gcc strace bpftrace
-          tmux r-cran-irkernel iproute2 procps openssh-client)
+          tmux r-cran-irkernel iproute2 procps openssh-client
+          graphviz chromium fonts-dejavu-core postgresql
+          qemu-system-x86 busybox-static)
 missing=()
 for p in "${apt_pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
