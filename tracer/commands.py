@@ -74,11 +74,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.backend == "ebpf" and os.geteuid() != 0:
         raise CaptureUnavailable("eBPF tracing needs root; run as root, or trace with "
                                  "--backend ptrace (see 'provtrace doctor')")
-    capture = None  # eBPF, loaded by the runner
+    capture, gap_records = None, []
     if args.backend == "ptrace" or os.geteuid() != 0 or fell_back:  # asked for, or a fallback
         from .capture.ptrace import PtraceCapture  # noqa: PLC0415
 
         capture = PtraceCapture()
+    else:
+        capture, gap_records = _load_ebpf(fallback=args.backend == "auto")
     from .errors import StoreWriteError  # noqa: PLC0415
     from .runner import TracedCommand, run_untraced  # noqa: PLC0415
     from .store import queries as Q  # noqa: PLC0415
@@ -90,7 +92,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return run_untraced(cmd)
     try:
         _close_abandoned(store)
-        tc = TracedCommand(cmd, store=store, label=args.label, capture=capture)
+        tc = TracedCommand(cmd, store=store, label=args.label, capture=capture, gaps=gap_records)
         code = tc.run()
         if tc.store_warning:
             print(f"provtrace: warning: {tc.store_warning}", file=sys.stderr)
@@ -103,6 +105,23 @@ def cmd_run(args: argparse.Namespace) -> int:
         return code
     finally:
         store.close()
+
+
+def _load_ebpf(fallback: bool):
+    """The eBPF backend, or (with --backend auto) ptrace when this kernel or
+    host cannot run the probes: one warning, and the reason kept in the run as
+    a gap, so the run says how it was traced and why (docs/kernels.md)."""
+    from .capture.ebpf import EbpfCapture  # noqa: PLC0415
+
+    try:
+        return EbpfCapture(), []
+    except CaptureUnavailable as e:
+        if not fallback:
+            raise
+        from .capture.ptrace import PtraceCapture  # noqa: PLC0415
+
+        print(f"provtrace: warning: {e}; tracing with ptrace instead", file=sys.stderr)
+        return PtraceCapture(), [{"what": "ebpf_unavailable", "detail": str(e)}]
 
 
 def _close_abandoned(store) -> None:

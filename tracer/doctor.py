@@ -65,11 +65,14 @@ def diagnose(load_probes: bool = True) -> dict:
                                  f"(task_struct.files at {offs['TASK_FILES']})"))
         except Exception as e:  # noqa: BLE001 - report any parse failure as a finding
             checks.append(_check("BTF offsets", False, str(e), "report this kernel's BTF as unsupported"))
+    ringbuf_ok = _ringbuf_check(checks)
     tracefs = os.path.exists("/sys/kernel/tracing/events/syscalls")
     checks.append(_check("tracefs", tracefs, "/sys/kernel/tracing/events/syscalls" + (" present" if tracefs else " missing"),
                          "mount -t tracefs nodev /sys/kernel/tracing (setup.sh does this)"))
+    tracepoints_ok = False
     if tracefs:
         checks.append(_tracepoints_check())
+        tracepoints_ok = checks[-1]["ok"]
     kprobes = os.path.exists("/sys/kernel/tracing/kprobe_events")
     checks.append(_check("kprobes (not needed)", True,
                          "available" if kprobes else "absent: provtrace uses syscall, sched and raw tracepoints only"))
@@ -77,7 +80,8 @@ def diagnose(load_probes: bool = True) -> dict:
     checks.append(_check("lockdown", "[confidentiality]" not in (lockdown or ""),
                          lockdown.strip() if lockdown else "no lockdown file (no lockdown LSM)",
                          "lockdown=confidentiality forbids reading kernel memory from BPF"))
-    ebpf_ok = root and have_bcc and arch_ok and target is not None and btf_ok and offsets_ok and tracefs
+    ebpf_ok = (root and have_bcc and arch_ok and target is not None and btf_ok and offsets_ok
+               and ringbuf_ok and tracefs and tracepoints_ok)
     if ebpf_ok and load_probes:
         try:
             from .capture.ebpf import EbpfCapture  # noqa: PLC0415
@@ -94,6 +98,24 @@ def diagnose(load_probes: bool = True) -> dict:
     usable = (["ebpf"] if ebpf_ok else []) + (["ptrace"] if ptrace_ok else [])
     return {"kernel": rel, "usable_backends": usable, "checks": checks,
             "system": {"os": _os_release(), "packages": debian_packages(target)}}
+
+
+def _ringbuf_check(checks: list[dict]) -> bool:
+    """The BPF ring buffer (Linux 5.8), asked of the kernel by creating one."""
+    from .capture import features  # noqa: PLC0415
+
+    if "ringbuf" in features._assumed_missing():  # noqa: SLF001 - the documented test fake
+        checks.append(_check("ring buffer", False, f"reported missing by {features.ASSUME_ENV} (a test fake)",
+                             "unset " + features.ASSUME_ENV))
+        return False
+    have = features.ringbuf_supported()
+    if have is None:
+        checks.append(_check("ring buffer", True, "not checked: creating a BPF map needs root"))
+        return True
+    checks.append(_check("ring buffer", have, "BPF_MAP_TYPE_RINGBUF " + ("supported" if have else "not supported"),
+                         "the probes send records through the BPF ring buffer (Linux 5.8 or later): "
+                         "use --backend ptrace on this kernel"))
+    return have
 
 
 def _tracepoints_check(roots: tuple[str, ...] | None = None) -> dict:

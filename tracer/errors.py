@@ -30,9 +30,11 @@ class ProbeLoadError(CaptureUnavailable):
 class BTFError(CaptureUnavailable):
     """The running kernel's BTF is missing or lacks a struct/member we need."""
 
-    def __init__(self, what: str, path: str = "/sys/kernel/btf/vmlinux") -> None:
+    def __init__(self, what: str, path: str = "/sys/kernel/btf/vmlinux",
+                 fields: list[str] | None = None) -> None:
         self.what = what
         self.path = path
+        self.fields = fields or []  # the struct members missing, when that is the cause
         super().__init__(f"BTF {path}: {what}")
 
 

@@ -53,7 +53,8 @@ class TracedCommand:
 
     def __init__(self, argv: Sequence[str], *, store: S.Store, label: str | None = None,
                  cwd: str | None = None, env: Mapping[str, str] | None = None,
-                 capture=None, on_finished: Callable[[int], None] | None = None) -> None:
+                 capture=None, on_finished: Callable[[int], None] | None = None,
+                 gaps: Sequence[Mapping] = ()) -> None:
         if not argv:
             raise UsageError("no command given: provtrace run [OPTIONS] -- CMD [ARG...]")
         self.argv = list(argv)
@@ -63,6 +64,7 @@ class TracedCommand:
         self.env = dict(os.environ if env is None else env)
         self.capture = capture
         self.on_finished = on_finished
+        self.gap_records = [dict(g) for g in gaps]  # known before the start: how capture is degraded
         self.run_id = new_run_id()
         self.rid: int | None = None  # None when the store could not take the run at all
         self.lost: dict[str, int] = {}
@@ -95,6 +97,8 @@ class TracedCommand:
         except StoreWriteError as e:  # nothing can be recorded: the command still runs
             self.store_error, self.ran_untraced = str(e), True
             return run_untraced(self.argv, self.cwd, self.env, exe)
+        for g in self.gap_records:
+            self.store.append(self.rid, S.GAP, g)
         # the command inherits our stdout and stderr: files there are its log, not its data
         writer = RunWriter(self.store, self.rid, clock, redact, base_us=started_us, stdio=stdio_files())
         tracker = Tracker(writer, cap.created_mask)

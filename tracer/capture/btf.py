@@ -188,6 +188,21 @@ class Btf:
         return total_bits // 8
 
 
+def offsets_of(parsed: Btf, wanted: dict[str, tuple[str, str]]) -> dict[str, int]:
+    """Offsets of every wanted member; BTFError names all that are missing
+    (renamed or moved between kernels), not only the first."""
+    offsets, missing = {}, []
+    for name, (struct_name, member) in wanted.items():
+        try:
+            offsets[name] = parsed.offset_of(struct_name, member)
+        except BTFError as e:
+            missing.append(f"{struct_name}.{member} ({e.what})")
+    if missing:
+        raise BTFError("lacks " + ", ".join(missing) + ": renamed or moved in this kernel, "
+                       "and the eBPF probes read them", parsed.source, fields=missing)
+    return offsets
+
+
 def kernel_offsets(btf_path: str = VMLINUX_BTF, cache_dir: str | None = None) -> dict[str, int]:
     """Offsets for WANTED, cached per kernel (the parse takes ~0.5 s)."""
     try:
@@ -202,8 +217,7 @@ def kernel_offsets(btf_path: str = VMLINUX_BTF, cache_dir: str | None = None) ->
             return dict(cached["offsets"])
     except (OSError, ValueError, KeyError):
         pass
-    btf = Btf(Path(btf_path).read_bytes(), btf_path)
-    offsets = {name: btf.offset_of(s, m) for name, (s, m) in WANTED.items()}
+    offsets = offsets_of(Btf(Path(btf_path).read_bytes(), btf_path), WANTED)
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(str(cache), json.dumps({"key": key, "offsets": offsets}).encode())

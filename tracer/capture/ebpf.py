@@ -31,7 +31,7 @@ from importlib import resources
 from pathlib import Path
 
 from ..errors import CaptureUnavailable, ProbeLoadError
-from . import btf, syscalls
+from . import btf, features, syscalls
 from .layouts import LOST_REASONS
 
 log = logging.getLogger(__name__)
@@ -166,6 +166,7 @@ class EbpfCapture:
             raise CaptureUnavailable(
                 "bcc is not importable; install Debian's python3-bpfcc and use a venv made with "
                 "--system-site-packages from /usr/bin/python3 (setup.sh does both)") from e
+        features.require()  # names a missing ring buffer, tracepoint or BTF field
         offsets = btf.kernel_offsets()
         vlog: list[str] = []
         try:

@@ -122,6 +122,8 @@ def load_run(store: S.Store, rid: int, config=None) -> dict:
         "gaps": {**(end.get("gaps", {}) if end else {"run_not_finished": 1}),
                  **{g.get("what", "gap"): 1 for g in gaps}},
     }
+    if any(len(g) > 1 for g in gaps):  # gaps with more to say than their name
+        run["gap_details"] = [g for g in gaps if len(g) > 1]
     if end and end.get("end_reason"):  # ended by someone other than its writer, and why
         run["end_reason"] = end["end_reason"]
     for c in cells:
