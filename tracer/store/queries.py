@@ -122,6 +122,8 @@ def load_run(store: S.Store, rid: int, config=None) -> dict:
         "gaps": {**(end.get("gaps", {}) if end else {"run_not_finished": 1}),
                  **{g.get("what", "gap"): 1 for g in gaps}},
     }
+    if header.get("notebook"):  # a notebook run: the file and kernel it ran (reproduce re-runs them)
+        run.update({"notebook": header["notebook"], "kernel_name": header.get("kernel_name")})
     if end and end.get("end_reason"):  # ended by someone other than its writer, and why
         run["end_reason"] = end["end_reason"]
     for c in cells:
