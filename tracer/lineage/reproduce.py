@@ -52,6 +52,7 @@ CAUSE_WORDS = {
 _BECAUSE_SHOWN = 5
 # levels: causes (0), files read that differ (1), what the run produced (2)
 _CAUSE, _READ, _EFFECT = 0, 1, 2
+_LABELS = {"exit_code": "exit code", "environment": "environment variable"}
 _WEAK = "secret_not_restored"  # a cause that is only ever offered as possible
 
 
@@ -66,10 +67,13 @@ def compare(original: dict, rerun: dict, *, tolerate: Sequence[str] = (), env_re
     notebook = run_a.get("kind") == "notebook"
     if notebook:
         cells = _compare_cells(original, rerun, found)
-        # outside any cell: the kernel's start-up and shut-down, whose files (its
-        # connection file) are the kernel's, not the notebook's; their code counts
+        # Outside any cell: the kernel's start-up and shut-down. Its files (a
+        # connection file) are the kernel's, not the notebook's, and tracing joins
+        # a kernel once it has started, so what it loads then is caught or not by
+        # timing: only a package or library whose version changed counts.
         outside = _outside_cells(original), _outside_cells(rerun)
-        found.scope(diff_runs(*outside), cell=None, order=-1, env=False, where="kernel: ", files=False)
+        found.scope(diff_runs(*outside), cell=None, order=-1, env=False, where="kernel: ", files=False,
+                    sets=False)
         found.drop_repeated()
     else:
         cells = []
@@ -90,7 +94,7 @@ def compare(original: dict, rerun: dict, *, tolerate: Sequence[str] = (), env_re
         "reproduced": found.reproduced,
         "differences": found.public(),
         "tolerated": found.tolerated,
-        "compared": _counts(rerun),
+        "compared": {**found.counted, **_counts(rerun)},
         "cells": cells,
         "notes": found.notes + _capture_notes(run_a, "original") + _capture_notes(run_b, "re-run"),
     }
@@ -104,6 +108,7 @@ class _Found:
         self.differences: list[dict] = []
         self.tolerated: list[dict] = []
         self.notes: list[str] = []
+        self.counted = {"inputs": 0, "outputs": 0}  # files compared, over every scope
         self.where = ""  # the scope being read, as messages start ("cell #2 ab12: ")
 
     def add(self, level: int, what: str, key: str, change: str, original, rerun, cell: str | None,
@@ -111,21 +116,25 @@ class _Found:
         self.differences.append({"what": what, "key": key, "change": change, "original": original,
                                  "rerun": rerun, "cell": cell, "cause": cause, "because": [], "possible": [],
                                  "message": message, "_level": level, "_order": order,
-                                 "_label": f"{what} {key}" if what != "exit_code" else "exit code",
+                                 "_label": _LABELS.get(what, what) + ("" if what == "exit_code" else f" {key}"),
                                  "_where": self.where})
 
     def scope(self, d: dict, *, cell: str | None, order: int, env: bool, where: str = "",
-              files: bool = True) -> None:
+              files: bool = True, sets: bool = True) -> None:
         """The differences of one diff_runs result (a run, or one cell); where
         ("cell #2 ab12: ") starts each message."""
         self.where = where
         if files:
+            for section in ("inputs", "outputs"):
+                part = d[section]
+                self.counted[section] += (part["unchanged"] + len(part["changed"]) + len(part["unknown"])
+                                          + len(part["only_a"]) + len(part["only_b"]))
             self._files(d["inputs"], "input", cell, order, where)
             self._files(d["outputs"], "output", cell, order, where)
         for section, what, cause in (("packages", "package", "package_changed"),
                                      ("libraries", "library", "library_changed"),
                                      ("interpreters", "interpreter", "interpreter_changed")):
-            self._keyed(d[section], what, cause, cell, order, where)
+            self._keyed(d[section], what, cause, cell, order, where, sets)
         if env:  # hidden causes: not differences, but they may explain one
             for item in d["env"]["changed"] + d["env"]["only_a"] + d["env"]["only_b"]:
                 unrestored = "b" not in item and REDACTED in str(item.get("a"))
@@ -164,7 +173,8 @@ class _Found:
         for path in section["unknown"]:
             self.notes.append(f"{where}{what} {path}: not compared (no sha256, size or mtime recorded)")
 
-    def _keyed(self, section: dict, what: str, cause: str, cell: str | None, order: int, where: str) -> None:
+    def _keyed(self, section: dict, what: str, cause: str, cell: str | None, order: int, where: str,
+               sets: bool) -> None:
         for item in section["changed"]:
             a, b = item["a"], item["b"]
             if what == "library":
@@ -174,6 +184,8 @@ class _Found:
                 msg = f"{where}{what} {item['key']}: {a} → {b}"
             self.add(_CAUSE, what, item["key"], "version" if what != "library" else "build_id", a, b,
                      cell, order, msg, cause=cause)
+        if not sets:
+            return
         # one used by one run only is mostly a consequence (other code ran); explained in explain()
         for item in section["only_a"]:
             self.add(_READ, what, item["key"], "missing", item["a"], None, cell, order,
@@ -304,15 +316,10 @@ def _header(run: dict) -> dict:
 
 
 def _counts(doc: dict) -> dict:
-    """How much the re-run was compared on (for the "reproduced" line)."""
+    """How many packages and libraries the re-run used (for the "reproduced" line)."""
     ctx = doc.get("context") or {}
     return {"packages": len({(p.get("ecosystem"), p.get("name")) for p in ctx.get("packages") or []}),
-            "libraries": len({lib.get("soname") or lib.get("path") for lib in ctx.get("libraries") or []}),
-            "inputs": len({f["path"] for f in doc.get("files") or []
-                           if "read" in (f.get("access") or []) and f.get("kind") == "data"}),
-            "outputs": len({f["path"] for f in doc.get("files") or []
-                            if set(f.get("access") or []) & {"write", "create", "truncate"}
-                            and f.get("kind") == "data"})}
+            "libraries": len({lib.get("soname") or lib.get("path") for lib in ctx.get("libraries") or []})}
 
 
 def _capture_notes(run: dict, which: str) -> list[str]:
