@@ -187,3 +187,12 @@ def test_plan_refuses_what_cannot_be_re_run(tmp_path):
     secret["run"]["argv"] = ["mysql", "-p<redacted>"]
     with pytest.raises(UsageError, match="redacted"):
         plan(secret, caller_uid=1000, caller_env={})
+
+
+def test_a_cell_s_own_change_outranks_an_earlier_cell_s(tmp_path):
+    """c2's package changed and c1's input did: c2's output is put down to its own package."""
+    old, new = _cells(tmp_path, "out1", "in1"), _cells(tmp_path, "out2", "in2")
+    old["cells"][1]["context"] = {"packages": [{"ecosystem": "pypi", "name": "numpy", "version": "2.0"}]}
+    new["cells"][1]["context"] = {"packages": [{"ecosystem": "pypi", "name": "numpy", "version": "2.1"}]}
+    out = next(d for d in compare(old, new)["differences"] if d["cell"] == "c2" and d["what"] == "output")
+    assert out["cause"] == "package_changed" and out["because"] == ["package pypi:numpy"]
