@@ -1,10 +1,10 @@
 """`provtrace reproduce` on real traced runs: re-executed through the real run path
 (eBPF here as root, the daemon for a user), then compared with the original. One
 reproduce that succeeds, and one that fails for each cause: an input changed, a
-package upgraded in a real venv, a nondeterministic output (and --tolerate
-letting that one pass), a secret that could not be restored; a notebook re-run
-and compared cell by cell; and the runs that cannot be re-run, each refused in
-one line."""
+package upgraded in a real venv, a shared library swapped, a nondeterministic
+output (and --tolerate letting that one pass), a secret that could not be
+restored; a notebook re-run and compared cell by cell; and the runs that cannot
+be re-run, each refused in one line."""
 
 from __future__ import annotations
 
@@ -164,6 +164,37 @@ def test_a_package_upgraded_between_runs(db, work, tabulate_venv):
     out = diffs[("output", f"{work}/table.txt")]
     assert out["cause"] == "package_changed" and "package pypi:tabulate" in out["because"]
     assert not [d for d in doc["differences"] if d["what"] == "input"]
+
+
+def _greeting_lib(work, greeting: str) -> None:
+    """libgreet.so.1, a real ELF shared library (gcc gives it a new build-id per content)."""
+    (work / "greet.c").write_text("const char *greeting(void) { return GREETING; }\n")
+    subprocess.run(["gcc", "-shared", "-fPIC", f'-DGREETING="{greeting}"', "-Wl,-soname,libgreet.so.1",
+                    "-o", str(work / "libgreet.so.1"), str(work / "greet.c")], check=True, timeout=120)
+
+
+def test_a_shared_library_swapped_between_runs(db, work):
+    if shutil.which("gcc") is None:
+        pytest.skip("gcc is not installed")
+    _greeting_lib(work, "hello")
+    (work / "main.c").write_text(textwrap.dedent("""\
+        #include <stdio.h>
+        const char *greeting(void);
+        int main(void) { FILE *f = fopen("out.txt", "w"); fprintf(f, "%s\\n", greeting()); return fclose(f); }
+        """))
+    subprocess.run(["gcc", "-o", str(work / "main"), str(work / "main.c"), f"-L{work}", "-l:libgreet.so.1",
+                    "-Wl,-rpath,$ORIGIN"], check=True, timeout=120)
+    run_id = _run(db, str(work), "./main")
+    _greeting_lib(work, "bonjour")
+    code, doc, _ = _reproduce(db, run_id, cwd=work)
+    assert code == DIFFERS
+    diffs = _by_key(doc)
+    lib = diffs[("library", "libgreet.so.1")]
+    assert lib["change"] == "build_id" and lib["cause"] == "library_changed"
+    assert lib["original"]["build_id"] != lib["rerun"]["build_id"]
+    out = diffs[("output", f"{work}/out.txt")]
+    assert out["cause"] == "library_changed" and out["because"] == ["library libgreet.so.1"]
+    assert (work / "out.txt").read_text() == "bonjour\n"
 
 
 def test_a_secret_is_named_and_can_be_supplied(db, work, tmp_path):
