@@ -316,6 +316,26 @@ def test_through_the_daemon_a_user_reproduces_only_its_own_runs(daemon, test_use
     _one_line_error(helpers.pt("reproduce", mine, "--db", daemon["db"], cwd="/tmp"), test_user.pw_name)
 
 
+def test_a_user_without_a_daemon_reproduces_with_ptrace(test_user, user_work):
+    """No daemon: the user's run and its re-run are both traced with ptrace, into the user's store."""
+    db = str(user_work / "mine.db")
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(user_work), "PROVTRACE_SOCKET": str(user_work / "none.sock")}
+
+    def as_user(*args, cwd):
+        return subprocess.run([helpers.PROVTRACE, *args], capture_output=True, text=True, timeout=300,
+                              user=test_user.pw_uid, group=test_user.pw_gid, extra_groups=[], env=env, cwd=cwd)
+
+    (user_work / "in.txt").write_text("b\na\n")
+    r = as_user("run", "--db", db, "--", "sh", "-c", "sort in.txt > out.txt", cwd=str(user_work))
+    assert r.returncode == 0, r.stderr
+    run_id = json.loads(as_user("runs", "--db", db, "--json", cwd="/tmp").stdout)[-1]["id"]
+    got = as_user("reproduce", run_id, "--db", db, "--json", cwd="/tmp")
+    assert got.returncode == 0, got.stdout + got.stderr
+    doc = json.loads(got.stdout)
+    assert doc["reproduced"] and doc["original"]["backend"] == doc["rerun"]["backend"] == "ptrace"
+    assert doc["compared"]["inputs"] == doc["compared"]["outputs"] == 1
+
+
 def test_a_kernel_session_is_not_re_runnable(daemon, tmp_path):
     if "python3" not in KernelSpecManager().find_kernel_specs():
         pytest.skip("kernelspec python3 is not installed (setup.sh installs it)")
