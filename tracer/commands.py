@@ -466,13 +466,29 @@ REPRODUCE_DIFFERS_EXIT = 4  # reproduce: the re-run differs from the original
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
-    """Re-runs RUN under tracing, then compares: 0 reproduced, 4 something differs."""
+    """Re-runs RUN under tracing, then compares: 0 reproduced, 4 something differs.
+
+    Exit 4 means a verdict only: a store that cannot be read (4 in other verbs)
+    is exit 1 here."""
+    import sqlite3  # noqa: PLC0415
+
+    from .errors import StorageCorrupt, StoreError  # noqa: PLC0415
+
+    try:
+        return _reproduce(args)
+    except (sqlite3.DatabaseError, StorageCorrupt) as e:
+        raise StoreError(f"the store cannot be read ({e}); run `provtrace verify` to see what is "
+                         "damaged") from e
+
+
+def _reproduce(args: argparse.Namespace) -> int:
     from .lineage.reproduce import compare, render  # noqa: PLC0415
     from .rerun import plan  # noqa: PLC0415
+    from .store import sqlite as S  # noqa: PLC0415
 
     config = _config()  # a bad config file fails before anything runs
     original = _load_doc(args.run, args.socket, args, config)
-    where = args.socket or getattr(args, "db", None) or "the store"
+    where = args.socket or getattr(args, "db", None) or S.default_db_path()
     rerun = plan(original, caller_uid=os.getuid(), caller_env=os.environ, secret_globs=args.secret_env,
                  db=where)
     if rerun.secrets_missing:
