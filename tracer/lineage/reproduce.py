@@ -83,16 +83,17 @@ def compare(original: dict, rerun: dict, *, tolerate: Sequence[str] = (), env_re
                       run_b.get("exit_code"), None, 0,
                       f"exit code {run_a.get('exit_code')} → {run_b.get('exit_code')}")
     found.explain()
+    differences = found.public()
     for summary in cells:
-        summary["differences"] = sum(1 for d in found.differences if d["cell"] == summary["id"])
+        summary["differences"] = sum(1 for d in differences if d["cell"] == summary["id"])
         if summary["status"] == "compared":
             summary["status"] = "differs" if summary["differences"] else "reproduced"
     return {
         "schema": SCHEMA,
         "original": _header(run_a),
         "rerun": _header(run_b),
-        "reproduced": found.reproduced,
-        "differences": found.public(),
+        "reproduced": not differences,
+        "differences": differences,
         "tolerated": found.tolerated,
         "compared": {**found.counted, **_counts(rerun)},
         "cells": cells,
@@ -233,9 +234,6 @@ class _Found:
                 d["possible"] = [f"{u['_label']} (not restored)" for u in before
                                  if u["cause"] == _WEAK][:_BECAUSE_SHOWN]
 
-    @property
-    def reproduced(self) -> bool:
-        return not self.public()
 
     def public(self) -> list[dict]:
         """The differences users see (hidden causes, environment and host, are not among them)."""
