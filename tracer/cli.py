@@ -34,6 +34,7 @@ EPILOG = textwrap.dedent("""\
       provtrace tui                         browse runs, cells, files and lineage
       provtrace export last --format prov-json -o run.prov.json
       provtrace env last --format requirements.txt -o requirements.txt
+      provtrace reproduce last              re-run the last run traced; exit 4 if anything differs
     """)
 
 
@@ -144,6 +145,33 @@ def build_parser() -> argparse.ArgumentParser:
                    "run's os_release, e.g. debian:12)")
     _add_db(p)
     _add_socket(p)
+
+    p = sub.add_parser("reproduce", help="re-run a run under tracing and check it gives the same results",
+                       epilog="exit codes: 0 reproduced, 4 something differs (each difference is listed with "
+                              "its likely cause), 2 the run cannot be re-run (the one-line error says why).\n"
+                              "A command run is re-run with its argv, in its folder, with its recorded "
+                              "environment; variables redacted when recorded stay unset unless --secret-env "
+                              "names them. A notebook run is re-run with `notebook run` and compared cell by "
+                              "cell. Outputs are rewritten in place, as when you run the command again.\n"
+                              "examples: provtrace reproduce last\n"
+                              "          provtrace reproduce 20261207T184442-19c7fd --tolerate '*.log' --json\n"
+                              "          provtrace reproduce last --secret-env 'AWS_*'   (docs/reproduce.md)",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run", metavar="RUN", help="run id, unique prefix, or 'last'")
+    p.add_argument("--tolerate", action="append", default=[], metavar="GLOB",
+                   help="an output allowed to differ (a log, a timestamp): a glob on its absolute path or "
+                        "its path under the run's folder; repeatable")
+    p.add_argument("--secret-env", action="append", default=[], metavar="NAME",
+                   help="take this variable, redacted when recorded, from your current environment "
+                        "(a glob: 'AWS_*'); repeatable")
+    p.add_argument("--json", action="store_true", help="the verdict as provtrace.reproduce/1 JSON")
+    p.add_argument("--backend", choices=("auto", "ebpf", "ptrace"), default="auto",
+                   help="how the re-run is traced, as for `provtrace run`")
+    _add_db(p)
+    _add_socket(p)
+    p.add_argument("--timeout", type=int, default=600, metavar="S", help="notebook: per-cell timeout (default 600)")
+    p.add_argument("--startup-timeout", type=_positive_int, default=60, metavar="S",
+                   help="notebook: how long the kernel may take to answer at start (default 60)")
 
     p = sub.add_parser("stale", help="runs and cells whose inputs changed after they ran, and why",
                        epilog="exit status is 0 whether or not anything is stale (3 with --fail-if-stale "

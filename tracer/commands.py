@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
 import tempfile
+from dataclasses import dataclass
 
 from .cli import need, print_json
-from .errors import CaptureUnavailable, UsageError
+from .errors import CaptureUnavailable, TracerError, UsageError
 from .model.paths import from_user
 
 # The store modules are imported by the verbs that use them: `provtrace run`
@@ -61,15 +63,32 @@ def cmd_run(args: argparse.Namespace) -> int:
     if cmd and cmd[0] == "--":
         cmd = cmd[1:]
     need(bool(cmd), "no command given: provtrace run [OPTIONS] -- CMD [ARG...]")
+    return _trace(cmd, args).exit_code
+
+
+@dataclass(frozen=True)
+class Traced:
+    """A command traced by `_trace`: its exit code, and where its run is stored."""
+
+    exit_code: int
+    run_id: str | None  # None: the command ran, but nothing could be recorded
+    socket: str | None = None  # the daemon that stored the run; None: the store file (--db)
+
+
+def _trace(cmd: list[str], args: argparse.Namespace, *, cwd: str | None = None,
+           env: dict[str, str] | None = None) -> Traced:
+    """Traces cmd the way `provtrace run` does, for `run` and `reproduce` alike: a
+    daemon when one answers (a user's default socket, or --socket), else eBPF as
+    root, else ptrace. cwd and env default to the caller's."""
     fell_back = False  # a daemon was asked and could not take the command
     if args.backend != "ptrace":
         from .api.client import default_socket_path  # noqa: PLC0415
 
         socket_path = args.socket or (default_socket_path() if os.geteuid() != 0 else None)
         if socket_path and (args.socket or os.path.exists(socket_path)):
-            code = _run_via_daemon(cmd, socket_path, args, fallback=args.backend == "auto")
-            if code is not None:
-                return code
+            traced = _run_via_daemon(cmd, socket_path, args, fallback=args.backend == "auto", cwd=cwd, env=env)
+            if traced is not None:
+                return traced
             fell_back = True
     if args.backend == "ebpf" and os.geteuid() != 0:
         raise CaptureUnavailable("eBPF tracing needs root; run as root, or trace with "
@@ -89,20 +108,21 @@ def cmd_run(args: argparse.Namespace) -> int:
         store = _store(args, readonly=False)
     except StoreWriteError as e:  # a full disk: nothing can be recorded, the command still runs
         print(f"provtrace: warning: {e}; the command runs untraced", file=sys.stderr)
-        return run_untraced(cmd)
+        return Traced(run_untraced(cmd, cwd, env), None)
     try:
         _close_abandoned(store)
-        tc = TracedCommand(cmd, store=store, label=args.label, capture=capture, gaps=gap_records)
+        tc = TracedCommand(cmd, store=store, label=args.label, cwd=cwd, env=env, capture=capture,
+                           gaps=gap_records)
         code = tc.run()
         if tc.store_warning:
             print(f"provtrace: warning: {tc.store_warning}", file=sys.stderr)
-        if args.json_out and tc.rid is not None:
+        if getattr(args, "json_out", None) and tc.rid is not None:
             _write_json(args.json_out, Q.load_run(store, tc.rid, _config_lenient()))
         if tc.lost and sum(tc.lost.values()):
             print(f"provtrace: warning: {sum(tc.lost.values())} events lost "
                   f"({', '.join(f'{k}={v}' for k, v in tc.lost.items() if v)}); run marked incomplete",
                   file=sys.stderr)
-        return code
+        return Traced(code, None if tc.rid is None or tc.ran_untraced else tc.run_id)
     finally:
         store.close()
 
@@ -139,7 +159,7 @@ def _close_abandoned(store) -> None:
 
 
 def _run_via_daemon(cmd: list[str], socket_path: str, args: argparse.Namespace,
-                    fallback: bool) -> int | None:
+                    fallback: bool, cwd: str | None = None, env: dict[str, str] | None = None) -> Traced | None:
     """The daemon traces CMD on this user's behalf (eBPF), stored under this uid.
 
     None when the daemon is unreachable, busy or too slow to answer, or its
@@ -152,7 +172,7 @@ def _run_via_daemon(cmd: list[str], socket_path: str, args: argparse.Namespace,
     try:
         with ProvtraceClient(socket_path, timeout_s=5) as client:
             client.health()
-        result = run_command(cmd, socket_path, label=args.label)
+        result = run_command(cmd, socket_path, cwd=cwd, env=env, label=args.label)
     except (ApiError, HandOverFailed) as e:
         usable_elsewhere = isinstance(e, (HandOverFailed, UntrustedDaemon)) or e.transient
         if fallback and usable_elsewhere:
@@ -161,12 +181,12 @@ def _run_via_daemon(cmd: list[str], socket_path: str, args: argparse.Namespace,
         raise
     if result.warning:
         print(f"provtrace: warning: {result.warning}", file=sys.stderr)
-    if args.json_out and result.run_id:
+    if getattr(args, "json_out", None) and result.run_id:
         with ProvtraceClient(socket_path) as client:
             doc = json.loads(client.export(result.run_id, "json"))
         _reclassify([doc], _config_lenient())
         _write_json(args.json_out, doc)
-    return result.exit_code
+    return Traced(result.exit_code, result.run_id or None, socket_path)
 
 
 def cmd_daemon(args: argparse.Namespace) -> int:
@@ -186,22 +206,7 @@ def cmd_daemon(args: argparse.Namespace) -> int:
 
 def cmd_notebook(args: argparse.Namespace) -> int:
     """`notebook run`: the JSON is written even when a cell fails; exit 1 if any failed."""
-    from .store import queries as Q  # noqa: PLC0415
-
-    if os.geteuid() != 0:
-        raise CaptureUnavailable("provtrace notebook run traces the kernel with eBPF and needs root "
-                                 "(see 'provtrace doctor')")
-    from .traced_notebook import TracedNotebook  # noqa: PLC0415
-
-    traced = TracedNotebook(args.notebook, kernel_name=args.kernel, label=args.label,
-                            timeout_s=args.timeout, startup_timeout_s=args.startup_timeout,
-                            store=_store(args, readonly=False))
-    try:
-        code = traced.run()
-    finally:
-        if traced.rid is not None and args.json_out:
-            _write_json(args.json_out, Q.load_run(traced.store, traced.rid, _config_lenient()))
-        traced.store.close()
+    code, traced = _trace_notebook(args.notebook, args, kernel=args.kernel, label=args.label)
     result = traced.result
     if args.output and result is not None and result.notebook is not None:
         result.write_notebook(args.output)
@@ -210,6 +215,29 @@ def cmd_notebook(args: argparse.Namespace) -> int:
           f"{len(failed)} failed" + (f" ({result.stopped_early})" if result and result.stopped_early else ""),
           file=sys.stderr)
     return code
+
+
+def _trace_notebook(path: str, args: argparse.Namespace, *, kernel: str | None,
+                    label: str | None):
+    """Runs a notebook traced into the store (--db), for `notebook run` and
+    `reproduce`: (exit code, the TracedNotebook, its store closed)."""
+    from .store import queries as Q  # noqa: PLC0415
+
+    if os.geteuid() != 0:
+        raise CaptureUnavailable("provtrace notebook run traces the kernel with eBPF and needs root "
+                                 "(see 'provtrace doctor')")
+    from .traced_notebook import TracedNotebook  # noqa: PLC0415
+
+    traced = TracedNotebook(path, kernel_name=kernel, label=label,
+                            timeout_s=args.timeout, startup_timeout_s=args.startup_timeout,
+                            store=_store(args, readonly=False))
+    try:
+        code = traced.run()
+    finally:
+        if traced.rid is not None and getattr(args, "json_out", None):
+            _write_json(args.json_out, Q.load_run(traced.store, traced.rid, _config_lenient()))
+        traced.store.close()
+    return code, traced
 
 
 def _write_json(path: str, doc: dict) -> None:
@@ -452,6 +480,96 @@ def _remote_context(socket_path: str, run: str, cell: str | None, M) -> dict:
         if cell is None:
             return client.context(run)
         return M.cell_context(json.loads(client.export(run, "json")), cell)
+
+
+REPRODUCE_DIFFERS_EXIT = 4  # reproduce: the re-run differs from the original
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    """Re-runs RUN under tracing, then compares: 0 reproduced, 4 something differs.
+
+    Exit 4 means a verdict only: a store that cannot be read (4 in other verbs)
+    is exit 1 here."""
+    import sqlite3  # noqa: PLC0415
+
+    from .errors import StorageCorrupt, StoreError  # noqa: PLC0415
+
+    try:
+        return _reproduce(args)
+    except (sqlite3.DatabaseError, StorageCorrupt) as e:
+        raise StoreError(f"the store cannot be read ({e}); run `provtrace verify` to see what is "
+                         "damaged") from e
+
+
+def _reproduce(args: argparse.Namespace) -> int:
+    from .lineage.reproduce import compare, render  # noqa: PLC0415
+    from .rerun import plan  # noqa: PLC0415
+    from .store import sqlite as S  # noqa: PLC0415
+
+    config = _config()  # a bad config file fails before anything runs
+    original = _load_doc(args.run, args.socket, args, config)
+    where = args.socket or getattr(args, "db", None) or S.default_db_path()
+    rerun = plan(original, caller_uid=os.getuid(), caller_env=os.environ, secret_globs=args.secret_env,
+                 db=where)
+    if rerun.secrets_missing:
+        print(f"provtrace: warning: not restored (secrets, redacted when recorded): "
+              f"{', '.join(rerun.secrets_missing)}; --secret-env NAME takes one from your environment",
+              file=sys.stderr)
+    opts = argparse.Namespace(**{**vars(args), "label": f"reproduce {rerun.run_id}", "json_out": None})
+    with _stdout_to_stderr(args.json):  # the re-run's own output never mixes with the JSON
+        if rerun.kind == "notebook":
+            _, traced = _trace_notebook(rerun.notebook, opts, kernel=rerun.kernel_name, label=opts.label)
+            new_id, new_socket = traced.run_id if traced.rid is not None else None, None
+        else:
+            got = _trace(rerun.argv, opts, cwd=rerun.cwd, env=rerun.env)
+            new_id, new_socket = got.run_id, got.socket
+    if new_id is None:
+        raise TracerError(f"the re-run of {rerun.run_id} could not be recorded (see the warning above); "
+                          "there is nothing to compare")
+    result = compare(original, _load_doc(new_id, new_socket, args, config), tolerate=args.tolerate,
+                     env_restored=rerun.env is not None)
+    result["environment"] = {"restored": rerun.env is not None,
+                             "variables": len(rerun.env) if rerun.env is not None else None,
+                             "secrets_missing": rerun.secrets_missing,
+                             "secrets_from_env": rerun.secrets_from_env}
+    result["notes"] = rerun.notes + result["notes"]
+    if args.json:
+        print_json(result)
+    else:
+        print(render(result), end="")
+    return 0 if result["reproduced"] else REPRODUCE_DIFFERS_EXIT
+
+
+def _load_doc(run: str, socket_path: str | None, args: argparse.Namespace, config) -> dict:
+    """One run's provtrace.run/1 document, from a daemon or from the store file (--db)."""
+    if socket_path:
+        doc = json.loads(_remote_export(socket_path, run, "json"))
+        _reclassify([doc], config)
+        return doc
+    from .store import queries as Q  # noqa: PLC0415
+
+    store = _store(args)
+    try:
+        return Q.load_run(store, Q.resolve_run(store, run), config)
+    finally:
+        store.close()
+
+
+@contextlib.contextmanager
+def _stdout_to_stderr(active: bool):
+    """While active, file descriptor 1 is stderr's file: what a child prints goes there."""
+    if not active:
+        yield
+        return
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 STALE_EXIT = 3  # --fail-if-stale, when anything is stale

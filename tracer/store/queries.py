@@ -124,6 +124,8 @@ def load_run(store: S.Store, rid: int, config=None) -> dict:
     }
     if any(len(g) > 1 for g in gaps):  # gaps with more to say than their name
         run["gap_details"] = [g for g in gaps if len(g) > 1]
+    if header.get("notebook"):  # a notebook run: the file and kernel it ran (reproduce re-runs them)
+        run.update({"notebook": header["notebook"], "kernel_name": header.get("kernel_name")})
     if end and end.get("end_reason"):  # ended by someone other than its writer, and why
         run["end_reason"] = end["end_reason"]
     for c in cells:
