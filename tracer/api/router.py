@@ -260,7 +260,8 @@ class RunRouter:
         # as the run's owner, never as root: a user's output may be a symlink to, or a
         # hard link of, a file only root may read
         creds = Creds.of_user(live.uid) if live.uid is not None else None
-        record_fingerprints(self.store, live.rid, w.touched.union(*w.renamed_to.values()), creds=creds)
+        record_fingerprints(self.store, live.rid, w.touched.union(*w.renamed_to.values()), creds=creds,
+                            schema=_system_schema_policy())
         # The kernel counts loss per reason for the whole daemon, not per traced
         # tree: what was lost while this run was live may belong to any run traced
         # then. The record says so (lost_scope), and the run is not called
@@ -286,3 +287,15 @@ class RunRouter:
             raise
         log.info("event=run-finished run=%s kind=%s processes=%d files=%d", live.run_id, live.kind,
                  w.processes, w.files)
+
+
+def _system_schema_policy():
+    """The system config file's [schema] table: the daemon serves every user, so
+    no one user's file decides what it reads (a bad file: the defaults)."""
+    from .. import config  # noqa: PLC0415
+
+    try:
+        return config.load(config.config_files()[:1]).schema
+    except config.ConfigError as e:
+        log.warning("event=config-ignored error=%r", str(e))
+        return config.SchemaPolicy()
