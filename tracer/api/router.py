@@ -24,6 +24,7 @@ from ..capture.decode import Decoder
 from ..correlate.clock import Clock
 from ..correlate.clock import us_to_iso as iso
 from ..errors import StoreWriteError, TracerError
+from ..model.paths import DATA, classify
 from ..model.processes import Proc, Tracker
 from ..privs import Creds
 from ..store import sqlite as S
@@ -47,6 +48,8 @@ SESSION_GRACE_S = 0.3
 # messages reach the IOPub watcher a little after the kernel acts, and an
 # event attributed before its window is known would land in no cell.
 HOLD_NS = 500_000_000
+SNAPSHOT_EVERY_S = 0.2
+_WRITES = frozenset(("write", "create", "truncate"))  # how often each live run's reads and writes are snapshot for watch.py
 
 
 @dataclass(eq=False)
@@ -69,12 +72,30 @@ class LiveRun:
     gpu_samples: list = field(default_factory=list)
     lost_at_start: dict[str, int] = field(default_factory=dict)
     held: deque = field(default_factory=deque)  # session events waiting for their windows
+    # Snapshots the router thread replaces whole (other threads only read them):
+    # data file -> the cells that read it, less the run's own outputs; what it wrote
+    reads: dict[str, frozenset[str]] = field(default_factory=dict)
+    writes: frozenset[str] = frozenset()
 
     def take(self, ev) -> None:
         if self.kind == "session":
             self.held.append(ev)
         else:
             self.tracker.handle(ev)
+
+    def snapshot_io(self) -> None:
+        """Router thread: what the live processes read in cells and wrote, for the
+        input watcher (watch.py). A file the run wrote is its output, not an input."""
+        reads: dict[str, set[str]] = {}
+        written: set[str] = set()
+        for proc in list(self.tracker.live.values()):
+            for fa in proc.files.values():
+                if fa.access & _WRITES:
+                    written.add(fa.path)
+                elif "read" in fa.access and fa.cell is not None and classify(fa.path) == DATA:
+                    reads.setdefault(fa.path, set()).add(fa.cell)
+        self.reads = {p: frozenset(c) for p, c in reads.items() if p not in written}
+        self.writes = frozenset(written)
 
     def release(self, cutoff_ns: int | None = None) -> None:
         """Hand held events up to cutoff_ns (all, when None) to the Tracker."""
@@ -110,6 +131,7 @@ class RunRouter:
         # (run id, rid, end record); those runs stay open in the store meanwhile.
         self._unended: list[tuple[str, int, dict]] = []
         self._retried = 0.0
+        self._snapshot_at = 0.0
 
     # -- other threads --------------------------------------------------------------
     def start(self) -> None:
@@ -211,6 +233,10 @@ class RunRouter:
             live.release(cutoff)
             settle(self.capture, live.tracker, self.decoder)
         now = time.monotonic()
+        if now - self._snapshot_at >= SNAPSHOT_EVERY_S:
+            self._snapshot_at = now
+            for live in by_tag.values():
+                live.snapshot_io()
         with self._lock:
             due = [r for r in self._finishing if r.not_before <= now]
         for req in due:

@@ -228,6 +228,20 @@ class TracingStore(InMemoryStore):
         self._finish(run_id, exit_code=exit_code, wait=True)
         return self.get_run(run_id, None)
 
+    def live_runs(self) -> list[LiveRun]:
+        """The runs being traced now (sessions and commands), for the input watcher."""
+        return list(self._live.values())
+
+    def last_writer(self, path: str, exclude: int) -> str | None:
+        """The run whose records wrote path last, other than rid exclude."""
+        from .watch import last_writer  # noqa: PLC0415
+
+        reader = self._reader()
+        try:
+            return last_writer(reader, path, exclude)
+        finally:
+            reader.close()
+
     # -- reads (SQLite) ------------------------------------------------------------
     def _reader(self) -> S.Store:
         return S.Store(self.db.path, readonly=True)
