@@ -5,8 +5,10 @@ and the session without a key pressed."""
 
 from __future__ import annotations
 
+import json
 import queue
 import shutil
+import subprocess
 import threading
 import time
 
@@ -150,5 +152,29 @@ def test_a_changed_input_badges_the_cell_in_the_open_tui(daemon, kernel, tmux, t
         assert sum("⚠ STALE" in line for line in screen.splitlines()) >= 1
 
         _press_until(tmux, "Escape", "session ⚠ STALE")  # back to the runs: badged there too
+    finally:
+        events.close()
+
+
+def test_a_traced_write_by_another_run_is_named(daemon, kernel, tmp_path):
+    sid, kc = kernel
+    data = tmp_path / "params.jsonl"
+    data.write_text('{"alpha": 1, "beta": "x"}\n')
+    events = Events(daemon["socket"], sid)
+    try:
+        kc.execute_interactive("params = open('params.jsonl').read()", timeout=60)
+        events.next("watching", str(data))
+        # another run, traced by the same daemon, rewrites the session's input
+        r = subprocess.run([PROVTRACE, "run", "--socket", daemon["socket"], "--", "sh", "-c",
+                            "echo '{\"alpha\": 1.5}' > params.jsonl"], cwd=tmp_path,
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+        stale = events.next("stale", str(data))
+        runs = json.loads(subprocess.run([PROVTRACE, "runs", "--socket", daemon["socket"], "--json"],
+                                         capture_output=True, text=True, check=True).stdout)
+        writer = stale.detail["by"]
+        assert next(x for x in runs if x["id"] == writer)["kind"] == "command"
+        assert stale.detail["why"] == f"rewritten by run {writer}"
+        assert stale.detail["words"] == ["column `beta` removed", "`alpha` int64 → float64"]
     finally:
         events.close()

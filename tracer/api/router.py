@@ -48,8 +48,9 @@ SESSION_GRACE_S = 0.3
 # messages reach the IOPub watcher a little after the kernel acts, and an
 # event attributed before its window is known would land in no cell.
 HOLD_NS = 500_000_000
-SNAPSHOT_EVERY_S = 0.2
-_WRITES = frozenset(("write", "create", "truncate"))  # how often each live run's reads and writes are snapshot for watch.py
+SNAPSHOT_EVERY_S = 0.2  # how often live sessions' reads, and writers of watched files, are noted for watch.py
+_WRITES = frozenset(("write", "create", "truncate"))
+_RECENT_WRITERS = 4096  # watched paths whose last traced writer is remembered
 
 
 @dataclass(eq=False)
@@ -72,10 +73,9 @@ class LiveRun:
     gpu_samples: list = field(default_factory=list)
     lost_at_start: dict[str, int] = field(default_factory=dict)
     held: deque = field(default_factory=deque)  # session events waiting for their windows
-    # Snapshots the router thread replaces whole (other threads only read them):
-    # data file -> the cells that read it, less the run's own outputs; what it wrote
+    # A snapshot the router thread replaces whole (other threads only read it):
+    # data file -> the cells that read it, less the session's own outputs
     reads: dict[str, frozenset[str]] = field(default_factory=dict)
-    writes: frozenset[str] = frozenset()
 
     def take(self, ev) -> None:
         if self.kind == "session":
@@ -83,11 +83,11 @@ class LiveRun:
         else:
             self.tracker.handle(ev)
 
-    def snapshot_io(self) -> None:
-        """Router thread: what the live processes read in cells and wrote, for the
-        input watcher (watch.py). A file the run wrote is its output, not an input."""
+    def snapshot_reads(self) -> None:
+        """Router thread: the data files a session's live processes read in cells,
+        for the input watcher (watch.py). A file it wrote is its output, not an input."""
         reads: dict[str, set[str]] = {}
-        written: set[str] = set()
+        written = set(self.writer.written)
         for proc in list(self.tracker.live.values()):
             for fa in proc.files.values():
                 if fa.access & _WRITES:
@@ -95,7 +95,17 @@ class LiveRun:
                 elif "read" in fa.access and fa.cell is not None and classify(fa.path) == DATA:
                     reads.setdefault(fa.path, set()).add(fa.cell)
         self.reads = {p: frozenset(c) for p, c in reads.items() if p not in written}
-        self.writes = frozenset(written)
+
+    def last_writes(self, paths: frozenset[str]) -> dict[str, int]:
+        """Router thread: path -> when (monotonic ns) this run last wrote it, for those
+        of paths it wrote: finished processes (the writer's) and live ones."""
+        out = {p: self.writer.written[p] for p in paths if p in self.writer.written}
+        for proc in list(self.tracker.live.values()):
+            for p in paths:
+                fa = proc.files.get(p)
+                if fa is not None and fa.access & _WRITES and fa.last_ns > out.get(p, -1):
+                    out[p] = fa.last_ns
+        return out
 
     def release(self, cutoff_ns: int | None = None) -> None:
         """Hand held events up to cutoff_ns (all, when None) to the Tracker."""
@@ -132,6 +142,10 @@ class RunRouter:
         self._unended: list[tuple[str, int, dict]] = []
         self._retried = 0.0
         self._snapshot_at = 0.0
+        # The input watcher's files (it replaces the set whole), and the last traced
+        # write of each: path -> (run id, monotonic ns), kept by the router thread.
+        self.watched: frozenset[str] = frozenset()
+        self._writers: dict[str, tuple[str, int]] = {}
 
     # -- other threads --------------------------------------------------------------
     def start(self) -> None:
@@ -199,6 +213,29 @@ class RunRouter:
         except StoreWriteError as e:  # still full at shutdown: the next start closes those runs
             log.error("event=router-stop-unwritten error=%r unended=%d", str(e), len(self._unended))
 
+    def _snapshot(self, runs) -> None:
+        """Sessions' reads, and who last wrote each watched file (runs that end
+        are noted once more as they end, so a short command is never missed)."""
+        watched = self.watched
+        for live in runs:
+            if live.kind == "session":
+                live.snapshot_reads()
+            if watched:
+                self._note_writes(live, watched)
+
+    def _note_writes(self, live: LiveRun, watched: frozenset[str]) -> None:
+        with self._lock:
+            for path, ns in live.last_writes(watched).items():
+                if ns >= self._writers.get(path, ("", -1))[1]:
+                    self._writers[path] = (live.run_id, ns)
+            while len(self._writers) > _RECENT_WRITERS:
+                self._writers.pop(next(iter(self._writers)))
+
+    def last_writer(self, path: str) -> tuple[str, int] | None:
+        """(run id, monotonic ns) of the last traced write to a watched path seen, or None."""
+        with self._lock:
+            return self._writers.get(path)
+
     def _error(self, e: Exception) -> None:
         """Counts every error; logs the first of each kind, then one a minute."""
         self.errors += 1
@@ -235,8 +272,7 @@ class RunRouter:
         now = time.monotonic()
         if now - self._snapshot_at >= SNAPSHOT_EVERY_S:
             self._snapshot_at = now
-            for live in by_tag.values():
-                live.snapshot_io()
+            self._snapshot(by_tag.values())
         with self._lock:
             due = [r for r in self._finishing if r.not_before <= now]
         for req in due:
@@ -263,6 +299,8 @@ class RunRouter:
             for ev in self.decoder.decode_all(self.capture.sweep(pids)):
                 t.handle(ev)
             t.finish_all(Clock.now_mono_ns())
+            if self.watched:
+                self._note_writes(live, self.watched)
             self._end(live, req.exit_code, req.reason)
             log.info("event=finish-timing run=%s waited_ms=%.1f finish_ms=%.1f", live.run_id,
                      1e3 * (begun - req.asked), 1e3 * (time.monotonic() - begun))

@@ -232,16 +232,6 @@ class TracingStore(InMemoryStore):
         """The runs being traced now (sessions and commands), for the input watcher."""
         return list(self._live.values())
 
-    def last_writer(self, path: str, exclude: int) -> str | None:
-        """The run whose records wrote path last, other than rid exclude."""
-        from .watch import last_writer  # noqa: PLC0415
-
-        reader = self._reader()
-        try:
-            return last_writer(reader, path, exclude)
-        finally:
-            reader.close()
-
     # -- reads (SQLite) ------------------------------------------------------------
     def _reader(self) -> S.Store:
         return S.Store(self.db.path, readonly=True)

@@ -15,8 +15,10 @@ knows from when on a change will be seen):
             "cells": [cell ids], "by"?: run id, "drift"?: {...}, "words"?: [...]}
 
 A traced write by another run and an untraced edit are both seen, by the
-stat; "by" names the other traced run when one wrote the path (a live run's
-snapshot of its writes, else the store's last FILE record writing it). A
+stat; "by" names the other traced run when the router saw one write the
+path after the baseline (RunRouter notes the writers of watched files every
+0.2 s and as each run ends). An event with no writer yet waits up to
+WRITER_WAIT_S for one, so a push takes at most ~0.75 s after the change. A
 file the session itself wrote is its own output, not watched. The new
 version becomes the baseline: a further change is another event.
 
@@ -27,31 +29,32 @@ within the [schema] policy) only of a file whose stat changed.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 import os
+import time
 from dataclasses import dataclass, field
 
+from ..correlate.clock import Clock
 from ..lineage.drift import changed as drift_changed
 from ..lineage.drift import drift
 from ..lineage.stale import _compare, _stat_signature
 from ..privs import Creds
-from ..store import sqlite as S
 from ..store.fingerprint import HashCache, fingerprint
-from ..store.writer import ACCESS_BITS
 from .records import ApiEvent
 
 log = logging.getLogger(__name__)
 
 WATCH_INTERVAL_S = 0.25
-_WRITE_BITS = ACCESS_BITS["write"] | ACCESS_BITS["create"] | ACCESS_BITS["truncate"]
+WRITER_WAIT_S = 0.5  # how long a change's event waits for the router to name a traced writer
 
 
 @dataclass
 class _Seen:
     signature: tuple
     fp: dict
+    since_ns: int  # when this version became the baseline (CLOCK_MONOTONIC)
     cells: set[str] = field(default_factory=set)
+    changed_at: float | None = None  # a change seen, its event held for its writer (monotonic s)
 
 
 class InputWatcher:
@@ -66,36 +69,52 @@ class InputWatcher:
         self.pushed = 0
 
     def step(self) -> None:
-        live = self.tracing.live_runs()
-        sessions = [r for r in live if r.kind == "session"]
+        sessions = [r for r in self.tracing.live_runs() if r.kind == "session"]
         keep = set()
         for s in sessions:
             for path, cells in dict(s.reads).items():
                 keep.add((s.run_id, path))
-                self._check(s, path, cells, live)
+                self._check(s, path, cells)
         for key in set(self._seen) - keep:  # sessions ended, or the file became their own output
             del self._seen[key]
+        watched = frozenset(path for _sid, path in keep)
+        if watched != self.tracing.router.watched:
+            self.tracing.router.watched = watched  # the router notes who writes these
 
-    def _check(self, session, path: str, cells: frozenset[str], live) -> None:
+    def _check(self, session, path: str, cells: frozenset[str]) -> None:
         key = (session.run_id, path)
         seen = self._seen.get(key)
-        sig = _stat_signature(path)
         if seen is None:
-            self._seen[key] = _Seen(sig, self._fingerprint(session, path), set(cells))
+            sig = _stat_signature(path)
+            self._seen[key] = _Seen(sig, self._fingerprint(session, path), Clock.now_mono_ns(), set(cells))
             self._publish(session, "watching", {"path": path, "cells": sorted(cells)})
             return
         seen.cells |= cells
-        if sig == seen.signature:
-            return
-        seen.signature = sig
-        now = self._fingerprint(session, path)
-        status, _basis = _compare(seen.fp, now)
-        if status in ("same", "unknown"):
+        if seen.changed_at is None:
+            sig = _stat_signature(path)
+            if sig == seen.signature:
+                return
+            seen.signature = sig
+            now = self._fingerprint(session, path)
+            status, _basis = _compare(seen.fp, now)
+            if status == "unknown":
+                return
             if status == "same":
                 seen.fp = now
-            return
-        by = self._writer(path, session, live)
-        why = ("deleted" if status == "deleted" else f"rewritten by run {by}" if by else "content changed")
+                return
+            seen.changed_at = time.monotonic()
+        by = self._writer(path, session, seen)
+        if by is None and time.monotonic() - seen.changed_at < WRITER_WAIT_S:
+            return  # the router notes writes every 0.2 s: give a traced writer that long to show
+        self._push(session, path, seen, by)
+
+    def _push(self, session, path: str, seen: _Seen, by: str | None) -> None:
+        now = self._fingerprint(session, path)
+        seen.signature = _stat_signature(path)
+        if now.get("error") == "vanished":
+            why = "deleted"
+        else:
+            why = f"rewritten by run {by}" if by else "content changed"
         detail: dict = {"path": path, "why": why, "cells": sorted(seen.cells)}
         if by:
             detail["by"] = by
@@ -103,11 +122,18 @@ class InputWatcher:
         if drift_changed(d):
             detail["drift"] = {k: d[k] for k in ("removed", "added", "retyped", "breaking")}
             detail["words"] = d["words"]
-        seen.fp = now
+        seen.fp, seen.since_ns, seen.changed_at = now, Clock.now_mono_ns(), None
         self._publish(session, "stale", detail)
         self.pushed += 1
         log.info("event=stale-pushed session=%s path=%r why=%r cells=%d", session.run_id, path, why,
                  len(detail["cells"]))
+
+    def _writer(self, path: str, session, seen: _Seen) -> str | None:
+        """The traced run (not the session) that wrote path since the baseline, if any."""
+        last = self.tracing.router.last_writer(path)
+        if last is None or last[0] == session.run_id or last[1] < seen.since_ns:
+            return None
+        return last[0]
 
     def _publish(self, session, kind: str, detail: dict) -> None:
         self.hub.publish(ApiEvent(kind=kind, uid=session.uid if session.uid is not None else 0,
@@ -128,24 +154,3 @@ class InputWatcher:
             self.schema = _system_schema_policy()
         cache: HashCache = {}
         return fingerprint(path, cache, creds=creds, schema=self.schema)
-
-    def _writer(self, path: str, session, live) -> str | None:
-        """The traced run that wrote path last: a live one's snapshot, else the store's records."""
-        for r in live:
-            if r is not session and path in r.writes:
-                return r.run_id
-        return self.tracing.last_writer(path, exclude=session.rid)
-
-
-def last_writer(store: S.Store, path: str, exclude: int) -> str | None:
-    """The id of the run whose FILE record wrote path last (not the excluded rid)."""
-    row = store.db.execute("SELECT id FROM paths WHERE path=?", (os.fsencode(path),)).fetchone()
-    if row is None:
-        return None
-    for rid, body in store.db.execute(
-            "SELECT rid, body FROM records WHERE p1=? AND kind=? AND rid<>? ORDER BY seq DESC LIMIT 64",
-            (row[0], S.FILE, exclude)):
-        if json.loads(body)[1] & _WRITE_BITS:
-            found = store.db.execute("SELECT id FROM runs WHERE rid=?", (rid,)).fetchone()
-            return found[0] if found else None
-    return None
