@@ -84,16 +84,20 @@ class LiveRun:
             self.tracker.handle(ev)
 
     def snapshot_reads(self) -> None:
-        """Router thread: the data files a session's live processes read in cells,
-        for the input watcher (watch.py). A file it wrote is its output, not an input."""
+        """Router thread: the data files a session's live processes read (and in
+        which cells), for the input watcher (watch.py). A file it wrote is its output, not an input."""
         reads: dict[str, set[str]] = {}
         written = set(self.writer.written)
         for proc in list(self.tracker.live.values()):
             for fa in proc.files.values():
                 if fa.access & _WRITES:
                     written.add(fa.path)
-                elif "read" in fa.access and fa.cell is not None and classify(fa.path) == DATA:
-                    reads.setdefault(fa.path, set()).add(fa.cell)
+                elif "read" in fa.access and classify(fa.path) == DATA:
+                    # a read in no known cell (kernel start-up, a late IOPub window)
+                    # still makes the session a consumer: watched, with no cell
+                    cells = reads.setdefault(fa.path, set())
+                    if fa.cell is not None:
+                        cells.add(fa.cell)
         self.reads = {p: frozenset(c) for p, c in reads.items() if p not in written}
 
     def last_writes(self, paths: frozenset[str]) -> dict[str, int]:

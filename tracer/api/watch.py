@@ -45,7 +45,7 @@ from .records import ApiEvent
 log = logging.getLogger(__name__)
 
 WATCH_INTERVAL_S = 0.25
-WRITER_WAIT_S = 0.5  # how long a change's event waits for the router to name a traced writer
+WRITER_WAIT_S = 0.35  # how long a change's event waits for the router to name a traced writer
 
 
 @dataclass
