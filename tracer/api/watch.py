@@ -18,7 +18,7 @@ A traced write by another run and an untraced edit are both seen, by the
 stat; "by" names the other traced run when the router saw one write the
 path after the baseline (RunRouter notes the writers of watched files every
 0.2 s and as each run ends). An event with no writer yet waits up to
-WRITER_WAIT_S for one, so a push takes at most ~0.75 s after the change. A
+WRITER_WAIT_S for one, so a push takes about 0.6 s after the change. A
 file the session itself wrote is its own output, not watched. The new
 version becomes the baseline: a further change is another event.
 
