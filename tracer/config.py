@@ -16,8 +16,16 @@ who names a file expects its rules to apply). `[classify]` maps globs to kinds:
 
 Capture never reads this file: records keep the kind the path had when it
 was stored, and query verbs show the kind a rule gives instead (see
-docs/config.md). Other tables ([fleet], ...) are read by the code they
-concern; unknown tables are left alone.
+docs/config.md). `[schema]` bounds, or turns off, the schema capture of
+tabular data files (docs/stale.md):
+
+    [schema]
+    enabled = false          # default true
+    max_bytes = 4194304      # read per text file (CSV/TSV, JSON lines)
+    budget_s = 5.0           # for one run's files together
+
+Other tables ([fleet], ...) are read by the code they concern; unknown
+tables are left alone.
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ from dataclasses import dataclass, field
 
 from .errors import UsageError
 from .model.paths import DATA, LIBRARY, SYSTEM, TEMP
+from .store.schema import SchemaPolicy
 
 SYSTEM_CONFIG = "/etc/provtrace/config.toml"
 KINDS = (DATA, LIBRARY, SYSTEM, TEMP)
@@ -56,6 +65,8 @@ def load(paths: list[str] | None = None) -> Config:
         table = _read(path, must_exist=path == named)
         if table is not None:
             config.rules.extend(_classify_rules(path, table.get("classify", {})))
+            if "schema" in table:
+                config.schema = _schema_policy(path, table["schema"], config.schema)
     return config
 
 
@@ -103,6 +114,24 @@ def _classify_rules(path: str, table) -> list[Rule]:
     return rules
 
 
+def _schema_policy(path: str, table, base: SchemaPolicy) -> SchemaPolicy:
+    """[schema] over base: a later file changes only the keys it sets."""
+    if not isinstance(table, dict):
+        raise ConfigError(f"config {path}: [schema] must be a table (enabled, max_bytes, budget_s)")
+    known = {"enabled": bool, "max_bytes": int, "budget_s": (int, float)}
+    values = {}
+    for key, value in table.items():
+        where = f"config {path}: [schema] {key}"
+        if key not in known:
+            raise ConfigError(f"{where}: unknown key; one of {', '.join(known)}")
+        if isinstance(value, bool) != (key == "enabled") or not isinstance(value, known[key]):
+            raise ConfigError(f"{where}: {value!r} is not a {'boolean' if key == 'enabled' else 'number'}")
+        if key != "enabled" and value <= 0:
+            raise ConfigError(f"{where}: must be above 0, got {value!r}")
+        values[key] = float(value) if key == "budget_s" else value
+    return SchemaPolicy(**{**base.__dict__, **values})
+
+
 @dataclass(frozen=True)
 class Rule:
     glob: str
@@ -114,6 +143,7 @@ class Rule:
 @dataclass
 class Config:
     rules: list[Rule] = field(default_factory=list)
+    schema: SchemaPolicy = field(default_factory=SchemaPolicy)
     _cache: dict[str, str | None] = field(default_factory=dict, repr=False)
 
     def kind_of(self, path: str) -> str | None:

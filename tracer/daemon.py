@@ -62,6 +62,7 @@ class Daemon:
         self.stop_requested = threading.Event()
         self.ready = threading.Event()
         self._follower_thread: threading.Thread | None = None
+        self._watch_thread: threading.Thread | None = None
 
     def run(self) -> int:
         from .api.events import EventHub  # noqa: PLC0415
@@ -69,6 +70,7 @@ class Daemon:
         from .api.ingest import StoreSink  # noqa: PLC0415
         from .api.server import ApiServer  # noqa: PLC0415
         from .api.tracing_store import TracingStore  # noqa: PLC0415
+        from .api.watch import WATCH_INTERVAL_S, InputWatcher  # noqa: PLC0415
         from .capture.ebpf import EbpfCapture  # noqa: PLC0415
         from .correlate.follower import KernelFollower  # noqa: PLC0415
 
@@ -102,6 +104,14 @@ class Daemon:
                 self._follower_thread.start()
                 thread = self._follower_thread
                 components["kernel follower"] = lambda: thread.is_alive() or self.stop_requested.is_set()
+            # the inputs of live notebook sessions: a change is pushed as a "stale" event
+            watcher = InputWatcher(tracing, hub)
+            watch = threading.Thread(target=guarded_loop, args=("input watcher", watcher.step,
+                                                                self.stop_requested, WATCH_INTERVAL_S),
+                                     name="provtrace-watch", daemon=True)
+            self._watch_thread = watch
+            watch.start()
+            components["input watcher"] = lambda: watch.is_alive() or self.stop_requested.is_set()
             if self.anchors.enabled:
                 anchor = threading.Thread(target=self._anchor, args=(store,), name="provtrace-anchor", daemon=True)
                 self._anchor_thread = anchor
@@ -119,6 +129,8 @@ class Daemon:
             self.stop_requested.set()
             if self._follower_thread is not None:
                 self._follower_thread.join()  # _follow closes its watchers: sessions end
+            if self._watch_thread is not None:
+                self._watch_thread.join()
             tracing.close()
             if self._anchor_thread is not None:
                 self._anchor_thread.join()

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from textual.message import Message
 
-from .model import Lineage, RunSummary
+from .model import Lineage, RunSummary, StaleNotice
 
 
 @dataclass
@@ -36,3 +36,8 @@ class LineageLoaded(Message):
 class LoadFailed(Message):
     what: str  # "runs", "run RUN", "lineage PATH"
     error: str  # one line, as the CLI would print it
+
+
+@dataclass
+class StaleSeen(Message):
+    notice: StaleNotice  # pushed by the daemon: a file some cells read has changed

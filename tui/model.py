@@ -164,3 +164,29 @@ def document_from_export(doc: dict, context: dict | None = None) -> dict:
              for c in doc.get("cells") or []]
     return {"schema": SCHEMA, "run": run, "processes": [], "files": [], "renames": [],
             "network": [], "cells": cells, "context": context or {}}
+
+
+@dataclass(frozen=True)
+class StaleNotice:
+    """One pushed staleness event: a run (session) and the cells that read a changed file."""
+    run_id: str
+    cells: tuple[str, ...]
+    path: str
+    why: str
+    words: tuple[str, ...] = ()
+
+    @property
+    def text(self) -> str:
+        drift = f" [{'; '.join(self.words)}]" if self.words else ""
+        return f"{self.path}: {self.why}{drift}"
+
+
+def stale_notice(event: object) -> StaleNotice | None:
+    """The notice in an ApiEvent of kind "stale" (None for anything else or a malformed one)."""
+    detail = getattr(event, "detail", None) or {}
+    run_id = getattr(event, "run_id", None) or getattr(event, "session_id", None)
+    if getattr(event, "kind", None) != "stale" or not run_id or not detail.get("path"):
+        return None
+    return StaleNotice(run_id=str(run_id), cells=tuple(str(c) for c in detail.get("cells") or ()),
+                       path=str(detail["path"]), why=str(detail.get("why") or "changed"),
+                       words=tuple(str(w) for w in detail.get("words") or ()))

@@ -26,6 +26,7 @@ LIBRARY_COLUMNS = ("PATH", "SONAME", "PACKAGE", "BUILD ID")
 PACKAGE_COLUMNS = ("NAME", "VERSION", "ECOSYSTEM")
 SHOWN_FILE_KINDS = ("data", "temp")
 NO_GPU = "no NVIDIA GPU/driver"
+STALE_BADGE = "⚠ STALE"  # on a run or cell whose input changed (pushed by the daemon)
 
 
 @dataclass(frozen=True)
@@ -57,8 +58,9 @@ def _opt(v: object) -> str:
 
 
 # -- runs ---------------------------------------------------------------------
-def run_row(r: M.RunSummary) -> tuple[str, ...]:
-    return (printable(r.id), printable(r.kind), _opt(r.label), _opt(r.user), _opt(r.started),
+def run_row(r: M.RunSummary, stale: bool = False) -> tuple[str, ...]:
+    kind = printable(r.kind) + (f" {STALE_BADGE}" if stale else "")
+    return (printable(r.id), kind, _opt(r.label), _opt(r.user), _opt(r.started),
             _opt(r.exit_code), _opt(r.lost_events))
 
 
@@ -92,13 +94,15 @@ def run_lines(doc: dict) -> list[str]:
 
 
 # -- cells --------------------------------------------------------------------
-def cell_rows(doc: dict) -> list[tuple[str, tuple[str, ...]]]:
-    """(key, row) per cell, in execution order as recorded."""
+def cell_rows(doc: dict, stale: frozenset[str] = frozenset()) -> list[tuple[str, tuple[str, ...]]]:
+    """(key, row) per cell, in execution order as recorded; the cells whose ids
+    are in stale carry the badge after their status."""
     out = []
     for i, c in enumerate(doc.get("cells") or []):
         reads, writes = c.get("reads") or [], c.get("writes") or []
+        status = _opt(c.get("status")) + (f" {STALE_BADGE}" if c.get("id") in stale else "")
         out.append((f"cell-{i}", (_opt(c.get("index")), _opt(c.get("execution_count")),
-                                  _opt(c.get("status")), _opt(c.get("id")),
+                                  status, _opt(c.get("id")),
                                   ", ".join(printable(p) for p in reads),
                                   ", ".join(printable(p) for p in writes),
                                   str(len(c.get("processes") or [])))))

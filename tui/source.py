@@ -14,7 +14,7 @@ import contextlib
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Protocol
 
 from ..tracer.errors import StoreError, TracerError, UsageError
@@ -36,6 +36,11 @@ class RunSource(Protocol):
         ...
 
     def lineage(self, path: str, direction: str, depth: int) -> M.Lineage: ...
+
+    def watch_stale(self, on_stale: Callable[[M.StaleNotice], None]) -> None:
+        """Calls on_stale for each staleness event pushed while the app runs; returns
+        when the source closes (at once for a source that pushes nothing)."""
+        ...
 
     def close(self) -> None: ...
 
@@ -79,6 +84,10 @@ class StoreSource:
             return M.lineage_from_store(lineage(self.store, path, direction, depth, now=now,
                                                        config=self.config))
 
+    def watch_stale(self, on_stale: Callable[[M.StaleNotice], None]) -> None:
+        """A store file pushes nothing: staleness is `provtrace stale` (or r to reload)."""
+        return
+
     def close(self) -> None:
         with self._lock:
             self.store.close()
@@ -92,6 +101,8 @@ class DaemonSource:
 
         self.client = ProvtraceClient(socket_path, timeout_s=timeout_s)
         self.description = f"daemon {self.client.socket_path}"
+        self._stream = None  # the open staleness stream, cancelled by close()
+        self._closed = threading.Event()
         try:
             # Ask once now: no daemon is a one-line CLI error, not an empty app.
             self.client.health()
@@ -127,7 +138,23 @@ class DaemonSource:
         graph = self.client.lineage(path, direction, depth)
         return M.lineage_from_graph(os.path.abspath(path), direction, graph)
 
+    def watch_stale(self, on_stale: Callable[[M.StaleNotice], None]) -> None:
+        """The daemon's "stale" events (docs/stale.md, "Pushed staleness"), until close()."""
+        if self._closed.is_set():
+            return
+        self._stream = self.client.stream_events(kinds=["stale"])
+        if self._closed.is_set():  # closed while the stream opened
+            self._stream.cancel()
+            return
+        for event in self._stream:
+            notice = M.stale_notice(event)
+            if notice is not None:
+                on_stale(notice)
+
     def close(self) -> None:
+        self._closed.set()
+        if self._stream is not None:
+            self._stream.cancel()
         self.client.close()
 
 

@@ -31,9 +31,9 @@ class Tmux:
     def screen(self) -> str:
         return self("capture-pane", "-p", "-t", "tui")
 
-    def wait_for(self, *texts: str) -> str:
+    def wait_for(self, *texts: str, polls: int = POLLS) -> str:
         """The screen once every one of texts is on it (a repaint can be caught half done)."""
-        for _ in range(POLLS):
+        for _ in range(polls):
             screen = self.screen()
             if all(t in screen for t in texts):
                 return screen

@@ -24,6 +24,7 @@ from ..capture.decode import Decoder
 from ..correlate.clock import Clock
 from ..correlate.clock import us_to_iso as iso
 from ..errors import StoreWriteError, TracerError
+from ..model.paths import DATA, classify
 from ..model.processes import Proc, Tracker
 from ..privs import Creds
 from ..store import sqlite as S
@@ -47,6 +48,9 @@ SESSION_GRACE_S = 0.3
 # messages reach the IOPub watcher a little after the kernel acts, and an
 # event attributed before its window is known would land in no cell.
 HOLD_NS = 500_000_000
+SNAPSHOT_EVERY_S = 0.2  # how often live sessions' reads, and writers of watched files, are noted for watch.py
+_WRITES = frozenset(("write", "create", "truncate"))
+_RECENT_WRITERS = 4096  # watched paths whose last traced writer is remembered
 
 
 @dataclass(eq=False)
@@ -69,12 +73,43 @@ class LiveRun:
     gpu_samples: list = field(default_factory=list)
     lost_at_start: dict[str, int] = field(default_factory=dict)
     held: deque = field(default_factory=deque)  # session events waiting for their windows
+    # A snapshot the router thread replaces whole (other threads only read it):
+    # data file -> the cells that read it, less the session's own outputs
+    reads: dict[str, frozenset[str]] = field(default_factory=dict)
 
     def take(self, ev) -> None:
         if self.kind == "session":
             self.held.append(ev)
         else:
             self.tracker.handle(ev)
+
+    def snapshot_reads(self) -> None:
+        """Router thread: the data files a session's live processes read (and in
+        which cells), for the input watcher (watch.py). A file it wrote is its output, not an input."""
+        reads: dict[str, set[str]] = {}
+        written = set(self.writer.written)
+        for proc in list(self.tracker.live.values()):
+            for fa in proc.files.values():
+                if fa.access & _WRITES:
+                    written.add(fa.path)
+                elif "read" in fa.access and classify(fa.path) == DATA:
+                    # a read in no known cell (kernel start-up, a late IOPub window)
+                    # still makes the session a consumer: watched, with no cell
+                    cells = reads.setdefault(fa.path, set())
+                    if fa.cell is not None:
+                        cells.add(fa.cell)
+        self.reads = {p: frozenset(c) for p, c in reads.items() if p not in written}
+
+    def last_writes(self, paths: frozenset[str]) -> dict[str, int]:
+        """Router thread: path -> when (monotonic ns) this run last wrote it, for those
+        of paths it wrote: finished processes (the writer's) and live ones."""
+        out = {p: self.writer.written[p] for p in paths if p in self.writer.written}
+        for proc in list(self.tracker.live.values()):
+            for p in paths:
+                fa = proc.files.get(p)
+                if fa is not None and fa.access & _WRITES and fa.last_ns > out.get(p, -1):
+                    out[p] = fa.last_ns
+        return out
 
     def release(self, cutoff_ns: int | None = None) -> None:
         """Hand held events up to cutoff_ns (all, when None) to the Tracker."""
@@ -110,6 +145,11 @@ class RunRouter:
         # (run id, rid, end record); those runs stay open in the store meanwhile.
         self._unended: list[tuple[str, int, dict]] = []
         self._retried = 0.0
+        self._snapshot_at = 0.0
+        # The input watcher's files (it replaces the set whole), and the last traced
+        # write of each: path -> (run id, monotonic ns), kept by the router thread.
+        self.watched: frozenset[str] = frozenset()
+        self._writers: dict[str, tuple[str, int]] = {}
 
     # -- other threads --------------------------------------------------------------
     def start(self) -> None:
@@ -177,6 +217,29 @@ class RunRouter:
         except StoreWriteError as e:  # still full at shutdown: the next start closes those runs
             log.error("event=router-stop-unwritten error=%r unended=%d", str(e), len(self._unended))
 
+    def _snapshot(self, runs) -> None:
+        """Sessions' reads, and who last wrote each watched file (runs that end
+        are noted once more as they end, so a short command is never missed)."""
+        watched = self.watched
+        for live in runs:
+            if live.kind == "session":
+                live.snapshot_reads()
+            if watched:
+                self._note_writes(live, watched)
+
+    def _note_writes(self, live: LiveRun, watched: frozenset[str]) -> None:
+        with self._lock:
+            for path, ns in live.last_writes(watched).items():
+                if ns >= self._writers.get(path, ("", -1))[1]:
+                    self._writers[path] = (live.run_id, ns)
+            while len(self._writers) > _RECENT_WRITERS:
+                self._writers.pop(next(iter(self._writers)))
+
+    def last_writer(self, path: str) -> tuple[str, int] | None:
+        """(run id, monotonic ns) of the last traced write to a watched path seen, or None."""
+        with self._lock:
+            return self._writers.get(path)
+
     def _error(self, e: Exception) -> None:
         """Counts every error; logs the first of each kind, then one a minute."""
         self.errors += 1
@@ -211,6 +274,9 @@ class RunRouter:
             live.release(cutoff)
             settle(self.capture, live.tracker, self.decoder)
         now = time.monotonic()
+        if now - self._snapshot_at >= SNAPSHOT_EVERY_S:
+            self._snapshot_at = now
+            self._snapshot(by_tag.values())
         with self._lock:
             due = [r for r in self._finishing if r.not_before <= now]
         for req in due:
@@ -237,6 +303,8 @@ class RunRouter:
             for ev in self.decoder.decode_all(self.capture.sweep(pids)):
                 t.handle(ev)
             t.finish_all(Clock.now_mono_ns())
+            if self.watched:
+                self._note_writes(live, self.watched)
             self._end(live, req.exit_code, req.reason)
             log.info("event=finish-timing run=%s waited_ms=%.1f finish_ms=%.1f", live.run_id,
                      1e3 * (begun - req.asked), 1e3 * (time.monotonic() - begun))
@@ -260,7 +328,8 @@ class RunRouter:
         # as the run's owner, never as root: a user's output may be a symlink to, or a
         # hard link of, a file only root may read
         creds = Creds.of_user(live.uid) if live.uid is not None else None
-        record_fingerprints(self.store, live.rid, w.touched.union(*w.renamed_to.values()), creds=creds)
+        record_fingerprints(self.store, live.rid, w.touched.union(*w.renamed_to.values()), creds=creds,
+                            schema=_system_schema_policy())
         # The kernel counts loss per reason for the whole daemon, not per traced
         # tree: what was lost while this run was live may belong to any run traced
         # then. The record says so (lost_scope), and the run is not called
@@ -286,3 +355,15 @@ class RunRouter:
             raise
         log.info("event=run-finished run=%s kind=%s processes=%d files=%d", live.run_id, live.kind,
                  w.processes, w.files)
+
+
+def _system_schema_policy():
+    """The system config file's [schema] table: the daemon serves every user, so
+    no one user's file decides what it reads (a bad file: the defaults)."""
+    from .. import config  # noqa: PLC0415
+
+    try:
+        return config.load(config.config_files()[:1]).schema
+    except config.ConfigError as e:
+        log.warning("event=config-ignored error=%r", str(e))
+        return config.SchemaPolicy()

@@ -228,6 +228,10 @@ class TracingStore(InMemoryStore):
         self._finish(run_id, exit_code=exit_code, wait=True)
         return self.get_run(run_id, None)
 
+    def live_runs(self) -> list[LiveRun]:
+        """The runs being traced now (sessions and commands), for the input watcher."""
+        return list(self._live.values())
+
     # -- reads (SQLite) ------------------------------------------------------------
     def _reader(self) -> S.Store:
         return S.Store(self.db.path, readonly=True)

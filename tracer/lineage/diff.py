@@ -9,6 +9,9 @@ Sections, each ``{"changed": [...], "only_a": [...], "only_b": [...]}``:
   (renames the run made are followed, so ``o.tmp`` renamed to ``o`` is ``o``,
   with the content the rename put in place); same rule. A temporary the run
   removed again is not an output.
+- a changed input or output that is a tabular file with a schema in both
+  runs carries ``drift`` (lineage/drift.py): columns removed, added or
+  retyped, in words, and whether that is breaking.
 - ``inputs`` never list the run's own intermediates: a file the run created,
   renamed into place or wrote before reading it.
 - ``env``: environment variables (as stored: redacted values stay redacted).
@@ -29,6 +32,9 @@ result as text in two columns, ``A | B``.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+
+from .drift import changed as drift_changed
+from .drift import drift, summary
 
 _WRITE_ACCESS = {"write", "create", "truncate"}
 _CONTENT_FIELDS = ("size_bytes", "mtime")
@@ -63,7 +69,7 @@ def _files(doc: dict, wanted: Callable[[set[str], dict], bool]) -> dict[str, dic
 
 
 def _merge_facts(facts: dict, entry: dict) -> None:
-    for field in ("sha256", *_CONTENT_FIELDS):
+    for field in ("sha256", *_CONTENT_FIELDS, "schema"):
         if entry.get(field) is not None:
             facts[field] = entry[field]
 
@@ -165,7 +171,12 @@ def _file_section(a: dict[str, dict], b: dict[str, dict]) -> dict:
     for path in sorted(set(a) & set(b)):
         status, basis = _content_change(a[path], b[path])
         if status == "changed":
-            section["changed"].append({"path": path, "basis": basis, "a": a[path], "b": b[path]})
+            fa, fb = dict(a[path]), dict(b[path])
+            item = {"path": path, "basis": basis, "a": fa, "b": fb}
+            d = drift(fa.pop("schema", None), fb.pop("schema", None))
+            if d is not None:
+                item["drift"] = d
+            section["changed"].append(item)
         elif status == "unknown":
             section["unknown"].append(path)
         else:
@@ -288,6 +299,12 @@ def _rows(section: dict, describe: Callable[[object], str] = _short) -> list[tup
     return rows
 
 
+def _drift_lines(section: dict) -> list[str]:
+    """One line per changed file whose columns changed: its drift in words."""
+    return [f"  {item['path']}: {summary(item['drift'])}" for item in section.get("changed", [])
+            if drift_changed(item.get("drift"))]
+
+
 def _library_value(value) -> str:
     return _short((value or {}).get("build_id")) if isinstance(value, dict) else _short(value)
 
@@ -325,6 +342,9 @@ def render_diff(d: dict) -> str:
     ]
     for title, section, describe in sections:
         out += _table(title, _rows(section, describe))
+        drifted = _drift_lines(section)
+        if drifted:
+            out += [f"{title}: schema drift"] + drifted + [""]
         unknown = section.get("unknown") or []
         if unknown:
             out.append(f"{title} in both runs, not comparable (no sha256, size or mtime "

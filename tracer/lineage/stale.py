@@ -25,6 +25,12 @@ unreadable now) is listed under `unchecked`, never guessed. Files are read
 now as each run's owner (its header's uid) would read them, never with more
 privilege, and a symlink is never followed (store/fingerprint.py).
 
+An input whose content changed and whose consumed version has a schema
+(store/schema.py) carries `drift` (lineage/drift.py): how its columns
+changed from the version the unit read to the file now. The result's
+top-level `drift` lists each drifted file once, with the units that
+consumed its old schema.
+
 `uid` limits the whole computation to that user's runs (the daemon passes its
 caller's): other runs' writes are then not seen, so an input another user
 rewrote shows as "content changed", never as "rewritten by run X".
@@ -42,7 +48,11 @@ from dataclasses import dataclass
 from ..model.paths import display, to_json
 from ..privs import Creds
 from ..store import sqlite as S
-from ..store.fingerprint import HashCache, fingerprint
+from ..store.fingerprint import HashCache, fingerprint, schema_policy
+from ..store.schema import format_of
+from .drift import changed as drift_changed
+from .drift import drift
+from .drift import summary as drift_summary
 from .versions import READ_BITS, WRITE_BITS, Act, FileRec, Model, Version
 
 _JUDGED_KINDS = ("d", "t")  # data and temp, as the writer codes them
@@ -200,6 +210,8 @@ class _Judge:
         self._cache: HashCache = {}
         self._creds: dict[int, Creds] = {}
         self.signatures: dict[str, tuple] = {}  # path -> its stat just before it was judged
+        self._schemas: dict[tuple[int | None, str], dict | None] = {}
+        self._schema_policy = None
         self._tainted: dict[int, Unit | None] = {}  # id(version) -> the unit that made it stale
 
     def now(self, unit: Unit, path: str) -> dict:
@@ -254,6 +266,38 @@ class _Judge:
             "content changed" if role == "input" else "modified since")
         return _reason(path, role, why, basis=basis, **moved), None
 
+    def drift(self, unit: Unit, v: Version, reason: dict | None) -> dict | None:
+        """How the columns of an input changed, from the version the unit read to
+        the file now; None when the reason is no content change or either side
+        has no schema."""
+        if reason is None or reason["role"] != "input" or not (
+                reason["why"] == "content changed" or reason.get("content") == "changed"):
+            return None
+        held = _content_fp(self.m, v).fp or {}
+        path = _final(self.m, v)[0].path
+        if not held.get("schema") or format_of(path) is None:
+            return None
+        d = drift(held["schema"], self.now_schema(unit, path))
+        if d is not None:
+            d["from_sha256"] = held.get("sha256")
+        return d
+
+    def now_schema(self, unit: Unit, path: str) -> dict | None:
+        """The schema of path now, read as the unit's owner, within the schema policy."""
+        uid = self.r.uid.get(unit.rid)
+        uid = None if uid == os.geteuid() else uid
+        if (uid, path) not in self._schemas:
+            if self._schema_policy is None:
+                self._schema_policy = schema_policy()
+            if not self._schema_policy.enabled:
+                self._schemas[(uid, path)] = None
+            else:
+                if uid is not None and uid not in self._creds:
+                    self._creds[uid] = Creds.of_user(uid)
+                fp = fingerprint(path, self._cache, creds=self._creds.get(uid), schema=self._schema_policy)
+                self._schemas[(uid, path)] = fp.get("schema")
+        return self._schemas[(uid, path)]
+
     def _status(self, unit: Unit, v: Version) -> tuple[str, str | None]:
         holder = _content_fp(self.m, v)
         if holder.fp is None:
@@ -302,6 +346,7 @@ def staleness(store: S.Store, rid: int | None = None, *, uid: int | None = None,
     runs = _Runs(store, model)
     judge = _Judge(runs)
     stale, fresh = [], []
+    drifts: dict[tuple[str, str | None], dict] = {}
     for u in runs.units():
         if rid is not None and u.rid != rid:
             continue
@@ -312,6 +357,10 @@ def staleness(store: S.Store, rid: int | None = None, *, uid: int | None = None,
                 continue
             for v in inputs[path]:
                 reason, skip = judge.check(u, path, v, "input")
+                d = judge.drift(u, v, reason)
+                if d is not None:
+                    reason["drift"] = d
+                    _note_drift(drifts, reason, runs.label(u))
                 reasons += [reason] if reason else []
                 unchecked += [skip] if skip else []
                 by = judge.tainted(v)
@@ -328,7 +377,21 @@ def staleness(store: S.Store, rid: int | None = None, *, uid: int | None = None,
                           "unchecked": unchecked})
     if looked_at is not None:
         looked_at.update(judge.signatures)
-    return {"stale": stale, "fresh": fresh}
+    return {"stale": stale, "fresh": fresh, "drift": list(drifts.values())}
+
+
+def _note_drift(drifts: dict, reason: dict, consumer: dict) -> None:
+    """One entry per drifted file version, naming every unit that read that version."""
+    if not drift_changed(reason["drift"]):
+        return
+    then = reason["drift"].get("from_sha256")
+    entry = drifts.setdefault((reason["path"], then), {
+        **{k: reason[k] for k in ("path", "path_b64") if k in reason}, "sha256": then,
+        **({"now_at": reason["now_at"]} if reason.get("now_at") else {}),
+        "breaking": reason["drift"]["breaking"], "words": reason["drift"]["words"],
+        "consumers": []})
+    if consumer not in entry["consumers"]:
+        entry["consumers"].append(consumer)
 
 
 def plan(result: dict, runs: dict[str, dict]) -> list[dict]:
@@ -430,6 +493,10 @@ def render(result: dict) -> str:
         more = len(parts) - _SHOWN_REASONS
         text = "; ".join(parts[:_SHOWN_REASONS]) + (f"; +{more} more (see --json)" if more > 0 else "")
         lines.append(f"stale {who}: {text}")
+    for d in result.get("drift", []):
+        readers = ", ".join(f"run {c['run']}" + (f" cell {c['cell']}" if c["cell"] else "")
+                            for c in d["consumers"])
+        lines.append(f"drift {d['path']}: {drift_summary(d)} (read before the change by {readers})")
     n_unchecked = sum(len(x["unchecked"]) for x in result["stale"] + result["fresh"])
     summary = f"{len(result['stale'])} stale, {len(result['fresh'])} fresh"
     if n_unchecked:
@@ -448,4 +515,6 @@ def _why_text(r: dict) -> str:
         why += f", content {r['content']}"
     if r.get("basis"):
         why += f" ({r['basis']})"
+    if drift_changed(r.get("drift")):
+        why += f" [{drift_summary(r['drift'])}]"
     return display(why)

@@ -3,7 +3,8 @@
 A FINGERPRINT record (p1 = path) holds a dict body:
 
     {"cell", "at_us", "type": "file"|"dir"|"symlink"|"other", "size_bytes", "mtime_ns",
-     "mtime", "inode", "dev", "sha256", "hash_skipped"?, "error"?}
+     "mtime", "inode", "dev", "sha256", "hash_skipped"?, "error"?,
+     "schema"?, "schema_skipped"?}
 
 sha256 is taken for regular files up to HASH_CAP_BYTES; above it, or when the
 file cannot be read, sha256 is null and `hash_skipped` says why. A file that
@@ -13,6 +14,11 @@ its type. The daemon fingerprints with the run owner's credentials
 (privs.acting_as), so nothing the owner could not read is ever recorded.
 `provtrace stale` compares these against the files as they are now, and
 load_run merges them into the run document's `files` entries.
+
+A tabular data file (store/schema.py: CSV/TSV, Parquet, Arrow, JSON lines,
+by name) also gets its `schema`, read from the same open file as its hash
+and checked by the same before/after stat, so it describes those very
+bytes. SchemaPolicy bounds what that costs, or turns it off.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from ..correlate.clock import us_to_iso
 from ..model.paths import DATA, TEMP, classify, display
 from ..privs import Creds, PrivilegeError, acting_as
 from . import sqlite as S
+from .schema import OFF, SchemaPolicy, format_of, read_schema
 
 log = logging.getLogger(__name__)
 
@@ -38,9 +45,9 @@ HASH_CAP_BYTES = 256 * 1024 * 1024
 FINGERPRINTED_KINDS = (DATA, TEMP)
 _CHUNK_BYTES = 1 << 20
 
-# (reader uid, dev, inode, size, mtime_ns) -> sha256 hex: hard links and repeated
-# paths hash once per reader
-HashCache = dict[tuple[int, int, int, int, int], str]
+# (reader uid, dev, inode, size, mtime_ns) -> sha256 hex, and ("schema", *that key)
+# -> the schema: hard links and repeated paths are read once per reader
+HashCache = dict[tuple, object]
 
 
 def _reason(err: OSError) -> str:
@@ -57,50 +64,58 @@ def _kind_of(mode: int) -> str:
     return "dir" if stat.S_ISDIR(mode) else "other"
 
 
-def _hash_open_file(path: str, st: os.stat_result) -> tuple[str | None, str | None]:
-    """(sha256, None) or (None, why). Opens (never through a symlink), checks it
-    is still the same file, hashes, and checks again that it did not change
-    underneath the read."""
+def _hash_open_file(path: str, st: os.stat_result, schema_format: str | None = None,
+                    schema_max_bytes: int = 0) -> tuple[str | None, str | None, dict | None]:
+    """(sha256, None, schema) or (None, why, None). Opens (never through a
+    symlink), checks it is still the same file, hashes (and, given a
+    schema_format, reads its schema), and checks again that it did not
+    change underneath the reads."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK | os.O_NOFOLLOW)
     except OSError as e:
-        return None, f"unreadable: {_reason(e)}"
+        return None, f"unreadable: {_reason(e)}", None
+    schema = None
     try:
         before = os.fstat(fd)
         if (before.st_dev, before.st_ino) != (st.st_dev, st.st_ino):
-            return None, "replaced while hashing"
+            return None, "replaced while hashing", None
         h = hashlib.sha256()
         while chunk := os.read(fd, _CHUNK_BYTES):
             h.update(chunk)
+        if schema_format is not None:
+            schema = read_schema(fd, schema_format, st.st_size, schema_max_bytes)
         after = os.fstat(fd)
     except OSError as e:
-        return None, f"unreadable: {_reason(e)}"
+        return None, f"unreadable: {_reason(e)}", None
     finally:
         os.close(fd)
     if (after.st_size, after.st_mtime_ns) != (st.st_size, st.st_mtime_ns):
-        return None, "changed while hashing"
-    return h.hexdigest(), None
+        return None, "changed while hashing", None
+    return h.hexdigest(), None, schema
 
 
 def fingerprint(path: str, cache: HashCache | None = None, *,
-                cap_bytes: int = HASH_CAP_BYTES, creds: Creds | None = None) -> dict:
+                cap_bytes: int = HASH_CAP_BYTES, creds: Creds | None = None,
+                schema: SchemaPolicy = OFF) -> dict:
     """The fingerprint of path as it is now (no cell, no time). Never raises
     for file-system reasons: a failure is recorded in `error` or `hash_skipped`.
 
     With creds (the run's owner), the file is stat'ed and read with that
     user's file-system credentials, so a fingerprint never holds what the
     owner could not have read. Either way a symlink as the last component is
-    never followed: it is recorded as type "symlink", with nothing of its target."""
+    never followed: it is recorded as type "symlink", with nothing of its target.
+    schema: whether (and within what bounds) a tabular file's schema is read too."""
     if creds is None:
-        return _fingerprint(path, cache, cap_bytes, -1)
+        return _fingerprint(path, cache, cap_bytes, -1, schema)
     try:
         with acting_as(creds):
-            return _fingerprint(path, cache, cap_bytes, creds.uid)
+            return _fingerprint(path, cache, cap_bytes, creds.uid, schema)
     except PrivilegeError as e:
         return {"error": f"not read as its owner: {e}"}
 
 
-def _fingerprint(path: str, cache: HashCache | None, cap_bytes: int, uid: int) -> dict:
+def _fingerprint(path: str, cache: HashCache | None, cap_bytes: int, uid: int,
+                 schema: SchemaPolicy = OFF) -> dict:
     try:
         st = os.lstat(path)
     except OSError as e:
@@ -116,35 +131,52 @@ def _fingerprint(path: str, cache: HashCache | None, cap_bytes: int, uid: int) -
     if st.st_size > cap_bytes:
         fp["hash_skipped"] = "too large"
         return fp
+    fmt = format_of(path) if schema.enabled else None
     key = (uid, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)  # a hash read as one user is theirs
-    if cache is not None and key in cache:
+    skey = ("schema", *key)
+    if cache is not None and key in cache and (fmt is None or skey in cache):
         fp["sha256"] = cache[key]
+        if fmt is not None:
+            fp["schema"] = cache[skey]
         return fp
-    digest, why = _hash_open_file(path, st)
+    digest, why, table = _hash_open_file(path, st, fmt, schema.max_bytes)
     fp["sha256"] = digest
     if why:
         fp["hash_skipped"] = why
     elif cache is not None:
         cache[key] = digest
+        if fmt is not None:
+            cache[skey] = table
+    if table is not None:
+        fp["schema"] = table
     return fp
 
 
 def record_fingerprints(store: S.Store, rid: int, paths: Iterable[str], cell: str | None = None,
                         *, kinds: tuple[str, ...] | None = FINGERPRINTED_KINDS,
-                        cap_bytes: int = HASH_CAP_BYTES, creds: Creds | None = None) -> int:
+                        cap_bytes: int = HASH_CAP_BYTES, creds: Creds | None = None,
+                        schema: SchemaPolicy | None = None) -> int:
     """Queue one FINGERPRINT record per path of a fingerprinted kind; returns how many.
 
     Called by the runner before end_run, and by a notebook session recorder at
     each cell end (with that cell's id). kinds=None fingerprints every path.
     creds: the run owner's, when this process is not the owner (the daemon).
+    schema: the schema policy (None: the config file's [schema] table). Once
+    its time budget is spent, the remaining files are fingerprinted without
+    a schema and say so (`schema_skipped`).
     """
+    if schema is None:
+        schema = schema_policy()
     cache: HashCache = {}
     n = 0
     t0 = time.monotonic()
     for path in sorted(set(paths)):
         if kinds is not None and classify(path) not in kinds:
             continue
-        fp = fingerprint(path, cache, cap_bytes=cap_bytes, creds=creds)
+        within = time.monotonic() - t0 < schema.budget_s
+        fp = fingerprint(path, cache, cap_bytes=cap_bytes, creds=creds, schema=schema if within else OFF)
+        if schema.enabled and not within and format_of(path) and fp.get("sha256"):
+            fp["schema_skipped"] = "time budget spent"
         store.append(rid, S.FINGERPRINT, {"cell": cell, "at_us": time.time_ns() // 1000, **fp},
                      p1=path)
         if "error" in fp:
@@ -153,3 +185,10 @@ def record_fingerprints(store: S.Store, rid: int, paths: Iterable[str], cell: st
     log.debug("fingerprints rid=%s cell=%s count=%d seconds=%.3f", rid, cell, n,
               time.monotonic() - t0)
     return n
+
+
+def schema_policy() -> SchemaPolicy:
+    """The config file's [schema] table (a bad file: the defaults, with a warning)."""
+    from .. import config  # noqa: PLC0415
+
+    return config.load_lenient(log.warning).schema

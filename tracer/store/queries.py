@@ -156,6 +156,8 @@ def _merge_fingerprints(files: list[dict], fps: dict[tuple[str, str | None], dic
                   "sha256": fp.get("sha256")})
         if fp.get("hash_skipped"):
             f["hash_skipped"] = fp["hash_skipped"]
+        if fp.get("schema") is not None:  # a tabular file: the schema of that very version
+            f["schema"] = fp["schema"]
         if fp.get("error"):
             f["fingerprint_error"] = fp["error"]
 
@@ -169,6 +171,8 @@ def _rename_fingerprints(renames: list[dict], fps: dict[tuple[str, str | None], 
         if fp is not None and fp.get("type") == "file":
             r.update({"sha256": fp.get("sha256"), "size_bytes": fp.get("size_bytes"),
                       "mtime": fp.get("mtime")})
+            if fp.get("schema") is not None:
+                r["schema"] = fp["schema"]
 
 
 def _merge_cell(cells: list[dict], body: dict) -> None:

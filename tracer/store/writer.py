@@ -24,6 +24,7 @@ ACCESS_ORDER = ("read", "write", "create", "truncate", "delete", "exec", "map")
 # BODY_NET:    [pid, op, family, address, port, time, cell]
 # Times in these bodies are microseconds since the run's start_us (in its
 # start record), which keeps a file record near 40 bytes.
+_WRITE_BITS = ACCESS_BITS["write"] | ACCESS_BITS["create"] | ACCESS_BITS["truncate"]
 KIND_CODES = {"data": "d", "library": "l", "system": "s", "temp": "t"}
 KIND_NAMES = {v: k for k, v in KIND_CODES.items()}
 # BODY_PIPE:   [ino, writer_pids, reader_pids]
@@ -74,6 +75,9 @@ class RunWriter(Sink):
         # rename targets by cell (None outside cells): files the run produced
         # under a name it never opened, which fingerprints must still cover
         self.renamed_to: dict[str | None, set[str]] = {}
+        # path -> when (monotonic ns) a finished process of the run last wrote it:
+        # the daemon's input watcher names the run that changed a watched file
+        self.written: dict[str, int] = {}
 
     def us(self, mono_ns: int | None) -> int | None:
         return None if mono_ns is None else (mono_ns + self.clock.offset_ns) // 1000
@@ -108,6 +112,8 @@ class RunWriter(Sink):
                 (fa.first_ns + off) // 1000 - base, (fa.last_ns + off) // 1000 - base, fa.cell,
                 KIND_CODES[SYSTEM if path in self.stdio else classify(path, mapped_exec=fa.mapped_exec)]]
         self._note(self.touched, self.mapped, self.execd, path, access)
+        if body[1] & _WRITE_BITS and fa.last_ns > self.written.get(path, -1):
+            self.written[path] = fa.last_ns
         if fa.cell is not None:
             self._note(*self.by_cell.setdefault(fa.cell, (set(), set(), set())), path, access)
         return body, path, fa.exe

@@ -79,7 +79,7 @@ class RunScreen(Screen):
         doc = self.doc = msg.doc
         self.query_one("#status", Static).update(R.run_title(doc))
         self.query_one("#summary-text", Static).update("\n".join(R.run_lines(doc)))
-        self.query_one("#cells-table", FilterableTable).set_rows(R.cell_rows(doc))
+        self.show_stale()
         self._fill_tree(R.process_tree(doc))
         self._fill_files()
         self.query_one("#libraries-table", FilterableTable).set_rows(R.library_rows(doc))
@@ -87,6 +87,19 @@ class RunScreen(Screen):
         self.query_one("#host-text", Static).update("\n".join(R.host_lines(doc)))
         notebook = doc["run"].get("kind") in ("notebook", "session") or bool(doc.get("cells"))
         self._show("cells" if notebook else "files")
+
+    def show_stale(self) -> None:
+        """Cells with the stale badge, and what changed on the status line."""
+        if self.doc is None:
+            return
+        run_id = self.doc["run"].get("id")
+        self.query_one("#cells-table", FilterableTable).set_rows(
+            R.cell_rows(self.doc, self.app.stale_cells(run_id)))
+        marks = self.app.stale.get(run_id or "", {})
+        if marks:
+            latest = [t for texts in marks.values() for t in texts][-1]
+            self.query_one("#status", Static).update(
+                f"{R.run_title(self.doc)}   {R.STALE_BADGE}: {R.printable(latest)}")
 
     def _fill_tree(self, items: list[R.TreeItem]) -> None:
         tree = self.query_one("#proc-tree", Tree)

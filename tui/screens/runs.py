@@ -19,6 +19,8 @@ class RunsScreen(Screen):
     DEFAULT_CSS = "RunsScreen #status { height: 1; padding: 0 1; }"
     BINDINGS = [Binding("r", "reload", "Reload")]
 
+    runs: list = []
+
     def compose(self) -> ComposeResult:
         yield TitleBar(f"provtrace — runs — {R.printable(self.app.source.description)}")
         yield Static("loading runs…", id="status", markup=False)
@@ -38,12 +40,23 @@ class RunsScreen(Screen):
             self.post_message(LoadFailed("runs", str(exc)))
 
     def on_runs_loaded(self, msg: RunsLoaded) -> None:
-        table = self.query_one("#runs", FilterableTable)
-        # newest first: the run just traced is the one most often wanted
-        table.set_rows([(r.id, R.run_row(r)) for r in reversed(msg.runs)])
+        self.runs = msg.runs
+        self._fill()
         self.query_one("#status", Static).update(
             f"{len(msg.runs)} runs in {R.printable(self.app.source.description)}")
-        table.table.focus()
+        self.query_one("#runs", FilterableTable).table.focus()
+
+    def _fill(self) -> None:
+        table = self.query_one("#runs", FilterableTable)
+        # newest first: the run just traced is the one most often wanted
+        table.set_rows([(r.id, R.run_row(r, r.id in self.app.stale)) for r in reversed(self.runs)])
+
+    def show_stale(self) -> None:
+        """A pushed staleness event: badges on the runs it names (a run not listed yet: reload)."""
+        if any(run_id not in {r.id for r in self.runs} for run_id in self.app.stale):
+            self.action_reload()
+        else:
+            self._fill()
 
     def on_load_failed(self, msg: LoadFailed) -> None:
         self.query_one("#status", Static).update(f"cannot load {msg.what}: {msg.error}")
