@@ -91,6 +91,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cut the kernel-state edges from a notebook cell to the later cells of its kernel")
     p.add_argument("--format", choices=("text", "json", "dot", "svg", "png", "mermaid"), default=None,
                    metavar="FMT", help="text (default), json, dot, svg, png (through Graphviz's dot), mermaid")
+    p.add_argument("--all-files", action="store_true",
+                   help="walk library and system files too (by default they are counted on the process "
+                        "that read them: one summary node in a picture)")
+    p.add_argument("--max-nodes", type=_positive_int, default=150, metavar="N",
+                   help="refuse a picture (dot, svg, png, mermaid) of more than N nodes (default 150)")
     p.add_argument("-o", "--output", default="-", metavar="FILE", help="where to write; '-' (default) is stdout")
     _add_db(p)
     _add_socket(p)

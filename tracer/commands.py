@@ -319,18 +319,21 @@ def cmd_lineage(args: argparse.Namespace) -> int:
     path = os.path.abspath(from_user(args.path))
     opts = {"all_versions": args.all_versions, "kernel_state": not args.no_kernel_state}
     if args.socket:
+        need(not args.all_files, "--all-files is for a local store (--db); through --socket, "
+             "library and system files show as counts")
         result = _remote_lineage(args.socket, path, direction, args.depth, at=args.at, **opts)
     else:
         now = None if at_us is not None else now_fingerprint(path)
         config = _config()
         result = lineage(_store(args), path, direction, args.depth, at_us=at_us, now=now,
-                         config=config, **opts)
-    _write_lineage(result, fmt, args.output)
+                         config=config, all_files=args.all_files, **opts)
+    _write_lineage(result, fmt, args.output, args.max_nodes)
     return 0
 
 
-def _write_lineage(result: dict, fmt: str, dest: str) -> None:
-    """lineage in one format, to stdout or atomically to a file."""
+def _write_lineage(result: dict, fmt: str, dest: str, max_nodes: int) -> None:
+    """lineage in one format, to stdout or atomically to a file (pictures: at most max_nodes)."""
+    from .export import lineage_picture as P  # noqa: PLC0415
     from .export.exporter import write  # noqa: PLC0415
     from .lineage import graph as G  # noqa: PLC0415
 
@@ -340,9 +343,11 @@ def _write_lineage(result: dict, fmt: str, dest: str) -> None:
             return
         data = (json.dumps(result, indent=2, ensure_ascii=False) + "\n").encode("utf-8", "surrogateescape")
     elif fmt in ("svg", "png"):
-        data = G.to_image(result, fmt)
+        data = P.to_image(result, fmt, max_nodes)
+    elif fmt == "text":
+        data = (G.render(result) + "\n").encode("utf-8", "surrogateescape")
     else:
-        text = {"text": G.render, "dot": G.to_dot, "mermaid": G.to_mermaid}[fmt](result)
+        text = {"dot": P.to_dot, "mermaid": P.to_mermaid}[fmt](result, max_nodes)
         data = (text if text.endswith("\n") else text + "\n").encode("utf-8", "surrogateescape")
     write(data, dest)
 
