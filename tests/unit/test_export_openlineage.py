@@ -249,7 +249,12 @@ def test_cells_are_child_runs_of_their_notebook_run(store):  # noqa: F811
     assert all(e["run"]["runId"] != nb_run for e in cells)
 
 
-@pytest.mark.parametrize("facet", sorted(f for f in os.listdir(SCHEMAS) if f.endswith("Facet.json")))
+# facets openlineage-python's client adds as it sends an event (the push, issue 17)
+ADDED_ON_EMIT = {"TagsRunFacet.json"}
+
+
+@pytest.mark.parametrize("facet", sorted(f for f in os.listdir(SCHEMAS)
+                                         if f.endswith("Facet.json") and f not in ADDED_ON_EMIT))
 def test_every_fixture_schema_is_one_the_export_uses(store, facet):  # noqa: F811
     """No stale fixture: each facet schema kept is one some export names by _schemaURL."""
     rid = command_run(store, exit_code=3)
