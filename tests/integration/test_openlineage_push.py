@@ -197,3 +197,25 @@ def test_the_daemon_emits_spools_and_catches_up(endpoint):
         assert all(got.count(k) == 1 for k in expected), got  # each sent once: sent ones are not spooled
         sent_log = [json.loads(line) for line in open(d["db"] + ".openlineage-sent")]
         assert {(k["runId"], k["eventType"]) for k in sent_log} >= set(expected)
+
+        # a user's push through the daemon's socket; its spool is in the user's state folder
+        state = os.path.join(work, "state")
+        endpoint.down()
+        r = pt("export", second, *sock, "--format", "openlineage", "--url", endpoint.url,
+               env={**env, "XDG_STATE_HOME": state})
+        assert r.returncode == 75 and len(r.stderr.splitlines()) == 1, r.stderr
+        assert os.path.exists(os.path.join(state, "provtrace", "openlineage.openlineage-spool"))
+        endpoint.up()
+        before = len(endpoint.keys())
+        r = pt("export", second, *sock, "--format", "openlineage", "--url", endpoint.url,
+               env={**env, "XDG_STATE_HOME": state})
+        assert r.returncode == 0 and "(2 from the spool)" in r.stderr, r.stderr
+        mine = set(_exported(d["db"], second))  # the daemon may send foreign kernels' sessions meanwhile
+        assert [k for k in endpoint.keys()[before:] if k in mine] == _exported(d["db"], second)
+
+
+def test_the_daemon_refuses_to_start_without_an_openlineage_endpoint(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OPENLINEAGE")}
+    r = pt("daemon", "--socket", str(tmp_path / "s.sock"), "--db", str(tmp_path / "s.db"), "--openlineage",
+           cwd=str(tmp_path), env=env)
+    assert r.returncode == 2 and len(r.stderr.splitlines()) == 1 and "OPENLINEAGE_URL" in r.stderr, r.stderr
