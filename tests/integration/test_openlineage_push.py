@@ -219,3 +219,18 @@ def test_the_daemon_refuses_to_start_without_an_openlineage_endpoint(tmp_path):
     r = pt("daemon", "--socket", str(tmp_path / "s.sock"), "--db", str(tmp_path / "s.db"), "--openlineage",
            cwd=str(tmp_path), env=env)
     assert r.returncode == 2 and len(r.stderr.splitlines()) == 1 and "OPENLINEAGE_URL" in r.stderr, r.stderr
+
+
+def test_push_through_the_transport_openlineage_yml_configures(capture, work):
+    """--push with openlineage.yml in the working folder: its file transport, as openlineage-python reads it."""
+    db = str(work.parent / "store.db")
+    run = _run(capture, work, db, "echo hi > out.txt")
+    log = work.parent / "events.jsonl"
+    (work / "openlineage.yml").write_text(f"transport:\n  type: file\n  log_file_path: {log}\n  append: true\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OPENLINEAGE")}
+    r = pt("export", run, "--db", db, "--format", "openlineage", "--push", cwd=str(work), env=env)
+    assert r.returncode == 0 and "the configured file transport" in r.stderr, r.stderr
+    events = [json.loads(line) for line in log.read_text().splitlines()]
+    for ev in events:
+        check_event(ev)
+    assert [(e["run"]["runId"], e["eventType"]) for e in events] == _exported(db, run)
