@@ -179,15 +179,19 @@ def test_the_daemon_emits_spools_and_catches_up(endpoint):
     with running_daemon(env=env, args=("--openlineage-url", endpoint.url, "--openlineage-every", "0.5")) as d:
         work = d["base"]
         sock = ("--socket", d["socket"])
-        pt("run", *sock, "--", "sh", "-c", "echo 1 > a.txt", cwd=work, check=True)
-        (first,) = [r["id"] for r in json.loads(pt("runs", *sock, "--json", check=True).stdout)]
+        def labelled(label: str) -> str:  # the store also holds the sessions of kernels others run here
+            runs = json.loads(pt("runs", *sock, "--json", check=True).stdout)
+            (found,) = [r["id"] for r in runs if r["label"] == label]
+            return found
+        pt("run", *sock, "--label", "ol-first", "--", "sh", "-c", "echo 1 > a.txt", cwd=work, check=True)
+        first = labelled("ol-first")
         wait_for(lambda: set(_exported(d["db"], first)) <= set(endpoint.keys()), 120, "the first run's events")
 
         endpoint.down()
-        pt("run", *sock, "--", "sh", "-c", "cat a.txt > b.txt", cwd=work, check=True)
+        pt("run", *sock, "--label", "ol-second", "--", "sh", "-c", "cat a.txt > b.txt", cwd=work, check=True)
         spool = d["db"] + ".openlineage-spool"
         wait_for(lambda: os.path.exists(spool), 120, "the daemon to spool what the endpoint did not take")
-        second = next(r["id"] for r in json.loads(pt("runs", *sock, "--json", check=True).stdout) if r["id"] != first)
+        second = labelled("ol-second")
 
         endpoint.up()
         wait_for(lambda: set(_exported(d["db"], second)) <= set(endpoint.keys()), 120, "the spooled events")
