@@ -64,12 +64,13 @@ def picture(result: dict, max_nodes: int = MAX_NODES) -> Picture:
     up = result["direction"] == "upstream"
     pic = Picture(title=f"{result['direction']} lineage of {display(result['root'])}")
     for n in result["nodes"]:
-        summary = _summary(n, up)
-        if summary is None or sum(n["hidden_files"].values()) >= SUMMARY_NODE_FILES:
-            pic.nodes.append(_node(n))
-        else:  # a short list: one more line in the box itself ("+ 4 library, 2 system")
-            pic.nodes.append(_node(n, ", ".join(f"{c} {k}" for k, c in n["hidden_files"].items())))
+        hidden = n.get("hidden_files") or {}
+        if n["kind"] != "file" and 0 < sum(hidden.values()) < SUMMARY_NODE_FILES:
+            # a short list: one more line in the box itself ("+ 4 library, 2 system")
+            pic.nodes.append(_node(n, ", ".join(f"{count} {kind}" for kind, count in hidden.items())))
             continue
+        pic.nodes.append(_node(n))
+        summary = _summary(n, up)
         if summary is not None:
             pic.nodes.append(summary)
             pic.edges.append((summary.id, n["id"], "read") if up else (n["id"], summary.id, "wrote"))
