@@ -92,6 +92,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cut the kernel-state edges from a notebook cell to the later cells of its kernel")
     p.add_argument("--format", choices=("text", "json", "dot", "svg", "png", "mermaid"), default=None,
                    metavar="FMT", help="text (default), json, dot, svg, png (through Graphviz's dot), mermaid")
+    p.add_argument("--all-files", action="store_true",
+                   help="walk library and system files too (by default they are counted on the process "
+                        "that read them: one summary node in a picture)")
+    p.add_argument("--max-nodes", type=_positive_int, default=150, metavar="N",
+                   help="refuse a picture (dot, svg, png, mermaid) of more than N nodes (default 150)")
     p.add_argument("-o", "--output", default="-", metavar="FILE", help="where to write; '-' (default) is stdout")
     _add_db(p)
     _add_socket(p)
@@ -106,14 +111,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export", help="a run, or the whole store, as PROV, OpenLineage, GraphML, DOT or JSON",
                        epilog="examples: provtrace export last --format prov-json -o run.prov.json\n"
-                              "          provtrace export --all --format dot -o - | dot -Tsvg > store.svg",
+                              "          provtrace export --all --format dot -o - | dot -Tsvg > store.svg\n"
+                              "          provtrace export last --format openlineage --url http://marquez:5000\n"
+                              "exit codes with --url/--push: 0 every event delivered, 75 some spooled "
+                              "(endpoint down; the next push sends them)",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run", metavar="RUN", nargs="?", help="run id, unique prefix, or 'last'")
     p.add_argument("--all", action="store_true", help="every run in the store")
     p.add_argument("--format", default="prov-json", metavar="FMT",
                    choices=("prov-json", "prov-n", "prov-xml", "openlineage", "graphml", "dot", "json"),
                    help="prov-json (default), prov-n, prov-xml, openlineage, graphml, dot, json")
-    p.add_argument("-o", "--output", required=True, metavar="FILE", help="where to write; '-' is stdout")
+    p.add_argument("-o", "--output", metavar="FILE", help="where to write; '-' is stdout")
+    p.add_argument("--url", metavar="URL", help="openlineage: send the events to this HTTP endpoint "
+                   "(openlineage-python's HTTP transport) instead of writing them")
+    p.add_argument("--push", action="store_true", help="openlineage: send the events through the transport "
+                   "openlineage.yml or OPENLINEAGE_URL / OPENLINEAGE__TRANSPORT__* configure")
+    p.add_argument("--spool", metavar="FILE", help="where undelivered events wait for the next push (default: "
+                   "STORE.openlineage-spool beside the store; through --socket, "
+                   "~/.local/state/provtrace/openlineage.openlineage-spool)")
     p.add_argument("--data-only", action="store_true",
                    help="only data files (kinds as the config file's [classify] rules give them, "
                         "see docs/config.md) and the processes and runs that touch them")
@@ -220,6 +235,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="send the anchor line to syslog/journald too (facility auth, tag provtrace)")
     p.add_argument("--anchor-every", type=_positive_float, default=300.0, metavar="S",
                    help="seconds between anchors (default 300)")
+    p.add_argument("--openlineage", action="store_true",
+                   help="send each run's and cell's OpenLineage events through the transport openlineage.yml "
+                        "or OPENLINEAGE_URL configure; undelivered ones wait in STORE.openlineage-spool")
+    p.add_argument("--openlineage-url", metavar="URL", help="the same, to this HTTP endpoint")
+    p.add_argument("--openlineage-every", type=_positive_float, default=30.0, metavar="S",
+                   help="seconds between OpenLineage pushes (default 30)")
     p.add_argument("--idle-timeout", type=_positive_float, default=300.0, metavar="S",
                    help="close a connection whose client is silent for S seconds (default 300; "
                         "live clients answer the daemon's keepalive pings)")

@@ -198,10 +198,13 @@ def cmd_daemon(args: argparse.Namespace) -> int:
 
     limits = ConnectionLimits(total=args.max_connections, per_uid=args.max_connections_per_user,
                               handshake_s=args.handshake_timeout, idle_s=args.idle_timeout)
-    from .daemon import AnchorPolicy  # noqa: PLC0415
+    from .daemon import AnchorPolicy, OpenLineagePolicy  # noqa: PLC0415
 
     anchors = AnchorPolicy(args.anchor_log, args.anchor_syslog, args.anchor_every)
-    return serve(args.socket or default_socket_path(), args.db or S.default_db_path(), limits, anchors)
+    openlineage = OpenLineagePolicy(bool(args.openlineage or args.openlineage_url), args.openlineage_url,
+                                    args.openlineage_every)
+    return serve(args.socket or default_socket_path(), args.db or S.default_db_path(), limits, anchors,
+                 openlineage)
 
 
 def cmd_notebook(args: argparse.Namespace) -> int:
@@ -366,18 +369,21 @@ def cmd_lineage(args: argparse.Namespace) -> int:
     path = os.path.abspath(from_user(args.path))
     opts = {"all_versions": args.all_versions, "kernel_state": not args.no_kernel_state}
     if args.socket:
+        need(not args.all_files, "--all-files is for a local store (--db); through --socket, "
+             "library and system files show as counts")
         result = _remote_lineage(args.socket, path, direction, args.depth, at=args.at, **opts)
     else:
         now = None if at_us is not None else now_fingerprint(path)
         config = _config()
         result = lineage(_store(args), path, direction, args.depth, at_us=at_us, now=now,
-                         config=config, **opts)
-    _write_lineage(result, fmt, args.output)
+                         config=config, all_files=args.all_files, **opts)
+    _write_lineage(result, fmt, args.output, args.max_nodes)
     return 0
 
 
-def _write_lineage(result: dict, fmt: str, dest: str) -> None:
-    """lineage in one format, to stdout or atomically to a file."""
+def _write_lineage(result: dict, fmt: str, dest: str, max_nodes: int) -> None:
+    """lineage in one format, to stdout or atomically to a file (pictures: at most max_nodes)."""
+    from .export import lineage_picture as P  # noqa: PLC0415
     from .export.exporter import write  # noqa: PLC0415
     from .lineage import graph as G  # noqa: PLC0415
 
@@ -387,9 +393,11 @@ def _write_lineage(result: dict, fmt: str, dest: str) -> None:
             return
         data = (json.dumps(result, indent=2, ensure_ascii=False) + "\n").encode("utf-8", "surrogateescape")
     elif fmt in ("svg", "png"):
-        data = G.to_image(result, fmt)
+        data = P.to_image(result, fmt, max_nodes)
+    elif fmt == "text":
+        data = (G.render(result) + "\n").encode("utf-8", "surrogateescape")
     else:
-        text = {"text": G.render, "dot": G.to_dot, "mermaid": G.to_mermaid}[fmt](result)
+        text = {"dot": P.to_dot, "mermaid": P.to_mermaid}[fmt](result, max_nodes)
         data = (text if text.endswith("\n") else text + "\n").encode("utf-8", "surrogateescape")
     write(data, dest)
 
@@ -421,6 +429,14 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     need(bool(args.run) != bool(args.all), "give a RUN or --all (not both): "
          "provtrace export RUN|--all --format FMT -o FILE")
+    sending = bool(args.url or args.push)
+    need(not sending or args.format == "openlineage", "--url and --push send OpenLineage events: "
+         "add --format openlineage")
+    need(not (sending and args.output), "give -o FILE to write the export or --url/--push to send it, not both")
+    need(sending or bool(args.output), "-o FILE is required (- for stdout); OpenLineage events can instead "
+         "be sent with --url URL or --push")
+    if sending:
+        return _push_openlineage(args)
     if args.socket and not args.data_only:
         write(_remote_export(args.socket, None if args.all else args.run, args.format), args.output)
         return 0
@@ -444,6 +460,54 @@ def cmd_export(args: argparse.Namespace) -> int:
 
         docs = data_only(docs, lambda p: config.effective(p, classify(p)), keep_empty=not args.all)
     write(render(docs, args.format, single=not args.all, versions=versions), args.output)
+    return 0
+
+
+def _push_openlineage(args: argparse.Namespace) -> int:
+    """export --format openlineage --url/--push: the spool first, then these runs' events;
+    exit 0 when all went, EXIT_SPOOLED (one warning line) when some wait in the spool."""
+    from .export import openlineage_push as OP  # noqa: PLC0415
+    from .store import queries as Q  # noqa: PLC0415
+
+    client = OP.make_client(args.url)
+    if not args.debug:
+        OP.quiet_transport_logs()
+    config = _config()
+    store = None
+    try:
+        if args.socket:
+            def load_doc(run_id: str) -> dict:
+                doc = json.loads(_remote_export(args.socket, run_id, "json"))
+                _reclassify([doc], config)
+                return doc
+            runs = [r["id"] for r in _remote_runs(args.socket)] if args.all else [args.run]
+            spool = OP.Spool(args.spool or OP.spool_for_user())
+        else:
+            store = _store(args)
+
+            def load_doc(run_id: str) -> dict:
+                return Q.load_run(store, Q.resolve_run(store, run_id), config)
+            runs = [r["id"] for r in Q.list_runs(store)] if args.all else [args.run]
+            spool = OP.Spool(args.spool or OP.spool_for_store(store.path))
+        docs = [load_doc(r) for r in runs]
+        if args.data_only:
+            from .export.select import data_only  # noqa: PLC0415
+            from .model.paths import classify  # noqa: PLC0415
+
+            docs = data_only(docs, lambda p: config.effective(p, classify(p)), keep_empty=not args.all)
+        result = OP.push(client, docs, spool, load_doc)
+    finally:
+        client.close()
+        if store is not None:
+            store.close()
+    where = OP.describe(client, args.url)
+    earlier = f" ({result.from_spool} from the spool)" if result.from_spool else ""
+    if result.spooled:
+        print(f"provtrace: warning: OpenLineage endpoint {where} did not take the events ({result.reason}): "
+              f"sent {result.sent}{earlier}, {len(result.spooled)} spooled to {spool.path}; the next push "
+              "sends them first", file=sys.stderr)
+        return OP.EXIT_SPOOLED
+    print(f"provtrace: sent {result.sent} OpenLineage events to {where}{earlier}", file=sys.stderr)
     return 0
 
 

@@ -48,10 +48,22 @@ class AnchorPolicy:
         return bool(self.log_path or self.syslog)
 
 
+@dataclass(frozen=True)
+class OpenLineagePolicy:
+    """Whether the daemon sends OpenLineage events, where, how often (export/openlineage_push.py).
+    url None: the transport openlineage.yml or OPENLINEAGE_URL configure."""
+    enabled: bool = False
+    url: str | None = None
+    every_s: float = 30.0
+
+
 class Daemon:
     def __init__(self, socket_path: str, db_path: str, scan_interval_s: float = SCAN_INTERVAL_S,
-                 follow_kernels: bool = True, limits=None, anchors: AnchorPolicy | None = None) -> None:
+                 follow_kernels: bool = True, limits=None, anchors: AnchorPolicy | None = None,
+                 openlineage: OpenLineagePolicy | None = None) -> None:
         self.anchors = anchors or AnchorPolicy()
+        self.openlineage = openlineage or OpenLineagePolicy()
+        self._ol_thread: threading.Thread | None = None
         self._last_anchor: tuple[str, int] | None = None
         self._anchor_thread: threading.Thread | None = None
         self.socket_path = socket_path
@@ -79,6 +91,7 @@ class Daemon:
                                      "(see 'provtrace doctor')")
         raise_fd_limit()
         prepare_socket_dir(self.socket_path)  # a refused path fails now, not after seconds of loading
+        emitter = self._emitter()  # a bad OpenLineage configuration fails now, in one line
         store = S.Store(self.db_path)
         recover_open_runs(store)
         capture = EbpfCapture()
@@ -117,6 +130,11 @@ class Daemon:
                 self._anchor_thread = anchor
                 anchor.start()
                 components["anchor writer"] = lambda: anchor.is_alive() or self.stop_requested.is_set()
+            if emitter is not None:
+                ol = threading.Thread(target=self._emit, args=(emitter,), name="provtrace-openlineage", daemon=True)
+                self._ol_thread = ol
+                ol.start()
+                components["openlineage emitter"] = lambda: ol.is_alive() or self.stop_requested.is_set()
             log.info("event=daemon-ready socket=%s db=%s", self.socket_path, self.db_path)
             self.ready.set()
             reaper_alive.set()
@@ -138,6 +156,8 @@ class Daemon:
                     self._write_anchor(store)  # the head as the daemon leaves the store
                 except _LOOP_ERRORS as exc:
                     log.error("event=anchor-failed error=%r", str(exc))
+            if self._ol_thread is not None:
+                self._ol_thread.join()  # its last tick sends what ended as the daemon stops
             server.stop()
             capture.close()
             store.close()
@@ -146,6 +166,27 @@ class Daemon:
 
     def stop(self) -> None:
         self.stop_requested.set()
+
+    def _emitter(self):
+        if not self.openlineage.enabled:
+            return None
+        from .export.openlineage_push import Emitter  # noqa: PLC0415
+
+        return Emitter(self.db_path, self.openlineage.url)
+
+    def _emit(self, emitter) -> None:
+        """Ticks on a read-only connection of its own, so it never reads inside the writer's transaction."""
+        reader = S.Store(self.db_path, readonly=True)
+        try:
+            guarded_loop("openlineage emitter", lambda: emitter.tick(reader), self.stop_requested,
+                         self.openlineage.every_s)
+            try:
+                emitter.tick(reader)  # what ended while the daemon stopped
+            except _LOOP_ERRORS as exc:
+                log.error("event=openlineage-failed error=%r", str(exc))
+        finally:
+            emitter.close()
+            reader.close()
 
     def _anchor(self, store) -> None:
         guarded_loop("anchor writer", lambda: self._write_anchor(store), self.stop_requested,
@@ -224,9 +265,10 @@ def raise_fd_limit(want: int = WANT_NOFILE) -> None:
     log.info("event=nofile-raised soft=%d->%d", soft, new_soft)
 
 
-def serve(socket_path: str, db_path: str, limits=None, anchors: AnchorPolicy | None = None) -> int:
+def serve(socket_path: str, db_path: str, limits=None, anchors: AnchorPolicy | None = None,
+          openlineage: OpenLineagePolicy | None = None) -> int:
     """The CLI's entry: run until SIGTERM/SIGINT."""
-    daemon = Daemon(socket_path, db_path, limits=limits, anchors=anchors)
+    daemon = Daemon(socket_path, db_path, limits=limits, anchors=anchors, openlineage=openlineage)
 
     def _stop(signum, _frame):
         log.info("event=signal signum=%d", signum)

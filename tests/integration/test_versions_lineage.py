@@ -303,7 +303,7 @@ def test_lineage_formats(capture, work):
     names = {n.get_name().strip('"') for n in graph.get_nodes()}
     assert f"file:{work / 'a'}@1" in names and any(n.startswith(f"file:{o}@") for n in names)
     mermaid = pt("lineage", o, "--db", db, "--format", "mermaid", check=True).stdout
-    assert mermaid.startswith("flowchart LR") and "-->|renamed|" in mermaid
+    assert mermaid.startswith("flowchart TB") and "-->|renamed|" in mermaid
     out = work.parent / "lineage.json"
     pt("lineage", o, "--db", db, "--format", "json", "-o", str(out), check=True)
     assert json.loads(out.read_text()) == _lineage(work, "o")

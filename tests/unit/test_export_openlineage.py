@@ -28,6 +28,8 @@ from .test_export_flows import (
     unfinished_run,
 )
 
+TABLE = {"format": "csv", "columns": [{"name": "x", "type": "int64"}, {"name": "label", "type": "string"}],
+         "rows": 3, "sampled": False}
 EVENT_TYPES = {"START", "RUNNING", "COMPLETE", "ABORT", "FAIL", "OTHER"}
 SCHEMAS = os.path.join(os.path.dirname(__file__), "..", "fixtures", "openlineage")
 STANDARD = "https://openlineage.io/spec/"
@@ -76,6 +78,8 @@ def check_event(ev: dict) -> None:
     for ds in ev.get("inputs", []) + ev.get("outputs", []):
         assert ds["namespace"].startswith("file://") and ds["name"].startswith("/")
         _check_facets(ds.get("facets", {}))
+        _check_facets(ds.get("inputFacets", {}))
+        _check_facets(ds.get("outputFacets", {}))
 
 
 def parse(data: bytes) -> list[dict]:
@@ -245,12 +249,19 @@ def test_cells_are_child_runs_of_their_notebook_run(store):  # noqa: F811
     assert all(e["run"]["runId"] != nb_run for e in cells)
 
 
-@pytest.mark.parametrize("facet", sorted(f for f in os.listdir(SCHEMAS) if f.endswith("Facet.json")))
+# facets openlineage-python's client adds as it sends an event (the push, issue 17)
+ADDED_ON_EMIT = {"TagsRunFacet.json"}
+
+
+@pytest.mark.parametrize("facet", sorted(f for f in os.listdir(SCHEMAS)
+                                         if f.endswith("Facet.json") and f not in ADDED_ON_EMIT))
 def test_every_fixture_schema_is_one_the_export_uses(store, facet):  # noqa: F811
     """No stale fixture: each facet schema kept is one some export names by _schemaURL."""
     rid = command_run(store, exit_code=3)
     docs = [load(store, rid), load(store, notebook_run(store))]
     docs[0]["files"][0]["sha256"] = "0" * 64  # a fingerprinted dataset: DatasetVersion
+    docs[0]["files"][0]["schema"] = TABLE  # a captured schema: Schema
+    docs[0]["run"]["argv"] = ["python3", "-c", "print(1)"]  # inline code: SourceCode
     urls = {f["_schemaURL"].split("#")[0] for line in OL.serialize(docs).decode().splitlines()
             for f in _all_facets(json.loads(line))}
     with open(os.path.join(SCHEMAS, facet), encoding="utf-8") as fh:
@@ -260,5 +271,64 @@ def test_every_fixture_schema_is_one_the_export_uses(store, facet):  # noqa: F81
 def _all_facets(ev: dict) -> list[dict]:
     out = [*ev["run"].get("facets", {}).values(), *ev["job"].get("facets", {}).values()]
     for ds in ev.get("inputs", []) + ev.get("outputs", []):
-        out += ds.get("facets", {}).values()
+        out += [*ds.get("facets", {}).values(), *ds.get("outputFacets", {}).values()]
     return out
+
+
+def _outputs(events: list[dict]) -> dict[str, dict]:
+    return {o["name"]: o for e in events if e["eventType"] != "START" for o in e["outputs"]}
+
+
+def test_outputs_carry_the_bytes_written_and_the_schema_when_captured(store):  # noqa: F811
+    doc = load(store, command_run(store))
+    plain = _outputs(parse(OL.serialize([doc])))
+    written = {f["path"]: 0 for f in doc["files"]}
+    for f in doc["files"]:
+        written[f["path"]] += f["bytes_written"] or 0
+    for name, o in plain.items():  # a renamed output: the bytes written under its temporary name
+        was = o["facets"].get("lifecycleStateChange", {}).get("previousIdentifier", {}).get("name", name)
+        assert o["outputFacets"]["outputStatistics"]["size"] == written[was] > 0, name
+    assert all("schema" not in o["facets"] for o in plain.values())  # no capture, no facet
+    out = next(f for f in doc["files"] if f["path"] == "/w/mid.csv")
+    out["schema"] = TABLE
+    got = _outputs(parse(OL.serialize([doc])))["/w/mid.csv"]
+    assert [(f["name"], f["type"]) for f in got["facets"]["schema"]["fields"]] == [("x", "int64"), ("label", "string")]
+    assert got["outputFacets"]["outputStatistics"]["rowCount"] == 3
+    out["schema"] = {"format": "csv", "error": "not UTF-8"}  # unreadable as a table: no Schema facet
+    assert "schema" not in _outputs(parse(OL.serialize([doc])))["/w/mid.csv"]["facets"]
+
+
+def test_cells_carry_their_own_output_bytes(store):  # noqa: F811
+    doc = load(store, notebook_run(store))
+    for ev in parse(OL.serialize([doc])):
+        cell = ev["run"]["facets"]["provtrace"].get("cell")
+        for o in ev["outputs"] if cell else []:
+            names = {o["name"]} | {r["from"] for r in doc["renames"] if r["to"] == o["name"]}
+            mine = sum(f["bytes_written"] or 0 for f in doc["files"]
+                       if f["path"] in names and f["cell"] == cell["id"])
+            assert mine > 0
+            assert o["outputFacets"]["outputStatistics"]["size"] == mine
+
+
+@pytest.mark.parametrize(("argv", "language", "code"), [
+    (["python3", "-c", "print(1)"], "python", "print(1)"),
+    (["/bin/sh", "-c", "sort a > b"], "shell", "sort a > b"),
+    (["Rscript", "-e", "write.csv(1, 'o.csv')"], "R", "write.csv(1, 'o.csv')"),
+])
+def test_inline_code_is_a_source_code_facet(store, argv, language, code):  # noqa: F811
+    doc = load(store, command_run(store))
+    doc["run"]["argv"] = argv
+    job = parse(OL.serialize([doc]))[0]["job"]
+    assert job["facets"]["sourceCode"]["language"] == language and job["facets"]["sourceCode"]["sourceCode"] == code
+    assert "sourceCodeLocation" not in job["facets"]
+
+
+def test_a_script_or_notebook_is_a_source_code_location(store):  # noqa: F811
+    doc = load(store, command_run(store))
+    doc["run"].update(argv=["python3", "-u", "steps/clean.py", "in.csv"], cwd="/w")
+    job = parse(OL.serialize([doc]))[0]["job"]
+    assert job["name"] == "/w/steps/clean.py" and "sourceCode" not in job["facets"]
+    assert job["facets"]["sourceCodeLocation"]["type"] == "file"
+    assert job["facets"]["sourceCodeLocation"]["url"] == "file://testhost/w/steps/clean.py"
+    events = parse(OL.serialize([load(store, notebook_run(store))]))
+    assert {e["job"]["facets"]["sourceCodeLocation"]["path"] for e in events} == {"/w/analysis.ipynb"}

@@ -19,6 +19,12 @@ The walk is a networkx DiGraph whose edges point from input to output
 A node at the depth limit with neighbours left unwalked is marked
 `truncated`, and so is the result.
 
+The walk goes through data and temp files only. The library, system and
+other files an activity read (upstream) or wrote (downstream) are counted
+on its node as `hidden_files` ({kind: distinct paths}), so a picture can
+summarise them in one node; `all_files` walks them too, as ordinary
+versions whose nodes carry their `file_kind`.
+
 Given a uid (the daemon's non-root caller), the versions are built from that
 uid's runs only (versions.Model): a process of another run is never entered,
 and what other users' runs did to a file shows as a change outside tracing.
@@ -32,9 +38,9 @@ from collections import deque
 import networkx as nx
 
 from ..correlate.clock import us_to_iso
-from ..model.paths import DATA, TEMP, display
+from ..model.paths import DATA, TEMP
 from ..store import sqlite as S
-from ..store.writer import KIND_CODES
+from ..store.writer import KIND_CODES, KIND_NAMES
 from .versions import FOREVER, READ_BITS, WRITE_BITS, Model, Version
 
 SHOWN_KINDS = (KIND_CODES[DATA], KIND_CODES[TEMP])
@@ -43,11 +49,13 @@ _HOPS = 64  # renames followed to find a moved version's fingerprint
 
 def lineage(store: S.Store, path: str, direction: str = "upstream", depth: int = 10,
             uid: int | None = None, *, at_us: int | None = None, all_versions: bool = False,
-            kernel_state: bool = True, now: dict | None = None, config=None) -> dict:
+            kernel_state: bool = True, now: dict | None = None, config=None,
+            all_files: bool = False) -> dict:
     """Walk from a version of path; returns {root, direction, current, nodes, edges,
     found, truncated} (JSON-ready). `now`: path's fingerprint as it is now (taken
     by the caller, as the user asking); ignored with at_us. config: its
-    [classify] rules decide which files the walk goes through."""
+    [classify] rules decide which files the walk goes through; all_files: every
+    kind of file, not only data and temp files."""
     model = Model(store, uid, now={path: now} if now is not None and at_us is None else None,
                   config=config)
     hist = model.history(path)
@@ -56,7 +64,7 @@ def lineage(store: S.Store, path: str, direction: str = "upstream", depth: int =
     # absent then: the last version before, marked gone (where it went, what it came from)
     last = cur or next((v for v in reversed(hist.versions) if v.start <= key), None)
     roots = hist.versions if all_versions else ([last] if last is not None else [])
-    w = _Walk(model, direction, kernel_state)
+    w = _Walk(model, direction, kernel_state, all_files)
     g = w.g
     for v in roots:
         w.add_version(v, depth=0, root=True)
@@ -146,12 +154,14 @@ def _current(model: Model, v: Version | None, hist, key: tuple) -> dict:
 class _Walk:
     """The graph and one step of the walk in either direction."""
 
-    def __init__(self, model: Model, direction: str, kernel_state: bool) -> None:
+    def __init__(self, model: Model, direction: str, kernel_state: bool, all_files: bool = False) -> None:
         self.m = model
         self.up = direction == "upstream"
         self.kernel_state = kernel_state
+        self.all_files = all_files
         self.g = nx.DiGraph()
         self._versions: dict[tuple, Version] = {}
+        self._kinds: dict[tuple, str] = {}  # version node -> kind code of the record that reached it
 
     # -- nodes ---------------------------------------------------------------------
     def add_version(self, v: Version, depth: int, root: bool = False) -> tuple:
@@ -162,6 +172,9 @@ class _Walk:
             self.g.add_node(node, kind="file", path=v.path, version=v.n, sha256=fp.get("sha256"),
                             written=_written(self.m, v), changed_outside_tracing=v.act is None,
                             depth=depth)
+            code = self._kinds.get(node)
+            if self.all_files and code is not None and code != KIND_CODES[DATA]:
+                self.g.nodes[node]["file_kind"] = KIND_NAMES.get(code, code)
             if root:
                 self.g.nodes[node]["root"] = True
         return node
@@ -183,10 +196,24 @@ class _Walk:
             self.g.add_node(node, kind="cell", run=run, cell=who, pid=pids[0] if pids else None,
                             depth=depth)
 
-    def _ver(self, v: Version) -> tuple:
+    def _ver(self, v: Version, kind: str | None = None) -> tuple:
         node = _vkey(v)
         self._versions.setdefault(node, v)
+        if kind is not None:
+            self._kinds.setdefault(node, kind)
         return node
+
+    def _shown(self, unit: tuple, files: list) -> list:
+        """The files the walk goes through; the others are counted on the unit's node."""
+        if self.all_files:
+            return files
+        hidden: dict[str, set[str]] = {}
+        for f in files:
+            if f.kind not in SHOWN_KINDS:
+                hidden.setdefault(KIND_NAMES.get(f.kind, f.kind), set()).add(f.path)
+        if hidden and unit in self.g:
+            self.g.nodes[unit]["hidden_files"] = {k: len(v) for k, v in sorted(hidden.items())}
+        return [f for f in files if f.kind in SHOWN_KINDS]
 
     # -- steps: (next node, its time bound, (edge from, edge to, attrs)) ------------
     def steps(self, node: tuple, bound: float | None):
@@ -222,12 +249,12 @@ class _Walk:
             yield n, None, (node, n, {"rel": "updated"})
 
     def _up_unit(self, unit: tuple, bound: float | None):
-        for f in self.m.files_of(unit):
-            if f.bits & READ_BITS and f.kind in SHOWN_KINDS and (bound is None or f.first <= bound):
-                v = self.m.read_version(f)
-                if v is not None and not (v.act is not None and v.act.unit == unit):
-                    n = self._ver(v)
-                    yield n, None, (n, unit, {"rel": "read"})
+        reads = [f for f in self.m.files_of(unit) if f.bits & READ_BITS and (bound is None or f.first <= bound)]
+        for f in self._shown(unit, reads):
+            v = self.m.read_version(f)
+            if v is not None and not (v.act is not None and v.act.unit == unit):
+                n = self._ver(v, f.kind)
+                yield n, None, (n, unit, {"rel": "read"})
         for other, attrs in self._pipes(unit, into=True):
             yield other, bound, (other, unit, attrs)
         before = self._cell_beside(unit, -1)
@@ -235,12 +262,12 @@ class _Walk:
             yield before, bound, (before, unit, {"rel": "kernel_state"})
 
     def _down_unit(self, unit: tuple, bound: float | None):
-        for f in self.m.files_of(unit):
-            if f.bits & WRITE_BITS and f.kind in SHOWN_KINDS and (bound is None or f.last >= bound):
-                v = self.m.written_version(f)
-                if v is not None:
-                    n = self._ver(v)
-                    yield n, None, (unit, n, {"rel": "wrote"})
+        writes = [f for f in self.m.files_of(unit) if f.bits & WRITE_BITS and (bound is None or f.last >= bound)]
+        for f in self._shown(unit, writes):
+            v = self.m.written_version(f)
+            if v is not None:
+                n = self._ver(v, f.kind)
+                yield n, None, (unit, n, {"rel": "wrote"})
         for other, attrs in self._pipes(unit, into=False):
             yield other, bound, (unit, other, attrs)
         after = self._cell_beside(unit, +1)
@@ -356,64 +383,3 @@ def parse_at(text: str) -> int:
 
     when = parse_iso(text)
     return (when - dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)) // dt.timedelta(microseconds=1)
-
-
-
-# ---- other formats (`lineage --format dot|svg|png|mermaid`) -------------------
-
-def _short_label(n: dict) -> str:
-    if n["kind"] == "file":
-        how = "changed outside tracing" if n.get("changed_outside_tracing") else (n.get("written") or "")
-        return f"{display(n['path'])}\nversion {n.get('version')}" + (f" ({how})" if how else "")
-    if n["kind"] == "cell":
-        return f"run {n.get('run')}\ncell {n.get('cell')}"
-    argv = " ".join(display(a) for a in (n.get("argv") or []))[:60]
-    return f"run {n.get('run')} pid {n.get('pid')}\n{argv}"
-
-
-def to_dot(result: dict) -> str:
-    """Graphviz DOT: versions as notes, processes as boxes, cells as folders; edges by relation."""
-    def q(text: str) -> str:
-        return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
-    shape = {"file": "note", "process": "box", "cell": "folder"}
-    lines = ["digraph lineage {", "  rankdir=LR;", f"  label={q(result['direction'] + ' lineage of ' + display(result['root']))};"]
-    for n in result["nodes"]:
-        style = ", penwidth=2" if n.get("root") else ""
-        style += ", style=dashed" if n.get("changed_outside_tracing") else ""
-        lines.append(f"  {q(n['id'])} [shape={shape.get(n['kind'], 'ellipse')}, label={q(_short_label(n))}{style}];")
-    for e in result["edges"]:
-        lines.append(f"  {q(e['from'])} -> {q(e['to'])} [label={q(e['rel'])}];")
-    return "\n".join(lines + ["}"]) + "\n"
-
-
-def to_mermaid(result: dict) -> str:
-    """A Mermaid flowchart (node ids n0, n1, ...; labels quoted)."""
-    ids = {n["id"]: f"n{i}" for i, n in enumerate(result["nodes"])}
-
-    def q(text: str) -> str:
-        return '"' + text.replace('"', "#quot;").replace("\n", "<br/>") + '"'
-    lines = ["flowchart LR"]
-    for n in result["nodes"]:
-        open_, close = {"file": ("[/", "/]"), "cell": ("[[", "]]")}.get(n["kind"], ("[", "]"))
-        lines.append(f"  {ids[n['id']]}{open_}{q(_short_label(n))}{close}")
-    for e in result["edges"]:
-        if e["from"] in ids and e["to"] in ids:
-            lines.append(f"  {ids[e['from']]} -->|{e['rel']}| {ids[e['to']]}")
-    return "\n".join(lines) + "\n"
-
-
-def to_image(result: dict, fmt: str) -> bytes:
-    """SVG or PNG through Graphviz's `dot` program; a clear error when it is missing."""
-    import shutil  # noqa: PLC0415
-    import subprocess  # noqa: PLC0415
-
-    from ..errors import UsageError  # noqa: PLC0415
-
-    dot = shutil.which("dot")
-    if dot is None:
-        raise UsageError(f"--format {fmt} needs Graphviz's dot program (apt install graphviz); "
-                         "--format dot writes the graph for it")
-    r = subprocess.run([dot, f"-T{fmt}"], input=to_dot(result).encode(), capture_output=True, timeout=120)
-    if r.returncode != 0:
-        raise UsageError(f"dot -T{fmt} failed: {r.stderr.decode(errors='replace').strip()[:200]}")
-    return r.stdout
