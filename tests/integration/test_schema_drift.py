@@ -52,6 +52,18 @@ def test_show_json_has_the_schema_of_each_version_written(tmp_path, db):
     assert [c["name"] for c in lines["schema"]["columns"]] == ["a", "b"] and lines["schema"]["rows"] == 2
 
 
+def test_openlineage_export_carries_the_captured_schema_facet(tmp_path, db):
+    """The schema facet of an output dataset is the schema captured for the version written."""
+    pt("run", "--db", db, "--", sys.executable, "-c", WRITE_TABLES, cwd=tmp_path)
+    out = tmp_path / "ol.json"
+    pt("export", "last", "--db", db, "--format", "openlineage", "-o", str(out))
+    events = [json.loads(line) for line in out.read_text().splitlines()]  # one event a line
+    outputs = [d for e in events for d in e.get("outputs", []) if d["name"] == str(tmp_path / "t.parquet")]
+    assert outputs, "t.parquet is not an output of the exported run"
+    fields = outputs[-1]["facets"]["schema"]["fields"]
+    assert [(f["name"], f["type"]) for f in fields] == [("id", "int64"), ("price", "float64")]
+
+
 def test_a_csv_header_change_is_drift_in_diff_and_stale(tmp_path, db):
     data = tmp_path / "prices.csv"
     data.write_text("id,price,qty\n1,9.5,3\n2,7.25,4\n")
