@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 from collections import defaultdict
 
@@ -59,6 +60,7 @@ def load_run(store: S.Store, rid: int, config=None) -> dict:
     header: dict = {}
     end: dict | None = None
     processes, files, renames, network, pipes, cells, gaps = [], [], [], [], [], [], []
+    attempts: list[dict] = []
     context: dict = {}
     cell_contexts: dict[str | None, dict] = {}
     fingerprints: dict[tuple[str, str | None], dict] = {}
@@ -72,6 +74,7 @@ def load_run(store: S.Store, rid: int, config=None) -> dict:
             end = b
         elif kind == S.PROCESS:
             processes.append(_process(b))
+            attempts.extend(_attempts(b, base))
         elif kind == S.FILE:
             pid, bits, br, bw, first, last, cell, code = b
             first, last = _abs(base, first), _abs(base, last)
@@ -137,7 +140,7 @@ def load_run(store: S.Store, rid: int, config=None) -> dict:
         r.update({"from": to_json(r["from"])["path"], "to": to_json(r["to"])["path"]})
     return {"schema": SCHEMA, "run": run, "processes": processes, "files": files,
             "renames": renames, "network": network, "pipes": pipes, "cells": cells,
-            "context": context}
+            "attempts": attempts, "context": context}
 
 
 def _merge_fingerprints(files: list[dict], fps: dict[tuple[str, str | None], dict]) -> None:
@@ -192,6 +195,15 @@ def _process(b: dict) -> dict:
             "uid": b["uid"], "started": iso(b["started_us"]), "ended": iso(b["ended_us"]),
             "exit_code": b["exit_code"], "signal": b.get("signal"), "cell": b["cell"],
             **({"privileged": True} if b.get("privileged") else {})}
+
+
+def _attempts(b: dict, base: int) -> list[dict]:
+    """A process's failed opens (ENOENT, EACCES) as attempted accesses: the
+    path it tried, why it failed, and when first."""
+    return [{**to_json(path), "pid": b["pid"], "exe": _text(exe or b["exe"]),
+             "errno": errno.errorcode.get(err, str(err)), "access": "write" if write else "read",
+             "time": iso(_abs(base, t)), "cell": cell}
+            for path, err, write, t, cell, exe in b.get("attempts", ())]
 
 
 def _mark_temp(files: list[dict], renames: list[dict]) -> None:

@@ -27,6 +27,8 @@ ACCESS_ORDER = ("read", "write", "create", "truncate", "delete", "exec", "map")
 KIND_CODES = {"data": "d", "library": "l", "system": "s", "temp": "t"}
 KIND_NAMES = {v: k for k, v in KIND_CODES.items()}
 # BODY_PIPE:   [ino, writer_pids, reader_pids]
+# BODY_ATTEMPT (in a process body's "attempts"): [path, errno, write, time, cell, exe or
+#              None when it is the process's exe]
 
 
 def stdio_files(pid: int | str = "self") -> frozenset[str]:
@@ -93,6 +95,10 @@ class RunWriter(Sink):
             body["seeded_from_proc"] = True
         if p.privileged:
             body["privileged"] = True
+        if p.attempts:  # BODY_ATTEMPT each (failed opens; issue 13)
+            body["attempts"] = [[a.path, a.errno, int(a.write), self.rel(a.first_ns), a.cell,
+                                 None if a.exe == p.exe else a.exe]
+                                for a in p.attempts.values()]
         self.store.append(self.rid, S.PROCESS, body)
         self.processes += 1
         self.store.append_many(self.rid, S.FILE, [self._file_record(p.pid, fa) for fa in p.files.values()])
