@@ -63,6 +63,8 @@ def test_ls_into_a_manifest_reads_the_directory(cap, work):
     assert _readers(doc, data) == {ls["pid"]}, "getdents64 of data/ is a read of data/ by ls"
     [rec] = [f for f in entries(doc, data) if f["pid"] == ls["pid"]]
     assert rec["access"] == ["read"] and rec["kind"] == "data" and rec["bytes_read"] > 0
+    assert rec["directory"] is True
+    assert not any(f.get("directory") for f in entries(doc, work / "manifest"))
     assert doc["run"]["complete"] is True
 
 

@@ -424,6 +424,7 @@ def test_getdents_on_a_directory_fd_is_a_read_of_the_directory(t):
     t.exit(P)
     [p] = t.done().by_pid(P)
     assert p.files["/data"].access == {"read"} and p.files["/data"].bytes_read == 4096
+    assert p.files["/data"].directory
 
 
 def test_failed_opens_are_attempts_one_per_path_and_errno(t):

@@ -55,6 +55,7 @@ class FileAccess:
     exe: str | None = None
     cell: str | None = None
     mapped_exec: bool = False
+    directory: bool = False  # a directory, read by listing it (getdents)
 
 
 @dataclass(slots=True)
@@ -451,6 +452,7 @@ class Tracker:
             if ev.nreads:
                 fa.access.add("read")
                 fa.bytes_read += ev.bytes_read
+                fa.directory = entry.kind == "dir"
             if ev.nwrites:
                 fa.access.add("write")
                 fa.bytes_written += ev.bytes_written

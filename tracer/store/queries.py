@@ -76,13 +76,13 @@ def load_run(store: S.Store, rid: int, config=None) -> dict:
             processes.append(_process(b))
             attempts.extend(_attempts(b, base))
         elif kind == S.FILE:
-            pid, bits, br, bw, first, last, cell, code = b
+            pid, bits, br, bw, first, last, cell, code, *directory = b
             first, last = _abs(base, first), _abs(base, last)
             files.append({**to_json(p1), "pid": pid, "exe": _text(p2), "access": access_of(bits),
                           "bytes_read": br, "bytes_written": bw, "kind": KIND_NAMES.get(code, code),
                           "cell": cell,
                           "first": iso(first), "last": iso(last), "_first": first, "_last": last,
-                          "_path": p1})
+                          "_path": p1, **({"directory": True} if directory else {})})
         elif kind == S.RENAME:
             pid, t, cell = b
             t = _abs(base, t)
@@ -243,7 +243,7 @@ def _cell_io(cell: dict, files: list[dict], renames: list[dict], processes: list
     cid = cell.get("id")
     reads, writes = set(), set()
     for f in files:
-        if f["cell"] != cid:
+        if f["cell"] != cid or f.get("directory"):  # a listed directory is in lineage, not here
             continue
         kind_ok = f["kind"] in (DATA, TEMP)
         if not kind_ok:

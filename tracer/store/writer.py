@@ -20,6 +20,7 @@ ACCESS_BITS = {"read": 1, "write": 2, "create": 4, "truncate": 8, "delete": 16, 
 ACCESS_ORDER = ("read", "write", "create", "truncate", "delete", "exec", "map")
 
 # BODY_FILE:   [pid, access_bits, bytes_read, bytes_written, first, last, cell, kind_code]
+#              and a 9th element, 1, when the path is a directory (read by listing it)
 # BODY_RENAME: [pid, time, cell]               (p1 = to, p2 = from)
 # BODY_NET:    [pid, op, family, address, port, time, cell]
 # Times in these bodies are microseconds since the run's start_us (in its
@@ -113,6 +114,8 @@ class RunWriter(Sink):
         body = [pid, bits_of(access), fa.bytes_read, fa.bytes_written,
                 (fa.first_ns + off) // 1000 - base, (fa.last_ns + off) // 1000 - base, fa.cell,
                 KIND_CODES[SYSTEM if path in self.stdio else classify(path, mapped_exec=fa.mapped_exec)]]
+        if fa.directory:
+            body.append(1)
         self._note(self.touched, self.mapped, self.execd, path, access)
         if fa.cell is not None:
             self._note(*self.by_cell.setdefault(fa.cell, (set(), set(), set())), path, access)
