@@ -234,3 +234,24 @@ def test_capture_off_switches_both_off(tmp_path, backend):
     pt(*cmd, cwd=work, check=True, env={k: v for k, v in os.environ.items() if k != "PROVTRACE_CAPTURE_OFF"})
     doc = json.loads((tmp_path / "run.json").read_text())
     assert entries(doc, data) and _attempts(doc, work / "missing")
+
+
+# -- through the daemon ------------------------------------------------------------------
+
+
+def test_through_the_daemon_the_same_records(daemon, tmp_path, iouring_copy):
+    """The daemon's path (router, its own Tracker) gives the three the same way."""
+    work = tmp_path / "w"
+    work.mkdir()
+    data = _data_dir(work)
+    (work / "src.txt").write_text("ring\n")
+    out = tmp_path / "run.json"
+    pt("run", "--socket", daemon["socket"], "--json-out", str(out), "--", "sh", "-c",
+       f"ls data > manifest; cat missing.csv || true; {iouring_copy} src.txt dst.txt", cwd=work, check=True)
+    doc = json.loads(out.read_text())
+    [ls] = [p for p in doc["processes"] if p["argv"][:1] == ["ls"]]
+    [cat] = [p for p in doc["processes"] if p["argv"][:1] == ["cat"]]
+    [iu] = [p for p in doc["processes"] if p["argv"][:1] == [iouring_copy]]
+    assert _readers(doc, data) == {ls["pid"]}
+    assert [(a["pid"], a["errno"]) for a in _attempts(doc, work / "missing.csv")] == [(cat["pid"], "ENOENT")]
+    assert doc["run"]["gaps"].get(IO_URING_GAP.format(pid=iu["pid"])) == 1, doc["run"]["gaps"]
