@@ -59,6 +59,7 @@ class Config:
     name = "untraced"
     title = "no tracer"
     ebpf = False  # provtrace eBPF configurations are the ones the targets apply to
+    env: dict[str, str] = {}  # added to the environment of its runs
 
     def __init__(self, ctx: Context):
         self.ctx = ctx
@@ -195,7 +196,7 @@ class _Provtrace(Config):
         probe_dir.mkdir(parents=True, exist_ok=True)
         try:
             r = subprocess.run(argv, capture_output=True, text=True, cwd=probe_dir,
-                               timeout=self.ctx.probe_timeout_s)
+                               timeout=self.ctx.probe_timeout_s, env={**os.environ, **self.env})
         except subprocess.TimeoutExpired:
             raise Unavailable(self.name, f"{what} did not finish in {self.ctx.probe_timeout_s:.0f} s")
         except OSError as e:
@@ -240,6 +241,17 @@ class ProvtraceEbpf(_Provtrace):
         # The issue's notebook path: provtrace executes it itself, with cell attribution.
         return [self.ctx.provtrace, "notebook", "run", str(wl.notebook), *self._store_args(rundir),
                 "--json-out", str(rundir / "run.json"), "--output", str(rundir / "executed.ipynb")]
+
+
+class ProvtraceEbpfBefore(ProvtraceEbpf):
+    """provtrace-ebpf with the recording of issue 13 switched off: what failed opens
+    and directory reads cost is provtrace-ebpf's ratio minus this one's, measured
+    in the same run (report.reads_cost_checks)."""
+
+    name = "provtrace-ebpf-before"
+    title = "provtrace-ebpf, failed opens and directory reads off (PROVTRACE_CAPTURE_OFF)"
+    ebpf = False  # a baseline for one comparison, not judged on the issue 5 targets
+    env = {"PROVTRACE_CAPTURE_OFF": "failed-opens,dir-reads"}
 
 
 class ProvtracePtrace(_Provtrace):
@@ -512,7 +524,7 @@ class HookFloor(Config):
             self.proc = None
 
 
-ALL = (Config, ProvtraceEbpf, ProvtraceDaemon, ProvtracePtrace, Strace, StraceSeccomp, ReproZip, BpftraceFloor,
+ALL = (Config, ProvtraceEbpf, ProvtraceEbpfBefore, ProvtraceDaemon, ProvtracePtrace, Strace, StraceSeccomp, ReproZip, BpftraceFloor,
        HookFloor)
 NAMES = tuple(c.name for c in ALL)
 

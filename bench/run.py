@@ -146,7 +146,8 @@ def run_one(cfg: configs.Config, wl: workloads.Workload, rep: int, position: int
         log.info("  $ %s", " ".join(argv))
     dpid = cfg.daemon_pid()
     d0 = measure.tree_cpu_s(dpid) if dpid else 0.0
-    res = measure.run_timed(argv, wl.dir, args.timeout, rundir / "stdout", rundir / "stderr")
+    res = measure.run_timed(argv, wl.dir, args.timeout, rundir / "stdout", rundir / "stderr",
+                            env={**os.environ, **cfg.env} if cfg.env else None)
     d1 = measure.tree_cpu_s(dpid) if dpid else 0.0
     dmem = measure.tree_mem_kb(dpid) if dpid else {}
     rec = cfg.after_run(rundir)

@@ -179,3 +179,24 @@ def test_hook_floor_unprivileged_fails_with_one_error_line():
     assert r.returncode == 1
     assert "ready" not in r.stdout
     assert measure.last_line(r.stderr).startswith("hookfloor: ")
+
+
+def test_reads_cost_is_on_minus_off_and_judged_against_plus_002():
+    """Issue 13: provtrace-ebpf's overhead minus provtrace-ebpf-before's, per workload."""
+    def row(wl, cfg, wall):
+        return {"workload": wl, "config": cfg, "wall_ratio": {"med": wall}}
+    row_of = {(r["workload"], r["config"]): r for r in (
+        row("imports", "provtrace-ebpf", 1.215), row("imports", "provtrace-ebpf-before", 1.20),
+        row("churn", "provtrace-ebpf", 1.30), row("churn", "provtrace-ebpf-before", 1.25),
+        row("stream", "provtrace-ebpf", 1.5))}
+    checks = {c["figure"].split(",")[1].split()[0]: c for c in report.reads_cost_checks(row_of)}
+    assert set(checks) == {"imports", "churn"}, "stream has no before, and is not judged"
+    assert abs(checks["imports"]["value"] - 0.015) < 1e-9 and checks["imports"]["verdict"] == "met target"
+    assert checks["churn"]["verdict"] == "MISSED target"
+
+
+def test_capture_off_config_sets_the_environment_of_its_runs():
+    names = [c.name for c in configs.ALL]
+    assert names.index("provtrace-ebpf-before") == names.index("provtrace-ebpf") + 1
+    assert configs.ProvtraceEbpfBefore.env == {"PROVTRACE_CAPTURE_OFF": "failed-opens,dir-reads"}
+    assert configs.Config.env == {} and not configs.ProvtraceEbpfBefore.ebpf

@@ -29,6 +29,8 @@ enum pt_event_type {
 	EV_UNLINK = 10,   /* unlink/unlinkat/rmdir succeeded */
 	EV_TRUNCATE = 11, /* truncate/ftruncate succeeded */
 	EV_NET = 12,      /* connect/accept/bind */
+	/* issue 13, reads: EV_OPEN also carries failed opens (fd < 0, see open_event) */
+	EV_IOURING = 21,  /* io_uring_setup succeeded: the ring's file I/O is not traced */
 };
 
 enum pt_flush_reason {
@@ -105,6 +107,9 @@ struct exit_event {
 	__u32 max_fd;         /* highest fd with I/O counts; above PT_FLUSH_FDS userspace sweeps */
 };
 
+/* fd < 0: the open failed with -fd (ENOENT or EACCES), an attempted access.
+ * Sent once per (process, path, errno) and again at most every
+ * PT_FAILED_REPEAT_NS (files.bpf.c); ino, dev, imode and fmode are 0. */
 struct open_event {
 	struct event_hdr h;
 	__s32 fd;
@@ -186,6 +191,12 @@ struct net_event {
 	__s32 ret;            /* accept: new fd; connect: 0 or -EINPROGRESS */
 	__u32 addr_len;
 	__u8 addr[PT_SOCKADDR_MAX]; /* raw struct sockaddr_* */
+};
+
+struct iouring_event {
+	struct event_hdr h;
+	__s32 fd;             /* the ring's fd */
+	__u32 flags;          /* IORING_SETUP_* as requested */
 };
 
 #endif /* PROVTRACE_EVENTS_H */

@@ -3,8 +3,9 @@
  * Hooks: syscall programs tail-called at sys_exit by dispatch.bpf.c; they
  * read their arguments from the saved user registers. Which syscalls each
  * serves: tracer/capture/syscalls.py.
- *   sysexit_open, _openat, _openat2, _creat  -> EV_OPEN (+ agg entry)
- *   read and write (in the dispatcher), sysexit_read, _write, _sendfile,
+ *   sysexit_open, _openat, _openat2, _creat  -> EV_OPEN (+ agg entry); a
+ *                                               failed one: EV_OPEN, fd < 0
+ *   read and write (in the dispatcher), sysexit_read (getdents64 too), _write, _sendfile,
  *   _copy, _mmap                             -> agg counters (no event)
  *   sysexit_close, sysexit_close_range       -> EV_FDIO flush, EV_FDOP
  *   sysexit_dup, _dup3, _fcntl, _ioctl       -> EV_FDOP
@@ -12,8 +13,10 @@
  *   sysexit_rename, _renameat, _renameat2    -> EV_RENAME
  *   sysexit_unlink, _unlinkat, _rmdir        -> EV_UNLINK
  *   sysexit_truncate, _ftruncate             -> EV_TRUNCATE
+ *   sysexit_io_uring_setup                   -> EV_IOURING
  * Everything is decided at sys_exit, where the result is known: only
- * successful calls of traced processes read arguments or copy strings, and no
+ * successful calls of traced processes read arguments or copy strings (and
+ * opens failing with ENOENT or EACCES, de-duplicated here), and no
  * syscall needs its entry arguments stashed in a map.
  */
 #include "common.h"
@@ -37,30 +40,12 @@ static __always_inline long sys_ret(struct bpf_raw_tracepoint_args *ctx)
 
 enum open_kind { OPEN_OPEN, OPEN_OPENAT, OPEN_CREAT, OPEN_OPENAT2 };
 
-/* kind is a constant at every call: the compiler keeps one branch. */
-static __always_inline int open_exit(struct bpf_raw_tracepoint_args *ctx, int kind)
+/* dirfd and flags of any open flavour into e; returns the path's address. */
+static __always_inline __u64 open_args(struct bpf_raw_tracepoint_args *ctx, int kind,
+				       struct open_event *e)
 {
-	long ret = sys_ret(ctx);
-	__u32 tgid;
-	struct traced_val *tv;
-	union big_event *b;
-	struct open_event *e;
-	struct fdkey k;
-	struct fdagg fresh = {};
 	__u64 path, flags = 0;
-	void *file;
 
-	if (ret < 0)
-		return 0;
-	tv = sys_traced(&tgid);
-	if (!tv)
-		return 0;
-	b = scratch_get();
-	if (!b)
-		return 0;
-	e = &b->open;
-	fill_hdr(&e->h, EV_OPEN, tv->tag);
-	e->fd = ret;
 	if (kind == OPEN_OPEN || kind == OPEN_CREAT) {
 		e->dirfd = AT_FDCWD_VAL;
 		path = sys_arg(ctx, SYS_ARG0);
@@ -75,6 +60,106 @@ static __always_inline int open_exit(struct bpf_raw_tracepoint_args *ctx, int ki
 			bpf_probe_read_user(&flags, sizeof(flags), (void *)sys_arg(ctx, SYS_ARG2));
 	}
 	e->flags = (__u32)flags;
+	return path;
+}
+
+/* ---- failed opens (issue 13): attempted accesses ------------------------- */
+#ifndef PT_NO_FAILED_OPENS /* PROVTRACE_CAPTURE_OFF=failed-opens (syscalls.py) */
+#define ENOENT_VAL 2
+#define EACCES_VAL 13
+#define PT_FAILED_KEY 248                   /* path bytes kept in the key */
+#define PT_FAILED_REPEAT_NS 1000000000ULL   /* a repeat is sent again after 1 s */
+
+struct failkey {
+	__u32 pid;
+	__s32 err;
+	char path[PT_FAILED_KEY]; /* as passed, NUL-padded */
+};
+
+/* (process, errno, path) -> when it was last sent. A Python start-up fails
+ * hundreds of opens, most of them repeats of a few dozen paths (locale files,
+ * library search paths): a repeat costs a lookup here and nothing in
+ * userspace. LRU: an evicted entry only means a repeat is sent again. The
+ * repeat after PT_FAILED_REPEAT_NS lets a notebook cell that fails the same
+ * open as an earlier cell have its own record. */
+BPF_TABLE("lru_hash", struct failkey, __u64, failed_seen, 16384);
+BPF_PERCPU_ARRAY(failed_key, struct failkey, 1);
+
+static __always_inline int open_failed(struct bpf_raw_tracepoint_args *ctx, int kind, long ret)
+{
+	__u32 zero = 0, tgid;
+	struct traced_val *tv;
+	struct failkey *k;
+	union big_event *b;
+	struct open_event *e;
+	__u64 path, now, *last;
+	long n;
+
+	if (ret != -ENOENT_VAL && ret != -EACCES_VAL)
+		return 0;
+	tv = sys_traced(&tgid);
+	if (!tv)
+		return 0;
+	k = failed_key.lookup(&zero);
+	b = scratch_get();
+	if (!k || !b)
+		return 0;
+	e = &b->open;
+	path = open_args(ctx, kind, e);
+	__builtin_memset(k, 0, sizeof(*k));
+	k->pid = tgid;
+	k->err = ret;
+	n = bpf_probe_read_user_str(k->path, sizeof(k->path), (const void *)path);
+	now = bpf_ktime_get_ns();
+	if (n > 0 && n < (long)sizeof(k->path)) { /* the whole path is in the key */
+		last = failed_seen.lookup(k);
+		if (last && now - *last < PT_FAILED_REPEAT_NS)
+			return 0;
+		failed_seen.update(k, &now);
+	}
+	fill_hdr(&e->h, EV_OPEN, tv->tag);
+	e->fd = ret;
+	e->fmode = 0;
+	e->ino = 0;
+	e->dev = 0;
+	e->imode = 0;
+	e->_pad = 0;
+	e->path_len = read_ustr(e->path, (const void *)path);
+	emit(e, offsetof(struct open_event, path) + e->path_len, sizeof(*e));
+	return 0;
+}
+#else
+static __always_inline int open_failed(struct bpf_raw_tracepoint_args *ctx, int kind, long ret)
+{
+	return 0;
+}
+#endif /* PT_NO_FAILED_OPENS */
+
+/* kind is a constant at every call: the compiler keeps one branch. */
+static __always_inline int open_exit(struct bpf_raw_tracepoint_args *ctx, int kind)
+{
+	long ret = sys_ret(ctx);
+	__u32 tgid;
+	struct traced_val *tv;
+	union big_event *b;
+	struct open_event *e;
+	struct fdkey k;
+	struct fdagg fresh = {};
+	__u64 path;
+	void *file;
+
+	if (ret < 0)
+		return open_failed(ctx, kind, ret);
+	tv = sys_traced(&tgid);
+	if (!tv)
+		return 0;
+	b = scratch_get();
+	if (!b)
+		return 0;
+	e = &b->open;
+	fill_hdr(&e->h, EV_OPEN, tv->tag);
+	e->fd = ret;
+	path = open_args(ctx, kind, e);
 	e->fmode = 0;
 	e->ino = 0;
 	e->dev = 0;
@@ -491,3 +576,35 @@ static __always_inline int truncate_exit(struct bpf_raw_tracepoint_args *ctx, in
 
 int sysexit_truncate(struct bpf_raw_tracepoint_args *ctx) { return truncate_exit(ctx, 0); }
 int sysexit_ftruncate(struct bpf_raw_tracepoint_args *ctx) { return truncate_exit(ctx, 1); }
+
+/* ---- io_uring (issue 13) ------------------------------------------------------------ */
+
+/* io_uring_setup(entries, params): the process has a ring now. What it submits
+ * there reaches files without a syscall the probes see, and the io_uring
+ * tracepoints name neither the file nor the bytes (docs/capture.md): the run
+ * records a gap for the process instead of staying silent. */
+int sysexit_io_uring_setup(struct bpf_raw_tracepoint_args *ctx)
+{
+	long ret = sys_ret(ctx);
+	__u32 tgid;
+	struct traced_val *tv;
+	struct iouring_event *e;
+
+	if (ret < 0)
+		return 0;
+	tv = sys_traced(&tgid);
+	if (!tv)
+		return 0;
+	e = events.ringbuf_reserve(sizeof(*e));
+	if (!e) {
+		count_lost(LOST_RINGBUF);
+		return 0;
+	}
+	fill_hdr(&e->h, EV_IOURING, tv->tag);
+	e->fd = ret;
+	e->flags = 0;
+	/* struct io_uring_params (uapi): sq_entries, cq_entries, flags */
+	bpf_probe_read_user(&e->flags, sizeof(e->flags), (void *)sys_arg(ctx, SYS_ARG1) + 8);
+	events.ringbuf_submit(e, rb_flags());
+	return 0;
+}

@@ -78,6 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_socket(p)
     p.add_argument("--json", action="store_true")
     p.add_argument("--all-files", action="store_true", help="text: list library/system files too")
+    p.add_argument("--attempts", action="store_true",
+                   help="text: list failed opens too (ENOENT, EACCES: what the run tried to reach)")
 
     p = sub.add_parser("lineage", help="what produced PATH (upstream) or was derived from it")
     p.add_argument("path", metavar="PATH")

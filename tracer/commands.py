@@ -325,6 +325,8 @@ def cmd_show(args: argparse.Namespace) -> int:
     print(f"  cwd:      {run['cwd']}")
     print(f"  started:  {run['started']}   ended: {run['ended']}   exit: {run['exit_code']}")
     print(f"  complete: {run['complete']}   lost events: {run['lost_events']}")
+    for what, n in sorted((run.get("gaps") or {}).items()):  # what was not or could not be traced
+        print(f"  gap:      {what}" + (f" (x{n})" if n > 1 else ""))
     print(f"processes ({len(doc['processes'])}):")
     for p in doc["processes"]:
         print(f"  {p['pid']:>7} <- {str(p['ppid']):>7}  exit={p['exit_code']}  {' '.join(p['argv'])[:100]}")
@@ -342,6 +344,7 @@ def cmd_show(args: argparse.Namespace) -> int:
         for n in doc["network"]:
             port = f":{n['port']}" if n["port"] is not None else ""
             print(f"  pid {n['pid']:>7}  {n['op']:7} {n['family']:5} {n['address']}{port}")
+    _show_attempts(doc.get("attempts", []), args.attempts)
     if doc["cells"]:
         print(f"cells ({len(doc['cells'])}):")
         for c in doc["cells"]:
@@ -351,6 +354,19 @@ def cmd_show(args: argparse.Namespace) -> int:
             for w in c["writes"]:
                 print(f"        wrote {w}")
     return 0
+
+
+def _show_attempts(attempts: list[dict], listed: bool) -> None:
+    """Failed opens: a count by default (they are not accesses), the list with --attempts."""
+    if not attempts:
+        return
+    if not listed:
+        print(f"attempts: {len(attempts)} failed opens (--attempts lists them)")
+        return
+    print(f"attempts ({len(attempts)} failed opens):")
+    for a in attempts:
+        cell = f"  cell {a['cell']}" if a["cell"] else ""
+        print(f"  {a['errno']:7} {a['access']:5} pid {a['pid']:>7}  {a['path']}{cell}")
 
 
 def cmd_lineage(args: argparse.Namespace) -> int:

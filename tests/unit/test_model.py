@@ -413,3 +413,33 @@ def test_exec_of_script_records_interpreter(t, tmp_path):
 def test_unknown_event_type_is_a_gap(t):
     t.tr.handle(E.Event(1, P, P, 1))
     assert t.tr.gaps == {"unknown_event": 1}
+
+
+# -- issue 13, reads: directory listings, failed opens, io_uring ---------------------
+
+
+def test_getdents_on_a_directory_fd_is_a_read_of_the_directory(t):
+    t.open(P, 3, "/data", ino=50, imode=DIR, flags=0o200000)
+    t.io(P, 3, ino=50, r=4096, imode=DIR)
+    t.exit(P)
+    [p] = t.done().by_pid(P)
+    assert p.files["/data"].access == {"read"} and p.files["/data"].bytes_read == 4096
+    assert p.files["/data"].directory
+
+
+def test_failed_opens_are_attempts_one_per_path_and_errno(t):
+    t.chdir(P, "/w")
+    for _ in range(3):
+        t.open(P, -2, "missing.csv", imode=0)
+    t.open(P, -13, "/w/secret", imode=0)
+    t.open(P, -2, "out/x.csv", flags=O_WRONLY | O_CREAT, imode=0)
+    t.exit(P)
+    [p] = t.done().by_pid(P)
+    assert p.files == {}, "an attempt is not an access"
+    got = sorted((a.path, a.errno, a.write) for a in p.attempts.values())
+    assert got == [("/w/missing.csv", 2, False), ("/w/out/x.csv", 2, True), ("/w/secret", 13, False)]
+
+
+def test_io_uring_setup_is_a_gap_naming_the_process(t):
+    t.tr.handle(E.IoUring(t._t(), P, P, 1, 5, 0))  # P unseen: seeded, with its own gap
+    assert t.tr.gaps.get(f"io_uring used by pid {P}: its file I/O was not traced") == 1

@@ -88,7 +88,7 @@ def test_load_run_shape(store, db):
     doc = load_run(store, rid)
     assert doc["schema"] == SCHEMA == "provtrace.run/1"
     assert set(doc) == {"schema", "run", "processes", "files", "renames", "network", "pipes",
-                        "cells", "context"}
+                        "cells", "attempts", "context"}
     run = doc["run"]
     assert run["id"] == RUN_ID and run["kind"] == "command" and run["exit_code"] == 0
     assert run["complete"] is True and run["gaps"] == {}
@@ -420,3 +420,26 @@ def test_recovery_closes_only_runs_whose_writer_is_gone(store, db):
     store.end_run(dead["rid"], _end())  # a writer that comes back late: one run, one end
     assert store.verify() == 4
     store.end_run(mine, _end())
+
+
+def test_failed_opens_round_trip_as_attempts(store):
+    """Failed opens (Open with fd = -errno) leave as `attempts`, never as files."""
+    rid = store.new_run(RUN_ID, _header())
+    tracker = Tracker(RunWriter(store, rid, Clock(offset_ns=0)), CREATED)
+    for ev in (E.Exec(1_000_000_000, P, P, 1, P, 1000, "/nonexistent/bin/python3"),
+               E.Chdir(1_100_000_000, P, P, 1, AT_FDCWD, "/home/u"),
+               E.Open(1_200_000_000, P, P, 1, -2, AT_FDCWD, 0, 0, 0, 0, 0, "data/2024.csv"),
+               E.Open(1_300_000_000, P, P, 1, -2, AT_FDCWD, 0, 0, 0, 0, 0, "data/2024.csv"),
+               E.Open(1_400_000_000, P, P, 1, -13, AT_FDCWD, 0o101, 0, 0, 0, 0, CAFE),
+               E.Exit(1_500_000_000, P, P, 1, 0, 3)):
+        tracker.handle(ev)
+    tracker.finish_all(2_000_000_000)
+    store.end_run(rid, _end())
+    doc = load_run(store, rid)
+    assert doc["files"] == [] or all(f["access"] == ["exec"] for f in doc["files"])
+    got = [(a["path"], a.get("path_b64"), a["pid"], a["errno"], a["access"], a["cell"]) for a in doc["attempts"]]
+    assert got == [("/home/u/data/2024.csv", None, P, "ENOENT", "read", None),
+                   ("/home/u/caf\\xe9.csv", base64.b64encode(os.fsencode(CAFE)).decode(), P, "EACCES", "write",
+                    None)]
+    assert doc["attempts"][0]["exe"] == "/nonexistent/bin/python3"
+    assert doc["attempts"][0]["time"].endswith("Z")

@@ -179,9 +179,19 @@ def _net() -> Decode:
     return dec
 
 
+def _iouring() -> Decode:
+    unpack, _ = _layout(L.IouringEvent)
+
+    def dec(buf):
+        _, pid, tid, tag, ts, fd, flags = unpack(buf)
+        return E.IoUring(ts, pid, tid, tag, fd, flags)
+    return dec
+
+
 _MAKERS = {L.EV_FORK: _fork, L.EV_EXEC: _exec, L.EV_EXEC_ARGV: _argv, L.EV_EXIT: _exit,
            L.EV_OPEN: _open, L.EV_FDIO: _fdio, L.EV_FDOP: _fdop, L.EV_CHDIR: _chdir,
-           L.EV_RENAME: _rename, L.EV_UNLINK: _unlink, L.EV_TRUNCATE: _truncate, L.EV_NET: _net}
+           L.EV_RENAME: _rename, L.EV_UNLINK: _unlink, L.EV_TRUNCATE: _truncate, L.EV_NET: _net,
+           L.EV_IOURING: _iouring}
 
 
 class Decoder:

@@ -136,9 +136,12 @@ def exit_has_group_dead(roots: tuple[str, ...] = TRACEFS_ROOTS) -> bool:
     return "group_dead" in (tracepoint_fields("sched", "sched_process_exit", roots) or set())
 
 
-def cflags(offsets: dict[str, int], ringbuf_pages: int) -> list[str]:
+def cflags(offsets: dict[str, int], ringbuf_pages: int,
+           off: frozenset[str] = frozenset()) -> list[str]:
     flags = [f"-I{probes_dir()}", f"-DRINGBUF_PAGES={ringbuf_pages}",
              f"-DPT_NR_SLOTS={syscalls.PROG_ARRAY_SIZE}"]
+    if "failed-opens" in off:  # syscalls.OPTIONAL: compiled out of files.bpf.c
+        flags.append("-DPT_NO_FAILED_OPENS=1")
     group_dead_arg = exit_has_group_dead()
     if group_dead_arg:
         flags.append("-DPT_EXIT_GROUP_DEAD_ARG=1")
@@ -168,10 +171,13 @@ class EbpfCapture:
                 "--system-site-packages from /usr/bin/python3 (setup.sh does both)") from e
         features.require()  # names a missing ring buffer, tracepoint or BTF field
         offsets = btf.kernel_offsets()
+        # recordings PROVTRACE_CAPTURE_OFF switches off (syscalls.OPTIONAL)
+        self.switched_off = syscalls.switched_off()
         vlog: list[str] = []
         try:
             with _verifier_log(vlog):
-                self._bpf = BPF(text=program_text().encode(), cflags=cflags(offsets, ringbuf_pages))
+                self._bpf = BPF(text=program_text().encode(),
+                                cflags=cflags(offsets, ringbuf_pages, self.switched_off))
         except Exception as e:  # bcc raises bare Exception on compile/load failure
             raise ProbeLoadError(f"bcc could not compile or load the probes: {_with_verdict(e, vlog[0])}; "
                                  "run 'provtrace doctor'") from e
@@ -259,7 +265,7 @@ class EbpfCapture:
         if unlisted:  # a program written but never dispatched would silently never run
             raise ProbeLoadError(f"syscall programs missing from syscalls.py: {', '.join(unlisted)}")
         slots = self._bpf[_DISPATCH_TABLE]
-        for prog, nr in syscalls.slots(syscalls.EXIT_PROGRAMS):
+        for prog, nr in syscalls.slots(syscalls.EXIT_PROGRAMS, syscalls.off_syscalls(self.switched_off)):
             vlog: list[str] = []
             try:
                 with _verifier_log(vlog):

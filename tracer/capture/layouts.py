@@ -19,6 +19,7 @@ PT_FLUSH_FDS = 64
 
 EV_FORK, EV_EXEC, EV_EXEC_ARGV, EV_EXIT, EV_OPEN, EV_FDIO = 1, 2, 3, 4, 5, 6
 EV_FDOP, EV_CHDIR, EV_RENAME, EV_UNLINK, EV_TRUNCATE, EV_NET = 7, 8, 9, 10, 11, 12
+EV_IOURING = 21  # issue 13, reads (EV_OPEN with fd < 0 is a failed open)
 
 FLUSH_CLOSE, FLUSH_REPLACED, FLUSH_EXIT, FLUSH_EXEC, FLUSH_SWEEP = 1, 2, 3, 4, 5
 FDOP_DUP, FDOP_SETFD, FDOP_CLOSE_RANGE, FDOP_CLOEXEC_RANGE = 1, 2, 3, 4
@@ -101,6 +102,10 @@ class NetEvent(C.Structure):
                 ("addr_len", C.c_uint32), ("addr", C.c_uint8 * PT_SOCKADDR_MAX)]
 
 
+class IouringEvent(C.Structure):
+    _fields_ = [("h", EventHdr), ("fd", C.c_int32), ("flags", C.c_uint32)]
+
+
 # C struct name in events.h -> ctypes mirror (checked by the layout test).
 C_STRUCTS: dict[str, type[C.Structure]] = {
     "event_hdr": EventHdr, "fork_event": ForkEvent, "exec_event": ExecEvent,
@@ -108,6 +113,7 @@ C_STRUCTS: dict[str, type[C.Structure]] = {
     "fdio_event": FdioEvent, "fdop_event": FdopEvent, "chdir_event": ChdirEvent,
     "rename_event": RenameEvent, "unlink_event": UnlinkEvent,
     "truncate_event": TruncateEvent, "net_event": NetEvent,
+    "iouring_event": IouringEvent,
 }
 
 _CODES = {C.c_uint32: "I", C.c_int32: "i", C.c_uint64: "Q", C.c_int64: "q"}

@@ -8,7 +8,8 @@ with reads and writes aggregated per (process, fd) in userspace as the kernel
 side does (fdagg.py), so a run looks the same whichever backend made it.
 
 Speed: a seccomp-bpf filter installed in the child just before exec makes
-only the syscalls of ptrace_syscalls.TRACED stop (and mmap only for files),
+only the syscalls of ptrace_syscalls.TRACED (less those PROVTRACE_CAPTURE_OFF
+switches off) stop (and mmap only for files),
 as `strace --seccomp-bpf` does; without it (seccomp refused) every syscall
 stops twice. Filters are inherited and cannot be removed, which is why a run
 follows every descendant to its end instead of detaching: a detached process
@@ -40,8 +41,9 @@ from . import layouts as L
 from . import ptrace_kernel as K
 from .decode import argv_from_region
 from .fdagg import FdAggregator
-from .ptrace_syscalls import (CREATED_BIT, EXECS, FIOCLEX, FIONCLEX, IOCTL, MAP_ANONYMOUS, MMAP, TRACED,
-                              Pending, SyscallFolder)
+from . import syscalls
+from .ptrace_syscalls import (CREATED_BIT, EXECS, FIOCLEX, FIONCLEX, IOCTL, MAP_ANONYMOUS, MMAP,
+                              Pending, SyscallFolder, traced_syscalls)
 
 log = logging.getLogger(__name__)
 
@@ -110,11 +112,12 @@ class PtraceCapture:
         self._emit, self._tag, self._tick = emit, tag, tick or (lambda: None)
         self._info, self._mem = K.SyscallInfo(), K.Memory()
         self._agg = FdAggregator(emit, tag)
-        self._calls = SyscallFolder(emit, self._agg, self._mem, tag, self.gaps)
+        off = syscalls.switched_off()  # PROVTRACE_CAPTURE_OFF
+        self._calls = SyscallFolder(emit, self._agg, self._mem, tag, self.gaps, off)
         self._tasks: dict[int, _Task] = {}
         self._early: dict[int, int] = {}  # tid -> status reported before its parent's fork event
         self._root_status: int | None = None
-        prog = (K.seccomp_program(TRACED, MMAP, MAP_ANONYMOUS, IOCTL, (FIOCLEX, FIONCLEX))
+        prog = (K.seccomp_program(traced_syscalls(off), MMAP, MAP_ANONYMOUS, IOCTL, (FIOCLEX, FIONCLEX))
                 if self.use_seccomp else None)
         pid, go_w, err_r, self._mode_r = _spawn(exe, argv, env, cwd, prog)
         try:

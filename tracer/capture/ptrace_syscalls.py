@@ -19,6 +19,7 @@ from . import layouts as L
 from .fdagg import FdAggregator, fd_identity
 from .ptrace_kernel import Memory
 from .syscalls import NR_X86_64 as _NR
+from .syscalls import off_syscalls
 
 # x86_64 syscall numbers: the one table the probes' dispatch uses too (syscalls.py)
 (READ, WRITE, OPEN, CLOSE, MMAP, PREAD64, PWRITE64, READV, WRITEV, DUP, DUP2, SENDFILE,
@@ -35,7 +36,9 @@ from .syscalls import NR_X86_64 as _NR
         "close_range", "openat2", "ioctl",
     ))
 
-READS = frozenset({READ, READV, PREAD64, PREADV, PREADV2, RECVFROM, RECVMSG})
+# issue 13, reads: directory listings (counted as reads of the directory) and io_uring
+GETDENTS, GETDENTS64, IO_URING_SETUP = _NR["getdents"], _NR["getdents64"], _NR["io_uring_setup"]
+READS = frozenset({READ, READV, PREAD64, PREADV, PREADV2, RECVFROM, RECVMSG, GETDENTS, GETDENTS64})
 WRITES = frozenset({WRITE, WRITEV, PWRITE64, PWRITEV, PWRITEV2, SENDTO, SENDMSG})
 COPIES = frozenset({SENDFILE, COPY_FILE_RANGE, SPLICE})
 OPENS = frozenset({OPEN, OPENAT, OPENAT2, CREAT})
@@ -44,7 +47,14 @@ PATH_CALLS = frozenset({CHDIR, FCHDIR, RENAME, RENAMEAT, RENAMEAT2, UNLINK, UNLI
 NET_CALLS = frozenset({CONNECT, BIND, ACCEPT, ACCEPT4})
 FD_CALLS = frozenset({CLOSE, CLOSE_RANGE, DUP, DUP2, DUP3, FCNTL, MMAP, IOCTL})
 EXECS = frozenset({EXECVE, EXECVEAT})
-TRACED = READS | WRITES | COPIES | OPENS | PATH_CALLS | NET_CALLS | FD_CALLS | EXECS
+TRACED = READS | WRITES | COPIES | OPENS | PATH_CALLS | NET_CALLS | FD_CALLS | EXECS | {IO_URING_SETUP}
+# Failed opens recorded as attempted accesses (the probes' open_failed)
+FAILED_OPEN_ERRNOS = frozenset({errno.ENOENT, errno.EACCES})
+
+
+def traced_syscalls(off: frozenset[str]) -> frozenset[int]:
+    """TRACED less the syscalls of recordings switched off (syscalls.OPTIONAL)."""
+    return TRACED - {_NR[name] for name in off_syscalls(off)}
 
 AT_FDCWD, AT_EMPTY_PATH, AT_REMOVEDIR = -100, 0x1000, 0x200
 O_CREAT, O_EXCL, O_CLOEXEC = 0o100, 0o200, 0o2000000
@@ -81,8 +91,9 @@ class SyscallFolder:
     """Turns one tracee syscall (entry, then exit) into provtrace events."""
 
     def __init__(self, emit: Callable[[E.Event], None], agg: FdAggregator, mem: Memory,
-                 tag: int, gaps: dict[str, int]) -> None:
+                 tag: int, gaps: dict[str, int], off: frozenset[str] = frozenset()) -> None:
         self.emit = emit
+        self.failed_opens = "failed-opens" not in off  # syscalls.OPTIONAL
         self.agg = agg
         self.mem = mem
         self.tag = tag
@@ -94,9 +105,12 @@ class SyscallFolder:
                         ((MMAP,), self._mmap), ((IOCTL,), self._ioctl), ((CHDIR, FCHDIR), self._chdir),
                         ((RENAME, RENAMEAT, RENAMEAT2), self._rename),
                         ((UNLINK, UNLINKAT, RMDIR), self._unlink),
-                        ((TRUNCATE, FTRUNCATE), self._truncate), (NET_CALLS, self._net)):
+                        ((TRUNCATE, FTRUNCATE), self._truncate), (NET_CALLS, self._net),
+                        ((IO_URING_SETUP,), self._io_uring)):
             for nr in nrs:
                 self._exits[nr] = fn
+        for nr in TRACED - traced_syscalls(off):  # switched off: not followed at all
+            self._exits.pop(nr, None)
 
     def gap(self, what: str) -> None:
         self.gaps[what] = self.gaps.get(what, 0) + 1
@@ -180,6 +194,7 @@ class SyscallFolder:
 
     def _open(self, tid, tgid, pend, ret, ts):
         if ret < 0:
+            self._open_failed(tid, tgid, pend, ret, ts)
             return
         dirfd, path_at, flags = self._open_args(tid, pend.nr, pend.args)
         path = pend.path if pend.path is not None else self.mem.cstr(tid, path_at)
@@ -195,6 +210,22 @@ class SyscallFolder:
         fmode = CREATED_BIT if pend.created else 0
         self.emit(E.Open(ts, tgid, tid, self.tag, ret, dirfd, flags, fmode, ino, dev, imode,
                          os.fsdecode(path)))
+
+    def _open_failed(self, tid, tgid, pend, ret, ts):
+        """ENOENT or EACCES: an attempted access, as an Open with fd = -errno.
+        Not de-duplicated here: the Tracker keeps one per (path, errno, cell)."""
+        if not self.failed_opens or -ret not in FAILED_OPEN_ERRNOS:
+            return
+        dirfd, path_at, flags = self._open_args(tid, pend.nr, pend.args)
+        path = pend.path if pend.path is not None else self.mem.cstr(tid, path_at)
+        if path is None:
+            self.gap("ptrace_unreadable_path")
+            return
+        self.emit(E.Open(ts, tgid, tid, self.tag, ret, dirfd, flags, 0, 0, 0, 0, os.fsdecode(path)))
+
+    def _io_uring(self, tid, tgid, pend, ret, ts):
+        if ret >= 0:  # io_uring_params (uapi): sq_entries, cq_entries, flags
+            self.emit(E.IoUring(ts, tgid, tid, self.tag, ret, self.mem.u32(tid, pend.args[1] + 8) or 0))
 
     def _dup(self, tid, tgid, pend, ret, ts):
         if ret >= 0:

@@ -16,6 +16,12 @@ them under the `compat_syscalls` lost reason.
 
 from __future__ import annotations
 
+import logging
+import os
+from collections.abc import Mapping
+
+log = logging.getLogger(__name__)
+
 ARCH = "x86_64"
 
 # Every array slot above the highest number is empty: a tail call there falls
@@ -33,6 +39,8 @@ NR_X86_64: dict[str, int] = {
     "dup3": 292, "preadv": 295, "pwritev": 296, "renameat2": 316, "execveat": 322,
     "copy_file_range": 326, "preadv2": 327, "pwritev2": 328,
     "close_range": 436, "openat2": 437,
+    # issue 13, reads: directory listings and io_uring
+    "getdents": 78, "getdents64": 217, "io_uring_setup": 425,
 }
 
 # Counted by the dispatcher itself, without a tail call: the most frequent
@@ -50,7 +58,8 @@ EXIT_PROGRAMS: dict[str, tuple[str, ...]] = {
     "sysexit_openat": ("openat",),
     "sysexit_creat": ("creat",),
     "sysexit_openat2": ("openat2",),
-    "sysexit_read": ("readv", "pread64", "preadv", "preadv2", "recvfrom", "recvmsg"),
+    "sysexit_read": ("readv", "pread64", "preadv", "preadv2", "recvfrom", "recvmsg",
+                     "getdents", "getdents64"),
     "sysexit_write": ("writev", "pwrite64", "pwritev", "pwritev2", "sendto", "sendmsg"),
     "sysexit_sendfile": ("sendfile",),
     "sysexit_copy": ("copy_file_range", "splice"),
@@ -74,9 +83,37 @@ EXIT_PROGRAMS: dict[str, tuple[str, ...]] = {
     "sysexit_connect": ("connect",),
     "sysexit_bind": ("bind",),
     "sysexit_accept": ("accept", "accept4"),
+    "sysexit_io_uring_setup": ("io_uring_setup",),
+}
+
+# Recording that can be switched off, for measuring what it costs against
+# before in one bench run (docs/benchmarks.md): PROVTRACE_CAPTURE_OFF is a
+# comma-separated list of these names. Both backends honour it.
+CAPTURE_OFF_ENV = "PROVTRACE_CAPTURE_OFF"
+OPTIONAL: dict[str, tuple[str, ...]] = {
+    "dir-reads": ("getdents", "getdents64"),  # these syscalls are not followed
+    "failed-opens": (),  # opens that fail are not recorded (the open syscalls still are)
 }
 
 
-def slots(programs: dict[str, tuple[str, ...]]) -> list[tuple[str, int]]:
-    """(program, syscall number) pairs to write into a prog array."""
-    return [(prog, NR_X86_64[name]) for prog, names in programs.items() for name in names]
+def switched_off(env: Mapping[str, str] | None = None) -> frozenset[str]:
+    """The OPTIONAL recordings that PROVTRACE_CAPTURE_OFF switches off; unknown names are ignored."""
+    raw = (os.environ if env is None else env).get(CAPTURE_OFF_ENV, "")
+    names = {n.strip() for n in raw.split(",") if n.strip()}
+    unknown = names - OPTIONAL.keys()
+    if unknown:
+        log.warning("%s: ignoring unknown %s (known: %s)", CAPTURE_OFF_ENV,
+                    ", ".join(sorted(unknown)), ", ".join(OPTIONAL))
+    return frozenset(names & OPTIONAL.keys())
+
+
+def off_syscalls(off: frozenset[str]) -> frozenset[str]:
+    """Syscall names not followed when the recordings in `off` are switched off."""
+    return frozenset(name for what in off for name in OPTIONAL[what])
+
+
+def slots(programs: dict[str, tuple[str, ...]],
+          skip: frozenset[str] = frozenset()) -> list[tuple[str, int]]:
+    """(program, syscall number) pairs to write into a prog array, `skip`ped names left out."""
+    return [(prog, NR_X86_64[name]) for prog, names in programs.items() for name in names
+            if name not in skip]

@@ -48,7 +48,7 @@ class Exit(Event):
 
 @dataclass(frozen=True, slots=True)
 class Open(Event):
-    fd: int
+    fd: int  # < 0: the open failed with errno -fd (ENOENT, EACCES): an attempted access
     dirfd: int
     flags: int
     fmode: int
@@ -117,3 +117,11 @@ class Net(Event):
     fd: int
     ret: int
     addr: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class IoUring(Event):
+    """The process set up an io_uring: what it submits there is not traced."""
+
+    fd: int
+    flags: int

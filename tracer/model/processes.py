@@ -26,7 +26,7 @@ from .paths import resolve
 log = logging.getLogger(__name__)
 
 AT_FDCWD = -100
-O_ACCMODE, O_RDONLY, O_TRUNC, O_CLOEXEC = 0o3, 0o0, 0o1000, 0o2000000
+O_ACCMODE, O_RDONLY, O_CREAT, O_TRUNC, O_CLOEXEC = 0o3, 0o0, 0o100, 0o1000, 0o2000000
 AT_REMOVEDIR = 0x200
 PROT_WRITE, PROT_EXEC = 0x2, 0x4
 AF_UNIX, AF_INET, AF_INET6 = 1, 2, 10
@@ -55,6 +55,20 @@ class FileAccess:
     exe: str | None = None
     cell: str | None = None
     mapped_exec: bool = False
+    directory: bool = False  # a directory, read by listing it (getdents)
+
+
+@dataclass(slots=True)
+class Attempt:
+    """An open that failed with ENOENT or EACCES: what a process tried to reach.
+    Not an access: it stays out of `files` and lineage (provtrace show --attempts)."""
+
+    path: str
+    errno: int
+    write: bool  # asked for writing or creating
+    first_ns: int
+    exe: str | None
+    cell: str | None
 
 
 @dataclass(slots=True)
@@ -76,6 +90,7 @@ class Proc:
     pending_argv: tuple[str, ...] | None = None
     seeded_from_proc: bool = False
     privileged: bool = False  # exec'd a program that gained privileges: not followed after
+    attempts: dict[tuple[str, int, str | None], Attempt] = field(default_factory=dict)
 
     @property
     def exit_code(self) -> int | None:
@@ -182,7 +197,7 @@ class Tracker:
             E.Fork: self._fork, E.Exec: self._exec, E.Argv: self._argv, E.Exit: self._exit,
             E.Open: self._open, E.FdIO: self._fdio, E.FdOp: self._fdop, E.Chdir: self._chdir,
             E.Rename: self._rename, E.Unlink: self._unlink, E.Truncate: self._truncate,
-            E.Net: self._net,
+            E.Net: self._net, E.IoUring: self._iouring,
         }
 
     # -- entry points -----------------------------------------------------------
@@ -378,6 +393,9 @@ class Tracker:
 
     def _open(self, ev: E.Open) -> None:
         p = self.live.get(ev.pid) or self._proc(ev.pid, ev.tid, ev.ts_ns, ev.tag)
+        if ev.fd < 0:
+            self._attempt(p, ev)
+            return
         path = self._resolve_at(p, ev.dirfd, ev.path)
         kind = _KIND_OF_FMT.get(ev.imode & _S_IFMT) or _kind_of_mode(ev.imode)
         flags = ev.flags
@@ -389,6 +407,22 @@ class Tracker:
             fa.access.add("create")
         elif flags & O_TRUNC and flags & O_ACCMODE != O_RDONLY and kind == "file":
             fa.access.add("truncate")
+
+    def _attempt(self, p: Proc, ev: E.Open) -> None:
+        """A failed open (fd = -errno): one Attempt per (path, errno, cell) of the process."""
+        path = self._resolve_at(p, ev.dirfd, ev.path)
+        if path is None:
+            return
+        cell = p.cell if self._own_cells else self.cells.action_cell(p, ev.tid, ev.ts_ns)
+        key = (path, -ev.fd, cell)
+        if key not in p.attempts:
+            write = ev.flags & O_ACCMODE != O_RDONLY or bool(ev.flags & (O_CREAT | O_TRUNC))
+            p.attempts[key] = Attempt(path, -ev.fd, write, ev.ts_ns, p.exe, cell)
+
+    def _iouring(self, ev: E.IoUring) -> None:
+        """An io_uring: its file I/O is invisible to both backends, so the run says so."""
+        p = self._proc(ev.pid, ev.tid, ev.ts_ns, ev.tag)
+        self._gap(f"io_uring used by pid {p.pid}: its file I/O was not traced")
 
     def _fdio(self, ev: E.FdIO) -> None:
         p = self.live.get(ev.pid) or self._exited_by_pid.get(ev.pid)
@@ -411,13 +445,14 @@ class Tracker:
                 w.add(p.pid)
             if ev.nreads:
                 r.add(p.pid)
-        elif entry.path is not None and entry.kind in ("file", "device"):
+        elif entry.path is not None and entry.kind in ("file", "device", "dir"):  # dir: getdents
             fa = self._access(p, entry.path, ev, ev.first_ts_ns or ev.ts_ns)
             if ev.ts_ns > fa.last_ns:
                 fa.last_ns = ev.ts_ns
             if ev.nreads:
                 fa.access.add("read")
                 fa.bytes_read += ev.bytes_read
+                fa.directory = entry.kind == "dir"
             if ev.nwrites:
                 fa.access.add("write")
                 fa.bytes_written += ev.bytes_written

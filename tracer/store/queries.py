@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 from collections import defaultdict
 
@@ -59,6 +60,7 @@ def load_run(store: S.Store, rid: int, config=None) -> dict:
     header: dict = {}
     end: dict | None = None
     processes, files, renames, network, pipes, cells, gaps = [], [], [], [], [], [], []
+    attempts: list[dict] = []
     context: dict = {}
     cell_contexts: dict[str | None, dict] = {}
     fingerprints: dict[tuple[str, str | None], dict] = {}
@@ -72,14 +74,15 @@ def load_run(store: S.Store, rid: int, config=None) -> dict:
             end = b
         elif kind == S.PROCESS:
             processes.append(_process(b))
+            attempts.extend(_attempts(b, base))
         elif kind == S.FILE:
-            pid, bits, br, bw, first, last, cell, code = b
+            pid, bits, br, bw, first, last, cell, code, *directory = b
             first, last = _abs(base, first), _abs(base, last)
             files.append({**to_json(p1), "pid": pid, "exe": _text(p2), "access": access_of(bits),
                           "bytes_read": br, "bytes_written": bw, "kind": KIND_NAMES.get(code, code),
                           "cell": cell,
                           "first": iso(first), "last": iso(last), "_first": first, "_last": last,
-                          "_path": p1})
+                          "_path": p1, **({"directory": True} if directory else {})})
         elif kind == S.RENAME:
             pid, t, cell = b
             t = _abs(base, t)
@@ -141,7 +144,7 @@ def load_run(store: S.Store, rid: int, config=None) -> dict:
         r.update({"from": to_json(r["from"])["path"], "to": to_json(r["to"])["path"]})
     return {"schema": SCHEMA, "run": run, "processes": processes, "files": files,
             "renames": renames, "network": network, "pipes": pipes, "cells": cells,
-            "context": context}
+            "attempts": attempts, "context": context}
 
 
 def _merge_fingerprints(files: list[dict], fps: dict[tuple[str, str | None], dict]) -> None:
@@ -202,6 +205,15 @@ def _process(b: dict) -> dict:
             **({"privileged": True} if b.get("privileged") else {})}
 
 
+def _attempts(b: dict, base: int) -> list[dict]:
+    """A process's failed opens (ENOENT, EACCES) as attempted accesses: the
+    path it tried, why it failed, and when first."""
+    return [{**to_json(path), "pid": b["pid"], "exe": _text(exe or b["exe"]),
+             "errno": errno.errorcode.get(err, str(err)), "access": "write" if write else "read",
+             "time": iso(_abs(base, t)), "cell": cell}
+            for path, err, write, t, cell, exe in b.get("attempts", ())]
+
+
 def _mark_temp(files: list[dict], renames: list[dict]) -> None:
     """A data file created and then removed (deleted or renamed away) in the run is temp."""
     created: dict[str, int] = {}
@@ -239,7 +251,7 @@ def _cell_io(cell: dict, files: list[dict], renames: list[dict], processes: list
     cid = cell.get("id")
     reads, writes = set(), set()
     for f in files:
-        if f["cell"] != cid:
+        if f["cell"] != cid or f.get("directory"):  # a listed directory is in lineage, not here
             continue
         kind_ok = f["kind"] in (DATA, TEMP)
         if not kind_ok:

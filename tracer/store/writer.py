@@ -20,6 +20,7 @@ ACCESS_BITS = {"read": 1, "write": 2, "create": 4, "truncate": 8, "delete": 16, 
 ACCESS_ORDER = ("read", "write", "create", "truncate", "delete", "exec", "map")
 
 # BODY_FILE:   [pid, access_bits, bytes_read, bytes_written, first, last, cell, kind_code]
+#              and a 9th element, 1, when the path is a directory (read by listing it)
 # BODY_RENAME: [pid, time, cell]               (p1 = to, p2 = from)
 # BODY_NET:    [pid, op, family, address, port, time, cell]
 # Times in these bodies are microseconds since the run's start_us (in its
@@ -28,6 +29,8 @@ _WRITE_BITS = ACCESS_BITS["write"] | ACCESS_BITS["create"] | ACCESS_BITS["trunca
 KIND_CODES = {"data": "d", "library": "l", "system": "s", "temp": "t"}
 KIND_NAMES = {v: k for k, v in KIND_CODES.items()}
 # BODY_PIPE:   [ino, writer_pids, reader_pids]
+# BODY_ATTEMPT (in a process body's "attempts"): [path, errno, write, time, cell, exe or
+#              None when it is the process's exe]
 
 
 def stdio_files(pid: int | str = "self") -> frozenset[str]:
@@ -97,6 +100,10 @@ class RunWriter(Sink):
             body["seeded_from_proc"] = True
         if p.privileged:
             body["privileged"] = True
+        if p.attempts:  # BODY_ATTEMPT each (failed opens; issue 13)
+            body["attempts"] = [[a.path, a.errno, int(a.write), self.rel(a.first_ns), a.cell,
+                                 None if a.exe == p.exe else a.exe]
+                                for a in p.attempts.values()]
         self.store.append(self.rid, S.PROCESS, body)
         self.processes += 1
         self.store.append_many(self.rid, S.FILE, [self._file_record(p.pid, fa) for fa in p.files.values()])
@@ -111,6 +118,8 @@ class RunWriter(Sink):
         body = [pid, bits_of(access), fa.bytes_read, fa.bytes_written,
                 (fa.first_ns + off) // 1000 - base, (fa.last_ns + off) // 1000 - base, fa.cell,
                 KIND_CODES[SYSTEM if path in self.stdio else classify(path, mapped_exec=fa.mapped_exec)]]
+        if fa.directory:
+            body.append(1)
         self._note(self.touched, self.mapped, self.execd, path, access)
         if body[1] & _WRITE_BITS and fa.last_ns > self.written.get(path, -1):
             self.written[path] = fa.last_ns
