@@ -35,12 +35,17 @@ from .syscalls import NR_X86_64 as _NR
         "close_range", "openat2", "ioctl",
     ))
 
+# links and directories
+LINK, LINKAT, SYMLINK, SYMLINKAT, MKDIR, MKDIRAT = (
+    _NR[name] for name in ("link", "linkat", "symlink", "symlinkat", "mkdir", "mkdirat"))
+LINK_CALLS = frozenset({LINK, LINKAT, SYMLINK, SYMLINKAT, MKDIR, MKDIRAT})
+
 READS = frozenset({READ, READV, PREAD64, PREADV, PREADV2, RECVFROM, RECVMSG})
 WRITES = frozenset({WRITE, WRITEV, PWRITE64, PWRITEV, PWRITEV2, SENDTO, SENDMSG})
 COPIES = frozenset({SENDFILE, COPY_FILE_RANGE, SPLICE})
 OPENS = frozenset({OPEN, OPENAT, OPENAT2, CREAT})
 PATH_CALLS = frozenset({CHDIR, FCHDIR, RENAME, RENAMEAT, RENAMEAT2, UNLINK, UNLINKAT, RMDIR,
-                        TRUNCATE, FTRUNCATE})
+                        TRUNCATE, FTRUNCATE}) | LINK_CALLS
 NET_CALLS = frozenset({CONNECT, BIND, ACCEPT, ACCEPT4})
 FD_CALLS = frozenset({CLOSE, CLOSE_RANGE, DUP, DUP2, DUP3, FCNTL, MMAP, IOCTL})
 EXECS = frozenset({EXECVE, EXECVEAT})
@@ -53,7 +58,8 @@ F_DUPFD, F_SETFD, F_DUPFD_CLOEXEC = 0, 2, 1030
 FIONCLEX, FIOCLEX = 0x5450, 0x5451  # ioctl twins of F_SETFD (CPython's set_inheritable uses them)
 CLOSE_RANGE_CLOEXEC = 1 << 2
 EINPROGRESS = 115
-S_IFMT, S_IFDIR = 0o170000, 0o040000
+S_IFMT, S_IFDIR, S_IFREG = 0o170000, 0o040000, 0o100000
+O_TMPFILE = 0o20000000  # __O_TMPFILE
 # Not a kernel bit: the ptrace backend cannot read f_mode, so it decides
 # "created" itself and says so with this bit (the Tracker's created_mask).
 CREATED_BIT = 1 << 20
@@ -94,7 +100,9 @@ class SyscallFolder:
                         ((MMAP,), self._mmap), ((IOCTL,), self._ioctl), ((CHDIR, FCHDIR), self._chdir),
                         ((RENAME, RENAMEAT, RENAMEAT2), self._rename),
                         ((UNLINK, UNLINKAT, RMDIR), self._unlink),
-                        ((TRUNCATE, FTRUNCATE), self._truncate), (NET_CALLS, self._net)):
+                        ((TRUNCATE, FTRUNCATE), self._truncate), (NET_CALLS, self._net),
+                        ((LINK, LINKAT, SYMLINK, SYMLINKAT), self._link),
+                        ((MKDIR, MKDIRAT), self._mkdir)):
             for nr in nrs:
                 self._exits[nr] = fn
 
@@ -193,6 +201,8 @@ class SyscallFolder:
         if pend.created is None and flags & O_CREAT:
             self.gap("ptrace_create_unknown")
         fmode = CREATED_BIT if pend.created else 0
+        if imode & S_IFMT == S_IFREG and not flags & O_TMPFILE:
+            self._resolve_open(tid, tgid, ret, path, ts)
         self.emit(E.Open(ts, tgid, tid, self.tag, ret, dirfd, flags, fmode, ino, dev, imode,
                          os.fsdecode(path)))
 
@@ -285,6 +295,48 @@ class SyscallFolder:
             n = (self.mem.u32(tid, n) or 0) if n else 0
         addr = self.mem.read(tid, addr_at, min(n & 0xFFFFFFFF, L.PT_SOCKADDR_MAX)) if addr_at else b""
         self.emit(E.Net(ts, tgid, tid, self.tag, op, fd, ret, addr))
+
+    def _link(self, tid, tgid, pend, ret, ts):
+        if ret != 0:
+            return
+        a = pend.args
+        op = L.LINK_SYMBOLIC if pend.nr in (SYMLINK, SYMLINKAT) else L.LINK_HARD
+        odfd, old_at, ndfd, new_at, flags = {
+            LINK: (AT_FDCWD, a[0], AT_FDCWD, a[1], 0),
+            SYMLINK: (AT_FDCWD, a[0], AT_FDCWD, a[1], 0),
+            LINKAT: (s32(a[0]), a[1], s32(a[2]), a[3], a[4] & 0xFFFFFFFF),
+            SYMLINKAT: (AT_FDCWD, a[0], s32(a[1]), a[2], 0),
+        }[pend.nr]
+        old, new = self.mem.cstr(tid, old_at), self.mem.cstr(tid, new_at)
+        if old is None or new is None:
+            self.gap("ptrace_unreadable_path")
+            return
+        self.emit(E.Link(ts, tgid, tid, self.tag, op, odfd, ndfd, flags, os.fsdecode(old), os.fsdecode(new)))
+
+    def _mkdir(self, tid, tgid, pend, ret, ts):
+        if ret != 0:
+            return
+        a = pend.args
+        dirfd, at, mode = (s32(a[0]), a[1], a[2]) if pend.nr == MKDIRAT else (AT_FDCWD, a[0], a[1])
+        path = self.mem.cstr(tid, at)
+        if path is None:
+            self.gap("ptrace_unreadable_path")
+            return
+        self.emit(E.Mkdir(ts, tgid, tid, self.tag, dirfd, mode & 0xFFFFFFFF, os.fsdecode(path)))
+
+    def _resolve_open(self, tid: int, tgid: int, fd: int, path: bytes, ts: int) -> None:
+        """The probes' EV_RESOLVED: when the file's own name is not the last
+        component of the path given, the path the kernel reached (its
+        /proc/TID/fd link), sent before the open."""
+        try:
+            reached = os.readlink(b"/proc/%d/fd/%d" % (tid, fd))
+        except OSError:
+            return
+        if os.path.basename(reached) == os.path.basename(path) or not reached.startswith(b"/"):
+            return
+        if reached.endswith(b" (deleted)"):
+            reached = reached[: -len(b" (deleted)")]
+        self.emit(E.Resolved(ts, tgid, tid, self.tag, fd, os.fsdecode(reached)))
 
 
 def _execveat_name(path: bytes | None, dirfd: int, flags: int) -> bytes | None:

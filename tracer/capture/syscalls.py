@@ -33,6 +33,8 @@ NR_X86_64: dict[str, int] = {
     "dup3": 292, "preadv": 295, "pwritev": 296, "renameat2": 316, "execveat": 322,
     "copy_file_range": 326, "preadv2": 327, "pwritev2": 328,
     "close_range": 436, "openat2": 437,
+    # links and directories
+    "mkdir": 83, "link": 86, "symlink": 88, "mkdirat": 258, "linkat": 265, "symlinkat": 266,
 }
 
 # Counted by the dispatcher itself, without a tail call: the most frequent
@@ -74,6 +76,13 @@ EXIT_PROGRAMS: dict[str, tuple[str, ...]] = {
     "sysexit_connect": ("connect",),
     "sysexit_bind": ("bind",),
     "sysexit_accept": ("accept", "accept4"),
+    # links and directories
+    "sysexit_link": ("link",),
+    "sysexit_linkat": ("linkat",),
+    "sysexit_symlink": ("symlink",),
+    "sysexit_symlinkat": ("symlinkat",),
+    "sysexit_mkdir": ("mkdir",),
+    "sysexit_mkdirat": ("mkdirat",),
 }
 
 
