@@ -387,14 +387,28 @@ class Tracker:
         exe = path
         if path:
             self._access(p, path, ev).access.add("exec")
-            interp = _shebang(path)
-            if interp:
-                exe = interp
-                self._access(p, interp, ev).access.add("exec")
+            exe = self._interpreters(p, path, ev)
         p.exe = exe
         for fa in p.files.values():
             fa.exe = fa.exe or exe
         p.fds = {fd: e for fd, e in p.fds.items() if not e.cloexec}
+
+    def _interpreters(self, p: Proc, path: str, ev: E.Exec) -> str:
+        """The binary that really runs for an exec of path: a #! script's
+        interpreter, itself maybe a script, as deep as the kernel follows
+        (each level recorded as exec'd)."""
+        seen = {path}
+        for _ in range(_INTERP_DEPTH):
+            interp = _shebang(path)
+            if interp is None:
+                break
+            nxt = self._resolve_at(p, AT_FDCWD, interp)
+            if nxt is None or nxt in seen:
+                break
+            seen.add(nxt)
+            path = nxt
+            self._access(p, path, ev).access.add("exec")
+        return path
 
     def _exit(self, ev: E.Exit) -> None:
         p = self.live.pop(ev.pid, None)
@@ -659,6 +673,11 @@ def _kind_of_mode(mode: int) -> str:
 def _kdev(st_dev: int) -> int:
     """Userspace dev_t -> the kernel's internal (major << 20 | minor) encoding."""
     return (os.major(st_dev) << 20) | os.minor(st_dev)
+
+
+# binfmt_script may run a script as another script's interpreter; exec gives
+# up with ELOOP past this many levels (fs/exec.c, search_binary_handler).
+_INTERP_DEPTH = 5
 
 
 def _shebang(path: str) -> str | None:
