@@ -317,6 +317,8 @@ def cmd_lineage(args: argparse.Namespace) -> int:
         except ValueError:
             raise UsageError(f"--at needs an ISO-8601 time (e.g. 2026-12-07T18:30:00Z), got {args.at!r}") from None
     path = os.path.abspath(from_user(args.path))
+    if os.path.islink(path):  # capture records reads through a symlink on the file it reached
+        path = os.path.realpath(path)
     opts = {"all_versions": args.all_versions, "kernel_state": not args.no_kernel_state}
     if args.socket:
         result = _remote_lineage(args.socket, path, direction, args.depth, at=args.at, **opts)

@@ -90,6 +90,7 @@ def test_reading_through_links_reaches_the_file(cap, work):
     assert "read" in accesses(doc, work / "hard")
     up = _lineage(work, work / "out")
     assert str(work / "a") in _file_paths(up), up
+    assert _lineage(work, work / "sym")["root"] == str(work / "a"), "a symlink's lineage is its file's"
     linked = [e for e in up["edges"] if e["rel"] == "linked"]
     assert linked and linked[0]["from"].startswith(f"file:{work}/a@"), up["edges"]
     # show --json carries the same: the link records and the via
