@@ -190,3 +190,16 @@ def test_path_at_path_max_through_a_symlink(cap, work):
     else:
         assert "read" in accesses(doc, target)
         assert entries(doc, target)[0]["via"] == [str(work / "s")]
+
+
+def test_a_path_too_deep_to_resolve_is_a_recorded_gap(cap, work):
+    # 80 components below the symlink's target: deeper than the probes walk (PT_RESOLVE_DEPTH)
+    deep = os.path.join(str(work), *(["d"] * 80))
+    os.makedirs(deep)
+    with open(os.path.join(deep, "f"), "w") as f:
+        f.write("deep\n")
+    os.symlink(os.path.join(deep, "f"), work / "s")
+    code, doc = trace(cap, ["cat", "s"], cwd=work)
+    assert code == 0
+    assert doc["run"]["gaps"].get("resolved_path_truncated") == 1
+    assert "read" in accesses(doc, work / "s"), "recorded under the name used"

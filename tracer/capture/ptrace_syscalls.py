@@ -336,7 +336,9 @@ class SyscallFolder:
             return
         if reached.endswith(b" (deleted)"):
             reached = reached[: -len(b" (deleted)")]
-        self.emit(E.Resolved(ts, tgid, tid, self.tag, fd, os.fsdecode(reached)))
+        # the probes walk at most PT_RESOLVE_DEPTH steps (mount crossings count too): deeper is cut
+        cut = reached.count(b"/") > L.PT_RESOLVE_DEPTH
+        self.emit(E.Resolved(ts, tgid, tid, self.tag, fd, None if cut else os.fsdecode(reached)))
 
 
 def _execveat_name(path: bytes | None, dirfd: int, flags: int) -> bytes | None:
