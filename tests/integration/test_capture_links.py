@@ -97,6 +97,8 @@ def test_reading_through_links_reaches_the_file(cap, work):
     shown = json.loads(pt("show", "last", "--db", _db(work), "--json", check=True).stdout)
     assert {x["op"] for x in shown["links"]} == {"symlink", "link"}
     assert any(f.get("via") == [str(work / "sym")] for f in shown["files"])
+    text = pt("show", "last", "--db", _db(work), check=True).stdout
+    assert f"{work}/a  (via {work}/sym)" in text and f"symlink {work}/sym -> {work}/a" in text
 
 
 def test_write_through_a_hard_link_is_a_new_version_of_the_other_name(cap, work):
