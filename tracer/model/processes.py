@@ -21,15 +21,14 @@ from typing import NamedTuple
 
 from ..capture import layouts as L
 from . import events as E
+from .links import O_TMPFILE, DirRec, LinkFolding, LinkRec
 from .paths import resolve
 
 log = logging.getLogger(__name__)
 
 AT_FDCWD = -100
 O_ACCMODE, O_RDONLY, O_TRUNC, O_CLOEXEC = 0o3, 0o0, 0o1000, 0o2000000
-O_TMPFILE = 0o20200000  # __O_TMPFILE | O_DIRECTORY: an unnamed file in a directory
 AT_REMOVEDIR = 0x200
-AT_EMPTY_PATH = 0x1000
 PROT_WRITE, PROT_EXEC = 0x2, 0x4
 AF_UNIX, AF_INET, AF_INET6 = 1, 2, 10
 _FD_GONE = (L.FLUSH_CLOSE, L.FLUSH_REPLACED)  # the fd no longer names what it named
@@ -123,30 +122,6 @@ class RenameRec:
 
 
 @dataclass(frozen=True, slots=True)
-class LinkRec:
-    """A new name for a file: op "link" (hard: the same file under dst) or
-    "symlink" (dst points at src; target is the text written). src is None
-    for an unnamed O_TMPFILE file linked into place."""
-
-    pid: int
-    op: str
-    src: str | None
-    dst: str
-    ts_ns: int
-    cell: str | None
-    target: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class DirRec:
-    pid: int
-    op: str  # "mkdir" | "rmdir"
-    path: str
-    ts_ns: int
-    cell: str | None
-
-
-@dataclass(frozen=True, slots=True)
 class NetRec:
     pid: int
     op: str
@@ -189,7 +164,7 @@ class CellPolicy:
 NO_CELLS = CellPolicy()
 
 
-class Tracker:
+class Tracker(LinkFolding):
     """Folds events into records. Not thread-safe: one consumer loop owns it."""
 
     def __init__(self, sink: Sink, created_mask: int, cells: CellPolicy = NO_CELLS) -> None:
@@ -207,14 +182,12 @@ class Tracker:
         self.pipes: dict[tuple[int, int], tuple[set[int], set[int]]] = {}
         self.bound: dict[tuple[int, int], str] = {}
         self.gaps: dict[str, int] = {}
-        # tid -> (fd, path) of an EV_RESOLVED waiting for its open
-        self._resolved: dict[int, tuple[int, str | None]] = {}
         self._handlers = {
             E.Fork: self._fork, E.Exec: self._exec, E.Argv: self._argv, E.Exit: self._exit,
             E.Open: self._open, E.FdIO: self._fdio, E.FdOp: self._fdop, E.Chdir: self._chdir,
             E.Rename: self._rename, E.Unlink: self._unlink, E.Truncate: self._truncate,
             E.Net: self._net,
-            E.Link: self._link, E.Mkdir: self._mkdir, E.Resolved: self._resolved_for,
+            **self._link_handlers(),
         }
 
     # -- entry points -----------------------------------------------------------
@@ -566,74 +539,6 @@ class Tracker:
             return
         self.sink.on_net(NetRec(p.pid, op, family, address, port, ev.ts_ns,
                                     self.cells.action_cell(p, ev.tid, ev.ts_ns)))
-
-
-    # -- links and directories ----------------------------------------------------------
-    def _resolved_for(self, ev: E.Resolved) -> None:
-        self._resolved[ev.tid] = (ev.fd, ev.path)
-
-    def _through_link(self, ev: E.Open, path: str | None) -> tuple[str | None, str | None]:
-        """(the path the open reached, the name it used) when an EV_RESOLVED for
-        this open came before it; else (path, None)."""
-        got = self._resolved.pop(ev.tid, None)
-        if got is None or got[0] != ev.fd:
-            return path, None
-        if got[1] is None:
-            self._gap("resolved_path_truncated")
-            return path, None
-        return got[1], (path if path != got[1] else None)
-
-    def _link(self, ev: E.Link) -> None:
-        p = self._proc(ev.pid, ev.tid, ev.ts_ns, ev.tag)
-        dst = self._resolve_at(p, ev.newdirfd, ev.new)
-        if dst is None:
-            return
-        cell = self.cells.action_cell(p, ev.tid, ev.ts_ns)
-        if ev.op == L.LINK_SYMBOLIC:
-            src = resolve(os.path.dirname(dst), ev.old) if ev.old else None
-            self.sink.on_link(LinkRec(p.pid, "symlink", src, dst, ev.ts_ns, cell, ev.old))
-            return
-        entry = self._link_source(p, ev)
-        if entry is not None and entry.kind == "tmpfile":
-            self._name_tmpfile(p, entry, dst, ev)
-            self.sink.on_link(LinkRec(p.pid, "link", None, dst, ev.ts_ns, cell))
-            return
-        src = entry.path if entry is not None else self._resolve_at(p, ev.olddirfd, ev.old)
-        if src is not None:
-            self.sink.on_link(LinkRec(p.pid, "link", src, dst, ev.ts_ns, cell))
-
-    def _link_source(self, p: Proc, ev: E.Link) -> FdEntry | None:
-        """The open file a linkat names by fd: linkat(fd, "", ..., AT_EMPTY_PATH)
-        or linkat(AT_FDCWD, "/proc/self/fd/N", ..., AT_SYMLINK_FOLLOW)."""
-        if ev.flags & AT_EMPTY_PATH and not ev.old:
-            return p.fds.get(ev.olddirfd)
-        parts = ev.old.split("/")
-        if len(parts) == 5 and parts[:2] == ["", "proc"] and parts[3] == "fd":
-            owner = p if parts[2] in ("self", "thread-self", str(p.pid)) else self.live.get(_int(parts[2]))
-            if owner is not None:
-                return owner.fds.get(_int(parts[4]))
-        return None
-
-    def _name_tmpfile(self, p: Proc, entry: FdEntry, dst: str, ev: E.Event) -> None:
-        """An O_TMPFILE file linked into place: from now on its fds name dst, and
-        the process created dst (its writes, flushed at close, count there)."""
-        for q in self.live.values():
-            for fd, e in q.fds.items():
-                if e.kind == "tmpfile" and e.ino == entry.ino and e.dev == entry.dev:
-                    q.fds[fd] = e._replace(path=dst, kind="file")
-        self._access(p, dst, ev).access.add("create")
-
-    def _mkdir(self, ev: E.Mkdir) -> None:
-        p = self._proc(ev.pid, ev.tid, ev.ts_ns, ev.tag)
-        path = self._resolve_at(p, ev.dirfd, ev.path)
-        if path is not None:
-            self.sink.on_dir(DirRec(p.pid, "mkdir", path, ev.ts_ns, self.cells.action_cell(p, ev.tid, ev.ts_ns)))
-
-    def _rmdir(self, ev: E.Unlink) -> None:
-        p = self._proc(ev.pid, ev.tid, ev.ts_ns, ev.tag)
-        path = self._resolve_at(p, ev.dirfd, ev.path)
-        if path is not None:
-            self.sink.on_dir(DirRec(p.pid, "rmdir", path, ev.ts_ns, self.cells.action_cell(p, ev.tid, ev.ts_ns)))
 
 
 def parse_sockaddr(raw: bytes) -> tuple[str | None, str, int | None]:
