@@ -205,3 +205,19 @@ def test_a_path_too_deep_to_resolve_is_a_recorded_gap(cap, work):
     assert code == 0
     assert doc["run"]["gaps"].get("resolved_path_truncated") == 1
     assert "read" in accesses(doc, work / "s"), "recorded under the name used"
+
+
+def test_through_the_daemon(daemon, work):
+    """The daemon traces with the same probes and serves the same document over its socket."""
+    (work / "a").write_text("from a\n")
+    out = work / "r.json"
+    pt("run", "--socket", daemon["socket"], "--json-out", str(out), "--", "sh", "-c",
+       "ln -s a sym; ln a hard; mkdir d; cat sym hard > out", cwd=work, check=True)
+    run_id = json.loads(out.read_text())["run"]["id"]
+    shown = json.loads(pt("show", run_id, "--socket", daemon["socket"], "--json", check=True).stdout)
+    assert {(x["op"], x["to"]) for x in shown["links"]} == {("symlink", str(work / "sym")),
+                                                          ("link", str(work / "hard"))}
+    assert [(d["op"], d["path"]) for d in shown["directories"]] == [("mkdir", str(work / "d"))]
+    assert any(f["path"] == str(work / "a") and f.get("via") == [str(work / "sym")] for f in shown["files"])
+    up = json.loads(pt("lineage", str(work / "out"), "--socket", daemon["socket"], "--json", check=True).stdout)
+    assert str(work / "a") in _file_paths(up)
