@@ -133,8 +133,6 @@ class RunWriter(Sink):
     def on_link(self, rec: LinkRec) -> None:
         self.store.append(self.rid, S.LINK, [rec.pid, self.rel(rec.ts_ns), rec.cell, rec.op, rec.target],
                           p1=rec.dst, p2=rec.src)
-        if rec.src is None:  # an O_TMPFILE file named: the run produced it there
-            self.renamed_to.setdefault(rec.cell, set()).add(rec.dst)
 
     def on_dir(self, rec: DirRec) -> None:
         self.store.append(self.rid, S.DIR, [rec.pid, self.rel(rec.ts_ns), rec.cell, rec.op], p1=rec.path)
