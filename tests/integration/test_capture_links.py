@@ -23,12 +23,13 @@ from .helpers import accesses, entries, pt, trace, trace_py
 pytestmark = pytest.mark.privileged
 
 
-@pytest.fixture(params=["ebpf", "ptrace"])
+@pytest.fixture(params=["ebpf", "ptrace", "ptrace-stepping"])
 def cap(request):
-    """The probes (the session's loaded set) or a ptrace capture."""
+    """The probes (the session's loaded set), or ptrace with its seccomp filter or
+    stopping at every syscall (its fallback)."""
     if request.param == "ebpf":
         return request.getfixturevalue("capture")
-    return PtraceCapture()
+    return PtraceCapture(seccomp=request.param == "ptrace")
 
 
 @pytest.fixture
