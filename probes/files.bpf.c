@@ -43,20 +43,14 @@ static __always_inline long sys_ret(struct bpf_raw_tracepoint_args *ctx)
 
 BPF_PERCPU_ARRAY(resolve_scratch, struct resolved_event, 1);
 
-/* Is the file's own name (its dentry's) the last component of `path` (`len`
- * bytes with the NUL)? No: the open went through a symlink or a magic link.
- * A symlink in a directory part of the path, or one whose target has the
- * same file name, is not seen here (docs/capture.md). `name` is scratch. */
-static __always_inline int name_is_last(void *dentry, const char *path, __u32 len, char *name)
+/* Does the dentry's name equal path[start, start + len)? `name` is scratch. */
+static __always_inline int name_is(void *dentry, const char *path, __u32 start, __u32 len, char *name)
 {
-	__u32 plen = len ? len - 1 : 0, nlen = 0, start;
+	__u32 nlen = 0;
 	void *np = 0;
 
 	bpf_probe_read_kernel(&nlen, sizeof(nlen), dentry + OFF_DENTRY_D_NAME_LEN);
-	if (nlen == 0 || nlen >= PT_NAME_MAX || nlen > plen || plen >= PT_PATH_MAX)
-		return 0;
-	start = plen - nlen;
-	if (start && path[(start - 1) & (PT_PATH_MAX - 1)] != '/')
+	if (nlen != len || nlen == 0 || nlen >= PT_NAME_MAX)
 		return 0;
 	bpf_probe_read_kernel(&np, sizeof(np), dentry + OFF_DENTRY_D_NAME_NAME);
 	if (bpf_probe_read_kernel(name, nlen & (PT_NAME_MAX - 1), np))
@@ -69,6 +63,65 @@ static __always_inline int name_is_last(void *dentry, const char *path, __u32 le
 			return 0;
 	}
 	return 1;
+}
+
+/* Did the open reach its file by the names it gave? The file's own name must
+ * be the path's last component, and its folder the one named before it: the
+ * previous component's name, or for a bare name the cwd or dirfd itself
+ * ("/x" is taken as it is). No: it went through a symlink (or a magic link
+ * such as /proc/self/fd/N). A symlink higher up the path is not seen here
+ * (docs/capture.md). `name` is scratch. */
+static __always_inline int reached_as_named(void *dentry, struct open_event *o, char *name)
+{
+	const char *path = o->path;
+	__u32 plen = o->path_len ? o->path_len - 1 : 0, nlen = 0, start, pstart = 0;
+	void *parent = 0, *base = 0;
+	volatile __u32 *spill = (volatile __u32 *)(name + PT_NAME_MAX);
+
+	bpf_probe_read_kernel(&nlen, sizeof(nlen), dentry + OFF_DENTRY_D_NAME_LEN);
+	if (nlen == 0 || nlen > plen || plen >= PT_PATH_MAX)
+		return 0;
+	start = plen - nlen;
+	if (start && path[(start - 1) & (PT_PATH_MAX - 1)] != '/')
+		return 0;
+	if (!name_is(dentry, path, start, nlen, name))
+		return 0;
+	if (start == 1) /* "/x" */
+		return 1;
+	bpf_probe_read_kernel(&parent, sizeof(parent), dentry + OFF_DENTRY_D_PARENT);
+	if (!parent)
+		return 0;
+	if (start == 0) { /* a bare name: the parent is the cwd or the dirfd's folder */
+		if (o->dirfd == AT_FDCWD_VAL) {
+			void *fs = 0;
+			bpf_probe_read_kernel(&fs, sizeof(fs), (void *)bpf_get_current_task() + OFF_TASK_FS);
+			if (fs)
+				bpf_probe_read_kernel(&base, sizeof(base), fs + OFF_FS_PWD_DENTRY);
+		} else {
+			void *dir = fd_file(o->dirfd);
+			if (dir)
+				bpf_probe_read_kernel(&base, sizeof(base), dir + OFF_FILE_F_PATH_DENTRY);
+		}
+		return base && base == parent;
+	}
+	/* the component before the name: path[pstart, start - 1) */
+#pragma clang loop unroll(disable)
+	for (__u32 i = 2; i < PT_NAME_MAX + 2; i++) {
+		if (i > start)
+			break;
+		if (path[(start - i) & (PT_PATH_MAX - 1)] == '/') {
+			pstart = start - i + 1;
+			break;
+		}
+	}
+	/* Through scratch memory, which the verifier does not track: each exit of
+	 * the loop above would otherwise be verified on its own through the
+	 * compare loop and the walk after it (too many states to load). */
+	*spill = pstart;
+	pstart = *spill & (PT_PATH_MAX - 1);
+	if (pstart + 1 > start)
+		return 0;
+	return name_is(parent, path, pstart, start - 1 - pstart, name);
 }
 
 /* When an open reached its file under another name, send the names from the
@@ -88,7 +141,7 @@ static __always_inline void resolve_open(struct traced_val *tv, void *file, stru
 		return;
 	bpf_probe_read_kernel(&dentry, sizeof(dentry), file + OFF_FILE_F_PATH_DENTRY);
 	bpf_probe_read_kernel(&vfsmnt, sizeof(vfsmnt), file + OFF_FILE_F_PATH_MNT);
-	if (!dentry || !vfsmnt || name_is_last(dentry, o->path, o->path_len, r->names))
+	if (!dentry || !vfsmnt || reached_as_named(dentry, o, r->names))
 		return;
 	bpf_probe_read_kernel(&fs, sizeof(fs), (void *)bpf_get_current_task() + OFF_TASK_FS);
 	if (fs) {

@@ -222,3 +222,21 @@ def test_through_the_daemon(daemon, work):
     assert any(f["path"] == str(work / "a") and f.get("via") == [str(work / "sym")] for f in shown["files"])
     up = json.loads(pt("lineage", str(work / "out"), "--socket", daemon["socket"], "--json", check=True).stdout)
     assert str(work / "a") in _file_paths(up)
+
+
+def test_symlinks_with_the_same_file_name_and_symlinked_folders(cap, work):
+    """The forms data projects use: a link named like its target in another
+    folder, a folder that is a symlink, and a bare name read in the link's folder."""
+    for d in ("raw", "in", "real"):
+        (work / d).mkdir()
+    (work / "raw" / "data.csv").write_text("1\n")
+    (work / "real" / "x.csv").write_text("2\n")
+    os.symlink("../raw/data.csv", work / "in" / "data.csv")
+    os.symlink(work / "real", work / "datalink")
+    code, doc = trace(cap, ["sh", "-c", "cat in/data.csv datalink/x.csv; cd in && cat data.csv ./data.csv"],
+                      cwd=work)
+    assert code == 0
+    raw = entries(doc, work / "raw" / "data.csv")
+    assert len(raw) == 2 and all(f["via"] == [str(work / "in" / "data.csv")] for f in raw)
+    assert entries(doc, work / "real" / "x.csv")[0]["via"] == [str(work / "datalink" / "x.csv")]
+    assert not entries(doc, work / "in" / "data.csv") and not entries(doc, work / "datalink" / "x.csv")

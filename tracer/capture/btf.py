@@ -88,6 +88,7 @@ WANTED: dict[str, tuple[str, str]] = {
     "TASK_FS": ("task_struct", "fs"),
     "FS_ROOT_DENTRY": ("fs_struct", "root.dentry"),
     "FS_ROOT_MNT": ("fs_struct", "root.mnt"),
+    "FS_PWD_DENTRY": ("fs_struct", "pwd.dentry"),
 }
 
 

@@ -202,7 +202,7 @@ class SyscallFolder:
             self.gap("ptrace_create_unknown")
         fmode = CREATED_BIT if pend.created else 0
         if imode & S_IFMT == S_IFREG and not flags & O_TMPFILE:
-            self._resolve_open(tid, tgid, ret, path, ts)
+            self._resolve_open(tid, tgid, ret, dirfd, path, ts)
         self.emit(E.Open(ts, tgid, tid, self.tag, ret, dirfd, flags, fmode, ino, dev, imode,
                          os.fsdecode(path)))
 
@@ -324,21 +324,40 @@ class SyscallFolder:
             return
         self.emit(E.Mkdir(ts, tgid, tid, self.tag, dirfd, mode & 0xFFFFFFFF, os.fsdecode(path)))
 
-    def _resolve_open(self, tid: int, tgid: int, fd: int, path: bytes, ts: int) -> None:
-        """The probes' EV_RESOLVED: when the file's own name is not the last
-        component of the path given, the path the kernel reached (its
-        /proc/TID/fd link), sent before the open."""
+    def _resolve_open(self, tid: int, tgid: int, fd: int, dirfd: int, path: bytes, ts: int) -> None:
+        """The probes' EV_RESOLVED, by the same test: when the open did not reach
+        its file by the names it gave (reached_as_named in files.bpf.c), the
+        path the kernel reached (its /proc/TID/fd link), sent before the open."""
         try:
             reached = os.readlink(b"/proc/%d/fd/%d" % (tid, fd))
         except OSError:
             return
-        if os.path.basename(reached) == os.path.basename(path) or not reached.startswith(b"/"):
+        if not reached.startswith(b"/"):
             return
         if reached.endswith(b" (deleted)"):
             reached = reached[: -len(b" (deleted)")]
+        if _reached_as_named(tid, dirfd, path, reached):
+            return
         # the probes walk at most PT_RESOLVE_DEPTH steps (mount crossings count too): deeper is cut
         cut = reached.count(b"/") > L.PT_RESOLVE_DEPTH
         self.emit(E.Resolved(ts, tgid, tid, self.tag, fd, None if cut else os.fsdecode(reached)))
+
+
+def _reached_as_named(tid: int, dirfd: int, path: bytes, reached: bytes) -> bool:
+    """Is reached's last name path's last component, and its folder the one
+    named before it (for a bare name: the cwd or dirfd's folder)?"""
+    given, got = path.split(b"/"), reached.split(b"/")
+    if given[-1] != got[-1]:
+        return False
+    if len(given) == 2 and given[0] == b"":  # "/x"
+        return True
+    if len(given) >= 2:
+        return given[-2] == got[-2]
+    where = b"/proc/%d/cwd" % tid if dirfd == AT_FDCWD else b"/proc/%d/fd/%d" % (tid, dirfd)
+    try:
+        return os.path.dirname(reached) == os.readlink(where)
+    except OSError:
+        return False
 
 
 def _execveat_name(path: bytes | None, dirfd: int, flags: int) -> bytes | None:
