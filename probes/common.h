@@ -77,6 +77,8 @@ union big_event {
 	struct unlink_event unlink;
 	struct truncate_event truncate;
 	struct net_event net;
+	struct link_event link;
+	struct mkdir_event mkdir;
 };
 
 BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);

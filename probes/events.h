@@ -30,7 +30,11 @@ enum pt_event_type {
 	EV_TRUNCATE = 11, /* truncate/ftruncate succeeded */
 	EV_NET = 12,      /* connect/accept/bind */
 	/* issue 13, reads: EV_OPEN also carries failed opens (fd < 0, see open_event) */
-	EV_IOURING = 21,  /* io_uring_setup succeeded: the ring's file I/O is not traced */
+	EV_IOURING = 23,  /* io_uring_setup succeeded: the ring's file I/O is not traced */
+	/* links and directories (files.bpf.c, "links, directories") */
+	EV_LINK = 20,     /* link/linkat/symlink/symlinkat succeeded */
+	EV_MKDIR = 21,    /* mkdir/mkdirat succeeded (rmdir is EV_UNLINK + AT_REMOVEDIR) */
+	EV_RESOLVED = 22, /* an open reached a file under another name: sent just before its EV_OPEN */
 };
 
 enum pt_flush_reason {
@@ -197,6 +201,48 @@ struct iouring_event {
 	struct event_hdr h;
 	__s32 fd;             /* the ring's fd */
 	__u32 flags;          /* IORING_SETUP_* as requested */
+};
+
+/* ---- links and directories ---- */
+
+enum pt_link_op { LINK_HARD = 1, LINK_SYMBOLIC = 2 };
+
+struct link_event {
+	struct event_hdr h;
+	__u32 op;             /* enum pt_link_op */
+	__s32 olddirfd;       /* linkat's; AT_FDCWD otherwise (a symlink's target is text) */
+	__s32 newdirfd;
+	__u32 flags;          /* linkat AT_* (AT_EMPTY_PATH, AT_SYMLINK_FOLLOW) */
+	__u32 old_len;        /* link: the existing name; symlink: the target as written */
+	__u32 new_len;        /* the new name */
+	char oldpath[PT_PATH_MAX];
+	char newpath[PT_PATH_MAX];
+};
+
+struct mkdir_event {
+	struct event_hdr h;
+	__s32 dirfd;          /* mkdirat's; AT_FDCWD for mkdir */
+	__u32 mode;
+	__u32 path_len;
+	__u32 _pad;
+	char path[PT_PATH_MAX];
+};
+
+#define PT_RESOLVE_DEPTH 64  /* path components walked up from an opened file */
+#define PT_NAME_MAX 256      /* NAME_MAX, including the NUL */
+
+/* The path an open reached, from the kernel's dentries: the names from the
+ * file up to the process's root, leaf first, each NUL-terminated (userspace
+ * reverses them). Sent only when the file's own name is not the last
+ * component of the path the program gave: it went through a symlink
+ * (or a magic link such as /proc/self/fd/N). */
+struct resolved_event {
+	struct event_hdr h;
+	__s32 fd;
+	__u32 len;            /* bytes used in names */
+	__u32 truncated;      /* 1: deeper than PT_RESOLVE_DEPTH or longer than PT_PATH_MAX */
+	__u32 _pad;
+	char names[PT_PATH_MAX + PT_NAME_MAX];
 };
 
 #endif /* PROVTRACE_EVENTS_H */

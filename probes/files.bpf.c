@@ -14,6 +14,9 @@
  *   sysexit_unlink, _unlinkat, _rmdir        -> EV_UNLINK
  *   sysexit_truncate, _ftruncate             -> EV_TRUNCATE
  *   sysexit_io_uring_setup                   -> EV_IOURING
+ *   sysexit_link, _linkat, _symlink, _symlinkat -> EV_LINK
+ *   sysexit_mkdir, _mkdirat                  -> EV_MKDIR
+ *   (in open_exit) an open through a symlink -> EV_RESOLVED, before its EV_OPEN
  * Everything is decided at sys_exit, where the result is known: only
  * successful calls of traced processes read arguments or copy strings (and
  * opens failing with ENOENT or EACCES, de-duplicated here), and no
@@ -34,6 +37,161 @@
 static __always_inline long sys_ret(struct bpf_raw_tracepoint_args *ctx)
 {
 	return (long)ctx->args[1];
+}
+
+/* ---- opens through a symlink (EV_RESOLVED) --------------------------------- */
+
+#define S_IFREG_VAL 0100000
+#define O_TMPFILE_VAL 020000000 /* __O_TMPFILE: an unnamed file (named later by linkat) */
+
+BPF_PERCPU_ARRAY(resolve_scratch, struct resolved_event, 1);
+
+/* Does the dentry's name equal path[start, start + len)? `name` is scratch. */
+static __always_inline int name_is(void *dentry, const char *path, __u32 start, __u32 len, char *name)
+{
+	__u32 nlen = 0;
+	void *np = 0;
+
+	bpf_probe_read_kernel(&nlen, sizeof(nlen), dentry + OFF_DENTRY_D_NAME_LEN);
+	if (nlen != len || nlen == 0 || nlen >= PT_NAME_MAX)
+		return 0;
+	bpf_probe_read_kernel(&np, sizeof(np), dentry + OFF_DENTRY_D_NAME_NAME);
+	if (bpf_probe_read_kernel(name, nlen & (PT_NAME_MAX - 1), np))
+		return 0;
+#pragma clang loop unroll(disable)
+	for (__u32 i = 0; i < PT_NAME_MAX; i++) {
+		if (i >= nlen)
+			break;
+		if (name[i] != path[(start + i) & (PT_PATH_MAX - 1)])
+			return 0;
+	}
+	return 1;
+}
+
+/* Did the open reach its file by the names it gave? The file's own name must
+ * be the path's last component, and its folder the one named before it: the
+ * previous component's name, or for a bare name the cwd or dirfd itself
+ * ("/x" is taken as it is). No: it went through a symlink (or a magic link
+ * such as /proc/self/fd/N). A symlink higher up the path is not seen here
+ * (docs/capture.md). `name` is scratch. */
+static __always_inline int reached_as_named(void *dentry, struct open_event *o, char *name)
+{
+	const char *path = o->path;
+	__u32 plen = o->path_len ? o->path_len - 1 : 0, nlen = 0, start, pstart = 0;
+	void *parent = 0, *base = 0;
+	volatile __u32 *spill = (volatile __u32 *)(name + PT_NAME_MAX);
+
+	bpf_probe_read_kernel(&nlen, sizeof(nlen), dentry + OFF_DENTRY_D_NAME_LEN);
+	if (nlen == 0 || nlen > plen || plen >= PT_PATH_MAX)
+		return 0;
+	start = plen - nlen;
+	if (start && path[(start - 1) & (PT_PATH_MAX - 1)] != '/')
+		return 0;
+	if (!name_is(dentry, path, start, nlen, name))
+		return 0;
+	if (start == 1) /* "/x" */
+		return 1;
+	bpf_probe_read_kernel(&parent, sizeof(parent), dentry + OFF_DENTRY_D_PARENT);
+	if (!parent)
+		return 0;
+	if (start == 0) { /* a bare name: the parent is the cwd or the dirfd's folder */
+		if (o->dirfd == AT_FDCWD_VAL) {
+			void *fs = 0;
+			bpf_probe_read_kernel(&fs, sizeof(fs), (void *)bpf_get_current_task() + OFF_TASK_FS);
+			if (fs)
+				bpf_probe_read_kernel(&base, sizeof(base), fs + OFF_FS_PWD_DENTRY);
+		} else {
+			void *dir = fd_file(o->dirfd);
+			if (dir)
+				bpf_probe_read_kernel(&base, sizeof(base), dir + OFF_FILE_F_PATH_DENTRY);
+		}
+		return base && base == parent;
+	}
+	/* the component before the name: path[pstart, start - 1) */
+#pragma clang loop unroll(disable)
+	for (__u32 i = 2; i < PT_NAME_MAX + 2; i++) {
+		if (i > start)
+			break;
+		if (path[(start - i) & (PT_PATH_MAX - 1)] == '/') {
+			pstart = start - i + 1;
+			break;
+		}
+	}
+	/* Through scratch memory, which the verifier does not track: each exit of
+	 * the loop above would otherwise be verified on its own through the
+	 * compare loop and the walk after it (too many states to load). */
+	*spill = pstart;
+	pstart = *spill & (PT_PATH_MAX - 1);
+	if (pstart + 1 > start)
+		return 0;
+	return name_is(parent, path, pstart, start - 1 - pstart, name);
+}
+
+/* When an open reached its file under another name, send the names from the
+ * file up to the process's root (crossing mounts), leaf first: what d_path
+ * would give, which raw tracepoints may not call. Sent before the EV_OPEN it
+ * belongs to, so the model names the fd right when it sees the open. */
+static __always_inline void resolve_open(struct traced_val *tv, void *file, struct open_event *o)
+{
+	__u32 zero = 0;
+	struct resolved_event *r = resolve_scratch.lookup(&zero);
+	void *dentry = 0, *vfsmnt = 0, *fs = 0, *root_d = 0, *root_m = 0;
+	void *mnt_root = 0, *parent = 0, *np = 0;
+	__u64 off = 0;
+	long n;
+
+	if (!r || !file)
+		return;
+	bpf_probe_read_kernel(&dentry, sizeof(dentry), file + OFF_FILE_F_PATH_DENTRY);
+	bpf_probe_read_kernel(&vfsmnt, sizeof(vfsmnt), file + OFF_FILE_F_PATH_MNT);
+	if (!dentry || !vfsmnt || reached_as_named(dentry, o, r->names))
+		return;
+	bpf_probe_read_kernel(&fs, sizeof(fs), (void *)bpf_get_current_task() + OFF_TASK_FS);
+	if (fs) {
+		bpf_probe_read_kernel(&root_d, sizeof(root_d), fs + OFF_FS_ROOT_DENTRY);
+		bpf_probe_read_kernel(&root_m, sizeof(root_m), fs + OFF_FS_ROOT_MNT);
+	}
+	fill_hdr(&r->h, EV_RESOLVED, tv->tag);
+	r->fd = o->fd;
+	r->truncated = 1; /* until the walk reaches a root */
+	r->_pad = 0;
+#pragma clang loop unroll(disable)
+	for (__u32 i = 0; i < PT_RESOLVE_DEPTH; i++) {
+		if (dentry == root_d && vfsmnt == root_m) {
+			r->truncated = 0;
+			break;
+		}
+		bpf_probe_read_kernel(&mnt_root, sizeof(mnt_root), vfsmnt + OFF_VFSMOUNT_MNT_ROOT);
+		if (dentry == mnt_root) { /* up from a mount's root to where it is mounted */
+			void *mnt = vfsmnt - OFF_MOUNT_MNT;
+			bpf_probe_read_kernel(&parent, sizeof(parent), mnt + OFF_MOUNT_MNT_PARENT);
+			if (!parent || parent == mnt) {
+				r->truncated = 0;
+				break;
+			}
+			bpf_probe_read_kernel(&dentry, sizeof(dentry), mnt + OFF_MOUNT_MNT_MOUNTPOINT);
+			vfsmnt = parent + OFF_MOUNT_MNT;
+			continue;
+		}
+		bpf_probe_read_kernel(&parent, sizeof(parent), dentry + OFF_DENTRY_D_PARENT);
+		if (!parent || parent == dentry) {
+			r->truncated = 0;
+			break;
+		}
+		if (off >= PT_PATH_MAX)
+			break;
+		/* hide off from clang so that the mask below stays for the verifier */
+		asm volatile("" : "+r"(off));
+		off &= PT_PATH_MAX - 1;
+		bpf_probe_read_kernel(&np, sizeof(np), dentry + OFF_DENTRY_D_NAME_NAME);
+		n = bpf_probe_read_kernel_str(r->names + off, PT_NAME_MAX, np);
+		if (n <= 0)
+			break;
+		off += n;
+		dentry = parent;
+	}
+	r->len = off;
+	emit(r, offsetof(struct resolved_event, names) + off, sizeof(*r));
 }
 
 /* ---- open ---------------------------------------------------------------- */
@@ -183,6 +341,8 @@ static __always_inline int open_exit(struct bpf_raw_tracepoint_args *ctx, int ki
 			tv->max_fd = ret;
 	}
 	e->path_len = read_ustr(e->path, (const void *)path);
+	if ((e->imode & S_IFMT_VAL) == S_IFREG_VAL && !(e->flags & O_TMPFILE_VAL))
+		resolve_open(tv, file, e);
 	emit(e, offsetof(struct open_event, path) + e->path_len, sizeof(*e));
 	return 0;
 }
@@ -608,3 +768,88 @@ int sysexit_io_uring_setup(struct bpf_raw_tracepoint_args *ctx)
 	events.ringbuf_submit(e, rb_flags());
 	return 0;
 }
+/* ---- links and directories ---------------------------------------------------------- */
+
+enum link_kind { LK_LINK, LK_LINKAT, LK_SYMLINK, LK_SYMLINKAT };
+
+/* link(old, new), linkat(olddfd, old, newdfd, new, flags), symlink(target, new),
+ * symlinkat(target, newdfd, new) */
+static __always_inline int link_exit(struct bpf_raw_tracepoint_args *ctx, int kind)
+{
+	__u32 tgid;
+	struct traced_val *tv;
+	union big_event *b;
+	struct link_event *e;
+	__u64 oldp, newp;
+
+	if (sys_ret(ctx) != 0)
+		return 0;
+	tv = sys_traced(&tgid);
+	b = scratch_get();
+	if (!tv || !b)
+		return 0;
+	e = &b->link;
+	fill_hdr(&e->h, EV_LINK, tv->tag);
+	e->op = (kind == LK_SYMLINK || kind == LK_SYMLINKAT) ? LINK_SYMBOLIC : LINK_HARD;
+	e->olddirfd = AT_FDCWD_VAL;
+	e->newdirfd = AT_FDCWD_VAL;
+	e->flags = 0;
+	if (kind == LK_LINKAT) {
+		e->olddirfd = (__s32)sys_arg(ctx, SYS_ARG0);
+		oldp = sys_arg(ctx, SYS_ARG1);
+		e->newdirfd = (__s32)sys_arg(ctx, SYS_ARG2);
+		newp = sys_arg(ctx, SYS_ARG3);
+		e->flags = (__u32)sys_arg(ctx, SYS_ARG4);
+	} else if (kind == LK_SYMLINKAT) {
+		oldp = sys_arg(ctx, SYS_ARG0);
+		e->newdirfd = (__s32)sys_arg(ctx, SYS_ARG1);
+		newp = sys_arg(ctx, SYS_ARG2);
+	} else {
+		oldp = sys_arg(ctx, SYS_ARG0);
+		newp = sys_arg(ctx, SYS_ARG1);
+	}
+	e->old_len = read_ustr(e->oldpath, (const void *)oldp);
+	e->new_len = read_ustr(e->newpath, (const void *)newp);
+	emit(e, offsetof(struct link_event, newpath) + e->new_len, sizeof(*e));
+	return 0;
+}
+
+int sysexit_link(struct bpf_raw_tracepoint_args *ctx) { return link_exit(ctx, LK_LINK); }
+int sysexit_linkat(struct bpf_raw_tracepoint_args *ctx) { return link_exit(ctx, LK_LINKAT); }
+int sysexit_symlink(struct bpf_raw_tracepoint_args *ctx) { return link_exit(ctx, LK_SYMLINK); }
+int sysexit_symlinkat(struct bpf_raw_tracepoint_args *ctx) { return link_exit(ctx, LK_SYMLINKAT); }
+
+/* mkdir(path, mode), mkdirat(dfd, path, mode) */
+static __always_inline int mkdir_exit(struct bpf_raw_tracepoint_args *ctx, int at)
+{
+	__u32 tgid;
+	struct traced_val *tv;
+	union big_event *b;
+	struct mkdir_event *e;
+	__u64 path;
+
+	if (sys_ret(ctx) != 0)
+		return 0;
+	tv = sys_traced(&tgid);
+	b = scratch_get();
+	if (!tv || !b)
+		return 0;
+	e = &b->mkdir;
+	fill_hdr(&e->h, EV_MKDIR, tv->tag);
+	if (at) {
+		e->dirfd = (__s32)sys_arg(ctx, SYS_ARG0);
+		path = sys_arg(ctx, SYS_ARG1);
+		e->mode = (__u32)sys_arg(ctx, SYS_ARG2);
+	} else {
+		e->dirfd = AT_FDCWD_VAL;
+		path = sys_arg(ctx, SYS_ARG0);
+		e->mode = (__u32)sys_arg(ctx, SYS_ARG1);
+	}
+	e->_pad = 0;
+	e->path_len = read_ustr(e->path, (const void *)path);
+	emit(e, offsetof(struct mkdir_event, path) + e->path_len, sizeof(*e));
+	return 0;
+}
+
+int sysexit_mkdir(struct bpf_raw_tracepoint_args *ctx) { return mkdir_exit(ctx, 0); }
+int sysexit_mkdirat(struct bpf_raw_tracepoint_args *ctx) { return mkdir_exit(ctx, 1); }

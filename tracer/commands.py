@@ -307,6 +307,20 @@ def cmd_runs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _show_links(doc: dict) -> None:
+    """The text form of a run's links and directory records (absent from older documents)."""
+    if doc.get("links"):
+        print("links:")
+        for x in doc["links"]:
+            arrow = "->" if x["op"] == "symlink" else "=="  # points at / the same file as
+            src = x["from"] if x["from"] is not None else "(unnamed O_TMPFILE file)"
+            print(f"  pid {x['pid']:>7}  {x['op']:7} {x['to']} {arrow} {src}")
+    if doc.get("directories"):
+        print("directories:")
+        for d in doc["directories"]:
+            print(f"  pid {d['pid']:>7}  {d['op']:7} {d['path']}")
+
+
 def cmd_show(args: argparse.Namespace) -> int:
     from .store import queries as Q  # noqa: PLC0415
 
@@ -334,11 +348,13 @@ def cmd_show(args: argparse.Namespace) -> int:
     hidden = len(doc["files"]) - len(shown)
     print(f"files ({len(shown)} shown, {hidden} library/system hidden; --all-files lists them):")
     for f in shown:
-        print(f"  {','.join(f['access']) or '-':24} {f['kind']:7} pid {f['pid']:>7}  {f['path']}")
+        via = f"  (via {', '.join(f['via'])})" if f.get("via") else ""
+        print(f"  {','.join(f['access']) or '-':24} {f['kind']:7} pid {f['pid']:>7}  {f['path']}{via}")
     if doc["renames"]:
         print("renames:")
         for r in doc["renames"]:
             print(f"  pid {r['pid']:>7}  {r['from']} -> {r['to']}")
+    _show_links(doc)
     if doc["network"]:
         print("network:")
         for n in doc["network"]:
@@ -383,6 +399,8 @@ def cmd_lineage(args: argparse.Namespace) -> int:
         except ValueError:
             raise UsageError(f"--at needs an ISO-8601 time (e.g. 2026-12-07T18:30:00Z), got {args.at!r}") from None
     path = os.path.abspath(from_user(args.path))
+    if os.path.islink(path):  # capture records reads through a symlink on the file it reached
+        path = os.path.realpath(path)
     opts = {"all_versions": args.all_versions, "kernel_state": not args.no_kernel_state}
     if args.socket:
         need(not args.all_files, "--all-files is for a local store (--db); through --socket, "

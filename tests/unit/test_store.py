@@ -87,8 +87,8 @@ def test_load_run_shape(store, db):
     rid = _write_run(store)
     doc = load_run(store, rid)
     assert doc["schema"] == SCHEMA == "provtrace.run/1"
-    assert set(doc) == {"schema", "run", "processes", "files", "renames", "network", "pipes",
-                        "cells", "attempts", "context"}
+    assert set(doc) == {"schema", "run", "processes", "files", "renames", "links", "directories",
+                        "network", "pipes", "cells", "attempts", "context"}
     run = doc["run"]
     assert run["id"] == RUN_ID and run["kind"] == "command" and run["exit_code"] == 0
     assert run["complete"] is True and run["gaps"] == {}

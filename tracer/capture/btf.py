@@ -75,6 +75,20 @@ WANTED: dict[str, tuple[str, str]] = {
     "REGS_R10": ("pt_regs", "r10"),
     "REGS_R8": ("pt_regs", "r8"),
     "REGS_ORIG_AX": ("pt_regs", "orig_ax"),
+    # the path an open really reached, walked up from its dentry (EV_RESOLVED)
+    "FILE_F_PATH_DENTRY": ("file", "f_path.dentry"),
+    "FILE_F_PATH_MNT": ("file", "f_path.mnt"),
+    "DENTRY_D_PARENT": ("dentry", "d_parent"),
+    "DENTRY_D_NAME_NAME": ("dentry", "d_name.name"),
+    "DENTRY_D_NAME_LEN": ("dentry", "d_name.len"),
+    "VFSMOUNT_MNT_ROOT": ("vfsmount", "mnt_root"),
+    "MOUNT_MNT": ("mount", "mnt"),
+    "MOUNT_MNT_PARENT": ("mount", "mnt_parent"),
+    "MOUNT_MNT_MOUNTPOINT": ("mount", "mnt_mountpoint"),
+    "TASK_FS": ("task_struct", "fs"),
+    "FS_ROOT_DENTRY": ("fs_struct", "root.dentry"),
+    "FS_ROOT_MNT": ("fs_struct", "root.mnt"),
+    "FS_PWD_DENTRY": ("fs_struct", "pwd.dentry"),
 }
 
 

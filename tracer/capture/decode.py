@@ -188,10 +188,50 @@ def _iouring() -> Decode:
     return dec
 
 
+def _link() -> Decode:
+    unpack, tails = _layout(L.LinkEvent)
+    old_off, new_off = tails["oldpath"], tails["newpath"]
+
+    def dec(buf):
+        _, pid, tid, tag, ts, op, odfd, ndfd, flags, olen, nlen = unpack(buf)
+        return E.Link(ts, pid, tid, tag, op, odfd, ndfd, flags, _cstr(buf, old_off, olen),
+                      _cstr(buf, new_off, nlen))
+    return dec
+
+
+def _mkdir() -> Decode:
+    unpack, tails = _layout(L.MkdirEvent)
+    off = tails["path"]
+
+    def dec(buf):
+        _, pid, tid, tag, ts, dirfd, mode, plen, _pad = unpack(buf)
+        return E.Mkdir(ts, pid, tid, tag, dirfd, mode, _cstr(buf, off, plen))
+    return dec
+
+
+def path_from_names(region: bytes) -> str:
+    """The absolute path of a resolved_event's names (leaf first, NUL-terminated)."""
+    names = region.split(b"\0")
+    if region.endswith(b"\0"):
+        names.pop()
+    return "/" + "/".join(n.decode(_FS_ENCODING, _FS_ERRORS) for n in reversed(names))
+
+
+def _resolved() -> Decode:
+    unpack, tails = _layout(L.ResolvedEvent)
+    off = tails["names"]
+
+    def dec(buf):
+        _, pid, tid, tag, ts, fd, n, trunc, _pad = unpack(buf)
+        path = None if trunc else path_from_names(bytes(buf[off: off + n]))
+        return E.Resolved(ts, pid, tid, tag, fd, path)
+    return dec
+
+
 _MAKERS = {L.EV_FORK: _fork, L.EV_EXEC: _exec, L.EV_EXEC_ARGV: _argv, L.EV_EXIT: _exit,
            L.EV_OPEN: _open, L.EV_FDIO: _fdio, L.EV_FDOP: _fdop, L.EV_CHDIR: _chdir,
            L.EV_RENAME: _rename, L.EV_UNLINK: _unlink, L.EV_TRUNCATE: _truncate, L.EV_NET: _net,
-           L.EV_IOURING: _iouring}
+           L.EV_IOURING: _iouring, L.EV_LINK: _link, L.EV_MKDIR: _mkdir, L.EV_RESOLVED: _resolved}
 
 
 class Decoder:

@@ -19,7 +19,12 @@ PT_FLUSH_FDS = 64
 
 EV_FORK, EV_EXEC, EV_EXEC_ARGV, EV_EXIT, EV_OPEN, EV_FDIO = 1, 2, 3, 4, 5, 6
 EV_FDOP, EV_CHDIR, EV_RENAME, EV_UNLINK, EV_TRUNCATE, EV_NET = 7, 8, 9, 10, 11, 12
-EV_IOURING = 21  # issue 13, reads (EV_OPEN with fd < 0 is a failed open)
+EV_IOURING = 23  # issue 13, reads (EV_OPEN with fd < 0 is a failed open)
+
+# links and directories
+EV_LINK, EV_MKDIR, EV_RESOLVED = 20, 21, 22
+LINK_HARD, LINK_SYMBOLIC = 1, 2
+PT_RESOLVE_DEPTH, PT_NAME_MAX = 64, 256
 
 FLUSH_CLOSE, FLUSH_REPLACED, FLUSH_EXIT, FLUSH_EXEC, FLUSH_SWEEP = 1, 2, 3, 4, 5
 FDOP_DUP, FDOP_SETFD, FDOP_CLOSE_RANGE, FDOP_CLOEXEC_RANGE = 1, 2, 3, 4
@@ -104,6 +109,22 @@ class NetEvent(C.Structure):
 
 class IouringEvent(C.Structure):
     _fields_ = [("h", EventHdr), ("fd", C.c_int32), ("flags", C.c_uint32)]
+class LinkEvent(C.Structure):
+    _fields_ = [("h", EventHdr), ("op", C.c_uint32), ("olddirfd", C.c_int32),
+                ("newdirfd", C.c_int32), ("flags", C.c_uint32), ("old_len", C.c_uint32),
+                ("new_len", C.c_uint32), ("oldpath", C.c_char * PT_PATH_MAX),
+                ("newpath", C.c_char * PT_PATH_MAX)]
+
+
+class MkdirEvent(C.Structure):
+    _fields_ = [("h", EventHdr), ("dirfd", C.c_int32), ("mode", C.c_uint32),
+                ("path_len", C.c_uint32), ("_pad", C.c_uint32), ("path", C.c_char * PT_PATH_MAX)]
+
+
+class ResolvedEvent(C.Structure):
+    _fields_ = [("h", EventHdr), ("fd", C.c_int32), ("len", C.c_uint32),
+                ("truncated", C.c_uint32), ("_pad", C.c_uint32),
+                ("names", C.c_char * (PT_PATH_MAX + PT_NAME_MAX))]
 
 
 # C struct name in events.h -> ctypes mirror (checked by the layout test).
@@ -114,6 +135,7 @@ C_STRUCTS: dict[str, type[C.Structure]] = {
     "rename_event": RenameEvent, "unlink_event": UnlinkEvent,
     "truncate_event": TruncateEvent, "net_event": NetEvent,
     "iouring_event": IouringEvent,
+    "link_event": LinkEvent, "mkdir_event": MkdirEvent, "resolved_event": ResolvedEvent,
 }
 
 _CODES = {C.c_uint32: "I", C.c_int32: "i", C.c_uint64: "Q", C.c_int64: "q"}

@@ -38,12 +38,17 @@ from .syscalls import off_syscalls
 
 # issue 13, reads: directory listings (counted as reads of the directory) and io_uring
 GETDENTS, GETDENTS64, IO_URING_SETUP = _NR["getdents"], _NR["getdents64"], _NR["io_uring_setup"]
+# links and directories
+LINK, LINKAT, SYMLINK, SYMLINKAT, MKDIR, MKDIRAT = (
+    _NR[name] for name in ("link", "linkat", "symlink", "symlinkat", "mkdir", "mkdirat"))
+LINK_CALLS = frozenset({LINK, LINKAT, SYMLINK, SYMLINKAT, MKDIR, MKDIRAT})
+
 READS = frozenset({READ, READV, PREAD64, PREADV, PREADV2, RECVFROM, RECVMSG, GETDENTS, GETDENTS64})
 WRITES = frozenset({WRITE, WRITEV, PWRITE64, PWRITEV, PWRITEV2, SENDTO, SENDMSG})
 COPIES = frozenset({SENDFILE, COPY_FILE_RANGE, SPLICE})
 OPENS = frozenset({OPEN, OPENAT, OPENAT2, CREAT})
 PATH_CALLS = frozenset({CHDIR, FCHDIR, RENAME, RENAMEAT, RENAMEAT2, UNLINK, UNLINKAT, RMDIR,
-                        TRUNCATE, FTRUNCATE})
+                        TRUNCATE, FTRUNCATE}) | LINK_CALLS
 NET_CALLS = frozenset({CONNECT, BIND, ACCEPT, ACCEPT4})
 FD_CALLS = frozenset({CLOSE, CLOSE_RANGE, DUP, DUP2, DUP3, FCNTL, MMAP, IOCTL})
 EXECS = frozenset({EXECVE, EXECVEAT})
@@ -63,7 +68,8 @@ F_DUPFD, F_SETFD, F_DUPFD_CLOEXEC = 0, 2, 1030
 FIONCLEX, FIOCLEX = 0x5450, 0x5451  # ioctl twins of F_SETFD (CPython's set_inheritable uses them)
 CLOSE_RANGE_CLOEXEC = 1 << 2
 EINPROGRESS = 115
-S_IFMT, S_IFDIR = 0o170000, 0o040000
+S_IFMT, S_IFDIR, S_IFREG = 0o170000, 0o040000, 0o100000
+O_TMPFILE = 0o20000000  # __O_TMPFILE
 # Not a kernel bit: the ptrace backend cannot read f_mode, so it decides
 # "created" itself and says so with this bit (the Tracker's created_mask).
 CREATED_BIT = 1 << 20
@@ -106,7 +112,9 @@ class SyscallFolder:
                         ((RENAME, RENAMEAT, RENAMEAT2), self._rename),
                         ((UNLINK, UNLINKAT, RMDIR), self._unlink),
                         ((TRUNCATE, FTRUNCATE), self._truncate), (NET_CALLS, self._net),
-                        ((IO_URING_SETUP,), self._io_uring)):
+                        ((IO_URING_SETUP,), self._io_uring),
+                        ((LINK, LINKAT, SYMLINK, SYMLINKAT), self._link),
+                        ((MKDIR, MKDIRAT), self._mkdir)):
             for nr in nrs:
                 self._exits[nr] = fn
         for nr in TRACED - traced_syscalls(off):  # switched off: not followed at all
@@ -208,6 +216,8 @@ class SyscallFolder:
         if pend.created is None and flags & O_CREAT:
             self.gap("ptrace_create_unknown")
         fmode = CREATED_BIT if pend.created else 0
+        if imode & S_IFMT == S_IFREG and not flags & O_TMPFILE:
+            self._resolve_open(tid, tgid, ret, dirfd, path, ts)
         self.emit(E.Open(ts, tgid, tid, self.tag, ret, dirfd, flags, fmode, ino, dev, imode,
                          os.fsdecode(path)))
 
@@ -316,6 +326,69 @@ class SyscallFolder:
             n = (self.mem.u32(tid, n) or 0) if n else 0
         addr = self.mem.read(tid, addr_at, min(n & 0xFFFFFFFF, L.PT_SOCKADDR_MAX)) if addr_at else b""
         self.emit(E.Net(ts, tgid, tid, self.tag, op, fd, ret, addr))
+
+    def _link(self, tid, tgid, pend, ret, ts):
+        if ret != 0:
+            return
+        a = pend.args
+        op = L.LINK_SYMBOLIC if pend.nr in (SYMLINK, SYMLINKAT) else L.LINK_HARD
+        odfd, old_at, ndfd, new_at, flags = {
+            LINK: (AT_FDCWD, a[0], AT_FDCWD, a[1], 0),
+            SYMLINK: (AT_FDCWD, a[0], AT_FDCWD, a[1], 0),
+            LINKAT: (s32(a[0]), a[1], s32(a[2]), a[3], a[4] & 0xFFFFFFFF),
+            SYMLINKAT: (AT_FDCWD, a[0], s32(a[1]), a[2], 0),
+        }[pend.nr]
+        old, new = self.mem.cstr(tid, old_at), self.mem.cstr(tid, new_at)
+        if old is None or new is None:
+            self.gap("ptrace_unreadable_path")
+            return
+        self.emit(E.Link(ts, tgid, tid, self.tag, op, odfd, ndfd, flags, os.fsdecode(old), os.fsdecode(new)))
+
+    def _mkdir(self, tid, tgid, pend, ret, ts):
+        if ret != 0:
+            return
+        a = pend.args
+        dirfd, at, mode = (s32(a[0]), a[1], a[2]) if pend.nr == MKDIRAT else (AT_FDCWD, a[0], a[1])
+        path = self.mem.cstr(tid, at)
+        if path is None:
+            self.gap("ptrace_unreadable_path")
+            return
+        self.emit(E.Mkdir(ts, tgid, tid, self.tag, dirfd, mode & 0xFFFFFFFF, os.fsdecode(path)))
+
+    def _resolve_open(self, tid: int, tgid: int, fd: int, dirfd: int, path: bytes, ts: int) -> None:
+        """The probes' EV_RESOLVED, by the same test: when the open did not reach
+        its file by the names it gave (reached_as_named in files.bpf.c), the
+        path the kernel reached (its /proc/TID/fd link), sent before the open."""
+        try:
+            reached = os.readlink(b"/proc/%d/fd/%d" % (tid, fd))
+        except OSError:
+            return
+        if not reached.startswith(b"/"):
+            return
+        if reached.endswith(b" (deleted)"):
+            reached = reached[: -len(b" (deleted)")]
+        if _reached_as_named(tid, dirfd, path, reached):
+            return
+        # the probes walk at most PT_RESOLVE_DEPTH steps (mount crossings count too): deeper is cut
+        cut = reached.count(b"/") > L.PT_RESOLVE_DEPTH
+        self.emit(E.Resolved(ts, tgid, tid, self.tag, fd, None if cut else os.fsdecode(reached)))
+
+
+def _reached_as_named(tid: int, dirfd: int, path: bytes, reached: bytes) -> bool:
+    """Is reached's last name path's last component, and its folder the one
+    named before it (for a bare name: the cwd or dirfd's folder)?"""
+    given, got = path.split(b"/"), reached.split(b"/")
+    if given[-1] != got[-1]:
+        return False
+    if len(given) == 2 and given[0] == b"":  # "/x"
+        return True
+    if len(given) >= 2:
+        return given[-2] == got[-2]
+    where = b"/proc/%d/cwd" % tid if dirfd == AT_FDCWD else b"/proc/%d/fd/%d" % (tid, dirfd)
+    try:
+        return os.path.dirname(reached) == os.readlink(where)
+    except OSError:
+        return False
 
 
 def _execveat_name(path: bytes | None, dirfd: int, flags: int) -> bytes | None:

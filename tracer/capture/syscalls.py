@@ -41,6 +41,8 @@ NR_X86_64: dict[str, int] = {
     "close_range": 436, "openat2": 437,
     # issue 13, reads: directory listings and io_uring
     "getdents": 78, "getdents64": 217, "io_uring_setup": 425,
+    # links and directories
+    "mkdir": 83, "link": 86, "symlink": 88, "mkdirat": 258, "linkat": 265, "symlinkat": 266,
 }
 
 # Counted by the dispatcher itself, without a tail call: the most frequent
@@ -84,6 +86,13 @@ EXIT_PROGRAMS: dict[str, tuple[str, ...]] = {
     "sysexit_bind": ("bind",),
     "sysexit_accept": ("accept", "accept4"),
     "sysexit_io_uring_setup": ("io_uring_setup",),
+    # links and directories
+    "sysexit_link": ("link",),
+    "sysexit_linkat": ("linkat",),
+    "sysexit_symlink": ("symlink",),
+    "sysexit_symlinkat": ("symlinkat",),
+    "sysexit_mkdir": ("mkdir",),
+    "sysexit_mkdirat": ("mkdirat",),
 }
 
 # Recording that can be switched off, for measuring what it costs against

@@ -102,6 +102,14 @@ def lineage(store: S.Store, path: str, direction: str = "upstream", depth: int =
     return result
 
 
+def _linked(model: Model, v: Version) -> dict:
+    """Attributes of the edge into a link version: who made the link, or wrote
+    the other name."""
+    act = v.act
+    return {"rel": "linked", "run": model.run_ids.get(act.rid) if act else None,
+            "pid": act.pid if act else None}
+
+
 def _absent(hist, key: tuple, current: dict) -> str:
     """Why there is no version to answer about."""
     if current["changed_outside_tracing"]:
@@ -127,7 +135,7 @@ def content_fp(model: Model, v: Version | None) -> dict | None:
     for _ in range(_HOPS):
         if v is None or v.fp is not None:
             break
-        v = model.renamed_from(v)
+        v = model.source_of(v)
     return v.fp if v is not None else None
 
 
@@ -235,6 +243,9 @@ class _Walk:
             s = self._ver(src)
             yield s, None, (s, node, {"rel": "renamed", "run": self.m.run_ids.get(v.act.rid),
                                       "pid": v.act.pid})
+        if v.linked_from is not None:  # the same file under another name
+            s = self._ver(v.linked_from)
+            yield s, None, (s, node, _linked(self.m, v))
 
     def _down_version(self, node: tuple, v: Version):
         for r in v.reads:
@@ -247,6 +258,9 @@ class _Walk:
         for w in v.updated_by:
             n = self._ver(w)
             yield n, None, (node, n, {"rel": "updated"})
+        for w in v.linked_to:
+            n = self._ver(w)
+            yield n, None, (node, n, _linked(self.m, w))
 
     def _up_unit(self, unit: tuple, bound: float | None):
         reads = [f for f in self.m.files_of(unit) if f.bits & READ_BITS and (bound is None or f.first <= bound)]

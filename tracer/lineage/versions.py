@@ -17,6 +17,12 @@ A path's history is a list of versions, in time order:
   version starts right after the last moment the old content was known to be
   there, so reads after that moment see it.
 
+- ``link``: a hard link made the path another name of a file (``linked_from``
+  is that file's version under the name it was linked from), or a write
+  through another name of the same file changed it (``linked_from`` is the
+  version that write made there). Names stay linked until one is deleted,
+  renamed away or replaced; a rename carries its name's links along.
+
 A delete, a rename away, or a fingerprint that found the file gone ends the
 current version; the path is then absent until the next version.
 
@@ -48,8 +54,9 @@ DELETE_BITS = ACCESS_BITS["delete"]
 
 # event operations on one path
 WRITE, READ, DELETE, RENAME_IN, RENAME_OUT, FP = "write", "read", "delete", "rename_in", "rename_out", "fp"
+LINK_IN, LINK_OUT = "link_in", "link_out"  # a hard link made onto this path / from it
 # order of a record's own events at one instant: read, then write, then delete
-_SUB = {READ: 0, FP: 0, WRITE: 1, RENAME_OUT: 1, RENAME_IN: 2, DELETE: 3}
+_SUB = {READ: 0, FP: 0, LINK_OUT: 0, WRITE: 1, RENAME_OUT: 1, RENAME_IN: 2, LINK_IN: 2, DELETE: 3}
 NEVER = (-math.inf, 0, 0.0)
 # most paths built together because renames link them (a name reused by
 # thousands of runs); beyond it a moved version's fingerprint may be unknown
@@ -112,6 +119,8 @@ class Version:
     observed: tuple = NEVER  # last moment its content was known to be there
     fp_problem: str | None = None  # why the latest fingerprint of it says nothing (a symlink, unreadable)
     ended_by: Act | None = None  # the delete or rename that ended it (None: still current, or not traced)
+    linked_from: Version | None = None  # how == "link": the same file's version under another name
+    linked_to: list[Version] = field(default_factory=list)  # versions of other names it became
 
     @property
     def t_us(self) -> int | None:
@@ -181,6 +190,8 @@ class _Builder:
         self.moved_out: dict[str, dict[tuple, Version]] = {p: {} for p in paths}
         self.cur: dict[str, Version | None] = dict.fromkeys(paths)
         self.last: dict[str, tuple] = dict.fromkeys(paths, NEVER)
+        self.alias: dict[str, set[str]] = {}  # path -> the other names of its file (hard links)
+        self.moved_alias: dict[tuple, set[str]] = {}  # (path, rename key) -> the links it took along
 
     def new(self, path: str, how: str, start: tuple, act: Act | None = None, **kw) -> Version:
         cur = self.cur[path]
@@ -211,22 +222,57 @@ class _Builder:
             v = self.new(path, "write", key, ev.act, prev=prev)
             if prev is not None:
                 prev.updated_by.append(v)
+            for other in sorted(self.alias.get(path, ())):  # the same file under its other names
+                self.linked(other, key, ev.act, v)
         elif ev.op == RENAME_IN:
             src = self.moved_out.get(ev.other, {}).get(key[:2])
             self.new(path, "rename", key, ev.act, src_path=ev.other, fp=src.fp if src else None)
+            self.unlink(path)
+            for other in self.moved_alias.pop((ev.other, key[:2]), ()):
+                self.join(path, other)
         elif ev.op == RENAME_OUT:
             v = self.existing(path)
             v.moved_to.append((ev.other, key))
             self.moved_out[path][key[:2]] = v
             self.end(path, key, ev.act)
+            self.moved_alias[(path, key[:2])] = self.unlink(path)
         elif ev.op == DELETE:
             self.end(path, key, ev.act)
+            self.unlink(path)
+        elif ev.op == LINK_OUT:
+            self.existing(path)
+        elif ev.op == LINK_IN:
+            src = self.cur.get(ev.other)
+            if src is not None:
+                self.linked(path, key, ev.act, src)
+                self.join(path, ev.other)
         elif ev.op == READ:
             if not (self.cur[path] is None and ev.created):  # else: it reads back what it created itself
                 self.existing(path).reads.append(Read(ev.act, key))
         elif ev.op == FP:
             self.fingerprint(path, ev.fp, key)
         self.last[path] = key
+
+    def linked(self, path: str, key: tuple, act: Act | None, src: Version) -> None:
+        """A version of path that is src's file under this name."""
+        v = self.new(path, "link", key, act, src_path=src.path, fp=src.fp)
+        v.linked_from = src
+        src.linked_to.append(v)
+
+    def join(self, path: str, other: str) -> None:
+        """path becomes one more name of other's file."""
+        group = {other} | self.alias.get(other, set())
+        group.discard(path)
+        for q in group:
+            self.alias.setdefault(q, set()).add(path)
+        self.alias[path] = group
+
+    def unlink(self, path: str) -> set[str]:
+        """path no longer names its file; the names it shared the file with."""
+        group = self.alias.pop(path, set())
+        for q in group:
+            self.alias.get(q, set()).discard(path)
+        return group
 
     def fingerprint(self, path: str, fp: dict, key: tuple) -> None:
         """Match a fingerprint against the current version: adopt it, confirm it,
@@ -350,6 +396,7 @@ class Model:
         rows += [(seq, rid, -S.RENAME, dst, body) for seq, rid, dst, body in self.db.execute(
             "SELECT r.seq, r.rid, p.path, r.body FROM records r JOIN paths p ON p.id=r.p1 "
             "WHERE r.kind=4 AND r.p2=?", (pid,))]
+        rows += self._link_rows(pid)
         self._bases(rid for _s, rid, _k, _o, _b in rows)
         for seq, rid, kind, other, body in rows:
             if not self.sees(rid):
@@ -366,7 +413,25 @@ class Model:
                 partners.add(os.fsdecode(other))
             elif kind == S.FINGERPRINT and b.get("at_us") is not None:
                 events.append(Event(b["at_us"], seq, FP, fp=b))
+            elif kind in (S.LINK, -S.LINK):
+                pid_, t, cell = b[:3]
+                op = LINK_IN if kind == S.LINK else LINK_OUT
+                events.append(Event(base + (t or 0), seq, op, Act(rid, pid_, cell), other=os.fsdecode(other)))
+                partners.add(os.fsdecode(other))
         return events, partners
+
+    def _link_rows(self, pid: int) -> list[tuple]:
+        """Hard links onto the path (kind LINK, the name linked from) and from
+        it (kind -LINK, the new name). Symlinks and named O_TMPFILE files are
+        not links between two names of a file."""
+        rows = [(seq, rid, S.LINK, src, body) for seq, rid, src, body in self.db.execute(
+            "SELECT r.seq, r.rid, p.path, r.body FROM records r JOIN paths p ON p.id=r.p2 "
+            "WHERE r.p1=? AND r.kind=?", (pid, S.LINK))]
+        # kind=20 literally (S.LINK): it lets SQLite use the partial index on p2
+        rows += [(seq, rid, -S.LINK, dst, body) for seq, rid, dst, body in self.db.execute(
+            "SELECT r.seq, r.rid, p.path, r.body FROM records r JOIN paths p ON p.id=r.p1 "
+            "WHERE r.kind=20 AND r.p2=?", (pid,))]
+        return [r for r in rows if json.loads(r[4])[3] == "link"]
 
     # -- what an activity did ------------------------------------------------------
     def run_files(self, rid: int) -> list[FileRec]:
@@ -433,6 +498,10 @@ class Model:
         if v.how != "rename" or v.src_path is None:
             return None
         return self.history(v.src_path).moved_out.get(v.start[:2])
+
+    def source_of(self, v: Version) -> Version | None:
+        """The version v's content came from under another name: a rename's or a link's."""
+        return v.linked_from if v.how == "link" else self.renamed_from(v)
 
     def renamed_to(self, v: Version) -> list[Version]:
         """The versions renames made of v on other paths."""

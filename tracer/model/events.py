@@ -125,3 +125,32 @@ class IoUring(Event):
 
     fd: int
     flags: int
+# ---- links and directories ----
+
+@dataclass(frozen=True, slots=True)
+class Link(Event):
+    """link/linkat (hard) or symlink/symlinkat: `old` is the existing name, or
+    the symlink's target as written; `new` the name made."""
+
+    op: int  # layouts.LINK_HARD | LINK_SYMBOLIC
+    olddirfd: int
+    newdirfd: int
+    flags: int
+    old: str
+    new: str
+
+
+@dataclass(frozen=True, slots=True)
+class Mkdir(Event):
+    dirfd: int
+    mode: int
+    path: str
+
+
+@dataclass(frozen=True, slots=True)
+class Resolved(Event):
+    """The path the next open of this thread on fd really reached (it went
+    through a symlink); None when the walk was cut (too deep or too long)."""
+
+    fd: int
+    path: str | None

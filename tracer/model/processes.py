@@ -21,6 +21,7 @@ from typing import NamedTuple
 
 from ..capture import layouts as L
 from . import events as E
+from .links import O_TMPFILE, DirRec, LinkFolding, LinkRec
 from .paths import resolve
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,7 @@ class FileAccess:
     cell: str | None = None
     mapped_exec: bool = False
     directory: bool = False  # a directory, read by listing it (getdents)
+    via: set[str] | None = None  # other names it was opened by (symlinks): `path` is the file reached
 
 
 @dataclass(slots=True)
@@ -152,6 +154,8 @@ class Sink:
     def on_rename(self, rec: RenameRec) -> None: ...
     def on_net(self, rec: NetRec) -> None: ...
     def on_pipe(self, key: tuple[int, int], writers: set[int], readers: set[int]) -> None: ...
+    def on_link(self, rec: LinkRec) -> None: ...
+    def on_dir(self, rec: DirRec) -> None: ...
 
 
 class CellPolicy:
@@ -175,7 +179,7 @@ class CellPolicy:
 NO_CELLS = CellPolicy()
 
 
-class Tracker:
+class Tracker(LinkFolding):
     """Folds events into records. Not thread-safe: one consumer loop owns it."""
 
     def __init__(self, sink: Sink, created_mask: int, cells: CellPolicy = NO_CELLS) -> None:
@@ -198,6 +202,7 @@ class Tracker:
             E.Open: self._open, E.FdIO: self._fdio, E.FdOp: self._fdop, E.Chdir: self._chdir,
             E.Rename: self._rename, E.Unlink: self._unlink, E.Truncate: self._truncate,
             E.Net: self._net, E.IoUring: self._iouring,
+            **self._link_handlers(),
         }
 
     # -- entry points -----------------------------------------------------------
@@ -370,14 +375,28 @@ class Tracker:
         exe = path
         if path:
             self._access(p, path, ev).access.add("exec")
-            interp = _shebang(path)
-            if interp:
-                exe = interp
-                self._access(p, interp, ev).access.add("exec")
+            exe = self._interpreters(p, path, ev)
         p.exe = exe
         for fa in p.files.values():
             fa.exe = fa.exe or exe
         p.fds = {fd: e for fd, e in p.fds.items() if not e.cloexec}
+
+    def _interpreters(self, p: Proc, path: str, ev: E.Exec) -> str:
+        """The binary that really runs for an exec of path: a #! script's
+        interpreter, itself maybe a script, as deep as the kernel follows
+        (each level recorded as exec'd)."""
+        seen = {path}
+        for _ in range(_INTERP_DEPTH):
+            interp = _shebang(path)
+            if interp is None:
+                break
+            nxt = self._resolve_at(p, AT_FDCWD, interp)
+            if nxt is None or nxt in seen:
+                break
+            seen.add(nxt)
+            path = nxt
+            self._access(p, path, ev).access.add("exec")
+        return path
 
     def _exit(self, ev: E.Exit) -> None:
         p = self.live.pop(ev.pid, None)
@@ -399,10 +418,20 @@ class Tracker:
         path = self._resolve_at(p, ev.dirfd, ev.path)
         kind = _KIND_OF_FMT.get(ev.imode & _S_IFMT) or _kind_of_mode(ev.imode)
         flags = ev.flags
+        if flags & O_TMPFILE == O_TMPFILE:  # no name until a linkat gives it one
+            p.fds[ev.fd] = FdEntry(None, "tmpfile", ev.ino, ev.dev, bool(flags & O_CLOEXEC), flags)
+            return
+        used = None
+        if self._resolved:
+            path, used = self._through_link(ev, path)
         p.fds[ev.fd] = FdEntry(path, kind, ev.ino, ev.dev, bool(flags & O_CLOEXEC), flags)
         if kind == "dir" or path is None:
             return
         fa = self._access(p, path, ev)
+        if used is not None:
+            if fa.via is None:
+                fa.via = set()
+            fa.via.add(used)
         if ev.fmode & self.created_mask:
             fa.access.add("create")
         elif flags & O_TRUNC and flags & O_ACCMODE != O_RDONLY and kind == "file":
@@ -462,7 +491,7 @@ class Tracker:
                     fa.mapped_exec = True
                 if ev.map_prot & PROT_WRITE and ev.flags & L.FDIO_MAP_SHARED:
                     fa.access.add("write")
-        elif entry.path is None and entry.kind not in ("socket", "pipe", "anon") and (ev.nreads or ev.nwrites):
+        elif entry.path is None and entry.kind not in ("socket", "pipe", "anon", "tmpfile") and (ev.nreads or ev.nwrites):
             log.debug("event=io-on-unknown-fd pid=%d fd=%d kind=%s imode=%o", p.pid, ev.fd, entry.kind, ev.imode)
             self._gap("io_on_unknown_fd")
         if ev.reason in _FD_GONE:
@@ -515,6 +544,7 @@ class Tracker:
 
     def _unlink(self, ev: E.Unlink) -> None:
         if ev.flags & AT_REMOVEDIR:
+            self._rmdir(ev)
             return
         p = self._proc(ev.pid, ev.tid, ev.ts_ns, ev.tag)
         path = self._resolve_at(p, ev.dirfd, ev.path)
@@ -583,6 +613,11 @@ def _kind_of_mode(mode: int) -> str:
 def _kdev(st_dev: int) -> int:
     """Userspace dev_t -> the kernel's internal (major << 20 | minor) encoding."""
     return (os.major(st_dev) << 20) | os.minor(st_dev)
+
+
+# binfmt_script may run a script as another script's interpreter; exec gives
+# up with ELOOP past this many levels (fs/exec.c, search_binary_handler).
+_INTERP_DEPTH = 5
 
 
 def _shebang(path: str) -> str | None:

@@ -61,6 +61,7 @@ def load_run(store: S.Store, rid: int, config=None) -> dict:
     end: dict | None = None
     processes, files, renames, network, pipes, cells, gaps = [], [], [], [], [], [], []
     attempts: list[dict] = []
+    links, dirs = [], []
     context: dict = {}
     cell_contexts: dict[str | None, dict] = {}
     fingerprints: dict[tuple[str, str | None], dict] = {}
@@ -76,17 +77,29 @@ def load_run(store: S.Store, rid: int, config=None) -> dict:
             processes.append(_process(b))
             attempts.extend(_attempts(b, base))
         elif kind == S.FILE:
-            pid, bits, br, bw, first, last, cell, code, *directory = b
+            pid, bits, br, bw, first, last, cell, code = b[:8]
+            extra = b[8] if len(b) > 8 else {}
             first, last = _abs(base, first), _abs(base, last)
             files.append({**to_json(p1), "pid": pid, "exe": _text(p2), "access": access_of(bits),
                           "bytes_read": br, "bytes_written": bw, "kind": KIND_NAMES.get(code, code),
                           "cell": cell,
                           "first": iso(first), "last": iso(last), "_first": first, "_last": last,
-                          "_path": p1, **({"directory": True} if directory else {})})
+                          "_path": p1, **({"directory": True} if extra.get("dir") else {})})
+            if extra.get("via"):  # opened through other names (symlinks)
+                files[-1]["via"] = [to_json(v)["path"] for v in extra["via"]]
         elif kind == S.RENAME:
             pid, t, cell = b
             t = _abs(base, t)
             renames.append({"pid": pid, "from": p2, "to": p1, "time": iso(t), "cell": cell, "_t": t})
+        elif kind == S.LINK:
+            pid, t, cell, op, target = b
+            links.append({"pid": pid, "op": op, "from": to_json(p2)["path"] if p2 is not None else None,
+                          "to": to_json(p1)["path"], "target": target, "time": iso(_abs(base, t)),
+                          "cell": cell})
+        elif kind == S.DIR:
+            pid, t, cell, op = b
+            dirs.append({"pid": pid, "op": op, "path": to_json(p1)["path"], "time": iso(_abs(base, t)),
+                         "cell": cell})
         elif kind == S.NET:
             pid, op, fam, addr, port, t, cell = b
             t = _abs(base, t)
@@ -143,7 +156,8 @@ def load_run(store: S.Store, rid: int, config=None) -> dict:
         r.pop("_t", None)
         r.update({"from": to_json(r["from"])["path"], "to": to_json(r["to"])["path"]})
     return {"schema": SCHEMA, "run": run, "processes": processes, "files": files,
-            "renames": renames, "network": network, "pipes": pipes, "cells": cells,
+            "renames": renames, "links": links, "directories": dirs,
+            "network": network, "pipes": pipes, "cells": cells,
             "attempts": attempts, "context": context}
 
 

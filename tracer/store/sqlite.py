@@ -41,6 +41,10 @@ KIND_NAMES = {RUN_START: "run_start", PROCESS: "process", FILE: "file", RENAME: 
 # content identity of a data file at a run's or cell's end (store/fingerprint.py)
 FINGERPRINT = 11
 KIND_NAMES[FINGERPRINT] = "fingerprint"
+# links and directories: LINK [pid, time, cell, op, target] (p1 = new name,
+# p2 = the file it names, NULL for an O_TMPFILE file); DIR [pid, time, cell, op] (p1)
+LINK, DIR = 20, 21
+KIND_NAMES.update({LINK: "link", DIR: "dir"})
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -55,6 +59,7 @@ CREATE TABLE IF NOT EXISTS records(
 CREATE INDEX IF NOT EXISTS records_rid ON records(rid);
 CREATE INDEX IF NOT EXISTS records_p1 ON records(p1) WHERE p1 IS NOT NULL;
 CREATE INDEX IF NOT EXISTS records_renamed_from ON records(p2) WHERE kind = 4;
+CREATE INDEX IF NOT EXISTS records_linked_from ON records(p2) WHERE kind = 20;
 """
 
 

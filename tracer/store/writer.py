@@ -13,14 +13,17 @@ import stat
 
 from ..correlate.clock import Clock
 from ..model.paths import SYSTEM, classify
-from ..model.processes import FileAccess, NetRec, Proc, RenameRec, Sink
+from ..model.processes import DirRec, FileAccess, LinkRec, NetRec, Proc, RenameRec, Sink
 from . import sqlite as S
 
 ACCESS_BITS = {"read": 1, "write": 2, "create": 4, "truncate": 8, "delete": 16, "exec": 32, "map": 64}
 ACCESS_ORDER = ("read", "write", "create", "truncate", "delete", "exec", "map")
 
-# BODY_FILE:   [pid, access_bits, bytes_read, bytes_written, first, last, cell, kind_code]
-#              and a 9th element, 1, when the path is a directory (read by listing it)
+# BODY_FILE:   [pid, access_bits, bytes_read, bytes_written, first, last, cell, kind_code(, extra)]
+#              extra, only when there is any: {"via": [the other names it was opened by
+#              (symlinks)], "dir": 1 when the path is a directory (read by listing it)}
+# BODY_LINK:   [pid, time, cell, op, target]   (p1 = new name, p2 = the file, or None)
+# BODY_DIR:    [pid, time, cell, op]           (p1 = the directory)
 # BODY_RENAME: [pid, time, cell]               (p1 = to, p2 = from)
 # BODY_NET:    [pid, op, family, address, port, time, cell]
 # Times in these bodies are microseconds since the run's start_us (in its
@@ -118,8 +121,9 @@ class RunWriter(Sink):
         body = [pid, bits_of(access), fa.bytes_read, fa.bytes_written,
                 (fa.first_ns + off) // 1000 - base, (fa.last_ns + off) // 1000 - base, fa.cell,
                 KIND_CODES[SYSTEM if path in self.stdio else classify(path, mapped_exec=fa.mapped_exec)]]
-        if fa.directory:
-            body.append(1)
+        extra = {**({"via": sorted(fa.via)} if fa.via else {}), **({"dir": 1} if fa.directory else {})}
+        if extra:
+            body.append(extra)
         self._note(self.touched, self.mapped, self.execd, path, access)
         if body[1] & _WRITE_BITS and fa.last_ns > self.written.get(path, -1):
             self.written[path] = fa.last_ns
@@ -139,6 +143,13 @@ class RunWriter(Sink):
         self.store.append(self.rid, S.RENAME, [rec.pid, self.rel(rec.ts_ns), rec.cell],
                           p1=rec.dst, p2=rec.src)
         self.renamed_to.setdefault(rec.cell, set()).add(rec.dst)
+
+    def on_link(self, rec: LinkRec) -> None:
+        self.store.append(self.rid, S.LINK, [rec.pid, self.rel(rec.ts_ns), rec.cell, rec.op, rec.target],
+                          p1=rec.dst, p2=rec.src)
+
+    def on_dir(self, rec: DirRec) -> None:
+        self.store.append(self.rid, S.DIR, [rec.pid, self.rel(rec.ts_ns), rec.cell, rec.op], p1=rec.path)
 
     def on_net(self, rec: NetRec) -> None:
         self.store.append(self.rid, S.NET, [rec.pid, rec.op, rec.family, rec.address, rec.port,
