@@ -50,8 +50,11 @@ class AnchorPolicy:
 
 class Daemon:
     def __init__(self, socket_path: str, db_path: str, scan_interval_s: float = SCAN_INTERVAL_S,
-                 follow_kernels: bool = True, limits=None, anchors: AnchorPolicy | None = None) -> None:
+                 follow_kernels: bool = True, limits=None, anchors: AnchorPolicy | None = None,
+                 ship: tuple[str, str, float] | None = None) -> None:
         self.anchors = anchors or AnchorPolicy()
+        self.ship = ship  # (central URL, host id, seconds between rounds), or None
+        self._ship_thread: threading.Thread | None = None
         self._last_anchor: tuple[str, int] | None = None
         self._anchor_thread: threading.Thread | None = None
         self.socket_path = socket_path
@@ -107,6 +110,11 @@ class Daemon:
                 self._anchor_thread = anchor
                 anchor.start()
                 components["anchor writer"] = lambda: anchor.is_alive() or self.stop_requested.is_set()
+            if self.ship is not None:
+                shipper = threading.Thread(target=self._ship, name="provtrace-shipper", daemon=True)
+                self._ship_thread = shipper
+                shipper.start()
+                components["fleet shipper"] = lambda: shipper.is_alive() or self.stop_requested.is_set()
             log.info("event=daemon-ready socket=%s db=%s", self.socket_path, self.db_path)
             self.ready.set()
             reaper_alive.set()
@@ -120,6 +128,8 @@ class Daemon:
             if self._follower_thread is not None:
                 self._follower_thread.join()  # _follow closes its watchers: sessions end
             tracing.close()
+            if self._ship_thread is not None:
+                self._ship_thread.join()
             if self._anchor_thread is not None:
                 self._anchor_thread.join()
                 try:
@@ -153,6 +163,19 @@ class Daemon:
             syslog.openlog("provtrace", 0, syslog.LOG_AUTH)
             syslog.syslog(syslog.LOG_NOTICE, line)
         self._last_anchor = (head, seq)
+
+    def _ship(self) -> None:
+        """Ship committed records to the central store every few seconds. Its own
+        read-only connection to the store: the writer never waits on it, and a
+        database that is away only grows the backlog (logged), never tracing."""
+        from .fleet.ship import Shipper, ShipLoop  # noqa: PLC0415
+
+        url, host, every_s = self.ship
+        loop = ShipLoop(Shipper(self.db_path, url, host))
+        try:
+            guarded_loop("fleet shipper", loop.step, self.stop_requested, every_s)
+        finally:
+            loop.shipper.close()
 
     def _follow(self, follower) -> None:
         try:
@@ -212,9 +235,10 @@ def raise_fd_limit(want: int = WANT_NOFILE) -> None:
     log.info("event=nofile-raised soft=%d->%d", soft, new_soft)
 
 
-def serve(socket_path: str, db_path: str, limits=None, anchors: AnchorPolicy | None = None) -> int:
+def serve(socket_path: str, db_path: str, limits=None, anchors: AnchorPolicy | None = None,
+          ship: tuple[str, str, float] | None = None) -> int:
     """The CLI's entry: run until SIGTERM/SIGINT."""
-    daemon = Daemon(socket_path, db_path, limits=limits, anchors=anchors)
+    daemon = Daemon(socket_path, db_path, limits=limits, anchors=anchors, ship=ship)
 
     def _stop(signum, _frame):
         log.info("event=signal signum=%d", signum)

@@ -121,14 +121,14 @@ CREATE TABLE renames(
 CREATE INDEX renames_to ON renames(to_key);
 CREATE INDEX renames_from ON renames(from_key);
 
--- One lineage step: a process wrote out_key (last at out_us) after reading
--- in_key (first at in_us), or a rename moved in_key to out_key.
+-- One lineage step: a process wrote out_key (from out_first_us to out_us)
+-- after it first read in_key (at in_us), or a rename moved in_key to out_key.
 CREATE VIEW steps AS
-  SELECT w.host_id, w.rid, w.pid, w.fkey AS out_key, w.last_us AS out_us,
+  SELECT w.host_id, w.rid, w.pid, w.fkey AS out_key, w.first_us AS out_first_us, w.last_us AS out_us,
          r.fkey AS in_key, r.first_us AS in_us, 'process'::text AS via
     FROM accesses w
     JOIN accesses r ON r.host_id = w.host_id AND r.rid = w.rid AND r.pid = w.pid
    WHERE w.bits & 14 <> 0 AND r.bits & 1 <> 0 AND r.fkind IN ('d', 't')
      AND w.fkind IN ('d', 't') AND r.fkey <> w.fkey AND r.first_us <= w.last_us
   UNION ALL
-  SELECT host_id, rid, pid, to_key, t_us, from_key, t_us, 'rename' FROM renames;
+  SELECT host_id, rid, pid, to_key, t_us, t_us, from_key, t_us, 'rename' FROM renames;
