@@ -1,0 +1,178 @@
+"""Fleet provenance on a real PostgreSQL 15 (issue 18): several hosts, each a
+store of its own with its own host id, shipped to one central store.
+
+Done when: a command on host A writes a shared file, a command on host B
+reads it and writes an output, and `provtrace lineage OUTPUT --db
+postgresql://...` goes back across both hosts to A's input. Then the fault
+tests: after each, nothing committed is missing centrally, nothing is
+duplicated, and every host's chain verifies (fleet_helpers.assert_central_matches).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+
+import psycopg
+import pytest
+
+from provtrace.tracer.fleet.ship import Shipper
+from provtrace.tracer.fleet.migrate import latest
+
+from .fleet_helpers import (Proxy, assert_central_matches, central_head, held_mid_batch, shipper_waiting,
+                            synthetic_store)
+from .helpers import PROVTRACE, pt, wait_for
+
+
+@pytest.fixture
+def site(tmp_path, monkeypatch):
+    """Two hosts' folders and a shared one, declared in [fleet] shared."""
+    for d in ("a", "b", "shared"):
+        (tmp_path / d).mkdir()
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(f'[fleet]\nshared = ["{tmp_path / "shared"}"]\n')
+    monkeypatch.setenv("PROVTRACE_CONFIG", str(cfg))
+    return tmp_path
+
+
+def traced(site, db: str, script: str) -> None:
+    r = pt("run", "--backend", "ptrace", "--db", db, "--", "sh", "-c", script, cwd=site)
+    assert r.returncode == 0, r.stderr
+
+
+def ship(db: str, url: str, host: str, *extra: str, check: bool = True):
+    r = pt("ship", "--db", db, "--to", url, "--host-id", host, *extra)
+    if check:
+        assert r.returncode == 0, r.stderr
+    return r
+
+
+def test_lineage_goes_back_across_hosts(site, fleet_db):
+    (site / "a" / "in.csv").write_text("x,y\n")
+    a_db, b_db = str(site / "A.db"), str(site / "B.db")
+    traced(site, a_db, "tr a-z A-Z < a/in.csv > shared/mid.csv")   # host A
+    traced(site, b_db, "sort shared/mid.csv > b/out.csv")          # host B
+    ship(a_db, fleet_db, "host-a")
+    ship(b_db, fleet_db, "host-b")
+
+    r = pt("lineage", str(site / "b" / "out.csv"), "--db", fleet_db, "--host-id", "host-b", "--json", check=True)
+    doc = json.loads(r.stdout)
+    files = {n["path"]: n for n in doc["nodes"] if n["kind"] == "file"}
+    procs = [n for n in doc["nodes"] if n["kind"] == "process"]
+    mid = files[str(site / "shared" / "mid.csv")]
+    assert mid["shared"] and sorted(mid["hosts"]) == ["host-a", "host-b"]
+    assert files[str(site / "a" / "in.csv")]["host"] == "host-a"   # the original input, on A
+    assert files[str(site / "b" / "out.csv")]["host"] == "host-b"
+    assert sorted(p["host"] for p in procs) == ["host-a", "host-b"]
+    assert all(p["boot"] and p["started"] and p["pid"] for p in procs)  # (host, boot, pid, start)
+    edges = {(e["from"], e["to"]) for e in doc["edges"]}
+    pa = next(p["id"] for p in procs if p["host"] == "host-a")
+    pb = next(p["id"] for p in procs if p["host"] == "host-b")
+    assert ("file:" + mid["key"], pb) in edges and (pa, "file:" + mid["key"]) in edges
+
+    text = pt("lineage", str(site / "b" / "out.csv"), "--db", fleet_db, "--host-id", "host-b", check=True).stdout
+    assert "on host host-a" in text and str(site / "a" / "in.csv") in text
+    # depth-bounded: one step back stops at the shared file
+    one = json.loads(pt("lineage", str(site / "b" / "out.csv"), "--db", fleet_db, "--host-id", "host-b",
+                        "--depth", "1", "--json", check=True).stdout)
+    assert one["truncated"] and str(site / "a" / "in.csv") not in {n.get("path") for n in one["nodes"]}
+    # downstream from A's input reaches B's output
+    down = json.loads(pt("lineage", str(site / "a" / "in.csv"), "--db", fleet_db, "--host-id", "host-a",
+                         "--downstream", "--json", check=True).stdout)
+    assert str(site / "b" / "out.csv") in {n.get("path") for n in down["nodes"]}
+
+    runs = json.loads(pt("runs", "--db", fleet_db, "--json", check=True).stdout)
+    assert sorted(r["host_id"] for r in runs) == ["host-a", "host-b"]
+    run_b = next(r["id"] for r in runs if r["host_id"] == "host-b")
+    shown = json.loads(pt("show", run_b, "--db", fleet_db, "--json", check=True).stdout)
+    assert shown["run"]["host_id"] == "host-b"
+    assert {f["host"] for f in shown["files"]} == {"host-b"}
+    assert any(f["shared"] for f in shown["files"] if f["path"].endswith("mid.csv"))
+    assert_central_matches(fleet_db, "host-a", a_db)
+    assert_central_matches(fleet_db, "host-b", b_db)
+
+
+def test_migrate_is_versioned_and_idempotent(fleet_db):
+    r = pt("fleet", "migrate", fleet_db, check=True)
+    assert "nothing to do" in r.stdout
+    with psycopg.connect(fleet_db) as conn:
+        versions = [v for (v,) in conn.execute("SELECT version FROM schema_version ORDER BY version")]
+    assert versions == list(range(1, latest() + 1))
+
+
+def test_same_batch_twice(site, fleet_db):
+    db = synthetic_store(str(site / "A.db"), 3000)
+    ship(db, fleet_db, "host-a", "--batch", "700")
+    again = ship(db, fleet_db, "host-a", "--resend-from", "1", "--batch", "700")
+    assert " 0 new" in again.stdout and "0 losses" in again.stdout
+    assert_central_matches(fleet_db, "host-a", db)
+
+
+def test_shipper_killed_mid_batch(site, fleet_db):
+    db = synthetic_store(str(site / "A.db"), 20000)
+    first = Shipper(db, fleet_db, "host-a", batch=1000)
+    first.ship(max_batches=3)  # some batches committed before the kill
+    first.close()
+    hold = held_mid_batch(fleet_db, "host-a")
+    proc = subprocess.Popen([PROVTRACE, "ship", "--db", db, "--to", fleet_db, "--host-id", "host-a",
+                             "--batch", "1000"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        wait_for(lambda: shipper_waiting(fleet_db), 60, "the shipper to stage its next batch")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    finally:
+        hold.rollback()
+        hold.close()
+    assert central_head(fleet_db, "host-a") == 3000  # the killed batch left nothing
+    ship(db, fleet_db, "host-a")
+    assert_central_matches(fleet_db, "host-a", db)
+
+
+def test_network_cut_mid_batch(site, pg, fleet_db):
+    db = synthetic_store(str(site / "A.db"), 6000)
+    first = Shipper(db, fleet_db, "host-a", batch=1000)
+    first.ship(max_batches=1)
+    first.close()
+    proxy = Proxy(pg.port)
+    via = fleet_db.replace(f":{pg.port}/", f":{proxy.port}/")
+    hold = held_mid_batch(fleet_db, "host-a")
+    proc = subprocess.Popen([PROVTRACE, "ship", "--db", db, "--to", via, "--host-id", "host-a",
+                             "--batch", "1000"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: shipper_waiting(fleet_db), 60, "the shipper to stage its next batch")
+        proxy.cut()
+        _out, err = proc.communicate(timeout=120)
+    finally:
+        hold.rollback()
+        hold.close()
+    assert proc.returncode == 1
+    assert err.startswith("provtrace: shipping to") and "nothing is lost" in err and len(err.splitlines()) == 1
+    assert "Traceback" not in err
+    # the database is not reachable at all: one line, non-zero
+    closed = ship(db, via, "host-a", check=False)
+    assert closed.returncode != 0 and len(closed.stderr.splitlines()) == 1
+    ship(db, fleet_db, "host-a")  # the network is back: it resumes
+    assert_central_matches(fleet_db, "host-a", db)
+
+
+def test_rewritten_history_and_gaps_are_recorded(site, fleet_db):
+    a = synthetic_store(str(site / "A.db"), 50)
+    other = synthetic_store(str(site / "other.db"), 80, start_us=1)  # another history, longer
+    ship(a, fleet_db, "host-a")
+    # the same host id now ships a store with a different history
+    r = ship(other, fleet_db, "host-a", "--resend-from", "1")
+    assert "losses noted" in r.stdout and " 0 losses" not in r.stdout
+    status = pt("fleet", "status", fleet_db)
+    assert status.returncode == 1
+    assert "conflict" in status.stdout and "broken" in status.stdout
+    # a gap: records never received
+    gap = synthetic_store(str(site / "gap.db"), 30)
+    first = Shipper(gap, fleet_db, "host-g", batch=10)
+    first.ship(max_batches=1)
+    first.close()
+    ship(gap, fleet_db, "host-g", "--resend-from", "21")
+    losses = json.loads(pt("fleet", "status", fleet_db, "--json").stdout)["losses"]
+    assert {"host_id": "host-g", "from": 11, "to": 20, "reason": "gap"}.items() <= \
+        next(x for x in losses if x["host_id"] == "host-g").items()
