@@ -176,3 +176,49 @@ def test_rewritten_history_and_gaps_are_recorded(site, fleet_db):
     losses = json.loads(pt("fleet", "status", fleet_db, "--json").stdout)["losses"]
     assert {"host_id": "host-g", "from": 11, "to": 20, "reason": "gap"}.items() <= \
         next(x for x in losses if x["host_id"] == "host-g").items()
+
+
+def _local_head(db: str) -> int:
+    import sqlite3  # noqa: PLC0415
+
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        return conn.execute("SELECT max(seq) FROM records").fetchone()[0] or 0
+    finally:
+        conn.close()
+
+
+@pytest.mark.privileged
+def test_database_away_while_daemon_traces(pg, fleet_db, tmp_path):
+    """daemon --ship: PostgreSQL stops while the host keeps tracing; when it is
+    back the daemon's shipper catches up by itself."""
+    if os.geteuid() != 0:
+        pytest.skip("the daemon needs root for eBPF")
+    from .helpers import running_daemon  # noqa: PLC0415
+
+    work = tmp_path / "w"
+    work.mkdir()
+    with running_daemon(args=("--ship", fleet_db, "--host-id", "host-d", "--ship-every", "0.5")) as d:
+        def run(i: int) -> None:
+            r = pt("run", "--socket", d["socket"], "--", "sh", "-c", f"echo {i} > out{i}.txt", cwd=work)
+            assert r.returncode == 0, r.stderr
+
+        run(0)
+        mark = _local_head(d["db"])
+        wait_for(lambda: central_head(fleet_db, "host-d") >= mark, 120, "the daemon to ship the first run")
+        pg.stop()
+        try:
+            for i in range(1, 4):  # tracing goes on while the database is away
+                run(i)
+            away = _local_head(d["db"])
+            assert away > mark
+        finally:
+            pg.start()
+        wait_for(lambda: central_head(fleet_db, "host-d") >= away, 120, "the shipper to catch up")
+        d["proc"].send_signal(signal.SIGTERM)
+        assert d["proc"].wait(timeout=120) == 0
+        # what the daemon wrote as it stopped (sessions of kernels it followed) goes by one ship
+        ship(d["db"], fleet_db, "host-d")
+        assert_central_matches(fleet_db, "host-d", d["db"])
+        runs = json.loads(pt("runs", "--db", fleet_db, "--json", check=True).stdout)
+        assert len([r for r in runs if r["host_id"] == "host-d" and r["kind"] == "command"]) == 4
