@@ -49,11 +49,15 @@ class PgServer:
             self._as = ["runuser", "-u", "postgres", "--"]
 
     def _run(self, *argv: str, check: bool = True) -> subprocess.CompletedProcess:
-        return subprocess.run([*self._as, *argv], capture_output=True, text=True, check=check, timeout=120)
+        # cwd /: the postgres user may not enter the caller's folder
+        return subprocess.run([*self._as, *argv], capture_output=True, text=True, check=check, timeout=120,
+                              cwd="/")
 
     def init(self) -> None:
-        self._run(f"{BIN}/initdb", "-D", self.data, "-U", "postgres", "--auth=trust", "-E", "UTF8",
-                  "--no-sync")
+        r = self._run(f"{BIN}/initdb", "-D", self.data, "-U", "postgres", "--auth=trust", "-E", "UTF8",
+                      "--no-sync", check=False)
+        if r.returncode != 0:
+            raise RuntimeError(f"initdb failed: {r.stderr or r.stdout}")
 
     def start(self) -> None:
         r = self._run(f"{BIN}/pg_ctl", "-D", self.data, "-w", "-t", "120", "-l",

@@ -222,3 +222,74 @@ def test_database_away_while_daemon_traces(pg, fleet_db, tmp_path):
         assert_central_matches(fleet_db, "host-d", d["db"])
         runs = json.loads(pt("runs", "--db", fleet_db, "--json", check=True).stdout)
         assert len([r for r in runs if r["host_id"] == "host-d" and r["kind"] == "command"]) == 4
+
+
+@pytest.fixture
+def open_site(monkeypatch):
+    """A site folder the `nobody` user can work in, with [fleet] shared declared."""
+    import shutil  # noqa: PLC0415
+    import tempfile  # noqa: PLC0415
+    from pathlib import Path  # noqa: PLC0415
+
+    base = Path(tempfile.mkdtemp(prefix="provtrace-fleet-", dir="/tmp"))
+    try:
+        for d in ("a", "c", "shared"):
+            (base / d).mkdir()
+            os.chmod(base / d, 0o777)
+        os.chmod(base, 0o755)
+        cfg = base / "config.toml"
+        cfg.write_text(f'[fleet]\nshared = ["{base / "shared"}"]\n')
+        os.chmod(cfg, 0o644)
+        monkeypatch.setenv("PROVTRACE_CONFIG", str(cfg))
+        yield base
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_analysts_see_only_their_runs(open_site, pg, fleet_db):
+    """Row-level security: the central store refuses what the daemon would."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to run a command as nobody")
+    site = open_site
+    (site / "a" / "in.csv").write_text("x\n")
+    a_db, c_db = str(site / "A.db"), str(site / "c" / "C.db")
+    traced(site, a_db, "cat a/in.csv > shared/mid.csv && chmod 644 shared/mid.csv")   # root, host A
+    r = subprocess.run(["runuser", "-u", "nobody", "--", PROVTRACE, "run", "--backend", "ptrace", "--db", c_db,
+                        "--", "sh", "-c", "cat shared/mid.csv > c/out.txt"], cwd=site, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    ship(a_db, fleet_db, "host-a")
+    dbname = fleet_db.rsplit("/", 1)[1]
+    pg.psql("DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname='nobody') THEN "
+            "CREATE ROLE nobody LOGIN IN ROLE provtrace_reader; END IF; "
+            "IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname='alice') THEN "
+            "CREATE ROLE alice LOGIN IN ROLE provtrace_reader; END IF; "
+            "IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname='ship_c') THEN "
+            "CREATE ROLE ship_c LOGIN IN ROLE provtrace_shipper; END IF; END $$", dbname)
+    pg.psql("INSERT INTO user_map VALUES ('host-a', 0, 'alice')", dbname)
+    # host C ships as its own shipper role, which may write but not read
+    ship(c_db, pg.url(dbname, "ship_c"), "host-c")
+    denied = pt("runs", "--db", pg.url(dbname, "ship_c"))
+    assert denied.returncode != 0 and "permission denied" in denied.stderr and len(denied.stderr.splitlines()) == 1
+
+    def runs(role: str) -> set[tuple[str, str]]:
+        out = json.loads(pt("runs", "--db", pg.url(dbname, role), "--json", check=True).stdout)
+        return {(x["host_id"], x["user"]) for x in out}
+
+    assert runs("nobody") == {("host-c", "nobody")}
+    assert runs("alice") == {("host-a", "root")}          # root's runs on host-a, mapped to alice
+    assert runs("postgres") == {("host-c", "nobody"), ("host-a", "root")}  # the owner sees all (root)
+
+    out = str(site / "c" / "out.txt")
+    mine = json.loads(pt("lineage", out, "--db", pg.url(dbname, "nobody"), "--host-id", "host-c", "--json",
+                         check=True).stdout)
+    assert {n["host"] for n in mine["nodes"] if n["kind"] == "process"} == {"host-c"}
+    assert str(site / "a" / "in.csv") not in {n.get("path") for n in mine["nodes"]}
+    everything = json.loads(pt("lineage", out, "--db", fleet_db, "--host-id", "host-c", "--json",
+                               check=True).stdout)
+    assert str(site / "a" / "in.csv") in {n.get("path") for n in everything["nodes"]}
+    root_run = next(x["id"] for x in json.loads(pt("runs", "--db", fleet_db, "--json").stdout)
+                    if x["host_id"] == "host-a")
+    refused = pt("show", root_run, "--db", pg.url(dbname, "nobody"))
+    assert refused.returncode != 0 and "Traceback" not in refused.stderr
+    assert_central_matches(fleet_db, "host-c", c_db)
