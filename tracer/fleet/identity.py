@@ -121,6 +121,8 @@ def _fs_identity(m: Mount) -> str | None:
         # s3fs shows "s3fs", not its bucket: only the mount point names it (the
         # same on every host, or declare the prefix in [fleet] shared).
         source = "mount" + m.point
+    if scheme == "smb":
+        source = source.lstrip("/")  # //server/share
     return f"{scheme}://{source.rstrip('/')}"
 
 
