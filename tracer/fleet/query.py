@@ -37,6 +37,8 @@ class Central:
         self.conn = connect(url, autocommit=True)
         try:
             self.conn.execute(f"SET statement_timeout = {STATEMENT_TIMEOUT_MS}")
+            # a walk is many small index lookups: compiling it (JIT) costs more than it saves
+            self.conn.execute("SET jit = off")
             if self.conn.execute("SELECT to_regclass('runs')").fetchone()[0] is None:
                 raise FleetError(f"{self.path} has no fleet schema; run `provtrace fleet migrate URL` first")
         except errors() as e:
@@ -134,30 +136,61 @@ def hosts(c: Central) -> list[dict]:
 
 # -- lineage ---------------------------------------------------------------------
 
-_STEP_COLS = "host_id, rid, pid, out_key, out_first_us, out_us, in_key, in_us, via"
+# The walk's rows: a file (is_file, key) or a process (host_id, rid, pid),
+# each with the time bound the next step must keep to, its depth in file
+# hops, the node it was reached from, and the relation between them.
+_COLS = ("is_file, key, host_id, rid, pid, bound, depth, from_key, from_host, from_rid, from_pid, rel")
+_SEED = """SELECT true, k, NULL::text, NULL::bigint, NULL::int, %(bound)s::bigint, 0, NULL::text, NULL::text,
+                  NULL::bigint, NULL::int, NULL::text FROM unnest(%(keys)s::text[]) k"""
 
+# Upstream: a file <- the processes that began writing it before the bound
+# <- the data files each had read before that write; a file <- the file a
+# rename moved there.
 _UPSTREAM = f"""
-WITH RECURSIVE walk({_STEP_COLS}, depth) AS (
-    SELECT {_STEP_COLS}, 1 FROM steps
-     WHERE out_key = ANY(%(keys)s) AND out_first_us <= %(at)s
+WITH RECURSIVE walk({_COLS}) AS (
+    {_SEED}
   UNION
-    SELECT s.host_id, s.rid, s.pid, s.out_key, s.out_first_us, s.out_us, s.in_key, s.in_us, s.via, w.depth + 1
-      FROM walk w JOIN steps s ON s.out_key = w.in_key AND s.out_first_us <= w.in_us
-     WHERE w.depth < %(depth)s
+    SELECT s.* FROM walk w, LATERAL (
+        SELECT false, NULL::text, a.host_id, a.rid, a.pid, a.last_us, w.depth + 1, w.key, NULL::text,
+               NULL::bigint, NULL::int, 'wrote'
+          FROM accesses a WHERE w.is_file AND a.fkey = w.key AND a.bits & 14 <> 0 AND a.first_us <= w.bound
+        UNION ALL
+        SELECT true, n.from_key, NULL, NULL, NULL, n.t_us, w.depth + 1, w.key, NULL, NULL, NULL, 'renamed_to'
+          FROM renames n WHERE w.is_file AND n.to_key = w.key AND n.t_us <= w.bound
+        UNION ALL
+        SELECT true, a.fkey, NULL, NULL, NULL, a.first_us, w.depth, NULL, w.host_id, w.rid, w.pid, 'read_by'
+          FROM accesses a
+         WHERE NOT w.is_file AND a.host_id = w.host_id AND a.rid = w.rid AND a.pid = w.pid
+           AND a.bits & 1 <> 0 AND a.fkind IN ('d', 't') AND a.first_us <= w.bound AND a.fkey <> w.from_key
+    ) s
+    WHERE NOT w.is_file OR w.depth < %(depth)s
 )
-SELECT {_STEP_COLS}, min(depth) FROM walk GROUP BY {_STEP_COLS}
+SELECT {_COLS} FROM walk
 """
 
+# Downstream, the mirror: a file -> the processes that read it after the
+# bound -> the data files each wrote after that read; a file -> where a
+# rename moved it.
 _DOWNSTREAM = f"""
-WITH RECURSIVE walk({_STEP_COLS}, depth) AS (
-    SELECT {_STEP_COLS}, 1 FROM steps
-     WHERE in_key = ANY(%(keys)s) AND in_us >= %(since)s
+WITH RECURSIVE walk({_COLS}) AS (
+    {_SEED}
   UNION
-    SELECT s.host_id, s.rid, s.pid, s.out_key, s.out_first_us, s.out_us, s.in_key, s.in_us, s.via, w.depth + 1
-      FROM walk w JOIN steps s ON s.in_key = w.out_key AND s.in_us >= w.out_first_us
-     WHERE w.depth < %(depth)s
+    SELECT s.* FROM walk w, LATERAL (
+        SELECT false, NULL::text, a.host_id, a.rid, a.pid, a.first_us, w.depth + 1, w.key, NULL::text,
+               NULL::bigint, NULL::int, 'read_by'
+          FROM accesses a WHERE w.is_file AND a.fkey = w.key AND a.bits & 1 <> 0 AND a.first_us >= w.bound
+        UNION ALL
+        SELECT true, n.to_key, NULL, NULL, NULL, n.t_us, w.depth + 1, w.key, NULL, NULL, NULL, 'renamed_to'
+          FROM renames n WHERE w.is_file AND n.from_key = w.key AND n.t_us >= w.bound
+        UNION ALL
+        SELECT true, a.fkey, NULL, NULL, NULL, a.last_us, w.depth, NULL, w.host_id, w.rid, w.pid, 'wrote'
+          FROM accesses a
+         WHERE NOT w.is_file AND a.host_id = w.host_id AND a.rid = w.rid AND a.pid = w.pid
+           AND a.bits & 14 <> 0 AND a.fkind IN ('d', 't') AND a.last_us >= w.bound AND a.fkey <> w.from_key
+    ) s
+    WHERE NOT w.is_file OR w.depth < %(depth)s
 )
-SELECT {_STEP_COLS}, min(depth) FROM walk GROUP BY {_STEP_COLS}
+SELECT {_COLS} FROM walk
 """
 
 
@@ -178,33 +211,44 @@ def root_keys(c: Central, path: str, host: str) -> list[str]:
 def lineage(c: Central, path: str, host: str, direction: str = "upstream", depth: int = 10,
             at_us: int | None = None) -> dict:
     keys = root_keys(c, path, host)
-    sql = _UPSTREAM if direction == "upstream" else _DOWNSTREAM
-    steps = c.q(sql, {"keys": keys, "depth": depth, "at": at_us if at_us is not None else FOREVER_US,
-                      "since": 0})
-    files: dict[str, dict] = {}
+    up = direction == "upstream"
+    rows = c.q(_UPSTREAM if up else _DOWNSTREAM,
+               {"keys": keys, "depth": depth, "bound": (at_us if at_us is not None else FOREVER_US) if up else 0})
+    files: dict[str, dict] = {k: {"root": True} for k in keys}
     procs: dict[tuple, dict] = {}
-    edges: list[dict] = []
-    truncated = False
-    for k in keys:
-        files[k] = {"root": True}
-    for host_id, rid, pid, out_key, _ofirst, out_us, in_key, in_us, via, d in steps:
-        files.setdefault(out_key, {})
-        files.setdefault(in_key, {})
-        if via == "rename":
-            edges.append({"from": _fid(in_key), "to": _fid(out_key), "rel": "renamed_to", "time": iso(out_us),
-                          "host": host_id})
+    edges: dict[tuple, dict] = {}
+    edge_ = _edge_up if up else _edge_down
+    frontier = []
+    for is_file, key, h, rid, pid, _bound, d, from_key, fh, frid, fpid, rel in rows:
+        if rel is None:
+            continue  # a root
+        if is_file:
+            files.setdefault(key, {})
+            if d >= depth:
+                frontier.append(key)
+            src = _pid(fh, frid, fpid) if from_key is None else _fid(from_key)
+            a, b = edge_(_fid(key), src, rel)
         else:
-            pnode = procs.setdefault((host_id, rid, pid), {})
-            edges.append({"from": _fid(in_key), "to": _pid(host_id, rid, pid), "rel": "read_by", "time": iso(in_us)})
-            edges.append({"from": _pid(host_id, rid, pid), "to": _fid(out_key), "rel": "wrote", "time": iso(out_us)})
-            pnode.setdefault("depth", d)
-        if d >= depth:
-            truncated = True
+            procs.setdefault((h, rid, pid), {})
+            a, b = edge_(_pid(h, rid, pid), _fid(from_key), rel)
+        edges[(a, b, rel)] = {"from": a, "to": b, "rel": rel}
+    truncated = bool(frontier) and bool(c.q(
+        "SELECT 1 FROM accesses WHERE fkey = ANY(%s) AND bits & " + ("14" if up else "1") + " <> 0 LIMIT 1",
+        (frontier,)))
     nodes = _file_nodes(c, files) + _process_nodes(c, procs)
-    uniq = {(e["from"], e["to"], e["rel"]): e for e in edges}
     return {"root": path, "host_id": host, "keys": keys, "direction": direction, "depth": depth,
-            "nodes": nodes, "edges": list(uniq.values()), "found": bool(steps) or _touched(c, keys),
+            "nodes": nodes, "edges": list(edges.values()), "found": len(rows) > len(keys) or _touched(c, keys),
             "truncated": truncated, "store": c.path}
+
+
+def _edge_up(node: str, reached_from: str, rel: str) -> tuple[str, str]:
+    """(from, to) of the edge that reached node walking upstream: edges point
+    input -> output, and upstream every node is an input of the one before."""
+    return node, reached_from
+
+
+def _edge_down(node: str, reached_from: str, rel: str) -> tuple[str, str]:
+    return reached_from, node
 
 
 def _fid(key: str) -> str:
@@ -240,12 +284,20 @@ def _file_nodes(c: Central, files: dict[str, dict]) -> list[dict]:
 
 
 def _process_nodes(c: Central, procs: dict[tuple, dict]) -> list[dict]:
+    """Each process with its identity (host, boot, pid, start) and its run, in one query."""
+    info: dict[tuple, tuple] = {}
+    if procs:
+        hosts, rids, pids = (list(col) for col in zip(*procs))
+        for row in c.q("SELECT DISTINCT ON (p.host_id, p.rid, p.pid) p.host_id, p.rid, p.pid, p.boot, "
+                       "p.started_us, p.exe, p.argv, p.uid, p.cell, r.id, r.\"user\", r.hostname "
+                       "FROM unnest(%s::text[], %s::bigint[], %s::int[]) AS k(host_id, rid, pid) "
+                       "JOIN processes p ON p.host_id = k.host_id AND p.rid = k.rid AND p.pid = k.pid "
+                       "JOIN runs r ON r.host_id = p.host_id AND r.rid = p.rid "
+                       "ORDER BY p.host_id, p.rid, p.pid, p.started_us DESC", (hosts, rids, pids)):
+            info[(row[0], row[1], row[2])] = row[3:]
     out = []
     for (host, rid, pid), extra in procs.items():
-        rows = c.q("SELECT p.boot, p.started_us, p.exe, p.argv, p.uid, p.cell, r.id, r.\"user\", r.hostname "
-                   "FROM processes p JOIN runs r ON r.host_id = p.host_id AND r.rid = p.rid "
-                   "WHERE p.host_id = %s AND p.rid = %s AND p.pid = %s LIMIT 1", (host, rid, pid))
-        boot, started, exe, argv, uid, cell, run_id, user, hostname = rows[0] if rows else (None,) * 9
+        boot, started, exe, argv, uid, cell, run_id, user, hostname = info.get((host, rid, pid), (None,) * 9)
         out.append({"id": _pid(host, rid, pid), "kind": "process", "host": host, "hostname": hostname,
                     "boot": boot, "pid": pid, "started": iso(started) if started else None, "exe": exe,
                     "argv": argv if isinstance(argv, list) else (json.loads(argv) if argv else None),

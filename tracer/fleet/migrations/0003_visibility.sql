@@ -60,14 +60,12 @@ CREATE POLICY paths_own ON paths FOR SELECT TO provtrace_reader
          OR EXISTS (SELECT 1 FROM renames n WHERE n.host_id = paths.host_id
                                              AND paths.fkey IN (n.from_key, n.to_key)));
 
--- The view runs with its caller's rights, so the policies above apply through it.
-ALTER VIEW steps SET (security_invoker = true);
 
 GRANT USAGE ON SCHEMA public TO provtrace_reader, provtrace_shipper;
-GRANT SELECT ON hosts, losses, runs, processes, accesses, renames, records, paths, steps, schema_version
+GRANT SELECT ON hosts, losses, runs, processes, accesses, renames, records, paths, schema_version
   TO provtrace_reader;
 GRANT SELECT ON hosts TO provtrace_shipper;  -- its high-water mark, to resume from
-REVOKE ALL ON FUNCTION provtrace_ingest(text, bigint), provtrace_derive(text, bigint, bigint),
+REVOKE ALL ON FUNCTION provtrace_ingest(text, bigint), provtrace_derive(text),
        provtrace_run_role(text, int, text) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION provtrace_ingest(text, bigint) TO provtrace_shipper;
 GRANT EXECUTE ON FUNCTION provtrace_run_role(text, int, text) TO provtrace_reader;
