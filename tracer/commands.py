@@ -21,6 +21,9 @@ def _store(args: argparse.Namespace, *, readonly: bool = True):
     from .store import sqlite as S  # noqa: PLC0415
 
     path = getattr(args, "db", None) or S.default_db_path()
+    if path.startswith(("postgresql://", "postgres://")):
+        raise UsageError(f"`provtrace {args.verb}` reads a store file; a fleet store (postgresql://) answers "
+                         "runs, show and lineage (docs/fleet.md)")
     return S.Store(path, readonly=readonly)
 
 

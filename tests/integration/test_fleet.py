@@ -295,3 +295,14 @@ def test_analysts_see_only_their_runs(open_site, pg, fleet_db):
     refused = pt("show", root_run, "--db", pg.url(dbname, "nobody"))
     assert refused.returncode != 0 and "Traceback" not in refused.stderr
     assert_central_matches(fleet_db, "host-c", c_db)
+
+
+def test_fleet_errors_are_one_line(tmp_path):
+    """No database listening, a verb that needs a store file, a bad URL: one line each, no traceback."""
+    closed = "postgresql://nobody@127.0.0.1:1/none"
+    for args in (("runs", "--db", closed), ("lineage", "/x", "--db", closed, "--host-id", "h"),
+                 ("fleet", "migrate", closed), ("stale", "--db", closed), ("fleet", "status", "not-a-url"),
+                 ("ship", "--db", str(tmp_path / "none.db"), "--to", closed, "--host-id", "h")):
+        r = pt(*args)
+        assert r.returncode != 0, args
+        assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr, (args, r.stderr)
