@@ -117,6 +117,8 @@ def run(args, url: str) -> int:
     print(f"ingest: {total} records in {ingest_s:.1f} s = {total / ingest_s:,.0f} records/s", flush=True)
     c = Central(url)
     c.conn.execute("ANALYZE")
+    size = c.q("SELECT pg_database_size(current_database())")[0][0]
+    print(f"central database: {size / 2**20:,.0f} MiB = {size / total:,.0f} bytes per record", flush=True)
     root = f"{SHARED}/h0/o{procs - 1}"
     for depth in (int(d) for d in args.depths.split(",")):
         times, nodes = [], 0

@@ -48,8 +48,13 @@ class Central:
         self.conn.close()
 
     def q(self, sql: str, args=()) -> list[tuple]:
+        import psycopg  # noqa: PLC0415  (present: connect() succeeded)
+
         try:
             return self.conn.execute(sql, args).fetchall()
+        except psycopg.errors.QueryCanceled as e:
+            raise FleetError(f"query on {self.path} ran past {STATEMENT_TIMEOUT_MS // 1000} s and was "
+                             "stopped; ask for less (a lower --depth, or --at)") from e
         except errors() as e:
             raise FleetError(f"query on {self.path} failed: {first_line(e)}") from e
 
