@@ -295,6 +295,12 @@ def test_analysts_see_only_their_runs(open_site, pg, fleet_db):
     refused = pt("show", root_run, "--db", pg.url(dbname, "nobody"))
     assert refused.returncode != 0 and "Traceback" not in refused.stderr
     assert_central_matches(fleet_db, "host-c", c_db)
+    # a host bound to its shipping role: another role may not ship as it
+    pg.psql("UPDATE hosts SET ship_role = 'ship_c' WHERE host_id = 'host-a'", dbname)
+    other = ship(c_db, pg.url(dbname, "ship_c"), "host-c", "--resend-from", "1")
+    assert other.returncode == 0
+    taken = ship(a_db, fleet_db, "host-a", "--resend-from", "1", check=False)
+    assert taken.returncode != 0 and "may not ship for host host-a" in taken.stderr
 
 
 def test_fleet_errors_are_one_line(tmp_path):
@@ -306,3 +312,34 @@ def test_fleet_errors_are_one_line(tmp_path):
         r = pt(*args)
         assert r.returncode != 0, args
         assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr, (args, r.stderr)
+
+
+@pytest.mark.privileged
+def test_lineage_from_a_notebook_cell_on_another_host(site, fleet_db):
+    """Host A: a notebook cell writes the shared file; host B: a command reads it."""
+    from jupyter_client.kernelspec import KernelSpecManager  # noqa: PLC0415
+    from nbformat import write  # noqa: PLC0415
+    from nbformat.v4 import new_code_cell, new_notebook  # noqa: PLC0415
+
+    if "python3" not in KernelSpecManager().find_kernel_specs():
+        pytest.skip("kernelspec python3 is not installed (setup.sh installs it)")
+    (site / "a" / "in.csv").write_text("x,y\n")
+    nb = new_notebook(cells=[new_code_cell("data = open('a/in.csv').read()"),
+                             new_code_cell("open('shared/mid.csv', 'w').write(data.upper())")])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    write(nb, str(site / "analysis.ipynb"))
+    a_db, b_db = str(site / "A.db"), str(site / "B.db")
+    r = pt("notebook", "run", str(site / "analysis.ipynb"), "--db", a_db, "--json-out", str(site / "nb.json"))
+    assert r.returncode == 0, r.stderr
+    cells = json.loads((site / "nb.json").read_text())["cells"]
+    traced(site, b_db, "sort shared/mid.csv > b/out.csv")
+    ship(a_db, fleet_db, "host-a")
+    ship(b_db, fleet_db, "host-b")
+    doc = json.loads(pt("lineage", str(site / "b" / "out.csv"), "--db", fleet_db, "--host-id", "host-b", "--json",
+                        check=True).stdout)
+    files = {n["path"]: n for n in doc["nodes"] if n["kind"] == "file"}
+    assert files[str(site / "a" / "in.csv")]["host"] == "host-a"
+    mid = "file:" + files[str(site / "shared" / "mid.csv")]["key"]
+    wrote = [e for e in doc["edges"] if e["to"] == mid and e["rel"] == "wrote"]
+    assert any(cells[1]["id"] in e["cells"] for e in wrote)  # the second cell wrote it, on host A
+    assert_central_matches(fleet_db, "host-a", a_db)

@@ -144,9 +144,9 @@ def hosts(c: Central) -> list[dict]:
 # The walk's rows: a file (is_file, key) or a process (host_id, rid, pid),
 # each with the time bound the next step must keep to, its depth in file
 # hops, the node it was reached from, and the relation between them.
-_COLS = ("is_file, key, host_id, rid, pid, bound, depth, from_key, from_host, from_rid, from_pid, rel")
+_COLS = ("is_file, key, host_id, rid, pid, bound, depth, from_key, from_host, from_rid, from_pid, rel, cell")
 _SEED = """SELECT true, k, NULL::text, NULL::bigint, NULL::int, %(bound)s::bigint, 0, NULL::text, NULL::text,
-                  NULL::bigint, NULL::int, NULL::text FROM unnest(%(keys)s::text[]) k"""
+                  NULL::bigint, NULL::int, NULL::text, NULL::text FROM unnest(%(keys)s::text[]) k"""
 
 # Upstream: a file <- the processes that began writing it before the bound
 # <- the data files each had read before that write; a file <- the file a
@@ -157,13 +157,13 @@ WITH RECURSIVE walk({_COLS}) AS (
   UNION
     SELECT s.* FROM walk w, LATERAL (
         SELECT false, NULL::text, a.host_id, a.rid, a.pid, a.last_us, w.depth + 1, w.key, NULL::text,
-               NULL::bigint, NULL::int, 'wrote'
+               NULL::bigint, NULL::int, 'wrote', a.cell
           FROM accesses a WHERE w.is_file AND a.fkey = w.key AND a.bits & 14 <> 0 AND a.first_us <= w.bound
         UNION ALL
-        SELECT true, n.from_key, NULL, NULL, NULL, n.t_us, w.depth + 1, w.key, NULL, NULL, NULL, 'renamed_to'
+        SELECT true, n.from_key, NULL, NULL, NULL, n.t_us, w.depth + 1, w.key, NULL, NULL, NULL, 'renamed_to', NULL
           FROM renames n WHERE w.is_file AND n.to_key = w.key AND n.t_us <= w.bound
         UNION ALL
-        SELECT true, a.fkey, NULL, NULL, NULL, a.first_us, w.depth, NULL, w.host_id, w.rid, w.pid, 'read_by'
+        SELECT true, a.fkey, NULL, NULL, NULL, a.first_us, w.depth, NULL, w.host_id, w.rid, w.pid, 'read_by', a.cell
           FROM accesses a
          WHERE NOT w.is_file AND a.host_id = w.host_id AND a.rid = w.rid AND a.pid = w.pid
            AND a.bits & 1 <> 0 AND a.fkind IN ('d', 't') AND a.first_us <= w.bound AND a.fkey <> w.from_key
@@ -182,13 +182,13 @@ WITH RECURSIVE walk({_COLS}) AS (
   UNION
     SELECT s.* FROM walk w, LATERAL (
         SELECT false, NULL::text, a.host_id, a.rid, a.pid, a.first_us, w.depth + 1, w.key, NULL::text,
-               NULL::bigint, NULL::int, 'read_by'
+               NULL::bigint, NULL::int, 'read_by', a.cell
           FROM accesses a WHERE w.is_file AND a.fkey = w.key AND a.bits & 1 <> 0 AND a.first_us >= w.bound
         UNION ALL
-        SELECT true, n.to_key, NULL, NULL, NULL, n.t_us, w.depth + 1, w.key, NULL, NULL, NULL, 'renamed_to'
+        SELECT true, n.to_key, NULL, NULL, NULL, n.t_us, w.depth + 1, w.key, NULL, NULL, NULL, 'renamed_to', NULL
           FROM renames n WHERE w.is_file AND n.from_key = w.key AND n.t_us >= w.bound
         UNION ALL
-        SELECT true, a.fkey, NULL, NULL, NULL, a.last_us, w.depth, NULL, w.host_id, w.rid, w.pid, 'wrote'
+        SELECT true, a.fkey, NULL, NULL, NULL, a.last_us, w.depth, NULL, w.host_id, w.rid, w.pid, 'wrote', a.cell
           FROM accesses a
          WHERE NOT w.is_file AND a.host_id = w.host_id AND a.rid = w.rid AND a.pid = w.pid
            AND a.bits & 14 <> 0 AND a.fkind IN ('d', 't') AND a.last_us >= w.bound AND a.fkey <> w.from_key
@@ -224,7 +224,7 @@ def lineage(c: Central, path: str, host: str, direction: str = "upstream", depth
     edges: dict[tuple, dict] = {}
     edge_ = _edge_up if up else _edge_down
     frontier = []
-    for is_file, key, h, rid, pid, _bound, d, from_key, fh, frid, fpid, rel in rows:
+    for is_file, key, h, rid, pid, _bound, d, from_key, fh, frid, fpid, rel, cell in rows:
         if rel is None:
             continue  # a root
         if is_file:
@@ -236,7 +236,9 @@ def lineage(c: Central, path: str, host: str, direction: str = "upstream", depth
         else:
             procs.setdefault((h, rid, pid), {})
             a, b = edge_(_pid(h, rid, pid), _fid(from_key), rel)
-        edges[(a, b, rel)] = {"from": a, "to": b, "rel": rel}
+        edge = edges.setdefault((a, b, rel), {"from": a, "to": b, "rel": rel, "cells": []})
+        if cell is not None and cell not in edge["cells"]:
+            edge["cells"].append(cell)  # the notebook cell(s) the read or write happened in
     truncated = bool(frontier) and bool(c.q(
         "SELECT 1 FROM accesses WHERE fkey = ANY(%s) AND bits & " + ("14" if up else "1") + " <> 0 LIMIT 1",
         (frontier,)))
@@ -330,8 +332,10 @@ def render(result: dict) -> str:
             where = f"shared {n['key']}, seen on {', '.join(n['hosts']) or '?'}" if n["shared"] \
                 else f"on host {n.get('host')}"
             return f"{n['path']} ({where})"
-        return (f"process {n['pid']} on host {n['host']} ({n.get('hostname') or '?'}), run {n.get('run')}, "
-                f"user {n.get('user')}: {' '.join(n.get('argv') or [])[:80]}")
+        cells = sorted({c for e in result["edges"] if nid in (e["from"], e["to"]) for c in e.get("cells", [])})
+        in_cells = f", cell {', '.join(cells)}" if cells else ""
+        return (f"process {n['pid']} on host {n['host']} ({n.get('hostname') or '?'}), run {n.get('run')}"
+                f"{in_cells}, user {n.get('user')}: {' '.join(n.get('argv') or [])[:80]}")
 
     printed: set[str] = set()
 
