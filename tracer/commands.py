@@ -23,7 +23,7 @@ def _store(args: argparse.Namespace, *, readonly: bool = True):
     path = getattr(args, "db", None) or S.default_db_path()
     if path.startswith(("postgresql://", "postgres://")):
         raise UsageError(f"`provtrace {args.verb}` reads a store file; a fleet store (postgresql://) answers "
-                         "runs, show and lineage (docs/fleet.md)")
+                         "runs, show, lineage, diff and export (docs/fleet.md)")
     return S.Store(path, readonly=readonly)
 
 
@@ -454,7 +454,13 @@ def cmd_diff(args: argparse.Namespace) -> int:
     from .lineage.diff import diff_runs, render_diff  # noqa: PLC0415
     from .store import queries as Q  # noqa: PLC0415
 
-    if args.socket:
+    central = _central(args)
+    if central is not None:  # two runs of any hosts
+        from .fleet import query as F  # noqa: PLC0415
+
+        config = _config()
+        a, b = (F.load_run(central, *F.resolve_run(central, r), config) for r in (args.run_a, args.run_b))
+    elif args.socket:
         a, b = (json.loads(_remote_export(args.socket, r, "json")) for r in (args.run_a, args.run_b))
         _reclassify([a, b], _config())
     else:
@@ -482,7 +488,14 @@ def cmd_export(args: argparse.Namespace) -> int:
         return 0
     config = _config()
     versions = None
-    if args.socket:  # the daemon's documents, cut here: its kinds, then this user's rules
+    central = _central(args)
+    if central is not None:  # the fleet's documents (no file versions: docs/fleet.md)
+        from .fleet import query as F  # noqa: PLC0415
+
+        keys = [(r["host_id"], r["rid"]) for r in F.list_runs(central)] if args.all \
+            else [F.resolve_run(central, args.run)]
+        docs = [F.load_run(central, host, rid, config) for host, rid in keys]
+    elif args.socket:  # the daemon's documents, cut here: its kinds, then this user's rules
         got = json.loads(_remote_export(args.socket, None if args.all else args.run, "json"))
         docs = got if args.all else [got]
         _reclassify(docs, config)
@@ -620,6 +633,10 @@ def cmd_tui(args: argparse.Namespace) -> int:
     daemon is one line on stderr before the app takes over the terminal."""
     from ..tui.source import open_source  # noqa: PLC0415
 
+    from .fleet.db import is_url  # noqa: PLC0415
+
+    if not args.socket and is_url(args.db or os.environ.get("PROVTRACE_DB")):
+        _store(args)  # refused in one line, before the app takes the terminal
     source = open_source(db=args.db, socket_path=args.socket, config=_config())
     try:
         # Textual draws on stderr and reads keys from stdin; stdout may be piped.

@@ -307,7 +307,7 @@ def test_fleet_errors_are_one_line(tmp_path):
     """No database listening, a verb that needs a store file, a bad URL: one line each, no traceback."""
     closed = "postgresql://nobody@127.0.0.1:1/none"
     for args in (("runs", "--db", closed), ("lineage", "/x", "--db", closed, "--host-id", "h"),
-                 ("fleet", "migrate", closed), ("stale", "--db", closed), ("fleet", "status", "not-a-url"),
+                 ("fleet", "migrate", closed), ("stale", "--db", closed), ("tui", "--db", closed), ("fleet", "status", "not-a-url"),
                  ("ship", "--db", str(tmp_path / "none.db"), "--to", closed, "--host-id", "h")):
         r = pt(*args)
         assert r.returncode != 0, args
@@ -343,3 +343,23 @@ def test_lineage_from_a_notebook_cell_on_another_host(site, fleet_db):
     wrote = [e for e in doc["edges"] if e["to"] == mid and e["rel"] == "wrote"]
     assert any(cells[1]["id"] in e["cells"] for e in wrote)  # the second cell wrote it, on host A
     assert_central_matches(fleet_db, "host-a", a_db)
+
+
+def test_diff_and_export_over_the_fleet(site, fleet_db, tmp_path):
+    (site / "a" / "in.csv").write_text("x\n")
+    a_db, b_db = str(site / "A.db"), str(site / "B.db")
+    traced(site, a_db, "cat a/in.csv > shared/mid.csv")
+    traced(site, b_db, "cat shared/mid.csv > b/out.csv")
+    ship(a_db, fleet_db, "host-a")
+    ship(b_db, fleet_db, "host-b")
+    runs = {r["host_id"]: r["id"] for r in json.loads(pt("runs", "--db", fleet_db, "--json", check=True).stdout)}
+    d = json.loads(pt("diff", f"host-a:{runs['host-a']}", f"host-b:{runs['host-b']}", "--db", fleet_db, "--json",
+                      check=True).stdout)
+    assert str(site / "b" / "out.csv") in json.dumps(d["outputs"])
+    out = tmp_path / "all.json"
+    pt("export", "--all", "--format", "json", "-o", str(out), "--db", fleet_db, check=True)
+    docs = json.loads(out.read_text())
+    assert sorted(doc["run"]["host_id"] for doc in docs) == ["host-a", "host-b"]
+    prov = tmp_path / "b.prov.json"
+    pt("export", runs["host-b"], "--format", "prov-json", "-o", str(prov), "--db", fleet_db, check=True)
+    assert "out.csv" in prov.read_text()
