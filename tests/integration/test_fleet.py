@@ -363,3 +363,41 @@ def test_diff_and_export_over_the_fleet(site, fleet_db, tmp_path):
     prov = tmp_path / "b.prov.json"
     pt("export", runs["host-b"], "--format", "prov-json", "-o", str(prov), "--db", fleet_db, check=True)
     assert "out.csv" in prov.read_text()
+
+
+def test_names_that_are_not_utf8_ship_and_join(site, fleet_db):
+    """A non-UTF-8 file name and argv (bodies with lone-surrogate escapes, which
+    jsonb refuses) ship, derive and show: the shipper must never wedge on one."""
+    name = os.fsencode(str(site / "shared")) + b"/caf\xe9 \xe2\x82\xac.csv"
+    db = str(site / "A.db")
+    r = subprocess.run([os.fsencode(PROVTRACE), b"run", b"--backend", b"ptrace", b"--db", os.fsencode(db), b"--",
+                        b"cp", b"/etc/hostname", name], capture_output=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    ship(db, fleet_db, "host-a")
+    assert_central_matches(fleet_db, "host-a", db)
+    run = json.loads(pt("runs", "--db", fleet_db, "--json", check=True).stdout)[0]["id"]
+    doc = json.loads(pt("show", run, "--db", fleet_db, "--json", check=True).stdout)
+    shown = [f for f in doc["files"] if f.get("path_b64")]
+    assert shown and shown[0]["shared"] and shown[0]["fkey"].startswith("shared:")
+    with psycopg.connect(fleet_db) as conn:
+        argv = conn.execute("SELECT argv FROM processes WHERE host_id='host-a'").fetchall()
+    assert any("caf" in json.dumps(a) for (a,) in argv)
+
+
+def test_backlog_is_reported(site, fleet_db, caplog):
+    from provtrace.tracer.fleet import ship as shipmod  # noqa: PLC0415
+
+    db = synthetic_store(str(site / "A.db"), 2000)
+    loop = shipmod.ShipLoop(Shipper(db, fleet_db, "host-a", batch=500), batches_per_step=1)
+    caplog.set_level("WARNING", logger="provtrace.tracer.fleet.ship")
+    old = shipmod.BACKLOG_WARN
+    shipmod.BACKLOG_WARN = 100
+    try:
+        loop.step()
+    finally:
+        shipmod.BACKLOG_WARN = old
+        loop.shipper.close()
+    assert loop.last.backlog > 1000
+    assert any("event=ship-backlog" in m for m in caplog.messages)
+    status = json.loads(pt("fleet", "status", fleet_db, "--json", check=True).stdout)
+    assert status["hosts"][0]["backlog"] == loop.last.backlog

@@ -15,6 +15,7 @@ a statement timeout.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 
@@ -108,18 +109,26 @@ def _path(raw: bytes | None) -> str | None:
     return None if raw is None else os.fsdecode(bytes(raw))
 
 
+def _raw(entry: dict) -> bytes:
+    """A file entry's path as bytes (path_b64 holds them for a name that is not UTF-8)."""
+    if entry.get("path_b64"):
+        return base64.b64decode(entry["path_b64"])
+    return os.fsencode(entry["path"])
+
+
 def load_run(c: Central, host: str, rid: int, config=None) -> dict:
     """provtrace.run/1 of one run, with the host named on the run, every process and every file."""
     doc = Q.load_run(_HostRecords(c, host), rid, config)
     doc["run"]["host_id"] = host
     for p in doc["processes"]:
         p["host"] = host
+    raws = [_raw(f) for f in doc["files"]]
     keys = {bytes(raw): (fkey, shared) for raw, fkey, shared in
             c.q("SELECT path, fkey, shared FROM paths WHERE host_id = %s AND path = ANY(%s)",
-                (host, [os.fsencode(f["path"]) for f in doc["files"]] or [b""]))}
-    for f in doc["files"]:
+                (host, raws or [b""]))}
+    for f, raw in zip(doc["files"], raws):
         f["host"] = host
-        f["fkey"], f["shared"] = keys.get(os.fsencode(f["path"]), (None, False))
+        f["fkey"], f["shared"] = keys.get(raw, (None, False))
     doc["losses"] = losses(c, host)
     return doc
 
