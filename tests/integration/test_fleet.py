@@ -88,6 +88,11 @@ def test_lineage_goes_back_across_hosts(site, fleet_db):
     runs = json.loads(pt("runs", "--db", fleet_db, "--json", check=True).stdout)
     assert sorted(r["host_id"] for r in runs) == ["host-a", "host-b"]
     run_b = next(r["id"] for r in runs if r["host_id"] == "host-b")
+    # time-bounded: at a moment before host B's run, out.csv had no writer yet
+    before = next(r["started"] for r in runs if r["host_id"] == "host-a")
+    then = json.loads(pt("lineage", str(site / "b" / "out.csv"), "--db", fleet_db, "--host-id", "host-b",
+                         "--at", before, "--json", check=True).stdout)
+    assert not [n for n in then["nodes"] if n["kind"] == "process"]
     shown = json.loads(pt("show", run_b, "--db", fleet_db, "--json", check=True).stdout)
     assert shown["run"]["host_id"] == "host-b"
     assert {f["host"] for f in shown["files"]} == {"host-b"}

@@ -16,7 +16,6 @@ A path is keyed for the central store (fkey):
 from __future__ import annotations
 
 import logging
-import os
 import posixpath
 from dataclasses import dataclass
 
