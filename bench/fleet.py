@@ -12,9 +12,9 @@ temporary Debian postgresql-15 cluster unless --url names one), and times:
   depths, median and 90th percentile of --reps calls.
 
 The graph: processes in chains, one chain per host, each process reading its
-chain's previous output and one earlier output of any host (through a
-declared shared prefix, so chains cross hosts) and writing one output; eight
-library maps per process pad it to ten access edges. --edges counts access
+chain's previous output and (with chance --cross) one earlier output of any
+host (through a declared shared prefix, so chains cross hosts) and writing
+one output; library maps pad each process to ten access edges. --edges counts access
 edges (FILE records) over all hosts.
 """
 
@@ -38,7 +38,7 @@ EDGES_PER_PROC = 10
 T0 = 1_700_000_000_000_000
 
 
-def build(path: str, host: int, hosts: int, procs: int, rng: random.Random) -> None:
+def build(path: str, host: int, hosts: int, procs: int, rng: random.Random, cross: float = 1.0) -> None:
     """One host's store: procs processes in one run, times interleaved across hosts."""
     store = S.Store(path)
     try:
@@ -54,9 +54,10 @@ def build(path: str, host: int, hosts: int, procs: int, rng: random.Random) -> N
             items = []
             if i:
                 items.append(([1000 + i, 1, 10, 0, t, t + 1, None, "d"], f"{SHARED}/h{host}/o{i - 1}", None))
-                other = rng.randrange(hosts)
-                j = rng.randrange(i)
-                items.append(([1000 + i, 1, 10, 0, t, t + 1, None, "d"], f"{SHARED}/h{other}/o{j}", None))
+                if rng.random() < cross:
+                    other = rng.randrange(hosts)
+                    j = rng.randrange(i)
+                    items.append(([1000 + i, 1, 10, 0, t, t + 1, None, "d"], f"{SHARED}/h{other}/o{j}", None))
             items.append(([1000 + i, 6, 0, 10, t + 2, t + 3, None, "d"], f"{SHARED}/h{host}/o{i}", None))
             while len(items) < EDGES_PER_PROC:
                 items.append(([1000 + i, 64, 0, 0, t, t, None, "l"], rng.choice(libs), None))
@@ -76,6 +77,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--url", help="an empty database to use (default: a temporary postgresql-15 cluster)")
     ap.add_argument("--reps", type=int, default=10)
     ap.add_argument("--depths", default="5,10,20")
+    ap.add_argument("--cross", type=float, default=1.0, metavar="P",
+                    help="chance that a process also reads a random earlier output (default 1: fan-in 2; "
+                         "0: every walk is one chain)")
     args = ap.parse_args(argv)
     server = None
     url = args.url
@@ -102,7 +106,7 @@ def run(args, url: str) -> int:
     t = time.perf_counter()
     for h in range(args.hosts):
         stores.append(f"{tmp}/h{h}.db")
-        build(stores[-1], h, args.hosts, procs, rng)
+        build(stores[-1], h, args.hosts, procs, rng, args.cross)
     print(f"built {args.hosts} stores, {procs} processes each, {args.edges} access edges "
           f"in {time.perf_counter() - t:.1f} s", flush=True)
     total = 0
