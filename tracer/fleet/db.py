@@ -26,8 +26,12 @@ def connect(url: str, *, autocommit: bool = False, timeout_s: float = 10.0):
     """A connection to url; FleetError naming the server (never the password) when it fails."""
     psycopg = _psycopg()
     try:
+        # keepalives and a TCP user timeout: a network cut that drops packets
+        # silently (no reset) fails the connection within about a minute,
+        # instead of leaving a shipper blocked for the kernel's 15.
         return psycopg.connect(url, autocommit=autocommit, connect_timeout=max(1, int(timeout_s)),
-                               application_name="provtrace")
+                               application_name="provtrace", keepalives=1, keepalives_idle=30,
+                               keepalives_interval=10, keepalives_count=3, tcp_user_timeout=60_000)
     except psycopg.Error as e:
         raise FleetError(f"cannot connect to the fleet store {redact(url)}: "
                          f"{first_line(e)}") from e
