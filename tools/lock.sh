@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Refreshes requirements.lock: the exact versions, with hashes, of every Python
-# package that setup.sh installs into .venv (runtime, the `dev` and `jupyter`
-# extras, transitive dependencies, and the build backend).
+# package that setup.sh installs into .venv (runtime, the `dev`, `jupyter` and
+# `fleet` extras, transitive dependencies, and the build backend).
 #
 #   bash tools/lock.sh                          # re-resolve, keeping every pin that still fits
 #   bash tools/lock.sh --upgrade                # move everything to the newest allowed versions
@@ -31,7 +31,7 @@ trap 'rm -rf "$tool"' EXIT
 "$tool/venv/bin/uv" pip compile --no-config --quiet \
   --index-url https://pypi.org/simple \
   --python-version 3.11 --python-platform x86_64-manylinux_2_36 \
-  --extra dev --extra jupyter \
+  --extra dev --extra jupyter --extra fleet \
   --generate-hashes \
   --custom-compile-command "bash tools/lock.sh" \
   --output-file requirements.lock \

@@ -35,6 +35,8 @@ EPILOG = textwrap.dedent("""\
       provtrace export last --format prov-json -o run.prov.json
       provtrace env last --format requirements.txt -o requirements.txt
       provtrace reproduce last              re-run the last run traced; exit 4 if anything differs
+      provtrace ship --to postgresql://db/provtrace   copy this store to the fleet's central store
+      provtrace lineage out.csv --db postgresql://db/provtrace   lineage across every host
     """)
 
 
@@ -45,7 +47,8 @@ def _add_socket(p: argparse.ArgumentParser) -> None:
 
 def _add_db(p: argparse.ArgumentParser) -> None:
     p.add_argument("--db", metavar="PATH", help="store file (default: $PROVTRACE_DB, "
-                   "/var/lib/provtrace/provtrace.db as root, else ~/.local/share/provtrace/provtrace.db)")
+                   "/var/lib/provtrace/provtrace.db as root, else ~/.local/share/provtrace/provtrace.db); "
+                   "runs, show, lineage, diff and export also take a fleet store's postgresql:// URL")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -103,6 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_db(p)
     _add_socket(p)
     p.add_argument("--json", action="store_true", help="same as --format json")
+    p.add_argument("--host-id", metavar="ID", help="with a postgresql:// store: the host PATH is on "
+                   "(default: [fleet] host_id, else /etc/machine-id)")
 
     p = sub.add_parser("diff", help="what changed between two runs")
     p.add_argument("run_a", metavar="RUN_A")
@@ -246,6 +251,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--idle-timeout", type=_positive_float, default=300.0, metavar="S",
                    help="close a connection whose client is silent for S seconds (default 300; "
                         "live clients answer the daemon's keepalive pings)")
+
+    p.add_argument("--ship", metavar="URL", help="copy committed records to this central PostgreSQL store "
+                   "continuously (docs/fleet.md); tracing goes on while it is away")
+    p.add_argument("--host-id", metavar="ID", help="this host's id in the fleet (default: [fleet] host_id, "
+                   "else /etc/machine-id)")
+    p.add_argument("--ship-every", type=_positive_float, default=5.0, metavar="S",
+                   help="seconds between shipping rounds (default 5)")
+
+    p = sub.add_parser("ship", help="copy a store's committed records to the central PostgreSQL store, once",
+                       epilog="example: provtrace ship --to postgresql://ship@db.example/provtrace")
+    _add_db(p)
+    p.add_argument("--to", required=True, metavar="URL", help="the central store (postgresql://...)")
+    p.add_argument("--host-id", metavar="ID", help="this host's id (default: [fleet] host_id, else "
+                   "/etc/machine-id)")
+    p.add_argument("--batch", type=_positive_int, default=5000, metavar="N",
+                   help="records per transaction (default 5000)")
+    p.add_argument("--resend-from", type=_positive_int, metavar="SEQ",
+                   help="send again from record SEQ on (the central store drops what it holds)")
+
+    p = sub.add_parser("fleet", help="the central PostgreSQL store: migrate, status")
+    fsub = p.add_subparsers(dest="fleet_verb", metavar="VERB", required=True)
+    q = fsub.add_parser("migrate", help="create or upgrade the central schema at URL",
+                        epilog="example: provtrace fleet migrate postgresql://provtrace@db.example/provtrace")
+    q.add_argument("url", metavar="URL")
+    q = fsub.add_parser("status", help="every host's central head, backlog and recorded losses "
+                        "(exit 1 when any loss is recorded)")
+    q.add_argument("url", metavar="URL")
+    q.add_argument("--json", action="store_true")
 
     p = sub.add_parser("notebook", help="notebook verbs (run)")
     nsub = p.add_subparsers(dest="notebook_verb", metavar="VERB", required=True)

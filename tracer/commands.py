@@ -23,7 +23,23 @@ def _store(args: argparse.Namespace, *, readonly: bool = True):
     from .store import sqlite as S  # noqa: PLC0415
 
     path = getattr(args, "db", None) or S.default_db_path()
+    if path.startswith(("postgresql://", "postgres://")):
+        raise UsageError(f"`provtrace {args.verb}` reads a store file; a fleet store (postgresql://) answers "
+                         "runs, show, lineage, diff and export (docs/fleet.md)")
     return S.Store(path, readonly=readonly)
+
+
+def _central(args: argparse.Namespace):
+    """The central fleet store when --db (or PROVTRACE_DB) is a postgresql:// URL, else None."""
+    from .fleet.db import is_url  # noqa: PLC0415
+
+    url = getattr(args, "db", None) or os.environ.get("PROVTRACE_DB")
+    if not is_url(url):
+        return None
+    need(not getattr(args, "socket", None), "give --db postgresql://... or --socket, not both")
+    from .fleet.query import Central  # noqa: PLC0415
+
+    return Central(url)
 
 
 def _config():
@@ -203,8 +219,62 @@ def cmd_daemon(args: argparse.Namespace) -> int:
     anchors = AnchorPolicy(args.anchor_log, args.anchor_syslog, args.anchor_every)
     openlineage = OpenLineagePolicy(bool(args.openlineage or args.openlineage_url), args.openlineage_url,
                                     args.openlineage_every)
+    ship = None
+    if args.ship:
+        from .fleet.db import is_url  # noqa: PLC0415
+        from .fleet.identity import host_id  # noqa: PLC0415
+
+        need(is_url(args.ship), f"--ship needs a postgresql:// URL, got {args.ship!r}")
+        ship = (args.ship, host_id(args.host_id), args.ship_every)
     return serve(args.socket or default_socket_path(), args.db or S.default_db_path(), limits, anchors,
-                 openlineage)
+                 openlineage, ship)
+
+
+def cmd_ship(args: argparse.Namespace) -> int:
+    """Copy a store's committed records to the central store, once."""
+    from .fleet.db import is_url  # noqa: PLC0415
+    from .fleet.identity import host_id  # noqa: PLC0415
+    from .fleet.ship import Shipper  # noqa: PLC0415
+    from .store import sqlite as S  # noqa: PLC0415
+
+    need(is_url(args.to), f"--to needs a postgresql:// URL, got {args.to!r}")
+    db = args.db or S.default_db_path()
+    need(not (db.startswith("postgres")), "--db names the local store file to ship from")
+    shipper = Shipper(db, args.to, host_id(args.host_id), batch=args.batch)
+    try:
+        res = shipper.ship(from_seq=args.resend_from)
+    finally:
+        shipper.close()
+    print(f"shipped {db} as host {shipper.host}: {res.accepted} new, {res.duplicates} already held, "
+          f"{res.losses} losses noted; central head {res.central_head}, local head {res.local_head}, "
+          f"backlog {res.backlog}")
+    return 0
+
+
+def cmd_fleet(args: argparse.Namespace) -> int:
+    from .fleet.db import is_url  # noqa: PLC0415
+
+    need(is_url(args.url), f"URL must be postgresql://..., got {args.url!r}")
+    if args.fleet_verb == "migrate":
+        from .fleet.migrate import latest, migrate  # noqa: PLC0415
+
+        done = migrate(args.url)
+        print(f"fleet schema at version {latest()}" + (f" (applied {', '.join(done)})" if done else
+                                                       " (nothing to do)"))
+        return 0
+    from .fleet import query as F  # noqa: PLC0415
+
+    central = F.Central(args.url)
+    doc = {"hosts": F.hosts(central), "losses": F.losses(central)}
+    if args.json:
+        print_json(doc)
+        return 0
+    for h in doc["hosts"]:
+        print(f"{h['host_id']:36} head {h['head_seq']:>10}  backlog {h['backlog'] if h['backlog'] is not None else '?':>8}"
+              f"  losses {h['losses']}  last ingest {h['last_ingest']}")
+    for loss in doc["losses"]:
+        print(f"LOSS {loss['host_id']} records {loss['from']}..{loss['to']}: {loss['reason']} ({loss['detail']})")
+    return 1 if doc["losses"] else 0
 
 
 def cmd_notebook(args: argparse.Namespace) -> int:
@@ -288,7 +358,12 @@ def _remote_lineage(socket_path: str, path: str, direction: str, depth: int, **o
 def cmd_runs(args: argparse.Namespace) -> int:
     from .store import queries as Q  # noqa: PLC0415
 
-    if args.socket:
+    central = _central(args)
+    if central is not None:
+        from .fleet import query as F  # noqa: PLC0415
+
+        runs, where = F.list_runs(central), central.path
+    elif args.socket:
         runs, where = _remote_runs(args.socket), args.socket
     else:
         store = _store(args)
@@ -299,9 +374,11 @@ def cmd_runs(args: argparse.Namespace) -> int:
     if not runs:
         print(f"no runs in {where}")
         return 0
-    print(f"{'ID':24} {'KIND':8} {'USER':8} {'STARTED':27} {'EXIT':>4} {'LOST':>5}  LABEL")
+    fleet = central is not None
+    print(("HOST         " if fleet else "") +
+          f"{'ID':24} {'KIND':8} {'USER':8} {'STARTED':27} {'EXIT':>4} {'LOST':>5}  LABEL")
     for r in runs:
-        print(f"{r['id']:24} {r['kind']:8} {str(r['user'] or '')[:8]:8} {str(r['started'] or ''):27} "
+        print((f"{r['host_id'][:12]:12} " if fleet else "") + f"{r['id']:24} {r['kind']:8} {str(r['user'] or '')[:8]:8} {str(r['started'] or ''):27} "
               f"{'' if r['exit_code'] is None else r['exit_code']:>4} "
               f"{'' if r['lost_events'] is None else r['lost_events']:>5}  {r['label'] or ''}")
     return 0
@@ -324,7 +401,12 @@ def _show_links(doc: dict) -> None:
 def cmd_show(args: argparse.Namespace) -> int:
     from .store import queries as Q  # noqa: PLC0415
 
-    if args.socket:
+    central = _central(args)
+    if central is not None:
+        from .fleet import query as F  # noqa: PLC0415
+
+        doc = F.load_run(central, *F.resolve_run(central, args.run), _config())
+    elif args.socket:
         doc = json.loads(_remote_export(args.socket, args.run, "json"))
         _reclassify([doc], _config())
     else:
@@ -334,7 +416,8 @@ def cmd_show(args: argparse.Namespace) -> int:
         print_json(doc)
         return 0
     run = doc["run"]
-    print(f"run {run['id']}  ({run['kind']}, {run['backend']})  label={run['label'] or '-'}")
+    print(f"run {run['id']}  ({run['kind']}, {run['backend']})  label={run['label'] or '-'}"
+          + (f"  host={run['host_id']} ({run['host']})" if run.get("host_id") else ""))
     print(f"  argv:     {' '.join(run['argv'] or [])}")
     print(f"  cwd:      {run['cwd']}")
     print(f"  started:  {run['started']}   ended: {run['ended']}   exit: {run['exit_code']}")
@@ -402,6 +485,9 @@ def cmd_lineage(args: argparse.Namespace) -> int:
     if os.path.islink(path):  # capture records reads through a symlink on the file it reached
         path = os.path.realpath(path)
     opts = {"all_versions": args.all_versions, "kernel_state": not args.no_kernel_state}
+    central = _central(args)
+    if central is not None:
+        return _fleet_lineage(central, args, path, direction, at_us, fmt)
     if args.socket:
         need(not args.all_files, "--all-files is for a local store (--db); through --socket, "
              "library and system files show as counts")
@@ -412,6 +498,23 @@ def cmd_lineage(args: argparse.Namespace) -> int:
         result = lineage(_store(args), path, direction, args.depth, at_us=at_us, now=now,
                          config=config, all_files=args.all_files, **opts)
     _write_lineage(result, fmt, args.output, args.max_nodes)
+    return 0
+
+
+def _fleet_lineage(central, args: argparse.Namespace, path: str, direction: str, at_us, fmt: str) -> int:
+    """lineage over every host in the central store (text or JSON)."""
+    from .export.exporter import write  # noqa: PLC0415
+    from .fleet import query as F  # noqa: PLC0415
+    from .fleet.identity import host_id  # noqa: PLC0415
+
+    need(fmt in ("text", "json"), "with a postgresql:// store, lineage writes text or json")
+    need(not args.all_versions, "--all-versions needs a store file (the fleet store walks paths, not versions)")
+    result = F.lineage(central, path, host_id(args.host_id), direction, args.depth, at_us=at_us)
+    if fmt == "json" and args.output == "-":
+        print_json(result)
+        return 0
+    text = json.dumps(result, indent=2, ensure_ascii=False) if fmt == "json" else F.render(result)
+    write((text + "\n").encode("utf-8", "surrogateescape"), args.output)
     return 0
 
 
@@ -440,7 +543,13 @@ def cmd_diff(args: argparse.Namespace) -> int:
     from .lineage.diff import diff_runs, render_diff  # noqa: PLC0415
     from .store import queries as Q  # noqa: PLC0415
 
-    if args.socket:
+    central = _central(args)
+    if central is not None:  # two runs of any hosts
+        from .fleet import query as F  # noqa: PLC0415
+
+        config = _config()
+        a, b = (F.load_run(central, *F.resolve_run(central, r), config) for r in (args.run_a, args.run_b))
+    elif args.socket:
         a, b = (json.loads(_remote_export(args.socket, r, "json")) for r in (args.run_a, args.run_b))
         _reclassify([a, b], _config())
     else:
@@ -476,7 +585,14 @@ def cmd_export(args: argparse.Namespace) -> int:
         return 0
     config = _config()
     versions = None
-    if args.socket:  # the daemon's documents, cut here: its kinds, then this user's rules
+    central = _central(args)
+    if central is not None:  # the fleet's documents (no file versions: docs/fleet.md)
+        from .fleet import query as F  # noqa: PLC0415
+
+        keys = [(r["host_id"], r["rid"]) for r in F.list_runs(central)] if args.all \
+            else [F.resolve_run(central, args.run)]
+        docs = [F.load_run(central, host, rid, config) for host, rid in keys]
+    elif args.socket:  # the daemon's documents, cut here: its kinds, then this user's rules
         got = json.loads(_remote_export(args.socket, None if args.all else args.run, "json"))
         docs = got if args.all else [got]
         _reclassify(docs, config)
@@ -752,6 +868,10 @@ def cmd_tui(args: argparse.Namespace) -> int:
     daemon is one line on stderr before the app takes over the terminal."""
     from ..tui.source import open_source  # noqa: PLC0415
 
+    from .fleet.db import is_url  # noqa: PLC0415
+
+    if not args.socket and is_url(args.db or os.environ.get("PROVTRACE_DB")):
+        _store(args)  # refused in one line, before the app takes the terminal
     source = open_source(db=args.db, socket_path=args.socket, config=_config())
     try:
         # Textual draws on stderr and reads keys from stdin; stdout may be piped.

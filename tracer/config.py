@@ -70,6 +70,20 @@ def load(paths: list[str] | None = None) -> Config:
     return config
 
 
+def table(name: str, paths: list[str] | None = None) -> dict:
+    """One table of the config files merged key by key (a later file's keys
+    win): for code that reads its own table, such as [fleet]."""
+    merged: dict = {}
+    named = os.environ.get("PROVTRACE_CONFIG") if paths is None else None
+    for path in config_files() if paths is None else paths:
+        data = _read(path, must_exist=path == named)
+        part = (data or {}).get(name, {})
+        if not isinstance(part, dict):
+            raise ConfigError(f"config {path}: [{name}] must be a table")
+        merged.update({k: (v, path) for k, v in part.items()})
+    return merged
+
+
 def load_lenient(warn) -> Config:
     """The config, or an empty one after warn(message) when it is bad: for
     code that must not fail because of a config file (what capture writes)."""

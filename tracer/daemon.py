@@ -60,10 +60,13 @@ class OpenLineagePolicy:
 class Daemon:
     def __init__(self, socket_path: str, db_path: str, scan_interval_s: float = SCAN_INTERVAL_S,
                  follow_kernels: bool = True, limits=None, anchors: AnchorPolicy | None = None,
-                 openlineage: OpenLineagePolicy | None = None) -> None:
+                 openlineage: OpenLineagePolicy | None = None,
+                 ship: tuple[str, str, float] | None = None) -> None:
         self.anchors = anchors or AnchorPolicy()
         self.openlineage = openlineage or OpenLineagePolicy()
         self._ol_thread: threading.Thread | None = None
+        self.ship = ship  # (central URL, host id, seconds between rounds), or None
+        self._ship_thread: threading.Thread | None = None
         self._last_anchor: tuple[str, int] | None = None
         self._anchor_thread: threading.Thread | None = None
         self.socket_path = socket_path
@@ -135,6 +138,11 @@ class Daemon:
                 self._ol_thread = ol
                 ol.start()
                 components["openlineage emitter"] = lambda: ol.is_alive() or self.stop_requested.is_set()
+            if self.ship is not None:
+                shipper = threading.Thread(target=self._ship, name="provtrace-shipper", daemon=True)
+                self._ship_thread = shipper
+                shipper.start()
+                components["fleet shipper"] = lambda: shipper.is_alive() or self.stop_requested.is_set()
             log.info("event=daemon-ready socket=%s db=%s", self.socket_path, self.db_path)
             self.ready.set()
             reaper_alive.set()
@@ -150,6 +158,8 @@ class Daemon:
             if self._watch_thread is not None:
                 self._watch_thread.join()
             tracing.close()
+            if self._ship_thread is not None:
+                self._ship_thread.join()
             if self._anchor_thread is not None:
                 self._anchor_thread.join()
                 try:
@@ -206,6 +216,19 @@ class Daemon:
             syslog.openlog("provtrace", 0, syslog.LOG_AUTH)
             syslog.syslog(syslog.LOG_NOTICE, line)
         self._last_anchor = (head, seq)
+
+    def _ship(self) -> None:
+        """Ship committed records to the central store every few seconds. Its own
+        read-only connection to the store: the writer never waits on it, and a
+        database that is away only grows the backlog (logged), never tracing."""
+        from .fleet.ship import Shipper, ShipLoop  # noqa: PLC0415
+
+        url, host, every_s = self.ship
+        loop = ShipLoop(Shipper(self.db_path, url, host))
+        try:
+            guarded_loop("fleet shipper", loop.step, self.stop_requested, every_s)
+        finally:
+            loop.shipper.close()
 
     def _follow(self, follower) -> None:
         try:
@@ -266,9 +289,11 @@ def raise_fd_limit(want: int = WANT_NOFILE) -> None:
 
 
 def serve(socket_path: str, db_path: str, limits=None, anchors: AnchorPolicy | None = None,
-          openlineage: OpenLineagePolicy | None = None) -> int:
+          openlineage: OpenLineagePolicy | None = None,
+          ship: tuple[str, str, float] | None = None) -> int:
     """The CLI's entry: run until SIGTERM/SIGINT."""
-    daemon = Daemon(socket_path, db_path, limits=limits, anchors=anchors, openlineage=openlineage)
+    daemon = Daemon(socket_path, db_path, limits=limits, anchors=anchors, openlineage=openlineage,
+                    ship=ship)
 
     def _stop(signum, _frame):
         log.info("event=signal signum=%d", signum)
