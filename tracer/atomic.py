@@ -12,11 +12,20 @@ is at the destination, a symlink included, and never writes through it.
 The result's mode is what open() would give a new file (0666 less the
 umask), not mkstemp's 0600: an export is meant to be read. An existing
 destination is replaced by a new file; its old mode and owner are not kept.
+
+What is not a regular file is not replaced: `-o /dev/null` or a FIFO is
+written into, as a shell redirection would (renaming over /dev/null as root
+would leave a regular file there for the whole machine). A symlink is
+followed only where nobody else could have planted it: in a folder that no
+other user may write to (/dev/stdout, a link of one's own); in /tmp and the
+like it is replaced, as above.
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 import tempfile
 
 _NAME_KEEP = 32  # chars of the destination's name kept in the temp's name (NAME_MAX is 255)
@@ -27,7 +36,15 @@ def atomic_write(dest: str, data: bytes, *, mode: int = 0o666) -> None:
 
     Raises OSError (the temporary file is removed first).
     """
-    folder, name = os.path.split(os.path.abspath(dest))
+    dest = _target(os.path.abspath(dest))
+    try:
+        st = os.stat(dest, follow_symlinks=False)
+    except FileNotFoundError:
+        st = None
+    if st is not None and not stat.S_ISREG(st.st_mode) and not stat.S_ISLNK(st.st_mode):
+        _write_into(dest, st, data)
+        return
+    folder, name = os.path.split(dest)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name[:_NAME_KEEP]}.", suffix=".tmp")
     try:
         os.fchmod(fd, mode & ~_umask())
@@ -46,6 +63,46 @@ def atomic_write(dest: str, data: bytes, *, mode: int = 0o666) -> None:
         except FileNotFoundError:
             pass  # renamed before the failure, or never there
         raise
+
+
+def _target(dest: str, hops: int = 8) -> str:
+    """dest, with symlinks followed while the folder holding each is one only
+    root and this user may write to (nobody else can have planted the link)."""
+    for _ in range(hops):
+        try:
+            if not stat.S_ISLNK(os.lstat(dest).st_mode) or _shared(os.path.dirname(dest)):
+                return dest
+        except OSError:
+            return dest
+        dest = os.path.join(os.path.dirname(dest), os.readlink(dest))
+        dest = os.path.normpath(dest)
+    return dest
+
+
+def _shared(folder: str) -> bool:
+    """Whether a user other than root and us may create names in folder."""
+    try:
+        st = os.stat(folder)
+    except OSError:
+        return True
+    if st.st_mode & 0o002:
+        return True
+    return bool(st.st_mode & 0o020) or st.st_uid not in (0, os.geteuid())
+
+
+def _write_into(dest: str, st: os.stat_result, data: bytes) -> None:
+    """Write into a device or FIFO; refuse a directory or a socket."""
+    if stat.S_ISDIR(st.st_mode):
+        raise IsADirectoryError(errno.EISDIR, "is a directory", dest)
+    if stat.S_ISSOCK(st.st_mode):
+        raise OSError(errno.ENXIO, "is a socket, not a file", dest)
+    fd = os.open(dest, os.O_WRONLY | os.O_NOCTTY | os.O_CLOEXEC)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+    finally:
+        os.close(fd)
 
 
 def _umask() -> int:
