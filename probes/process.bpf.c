@@ -2,8 +2,9 @@
  *
  * Hooks:  raw_tp/sched_process_fork, raw_tp/sched_process_exec,
  *         raw_tp/sched_process_exit
- * Emits:  EV_FORK, EV_EXEC_ARGV then EV_EXEC, EV_EXIT, and EV_FDIO flushes at
- *         exec and exit.
+ * Emits:  EV_FORK, EV_EXEC_ARGV then EV_EXEC, EV_EXIT (with the process's
+ *         kernel-accounted CPU, peak RSS and I/O bytes), and EV_FDIO flushes
+ *         at exec and exit.
  *
  * Children join `traced` in sched_process_fork, which runs in the parent
  * before the child is first scheduled: a child's first syscall is always seen.
@@ -166,6 +167,38 @@ static __always_inline int group_dead(struct bpf_raw_tracepoint_args *ctx, void 
 #endif
 }
 
+/* Add one u64 field of two structs: the exiting thread's own count and what
+ * signal_struct keeps for the threads of the process already reaped. */
+static __always_inline __u64 task_plus_signal(void *task, void *signal, __u32 task_off,
+					      __u32 signal_off)
+{
+	__u64 a = 0, b = 0;
+
+	bpf_probe_read_kernel(&a, sizeof(a), task + task_off);
+	if (signal)
+		bpf_probe_read_kernel(&b, sizeof(b), signal + signal_off);
+	return a + b;
+}
+
+/* The process's resource use as the kernel accounted it: CPU time, peak RSS,
+ * and I/O bytes, read once at the last thread's exit (nothing is sampled).
+ * signal->maxrss already holds this mm's high-water mark: do_exit sets it for
+ * a dying group before the tracepoint, exec for each image it replaced. */
+static __always_inline void fill_usage(struct exit_event *e, void *task)
+{
+	void *signal = 0;
+
+	bpf_probe_read_kernel(&signal, sizeof(signal), task + OFF_TASK_SIGNAL);
+	e->utime_ns = task_plus_signal(task, signal, OFF_TASK_UTIME, OFF_SIGNAL_UTIME);
+	e->stime_ns = task_plus_signal(task, signal, OFF_TASK_STIME, OFF_SIGNAL_STIME);
+	e->rchar = task_plus_signal(task, signal, OFF_TASK_IOAC_RCHAR, OFF_SIGNAL_IOAC_RCHAR);
+	e->wchar = task_plus_signal(task, signal, OFF_TASK_IOAC_WCHAR, OFF_SIGNAL_IOAC_WCHAR);
+	e->maxrss_pages = 0;
+	if (signal)
+		bpf_probe_read_kernel(&e->maxrss_pages, sizeof(e->maxrss_pages),
+				      signal + OFF_SIGNAL_MAXRSS);
+}
+
 RAW_TRACEPOINT_PROBE(sched_process_exit)
 {
 	/* args: (struct task_struct *p[, bool group_dead]), p == current */
@@ -186,6 +219,7 @@ RAW_TRACEPOINT_PROBE(sched_process_exit)
 		fill_hdr(&e->h, EV_EXIT, tv->tag);
 		e->exit_code = code;
 		e->max_fd = max_fd;
+		fill_usage(e, task);
 		events.ringbuf_submit(e, rb_flags());
 	} else {
 		count_lost(LOST_RINGBUF);

@@ -61,6 +61,16 @@ WANTED: dict[str, tuple[str, str]] = {
     # whole-process exit where sched_process_exit has no group_dead argument
     "TASK_SIGNAL": ("task_struct", "signal"),
     "SIGNAL_LIVE": ("signal_struct", "live"),
+    # resource accounting at exit (utime/stime in ns, maxrss in pages, io bytes)
+    "TASK_UTIME": ("task_struct", "utime"),
+    "TASK_STIME": ("task_struct", "stime"),
+    "TASK_IOAC_RCHAR": ("task_struct", "ioac.rchar"),
+    "TASK_IOAC_WCHAR": ("task_struct", "ioac.wchar"),
+    "SIGNAL_UTIME": ("signal_struct", "utime"),
+    "SIGNAL_STIME": ("signal_struct", "stime"),
+    "SIGNAL_MAXRSS": ("signal_struct", "maxrss"),
+    "SIGNAL_IOAC_RCHAR": ("signal_struct", "ioac.rchar"),
+    "SIGNAL_IOAC_WCHAR": ("signal_struct", "ioac.wchar"),
     "CRED_UID": ("cred", "uid"),
     "CRED_GID": ("cred", "gid"),
     "CRED_EUID": ("cred", "euid"),

@@ -40,6 +40,7 @@ from . import layouts as L
 from . import ptrace_kernel as K
 from .decode import argv_from_region
 from .fdagg import FdAggregator
+from .procusage import proc_usage
 from .ptrace_syscalls import (CREATED_BIT, EXECS, FIOCLEX, FIONCLEX, IOCTL, MAP_ANONYMOUS, MMAP, TRACED,
                               Pending, SyscallFolder)
 
@@ -112,6 +113,7 @@ class PtraceCapture:
         self._agg = FdAggregator(emit, tag)
         self._calls = SyscallFolder(emit, self._agg, self._mem, tag, self.gaps)
         self._tasks: dict[int, _Task] = {}
+        self._usage: dict[int, E.Usage | None] = {}  # tgid -> reading at its exit stop
         self._early: dict[int, int] = {}  # tid -> status reported before its parent's fork event
         self._root_status: int | None = None
         prog = (K.seccomp_program(TRACED, MMAP, MAP_ANONYMOUS, IOCTL, (FIOCLEX, FIONCLEX))
@@ -217,6 +219,9 @@ class PtraceCapture:
             self._fork(task, event)
         elif event == K.EVENT_EXEC:
             task = self._exec(task)
+        elif event == K.EVENT_EXIT:
+            # still whole at this stop: the latest thread's reading covers the group
+            self._usage[task.tgid] = proc_usage(task.tgid)
         elif event == K.EVENT_STOP and sig in _GROUP_STOP_SIGS:
             # group-stop (job control): stay stopped until SIGCONT, but keep reporting
             K.resume(K.PTRACE_LISTEN, task.tid)
@@ -320,7 +325,8 @@ class PtraceCapture:
             return  # a thread; the process ends with its leader, reported last by the kernel
         now = time.monotonic_ns()
         self._agg.flush_process(task.tgid, task.tid, L.FLUSH_EXIT, now)
-        self._emit(E.Exit(now, task.tgid, task.tid, self._tag, status, 0))
+        self._emit(E.Exit(now, task.tgid, task.tid, self._tag, status, 0,
+                          self._usage.pop(task.tgid, None)))
         self.processes += 1
         if task.tgid == self._root:
             self._root_status = status

@@ -76,6 +76,7 @@ class Proc:
     pending_argv: tuple[str, ...] | None = None
     seeded_from_proc: bool = False
     privileged: bool = False  # exec'd a program that gained privileges: not followed after
+    usage: E.Usage | None = None  # kernel accounting at exit
 
     @property
     def exit_code(self) -> int | None:
@@ -371,6 +372,7 @@ class Tracker:
             return
         p.status = ev.status
         p.end_ns = ev.ts_ns
+        p.usage = ev.usage
         if ev.max_fd >= L.PT_FLUSH_FDS:
             self.needs_sweep.add(ev.pid)
         self.exited.append(p)

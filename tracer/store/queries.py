@@ -9,6 +9,7 @@ from ..correlate.clock import us_to_iso as iso
 from ..errors import RunNotFound
 from ..model.paths import DATA, TEMP, classify, display, to_json
 from . import sqlite as S
+from .resources import cell_resources, run_resources, usage_json
 from .writer import KIND_NAMES, access_of
 
 SCHEMA = "provtrace.run/1"
@@ -127,6 +128,8 @@ def load_run(store: S.Store, rid: int, config=None) -> dict:
     for c in cells:
         _cell_io(c, files, renames, processes, config)
         c["context"] = cell_contexts.get(c.get("id"), {})
+        c["resources"] = cell_resources(c, processes)
+    run["resources"] = run_resources(run, processes, cells, context)
     _merge_fingerprints(files, fingerprints)
     _rename_fingerprints(renames, fingerprints)
     for f in files:
@@ -191,6 +194,7 @@ def _process(b: dict) -> dict:
             "argv": [_text(a) for a in b["argv"]], "cwd": _text(b["cwd"]),
             "uid": b["uid"], "started": iso(b["started_us"]), "ended": iso(b["ended_us"]),
             "exit_code": b["exit_code"], "signal": b.get("signal"), "cell": b["cell"],
+            "resources": usage_json(b.get("usage"), iso(b["started_us"]), iso(b["ended_us"])),
             **({"privileged": True} if b.get("privileged") else {})}
 
 

@@ -93,6 +93,9 @@ class RunWriter(Sink):
             body["seeded_from_proc"] = True
         if p.privileged:
             body["privileged"] = True
+        if p.usage is not None:  # [utime_ns, stime_ns, maxrss_bytes, rchar, wchar]
+            u = p.usage
+            body["usage"] = [u.utime_ns, u.stime_ns, u.maxrss_bytes, u.rchar_bytes, u.wchar_bytes]
         self.store.append(self.rid, S.PROCESS, body)
         self.processes += 1
         self.store.append_many(self.rid, S.FILE, [self._file_record(p.pid, fa) for fa in p.files.values()])
