@@ -108,7 +108,7 @@ struct exit_event {
 	 * threads already reaped (what getrusage(RUSAGE_SELF) would sum). */
 	__u64 utime_ns;       /* user CPU */
 	__u64 stime_ns;       /* system CPU */
-	__u64 maxrss_pages;   /* signal->maxrss: peak resident set, in pages */
+	__u64 maxrss_pages;   /* peak resident set of the last image, in pages */
 	__u64 rchar;          /* ioac.rchar: bytes read by read-type syscalls (any fd) */
 	__u64 wchar;          /* ioac.wchar: bytes written by write-type syscalls */
 };

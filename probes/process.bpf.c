@@ -180,10 +180,37 @@ static __always_inline __u64 task_plus_signal(void *task, void *signal, __u32 ta
 	return a + b;
 }
 
+/* Peak RSS of the image now running, in pages: what get_mm_hiwater_rss()
+ * computes, max(mm->hiwater_rss, file + anon + shmem pages now). Not
+ * signal->maxrss: exec folds the replaced mm into it, so a child that a large
+ * parent forked (or vforked) would report the parent's size. 0 where the mm
+ * is already gone (kernels before 6.16 fire the tracepoint after exit_mm). */
+static __always_inline __u64 image_hiwater_pages(void *task)
+{
+	/* enum mm counters: MM_FILEPAGES 0, MM_ANONPAGES 1, MM_SWAPENTS 2 (not
+	 * resident), MM_SHMEMPAGES 3 */
+	static const __u32 resident[3] = {0, 1, 3};
+	void *mm = 0;
+	__u64 hiwater = 0, rss = 0;
+	__s64 n;
+
+	bpf_probe_read_kernel(&mm, sizeof(mm), task + OFF_TASK_MM);
+	if (!mm)
+		return 0;
+	bpf_probe_read_kernel(&hiwater, sizeof(hiwater), mm + OFF_MM_HIWATER_RSS);
+#pragma unroll
+	for (int i = 0; i < 3; i++) {
+		n = 0;
+		bpf_probe_read_kernel(&n, sizeof(n),
+				      mm + OFF_MM_RSS_STAT + resident[i] * OFF_RSS_STRIDE + OFF_RSS_COUNT);
+		if (n > 0)
+			rss += n;
+	}
+	return rss > hiwater ? rss : hiwater;
+}
+
 /* The process's resource use as the kernel accounted it: CPU time, peak RSS,
- * and I/O bytes, read once at the last thread's exit (nothing is sampled).
- * signal->maxrss already holds this mm's high-water mark: do_exit sets it for
- * a dying group before the tracepoint, exec for each image it replaced. */
+ * and I/O bytes, read once at the last thread's exit (nothing is sampled). */
 static __always_inline void fill_usage(struct exit_event *e, void *task)
 {
 	void *signal = 0;
@@ -193,8 +220,9 @@ static __always_inline void fill_usage(struct exit_event *e, void *task)
 	e->stime_ns = task_plus_signal(task, signal, OFF_TASK_STIME, OFF_SIGNAL_STIME);
 	e->rchar = task_plus_signal(task, signal, OFF_TASK_IOAC_RCHAR, OFF_SIGNAL_IOAC_RCHAR);
 	e->wchar = task_plus_signal(task, signal, OFF_TASK_IOAC_WCHAR, OFF_SIGNAL_IOAC_WCHAR);
-	e->maxrss_pages = 0;
-	if (signal)
+	e->maxrss_pages = image_hiwater_pages(task);
+	/* no mm to read: signal->maxrss, set by do_exit from the last image */
+	if (!e->maxrss_pages && signal)
 		bpf_probe_read_kernel(&e->maxrss_pages, sizeof(e->maxrss_pages),
 				      signal + OFF_SIGNAL_MAXRSS);
 }

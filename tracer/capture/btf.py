@@ -76,6 +76,8 @@ WANTED: dict[str, tuple[str, str]] = {
     "CRED_EUID": ("cred", "euid"),
     "CRED_EGID": ("cred", "egid"),
     "CRED_CAP_EFFECTIVE": ("cred", "cap_effective"),
+    "MM_HIWATER_RSS": ("mm_struct", "hiwater_rss"),
+    "MM_RSS_STAT": ("mm_struct", "rss_stat"),
     "MM_ARG_START": ("mm_struct", "arg_start"),
     "MM_ARG_END": ("mm_struct", "arg_end"),
     # x86_64 syscall arguments in the saved user registers, and the number
@@ -101,6 +103,7 @@ class BtfType:
     name: str
     size_or_type: int
     members: tuple[Member, ...] = ()
+    elem_type: int = 0  # KIND_ARRAY: the element's type id
 
 
 class Btf:
@@ -139,9 +142,10 @@ class Btf:
                     bit_off = m_off & 0xFFFFFF if kind_flag else m_off
                     ms.append(Member(self._str(m_name), m_type, bit_off))
                 members = tuple(ms)
+            elem = unpack("<I", data, pos)[0] if kind == KIND_ARRAY else 0
             pos += _FIXED_EXTRA.get(kind, 0) + _PER_VLEN.get(kind, 0) * vlen
             name = self._str(name_off) if name_off else ""
-            self.types.append(BtfType(kind, name, size_or_type, members))
+            self.types.append(BtfType(kind, name, size_or_type, members, elem))
             if name and kind in (KIND_STRUCT, KIND_UNION) and members:
                 # First complete definition wins; vmlinux has one per name.
                 self.by_name.setdefault(name, len(self.types) - 1)
@@ -198,6 +202,29 @@ class Btf:
         return total_bits // 8
 
 
+def rss_layout(btf: Btf) -> dict[str, int]:
+    """How to read mm_struct's per-kind RSS counters: the stride between them
+    and the offset of the page count in each (RSS_STRIDE, RSS_COUNT).
+
+    6.2 and later keep `struct percpu_counter rss_stat[NR_MM_COUNTERS]` (the
+    count is `.count`, exact up to the per-CPU deltas not yet folded in);
+    older kernels `struct mm_rss_stat { atomic_long_t count[NR_MM_COUNTERS]; }`.
+    """
+    tid = btf.member_type(btf.by_name["mm_struct"], "rss_stat")
+    t = btf.resolve(tid) if tid is not None else None
+    if t is not None and t.kind == KIND_ARRAY:
+        elem = btf.resolve(t.elem_type)
+        if elem is not None and elem.kind == KIND_STRUCT:
+            return {"RSS_STRIDE": elem.size_or_type, "RSS_COUNT": btf.offset_of(elem.name, "count")}
+    if t is not None and t.kind == KIND_STRUCT:
+        return {"RSS_STRIDE": 8, "RSS_COUNT": btf.offset_of(t.name, "count")}
+    raise BTFError("mm_struct.rss_stat has a layout this version does not know", btf.source)
+
+
+# offsets that are not one member's (rss_layout)
+DERIVED = ("RSS_STRIDE", "RSS_COUNT")
+
+
 def kernel_offsets(btf_path: str = VMLINUX_BTF, cache_dir: str | None = None) -> dict[str, int]:
     """Offsets for WANTED, cached per kernel (the parse takes ~0.5 s)."""
     try:
@@ -208,12 +235,13 @@ def kernel_offsets(btf_path: str = VMLINUX_BTF, cache_dir: str | None = None) ->
     cache = Path(cache_dir or os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "provtrace" / "btf-offsets.json"
     try:
         cached = json.loads(_read_own_file(cache))
-        if cached.get("key") == key and set(cached["offsets"]) == set(WANTED):
+        if cached.get("key") == key and set(cached["offsets"]) == set(WANTED) | set(DERIVED):
             return dict(cached["offsets"])
     except (OSError, ValueError, KeyError):
         pass
     btf = Btf(Path(btf_path).read_bytes(), btf_path)
     offsets = {name: btf.offset_of(s, m) for name, (s, m) in WANTED.items()}
+    offsets.update(rss_layout(btf))
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(str(cache), json.dumps({"key": key, "offsets": offsets}).encode())

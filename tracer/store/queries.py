@@ -129,6 +129,7 @@ def load_run(store: S.Store, rid: int, config=None) -> dict:
         _cell_io(c, files, renames, processes, config)
         c["context"] = cell_contexts.get(c.get("id"), {})
         c["resources"] = cell_resources(c, processes)
+        c["context"].pop("kernel_usage", None)  # shown as resources.kernel
     run["resources"] = run_resources(run, processes, cells, context)
     _merge_fingerprints(files, fingerprints)
     _rename_fingerprints(renames, fingerprints)

@@ -65,16 +65,18 @@ def cell_resources(cell: dict, processes: list[dict]) -> dict:
     kernel = usage_json((cell.get("context") or {}).get("kernel_usage"),
                         cell.get("started"), cell.get("ended"))
     out = _sum(mine + [kernel], cell.get("started"), cell.get("ended"))
-    out["kernel_included"] = kernel is not None
+    out["kernel"] = kernel  # the kernel process's share alone, or null
     out["gpu"] = gpu_peaks((cell.get("context") or {}).get("gpu_samples") or [])
     return out
 
 
 def run_resources(run: dict, processes: list[dict], cells: list[dict], context: dict) -> dict:
-    """The run's figures: every process it traced, and the kernel's cell windows."""
+    """The run's figures: every process it traced. A kernel that exited under
+    tracing has its whole life in its own process record (cells included);
+    otherwise (a session whose kernel lives on) its cell shares stand in."""
     parts = [p.get("resources") for p in processes]
-    parts += [usage_json((c.get("context") or {}).get("kernel_usage"), c.get("started"),
-                         c.get("ended")) for c in cells]
+    if not any(p.get("resources") for p in processes if p.get("cell") is None):
+        parts += [(c.get("resources") or {}).get("kernel") for c in cells]
     out = _sum(parts, run.get("started"), run.get("ended"))
     out["processes"] = len(processes)
     samples = list(context.get("gpu_samples") or [])
