@@ -37,6 +37,11 @@ class RunSource(Protocol):
 
     def lineage(self, path: str, direction: str, depth: int) -> M.Lineage: ...
 
+    def job_history(self, doc: dict) -> list[dict]:
+        """The latest runs of doc's job (same kind and argv), oldest first, with
+        their resources: tracer/store/history.py's entries."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -78,6 +83,12 @@ class StoreSource:
         with self._reading():
             return M.lineage_from_store(lineage(self.store, path, direction, depth, now=now,
                                                        config=self.config))
+
+    def job_history(self, doc: dict) -> list[dict]:
+        from ..tracer.store.history import same_job  # noqa: PLC0415
+
+        with self._reading():
+            return same_job(self.store, doc, None, self.config)
 
     def close(self) -> None:
         with self._lock:
@@ -126,6 +137,20 @@ class DaemonSource:
                              "through the daemon; open the store with: provtrace tui --db PATH") from None
         graph = self.client.lineage(path, direction, depth)
         return M.lineage_from_graph(os.path.abspath(path), direction, graph)
+
+    def job_history(self, doc: dict) -> list[dict]:
+        """The daemon has no query by job: the caller's latest runs of the same
+        kind, loaded one by one, those with the same argv kept."""
+        from ..tracer.store.history import SAME_JOB_RUNS, entry  # noqa: PLC0415
+
+        run = doc["run"]
+        same_kind = [r for r in self.list_runs() if r.kind == run.get("kind")]
+        out = []
+        for r in sorted(same_kind, key=lambda r: r.started or "")[-SAME_JOB_RUNS:]:
+            other = doc if r.id == run.get("id") else self.load_run(r.id)
+            if other["run"].get("argv") == run.get("argv"):
+                out.append(entry(other["run"], run.get("id")))
+        return out
 
     def close(self) -> None:
         self.client.close()

@@ -14,7 +14,6 @@ files, environment, stale status.
 from __future__ import annotations
 
 import base64
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,12 +25,12 @@ from ..lineage.graph import lineage, to_image
 from ..lineage.stale import staleness, why_text
 from ..store import queries as Q
 from ..store import sqlite as S
+from ..store.history import same_job
 
 log = logging.getLogger(__name__)
 
 OUTPUTS_DRAWN = 8  # outputs whose upstream lineage is drawn
 PICTURE_DEPTH = 3
-SAME_JOB_RUNS = 20  # earlier runs of the same job in the charts
 ROWS = 200  # table rows before "and N more"
 
 
@@ -151,24 +150,6 @@ def _stale_of(result: dict) -> dict:
 
 
 # ---- resources --------------------------------------------------------------------
-
-def same_job(store: S.Store, doc: dict, uid: int | None, config=None) -> list[dict]:
-    """The latest runs (this one included) of the same job: the same kind and
-    argv, so the same command line or notebook. Oldest first."""
-    run = doc["run"]
-    sql = ("SELECT r.rid, rec.body FROM runs r JOIN records rec ON rec.rid = r.rid "
-           "AND rec.kind = ? WHERE r.kind = ?") + (" AND r.uid = ?" if uid is not None else "")
-    args = (S.RUN_START, run["kind"]) + ((uid,) if uid is not None else ())
-    rids = [rid for rid, body in store.db.execute(sql + " ORDER BY r.rid", args)
-            if json.loads(body).get("argv") == run.get("argv")]
-    out = []
-    for rid in rids[-SAME_JOB_RUNS:]:
-        other = Q.load_run(store, rid, config)["run"]
-        out.append({"id": other["id"], "started": other["started"], "exit_code": other["exit_code"],
-                    "complete": other["complete"], "resources": other["resources"],
-                    "this": other["id"] == run["id"]})
-    return out
-
 
 def _top_processes(processes: list[dict]) -> list[dict]:
     """Processes by CPU used, most first (those with no figures last)."""
