@@ -169,10 +169,13 @@ static __always_inline int group_dead(struct bpf_raw_tracepoint_args *ctx, void 
 
 /* Add one u64 field of two structs: the exiting thread's own count and what
  * signal_struct keeps for the threads of the process already reaped. */
-static __always_inline __u64 task_plus_signal(void *task, void *signal, __u32 task_off,
-					      __u32 signal_off)
+static __always_inline __u64 task_plus_signal(void *task, void *signal, __s32 task_off,
+					      __s32 signal_off)
 {
 	__u64 a = 0, b = 0;
+
+	if (task_off < 0 || signal_off < 0) /* not in this kernel's BTF */
+		return 0;
 
 	bpf_probe_read_kernel(&a, sizeof(a), task + task_off);
 	if (signal)
@@ -194,6 +197,8 @@ static __always_inline __u64 image_hiwater_pages(void *task)
 	__u64 hiwater = 0, rss = 0;
 	__s64 n;
 
+	if (OFF_MM_HIWATER_RSS < 0 || OFF_MM_RSS_STAT < 0 || OFF_RSS_STRIDE < 0)
+		return 0;
 	bpf_probe_read_kernel(&mm, sizeof(mm), task + OFF_TASK_MM);
 	if (!mm)
 		return 0;
@@ -222,7 +227,7 @@ static __always_inline void fill_usage(struct exit_event *e, void *task)
 	e->wchar = task_plus_signal(task, signal, OFF_TASK_IOAC_WCHAR, OFF_SIGNAL_IOAC_WCHAR);
 	e->maxrss_pages = image_hiwater_pages(task);
 	/* no mm to read: signal->maxrss, set by do_exit from the last image */
-	if (!e->maxrss_pages && signal)
+	if (!e->maxrss_pages && signal && OFF_SIGNAL_MAXRSS >= 0)
 		bpf_probe_read_kernel(&e->maxrss_pages, sizeof(e->maxrss_pages),
 				      signal + OFF_SIGNAL_MAXRSS);
 }

@@ -66,3 +66,27 @@ def test_notebook_cells_get_their_share(tmp_path):
     assert child["processes_measured"] >= 2 and child["cpu_user_s"] > child["kernel"]["cpu_user_s"]
     for c in doc["cells"]:
         assert "kernel_usage" not in c["context"], "shown once, as resources.kernel"
+
+
+def test_probes_load_without_the_optional_offsets(monkeypatch, tmp_path):
+    """A kernel whose BTF lacks the resource members (no CONFIG_TASK_XACCT, an rss_stat layout
+    this version does not know) still traces: the probes compile with those offsets at -1 and
+    pass the verifier, and only the figures they would give are 0."""
+    from provtrace.tracer.capture import btf  # noqa: PLC0415
+    from provtrace.tracer.capture.ebpf import EbpfCapture  # noqa: PLC0415
+
+    from .helpers import trace  # noqa: PLC0415
+
+    real = btf.kernel_offsets
+    monkeypatch.setattr(btf, "kernel_offsets", lambda *a, **k: {
+        n: v for n, v in real(*a, **k).items() if n not in btf.OPTIONAL})
+    cap = EbpfCapture(ringbuf_pages=64)
+    try:
+        code, doc = trace(cap, [PY, "-c", "x = sum(i * i for i in range(2_000_000))"], cwd=tmp_path)
+    finally:
+        cap.close()
+    assert code == 0
+    (p,) = [p for p in doc["processes"] if "python" in (p["exe"] or "")]
+    assert p["resources"] == {**p["resources"], "cpu_user_s": 0.0, "read_bytes": 0, "written_bytes": 0,
+                              "peak_rss_bytes": 0}
+    assert p["exit_code"] == 0 and doc["run"]["complete"]

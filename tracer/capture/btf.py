@@ -223,6 +223,29 @@ def rss_layout(btf: Btf) -> dict[str, int]:
 
 # offsets that are not one member's (rss_layout)
 DERIVED = ("RSS_STRIDE", "RSS_COUNT")
+# What a kernel may lack without the probes losing anything but resource
+# figures: ioac.rchar/wchar need CONFIG_TASK_XACCT. The probe reads a figure
+# only where its OFF_* is defined (process.bpf.c).
+OPTIONAL = frozenset({"TASK_IOAC_RCHAR", "TASK_IOAC_WCHAR", "SIGNAL_IOAC_RCHAR", "SIGNAL_IOAC_WCHAR",
+                      "TASK_UTIME", "TASK_STIME", "SIGNAL_UTIME", "SIGNAL_STIME", "SIGNAL_MAXRSS",
+                      "MM_HIWATER_RSS", "MM_RSS_STAT", "RSS_STRIDE", "RSS_COUNT"})
+
+
+def _offsets(btf: Btf) -> dict[str, int]:
+    """WANTED and DERIVED from btf; an OPTIONAL one this kernel lacks is left out."""
+    out = {}
+    for name, (struct_name, member) in WANTED.items():
+        try:
+            out[name] = btf.offset_of(struct_name, member)
+        except BTFError:
+            if name not in OPTIONAL:
+                raise
+            log.info("btf offset missing name=%s: that resource figure is not read", name)
+    try:
+        out.update(rss_layout(btf))
+    except (BTFError, KeyError) as e:
+        log.info("btf rss layout unknown err=%s: peak RSS falls back to signal->maxrss", e)
+    return out
 
 
 def kernel_offsets(btf_path: str = VMLINUX_BTF, cache_dir: str | None = None) -> dict[str, int]:
@@ -235,16 +258,16 @@ def kernel_offsets(btf_path: str = VMLINUX_BTF, cache_dir: str | None = None) ->
     cache = Path(cache_dir or os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "provtrace" / "btf-offsets.json"
     try:
         cached = json.loads(_read_own_file(cache))
-        if cached.get("key") == key and set(cached["offsets"]) == set(WANTED) | set(DERIVED):
+        if cached.get("key") == key and cached.get("names") == sorted({*WANTED, *DERIVED}):
             return dict(cached["offsets"])
     except (OSError, ValueError, KeyError):
         pass
     btf = Btf(Path(btf_path).read_bytes(), btf_path)
-    offsets = {name: btf.offset_of(s, m) for name, (s, m) in WANTED.items()}
-    offsets.update(rss_layout(btf))
+    offsets = _offsets(btf)
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(str(cache), json.dumps({"key": key, "offsets": offsets}).encode())
+        atomic_write(str(cache), json.dumps({"key": key, "names": sorted({*WANTED, *DERIVED}),
+                                             "offsets": offsets}).encode())
     except OSError as e:
         log.debug("btf cache not written path=%s err=%s", cache, e)
     return offsets
