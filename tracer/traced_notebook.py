@@ -248,7 +248,7 @@ class TracedNotebook:
             "processes": writer.processes, "files": writer.files})
 
     def _write_context(self, tracker: Tracker, writer: RunWriter) -> None:
-        from .context.collect import collect_cell_context, collect_run_context  # noqa: PLC0415
+        from .context.collect import collect_cell_context, collect_run_context, gpu_accounting  # noqa: PLC0415
 
         env = dict(os.environ)
         try:
@@ -256,6 +256,7 @@ class TracedNotebook:
                 pids=[], touched_paths=sorted(writer.touched), mapped_paths=sorted(writer.mapped),
                 exec_paths=sorted(writer.execd), env=env, gpu_samples=[
                     s for samples in self._samples.values() for s in samples if s])
+            ctx["gpu_accounting"] = gpu_accounting(sorted(writer.pids))
         except TracerError as e:
             ctx = {"error": str(e)}
         self.store.append(self.rid, S.CONTEXT, ctx)

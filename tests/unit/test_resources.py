@@ -6,11 +6,13 @@ GPU path."""
 from __future__ import annotations
 
 import os
+from types import SimpleNamespace
 
 from provtrace.tracer.capture.procusage import proc_usage, usage_delta
 from provtrace.tracer.context.gpu import GpuProbe
 from provtrace.tracer.model.events import Usage
-from provtrace.tracer.store.resources import cell_resources, gpu_peaks, run_resources, usage_json
+from provtrace.tracer.store.resources import (attach_gpu_accounting, cell_resources, gpu_peaks, run_resources,
+                                              usage_json)
 
 from .test_context_gpu import GiB, two_gpus
 
@@ -86,3 +88,58 @@ def test_gpu_peaks_through_the_fake_nvml():
     assert h100["memory_peak_bytes"] == 2 * GiB and h100["utilization_peak_percent"] == 42
     assert a100["memory_peak_bytes"] == GiB and a100["utilization_peak_percent"] is None
     assert h100["samples"] == 2
+
+
+class AccountingNVML:
+    """A FAKE NVML (no GPU here) with accounting mode on for GPU 0 only: the
+    pynvml accounting calls, answering with scripted per-pid figures."""
+
+    def __init__(self, base, stats: dict[int, SimpleNamespace]) -> None:
+        self._base, self.stats = base, stats
+
+    def __getattr__(self, name):
+        return getattr(self._base, name)
+
+    def nvmlDeviceGetAccountingMode(self, handle) -> int:
+        return 1 if handle["name"].startswith("NVIDIA H100") else 0  # NVML_FEATURE_ENABLED
+
+    def nvmlDeviceGetAccountingPids(self, handle) -> list[int]:
+        return list(self.stats)
+
+    def nvmlDeviceGetAccountingStats(self, handle, pid) -> SimpleNamespace:
+        return self.stats[pid]
+
+
+def test_gpu_accounting_per_process_through_the_fake_nvml():
+    stats = {4242: SimpleNamespace(maxMemoryUsage=3 * GiB, gpuUtilization=87, memoryUtilization=40,
+                                   startTime=1_765_101_601_000_000),
+             777: SimpleNamespace(maxMemoryUsage=2**64 - 1, gpuUtilization=5, memoryUtilization=1,
+                                  startTime=None)}
+    probe = GpuProbe(nvml=AccountingNVML(two_gpus(), stats))
+    acc = probe.accounting([4242, 777, 1])
+    assert [(a["index"], a["pid"]) for a in acc] == [(0, 777), (0, 4242)], "GPU 1 has accounting off"
+    assert acc[0]["max_memory_bytes"] is None, "NVML_VALUE_NOT_AVAILABLE is null"
+    procs = [{"pid": 4242, "cell": "c", "started": "2025-12-07T10:00:00.000000Z",
+              "ended": "2025-12-07T10:00:05.000000Z", "resources": usage_json([1, 1, 1, 1, 1], T0, T1)},
+             {"pid": 777, "cell": None, "started": None, "ended": None, "resources": None}]
+    attach_gpu_accounting(procs, {"gpu_accounting": acc})
+    assert procs[0]["resources"]["gpu"] == [{"index": 0, "max_memory_bytes": 3 * GiB,
+                                             "gpu_utilization_percent": 87, "memory_utilization_percent": 40}]
+    assert procs[1]["resources"] == {"gpu": [{"index": 0, "max_memory_bytes": None,
+                                              "gpu_utilization_percent": 5, "memory_utilization_percent": 1}]}
+    run = run_resources({}, procs, [], {})
+    assert run["processes_measured"] == 1, "a GPU-only entry has no CPU figures"
+    (g,) = run["gpu"]
+    assert g["process_memory_peak_bytes"] == 3 * GiB and g["process_utilization_peak_percent"] == 87
+
+
+def test_gpu_accounting_ignores_a_reused_pid():
+    acc = [{"index": 0, "pid": 9, "max_memory_bytes": 1, "gpu_utilization_percent": 1,
+            "memory_utilization_percent": 1, "start_us": 0}]  # began long before this process
+    procs = [{"pid": 9, "started": T0, "ended": T1, "resources": None}]
+    attach_gpu_accounting(procs, {"gpu_accounting": acc})
+    assert procs[0]["resources"] is None
+
+
+def test_no_gpu_accounting_here_for_real():
+    assert GpuProbe().accounting([os.getpid()]) == []

@@ -214,7 +214,7 @@ def bar_chart(title: str, labels: list[str], values: list[float | None], fmt: st
 
 
 def fmt_bytes(n: float | None) -> str:
-    if n is None:
+    if not isinstance(n, (int, float)):  # None, or a key the figures lack
         return "–"
     for unit in ("B", "KiB", "MiB", "GiB"):
         if abs(n) < 1024 or unit == "GiB":
@@ -224,7 +224,7 @@ def fmt_bytes(n: float | None) -> str:
 
 
 def fmt_seconds(s: float | None) -> str:
-    if s is None:
+    if not isinstance(s, (int, float)):
         return "–"
     if s < 1:
         return f"{s * 1000:.0f} ms"

@@ -9,7 +9,7 @@ from ..correlate.clock import us_to_iso as iso
 from ..errors import RunNotFound
 from ..model.paths import DATA, TEMP, classify, display, to_json
 from . import sqlite as S
-from .resources import cell_resources, run_resources, usage_json
+from .resources import attach_gpu_accounting, cell_resources, run_resources, usage_json
 from .writer import KIND_NAMES, access_of
 
 SCHEMA = "provtrace.run/1"
@@ -125,6 +125,7 @@ def load_run(store: S.Store, rid: int, config=None) -> dict:
     }
     if end and end.get("end_reason"):  # ended by someone other than its writer, and why
         run["end_reason"] = end["end_reason"]
+    attach_gpu_accounting(processes, context)
     for c in cells:
         _cell_io(c, files, renames, processes, config)
         c["context"] = cell_contexts.get(c.get("id"), {})

@@ -7,7 +7,8 @@ Where they come from (docs/resources.md):
 - a notebook kernel's share of a cell: its /proc figures at the cell's start
   and end, stored with the cell's context as `kernel_usage`;
 - GPU memory and utilisation: the NVML samples taken at run and cell start
-  and end (context `gpu_samples`), where a driver answered.
+  and end (context `gpu_samples`), where a driver answered; and per process,
+  NVML's accounting (context `gpu_accounting`) where accounting mode is on.
 
 Sums over processes are exact for counters (CPU, bytes). Peak RSS is the
 largest single process, since processes that ran at different times do not
@@ -45,7 +46,7 @@ def wall_s(started: str | None, ended: str | None) -> float | None:
 
 def _sum(parts: list[dict], started: str | None, ended: str | None) -> dict:
     """Counters added up, peak RSS the largest; nulls where nothing was measured."""
-    measured = [p for p in parts if p]
+    measured = [p for p in parts if p and p.get("cpu_user_s") is not None]  # not GPU-only ones
     out = {"wall_s": wall_s(started, ended), "cpu_user_s": None, "cpu_system_s": None,
            "peak_rss_bytes": None, "read_bytes": None, "written_bytes": None,
            "processes_measured": len(measured)}
@@ -66,7 +67,8 @@ def cell_resources(cell: dict, processes: list[dict]) -> dict:
                         cell.get("started"), cell.get("ended"))
     out = _sum(mine + [kernel], cell.get("started"), cell.get("ended"))
     out["kernel"] = kernel  # the kernel process's share alone, or null
-    out["gpu"] = gpu_peaks((cell.get("context") or {}).get("gpu_samples") or [])
+    out["gpu"] = gpu_peaks((cell.get("context") or {}).get("gpu_samples") or [],
+                           [p for p in processes if p.get("cell") == cell.get("id")])
     return out
 
 
@@ -82,13 +84,47 @@ def run_resources(run: dict, processes: list[dict], cells: list[dict], context: 
     samples = list(context.get("gpu_samples") or [])
     for c in cells:
         samples += (c.get("context") or {}).get("gpu_samples") or []
-    out["gpu"] = gpu_peaks(samples)
+    out["gpu"] = gpu_peaks(samples, processes)
     return out
 
 
-def gpu_peaks(samples: list[dict]) -> list[dict]:
+def attach_gpu_accounting(processes: list[dict], context: dict) -> None:
+    """processes[].resources.gpu: NVML's per-process accounting (peak memory and
+    utilisation over the process's life), matched by pid and start time."""
+    by_pid: dict[int, list[dict]] = {}
+    for a in context.get("gpu_accounting") or []:
+        by_pid.setdefault(a.get("pid"), []).append(a)
+    for p in processes:
+        mine = [a for a in by_pid.get(p["pid"], []) if _during(a.get("start_us"), p)]
+        if mine:
+            p["resources"] = {**(p.get("resources") or {}), "gpu": [
+                {k: a.get(k) for k in ("index", "max_memory_bytes", "gpu_utilization_percent",
+                                       "memory_utilization_percent")} for a in mine]}
+
+
+def _during(start_us: int | None, p: dict) -> bool:
+    """NVML's record began while this process lived (pids are reused)."""
+    if start_us is None or not p.get("started"):
+        return True
+    t0 = datetime.fromisoformat(p["started"].replace("Z", "+00:00")).timestamp() * 1e6
+    t1 = (datetime.fromisoformat(p["ended"].replace("Z", "+00:00")).timestamp() * 1e6
+          if p.get("ended") else float("inf"))
+    return t0 - 1e6 <= start_us <= t1  # a second of slack for clocks read apart
+
+
+def _process_gpu(processes: list[dict]) -> dict[int, list[dict]]:
+    out: dict[int, list[dict]] = {}
+    for p in processes:
+        for g in (p.get("resources") or {}).get("gpu") or []:
+            out.setdefault(g.get("index"), []).append(g)
+    return out
+
+
+def gpu_peaks(samples: list[dict], processes: list[dict] | None = None) -> list[dict]:
     """Per GPU: the most memory the traced processes held, and the device's
-    highest utilisation, over the NVML samples; [] with no GPU or no driver."""
+    highest utilisation, over the NVML samples; with NVML accounting, the
+    largest per-process peak memory and utilisation of the given processes.
+    [] with no GPU or no driver."""
     peaks: dict[int, dict] = {}
     for sample in samples:
         for g in sample.get("gpus") or []:
@@ -105,4 +141,12 @@ def gpu_peaks(samples: list[dict]) -> list[dict]:
             util = g.get("utilization_gpu_percent")
             if isinstance(util, int):
                 cur["utilization_peak_percent"] = max(cur["utilization_peak_percent"] or 0, util)
+    for index, figures in _process_gpu(processes or []).items():
+        cur = peaks.setdefault(index, {"index": index, "name": None, "memory_peak_bytes": None,
+                                       "utilization_peak_percent": None, "samples": 0})
+        mem = [f["max_memory_bytes"] for f in figures if f.get("max_memory_bytes") is not None]
+        util = [f["gpu_utilization_percent"] for f in figures
+                if f.get("gpu_utilization_percent") is not None]
+        cur["process_memory_peak_bytes"] = max(mem) if mem else None
+        cur["process_utilization_peak_percent"] = max(util) if util else None
     return [peaks[i] for i in sorted(peaks)]
