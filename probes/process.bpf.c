@@ -183,6 +183,17 @@ static __always_inline __u64 task_plus_signal(void *task, void *signal, __s32 ta
 	return a + b;
 }
 
+/* One of mm->rss_stat's page counters (a percpu_counter's folded count, or an
+ * atomic_long_t before 6.2): stride and offset from BTF (btf.rss_layout). */
+static __always_inline __u64 rss_pages(void *mm, __u32 kind)
+{
+	__s64 n = 0;
+
+	bpf_probe_read_kernel(&n, sizeof(n),
+			      mm + OFF_MM_RSS_STAT + kind * OFF_RSS_STRIDE + OFF_RSS_COUNT);
+	return n > 0 ? n : 0;
+}
+
 /* Peak RSS of the image now running, in pages: what get_mm_hiwater_rss()
  * computes, max(mm->hiwater_rss, file + anon + shmem pages now). Not
  * signal->maxrss: exec folds the replaced mm into it, so a child that a large
@@ -190,12 +201,8 @@ static __always_inline __u64 task_plus_signal(void *task, void *signal, __s32 ta
  * is already gone (kernels before 6.16 fire the tracepoint after exit_mm). */
 static __always_inline __u64 image_hiwater_pages(void *task)
 {
-	/* enum mm counters: MM_FILEPAGES 0, MM_ANONPAGES 1, MM_SWAPENTS 2 (not
-	 * resident), MM_SHMEMPAGES 3 */
-	static const __u32 resident[3] = {0, 1, 3};
 	void *mm = 0;
-	__u64 hiwater = 0, rss = 0;
-	__s64 n;
+	__u64 hiwater = 0, rss;
 
 	if (OFF_MM_HIWATER_RSS < 0 || OFF_MM_RSS_STAT < 0 || OFF_RSS_STRIDE < 0)
 		return 0;
@@ -203,14 +210,8 @@ static __always_inline __u64 image_hiwater_pages(void *task)
 	if (!mm)
 		return 0;
 	bpf_probe_read_kernel(&hiwater, sizeof(hiwater), mm + OFF_MM_HIWATER_RSS);
-#pragma unroll
-	for (int i = 0; i < 3; i++) {
-		n = 0;
-		bpf_probe_read_kernel(&n, sizeof(n),
-				      mm + OFF_MM_RSS_STAT + resident[i] * OFF_RSS_STRIDE + OFF_RSS_COUNT);
-		if (n > 0)
-			rss += n;
-	}
+	/* MM_FILEPAGES 0, MM_ANONPAGES 1, MM_SHMEMPAGES 3 (2 is MM_SWAPENTS: not resident) */
+	rss = rss_pages(mm, 0) + rss_pages(mm, 1) + rss_pages(mm, 3);
 	return rss > hiwater ? rss : hiwater;
 }
 
