@@ -9,6 +9,8 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_notebook
 
+from provtrace.tracer.capture.ebpf import exit_has_group_dead
+
 from .helpers import PY, pt
 
 pytestmark = pytest.mark.privileged
@@ -37,8 +39,11 @@ def test_process_figures_are_the_kernels(backend, tmp_path):
     assert r["cpu_user_s"] > 0 and r["cpu_system_s"] >= 0
     assert r["written_bytes"] >= 2 * MB and r["read_bytes"] > 0
     assert r["wall_s"] > 0
-    # the child started from a 120 MB process reports its own small image
-    assert small["resources"]["peak_rss_bytes"] < 20 * MB
+    # the child started from a 120 MB process reports its own small image, where the exit
+    # tracepoint still sees the mm (6.18 here); older kernels fall back to signal->maxrss,
+    # which exec fills from the parent's image (docs/resources.md)
+    if backend == "ptrace" or exit_has_group_dead():
+        assert small["resources"]["peak_rss_bytes"] < 20 * MB
     run = doc["run"]["resources"]
     assert run["processes"] == len(doc["processes"]) == run["processes_measured"]
     assert run["peak_rss_bytes"] == r["peak_rss_bytes"]
