@@ -48,7 +48,8 @@ def build(store: S.Store, rid: int, *, config=None, uid: int | None = None) -> R
     try:
         stale = _stale_of(staleness(store, rid, uid=uid, config=config))
     except TracerError as e:
-        stale, _ = None, warnings.append(f"stale status not computed: {e}")
+        stale = None
+        warnings.append(f"stale status not computed: {e}")
     history = same_job(store, doc, uid, config)
     env = _environment()
     html = env.get_template("report.html.j2").render(
@@ -179,6 +180,7 @@ def _value(res: dict | None, key: str) -> float | None:
 
 
 def _cell_charts(cells: list[dict]) -> list[dict]:
+    cells = cells[:ROWS]  # the cells table has them all
     labels = [f"[{c.get('index')}] {c.get('id')}" for c in cells]
     return [bar_chart(title, labels, [_value(c.get("resources"), key) for c in cells], fmt)
             for key, title, fmt in METRICS] if cells else []
