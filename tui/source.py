@@ -148,7 +148,8 @@ class DaemonSource:
         out = []
         for r in sorted(same_kind, key=lambda r: r.started or "")[-SAME_JOB_RUNS:]:
             other = doc if r.id == run.get("id") else self.load_run(r.id)
-            if other["run"].get("argv") == run.get("argv"):
+            key = "label" if run.get("kind") == "session" and run.get("label") else "argv"
+            if other["run"].get(key) == run.get(key):
                 out.append(entry(other["run"], run.get("id")))
         return out
 

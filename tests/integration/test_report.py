@@ -38,8 +38,10 @@ def test_report_of_a_traced_job_as_chromium_lays_it_out(tmp_path):
     work.mkdir()
     (work / "in.csv").write_text("a\n1\n")
     job = [PY, "-c", JOB + "open('in.csv').read()\n", "out.csv"]
-    for _ in range(2):  # two runs of one job: the across-runs charts
-        pt("run", "--db", str(db), "--", *job, cwd=work, check=True)
+    # two runs of one job (the across-runs charts), and another command between them
+    pt("run", "--db", str(db), "--", *job, cwd=work, check=True)
+    pt("run", "--db", str(db), "--", "true", cwd=work, check=True)
+    pt("run", "--db", str(db), "--", *job, cwd=work, check=True)
     err, page = _report(db, tmp_path)
     assert err == ""
     seen = inspect(page, ["#complete", "#loss", "#by-run", "img.lineage"], tmp_path)
@@ -51,7 +53,7 @@ def test_report_of_a_traced_job_as_chromium_lays_it_out(tmp_path):
         assert heading in text
     assert str(work / "out.csv") in text and str(work / "in.csv") in text
     assert "(this run)" in text and "Fresh" in text
-    # 5 metrics x 2 runs of bars, and the Graphviz picture decoded to a real image
+    # 5 metrics x 2 runs of the job (not the other command), and the Graphviz picture decoded
     assert seen["bars"] == 10
     (img,) = [i for i in seen["images"] if i["cls"] == "lineage"]
     assert img["complete"] and img["natural_width"] > 100

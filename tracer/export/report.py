@@ -76,6 +76,8 @@ def job_name(run: dict) -> str:
     argv = run.get("argv") or []
     if run.get("kind") == "notebook" and argv:
         return argv[-1]
+    if run.get("kind") == "session" and run.get("label"):
+        return run["label"]  # the notebook its kernel was registered with
     return " ".join(argv) or "(unknown)"
 
 
