@@ -85,6 +85,20 @@ static __always_inline void emit_argv(struct traced_val *tv, void *task)
 	emit(e, offsetof(struct argv_event, args) + e->len, sizeof(*e));
 }
 
+/* signal->maxrss in pages, saturated to 32 bits (16 TiB of 4 KiB pages); 0 if unknown. */
+static __always_inline __u32 signal_maxrss(void *task)
+{
+	void *signal = 0;
+	__u64 pages = 0;
+
+	if (OFF_SIGNAL_MAXRSS < 0)
+		return 0;
+	bpf_probe_read_kernel(&signal, sizeof(signal), task + OFF_TASK_SIGNAL);
+	if (signal)
+		bpf_probe_read_kernel(&pages, sizeof(pages), signal + OFF_SIGNAL_MAXRSS);
+	return pages > 0xffffffffULL ? 0xffffffffU : (__u32)pages;
+}
+
 /* Did this exec gain privileges the caller did not have? At
  * sched_process_exec the new image's credentials are already committed:
  * a setuid/setgid program differs in euid/egid, and file capabilities show
@@ -127,6 +141,7 @@ RAW_TRACEPOINT_PROBE(sched_process_exec)
 	inherited = tv->flags & TV_PRIVILEGED;
 	if (!inherited && exec_gained_privileges((void *)ctx->args[0]))
 		tv->flags |= TV_PRIVILEGED;
+	tv->exec_maxrss_pages = signal_maxrss((void *)ctx->args[0]);
 	/* before EV_EXEC: the model takes the argv waiting when the exec comes.
 	 * The argv the user gave the privileged program is theirs; what runs
 	 * below it chose its own, and stays out. */
@@ -217,7 +232,7 @@ static __always_inline __u64 image_hiwater_pages(void *task)
 
 /* The process's resource use as the kernel accounted it: CPU time, peak RSS,
  * and I/O bytes, read once at the last thread's exit (nothing is sampled). */
-static __always_inline void fill_usage(struct exit_event *e, void *task)
+static __always_inline void fill_usage(struct exit_event *e, void *task, __u32 exec_maxrss)
 {
 	void *signal = 0;
 
@@ -227,10 +242,14 @@ static __always_inline void fill_usage(struct exit_event *e, void *task)
 	e->rchar = task_plus_signal(task, signal, OFF_TASK_IOAC_RCHAR, OFF_SIGNAL_IOAC_RCHAR);
 	e->wchar = task_plus_signal(task, signal, OFF_TASK_IOAC_WCHAR, OFF_SIGNAL_IOAC_WCHAR);
 	e->maxrss_pages = image_hiwater_pages(task);
-	/* no mm to read: signal->maxrss, set by do_exit from the last image */
-	if (!e->maxrss_pages && signal && OFF_SIGNAL_MAXRSS >= 0)
-		bpf_probe_read_kernel(&e->maxrss_pages, sizeof(e->maxrss_pages),
-				      signal + OFF_SIGNAL_MAXRSS);
+	if (e->maxrss_pages)
+		return;
+	/* no mm to read: signal->maxrss, which do_exit set from the last image but
+	 * which also holds what exec inherited. Above that, it is the last image's
+	 * own peak; at or below it, it is unknown (0). */
+	e->maxrss_pages = signal_maxrss(task);
+	if (exec_maxrss && e->maxrss_pages <= exec_maxrss)
+		e->maxrss_pages = 0;
 }
 
 RAW_TRACEPOINT_PROBE(sched_process_exit)
@@ -253,7 +272,7 @@ RAW_TRACEPOINT_PROBE(sched_process_exit)
 		fill_hdr(&e->h, EV_EXIT, tv->tag);
 		e->exit_code = code;
 		e->max_fd = max_fd;
-		fill_usage(e, task);
+		fill_usage(e, task, tv->exec_maxrss_pages);
 		events.ringbuf_submit(e, rb_flags());
 	} else {
 		count_lost(LOST_RINGBUF);

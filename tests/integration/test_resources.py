@@ -35,18 +35,21 @@ def test_process_figures_are_the_kernels(backend, tmp_path):
     (big,) = [p for p in doc["processes"] if p["exe"] and "python" in p["exe"]]
     (small,) = [p for p in doc["processes"] if p["argv"][:1] == ["/bin/true"]]
     r = big["resources"]
-    assert r["peak_rss_bytes"] >= 120 * MB
+    # Where the exit tracepoint still sees the mm (6.18 here), peak RSS is the last image's,
+    # exactly. Older kernels fall back to signal->maxrss, which exec fills from the replaced
+    # image: a peak not above that is unknown (null) there (docs/resources.md).
+    exact = backend == "ptrace" or exit_has_group_dead()
+    if exact or r["peak_rss_bytes"] is not None:
+        assert r["peak_rss_bytes"] >= 120 * MB
     assert r["cpu_user_s"] > 0 and r["cpu_system_s"] >= 0
     assert r["written_bytes"] >= 2 * MB and r["read_bytes"] > 0
     assert r["wall_s"] > 0
-    # the child started from a 120 MB process reports its own small image, where the exit
-    # tracepoint still sees the mm (6.18 here); older kernels fall back to signal->maxrss,
-    # which exec fills from the parent's image (docs/resources.md)
-    if backend == "ptrace" or exit_has_group_dead():
-        assert small["resources"]["peak_rss_bytes"] < 20 * MB
+    # the child started from a 120 MB process reports its own small image, never the parent's
+    small_peak = small["resources"]["peak_rss_bytes"]
+    assert (small_peak is not None or not exact) and (small_peak or 0) < 20 * MB
     run = doc["run"]["resources"]
     assert run["processes"] == len(doc["processes"]) == run["processes_measured"]
-    assert run["peak_rss_bytes"] == r["peak_rss_bytes"]
+    assert run["peak_rss_bytes"] == r["peak_rss_bytes"] or not exact
     assert run["cpu_user_s"] >= r["cpu_user_s"]
     assert run["gpu"] == [], "no GPU on this machine: NVML reports none, for real"
 
@@ -93,5 +96,5 @@ def test_probes_load_without_the_optional_offsets(monkeypatch, tmp_path):
     assert code == 0
     (p,) = [p for p in doc["processes"] if "python" in (p["exe"] or "")]
     assert p["resources"] == {**p["resources"], "cpu_user_s": 0.0, "read_bytes": 0, "written_bytes": 0,
-                              "peak_rss_bytes": 0}
+                              "peak_rss_bytes": None}
     assert p["exit_code"] == 0 and doc["run"]["complete"]

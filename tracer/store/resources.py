@@ -32,7 +32,7 @@ def usage_json(usage: list[int] | None, started: str | None, ended: str | None) 
         return None
     utime_ns, stime_ns, maxrss, rchar, wchar = usage
     return {"wall_s": wall_s(started, ended), "cpu_user_s": _seconds(utime_ns),
-            "cpu_system_s": _seconds(stime_ns), "peak_rss_bytes": maxrss,
+            "cpu_system_s": _seconds(stime_ns), "peak_rss_bytes": maxrss or None,  # 0: unknown
             "read_bytes": rchar, "written_bytes": wchar}
 
 
@@ -55,7 +55,8 @@ def _sum(parts: list[dict], started: str | None, ended: str | None) -> dict:
             out[key] = round(sum(p[key] for p in measured), 6)
         for key in ("read_bytes", "written_bytes"):
             out[key] = sum(p[key] for p in measured)
-        out["peak_rss_bytes"] = max(p["peak_rss_bytes"] for p in measured)
+        out["peak_rss_bytes"] = max((p["peak_rss_bytes"] for p in measured
+                                     if p["peak_rss_bytes"] is not None), default=None)
     return out
 
 
