@@ -35,7 +35,8 @@ struct traced_val {
 	__u32 tag;
 	__u32 max_fd;   /* highest fd with an agg entry: bounds the exec/exit sweep */
 	__u32 flags;    /* TV_PRIVILEGED */
-	__u32 _pad;
+	__u32 exec_maxrss_pages; /* signal->maxrss just after the last exec (saturated): what
+				  * exec inherited from the replaced image (process.bpf.c) */
 };
 
 /* The process exec'd a program that gained privileges (setuid, setgid, file

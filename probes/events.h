@@ -109,6 +109,14 @@ struct exit_event {
 	struct event_hdr h;
 	__s32 exit_code;      /* wait status: (code << 8) | signal */
 	__u32 max_fd;         /* highest fd with I/O counts; above PT_FLUSH_FDS userspace sweeps */
+	/* The kernel's own accounting of the whole process, read as its last
+	 * thread exits: the exiting thread's plus what signal_struct holds for
+	 * threads already reaped (what getrusage(RUSAGE_SELF) would sum). */
+	__u64 utime_ns;       /* user CPU */
+	__u64 stime_ns;       /* system CPU */
+	__u64 maxrss_pages;   /* peak resident set of the last image, in pages */
+	__u64 rchar;          /* ioac.rchar: bytes read by read-type syscalls (any fd) */
+	__u64 wchar;          /* ioac.wchar: bytes written by write-type syscalls */
 };
 
 /* fd < 0: the open failed with -fd (ENOENT or EACCES), an attempted access.

@@ -2,8 +2,9 @@
  *
  * Hooks:  raw_tp/sched_process_fork, raw_tp/sched_process_exec,
  *         raw_tp/sched_process_exit
- * Emits:  EV_FORK, EV_EXEC_ARGV then EV_EXEC, EV_EXIT, and EV_FDIO flushes at
- *         exec and exit.
+ * Emits:  EV_FORK, EV_EXEC_ARGV then EV_EXEC, EV_EXIT (with the process's
+ *         kernel-accounted CPU, peak RSS and I/O bytes), and EV_FDIO flushes
+ *         at exec and exit.
  *
  * Children join `traced` in sched_process_fork, which runs in the parent
  * before the child is first scheduled: a child's first syscall is always seen.
@@ -84,6 +85,20 @@ static __always_inline void emit_argv(struct traced_val *tv, void *task)
 	emit(e, offsetof(struct argv_event, args) + e->len, sizeof(*e));
 }
 
+/* signal->maxrss in pages, saturated to 32 bits (16 TiB of 4 KiB pages); 0 if unknown. */
+static __always_inline __u32 signal_maxrss(void *task)
+{
+	void *signal = 0;
+	__u64 pages = 0;
+
+	if (OFF_SIGNAL_MAXRSS < 0)
+		return 0;
+	bpf_probe_read_kernel(&signal, sizeof(signal), task + OFF_TASK_SIGNAL);
+	if (signal)
+		bpf_probe_read_kernel(&pages, sizeof(pages), signal + OFF_SIGNAL_MAXRSS);
+	return pages > 0xffffffffULL ? 0xffffffffU : (__u32)pages;
+}
+
 /* Did this exec gain privileges the caller did not have? At
  * sched_process_exec the new image's credentials are already committed:
  * a setuid/setgid program differs in euid/egid, and file capabilities show
@@ -126,6 +141,7 @@ RAW_TRACEPOINT_PROBE(sched_process_exec)
 	inherited = tv->flags & TV_PRIVILEGED;
 	if (!inherited && exec_gained_privileges((void *)ctx->args[0]))
 		tv->flags |= TV_PRIVILEGED;
+	tv->exec_maxrss_pages = signal_maxrss((void *)ctx->args[0]);
 	/* before EV_EXEC: the model takes the argv waiting when the exec comes.
 	 * The argv the user gave the privileged program is theirs; what runs
 	 * below it chose its own, and stays out. */
@@ -166,6 +182,76 @@ static __always_inline int group_dead(struct bpf_raw_tracepoint_args *ctx, void 
 #endif
 }
 
+/* Add one u64 field of two structs: the exiting thread's own count and what
+ * signal_struct keeps for the threads of the process already reaped. */
+static __always_inline __u64 task_plus_signal(void *task, void *signal, __s32 task_off,
+					      __s32 signal_off)
+{
+	__u64 a = 0, b = 0;
+
+	if (task_off < 0 || signal_off < 0) /* not in this kernel's BTF */
+		return 0;
+
+	bpf_probe_read_kernel(&a, sizeof(a), task + task_off);
+	if (signal)
+		bpf_probe_read_kernel(&b, sizeof(b), signal + signal_off);
+	return a + b;
+}
+
+/* One of mm->rss_stat's page counters (a percpu_counter's folded count, or an
+ * atomic_long_t before 6.2): stride and offset from BTF (btf.rss_layout). */
+static __always_inline __u64 rss_pages(void *mm, __u32 kind)
+{
+	__s64 n = 0;
+
+	bpf_probe_read_kernel(&n, sizeof(n),
+			      mm + OFF_MM_RSS_STAT + kind * OFF_RSS_STRIDE + OFF_RSS_COUNT);
+	return n > 0 ? n : 0;
+}
+
+/* Peak RSS of the image now running, in pages: what get_mm_hiwater_rss()
+ * computes, max(mm->hiwater_rss, file + anon + shmem pages now). Not
+ * signal->maxrss: exec folds the replaced mm into it, so a child that a large
+ * parent forked (or vforked) would report the parent's size. 0 where the mm
+ * is already gone (kernels before 6.16 fire the tracepoint after exit_mm). */
+static __always_inline __u64 image_hiwater_pages(void *task)
+{
+	void *mm = 0;
+	__u64 hiwater = 0, rss;
+
+	if (OFF_MM_HIWATER_RSS < 0 || OFF_MM_RSS_STAT < 0 || OFF_RSS_STRIDE < 0)
+		return 0;
+	bpf_probe_read_kernel(&mm, sizeof(mm), task + OFF_TASK_MM);
+	if (!mm)
+		return 0;
+	bpf_probe_read_kernel(&hiwater, sizeof(hiwater), mm + OFF_MM_HIWATER_RSS);
+	/* MM_FILEPAGES 0, MM_ANONPAGES 1, MM_SHMEMPAGES 3 (2 is MM_SWAPENTS: not resident) */
+	rss = rss_pages(mm, 0) + rss_pages(mm, 1) + rss_pages(mm, 3);
+	return rss > hiwater ? rss : hiwater;
+}
+
+/* The process's resource use as the kernel accounted it: CPU time, peak RSS,
+ * and I/O bytes, read once at the last thread's exit (nothing is sampled). */
+static __always_inline void fill_usage(struct exit_event *e, void *task, __u32 exec_maxrss)
+{
+	void *signal = 0;
+
+	bpf_probe_read_kernel(&signal, sizeof(signal), task + OFF_TASK_SIGNAL);
+	e->utime_ns = task_plus_signal(task, signal, OFF_TASK_UTIME, OFF_SIGNAL_UTIME);
+	e->stime_ns = task_plus_signal(task, signal, OFF_TASK_STIME, OFF_SIGNAL_STIME);
+	e->rchar = task_plus_signal(task, signal, OFF_TASK_IOAC_RCHAR, OFF_SIGNAL_IOAC_RCHAR);
+	e->wchar = task_plus_signal(task, signal, OFF_TASK_IOAC_WCHAR, OFF_SIGNAL_IOAC_WCHAR);
+	e->maxrss_pages = image_hiwater_pages(task);
+	if (e->maxrss_pages)
+		return;
+	/* no mm to read: signal->maxrss, which do_exit set from the last image but
+	 * which also holds what exec inherited. Above that, it is the last image's
+	 * own peak; at or below it, it is unknown (0). */
+	e->maxrss_pages = signal_maxrss(task);
+	if (exec_maxrss && e->maxrss_pages <= exec_maxrss)
+		e->maxrss_pages = 0;
+}
+
 RAW_TRACEPOINT_PROBE(sched_process_exit)
 {
 	/* args: (struct task_struct *p[, bool group_dead]), p == current */
@@ -186,6 +272,7 @@ RAW_TRACEPOINT_PROBE(sched_process_exit)
 		fill_hdr(&e->h, EV_EXIT, tv->tag);
 		e->exit_code = code;
 		e->max_fd = max_fd;
+		fill_usage(e, task, tv->exec_maxrss_pages);
 		events.ringbuf_submit(e, rb_flags());
 	} else {
 		count_lost(LOST_RINGBUF);

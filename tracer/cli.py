@@ -37,6 +37,7 @@ EPILOG = textwrap.dedent("""\
       provtrace reproduce last              re-run the last run traced; exit 4 if anything differs
       provtrace ship --to postgresql://db/provtrace   copy this store to the fleet's central store
       provtrace lineage out.csv --db postgresql://db/provtrace   lineage across every host
+      provtrace report last -o run.html     one self-contained HTML report, resources included
     """)
 
 
@@ -222,6 +223,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.add_argument("--sign-ssh", metavar="KEY", help="sign the head with this SSH private key "
                    "(ssh-keygen -Y sign, namespace provtrace-head)")
+
+    p = sub.add_parser("report", help="one self-contained HTML report of a run or session",
+                       epilog="example: provtrace report last -o run.html (no network needed to view it)")
+    p.add_argument("run", metavar="RUN", help="run or session id, unique prefix, or 'last'")
+    p.add_argument("-o", "--output", required=True, metavar="FILE.html", help="where to write the report")
+    _add_db(p)
 
     p = sub.add_parser("daemon", help="the long-running service: kernels, cells, gRPC API",
                        epilog="example: sudo provtrace daemon --socket /run/provtrace/provtrace.sock")

@@ -844,6 +844,26 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    """The HTML report; what it had to leave out is one warning line each."""
+    from .atomic import atomic_write  # noqa: PLC0415
+    from .export import report  # noqa: PLC0415
+    from .store import queries as Q  # noqa: PLC0415
+
+    store = _store(args)
+    try:
+        result = report.build(store, Q.resolve_run(store, args.run), config=_config())
+    finally:
+        store.close()
+    try:
+        atomic_write(args.output, result.html.encode("utf-8", "surrogateescape"))
+    except OSError as e:
+        raise UsageError(f"cannot write {args.output}: {e.strerror}") from None
+    for warning in result.warnings:
+        print(f"provtrace: warning: {warning}", file=sys.stderr)
+    return 0
+
+
 def cmd_head(args: argparse.Namespace) -> int:
     from .store.anchor import anchor_line, sign_ssh  # noqa: PLC0415
 

@@ -254,7 +254,7 @@ class TracedCommand:
     def _write_context(self, tracker: Tracker, writer: RunWriter) -> None:
         """Execution context (issue 4) when the context package is present."""
         try:
-            from .context.collect import collect_run_context  # noqa: PLC0415
+            from .context.collect import collect_run_context, gpu_accounting  # noqa: PLC0415
         except ImportError:
             return
         touched, mapped, execd = (sorted(writer.touched), sorted(writer.mapped),
@@ -263,6 +263,7 @@ class TracedCommand:
             ctx = collect_run_context(pids=list(tracker.live), touched_paths=touched,
                                       mapped_paths=mapped, exec_paths=execd, env=self.env,
                                       gpu_samples=[s for s in self._gpu_samples if s])
+            ctx["gpu_accounting"] = gpu_accounting(sorted(writer.pids))
         except TracerError as e:
             ctx = {"error": str(e)}
         self.store.append(self.rid, S.CONTEXT, ctx)

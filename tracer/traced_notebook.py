@@ -20,12 +20,14 @@ import threading
 import time
 
 from .capture.decode import Decoder
+from .capture.procusage import proc_usage, usage_delta
 from .correlate.clock import Clock, iso_utc
 from .correlate.clock import us_to_iso as iso
 from .correlate.notebook import CellExecution, CellStart, NotebookResult, NotebookRunner
 from .correlate.policy import KernelCells, attach_kernel
 from .correlate.windows import CellWindow
 from .errors import StoreWriteError, TracerError
+from .model.events import Usage
 from .model.processes import Tracker
 from .runner import _gpu_sample, _redactor, _user, apply_batch, new_run_id
 from .store import sqlite as S
@@ -112,6 +114,9 @@ class TracedNotebook:
         self.lost: dict[str, int] = {}
         self._kernel_pid: int | None = None
         self._samples: dict[str, list] = {}
+        # the kernel's own /proc figures at a cell's start, then its share of the cell
+        self._kernel_at_start: dict[str, Usage | None] = {}
+        self._kernel_usage: dict[str, list[int]] = {}
         self._consumer: _Consumer | None = None
         self._tag = 0
 
@@ -129,6 +134,8 @@ class TracedNotebook:
             kernel_pid=self._kernel_pid or 0, msg_id=key, cell_id=key, code_sha256=start.code_sha256,
             start_ns=self.clock.utc_to_mono_ns(start.started)))
         self._samples[key] = [_gpu_sample(self._kernel_pids())]
+        if self._kernel_pid is not None:
+            self._kernel_at_start[key] = proc_usage(self._kernel_pid)
 
     def _cell_end(self, done: CellExecution) -> None:
         key = cell_key(done.index, done.cell_id)
@@ -140,6 +147,11 @@ class TracedNotebook:
             code_sha256=done.code_sha256, status=done.status, end_reason=done.end_reason,
             error_name=done.error_name))
         self._samples.setdefault(key, []).append(_gpu_sample(self._kernel_pids()))
+        if self._kernel_pid is not None:
+            d = usage_delta(self._kernel_at_start.pop(key, None), proc_usage(self._kernel_pid))
+            if d is not None:
+                self._kernel_usage[key] = [d.utime_ns, d.stime_ns, d.maxrss_bytes, d.rchar_bytes,
+                                           d.wchar_bytes]
         self.store.append(self.rid, S.CELL, {
             "id": key, "index": done.index, "execution_count": done.execution_count,
             "code_sha256": done.code_sha256, "started": iso_utc(done.started),
@@ -236,7 +248,7 @@ class TracedNotebook:
             "processes": writer.processes, "files": writer.files})
 
     def _write_context(self, tracker: Tracker, writer: RunWriter) -> None:
-        from .context.collect import collect_cell_context, collect_run_context  # noqa: PLC0415
+        from .context.collect import collect_cell_context, collect_run_context, gpu_accounting  # noqa: PLC0415
 
         env = dict(os.environ)
         try:
@@ -244,6 +256,7 @@ class TracedNotebook:
                 pids=[], touched_paths=sorted(writer.touched), mapped_paths=sorted(writer.mapped),
                 exec_paths=sorted(writer.execd), env=env, gpu_samples=[
                     s for samples in self._samples.values() for s in samples if s])
+            ctx["gpu_accounting"] = gpu_accounting(sorted(writer.pids))
         except TracerError as e:
             ctx = {"error": str(e)}
         self.store.append(self.rid, S.CONTEXT, ctx)
@@ -254,8 +267,11 @@ class TracedNotebook:
             except TracerError as e:
                 cell_ctx = {"error": str(e)}
             cell_ctx["gpu_samples"] = [s for s in self._samples.get(key, []) if s]
+            if key in self._kernel_usage:
+                cell_ctx["kernel_usage"] = self._kernel_usage[key]
             self.store.append(self.rid, S.CELL_CONTEXT, {"cell": key, **cell_ctx})
         for key in sorted(set(self._samples) - set(writer.by_cell)):  # cells that touched nothing
             self.store.append(self.rid, S.CELL_CONTEXT, {
                 "cell": key, "libraries": [], "packages": [], "interpreters": [],
-                "gpu_samples": [s for s in self._samples[key] if s]})
+                "gpu_samples": [s for s in self._samples[key] if s],
+                **({"kernel_usage": self._kernel_usage[key]} if key in self._kernel_usage else {})})

@@ -26,6 +26,12 @@ class RunLoaded(Message):
 
 
 @dataclass
+class HistoryLoaded(Message):
+    run_id: str
+    history: list[dict]  # the job's latest runs with their resources, oldest first
+
+
+@dataclass
 class LineageLoaded(Message):
     path: str
     direction: str

@@ -267,3 +267,87 @@ def lineage_tree(lin: M.Lineage) -> TreeItem:
     path = M.path_of(lin.root)  # the title names the path; the version shows below it
     title = printable(display(path)) if path is not None else label(lin.root)
     return TreeItem(f"{lin.direction} lineage of {title}", kids, key=lin.root)
+
+
+# -- resources ------------------------------------------------------------------
+BAR_CELLS = 12
+BAR_ROWS = 30  # processes shown when a run has no cells
+RESOURCE_SERIES = (("wall_s", "wall time"), ("cpu", "CPU time"), ("peak_rss_bytes", "peak RSS"),
+                   ("read_bytes", "bytes read"), ("written_bytes", "bytes written"))
+
+
+def seconds(s: float | None) -> str:
+    if s is None:
+        return "-"
+    return f"{s * 1000:.0f} ms" if s < 1 else f"{s:.2f} s"
+
+
+def cpu_s(res: dict | None) -> float | None:
+    """User + system CPU, or None when not measured."""
+    if not res or res.get("cpu_user_s") is None:
+        return None
+    return (res.get("cpu_user_s") or 0) + (res.get("cpu_system_s") or 0)
+
+
+def metric(res: dict | None, key: str) -> float | None:
+    return cpu_s(res) if key == "cpu" else (res or {}).get(key)
+
+
+def resource_lines(doc: dict) -> list[str]:
+    """The run's totals, and where its figures come from."""
+    r = doc["run"].get("resources") or {}
+    gpus = r.get("gpu") or []
+    gpu = "; ".join(f"GPU {g.get('index')}: peak {size(g.get('memory_peak_bytes')) or '-'} held, "
+                    f"{_opt(g.get('utilization_peak_percent')) or '-'}% busy" for g in gpus) or NO_GPU
+    return [
+        f"wall {seconds(r.get('wall_s'))}   CPU user {seconds(r.get('cpu_user_s'))}   "
+        f"system {seconds(r.get('cpu_system_s'))}   peak RSS {size(r.get('peak_rss_bytes')) or '-'}",
+        f"read {size(r.get('read_bytes')) or '-'}   written {size(r.get('written_bytes')) or '-'}   "
+        f"measured {_opt(r.get('processes_measured'))} of {_opt(r.get('processes'))} processes",
+        f"GPU       {printable(gpu)}",
+    ]
+
+
+def _bar(value: float | None, top: float) -> str:
+    if value is None:
+        return "·" * BAR_CELLS
+    n = round(BAR_CELLS * value / top) if top else 0
+    return "█" * n + "░" * (BAR_CELLS - n)
+
+
+def resource_bars(doc: dict) -> list[str]:
+    """One line per cell (or, for a run without cells, per process by CPU):
+    CPU and peak RSS as bars scaled to the largest."""
+    cells = doc.get("cells") or []
+    if cells:
+        items = [(f"[{_opt(c.get('index'))}] {printable(c.get('id'))}", c.get("resources")) for c in cells]
+        head = "per cell"
+    else:
+        procs = sorted(doc.get("processes") or [], key=lambda p: -(cpu_s(p.get("resources")) or 0))
+        items = [(f"{p.get('pid')} {printable(os.path.basename(p.get('exe') or '?'))}",
+                  p.get("resources")) for p in procs[:BAR_ROWS]]
+        head = "per process (most CPU first)"
+    top_cpu = max((cpu_s(r) or 0 for _, r in items), default=0)
+    top_rss = max(((r or {}).get("peak_rss_bytes") or 0 for _, r in items), default=0)
+    lines = [f"{head}", f"{'':14} {'CPU':{BAR_CELLS + 9}}  peak RSS"]
+    for label, r in items:
+        cpu, rss = cpu_s(r), (r or {}).get("peak_rss_bytes")
+        lines.append(f"{label[:14]:14} {_bar(cpu, top_cpu)} {seconds(cpu):>8}  "
+                     f"{_bar(rss, top_rss)} {size(rss) or '-':>9}")
+    return lines
+
+
+def history_series(history: list[dict]) -> dict[str, list[float]]:
+    """Per metric, its values over the job's runs, oldest first (unmeasured as 0)."""
+    return {key: [float(metric(h.get("resources"), key) or 0) for h in history]
+            for key, _title in RESOURCE_SERIES}
+
+
+def history_caption(history: list[dict], key: str, title: str) -> str:
+    values = [metric(h.get("resources"), key) for h in history]
+    fmt = size if key.endswith("bytes") else seconds
+    known = [v for v in values if v is not None]
+    last = values[-1] if values else None
+    # the sparkline spans min..max, so a small spread looks large: say what it spans
+    span = f"min {fmt(min(known))}  max {fmt(max(known))}" if known else "not measured"
+    return f"{title:14} {len(history)} runs   {span}   latest {fmt(last) or '-'}"

@@ -42,6 +42,11 @@ class RunSource(Protocol):
         when the source closes (at once for a source that pushes nothing)."""
         ...
 
+    def job_history(self, doc: dict) -> list[dict]:
+        """The latest runs of doc's job (same kind and argv), oldest first, with
+        their resources: tracer/store/history.py's entries."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -87,6 +92,12 @@ class StoreSource:
     def watch_stale(self, on_stale: Callable[[M.StaleNotice], None]) -> None:
         """A store file pushes nothing: staleness is `provtrace stale` (or r to reload)."""
         return
+
+    def job_history(self, doc: dict) -> list[dict]:
+        from ..tracer.store.history import same_job  # noqa: PLC0415
+
+        with self._reading():
+            return same_job(self.store, doc, None, self.config)
 
     def close(self) -> None:
         with self._lock:
@@ -150,6 +161,21 @@ class DaemonSource:
             notice = M.stale_notice(event)
             if notice is not None:
                 on_stale(notice)
+
+    def job_history(self, doc: dict) -> list[dict]:
+        """The daemon has no query by job: the caller's latest runs of the same
+        kind, loaded one by one, those with the same argv kept."""
+        from ..tracer.store.history import SAME_JOB_RUNS, entry  # noqa: PLC0415
+
+        run = doc["run"]
+        same_kind = [r for r in self.list_runs() if r.kind == run.get("kind")]
+        out = []
+        for r in sorted(same_kind, key=lambda r: r.started or "")[-SAME_JOB_RUNS:]:
+            other = doc if r.id == run.get("id") else self.load_run(r.id)
+            key = "label" if run.get("kind") == "session" and run.get("label") else "argv"
+            if other["run"].get(key) == run.get(key):
+                out.append(entry(other["run"], run.get("id")))
+        return out
 
     def close(self) -> None:
         self._closed.set()

@@ -79,6 +79,8 @@ async def test_runs_run_files_lineage(source):
         await pilot.press("escape")
         assert isinstance(app.screen, RunScreen)
         await pilot.press("tab")
+        assert app.screen.query_one("#panes").active == "resources"
+        await pilot.press("tab")
         assert app.screen.query_one("#panes").active == "libraries"
         assert table_rows(app, "#libraries-table")[0][:3] == [
             "/usr/lib/x86_64-linux-gnu/libm.so.6", "libm.so.6", "libc6"]

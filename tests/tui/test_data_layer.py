@@ -151,3 +151,41 @@ def test_lineage_tree_marks_repeats_and_names_unknown_relations():
     assert proc.label == "written by [run r pid 1] cp a o"
     assert [c.label for c in proc.children] == ["reads /a", "linked to /o (see above)"]
     assert via_unknown.label == "linked to /a (see above)"
+
+
+def _res(cpu_user, rss):
+    return {"wall_s": 1.0, "cpu_user_s": cpu_user, "cpu_system_s": 0.0 if cpu_user is not None else None,
+            "peak_rss_bytes": rss, "read_bytes": 10, "written_bytes": 20}
+
+
+def test_resource_bars_scale_to_the_largest_and_escape_names():
+    doc = {"run": {"resources": {**_res(3.0, 300 << 20), "processes_measured": 2, "processes": 3,
+                                 "gpu": []}},
+           "cells": [{"index": 0, "id": "a\x1b[31m", "resources": _res(2.0, 100 << 20)},
+                     {"index": 1, "id": "b", "resources": _res(1.0, 200 << 20)},
+                     {"index": 2, "id": "c", "resources": None}]}
+    head = R.resource_lines(doc)
+    assert "peak RSS 300.0 MiB" in head[0] and "2 of 3 processes" in head[1] and R.NO_GPU in head[2]
+    bars = R.resource_bars(doc)
+    assert bars[0] == "per cell"
+    a, b, c = bars[2:]
+    assert "\x1b" not in a and "\\x1b" in a
+    assert a.count("█") == R.BAR_CELLS + R.BAR_CELLS // 2  # most CPU, half the peak
+    assert b.count("█") == R.BAR_CELLS // 2 + R.BAR_CELLS
+    assert "·" * R.BAR_CELLS in c and "-" in c  # not measured: no bar, no number
+
+
+def test_resource_bars_of_a_command_list_processes_by_cpu():
+    doc = {"run": {"resources": {}}, "cells": [],
+           "processes": [{"pid": 1, "exe": "/bin/sh", "resources": _res(0.1, 1 << 20)},
+                         {"pid": 2, "exe": "/usr/bin/python3", "resources": _res(2.0, 1 << 20)}]}
+    bars = R.resource_bars(doc)
+    assert bars[0].startswith("per process") and bars[2].startswith("2 python3") and bars[3].startswith("1 sh")
+
+
+def test_history_series_and_captions():
+    history = [{"resources": _res(1.0, 1 << 20)}, {"resources": {}}, {"resources": _res(3.0, 2 << 20)}]
+    series = R.history_series(history)
+    assert series["cpu"] == [1.0, 0.0, 3.0] and series["peak_rss_bytes"][-1] == 2 << 20
+    cap = R.history_caption(history, "cpu", "CPU time")
+    assert "3 runs" in cap and "min 1.00 s" in cap and "max 3.00 s" in cap and "latest 3.00 s" in cap

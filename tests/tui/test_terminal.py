@@ -113,3 +113,41 @@ def test_no_terminal_is_one_line(tmp_path):
     r = _cli("tui", "--db", build_store(str(tmp_path / "prov.db")))
     assert r.returncode == 2 and r.stdout == ""
     assert r.stderr.count("\n") == 1 and "needs a terminal" in r.stderr
+
+
+NOTEBOOK_CELLS = ("b = bytearray(80 * 1024 * 1024)\nfor i in range(0, len(b), 4096): b[i] = 1",
+                  "x = sum(i * i for i in range(1_500_000))")
+
+
+@pytest.mark.privileged
+def test_resources_pane_on_real_notebook_runs(tmux, tmp_path):
+    """Two traced runs of one notebook: per-cell bars, and sparklines across the runs."""
+    import nbformat  # noqa: PLC0415
+    from nbformat.v4 import new_code_cell, new_notebook  # noqa: PLC0415
+
+    nb = new_notebook(cells=[new_code_cell(c) for c in NOTEBOOK_CELLS])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "python3", "language": "python"}
+    nbformat.write(nb, str(tmp_path / "job.ipynb"))
+    db = tmp_path / "prov.db"
+    for _ in range(2):
+        r = _cli("notebook", "run", str(tmp_path / "job.ipynb"), "--db", str(db))
+        assert r.returncode == 0, r.stderr
+    tmux("new-session", "-d", "-s", "tui", "-x", str(COLS), "-y", str(ROWS),
+         f"{PROVTRACE} tui --db {db}; sleep 60")
+    tmux.wait_for("2 runs in store")
+    tmux("send-keys", "-t", "tui", "Enter")  # the newest run opens on its cells
+    tmux.wait_for("(notebook)", "tab Next pane")
+    for _ in range(8):  # tab through the panes, one key per repaint, to Resources
+        before = tmux.screen()
+        if "per cell" in before:
+            break
+        tmux("send-keys", "-t", "tui", "Tab")
+        for _ in range(POLLS):
+            if tmux.screen() != before:
+                break
+            time.sleep(0.1)
+    screen = tmux.wait_for("per cell", "2 runs of this job", "peak RSS")
+    bars = [line for line in screen.splitlines() if line.lstrip().startswith(("[0]", "[1]"))]
+    assert len(bars) == 2 and all("█" in line for line in bars), screen
+    assert "MiB" in bars[0], screen  # the 80 MB cell's peak
+    assert any(ch in screen for ch in "▁▂▃▄▅▆▇"), f"no sparkline drawn:\n{screen}"

@@ -13,7 +13,7 @@ import struct
 import pytest
 
 from provtrace.tracer.capture import layouts as L
-from provtrace.tracer.capture.decode import Decoder
+from provtrace.tracer.capture.decode import PAGE_SIZE, Decoder
 from provtrace.tracer.model import events as E
 
 PID, TID, TAG, TS = 4_000_001, 4_000_002, 7, 123_456_789_000
@@ -116,7 +116,13 @@ def test_argv_empty_region_is_an_empty_argv():
 
 def test_exit_signed_status():
     ev = Decoder().decode(bytes(_rec(L.ExitEvent, L.EV_EXIT, exit_code=-1, max_fd=70)))
-    assert ev == E.Exit(TS, PID, TID, TAG, -1, 70)
+    assert ev == E.Exit(TS, PID, TID, TAG, -1, 70, E.Usage(0, 0, 0, 0, 0))
+
+
+def test_exit_usage_counters_and_pages():
+    ev = Decoder().decode(bytes(_rec(L.ExitEvent, L.EV_EXIT, utime_ns=3_000_000, stime_ns=5,
+                                     maxrss_pages=2560, rchar=7, wchar=1 << 40)))
+    assert ev.usage == E.Usage(3_000_000, 5, 2560 * PAGE_SIZE, 7, 1 << 40)
 
 
 def test_fdio_all_counters():

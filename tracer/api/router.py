@@ -315,13 +315,14 @@ class RunRouter:
             req.done.set()
 
     def _end(self, live: LiveRun, exit_code: int | None, reason: str | None = None) -> None:
-        from ..context.collect import collect_run_context  # noqa: PLC0415
+        from ..context.collect import collect_run_context, gpu_accounting  # noqa: PLC0415
 
         w = live.writer
         try:
             ctx = collect_run_context(pids=[], touched_paths=sorted(w.touched),
                                       mapped_paths=sorted(w.mapped), exec_paths=sorted(w.execd),
                                       env=live.env, gpu_samples=[s for s in live.gpu_samples if s])
+            ctx["gpu_accounting"] = gpu_accounting(sorted(w.pids))
         except TracerError as e:
             ctx = {"error": str(e)}
         self.store.append(live.rid, S.CONTEXT, ctx)

@@ -61,11 +61,23 @@ WANTED: dict[str, tuple[str, str]] = {
     # whole-process exit where sched_process_exit has no group_dead argument
     "TASK_SIGNAL": ("task_struct", "signal"),
     "SIGNAL_LIVE": ("signal_struct", "live"),
+    # resource accounting at exit (utime/stime in ns, maxrss in pages, io bytes)
+    "TASK_UTIME": ("task_struct", "utime"),
+    "TASK_STIME": ("task_struct", "stime"),
+    "TASK_IOAC_RCHAR": ("task_struct", "ioac.rchar"),
+    "TASK_IOAC_WCHAR": ("task_struct", "ioac.wchar"),
+    "SIGNAL_UTIME": ("signal_struct", "utime"),
+    "SIGNAL_STIME": ("signal_struct", "stime"),
+    "SIGNAL_MAXRSS": ("signal_struct", "maxrss"),
+    "SIGNAL_IOAC_RCHAR": ("signal_struct", "ioac.rchar"),
+    "SIGNAL_IOAC_WCHAR": ("signal_struct", "ioac.wchar"),
     "CRED_UID": ("cred", "uid"),
     "CRED_GID": ("cred", "gid"),
     "CRED_EUID": ("cred", "euid"),
     "CRED_EGID": ("cred", "egid"),
     "CRED_CAP_EFFECTIVE": ("cred", "cap_effective"),
+    "MM_HIWATER_RSS": ("mm_struct", "hiwater_rss"),
+    "MM_RSS_STAT": ("mm_struct", "rss_stat"),
     "MM_ARG_START": ("mm_struct", "arg_start"),
     "MM_ARG_END": ("mm_struct", "arg_end"),
     # x86_64 syscall arguments in the saved user registers, and the number
@@ -105,6 +117,7 @@ class BtfType:
     name: str
     size_or_type: int
     members: tuple[Member, ...] = ()
+    elem_type: int = 0  # KIND_ARRAY: the element's type id
 
 
 class Btf:
@@ -143,9 +156,10 @@ class Btf:
                     bit_off = m_off & 0xFFFFFF if kind_flag else m_off
                     ms.append(Member(self._str(m_name), m_type, bit_off))
                 members = tuple(ms)
+            elem = unpack("<I", data, pos)[0] if kind == KIND_ARRAY else 0
             pos += _FIXED_EXTRA.get(kind, 0) + _PER_VLEN.get(kind, 0) * vlen
             name = self._str(name_off) if name_off else ""
-            self.types.append(BtfType(kind, name, size_or_type, members))
+            self.types.append(BtfType(kind, name, size_or_type, members, elem))
             if name and kind in (KIND_STRUCT, KIND_UNION) and members:
                 # First complete definition wins; vmlinux has one per name.
                 self.by_name.setdefault(name, len(self.types) - 1)
@@ -202,19 +216,63 @@ class Btf:
         return total_bits // 8
 
 
-def offsets_of(parsed: Btf, wanted: dict[str, tuple[str, str]]) -> dict[str, int]:
+def offsets_of(parsed: Btf, wanted: dict[str, tuple[str, str]],
+               optional: frozenset[str] = frozenset()) -> dict[str, int]:
     """Offsets of every wanted member; BTFError names all that are missing
-    (renamed or moved between kernels), not only the first."""
+    (renamed or moved between kernels), not only the first. An `optional`
+    one the kernel lacks is left out (its figure is not read)."""
     offsets, missing = {}, []
     for name, (struct_name, member) in wanted.items():
         try:
             offsets[name] = parsed.offset_of(struct_name, member)
         except BTFError as e:
-            missing.append(f"{struct_name}.{member} ({e.what})")
+            if name in optional:
+                log.info("btf offset missing name=%s: that resource figure is not read", name)
+            else:
+                missing.append(f"{struct_name}.{member} ({e.what})")
     if missing:
         raise BTFError("lacks " + ", ".join(missing) + ": renamed or moved in this kernel, "
                        "and the eBPF probes read them", parsed.source, fields=missing)
     return offsets
+
+
+def rss_layout(btf: Btf) -> dict[str, int]:
+    """How to read mm_struct's per-kind RSS counters: the stride between them
+    and the offset of the page count in each (RSS_STRIDE, RSS_COUNT).
+
+    6.2 and later keep `struct percpu_counter rss_stat[NR_MM_COUNTERS]` (the
+    count is `.count`, exact up to the per-CPU deltas not yet folded in);
+    older kernels `struct mm_rss_stat { atomic_long_t count[NR_MM_COUNTERS]; }`.
+    """
+    tid = btf.member_type(btf.by_name["mm_struct"], "rss_stat")
+    t = btf.resolve(tid) if tid is not None else None
+    if t is not None and t.kind == KIND_ARRAY:
+        elem = btf.resolve(t.elem_type)
+        if elem is not None and elem.kind == KIND_STRUCT:
+            return {"RSS_STRIDE": elem.size_or_type, "RSS_COUNT": btf.offset_of(elem.name, "count")}
+    if t is not None and t.kind == KIND_STRUCT:
+        return {"RSS_STRIDE": 8, "RSS_COUNT": btf.offset_of(t.name, "count")}
+    raise BTFError("mm_struct.rss_stat has a layout this version does not know", btf.source)
+
+
+# offsets that are not one member's (rss_layout)
+DERIVED = ("RSS_STRIDE", "RSS_COUNT")
+# What a kernel may lack without the probes losing anything but resource
+# figures: ioac.rchar/wchar need CONFIG_TASK_XACCT. The probe reads a figure
+# only where its OFF_* is defined (process.bpf.c).
+OPTIONAL = frozenset({"TASK_IOAC_RCHAR", "TASK_IOAC_WCHAR", "SIGNAL_IOAC_RCHAR", "SIGNAL_IOAC_WCHAR",
+                      "TASK_UTIME", "TASK_STIME", "SIGNAL_UTIME", "SIGNAL_STIME", "SIGNAL_MAXRSS",
+                      "MM_HIWATER_RSS", "MM_RSS_STAT", "RSS_STRIDE", "RSS_COUNT"})
+
+
+def _offsets(btf: Btf) -> dict[str, int]:
+    """WANTED and DERIVED from btf; an OPTIONAL one this kernel lacks is left out."""
+    out = offsets_of(btf, WANTED, OPTIONAL)
+    try:
+        out.update(rss_layout(btf))
+    except (BTFError, KeyError) as e:
+        log.info("btf rss layout unknown err=%s: peak RSS falls back to signal->maxrss", e)
+    return out
 
 
 def kernel_offsets(btf_path: str = VMLINUX_BTF, cache_dir: str | None = None) -> dict[str, int]:
@@ -227,14 +285,15 @@ def kernel_offsets(btf_path: str = VMLINUX_BTF, cache_dir: str | None = None) ->
     cache = Path(cache_dir or os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "provtrace" / "btf-offsets.json"
     try:
         cached = json.loads(_read_own_file(cache))
-        if cached.get("key") == key and set(cached["offsets"]) == set(WANTED):
+        if cached.get("key") == key and cached.get("names") == sorted({*WANTED, *DERIVED}):
             return dict(cached["offsets"])
     except (OSError, ValueError, KeyError):
         pass
-    offsets = offsets_of(Btf(Path(btf_path).read_bytes(), btf_path), WANTED)
+    offsets = _offsets(Btf(Path(btf_path).read_bytes(), btf_path))
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(str(cache), json.dumps({"key": key, "offsets": offsets}).encode())
+        atomic_write(str(cache), json.dumps({"key": key, "names": sorted({*WANTED, *DERIVED}),
+                                             "offsets": offsets}).encode())
     except OSError as e:
         log.debug("btf cache not written path=%s err=%s", cache, e)
     return offsets

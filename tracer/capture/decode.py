@@ -13,6 +13,7 @@ put ts_ns first.
 from __future__ import annotations
 
 import logging
+import os
 import struct
 import sys
 from collections.abc import Callable, Iterable
@@ -23,6 +24,7 @@ from . import layouts as L
 log = logging.getLogger(__name__)
 
 _TYPE = struct.Struct("<I")
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")  # signal->maxrss counts pages
 # os.fsdecode on bytes is exactly this decode; calling it directly saves a
 # Python-level call per string.
 _FS_ENCODING = sys.getfilesystemencoding()
@@ -91,8 +93,9 @@ def _exit() -> Decode:
     unpack, _ = _layout(L.ExitEvent)
 
     def dec(buf):
-        _, pid, tid, tag, ts, status, max_fd = unpack(buf)
-        return E.Exit(ts, pid, tid, tag, status, max_fd)
+        _, pid, tid, tag, ts, status, max_fd, utime, stime, maxrss, rchar, wchar = unpack(buf)
+        usage = E.Usage(utime, stime, maxrss * PAGE_SIZE, rchar, wchar)
+        return E.Exit(ts, pid, tid, tag, status, max_fd, usage)
     return dec
 
 

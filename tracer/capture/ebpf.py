@@ -147,6 +147,8 @@ def cflags(offsets: dict[str, int], ringbuf_pages: int,
         flags.append("-DPT_EXIT_GROUP_DEAD_ARG=1")
     log.debug("event=feature sched_process_exit_group_dead=%s", "argument" if group_dead_arg else "signal_live")
     flags += [f"-DOFF_{name}={value}" for name, value in sorted(offsets.items())]
+    # a resource figure this kernel's BTF lacks: -1, and the probe skips it
+    flags += [f"-DOFF_{name}=-1" for name in sorted(btf.OPTIONAL - set(offsets))]
     return flags
 
 

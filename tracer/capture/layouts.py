@@ -57,7 +57,9 @@ class ArgvEvent(C.Structure):
 
 
 class ExitEvent(C.Structure):
-    _fields_ = [("h", EventHdr), ("exit_code", C.c_int32), ("max_fd", C.c_uint32)]
+    _fields_ = [("h", EventHdr), ("exit_code", C.c_int32), ("max_fd", C.c_uint32),
+                ("utime_ns", C.c_uint64), ("stime_ns", C.c_uint64), ("maxrss_pages", C.c_uint64),
+                ("rchar", C.c_uint64), ("wchar", C.c_uint64)]
 
 
 class OpenEvent(C.Structure):

@@ -42,6 +42,7 @@ from . import ptrace_kernel as K
 from .decode import argv_from_region
 from .fdagg import FdAggregator
 from . import syscalls
+from .procusage import proc_usage
 from .ptrace_syscalls import (CREATED_BIT, EXECS, FIOCLEX, FIONCLEX, IOCTL, MAP_ANONYMOUS, MMAP,
                               Pending, SyscallFolder, traced_syscalls)
 
@@ -115,6 +116,7 @@ class PtraceCapture:
         off = syscalls.switched_off()  # PROVTRACE_CAPTURE_OFF
         self._calls = SyscallFolder(emit, self._agg, self._mem, tag, self.gaps, off)
         self._tasks: dict[int, _Task] = {}
+        self._usage: dict[int, E.Usage | None] = {}  # tgid -> reading at its exit stop
         self._early: dict[int, int] = {}  # tid -> status reported before its parent's fork event
         self._root_status: int | None = None
         prog = (K.seccomp_program(traced_syscalls(off), MMAP, MAP_ANONYMOUS, IOCTL, (FIOCLEX, FIONCLEX))
@@ -220,6 +222,9 @@ class PtraceCapture:
             self._fork(task, event)
         elif event == K.EVENT_EXEC:
             task = self._exec(task)
+        elif event == K.EVENT_EXIT:
+            # still whole at this stop: the latest thread's reading covers the group
+            self._usage[task.tgid] = proc_usage(task.tgid)
         elif event == K.EVENT_STOP and sig in _GROUP_STOP_SIGS:
             # group-stop (job control): stay stopped until SIGCONT, but keep reporting
             K.resume(K.PTRACE_LISTEN, task.tid)
@@ -323,7 +328,8 @@ class PtraceCapture:
             return  # a thread; the process ends with its leader, reported last by the kernel
         now = time.monotonic_ns()
         self._agg.flush_process(task.tgid, task.tid, L.FLUSH_EXIT, now)
-        self._emit(E.Exit(now, task.tgid, task.tid, self._tag, status, 0))
+        self._emit(E.Exit(now, task.tgid, task.tid, self._tag, status, 0,
+                          self._usage.pop(task.tgid, None)))
         self.processes += 1
         if task.tgid == self._root:
             self._root_status = status

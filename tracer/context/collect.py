@@ -196,3 +196,8 @@ def collect_cell_context(*, touched_paths: list[str], mapped_paths: list[str],
 def gpu_sample(pids: list[int]) -> dict:
     """A timestamped GPU snapshot for run/cell start and end; ``gpus`` is [] with no driver."""
     return default_collector().gpu.sample(pids)
+
+
+def gpu_accounting(pids: list[int]) -> list[dict]:
+    """NVML accounting of the run's processes at its end ([] with no driver or accounting off)."""
+    return default_collector().gpu.accounting(pids)

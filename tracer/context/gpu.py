@@ -121,3 +121,34 @@ class GpuProbe:
         now = datetime.datetime.now(datetime.timezone.utc)
         return {"time": now.isoformat(timespec="microseconds").replace("+00:00", "Z"),
                 "gpus": self.devices(pids)}
+
+    def accounting(self, pids: Iterable[int]) -> list[dict]:
+        """Per-process figures from NVML's accounting, which outlive the process:
+        peak GPU memory and utilisation over its life. Only GPUs where an
+        administrator enabled accounting mode (``nvidia-smi -am 1``) keep them;
+        [] everywhere else, and with no driver."""
+        if not self._init():
+            return []
+        wanted = set(pids)
+        out = []
+        for index in range(self._call("nvmlDeviceGetCount") or 0):
+            handle = self._call("nvmlDeviceGetHandleByIndex", index)
+            if handle is None or not self._call("nvmlDeviceGetAccountingMode", handle):
+                continue  # NVML_FEATURE_DISABLED (0), or not supported
+            for pid in sorted(wanted & set(self._call("nvmlDeviceGetAccountingPids", handle) or [])):
+                stats = self._call("nvmlDeviceGetAccountingStats", handle, pid)
+                if stats is not None:
+                    out.append({"index": index, "pid": pid,
+                                "max_memory_bytes": _available(getattr(stats, "maxMemoryUsage", None)),
+                                "gpu_utilization_percent": _available(getattr(stats, "gpuUtilization", None)),
+                                "memory_utilization_percent":
+                                    _available(getattr(stats, "memoryUtilization", None)),
+                                "start_us": _available(getattr(stats, "startTime", None))})
+        return out
+
+
+def _available(value: int | None) -> int | None:
+    """NVML marks a figure it does not have with all bits set (NVML_VALUE_NOT_AVAILABLE)."""
+    if value is None or value < 0 or value >= (1 << 63) or value == 0xFFFFFFFF:
+        return None
+    return int(value)

@@ -489,7 +489,7 @@ def render(result: dict) -> str:
     lines = []
     for s in result["stale"]:
         who = f"run {s['run']}" + (f" cell {s['cell']}" if s["cell"] is not None else "")
-        parts = [f"{r['path']}: {_why_text(r)}" for r in s["reasons"]]
+        parts = [f"{r['path']}: {why_text(r)}" for r in s["reasons"]]
         more = len(parts) - _SHOWN_REASONS
         text = "; ".join(parts[:_SHOWN_REASONS]) + (f"; +{more} more (see --json)" if more > 0 else "")
         lines.append(f"stale {who}: {text}")
@@ -504,7 +504,7 @@ def render(result: dict) -> str:
     return "\n".join(lines + [summary])
 
 
-def _why_text(r: dict) -> str:
+def why_text(r: dict) -> str:
     why = r["why"]
     if r["role"] == "output" and why == "deleted":
         why = "output deleted"

@@ -41,9 +41,21 @@ class Argv(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class Usage:
+    """A whole process's resource use as the kernel accounted it, at exit."""
+
+    utime_ns: int
+    stime_ns: int
+    maxrss_bytes: int
+    rchar_bytes: int  # bytes read by read-type syscalls on any fd (task io accounting)
+    wchar_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
 class Exit(Event):
     status: int  # wait status: (code << 8) | signal
     max_fd: int  # fds above layouts.PT_FLUSH_FDS need a userspace sweep
+    usage: Usage | None = None  # None: the backend could not read it
 
 
 @dataclass(frozen=True, slots=True)

@@ -93,6 +93,7 @@ class Proc:
     seeded_from_proc: bool = False
     privileged: bool = False  # exec'd a program that gained privileges: not followed after
     attempts: dict[tuple[str, int, str | None], Attempt] = field(default_factory=dict)
+    usage: E.Usage | None = None  # kernel accounting at exit
 
     @property
     def exit_code(self) -> int | None:
@@ -405,6 +406,7 @@ class Tracker(LinkFolding):
             return
         p.status = ev.status
         p.end_ns = ev.ts_ns
+        p.usage = ev.usage
         if ev.max_fd >= L.PT_FLUSH_FDS:
             self.needs_sweep.add(ev.pid)
         self.exited.append(p)

@@ -10,6 +10,7 @@ from ..correlate.clock import us_to_iso as iso
 from ..errors import RunNotFound
 from ..model.paths import DATA, TEMP, classify, display, to_json
 from . import sqlite as S
+from .resources import attach_gpu_accounting, cell_resources, run_resources, usage_json
 from .writer import KIND_NAMES, access_of
 
 SCHEMA = "provtrace.run/1"
@@ -144,9 +145,13 @@ def load_run(store: S.Store, rid: int, config=None) -> dict:
         run.update({"notebook": header["notebook"], "kernel_name": header.get("kernel_name")})
     if end and end.get("end_reason"):  # ended by someone other than its writer, and why
         run["end_reason"] = end["end_reason"]
+    attach_gpu_accounting(processes, context)
     for c in cells:
         _cell_io(c, files, renames, processes, config)
         c["context"] = cell_contexts.get(c.get("id"), {})
+        c["resources"] = cell_resources(c, processes)
+        c["context"].pop("kernel_usage", None)  # shown as resources.kernel
+    run["resources"] = run_resources(run, processes, cells, context)
     _merge_fingerprints(files, fingerprints)
     _rename_fingerprints(renames, fingerprints)
     for f in files:
@@ -216,6 +221,7 @@ def _process(b: dict) -> dict:
             "argv": [_text(a) for a in b["argv"]], "cwd": _text(b["cwd"]),
             "uid": b["uid"], "started": iso(b["started_us"]), "ended": iso(b["ended_us"]),
             "exit_code": b["exit_code"], "signal": b.get("signal"), "cell": b["cell"],
+            "resources": usage_json(b.get("usage"), iso(b["started_us"]), iso(b["ended_us"])),
             **({"privileged": True} if b.get("privileged") else {})}
 
 

@@ -72,6 +72,7 @@ class RunWriter(Sink):
         self.redact_argv = redact_argv or (lambda argv: list(argv))
         self.processes = 0
         self.files = 0
+        self.pids: set[int] = set()  # every process written: NVML accounting is asked by pid
         # what the run touched, mapped and exec'd: the context collector's input
         self.touched: set[str] = set()
         self.mapped: set[str] = set()
@@ -107,8 +108,12 @@ class RunWriter(Sink):
             body["attempts"] = [[a.path, a.errno, int(a.write), self.rel(a.first_ns), a.cell,
                                  None if a.exe == p.exe else a.exe]
                                 for a in p.attempts.values()]
+        if p.usage is not None:  # [utime_ns, stime_ns, maxrss_bytes, rchar, wchar]
+            u = p.usage
+            body["usage"] = [u.utime_ns, u.stime_ns, u.maxrss_bytes, u.rchar_bytes, u.wchar_bytes]
         self.store.append(self.rid, S.PROCESS, body)
         self.processes += 1
+        self.pids.add(p.pid)
         self.store.append_many(self.rid, S.FILE, [self._file_record(p.pid, fa) for fa in p.files.values()])
         self.files += len(p.files)
 

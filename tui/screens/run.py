@@ -1,4 +1,4 @@
-"""One run: summary, cells, process tree, files, libraries, packages, host and GPU."""
+"""One run: summary, cells, process tree, files, resources, libraries, packages, host and GPU."""
 
 from __future__ import annotations
 
@@ -7,16 +7,16 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import VerticalScroll
 from textual.screen import Screen
-from textual.widgets import DataTable, Footer, Static, TabbedContent, TabPane, Tree
+from textual.widgets import DataTable, Footer, Sparkline, Static, TabbedContent, TabPane, Tree
 
 from ...tracer.errors import TracerError
 from .. import rows as R
-from ..messages import LoadFailed, RunLoaded
+from ..messages import HistoryLoaded, LoadFailed, RunLoaded
 from ..widgets.table import FilterableTable
 from ..widgets.titlebar import TitleBar
 from .lineage import LineageScreen
 
-PANES = ("summary", "cells", "processes", "files", "libraries", "packages", "host")
+PANES = ("summary", "cells", "processes", "files", "resources", "libraries", "packages", "host")
 
 
 class RunScreen(Screen):
@@ -25,6 +25,8 @@ class RunScreen(Screen):
     RunScreen #panes { height: 1fr; }
     RunScreen ContentSwitcher { height: 1fr; }
     RunScreen TabPane { height: 1fr; padding: 0; }
+    RunScreen .spark { height: 2; margin: 0 1 1 1; }
+    RunScreen .spark-caption { height: 1; padding: 0 1; }
     """
     BINDINGS = [
         Binding("escape", "app.pop_screen", "Back"),
@@ -55,6 +57,13 @@ class RunScreen(Screen):
             with TabPane("Files", id="files"):
                 yield FilterableTable(R.FILE_COLUMNS, "no data files recorded (a shows all kinds)",
                                       id="files-table")
+            with TabPane("Resources", id="resources"):
+                with VerticalScroll(id="resources-scroll"):
+                    yield Static("", id="resources-text", markup=False)
+                    yield Static("across runs: loading…", id="history-text", markup=False)
+                    for key, _title in R.RESOURCE_SERIES:
+                        yield Static("", id=f"caption-{key}", classes="spark-caption", markup=False)
+                        yield Sparkline([], id=f"spark-{key}", classes="spark")
             with TabPane("Libraries", id="libraries"):
                 yield FilterableTable(R.LIBRARY_COLUMNS, "no libraries recorded", id="libraries-table")
             with TabPane("Packages", id="packages"):
@@ -68,7 +77,9 @@ class RunScreen(Screen):
 
     def _fetch(self) -> None:
         try:
-            self.post_message(RunLoaded(self.run_id, self.app.source.load_run(self.run_id)))
+            doc = self.app.source.load_run(self.run_id)
+            self.post_message(RunLoaded(self.run_id, doc))
+            self.post_message(HistoryLoaded(self.run_id, self.app.source.job_history(doc)))
         except TracerError as exc:
             self.post_message(LoadFailed(f"run {self.run_id}", str(exc)))
 
@@ -85,6 +96,8 @@ class RunScreen(Screen):
         self.query_one("#libraries-table", FilterableTable).set_rows(R.library_rows(doc))
         self.query_one("#packages-table", FilterableTable).set_rows(R.package_rows(doc))
         self.query_one("#host-text", Static).update("\n".join(R.host_lines(doc)))
+        self.query_one("#resources-text", Static).update(
+            "\n".join(R.resource_lines(doc) + [""] + R.resource_bars(doc)))
         notebook = doc["run"].get("kind") in ("notebook", "session") or bool(doc.get("cells"))
         self._show("cells" if notebook else "files")
 
@@ -100,6 +113,17 @@ class RunScreen(Screen):
             latest = [t for texts in marks.values() for t in texts][-1]
             self.query_one("#status", Static).update(
                 f"{R.run_title(self.doc)}   {R.STALE_BADGE}: {R.printable(latest)}")
+
+    def on_history_loaded(self, msg: HistoryLoaded) -> None:
+        """Sparklines of the job's latest runs, one per metric."""
+        n = len(msg.history)
+        self.query_one("#history-text", Static).update(
+            f"across runs: {n} runs of this job (oldest to newest)" if n > 1 else
+            "across runs: this is the only recorded run of this job")
+        series = R.history_series(msg.history)
+        for key, title in R.RESOURCE_SERIES:
+            self.query_one(f"#caption-{key}", Static).update(R.history_caption(msg.history, key, title))
+            self.query_one(f"#spark-{key}", Sparkline).data = series[key] if n > 1 else []
 
     def _fill_tree(self, items: list[R.TreeItem]) -> None:
         tree = self.query_one("#proc-tree", Tree)
@@ -123,7 +147,7 @@ class RunScreen(Screen):
     def _focus_pane(self, pane: str) -> None:
         target = {"cells": "#cells-table RowTable", "files": "#files-table RowTable",
                   "libraries": "#libraries-table RowTable", "packages": "#packages-table RowTable",
-                  "processes": "#proc-tree"}.get(pane)
+                  "processes": "#proc-tree", "resources": "#resources-scroll"}.get(pane)
         if target:
             self.query_one(target).focus()
 
