@@ -35,7 +35,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 from ..errors import CaptureUnavailable
 from ..model import events as E
-from . import gate
+from . import gate, sigstate
 from . import layouts as L
 from . import ptrace_kernel as K
 from .decode import argv_from_region
@@ -368,6 +368,7 @@ def _spawn(exe: str, argv: Sequence[str], env: Mapping[str, str], cwd: str,
                 os.close(fd)
             os.chdir(cwd)
             gate.wait_for_release(go_r)  # exits, never execs, if the tracer dies before release
+            sigstate.restore_in_child()  # provtrace's own signal state, not Python's
             if prog is not None:
                 os.write(mode_w, b"S" if K.install_seccomp(prog) == 0 else b"F")
             os.execve(exe, list(argv), dict(env))
