@@ -187,9 +187,11 @@ class Tracker:
 
     # -- entry points -----------------------------------------------------------
     def add_root(self, pid: int, ts_ns: int, argv: list[str], cwd: str, uid: int,
-                 tag: int = 0, cell: str | None = None) -> Proc:
-        """A process we start ourselves: its cwd and argv are known before exec."""
-        p = Proc(pid=pid, ppid=os.getpid(), start_ns=ts_ns, tag=tag, uid=uid,
+                 tag: int = 0, cell: str | None = None, ppid: int | None = None) -> Proc:
+        """A process we start ourselves: its cwd and argv are known before exec.
+        ppid: its parent as it sees it (getppid), when that is not this process
+        (the daemon traces a child its client forked)."""
+        p = Proc(pid=pid, ppid=os.getpid() if ppid is None else ppid, start_ns=ts_ns, tag=tag, uid=uid,
                  argv=list(argv), cwd=cwd, start_cwd=cwd, cell=cell)
         for fd in (0, 1, 2):
             p.fds[fd] = self._fd_from_proc(pid, fd) or FdEntry(None, "unknown")
