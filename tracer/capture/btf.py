@@ -75,6 +75,8 @@ WANTED: dict[str, tuple[str, str]] = {
     "REGS_R10": ("pt_regs", "r10"),
     "REGS_R8": ("pt_regs", "r8"),
     "REGS_ORIG_AX": ("pt_regs", "orig_ax"),
+    # the user code segment: a 32-bit image runs with __USER32_CS
+    "REGS_CS": ("pt_regs", "cs"),
 }
 
 

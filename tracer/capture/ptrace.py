@@ -16,7 +16,8 @@ would get ENOSYS from the filter. PTRACE_O_EXITKILL kills the tree if
 provtrace itself dies.
 
 Limits: x86_64 only (i386 and x32 syscalls are not decoded: they count as
-lost `compat_syscalls`, as the probes count them); waitpid(-1) also reaps
+lost `compat_syscalls`, as the probes count them: once per call, execs and
+the exits that never return left out); waitpid(-1) also reaps
 children of this process that are not tracees, so the tracer must not share
 its process with other child-owning code; "create" is decided by checking, at an O_CREAT open's entry, whether
 the file existed (a file made by someone else between entry and exit counts
@@ -86,8 +87,9 @@ class PtraceCapture:
 
     def lost(self) -> dict[str, int]:
         """A stopped tracee cannot outrun its tracer, so nothing is dropped; but 32-bit syscalls
-        are not decoded, and count as lost under the probes' name for them."""
-        return {"compat_syscalls": self.compat_syscalls} if self.compat_syscalls else {}
+        are not decoded, and count as lost under the probes' name for them. Every reason the
+        probes count is there, so that a run's JSON is the same on both backends."""
+        return {**dict.fromkeys(L.LOST_REASONS, 0), "compat_syscalls": self.compat_syscalls}
 
     def close(self) -> None:
         return None
@@ -245,7 +247,8 @@ class PtraceCapture:
     def _entry(self, task: _Task, arch: int, p: tuple[int, ...]) -> Pending | None:
         nr = p[0]
         if arch != K.AUDIT_ARCH_X86_64 or nr & 0x40000000:  # i386 or x32: other numbers, not decoded
-            self.compat_syscalls += 1
+            if nr not in K.IA32_UNCOUNTED:  # counted as the probes count them
+                self.compat_syscalls += 1
             return None
         if task.pre_exec:
             if nr not in EXECS:
