@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from ..capture import layouts as L
+from ..capture import sigstate
 from . import events as E
 from .paths import resolve
 
@@ -80,10 +81,7 @@ class Proc:
     @property
     def exit_code(self) -> int | None:
         """Shell convention: the exit code, or 128+N when killed by signal N."""
-        if self.status is None:
-            return None
-        sig = self.status & 0x7F
-        return 128 + sig if sig else (self.status >> 8) & 0xFF
+        return None if self.status is None else sigstate.exit_code(self.status)
 
     @property
     def signal(self) -> int | None:
