@@ -85,3 +85,19 @@ def test_relay_passes_sigterm_on_and_restores_the_handlers():
             proc.wait()
     assert sigstate.exit_code(status) == 128 + signal.SIGTERM
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+
+
+def test_relay_sends_nothing_to_a_pid_that_is_not_its_child():
+    """Once the command is reaped its pid may be anyone's: a pid that is not our child gets nothing."""
+    shell = subprocess.Popen(["sh", "-c", 'sleep 600 & echo $!; wait $!; echo "$?"'],
+                             stdout=subprocess.PIPE, text=True)
+    grandchild = int(shell.stdout.readline())
+    try:
+        sigstate.Relay(grandchild)._forward(signal.SIGTERM, None)
+    finally:
+        os.kill(grandchild, signal.SIGKILL)
+        died_of = int(shell.stdout.readline())
+        shell.wait()
+    assert died_of == 128 + signal.SIGKILL, "the relay's SIGTERM would have made it 143"

@@ -142,6 +142,10 @@ class Relay:
     def _forward(self, sig: int, _frame: object) -> None:
         if self.pid is None:
             return
+        try:  # still our child (a zombie at worst)? Once reaped, the pid may be anyone's.
+            os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:
+            return
         try:
             os.kill(self.pid, sig)
         except ProcessLookupError:
