@@ -186,3 +186,22 @@ def test_32bit_executable_same_json_on_both_backends(capture, tmp_path, monkeypa
     if not (shutil.which("as") and shutil.which("ld")):
         pytest.skip("needs binutils (as, ld) to build the i386 program")
     assert_same_json(capture, scenario_32bit_executable, tmp_path, monkeypatch)
+
+
+def scenario_commands_named_every_way(capture, work):
+    """A #! script given as ./s.sh that runs a symlink by relative path, a PATH search past
+    missing directories, a missing command and an exec: the same exe and argv on both."""
+    (work / "tlink").symlink_to(shutil.which("true"))
+    script = work / "s.sh"
+    script.write_text("#!/bin/sh\n./tlink\nenv PATH=/nonexistent:/usr/local/bin:/usr/bin:/bin true\n"
+                      "no_such_command_here 2>/dev/null\nsh -c 'exec true'\nexit 4\n")
+    script.chmod(0o755)
+    code, doc = helpers.trace(capture, ["./s.sh"], cwd=work)
+    assert code == 4
+    by_argv = {tuple(p["argv"]): p["exe"] for p in doc["processes"]}
+    assert by_argv[("/bin/sh", "./s.sh")] == "/bin/sh", "the script's $0 is the path as given"
+    assert by_argv[("./tlink",)] == str(work / "tlink")
+
+
+def test_commands_named_every_way_same_json_on_both_backends(capture, tmp_path, monkeypatch):
+    assert_same_json(capture, scenario_commands_named_every_way, tmp_path, monkeypatch)
