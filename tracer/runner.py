@@ -104,11 +104,13 @@ class TracedCommand:
         tag = 1 + (self.rid % 0x7FFFFFFF)
 
         if getattr(cap, "owns_wait", False):  # ptrace: the backend owns fork, attach and waitpid
+            lost_before: dict[str, int] = {}  # it counts per run
             status, failed = self._run_owned(cap, tracker, tag, uid)
-        else:
+        else:  # the probes count for as long as they are loaded, over every run they traced
+            lost_before = cap.lost()
             status, failed = self._run_ebpf(cap, tracker, decoder, tag, uid)
         tracker.finish_all(Clock.now_mono_ns())
-        self.lost = cap.lost()
+        self.lost = {k: v - lost_before.get(k, 0) for k, v in cap.lost().items()}
         lost_total = sum(self.lost.values())
         exit_code = sigstate.exit_code(status)
         if failed:
