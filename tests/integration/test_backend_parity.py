@@ -185,6 +185,8 @@ def scenario_32bit_executable(capture, work):
 def test_32bit_executable_same_json_on_both_backends(tmp_path, monkeypatch):
     if not (shutil.which("as") and shutil.which("ld")):
         pytest.skip("needs binutils (as, ld) to build the i386 program")
+    if os.geteuid() != 0:
+        pytest.skip("needs root for eBPF")
     from provtrace.tracer.capture.ebpf import EbpfCapture
 
     # Probes of its own: the session's keep counting lost events for their whole life, and
