@@ -82,6 +82,11 @@ def normalised(doc: dict, base: str) -> dict:
         names[p["pid"]] = f"{argv}#{seen[argv]}"
     doc["run"].pop("id")
     doc["run"].pop("backend")
+    # Counts a table entry the model found stale and corrected from the I/O record's inode:
+    # the eBPF path reads /proc for an fd it does not know (a pipe: pipe2 is not traced)
+    # up to one poll later, when the process may have reused the number; ptrace reads it
+    # with the tracee stopped. The records are the same; only this count differs.
+    doc["run"]["gaps"].pop("stale_fd_entry", None)
     ephemeral = _ephemeral_ports()
 
     def pids(x):
