@@ -312,6 +312,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from .capture import sigstate  # noqa: PLC0415
+
+    sigstate.remember()  # before anything here changes them: what a traced command inherits
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING,
                         format="provtrace: %(levelname)s %(name)s %(message)s")

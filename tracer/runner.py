@@ -14,13 +14,12 @@ import logging
 import os
 import secrets
 import shutil
-import signal
 import socket
 import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
 
-from .capture import gate
+from .capture import gate, sigstate
 from .capture.decode import Decoder
 from .correlate.clock import Clock
 from .correlate.clock import us_to_iso as iso
@@ -76,6 +75,9 @@ class TracedCommand:
 
     def run(self) -> int:
         exe = find_executable(self.argv[0], self.cwd, self.env)
+        # what the child execs: argv[0] as given when it names a path (a #! script
+        # sees the same $0 as untraced), else the PATH match, as execvp finds it
+        self.exec_path = self.argv[0] if "/" in self.argv[0] else exe
         if self.capture is None:
             from .capture.ebpf import EbpfCapture  # noqa: PLC0415
 
@@ -91,7 +93,7 @@ class TracedCommand:
                   "backend": getattr(cap, "name", "ebpf"), "label": self.label,
                   "argv": redact(self.argv) if redact else self.argv, "cwd": self.cwd,
                   "host": socket.gethostname(), "user": _user(uid), "uid": uid,
-                  "started": iso(started_us), "start_us": started_us, "exe": exe}
+                  "started": iso(started_us), "start_us": started_us, "exe": os.path.normpath(exe)}
         try:
             self.rid = self.store.new_run(self.run_id, header)
         except StoreWriteError as e:  # nothing can be recorded: the command still runs
@@ -106,13 +108,15 @@ class TracedCommand:
         tag = 1 + (self.rid % 0x7FFFFFFF)
 
         if getattr(cap, "owns_wait", False):  # ptrace: the backend owns fork, attach and waitpid
-            status, failed = self._run_owned(cap, exe, tracker, tag, uid)
-        else:
-            status, failed = self._run_ebpf(cap, exe, tracker, decoder, tag, uid)
+            lost_before: dict[str, int] = {}  # it counts per run
+            status, failed = self._run_owned(cap, tracker, tag, uid)
+        else:  # the probes count for as long as they are loaded, over every run they traced
+            lost_before = cap.lost()
+            status, failed = self._run_ebpf(cap, tracker, decoder, tag, uid)
         tracker.finish_all(Clock.now_mono_ns())
-        self.lost = cap.lost()
+        self.lost = {k: v - lost_before.get(k, 0) for k, v in cap.lost().items()}
         lost_total = sum(self.lost.values())
-        exit_code = _exit_code(status)
+        exit_code = sigstate.exit_code(status)
         if failed:
             writer.store.append(self.rid, S.GAP, {"what": "exec_failed", "errno": int(failed)})
         gaps = dict(tracker.gaps)
@@ -138,54 +142,52 @@ class TracedCommand:
             self.on_finished(self.rid)
         return exit_code
 
-    def _run_ebpf(self, cap, exe: str, tracker: Tracker, decoder: Decoder, tag: int,
+    def _run_ebpf(self, cap, tracker: Tracker, decoder: Decoder, tag: int,
                   uid: int) -> tuple[int, bytes]:
         """Fork, hold the child until its pid is in the traced map, release, follow."""
         # Sampled before the fork: the child holds no GPU yet, and NVML's first
         # call (~50 ms) must not sit between the root's start time and its exec.
         self._gpu_samples = [_gpu_sample([])]
-        go_r, go_w = os.pipe()
-        err_r, err_w = os.pipe2(os.O_CLOEXEC)
-        pid = os.fork()
-        if pid == 0:  # child: wait until traced, then exec
-            try:
-                os.close(go_w)
-                os.close(err_r)
-                os.chdir(self.cwd)
-                gate.wait_for_release(go_r)  # exits, never execs, if we die before release
-                os.execve(exe, self.argv, self.env)
-            except OSError as e:
-                os.write(err_w, f"{e.errno}".encode())
-            finally:
-                os._exit(127)
-        os.close(go_r)
-        os.close(err_w)
-        tracker.add_root(pid, Clock.now_mono_ns(), self.argv, self.cwd, uid, tag=tag)
-        cap.trace(pid, tag)
-        gate.release(go_w)
-        failed = os.read(err_r, 64)
-        os.close(err_r)
-        old_int = signal.signal(signal.SIGINT, signal.SIG_IGN)  # the child gets ^C; we record
-        old_term = signal.signal(signal.SIGTERM, lambda *_: os.kill(pid, signal.SIGTERM))
-        try:
+        with sigstate.Relay() as relay:  # before the fork: ^C must not stop us first
+            go_r, go_w = os.pipe()
+            err_r, err_w = os.pipe2(os.O_CLOEXEC)
+            pid = os.fork()
+            if pid == 0:  # child: wait until traced, then exec
+                try:
+                    os.close(go_w)
+                    os.close(err_r)
+                    os.chdir(self.cwd)
+                    gate.wait_for_release(go_r)  # exits, never execs, if we die before release
+                    sigstate.restore_in_child()
+                    os.execve(self.exec_path, self.argv, self.env)
+                except OSError as e:
+                    os.write(err_w, f"{e.errno}".encode())
+                finally:
+                    os._exit(127)
+            relay.pid = pid
+            os.close(go_r)
+            os.close(err_w)
+            tracker.add_root(pid, Clock.now_mono_ns(), self.argv, self.cwd, uid, tag=tag)
+            cap.trace(pid, tag)
+            gate.release(go_w)
+            failed = os.read(err_r, 64)
+            os.close(err_r)
             status = self._loop(pid, cap, tracker, decoder)
-        finally:
-            signal.signal(signal.SIGINT, old_int)
-            signal.signal(signal.SIGTERM, old_term)
         self._gpu_samples.append(_gpu_sample(list(tracker.live)))
         for leftover in set(cap.traced_pids()) & set(tracker.live):  # outlived the command
             cap.untrace(leftover)
         tracker.handle_all(decoder.decode_all(cap.sweep(set(tracker.live) | {p.pid for p in tracker.exited})))
         return status, failed
 
-    def _run_owned(self, cap, exe: str, tracker: Tracker, tag: int, uid: int) -> tuple[int, bytes]:
+    def _run_owned(self, cap, tracker: Tracker, tag: int, uid: int) -> tuple[int, bytes]:
         """A backend that forks and waits itself (ptrace): we hand it the model and a tick."""
         last_flush = [time.monotonic()]
+        relay = sigstate.Relay()
 
         def started(pid: int) -> None:
             tracker.add_root(pid, Clock.now_mono_ns(), self.argv, self.cwd, uid, tag=tag)
             self._gpu_samples = [_gpu_sample([pid])]
-            signal.signal(signal.SIGTERM, lambda *_: os.kill(pid, signal.SIGTERM))
+            relay.pid = pid
 
         def tick() -> None:
             tracker.finish_exited()
@@ -194,14 +196,9 @@ class TracedCommand:
                 self._flush()
                 last_flush[0] = now
 
-        old_int = signal.signal(signal.SIGINT, signal.SIG_IGN)  # the child gets ^C; we record
-        old_term = signal.getsignal(signal.SIGTERM)
-        try:
-            status, failed = cap.run(exe, self.argv, self.env, self.cwd, tracker.handle, tag,
-                                     started=started, tick=tick)
-        finally:
-            signal.signal(signal.SIGINT, old_int)
-            signal.signal(signal.SIGTERM, old_term)
+        with relay:
+            status, failed = cap.run(self.exec_path, self.argv, self.env, self.cwd, tracker.handle,
+                                     tag, started=started, tick=tick)
         self._gpu_samples.append(_gpu_sample(list(tracker.live)))
         return status, failed
 
@@ -292,18 +289,16 @@ def run_untraced(argv: Sequence[str], cwd: str | None = None, env: Mapping[str, 
     cwd = cwd or os.getcwd()
     env = dict(os.environ if env is None else env)
     exe = exe or find_executable(argv[0], cwd, env)
-    try:  # forked before SIGINT is ignored here: the command keeps its default ^C
-        proc = subprocess.Popen(list(argv), executable=exe, cwd=cwd, env=env)
-    except OSError as e:
-        raise CommandNotFound(argv[0], e.strerror or str(e)) from None
-    old_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    old_term = signal.signal(signal.SIGTERM, lambda *_: proc.send_signal(signal.SIGTERM))
-    try:
-        code = proc.wait()
-    finally:
-        signal.signal(signal.SIGINT, old_int)
-        signal.signal(signal.SIGTERM, old_term)
-    return 128 - code if code < 0 else code
+    with sigstate.Relay() as relay:
+        try:
+            proc = subprocess.Popen(list(argv), executable=argv[0] if "/" in argv[0] else exe,
+                                    cwd=cwd, env=env, preexec_fn=sigstate.restore_in_child)
+        except OSError as e:
+            raise CommandNotFound(argv[0], e.strerror or str(e)) from None
+        relay.pid = proc.pid
+        _, status = os.waitpid(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here: Popen must not wait again
+    return sigstate.exit_code(status)
 
 
 def apply_batch(batch: list[bytes], cap, tracker: Tracker, decoder: Decoder) -> None:
@@ -328,12 +323,6 @@ def _gpu_sample(pids: list[int]) -> dict | None:
     except ImportError:
         return None
     return gpu_sample(pids)
-
-
-def _exit_code(status: int) -> int:
-    if os.WIFSIGNALED(status):
-        return 128 + os.WTERMSIG(status)
-    return os.WEXITSTATUS(status)
 
 
 def _user(uid: int) -> str:

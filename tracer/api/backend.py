@@ -71,9 +71,10 @@ class SessionStore(Protocol):
 
     def start_command(
         self, *, pid: int, uid: int, user: str | None, argv: Sequence[str], cwd: str,
-        env: Mapping[str, str], label: str | None,
+        env: Mapping[str, str], label: str | None, ppid: int | None = None,
     ) -> RunRecord:
-        """Starts tracing pid (a blocked, not yet exec'd child) as a new command run."""
+        """Starts tracing pid (a blocked, not yet exec'd child) as a new command run.
+        ppid: pid's parent (the client that forked it), recorded as the root's parent."""
         ...
 
     def finish_command(self, run_id: str, exit_code: int, ended: dt.datetime | None) -> RunRecord: ...

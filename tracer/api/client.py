@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Callable, Iterator, Mapping, Sequence, TypeVar
 
 import grpc
 
+from ..capture import sigstate
 from ..context.redact import redact_env
 from ..errors import CommandNotFound, TracerError
 from .auth import peer_cred
@@ -399,11 +400,11 @@ def run_command(argv: Sequence[str], socket_path: str | None = None, cwd: str | 
             os.write(gate_w, b"1")
             os.close(gate_w)
             gate_w = -1
-            failed = os.read(err_r, 64)
-            _, status = os.waitpid(pid, 0)
+            with sigstate.Relay(pid):  # ^C reaches the command; SIGTERM and SIGHUP are passed on
+                failed = os.read(err_r, 64)
+                _, status = os.waitpid(pid, 0)
             pid = -1
-            code = os.waitstatus_to_exitcode(status)
-            exit_code = 128 - code if code < 0 else code
+            exit_code = sigstate.exit_code(status)
             if run_id:
                 try:
                     client.finish_command(run_id, 127 if failed else exit_code)
@@ -441,6 +442,7 @@ def _fork_gated(argv: list[str], cwd: str, env: dict[str, str]) -> tuple[int, in
                 os.close(gate_r)
                 code = 127
                 os.chdir(cwd)
+                sigstate.restore_in_child()  # provtrace's own signal state, not Python's
                 os.execvpe(argv[0], argv, env)
         except OSError as exc:
             os.write(err_w, str(exc.errno or 2).encode())

@@ -142,7 +142,7 @@ class InMemoryStore:
         return run
 
     def start_command(self, *, pid: int, uid: int, user: str | None, argv: Sequence[str], cwd: str,
-                      env: Mapping[str, str], label: str | None) -> RunRecord:
+                      env: Mapping[str, str], label: str | None, ppid: int | None = None) -> RunRecord:
         with self._lock:
             rid = f"r-{uuid.uuid4().hex[:12]}"
             run = RunRecord(id=rid, kind="command", uid=uid, user=user, label=label or " ".join(argv),

@@ -343,7 +343,8 @@ class ProvtraceServicer(svc_grpc.ProvtraceServicer):
             raise AccessDenied(f"pid {request.pid} is not a child of the calling process (pid {caller.pid}) "
                                f"owned by uid {caller.uid}; hand over only your own blocked child")
         run = self.store.start_command(pid=request.pid, uid=owner, user=_user(owner), argv=argv, cwd=cwd,
-                                       env=dict(request.env), label=_text(request.label, "label") or None)
+                                       env=dict(request.env), label=_text(request.label, "label") or None,
+                                       ppid=ppid)
         log.info("event=command-traced run=%s pid=%d uid=%d", run.id, request.pid, owner)
         response = svc.TraceCommandResponse(run_id=run.id)
         if run.started is not None:

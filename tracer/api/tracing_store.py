@@ -38,6 +38,7 @@ from ..model.processes import NO_CELLS, Tracker
 from ..store import queries as Q
 from ..store import sqlite as S
 from ..store.writer import RunWriter, stdio_files
+from .auth import process_ids
 from .backend import FORMATS, NotFound
 from .events import EventHub
 from .memory import InMemoryStore
@@ -199,7 +200,7 @@ class TracingStore(InMemoryStore):
         return run
 
     def start_command(self, *, pid: int, uid: int, user: str | None, argv: Sequence[str], cwd: str,
-                      env: Mapping[str, str], label: str | None) -> RunRecord:
+                      env: Mapping[str, str], label: str | None, ppid: int | None = None) -> RunRecord:
         from ..runner import new_run_id  # noqa: PLC0415
 
         run_id = new_run_id()
@@ -213,7 +214,9 @@ class TracingStore(InMemoryStore):
         live.root_pid = pid
         live.root_start_ns = _start_ns(pid)
         live.env = dict(env)
-        live.root = live.tracker.add_root(pid, Clock.now_mono_ns(), list(argv), cwd, uid, tag=live.tag)
+        # its parent is the client that forked it, as the command's getppid() says
+        live.root = live.tracker.add_root(pid, Clock.now_mono_ns(), list(argv), cwd, uid, tag=live.tag,
+                                          ppid=ppid if ppid is not None else process_ids(pid)[1])
         self.router.add(live)  # only now can the router touch this tracker
         self.capture.trace(pid, live.tag)
         run = RunRecord(id=run_id, kind="command", uid=uid, user=user, label=label or " ".join(argv),

@@ -101,6 +101,8 @@ WANTED: dict[str, tuple[str, str]] = {
     "FS_ROOT_DENTRY": ("fs_struct", "root.dentry"),
     "FS_ROOT_MNT": ("fs_struct", "root.mnt"),
     "FS_PWD_DENTRY": ("fs_struct", "pwd.dentry"),
+    # the user code segment: a 32-bit image runs with __USER32_CS
+    "REGS_CS": ("pt_regs", "cs"),
 }
 
 

@@ -17,7 +17,8 @@ would get ENOSYS from the filter. PTRACE_O_EXITKILL kills the tree if
 provtrace itself dies.
 
 Limits: x86_64 only (i386 and x32 syscalls are not decoded: they count as
-lost `compat_syscalls`, as the probes count them); waitpid(-1) also reaps
+lost `compat_syscalls`, as the probes count them: once per call, execs and
+the exits that never return left out); waitpid(-1) also reaps
 children of this process that are not tracees, so the tracer must not share
 its process with other child-owning code; "create" is decided by checking, at an O_CREAT open's entry, whether
 the file existed (a file made by someone else between entry and exit counts
@@ -36,7 +37,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 from ..errors import CaptureUnavailable
 from ..model import events as E
-from . import gate
+from . import gate, sigstate
 from . import layouts as L
 from . import ptrace_kernel as K
 from .decode import argv_from_region
@@ -89,8 +90,9 @@ class PtraceCapture:
 
     def lost(self) -> dict[str, int]:
         """A stopped tracee cannot outrun its tracer, so nothing is dropped; but 32-bit syscalls
-        are not decoded, and count as lost under the probes' name for them."""
-        return {"compat_syscalls": self.compat_syscalls} if self.compat_syscalls else {}
+        are not decoded, and count as lost under the probes' name for them. Every reason the
+        probes count is there, so that a run's JSON is the same on both backends."""
+        return {**dict.fromkeys(L.LOST_REASONS, 0), "compat_syscalls": self.compat_syscalls}
 
     def close(self) -> None:
         return None
@@ -253,7 +255,8 @@ class PtraceCapture:
     def _entry(self, task: _Task, arch: int, p: tuple[int, ...]) -> Pending | None:
         nr = p[0]
         if arch != K.AUDIT_ARCH_X86_64 or nr & 0x40000000:  # i386 or x32: other numbers, not decoded
-            self.compat_syscalls += 1
+            if nr not in K.IA32_UNCOUNTED:  # counted as the probes count them
+                self.compat_syscalls += 1
             return None
         if task.pre_exec:
             if nr not in EXECS:
@@ -377,6 +380,7 @@ def _spawn(exe: str, argv: Sequence[str], env: Mapping[str, str], cwd: str,
                 os.close(fd)
             os.chdir(cwd)
             gate.wait_for_release(go_r)  # exits, never execs, if the tracer dies before release
+            sigstate.restore_in_child()  # provtrace's own signal state, not Python's
             if prog is not None:
                 os.write(mode_w, b"S" if K.install_seccomp(prog) == 0 else b"F")
             os.execve(exe, list(argv), dict(env))

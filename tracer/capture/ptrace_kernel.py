@@ -34,6 +34,9 @@ EVENT_EXIT, EVENT_SECCOMP, EVENT_STOP = 6, 7, 128
 
 INFO_NONE, INFO_ENTRY, INFO_EXIT, INFO_SECCOMP = 0, 1, 2, 3
 AUDIT_ARCH_X86_64 = 0xC000003E
+# Not counted as lost 32-bit calls (as the probes, which see calls return):
+# exit and exit_group never return; an exec is recorded by its own event.
+IA32_UNCOUNTED = frozenset({1, 252, 11, 358})  # exit, exit_group, execve, execveat (i386)
 WALL = 0x40000000  # __WALL: threads (clone children without SIGCHLD) too
 
 # struct ptrace_syscall_info: op, pad[3], arch, ip, sp, then a union of

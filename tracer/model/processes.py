@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from ..capture import layouts as L
+from ..capture import sigstate
 from . import events as E
 from .links import O_TMPFILE, DirRec, LinkFolding, LinkRec
 from .paths import resolve
@@ -98,10 +99,7 @@ class Proc:
     @property
     def exit_code(self) -> int | None:
         """Shell convention: the exit code, or 128+N when killed by signal N."""
-        if self.status is None:
-            return None
-        sig = self.status & 0x7F
-        return 128 + sig if sig else (self.status >> 8) & 0xFF
+        return None if self.status is None else sigstate.exit_code(self.status)
 
     @property
     def signal(self) -> int | None:
@@ -208,9 +206,11 @@ class Tracker(LinkFolding):
 
     # -- entry points -----------------------------------------------------------
     def add_root(self, pid: int, ts_ns: int, argv: list[str], cwd: str, uid: int,
-                 tag: int = 0, cell: str | None = None) -> Proc:
-        """A process we start ourselves: its cwd and argv are known before exec."""
-        p = Proc(pid=pid, ppid=os.getpid(), start_ns=ts_ns, tag=tag, uid=uid,
+                 tag: int = 0, cell: str | None = None, ppid: int | None = None) -> Proc:
+        """A process we start ourselves: its cwd and argv are known before exec.
+        ppid: its parent as it sees it (getppid), when that is not this process
+        (the daemon traces a child its client forked)."""
+        p = Proc(pid=pid, ppid=os.getpid() if ppid is None else ppid, start_ns=ts_ns, tag=tag, uid=uid,
                  argv=list(argv), cwd=cwd, start_cwd=cwd, cell=cell)
         for fd in (0, 1, 2):
             p.fds[fd] = self._fd_from_proc(pid, fd) or FdEntry(None, "unknown")
