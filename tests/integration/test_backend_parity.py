@@ -6,7 +6,7 @@ test_capture_semantics.py) runs once under the loaded probes and once under
 ptrace, each in a fresh folder; the documents its trace() calls return are
 compared whole, after normalising only what differs between any two runs of
 one program: pids (named by argv and start order), times, run ids, the
-backend name and the folder. A 32-bit executable is one more scenario.
+backend name, the folder, and the values (not the presence) of resource figures. A 32-bit executable is one more scenario.
 """
 
 from __future__ import annotations
@@ -35,6 +35,10 @@ _ISO = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z")
 # What the kernel or the program picks afresh each run: a pipe's inode, an
 # ephemeral port, the random part of a temporary name (sed -i's sedXXXXXX).
 _PID_KEYS = frozenset({"pid", "ppid", "readers", "writers"})
+# Peak RSS of a process of a few pages: the probes read the mm's folded
+# counters, which per-CPU deltas have not reached yet, and then report null
+# (docs/resources.md); ptrace reads /proc's VmHWM, which sums them.
+_MAY_BE_UNKNOWN = frozenset({"peak_rss_bytes"})
 _RANDOM_NAMES = re.compile(r"/sed[A-Za-z0-9]{6}\b")
 
 
@@ -100,6 +104,11 @@ def normalised(doc: dict, base: str) -> dict:
                     continue
                 if k in _PID_KEYS:
                     out[k] = sorted(pids(x)) if isinstance(x, list) else pids(x)
+                elif k == "resources" and isinstance(x, dict):
+                    # measurements (CPU, peak RSS, wall, bytes): both backends must give the
+                    # same figures, or both none; their values differ between any two runs
+                    out[k] = {m: ("MEASURED" if isinstance(n, (int, float)) or m in _MAY_BE_UNKNOWN else n)
+                              for m, n in x.items()}
                 elif k == "inode" or (k == "port" and x in ephemeral):
                     out[k] = "KERNEL"
                 elif k == "path_b64":
