@@ -58,11 +58,15 @@ static __always_inline int name_is(void *dentry, const char *path, __u32 start, 
 	bpf_probe_read_kernel(&np, sizeof(np), dentry + OFF_DENTRY_D_NAME_NAME);
 	if (bpf_probe_read_kernel(name, nlen & (PT_NAME_MAX - 1), np))
 		return 0;
+	/* A fixed trip count, with nlen read afresh each time: older verifiers
+	 * (5.10, 6.1) cannot bound a loop whose exit clang folded into
+	 * min(nlen, PT_NAME_MAX), and both indexes are masked for them. */
+	volatile __u32 len_left = nlen;
 #pragma clang loop unroll(disable)
 	for (__u32 i = 0; i < PT_NAME_MAX; i++) {
-		if (i >= nlen)
+		if (i >= len_left)
 			break;
-		if (name[i] != path[(start + i) & (PT_PATH_MAX - 1)])
+		if (name[i & (PT_NAME_MAX - 1)] != path[(start + i) & (PT_PATH_MAX - 1)])
 			return 0;
 	}
 	return 1;
