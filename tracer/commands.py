@@ -322,7 +322,7 @@ def _write_json(path: str, doc: dict) -> None:
 
 def _remote_runs(socket_path: str) -> list[dict]:
     from .api.client import ProvtraceClient  # noqa: PLC0415
-    from .correlate.clock import iso_utc  # noqa: PLC0415
+    from .clock import iso_utc  # noqa: PLC0415
 
     with ProvtraceClient(socket_path) as client:
         records = client.list_runs()

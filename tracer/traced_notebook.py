@@ -20,8 +20,8 @@ import threading
 import time
 
 from .capture.decode import Decoder
-from .correlate.clock import Clock, iso_utc
-from .correlate.clock import us_to_iso as iso
+from .clock import Clock, iso_utc
+from .clock import us_to_iso as iso
 from .correlate.notebook import CellExecution, CellStart, NotebookResult, NotebookRunner
 from .correlate.policy import KernelCells, attach_kernel
 from .correlate.windows import CellWindow
