@@ -3,7 +3,7 @@ line on stderr and a non-zero exit (a traceback only with --debug).
 
 Shared by the verbs (commands.py) and the two entries, `provtrace`
 (cli.py) and `provtrace-tui` (tui/entry.py), so that none of them imports
-another for it. The only module that calls sys.exit.
+another for it. Below commands in the layers (docs/architecture.md).
 """
 
 from __future__ import annotations

@@ -113,3 +113,16 @@ def test_no_terminal_is_one_line(tmp_path):
     r = _cli("tui", "--db", build_store(str(tmp_path / "prov.db")))
     assert r.returncode == 2 and r.stdout == ""
     assert r.stderr.count("\n") == 1 and "needs a terminal" in r.stderr
+
+
+def test_the_tuis_own_entry_answers_as_the_verb_does(tmp_path):
+    """`provtrace-tui` and `python -m provtrace.tui` run the same code as `provtrace tui`."""
+    db = build_store(str(tmp_path / "prov.db"))
+    for argv in ([PROVTRACE + "-tui"], [sys.executable, "-m", "provtrace.tui"]):
+        r = subprocess.run([*argv, "--db", db], capture_output=True, text=True, timeout=120,
+                           stdin=subprocess.DEVNULL)
+        assert r.returncode == 2 and r.stdout == "", argv
+        assert r.stderr.count("\n") == 1 and "needs a terminal" in r.stderr, (argv, r.stderr)
+        r = subprocess.run([*argv, "--db", str(tmp_path / "missing.db")], capture_output=True,
+                           text=True, timeout=120, stdin=subprocess.DEVNULL)
+        assert r.returncode != 0 and r.stderr.startswith("provtrace: no store at"), (argv, r.stderr)
