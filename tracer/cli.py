@@ -1,20 +1,20 @@
 """provtrace: system-level provenance for commands and notebooks.
 
-The only module that calls sys.exit. Every TracerError becomes one line on
-stderr and a non-zero exit; a traceback appears only with --debug.
+Parses the command line and runs one verb through output.run_and_exit: every
+TracerError becomes one line on stderr and a non-zero exit; a traceback
+appears only with --debug.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
-import sqlite3
 import sys
 import textwrap
 
 from .errors import TracerError, UsageError
+from .output import run_and_exit
 
 EPILOG = textwrap.dedent("""\
     examples:
@@ -321,29 +321,18 @@ def main(argv: list[str] | None = None) -> None:
     if not args.verb:
         build_parser().print_help()
         sys.exit(2)
-    try:
+
+    def verb() -> int | None:
         from . import commands  # noqa: PLC0415
 
         _check_invocation(args)
-        code = getattr(commands, "cmd_" + args.verb)(args)
-    except TracerError as e:
-        if args.debug:
-            raise
-        print(f"provtrace: {e}", file=sys.stderr)
-        sys.exit(e.exit_code)
-    except sqlite3.DatabaseError as e:  # a damaged store file: say so, never a traceback
-        if args.debug:
-            raise
-        print(f"provtrace: the store cannot be read ({e}); run `provtrace verify` to see what is damaged",
-              file=sys.stderr)
-        sys.exit(4)
-    except KeyboardInterrupt:
-        print("provtrace: interrupted", file=sys.stderr)
-        sys.exit(130)
-    except BrokenPipeError:
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        sys.exit(1)
-    sys.exit(code or 0)
+        if args.verb == "tui":  # the one edge from tracer into tui, lazily (docs/architecture.md)
+            from ..tui.entry import run  # noqa: PLC0415
+
+            return run(args)
+        return getattr(commands, "cmd_" + args.verb)(args)
+
+    run_and_exit(verb, debug=args.debug)
 
 
 def _check_invocation(args: argparse.Namespace) -> None:
@@ -359,16 +348,6 @@ def _check_invocation(args: argparse.Namespace) -> None:
     if label is not None and not is_utf8(label):
         raise UsageError("--label is not valid UTF-8 text (it is stored and sent as UTF-8); "
                          "pass it in a UTF-8 locale")
-
-
-def print_json(obj: object) -> None:
-    json.dump(obj, sys.stdout, indent=2, ensure_ascii=False)
-    sys.stdout.write("\n")
-
-
-def need(cond: bool, msg: str) -> None:
-    if not cond:
-        raise UsageError(msg)
 
 
 def _positive_int(text: str) -> int:

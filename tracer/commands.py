@@ -10,7 +10,7 @@ import sys
 import tempfile
 from dataclasses import dataclass
 
-from .cli import need, print_json
+from .output import need, print_json
 from .errors import CaptureUnavailable, TracerError, UsageError
 from .model.paths import from_user
 
@@ -322,7 +322,7 @@ def _write_json(path: str, doc: dict) -> None:
 
 def _remote_runs(socket_path: str) -> list[dict]:
     from .api.client import ProvtraceClient  # noqa: PLC0415
-    from .correlate.clock import iso_utc  # noqa: PLC0415
+    from .clock import iso_utc  # noqa: PLC0415
 
     with ProvtraceClient(socket_path) as client:
         records = client.list_runs()
@@ -881,27 +881,6 @@ def cmd_head(args: argparse.Namespace) -> int:
         if signature:
             print(signature, end="")
     return 0
-
-
-def cmd_tui(args: argparse.Namespace) -> int:
-    """The terminal UI. The source is opened first, so a bad store or an absent
-    daemon is one line on stderr before the app takes over the terminal."""
-    from ..tui.source import open_source  # noqa: PLC0415
-
-    from .fleet.db import is_url  # noqa: PLC0415
-
-    if not args.socket and is_url(args.db or os.environ.get("PROVTRACE_DB")):
-        _store(args)  # refused in one line, before the app takes the terminal
-    source = open_source(db=args.db, socket_path=args.socket, config=_config())
-    try:
-        # Textual draws on stderr and reads keys from stdin; stdout may be piped.
-        if not (sys.stdin.isatty() and sys.stderr.isatty()):
-            raise UsageError("provtrace tui needs a terminal; in scripts use provtrace runs/show --json")
-        from ..tui.app import run_tui  # noqa: PLC0415  (textual loads only for this verb)
-
-        return run_tui(source)
-    finally:
-        source.close()
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

@@ -21,8 +21,8 @@ from collections.abc import Callable, Mapping, Sequence
 
 from .capture import gate, sigstate
 from .capture.decode import Decoder
-from .correlate.clock import Clock
-from .correlate.clock import us_to_iso as iso
+from .clock import Clock
+from .clock import us_to_iso as iso
 from .errors import CommandNotFound, StoreWriteError, TracerError, UsageError
 from .model.processes import Tracker
 from .store import sqlite as S

@@ -21,8 +21,8 @@ import time
 
 from .capture.decode import Decoder
 from .capture.procusage import proc_usage, usage_delta
-from .correlate.clock import Clock, iso_utc
-from .correlate.clock import us_to_iso as iso
+from .clock import Clock, iso_utc
+from .clock import us_to_iso as iso
 from .correlate.notebook import CellExecution, CellStart, NotebookResult, NotebookRunner
 from .correlate.policy import KernelCells, attach_kernel
 from .correlate.windows import CellWindow

@@ -12,7 +12,7 @@ import os
 import stat
 
 from provtrace.tracer.capture import layouts as L
-from provtrace.tracer.correlate.clock import Clock
+from provtrace.tracer.clock import Clock
 from provtrace.tracer.model import events as E
 from provtrace.tracer.model.processes import AT_FDCWD, CellPolicy, Tracker
 from provtrace.tracer.store import sqlite as S

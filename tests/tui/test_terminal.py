@@ -151,3 +151,16 @@ def test_resources_pane_on_real_notebook_runs(tmux, tmp_path):
     assert len(bars) == 2 and all("█" in line for line in bars), screen
     assert "MiB" in bars[0], screen  # the 80 MB cell's peak
     assert any(ch in screen for ch in "▁▂▃▄▅▆▇"), f"no sparkline drawn:\n{screen}"
+
+
+def test_the_tuis_own_entry_answers_as_the_verb_does(tmp_path):
+    """`provtrace-tui` and `python -m provtrace.tui` run the same code as `provtrace tui`."""
+    db = build_store(str(tmp_path / "prov.db"))
+    for argv in ([PROVTRACE + "-tui"], [sys.executable, "-m", "provtrace.tui"]):
+        r = subprocess.run([*argv, "--db", db], capture_output=True, text=True, timeout=120,
+                           stdin=subprocess.DEVNULL)
+        assert r.returncode == 2 and r.stdout == "", argv
+        assert r.stderr.count("\n") == 1 and "needs a terminal" in r.stderr, (argv, r.stderr)
+        r = subprocess.run([*argv, "--db", str(tmp_path / "missing.db")], capture_output=True,
+                           text=True, timeout=120, stdin=subprocess.DEVNULL)
+        assert r.returncode != 0 and r.stderr.startswith("provtrace: no store at"), (argv, r.stderr)

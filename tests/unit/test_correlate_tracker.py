@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 
-from provtrace.tracer.correlate.clock import Clock
+from provtrace.tracer.clock import Clock
 from provtrace.tracer.correlate.tracker import WindowTracker
 
 CLOCK = Clock(offset_ns=1_700_000_000 * 10**9)

@@ -13,7 +13,7 @@ import stat
 import pytest
 
 from provtrace.tracer.capture import layouts as L
-from provtrace.tracer.correlate.clock import Clock, us_to_iso
+from provtrace.tracer.clock import Clock, us_to_iso
 from provtrace.tracer.export.flows import ProcKey, final_name, flows_of, run_io
 from provtrace.tracer.model import events as E
 from provtrace.tracer.model.processes import AT_FDCWD, CellPolicy, Tracker

@@ -164,7 +164,7 @@ def test_deterministic_and_empty(tmp_path):
 
 def test_a_rename_only_run_has_the_old_name_in_and_the_new_one_out(store):  # noqa: F811
     """Issue 14: `mv report.md final.md` keeps the chain in a catalog."""
-    from provtrace.tracer.correlate.clock import Clock
+    from provtrace.tracer.clock import Clock
     from provtrace.tracer.model import events as E
     from provtrace.tracer.model.processes import AT_FDCWD, Tracker
     from provtrace.tracer.store.writer import RunWriter

@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 
 from provtrace.tracer.capture import layouts as L
-from provtrace.tracer.correlate.clock import Clock
-from provtrace.tracer.correlate.clock import us_to_iso as iso
+from provtrace.tracer.clock import Clock
+from provtrace.tracer.clock import us_to_iso as iso
 from provtrace.tracer.lineage.diff import diff_runs
 from provtrace.tracer.lineage.stale import render, staleness
 from provtrace.tracer.model import events as E

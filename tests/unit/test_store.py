@@ -11,7 +11,7 @@ import stat
 import pytest
 
 from provtrace.tracer.capture import layouts as L
-from provtrace.tracer.correlate.clock import Clock
+from provtrace.tracer.clock import Clock
 from provtrace.tracer.errors import ChainBroken, RunNotFound, StoreError, StoreWriteError
 from provtrace.tracer.model import events as E
 from provtrace.tracer.model.processes import AT_FDCWD, CellPolicy, Tracker

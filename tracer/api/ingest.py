@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import pwd
 
-from ..correlate.clock import Clock, default_clock
+from ..clock import Clock, default_clock
 from ..correlate.kernels import DiscoveredKernel
 from ..correlate.windows import RUNNING, CellWindow
 from ..errors import ProcessError

@@ -21,8 +21,8 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from ..capture.decode import Decoder
-from ..correlate.clock import Clock
-from ..correlate.clock import us_to_iso as iso
+from ..clock import Clock
+from ..clock import us_to_iso as iso
 from ..errors import StoreWriteError, TracerError
 from ..model.paths import DATA, classify
 from ..model.processes import Proc, Tracker

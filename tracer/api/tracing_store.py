@@ -29,8 +29,8 @@ import threading
 import time
 from typing import Any, Iterable, Mapping, Sequence
 
-from ..correlate.clock import Clock, iso_utc, parse_iso
-from ..correlate.clock import us_to_iso as iso
+from ..clock import Clock, iso_utc, parse_iso
+from ..clock import us_to_iso as iso
 from ..correlate.policy import KernelCells, attach_kernel
 from ..correlate.windows import CellWindow
 from ..errors import RunNotFound, TracerError, UsageError

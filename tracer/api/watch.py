@@ -34,7 +34,7 @@ import os
 import time
 from dataclasses import dataclass, field
 
-from ..correlate.clock import Clock
+from ..clock import Clock
 from ..lineage.drift import changed as drift_changed
 from ..lineage.drift import drift
 from ..lineage.stale import _compare, _stat_signature

@@ -12,10 +12,16 @@ import ctypes as C
 import struct
 from dataclasses import dataclass
 
+# The values of event fields belong to the model; the wire carries the same numbers.
+from ..model.events import (  # noqa: F401  (re-exported: decode, ptrace, fdagg, tests)
+    FDIO_MAP_SHARED, FDIO_SEEN_OPEN, FDOP_CLOEXEC_RANGE, FDOP_CLOSE_RANGE, FDOP_DUP,
+    FDOP_SETFD, FLUSH_CLOSE, FLUSH_EXEC, FLUSH_EXIT, FLUSH_REPLACED, FLUSH_SWEEP,
+    LINK_HARD, LINK_SYMBOLIC, NET_ACCEPT, NET_BIND, NET_CONNECT, PT_FLUSH_FDS,
+)
+
 PT_PATH_MAX = 4096
 PT_ARGV_MAX = 4096
 PT_SOCKADDR_MAX = 128
-PT_FLUSH_FDS = 64
 
 EV_FORK, EV_EXEC, EV_EXEC_ARGV, EV_EXIT, EV_OPEN, EV_FDIO = 1, 2, 3, 4, 5, 6
 EV_FDOP, EV_CHDIR, EV_RENAME, EV_UNLINK, EV_TRUNCATE, EV_NET = 7, 8, 9, 10, 11, 12
@@ -23,13 +29,8 @@ EV_IOURING = 23  # issue 13, reads (EV_OPEN with fd < 0 is a failed open)
 
 # links and directories
 EV_LINK, EV_MKDIR, EV_RESOLVED = 20, 21, 22
-LINK_HARD, LINK_SYMBOLIC = 1, 2
 PT_RESOLVE_DEPTH, PT_NAME_MAX = 64, 256
 
-FLUSH_CLOSE, FLUSH_REPLACED, FLUSH_EXIT, FLUSH_EXEC, FLUSH_SWEEP = 1, 2, 3, 4, 5
-FDOP_DUP, FDOP_SETFD, FDOP_CLOSE_RANGE, FDOP_CLOEXEC_RANGE = 1, 2, 3, 4
-NET_CONNECT, NET_ACCEPT, NET_BIND = 1, 2, 3
-FDIO_SEEN_OPEN, FDIO_MAP_SHARED = 0x1, 0x2
 EXEC_PRIVILEGED = 0x1
 LOST_REASONS = ("ringbuf", "agg_map", "compat_syscalls", "traced_map")
 

@@ -28,6 +28,8 @@ import os
 import signal
 from dataclasses import dataclass
 
+from ..model.events import exit_code  # noqa: F401 - one wait-status function, the model's
+
 # Set to SIG_IGN by the interpreter's start-up whatever it was given.
 _PYTHON_IGNORES = frozenset({signal.SIGPIPE, signal.SIGXFSZ})
 _UNCATCHABLE = frozenset({signal.SIGKILL, signal.SIGSTOP})
@@ -99,13 +101,6 @@ def restore_in_child(state: SignalState | None = None) -> None:
         except (OSError, ValueError):
             pass  # a signal the C library keeps for itself (SIGCANCEL, SIGSETXID)
     signal.pthread_sigmask(signal.SIG_SETMASK, state.blocked)
-
-
-def exit_code(status: int) -> int:
-    """A wait status as a shell's $?: the exit status, or 128+N for death by signal N."""
-    if os.WIFSIGNALED(status):
-        return 128 + os.WTERMSIG(status)
-    return os.WEXITSTATUS(status)
 
 
 class Relay:

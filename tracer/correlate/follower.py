@@ -20,7 +20,7 @@ from typing import Iterable, Protocol
 
 from ..errors import TracerError
 from ..fds import fds_to_spare
-from .clock import Clock, default_clock
+from ..clock import Clock, default_clock
 from .iopub import IOPubError, IOPubWatcher
 from .kernels import DiscoveredKernel, Discovery, KernelDiscovery, still_holds_ports
 from .windows import CellWindow

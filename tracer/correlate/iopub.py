@@ -29,7 +29,7 @@ import zmq
 from jupyter_client.blocking.client import BlockingKernelClient
 
 from ..errors import TracerError
-from .clock import Clock, default_clock
+from ..clock import Clock, default_clock
 from .connection import ConnectionInfo
 from .tracker import WindowTracker
 from .windows import CellWindow

@@ -32,7 +32,7 @@ from nbclient.exceptions import CellTimeoutError, DeadKernelError
 
 from ..atomic import atomic_write
 from ..errors import TracerError
-from .clock import Clock, default_clock, parse_iso
+from ..clock import Clock, default_clock, parse_iso
 from .windows import DIED, ERROR, OK, CellWindow
 
 log = logging.getLogger(__name__)

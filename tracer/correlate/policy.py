@@ -17,7 +17,7 @@ import threading
 
 from ..model.processes import CellPolicy, Proc, Tracker
 from .cells import CellAttributor, ThreadRecord
-from .clock import Clock
+from ..clock import Clock
 from .windows import CellWindow
 
 log = logging.getLogger(__name__)

@@ -18,7 +18,7 @@ import hashlib
 import logging
 from typing import Any, Mapping
 
-from .clock import Clock, default_clock
+from ..clock import Clock, default_clock
 from .windows import DIED, ERROR, OK, CellWindow
 
 log = logging.getLogger(__name__)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..correlate.clock import us_to_iso
+from ..clock import us_to_iso
 from ..lineage.graph import SHOWN_KINDS, content_fp
 from ..lineage.versions import DELETE_BITS, READ_BITS, WRITE_BITS, Model, Version
 from ..model.paths import display

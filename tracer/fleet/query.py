@@ -19,7 +19,7 @@ import base64
 import json
 import os
 
-from ..correlate.clock import us_to_iso as iso
+from ..clock import us_to_iso as iso
 from ..errors import RunNotFound
 from ..store import queries as Q
 from .db import FleetError, connect, errors, first_line, redact

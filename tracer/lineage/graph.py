@@ -37,7 +37,7 @@ from collections import deque
 
 import networkx as nx
 
-from ..correlate.clock import us_to_iso
+from ..clock import us_to_iso
 from ..model.paths import DATA, TEMP
 from ..store import sqlite as S
 from ..store.writer import KIND_CODES, KIND_NAMES
@@ -393,7 +393,7 @@ def parse_at(text: str) -> int:
     """An ISO-8601 time (UTC when no zone is given) -> wall-clock microseconds."""
     import datetime as dt  # noqa: PLC0415
 
-    from ..correlate.clock import parse_iso  # noqa: PLC0415
+    from ..clock import parse_iso  # noqa: PLC0415
 
     when = parse_iso(text)
     return (when - dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)) // dt.timedelta(microseconds=1)

@@ -7,7 +7,20 @@ writes such names as an escaped `path` plus `path_b64`.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+
+# Values of event fields. They are the model's own, and the probes send the
+# same numbers: capture/layouts.py takes them from here (capture imports the
+# model, never the reverse), and tests/unit/test_layouts.py checks each one
+# against probes/events.h. Plain ints, not IntEnums: the Tracker compares them
+# per event, and an IntEnum member costs ~4x a module constant there (3.11).
+PT_FLUSH_FDS = 64  # the kernel flushes fds below this at exec/exit; Exit.max_fd above it: a sweep
+FLUSH_CLOSE, FLUSH_REPLACED, FLUSH_EXIT, FLUSH_EXEC, FLUSH_SWEEP = 1, 2, 3, 4, 5  # FdIO.reason
+FDIO_SEEN_OPEN, FDIO_MAP_SHARED = 0x1, 0x2  # FdIO.flags
+FDOP_DUP, FDOP_SETFD, FDOP_CLOSE_RANGE, FDOP_CLOEXEC_RANGE = 1, 2, 3, 4  # FdOp.op
+NET_CONNECT, NET_ACCEPT, NET_BIND = 1, 2, 3  # Net.op
+LINK_HARD, LINK_SYMBOLIC = 1, 2  # Link.op
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,7 +67,7 @@ class Usage:
 @dataclass(frozen=True, slots=True)
 class Exit(Event):
     status: int  # wait status: (code << 8) | signal
-    max_fd: int  # fds above layouts.PT_FLUSH_FDS need a userspace sweep
+    max_fd: int  # fds above PT_FLUSH_FDS need a userspace sweep
     usage: Usage | None = None  # None: the backend could not read it
 
 
@@ -144,7 +157,7 @@ class Link(Event):
     """link/linkat (hard) or symlink/symlinkat: `old` is the existing name, or
     the symlink's target as written; `new` the name made."""
 
-    op: int  # layouts.LINK_HARD | LINK_SYMBOLIC
+    op: int  # LINK_HARD | LINK_SYMBOLIC
     olddirfd: int
     newdirfd: int
     flags: int
@@ -166,3 +179,10 @@ class Resolved(Event):
 
     fd: int
     path: str | None
+
+
+def exit_code(status: int) -> int:
+    """A wait status as a shell's $?: the exit status, or 128+N for death by signal N."""
+    if os.WIFSIGNALED(status):
+        return 128 + os.WTERMSIG(status)
+    return os.WEXITSTATUS(status)

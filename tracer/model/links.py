@@ -18,7 +18,6 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ..capture import layouts as L
 from . import events as E
 from .paths import resolve
 
@@ -82,7 +81,7 @@ class LinkFolding:
         if dst is None:
             return
         cell = self.cells.action_cell(p, ev.tid, ev.ts_ns)
-        if ev.op == L.LINK_SYMBOLIC:
+        if ev.op == E.LINK_SYMBOLIC:
             src = resolve(os.path.dirname(dst), ev.old) if ev.old else None
             self.sink.on_link(LinkRec(p.pid, "symlink", src, dst, ev.ts_ns, cell, ev.old))
             return

@@ -19,8 +19,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from ..capture import layouts as L
-from ..capture import sigstate
 from . import events as E
 from .links import O_TMPFILE, DirRec, LinkFolding, LinkRec
 from .paths import resolve
@@ -32,7 +30,7 @@ O_ACCMODE, O_RDONLY, O_CREAT, O_TRUNC, O_CLOEXEC = 0o3, 0o0, 0o100, 0o1000, 0o20
 AT_REMOVEDIR = 0x200
 PROT_WRITE, PROT_EXEC = 0x2, 0x4
 AF_UNIX, AF_INET, AF_INET6 = 1, 2, 10
-_FD_GONE = (L.FLUSH_CLOSE, L.FLUSH_REPLACED)  # the fd no longer names what it named
+_FD_GONE = (E.FLUSH_CLOSE, E.FLUSH_REPLACED)  # the fd no longer names what it named
 
 
 class FdEntry(NamedTuple):
@@ -99,7 +97,7 @@ class Proc:
     @property
     def exit_code(self) -> int | None:
         """Shell convention: the exit code, or 128+N when killed by signal N."""
-        return None if self.status is None else sigstate.exit_code(self.status)
+        return None if self.status is None else E.exit_code(self.status)
 
     @property
     def signal(self) -> int | None:
@@ -407,7 +405,7 @@ class Tracker(LinkFolding):
         p.status = ev.status
         p.end_ns = ev.ts_ns
         p.usage = ev.usage
-        if ev.max_fd >= L.PT_FLUSH_FDS:
+        if ev.max_fd >= E.PT_FLUSH_FDS:
             self.needs_sweep.add(ev.pid)
         self.exited.append(p)
         self._exited_by_pid[p.pid] = p
@@ -491,7 +489,7 @@ class Tracker(LinkFolding):
                 fa.access.add("map")
                 if ev.map_prot & PROT_EXEC:
                     fa.mapped_exec = True
-                if ev.map_prot & PROT_WRITE and ev.flags & L.FDIO_MAP_SHARED:
+                if ev.map_prot & PROT_WRITE and ev.flags & E.FDIO_MAP_SHARED:
                     fa.access.add("write")
         elif entry.path is None and entry.kind not in ("socket", "pipe", "anon", "tmpfile") and (ev.nreads or ev.nwrites):
             log.debug("event=io-on-unknown-fd pid=%d fd=%d kind=%s imode=%o", p.pid, ev.fd, entry.kind, ev.imode)
@@ -501,19 +499,19 @@ class Tracker(LinkFolding):
 
     def _fdop(self, ev: E.FdOp) -> None:
         p = self._proc(ev.pid, ev.tid, ev.ts_ns, ev.tag)
-        if ev.op == L.FDOP_DUP:
+        if ev.op == E.FDOP_DUP:
             src = p.fds.get(ev.oldfd) or self._fd_from_proc(p.pid, ev.oldfd)
             if src is None:
                 p.fds.pop(ev.newfd, None)
             else:
                 p.fds[ev.newfd] = src._replace(cloexec=ev.cloexec)
-        elif ev.op == L.FDOP_SETFD:
+        elif ev.op == E.FDOP_SETFD:
             e = p.fds.get(ev.oldfd)
             if e is not None:
                 p.fds[ev.oldfd] = e._replace(cloexec=ev.cloexec)
-        elif ev.op in (L.FDOP_CLOSE_RANGE, L.FDOP_CLOEXEC_RANGE):
+        elif ev.op in (E.FDOP_CLOSE_RANGE, E.FDOP_CLOEXEC_RANGE):
             for fd in [fd for fd in p.fds if ev.oldfd <= fd <= ev.newfd]:
-                if ev.op == L.FDOP_CLOSE_RANGE:
+                if ev.op == E.FDOP_CLOSE_RANGE:
                     del p.fds[fd]
                 else:
                     p.fds[fd] = p.fds[fd]._replace(cloexec=True)
@@ -565,7 +563,7 @@ class Tracker(LinkFolding):
 
     def _net(self, ev: E.Net) -> None:
         p = self._proc(ev.pid, ev.tid, ev.ts_ns, ev.tag)
-        op = {L.NET_CONNECT: "connect", L.NET_ACCEPT: "accept", L.NET_BIND: "bind"}.get(ev.op)
+        op = {E.NET_CONNECT: "connect", E.NET_ACCEPT: "accept", E.NET_BIND: "bind"}.get(ev.op)
         family, address, port = parse_sockaddr(ev.addr)
         if op == "bind" and family:
             self.bound[(p.pid, ev.fd)] = family

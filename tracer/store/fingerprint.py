@@ -31,7 +31,7 @@ import stat
 import time
 from collections.abc import Iterable
 
-from ..correlate.clock import us_to_iso
+from ..clock import us_to_iso
 from ..model.paths import DATA, TEMP, classify, display
 from ..privs import Creds, PrivilegeError, acting_as
 from . import sqlite as S

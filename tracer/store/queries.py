@@ -6,7 +6,7 @@ import errno
 import json
 from collections import defaultdict
 
-from ..correlate.clock import us_to_iso as iso
+from ..clock import us_to_iso as iso
 from ..errors import RunNotFound
 from ..model.paths import DATA, TEMP, classify, display, to_json
 from . import sqlite as S

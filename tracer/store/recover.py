@@ -16,7 +16,7 @@ import logging
 import os
 import time
 
-from ..correlate.clock import us_to_iso as iso
+from ..clock import us_to_iso as iso
 from . import sqlite as S
 
 log = logging.getLogger(__name__)

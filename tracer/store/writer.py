@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import stat
 
-from ..correlate.clock import Clock
+from ..clock import Clock
 from ..model.paths import SYSTEM, classify
 from ..model.processes import DirRec, FileAccess, LinkRec, NetRec, Proc, RenameRec, Sink
 from . import sqlite as S

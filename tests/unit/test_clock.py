@@ -3,7 +3,7 @@ from __future__ import annotations
 import datetime as dt
 import time
 
-from provtrace.tracer.correlate.clock import Clock, default_clock, iso_utc, parse_iso
+from provtrace.tracer.clock import Clock, default_clock, iso_utc, parse_iso
 
 
 def test_round_trip_is_exact_to_the_microsecond():
