@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import textwrap
 
 import pytest
 
@@ -147,21 +149,29 @@ def test_exec_scripts_with_shebang_and_execveat(capture, work):
     script = work / "hello.sh"
     script.write_text("#!/bin/sh\necho hi > out.txt\n")
     script.chmod(0o755)
-    code, doc = trace_py(capture, f"""
-        import os, subprocess
+    program = f"""
+        import os, subprocess, sys
         subprocess.run([{str(script)!r}], check=True)
         fd = os.open("/usr/bin/true", os.O_RDONLY)
         pid = os.fork()
         if pid == 0:
-            os.execve(fd, ["true"], {{}})   # fexecve -> execveat(fd, "", AT_EMPTY_PATH)
-        os.waitpid(pid, 0)
-    """, cwd=work)
-    assert code == 0
+            try:
+                os.execve(fd, ["true"], {{}})   # fexecve -> execveat(fd, "", AT_EMPTY_PATH)
+            except OSError as e:
+                os._exit(100 + e.errno)
+        sys.exit(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+    """
+    # What the kernel does untraced decides what must be recorded: Debian's 5.10 guest
+    # refuses this execveat with ENOENT untraced too (docs/kernels.md), and then the
+    # child stays Python, traced or not.
+    untraced = subprocess.run([PY, "-c", textwrap.dedent(program)], cwd=work).returncode
+    code, doc = trace_py(capture, program, cwd=work)
+    assert code == untraced, "traced, the program must end as it does untraced"
     assert "exec" in accesses(doc, script)
     assert "exec" in accesses(doc, "/bin/sh")
     sh = [p for p in doc["processes"] if p["exe"] == "/bin/sh"]
     assert sh and str(script) in sh[0]["argv"][-1]
-    assert any(p["exe"] == "/usr/bin/true" for p in doc["processes"])
+    assert any(p["exe"] == "/usr/bin/true" for p in doc["processes"]) == (untraced == 0)
 
 
 def test_argv_is_what_the_new_image_runs_with(capture, work):
