@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from provtrace.tracer.api.client import default_socket_path
+from provtrace.tracer.api.client import DEFAULT_SOCKET
 from provtrace.tracer.cli import build_parser
 
 UNIT = Path(__file__).resolve().parents[2] / "packaging" / "systemd" / "provtrace.service"
@@ -51,7 +51,7 @@ def test_exec_start_is_a_daemon_command_the_cli_accepts():
     assert argv[0] == "/usr/local/bin/provtrace"  # where setup.sh links it
     args = build_parser().parse_args(argv[1:])
     assert args.verb == "daemon"
-    assert args.socket == default_socket_path() == "/run/provtrace/provtrace.sock"
+    assert args.socket == DEFAULT_SOCKET == "/run/provtrace/provtrace.sock"
 
 
 def test_writable_paths_are_exactly_the_store_and_the_socket():
