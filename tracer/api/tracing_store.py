@@ -51,7 +51,7 @@ from .records import (
     LineageNode,
     RunRecord,
 )
-from .router import LiveRun, RunRouter
+from .router import DAEMON_STOPPED, LiveRun, RunRouter
 
 log = logging.getLogger(__name__)
 
@@ -86,8 +86,8 @@ class TracingStore(InMemoryStore):
             live = self._live.get(run_id)
             if live is not None and live.kind == "session":
                 self.end_session(run_id)
-        for run_id in list(self._live):
-            self._finish(run_id, exit_code=None, wait=True)
+        for run_id in list(self._live):  # commands still running: incomplete, unless the kernel saw the exit
+            self._finish(run_id, exit_code=None, wait=True, reason=DAEMON_STOPPED)
         self.router.stop()
 
     # -- writes ----------------------------------------------------------------
