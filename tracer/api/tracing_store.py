@@ -376,6 +376,12 @@ class TracingStore(InMemoryStore):
         if live is None:
             return
         done = self.router.finish(live, exit_code, reason)
+        if live.kind == "command":  # the store has it now: nothing in memory grows with every run
+            with self._lock:
+                self._runs.pop(run_id, None)
+                self._cells.pop(run_id, None)
+                if self._traced_pids.get(live.root_pid) == run_id:
+                    del self._traced_pids[live.root_pid]
         if wait and not done.wait(FINISH_TIMEOUT_S):
             log.warning("event=finish-timeout run=%s", run_id)
 
