@@ -19,6 +19,14 @@ import pytest
 
 TEST_USER = "provtrace-test"  # a real non-root user for authorization tests
 
+# The suite never talks to the host's daemon by accident: `provtrace run`, as
+# root too, hands its command to whatever answers on the default socket. Here
+# the default socket ($PROVTRACE_SOCKET, inherited by every provtrace a test
+# starts) is a path nothing listens on; a test that wants a daemon starts its
+# own on a temporary socket and names it (--socket, or PROVTRACE_SOCKET).
+os.environ["PROVTRACE_SOCKET"] = os.path.join(tempfile.gettempdir(), f"provtrace-tests-{os.getpid()}-no-daemon",
+                                              "provtrace.sock")
+
 
 def _require_privileged() -> bool:
     return os.environ.get("CI") == "true" or os.environ.get("PROVTRACE_REQUIRE_PRIVILEGED") == "1"

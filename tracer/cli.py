@@ -66,7 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog="example: provtrace run --label train -- python train.py")
     p.add_argument("--backend", choices=("auto", "ebpf", "ptrace"), default="auto")
     _add_db(p)
-    p.add_argument("--socket", metavar="PATH", help="trace through a running daemon")
+    p.add_argument("--socket", metavar="PATH",
+                   help="trace through the daemon on PATH (default: the daemon at $PROVTRACE_SOCKET, else "
+                        "/run/provtrace/provtrace.sock, when one is there and no --db or $PROVTRACE_DB "
+                        "names a store; see docs/daemon.md)")
     p.add_argument("--json-out", metavar="FILE", help="also write the run as provtrace.run/1 JSON")
     p.add_argument("--label", metavar="TEXT")
     p.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD [ARG...]")

@@ -94,23 +94,24 @@ class Traced:
 def _trace(cmd: list[str], args: argparse.Namespace, *, cwd: str | None = None,
            env: dict[str, str] | None = None) -> Traced:
     """Traces cmd the way `provtrace run` does, for `run` and `reproduce` alike: a
-    daemon when one answers (a user's default socket, or --socket), else eBPF as
-    root, else ptrace. cwd and env default to the caller's."""
-    fell_back = False  # a daemon was asked and could not take the command
-    if args.backend != "ptrace":
-        from .api.client import default_socket_path  # noqa: PLC0415
-
-        socket_path = args.socket or (default_socket_path() if os.geteuid() != 0 else None)
-        if socket_path and (args.socket or os.path.exists(socket_path)):
-            traced = _run_via_daemon(cmd, socket_path, args, fallback=args.backend == "auto", cwd=cwd, env=env)
-            if traced is not None:
-                return traced
-            fell_back = True
-    if args.backend == "ebpf" and os.geteuid() != 0:
+    daemon when one answers (see _daemon_socket), root and users alike; else
+    standalone: eBPF as root (the probes compiled here), ptrace otherwise.
+    cwd and env default to the caller's."""
+    root = os.geteuid() == 0
+    socket_path = _daemon_socket(args)
+    if socket_path is not None:
+        # a root caller that the daemon cannot serve loads the probes itself: eBPF
+        # either way, so --backend ebpf falls back too
+        fallback = ("loading the probes here instead" if root
+                    else "tracing with ptrace instead" if args.backend == "auto" else None)
+        traced = _run_via_daemon(cmd, socket_path, args, fallback=fallback, cwd=cwd, env=env)
+        if traced is not None:
+            return traced
+    if args.backend == "ebpf" and not root:
         raise CaptureUnavailable("eBPF tracing needs root; run as root, or trace with "
                                  "--backend ptrace (see 'provtrace doctor')")
     capture, gap_records = None, []
-    if args.backend == "ptrace" or os.geteuid() != 0 or fell_back:  # asked for, or a fallback
+    if args.backend == "ptrace" or not root:  # asked for, or a user's fallback
         from .capture.ptrace import PtraceCapture  # noqa: PLC0415
 
         capture = PtraceCapture()
@@ -141,6 +142,26 @@ def _trace(cmd: list[str], args: argparse.Namespace, *, cwd: str | None = None,
         return Traced(code, None if tc.rid is None or tc.ran_untraced else tc.run_id)
     finally:
         store.close()
+
+
+def _daemon_socket(args: argparse.Namespace) -> str | None:
+    """The daemon socket `provtrace run` hands its command to, or None to trace standalone.
+
+    --socket is always asked. Otherwise the default socket ($PROVTRACE_SOCKET,
+    else /run/provtrace/provtrace.sock) is asked when something is there, by
+    root as by any user, unless the caller named a store file (--db, or
+    $PROVTRACE_DB): the run then goes into that file, traced here. --backend
+    ptrace never asks a daemon."""
+    if args.backend == "ptrace":
+        return None
+    if args.socket:
+        return args.socket
+    if getattr(args, "db", None) or os.environ.get("PROVTRACE_DB"):
+        return None
+    from .api.client import default_socket_path  # noqa: PLC0415
+
+    path = default_socket_path()
+    return path if os.path.exists(path) else None
 
 
 def _load_ebpf(fallback: bool):
@@ -175,13 +196,14 @@ def _close_abandoned(store) -> None:
 
 
 def _run_via_daemon(cmd: list[str], socket_path: str, args: argparse.Namespace,
-                    fallback: bool, cwd: str | None = None, env: dict[str, str] | None = None) -> Traced | None:
+                    fallback: str | None, cwd: str | None = None,
+                    env: dict[str, str] | None = None) -> Traced | None:
     """The daemon traces CMD on this user's behalf (eBPF), stored under this uid.
 
     None when the daemon is unreachable, busy or too slow to answer, or its
     socket is refused as untrusted (nothing was sent to it), and a fallback is
-    allowed: the command has not started, and the caller traces it with
-    ptrace instead, so it always runs (issue 12)."""
+    allowed (fallback says what happens instead, for the warning): the command has not started,
+    and the caller traces it itself instead, so it always runs (issue 12)."""
     from .api.client import (ApiError, HandOverFailed, ProvtraceClient, UntrustedDaemon,  # noqa: PLC0415
                              run_command)
 
@@ -192,7 +214,7 @@ def _run_via_daemon(cmd: list[str], socket_path: str, args: argparse.Namespace,
     except (ApiError, HandOverFailed) as e:
         usable_elsewhere = isinstance(e, (HandOverFailed, UntrustedDaemon)) or e.transient
         if fallback and usable_elsewhere:
-            print(f"provtrace: warning: {e}; tracing with ptrace instead", file=sys.stderr)
+            print(f"provtrace: warning: {e}; {fallback}", file=sys.stderr)
             return None
         raise
     if result.warning:

@@ -19,6 +19,7 @@ import sys
 import syslog
 import threading
 import time
+import tracemalloc
 from dataclasses import dataclass
 
 from .errors import CaptureUnavailable, TracerError
@@ -99,6 +100,7 @@ class Daemon:
         recover_open_runs(store)
         capture = EbpfCapture()
         capture.calibrate_created_bit()
+        shed_compiler_memory()
         hub = EventHub()
         tracing = TracingStore(store, capture, hub)
         server = ApiServer(tracing, self.socket_path, hub=hub, limits=self.limits)
@@ -147,8 +149,9 @@ class Daemon:
             self.ready.set()
             reaper_alive.set()
             try:
-                guarded_loop("kernel reaper", tracing.reap, self.stop_requested,
-                             self.scan_interval_s)
+                trimmer = IdleTrimmer()
+                guarded_loop("kernel reaper", lambda: (tracing.reap(), trimmer.step(bool(tracing.live_runs()))),
+                             self.stop_requested, self.scan_interval_s)
             finally:
                 reaper_alive.clear()
         finally:
@@ -273,6 +276,81 @@ def recover_open_runs(store: S.Store) -> None:
         log.warning("event=recovery closed=%d runs=%s", len(closed), ",".join(closed[:20]))
 
 
+# Loaded once, the probes never need their compiler again in this process: the
+# code of LLVM and clang that compiling them touched (~70 MB) and the heap they
+# freed stay resident for nothing (docs/daemon.md, Memory).
+_COMPILER_LIBS = ("libLLVM", "libclang")
+_MADV_DONTNEED = 4
+
+
+def shed_compiler_memory() -> None:
+    """Gives the compiler's pages back to the kernel, with one log line.
+
+    Its executable mappings are dropped from this process (MADV_DONTNEED):
+    they are clean pages of the library file, read back from it should they
+    ever run again, so nothing is lost. Writable and read-only data mappings
+    are left alone (relocated data is this process's own). Then glibc returns
+    the free heap (malloc_trim). Both are best effort: elsewhere, nothing."""
+    import ctypes  # noqa: PLC0415
+
+    try:
+        madvise = ctypes.CDLL(None).madvise
+    except (OSError, AttributeError):
+        return
+    madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+    dropped = 0
+    for start, end in _compiler_code_mappings():
+        if madvise(start, end - start, _MADV_DONTNEED) == 0:
+            dropped += end - start
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+    log.info("event=compiler-memory-shed code_mapped_mb=%d", dropped >> 20)
+
+
+class IdleTrimmer:
+    """Returns glibc's free heap to the kernel (malloc_trim) each time the daemon
+    turns idle, no run being traced: what runs allocated and freed stays out of
+    an idle daemon's resident set, and a busy one pays nothing."""
+
+    def __init__(self) -> None:
+        self._trim = _malloc_trim()
+        self._trimmed = True  # just started: shed_compiler_memory trimmed
+
+    def step(self, busy: bool) -> None:
+        if busy:
+            self._trimmed = False
+        elif not self._trimmed and self._trim is not None:
+            self._trim(0)
+            self._trimmed = True
+
+
+def _malloc_trim():
+    """glibc's malloc_trim, or None (another libc)."""
+    import ctypes  # noqa: PLC0415
+
+    try:
+        return ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+def _compiler_code_mappings(maps: str = "/proc/self/maps") -> list[tuple[int, int]]:
+    """(start, end) of the executable, private, file-backed mappings of LLVM and clang."""
+    out = []
+    try:
+        with open(maps) as fh:
+            for line in fh:
+                fields = line.split(None, 5)
+                if (len(fields) == 6 and fields[1] == "r-xp"
+                        and os.path.basename(fields[5].strip()).startswith(_COMPILER_LIBS)):
+                    start, end = fields[0].split("-")
+                    out.append((int(start, 16), int(end, 16)))
+    except OSError:
+        pass
+    return out
+
+
 def raise_fd_limit(want: int = WANT_NOFILE) -> None:
     """Lifts RLIMIT_NOFILE (soft, and hard where root may) to `want`, with one log line."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -303,8 +381,37 @@ def serve(socket_path: str, db_path: str, limits=None, anchors: AnchorPolicy | N
     signal.signal(signal.SIGINT, _stop)
     faulthandler.enable()  # a fatal signal (an abort in a C library) leaves every stack in the log
     faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1 PID`: every thread's stack
+    signal.signal(signal.SIGUSR2, _memory_report)  # `kill -USR2 PID`: where Python memory grows
+    if os.environ.get("PROVTRACE_TRACEMALLOC"):
+        tracemalloc.start(int(os.environ["PROVTRACE_TRACEMALLOC"]))
     threading.Thread(target=_announce, args=(daemon,), daemon=True).start()
     return daemon.run()
+
+
+_last_snapshot: list = []  # the snapshot of the previous SIGUSR2, for the next one's difference
+
+
+def _memory_report(_signum, _frame) -> None:
+    """SIGUSR2: the first starts tracemalloc (PROVTRACE_TRACEMALLOC=FRAMES starts
+    it with the daemon); each later one writes to the log the Python allocations
+    that grew most since the one before, and the largest overall. A debugging
+    aid for growth (docs/daemon.md); tracing allocations costs CPU while on."""
+    if not tracemalloc.is_tracing():
+        tracemalloc.start(int(os.environ.get("PROVTRACE_TRACEMALLOC") or 1))
+        print("provtrace daemon: memory: tracemalloc started; send SIGUSR2 again for a report",
+              file=sys.stderr, flush=True)
+        return
+    snap = tracemalloc.take_snapshot().filter_traces((tracemalloc.Filter(False, tracemalloc.__file__),))
+    key = "traceback" if tracemalloc.get_traceback_limit() > 1 else "lineno"
+    current, peak = tracemalloc.get_traced_memory()
+    lines = [f"traced now {current / 2**20:.1f} MiB, peak {peak / 2**20:.1f} MiB"]
+    if _last_snapshot:
+        lines.append("grew most since the last report:")
+        lines += [f"  {d}" for d in snap.compare_to(_last_snapshot[0], key)[:15]]
+    lines.append("largest:")
+    lines += [f"  {st}" for st in snap.statistics(key)[:15]]
+    _last_snapshot[:] = [snap]
+    print("\n".join(f"provtrace daemon: memory: {ln}" for ln in lines), file=sys.stderr, flush=True)
 
 
 def _announce(daemon: Daemon) -> None:

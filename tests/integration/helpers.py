@@ -65,15 +65,15 @@ def proc_by_argv(doc, needle):
 
 
 @contextlib.contextmanager
-def running_daemon(env: dict | None = None, args: tuple[str, ...] = ()):
+def running_daemon(env: dict | None = None, args: tuple[str, ...] = (), wrap: tuple[str, ...] = ()):
     """A real `provtrace daemon` process on a temp socket and store (needs root).
 
     Yields {"socket", "db", "base", "proc"}; SIGTERM at exit must stop it cleanly.
-    `args` are extra daemon options."""
+    `args` are extra daemon options; `wrap` a command that execs it (setpriv ...)."""
     base = tempfile.mkdtemp(prefix="provtrace-daemon-", dir="/tmp")
     os.chmod(base, 0o755)  # users reach the socket; authorization is by peer credentials
     sock, db = os.path.join(base, "provtrace.sock"), os.path.join(base, "provtrace.db")
-    proc = subprocess.Popen([PROVTRACE, "daemon", "--socket", sock, "--db", db, *args],
+    proc = subprocess.Popen([*wrap, PROVTRACE, "daemon", "--socket", sock, "--db", db, *args],
                             stderr=subprocess.PIPE, text=True, env=env)
     try:
         line = ""

@@ -54,6 +54,47 @@ def test_root_run_through_the_daemon(daemon, tmp_path):
     assert (f"{tmp_path}/in.txt", "read") in files and (f"{tmp_path}/out.txt", "write") in files
 
 
+def _run_ids(db: str) -> set[str]:
+    if not os.path.exists(db):
+        return set()
+    store = S.Store(db, readonly=True)
+    try:
+        return {r["id"] for r in Q.list_runs(store)}
+    finally:
+        store.close()
+
+
+def test_root_run_uses_the_daemon_on_the_default_socket(daemon, tmp_path):
+    """As root, `provtrace run` with no --socket and no store named hands its
+    command to whatever answers on the default socket ($PROVTRACE_SOCKET here),
+    as a user's run does: the run is in the daemon's store, under uid 0."""
+    out = tmp_path / "r.json"
+    env = {**os.environ, "PROVTRACE_SOCKET": daemon["socket"]}
+    env.pop("PROVTRACE_DB", None)
+    r = subprocess.run([PROVTRACE, "run", "--json-out", str(out), "--", "sh", "-c", "echo x > out.txt; exit 4"],
+                       capture_output=True, text=True, timeout=180, cwd=str(tmp_path), env=env)
+    assert r.returncode == 4 and r.stderr == "", r.stderr
+    run_id = json.loads(out.read_text())["run"]["id"]
+    stored = _doc(daemon["db"], run_id)["run"]
+    assert stored["uid"] == 0 and stored["exit_code"] == 4 and stored["backend"] == "ebpf"
+
+
+@pytest.mark.parametrize("named", ["--db", "PROVTRACE_DB"])
+def test_root_run_with_a_store_named_is_standalone_into_it(daemon, tmp_path, named):
+    """A store file named (--db, or $PROVTRACE_DB) is where the run goes, daemon or not."""
+    db, out = str(tmp_path / "own.db"), tmp_path / "r.json"
+    env = {**os.environ, "PROVTRACE_SOCKET": daemon["socket"]}
+    opts = ["--db", db] if named == "--db" else []
+    if named == "PROVTRACE_DB":
+        env["PROVTRACE_DB"] = db
+    before = _run_ids(daemon["db"])
+    r = subprocess.run([PROVTRACE, "run", *opts, "--json-out", str(out), "--", "true"],
+                       capture_output=True, text=True, timeout=180, cwd=str(tmp_path), env=env)
+    assert r.returncode == 0, r.stderr
+    run_id = json.loads(out.read_text())["run"]["id"]
+    assert _run_ids(db) == {run_id} and run_id not in _run_ids(daemon["db"]) | before
+
+
 def test_non_root_user_is_traced_by_the_daemon_and_stored_under_its_uid(daemon, test_user):
     work = tempfile.mkdtemp(prefix="provtrace-user-", dir="/tmp")
     os.chown(work, test_user.pw_uid, test_user.pw_gid)

@@ -75,15 +75,16 @@ def test_socket_path_over_sun_path(tmp_path):
     assert "longer than 107 bytes" in _one_line_error(r)
 
 
-def test_non_utf8_argv_runs_with_ptrace_when_the_daemon_cannot_carry_it(tmp_path, daemon):
-    """argv the daemon's API cannot carry: the command still runs, traced locally."""
+def test_non_utf8_argv_runs_traced_locally_when_the_daemon_cannot_carry_it(tmp_path, daemon):
+    """argv the daemon's API cannot carry: the command still runs, traced locally
+    (as root with the probes loaded here; a user's would be ptrace)."""
     name = os.fsencode(str(tmp_path)) + b"/caf\xe9.txt"
     db = str(tmp_path / "store.db")
     r = subprocess.run([os.fsencode(PROVTRACE), b"run", b"--socket", os.fsencode(daemon["socket"]), b"--db",
                         os.fsencode(db), b"--", b"touch", name], capture_output=True, timeout=120)
     assert r.returncode == 0 and os.path.exists(name), r.stderr
-    assert r.stderr.count(b"\n") == 1 and b"not UTF-8" in r.stderr and b"tracing with ptrace" in r.stderr
-    assert [x["backend"] for x in _runs(db)] == ["ptrace"]
+    assert r.stderr.count(b"\n") == 1 and b"not UTF-8" in r.stderr and b"loading the probes here" in r.stderr
+    assert [x["backend"] for x in _runs(db)] == ["ebpf"]
     _no_unended_run(db)
 
 

@@ -149,7 +149,8 @@ def test_stale_is_cached_until_the_store_or_a_file_changes(test_user, work):
 @pytest.mark.parametrize("daemon_state", ["absent", "silent"])
 def test_run_always_runs_the_command_when_the_daemon_cannot_take_it(tmp_path, daemon_state):
     """No daemon on the socket, or one that accepts and never answers: the
-    command still runs, traced with ptrace, with its exit code and one warning."""
+    command still runs, traced here (as root: the probes loaded by the client), with its
+    exit code and one warning."""
     sock = str(tmp_path / "provtrace.sock")
     listener = None
     if daemon_state == "silent":
@@ -166,6 +167,6 @@ def test_run_always_runs_the_command_when_the_daemon_cannot_take_it(tmp_path, da
             listener.close()
     assert r.returncode == 3 and out.read_text() == "ran\n", r.stderr
     assert r.stderr.count("\n") == 1 and r.stderr.startswith("provtrace: warning: "), r.stderr
-    assert "tracing with ptrace instead" in r.stderr and "Traceback" not in r.stderr
+    assert "loading the probes here instead" in r.stderr and "Traceback" not in r.stderr
     runs = json.loads(pt("runs", "--db", db, "--json", check=True).stdout)
-    assert [(x["backend"], x["exit_code"]) for x in runs] == [("ptrace", 3)]
+    assert [(x["backend"], x["exit_code"]) for x in runs] == [("ebpf", 3)]

@@ -210,3 +210,24 @@ def test_dpkg_index_rebuilds_after_install(tmp_path) -> None:
     index.refresh()  # nothing changed: no rebuild
     index.owner("/opt/a/bin")
     assert index.builds == 2
+
+
+def test_dpkg_index_gives_every_listed_path_its_first_owner() -> None:
+    """The compact index answers as a plain dict of this host's dpkg lists would,
+    for every path dpkg lists, and None for paths it does not list."""
+    import glob  # noqa: PLC0415
+
+    lists = glob.glob("/var/lib/dpkg/info/*.list")
+    if not lists:
+        pytest.skip("no dpkg database here")
+    expected: dict[str, str] = {}
+    for list_path in lists:  # in the index's order: the first owner wins
+        with open(list_path, encoding="utf-8", errors="surrogateescape") as f:
+            for line in f:
+                path = line.rstrip("\n")
+                if path and path != "/.":
+                    expected.setdefault(path, os.path.basename(list_path)[: -len(".list")])
+    index = DpkgIndex()._index()
+    assert len(index) == len(expected)
+    assert all(index.get(path) == owner for path, owner in expected.items())
+    assert [index.get(p + ".not-listed") for p in list(expected)[:5000]] == [None] * 5000

@@ -118,6 +118,11 @@ class LiveRun:
             self.tracker.handle(held.popleft())
 
 
+# Why a command run is ended by a daemon on its way out (SIGTERM) while the
+# command still runs: its client's report of the exit can no longer come.
+DAEMON_STOPPED = "the daemon stopped while the command ran; ended by the daemon without its client's report"
+
+
 @dataclass(eq=False)
 class _Finish:
     live: LiveRun
@@ -348,7 +353,7 @@ class RunRouter:
             end.update({"exit_code": root_code, "end_reason": reason,
                         "exit_code_from": "kernel" if root_code is not None else None,
                         "complete": end["complete"] and root_code is not None})
-            gaps["client_vanished"] = 1
+            gaps["daemon_stopped" if reason == DAEMON_STOPPED else "client_vanished"] = 1
         try:
             self.store.end_run(live.rid, end)
         except StoreWriteError:

@@ -52,7 +52,7 @@ from .records import (
     LineageNode,
     RunRecord,
 )
-from .router import LiveRun, RunRouter
+from .router import DAEMON_STOPPED, LiveRun, RunRouter
 
 log = logging.getLogger(__name__)
 
@@ -87,8 +87,8 @@ class TracingStore(InMemoryStore):
             live = self._live.get(run_id)
             if live is not None and live.kind == "session":
                 self.end_session(run_id)
-        for run_id in list(self._live):
-            self._finish(run_id, exit_code=None, wait=True)
+        for run_id in list(self._live):  # commands still running: incomplete, unless the kernel saw the exit
+            self._finish(run_id, exit_code=None, wait=True, reason=DAEMON_STOPPED)
         self.router.stop()
 
     # -- writes ----------------------------------------------------------------
@@ -379,6 +379,12 @@ class TracingStore(InMemoryStore):
         if live is None:
             return
         done = self.router.finish(live, exit_code, reason)
+        if live.kind == "command":  # the store has it now: nothing in memory grows with every run
+            with self._lock:
+                self._runs.pop(run_id, None)
+                self._cells.pop(run_id, None)
+                if self._traced_pids.get(live.root_pid) == run_id:
+                    del self._traced_pids[live.root_pid]
         if wait and not done.wait(FINISH_TIMEOUT_S):
             log.warning("event=finish-timeout run=%s", run_id)
 
