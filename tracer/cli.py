@@ -49,7 +49,7 @@ def _add_socket(p: argparse.ArgumentParser) -> None:
 def _add_db(p: argparse.ArgumentParser) -> None:
     p.add_argument("--db", metavar="PATH", help="store file (default: $PROVTRACE_DB, "
                    "/var/lib/provtrace/provtrace.db as root, else ~/.local/share/provtrace/provtrace.db); "
-                   "runs, show, lineage, diff and export also take a fleet store's postgresql:// URL")
+                   "runs, show, lineage, stale, diff and export also take a fleet store's postgresql:// URL")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -36,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
 
     if not args.socket and is_url(args.db or os.environ.get("PROVTRACE_DB")):
         raise UsageError("`provtrace tui` reads a store file; a fleet store (postgresql://) answers "
-                         "runs, show, lineage, diff and export (docs/fleet.md)")
+                         "runs, show, lineage, stale, diff and export (docs/fleet.md)")
     source = open_source(db=args.db, socket_path=args.socket, config=config.load())
     try:
         # Textual draws on stderr and reads keys from stdin; stdout may be piped.

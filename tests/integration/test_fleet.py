@@ -406,3 +406,58 @@ def test_backlog_is_reported(site, fleet_db, caplog):
     assert any("event=ship-backlog" in m for m in caplog.messages)
     status = json.loads(pt("fleet", "status", fleet_db, "--json", check=True).stdout)
     assert status["hosts"][0]["backlog"] == loop.last.backlog
+
+
+def test_stale_across_hosts(site, fleet_db):
+    """Host A writes a shared file, host B reads it, then A rewrites it: B's run
+    is stale because of that file, and what B made from it is upstream stale."""
+    (site / "a" / "in.csv").write_text("x\n")
+    a_db, b_db = str(site / "A.db"), str(site / "B.db")
+    traced(site, a_db, "cat a/in.csv > shared/x.csv")        # host A: v1
+    traced(site, b_db, "sort shared/x.csv > b/out.csv")      # host B reads v1
+    traced(site, b_db, "cat b/out.csv > b/final.csv")        # host B: from B's output
+    ship(a_db, fleet_db, "host-a")
+    ship(b_db, fleet_db, "host-b")
+    fresh = pt("stale", "--db", fleet_db, "--fail-if-stale")
+    assert fresh.returncode == 0, fresh.stdout + fresh.stderr
+    assert "0 stale" in fresh.stdout
+
+    traced(site, a_db, "echo y > shared/x.csv")               # host A: v2
+    ship(a_db, fleet_db, "host-a")
+    runs = json.loads(pt("runs", "--db", fleet_db, "--json", check=True).stdout)
+    a1, a2 = [r["id"] for r in runs if r["host_id"] == "host-a"]
+    b1, b2 = [r["id"] for r in runs if r["host_id"] == "host-b"]
+    r = pt("stale", "--db", fleet_db, "--json", "--fail-if-stale")
+    assert r.returncode == 3, r.stderr
+    doc = json.loads(r.stdout)
+    stale = {(s["host_id"], s["run"]): s for s in doc["stale"]}
+    assert set(stale) == {("host-b", b1), ("host-b", b2)}
+    why = stale[("host-b", b1)]["reasons"]
+    assert [(x["path"], x["why"], x["by"]["host_id"], x["by"]["run"]) for x in why] == \
+        [(str(site / "shared" / "x.csv"), f"rewritten by run {a2} on host host-a", "host-a", a2)]
+    assert why[0]["fkey"].startswith("shared:")
+    up = stale[("host-b", b2)]["reasons"]
+    assert [(x["path"], x["why"], x["from"]["run"]) for x in up] == [(str(site / "b" / "out.csv"), "upstream stale", b1)]
+    assert {(f["host_id"], f["run"]) for f in doc["fresh"]} == {("host-a", a1), ("host-a", a2)}
+
+    text = pt("stale", "--db", fleet_db).stdout
+    assert f"stale run {b1} on host host-b: {site / 'shared' / 'x.csv'}: rewritten by run {a2} on host host-a" in text
+    assert "2 stale, 2 fresh" in text
+    one = pt("stale", f"host-a:{a1}", "--db", fleet_db, "--fail-if-stale")
+    assert one.returncode == 0 and "0 stale, 1 fresh" in one.stdout
+
+
+def test_stale_from_a_fingerprint_across_hosts(site, fleet_db):
+    """A change made outside tracing shows once a later run on any host fingerprints the file."""
+    a_db, b_db = str(site / "A.db"), str(site / "B.db")
+    traced(site, a_db, "echo 1 > shared/x.csv")
+    traced(site, b_db, "cat shared/x.csv > b/out.csv")
+    (site / "shared" / "x.csv").write_text("changed by hand, longer than before\n")   # untraced
+    traced(site, a_db, "cat shared/x.csv > a/copy.csv")      # A reads it again: its fingerprint is shipped
+    ship(a_db, fleet_db, "host-a")
+    ship(b_db, fleet_db, "host-b")
+    doc = json.loads(pt("stale", "--db", fleet_db, "--json", check=True).stdout)
+    b_runs = [s for s in doc["stale"] if s["host_id"] == "host-b"]
+    assert len(b_runs) == 1 and [(x["why"], x.get("basis")) for x in b_runs[0]["reasons"]] == \
+        [("content changed", "fingerprint")]
+    assert not [s for s in doc["stale"] if s["host_id"] == "host-a"]
