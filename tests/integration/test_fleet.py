@@ -461,3 +461,32 @@ def test_stale_from_a_fingerprint_across_hosts(site, fleet_db):
     assert len(b_runs) == 1 and [(x["why"], x.get("basis")) for x in b_runs[0]["reasons"]] == \
         [("content changed", "fingerprint")]
     assert not [s for s in doc["stale"] if s["host_id"] == "host-a"]
+
+
+def test_lineage_follows_the_version_read(site, fleet_db):
+    """Host A writes shared/x.csv three times; host B reads it between the
+    second and third writes and after the third. Each output's lineage reaches
+    the writer of the version it read, not every writer of the path."""
+    for i in (1, 2, 3):
+        (site / "a" / f"in{i}.csv").write_text(f"{i}\n")
+    a_db, b_db = str(site / "A.db"), str(site / "B.db")
+    traced(site, a_db, "cat a/in1.csv > shared/x.csv")   # v1, replaced before anyone read it
+    traced(site, a_db, "cat a/in2.csv > shared/x.csv")   # v2
+    traced(site, b_db, "sort shared/x.csv > b/out1.csv")  # B reads v2
+    traced(site, a_db, "cat a/in3.csv > shared/x.csv")   # v3
+    traced(site, b_db, "sort shared/x.csv > b/out2.csv")  # B reads v3
+    ship(a_db, fleet_db, "host-a")
+    ship(b_db, fleet_db, "host-b")
+
+    def reached(path: str, *extra: str) -> set[str]:
+        doc = json.loads(pt("lineage", str(site / path), "--db", fleet_db, "--json", *extra, check=True).stdout)
+        return {os.path.relpath(n["path"], site) for n in doc["nodes"] if n["kind"] == "file"}
+
+    assert reached("b/out1.csv", "--host-id", "host-b") == {"b/out1.csv", "shared/x.csv", "a/in2.csv"}
+    assert reached("b/out2.csv", "--host-id", "host-b") == {"b/out2.csv", "shared/x.csv", "a/in3.csv"}
+    # downstream, the mirror: only the readers of the version an input went into
+    assert reached("a/in2.csv", "--host-id", "host-a", "--downstream") == {"a/in2.csv", "shared/x.csv", "b/out1.csv"}
+    assert reached("a/in1.csv", "--host-id", "host-a", "--downstream") == {"a/in1.csv", "shared/x.csv"}
+    # the file asked about stands for all its versions
+    assert reached("shared/x.csv", "--host-id", "host-a", "--downstream") == \
+        {"shared/x.csv", "b/out1.csv", "b/out2.csv"}

@@ -6,11 +6,10 @@ the schema's owner all of them. Results name the host of every run,
 process and file; a file on a shared filesystem names its filesystem key
 and the hosts that touched it.
 
-Lineage is a recursive CTE over `steps` (a process wrote one file after
-reading another, or a rename moved one), bounded by depth (`--depth`
-steps) and by time: each step upstream must have begun writing before the
-step after it read, `at_us` bounds the first, and the whole walk runs under
-a statement timeout.
+Lineage is a recursive CTE over `accesses` and `renames` that follows
+versions of file keys (a read saw the version made by the last write that
+closed before it, on any host), bounded by depth (`--depth` steps) and by
+time (`at_us` bounds the first step), under a statement timeout.
 """
 
 from __future__ import annotations
@@ -157,20 +156,32 @@ _COLS = ("is_file, key, host_id, rid, pid, bound, depth, from_key, from_host, fr
 _SEED = """SELECT true, k, NULL::text, NULL::bigint, NULL::int, %(bound)s::bigint, 0, NULL::text, NULL::text,
                   NULL::bigint, NULL::int, NULL::text, NULL::text FROM unnest(%(keys)s::text[]) k"""
 
-# Upstream: a file <- the processes that began writing it before the bound
-# <- the data files each had read before that write; a file <- the file a
-# rename moved there.
+# Upstream: a file <- the writes that made the version it held at the bound
+# <- the data files each writing process had read before that write; a file
+# <- the file a rename moved there, when that rename made the version. The
+# version a file held at a moment (as in lineage/versions.py, over file keys
+# of every host): it began with the last write that created or truncated it
+# or the last rename onto it, before that moment (vs); writes that closed
+# from then until the moment made it (appends included).
 _UPSTREAM = f"""
 WITH RECURSIVE walk({_COLS}) AS (
     {_SEED}
   UNION
-    SELECT s.* FROM walk w, LATERAL (
+    SELECT s.* FROM walk w
+    LEFT JOIN LATERAL (
+        SELECT coalesce(greatest(
+                 (SELECT max(x.last_us) FROM accesses x
+                   WHERE x.fkey = w.key AND x.bits & 12 <> 0 AND x.last_us <= w.bound),
+                 (SELECT max(n.t_us) FROM renames n WHERE n.to_key = w.key AND n.t_us <= w.bound)), -1) AS vs
+         WHERE w.is_file) v ON true,
+    LATERAL (
         SELECT false, NULL::text, a.host_id, a.rid, a.pid, a.last_us, w.depth + 1, w.key, NULL::text,
                NULL::bigint, NULL::int, 'wrote', a.cell
-          FROM accesses a WHERE w.is_file AND a.fkey = w.key AND a.bits & 14 <> 0 AND a.first_us <= w.bound
+          FROM accesses a WHERE w.is_file AND a.fkey = w.key AND a.bits & 14 <> 0
+           AND a.last_us <= w.bound AND a.last_us >= v.vs
         UNION ALL
         SELECT true, n.from_key, NULL, NULL, NULL, n.t_us, w.depth + 1, w.key, NULL, NULL, NULL, 'renamed_to', NULL
-          FROM renames n WHERE w.is_file AND n.to_key = w.key AND n.t_us <= w.bound
+          FROM renames n WHERE w.is_file AND n.to_key = w.key AND n.t_us <= w.bound AND n.t_us >= v.vs
         UNION ALL
         SELECT true, a.fkey, NULL, NULL, NULL, a.first_us, w.depth, NULL, w.host_id, w.rid, w.pid, 'read_by', a.cell
           FROM accesses a
@@ -182,20 +193,31 @@ WITH RECURSIVE walk({_COLS}) AS (
 SELECT {_COLS} FROM walk
 """
 
-# Downstream, the mirror: a file -> the processes that read it after the
-# bound -> the data files each wrote after that read; a file -> where a
-# rename moved it.
+# Downstream, the mirror: a file -> the processes that read the version
+# written at the bound (from then until the next write that created or
+# truncated it, or rename onto it: ve) -> the data files each wrote after
+# that read; a file -> where a rename moved that version. The file asked
+# about stands for all its versions after the bound.
 _DOWNSTREAM = f"""
 WITH RECURSIVE walk({_COLS}) AS (
     {_SEED}
   UNION
-    SELECT s.* FROM walk w, LATERAL (
+    SELECT s.* FROM walk w
+    LEFT JOIN LATERAL (
+        SELECT CASE WHEN w.rel IS NULL THEN {FOREVER_US} ELSE coalesce(least(
+                 (SELECT min(x.last_us) FROM accesses x
+                   WHERE x.fkey = w.key AND x.bits & 12 <> 0 AND x.last_us > w.bound),
+                 (SELECT min(n.t_us) FROM renames n WHERE n.to_key = w.key AND n.t_us > w.bound)),
+                 {FOREVER_US}) END AS ve
+         WHERE w.is_file) v ON true,
+    LATERAL (
         SELECT false, NULL::text, a.host_id, a.rid, a.pid, a.first_us, w.depth + 1, w.key, NULL::text,
                NULL::bigint, NULL::int, 'read_by', a.cell
-          FROM accesses a WHERE w.is_file AND a.fkey = w.key AND a.bits & 1 <> 0 AND a.first_us >= w.bound
+          FROM accesses a WHERE w.is_file AND a.fkey = w.key AND a.bits & 1 <> 0
+           AND a.first_us >= w.bound AND a.first_us < v.ve
         UNION ALL
         SELECT true, n.to_key, NULL, NULL, NULL, n.t_us, w.depth + 1, w.key, NULL, NULL, NULL, 'renamed_to', NULL
-          FROM renames n WHERE w.is_file AND n.from_key = w.key AND n.t_us >= w.bound
+          FROM renames n WHERE w.is_file AND n.from_key = w.key AND n.t_us >= w.bound AND n.t_us < v.ve
         UNION ALL
         SELECT true, a.fkey, NULL, NULL, NULL, a.last_us, w.depth, NULL, w.host_id, w.rid, w.pid, 'wrote', a.cell
           FROM accesses a
