@@ -312,7 +312,8 @@ def test_fleet_errors_are_one_line(tmp_path):
     """No database listening, a verb that needs a store file, a bad URL: one line each, no traceback."""
     closed = "postgresql://nobody@127.0.0.1:1/none"
     for args in (("runs", "--db", closed), ("lineage", "/x", "--db", closed, "--host-id", "h"),
-                 ("fleet", "migrate", closed), ("stale", "--db", closed), ("tui", "--db", closed), ("fleet", "status", "not-a-url"),
+                 ("fleet", "migrate", closed), ("stale", "--db", closed), ("tui", "--db", closed),
+                 ("fleet", "status", "not-a-url"),
                  ("ship", "--db", str(tmp_path / "none.db"), "--to", closed, "--host-id", "h")):
         r = pt(*args)
         assert r.returncode != 0, args
@@ -490,3 +491,48 @@ def test_lineage_follows_the_version_read(site, fleet_db):
     # the file asked about stands for all its versions
     assert reached("shared/x.csv", "--host-id", "host-a", "--downstream") == \
         {"shared/x.csv", "b/out1.csv", "b/out2.csv"}
+
+
+def test_tui_over_the_fleet(site, fleet_db, tmp_path):
+    """`provtrace tui --db postgresql://...` in a real terminal (tmux): every
+    host's runs, a run of host B, and the lineage of its output back to host A."""
+    import shutil  # noqa: PLC0415
+    import time  # noqa: PLC0415
+
+    from tests.tui.test_terminal import COLS, ROWS, POLLS, Tmux  # noqa: PLC0415
+
+    if shutil.which("tmux") is None:
+        pytest.skip("tmux is not installed (setup.sh installs it)")
+    (site / "a" / "in.csv").write_text("x\n")
+    a_db, b_db = str(site / "A.db"), str(site / "B.db")
+    traced(site, a_db, "cat a/in.csv > shared/mid.csv")
+    traced(site, b_db, "sort shared/mid.csv > b/out.csv")
+    ship(a_db, fleet_db, "host-a")
+    ship(b_db, fleet_db, "host-b")
+    runs = {r["host_id"]: r["id"] for r in json.loads(pt("runs", "--db", fleet_db, "--json", check=True).stdout)}
+    status = tmp_path / "status"
+    tmux = Tmux()
+    try:
+        tmux("new-session", "-d", "-s", "tui", "-x", str(COLS), "-y", str(ROWS),
+             f"{PROVTRACE} tui --db {fleet_db} >{tmp_path}/stdout; echo $? > {status}; sleep 60")
+        screen = tmux.wait_for(f"host-a:{runs['host-a']}", f"host-b:{runs['host-b']}", "q Quit")
+        assert screen.index(f"host-b:{runs['host-b']}") < screen.index(f"host-a:{runs['host-a']}")  # newest first
+        tmux("send-keys", "-t", "tui", "Enter")  # host B's run
+        screen = tmux.wait_for(f"run {runs['host-b']}", "out.csv", "mid.csv", "l Lineage")
+        rows = [line for line in screen.splitlines() if "out.csv" in line or "mid.csv" in line]
+        if "mid.csv" in rows[0]:
+            tmux("send-keys", "-t", "tui", "Down")
+        tmux("send-keys", "-t", "tui", "l")
+        # the root is named by its fleet key; A's process wrote the shared file B's process read
+        screen = tmux.wait_for("upstream: 6 nodes", "upstream lineage of host:host-b:",
+                               f"[host host-b run {runs['host-b']}", f"[host host-a run {runs['host-a']}")
+        assert screen.index("sort shared/") < screen.index("reads ") < screen.index("[host host-a")
+        tmux("send-keys", "-t", "tui", "q")
+        for _ in range(POLLS):
+            if status.exists() and status.read_text().strip():
+                break
+            time.sleep(0.1)
+        assert status.read_text().strip() == "0"
+        assert (tmp_path / "stdout").read_text() == ""
+    finally:
+        tmux.kill()

@@ -245,8 +245,9 @@ def root_keys(c: Central, path: str, host: str) -> list[str]:
 
 
 def lineage(c: Central, path: str, host: str, direction: str = "upstream", depth: int = 10,
-            at_us: int | None = None) -> dict:
-    keys = root_keys(c, path, host)
+            at_us: int | None = None, keys: list[str] | None = None) -> dict:
+    """The lineage of path as host names it (or of the fleet keys given)."""
+    keys = keys or root_keys(c, path, host)
     up = direction == "upstream"
     rows = c.q(_UPSTREAM if up else _DOWNSTREAM,
                {"keys": keys, "depth": depth, "bound": (at_us if at_us is not None else FOREVER_US) if up else 0})
