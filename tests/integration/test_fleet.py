@@ -438,8 +438,10 @@ def test_stale_across_hosts(site, fleet_db):
         [(str(site / "shared" / "x.csv"), f"rewritten by run {a2} on host host-a", "host-a", a2)]
     assert why[0]["fkey"].startswith("shared:")
     up = stale[("host-b", b2)]["reasons"]
-    assert [(x["path"], x["why"], x["from"]["run"]) for x in up] == [(str(site / "b" / "out.csv"), "upstream stale", b1)]
-    assert {(f["host_id"], f["run"]) for f in doc["fresh"]} == {("host-a", a1), ("host-a", a2)}
+    assert [(x["path"], x["why"], x["from"]["run"]) for x in up] == \
+        [(str(site / "b" / "out.csv"), "upstream stale", b1)]
+    assert {(f["host_id"], f["run"], f["inputs"], f["outputs"]) for f in doc["fresh"]} == \
+        {("host-a", a1, 1, 1), ("host-a", a2, 0, 1)}
 
     text = pt("stale", "--db", fleet_db).stdout
     assert f"stale run {b1} on host host-b: {site / 'shared' / 'x.csv'}: rewritten by run {a2} on host host-a" in text

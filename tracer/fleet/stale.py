@@ -150,6 +150,12 @@ class _Fleet:
     def __init__(self, c: Central) -> None:
         self.ids = {(h, rid): rid_s for h, rid, rid_s in c.q("SELECT host_id, rid, id FROM runs")}
         self.reads = _reads(c)
+        # data files each unit wrote: per run, and per cell of a notebook run
+        self.outputs = {(h, rid, None if whole else cell): n for h, rid, cell, whole, n in c.q(
+            "SELECT host_id, rid, cell, grouping(cell) = 1, count(DISTINCT fkey) FROM accesses "
+            "WHERE bits & 14 <> 0 AND fkind IN ('d', 't') "
+            "GROUP BY GROUPING SETS ((host_id, rid), (host_id, rid, cell)) "
+            "HAVING grouping(cell) = 1 OR cell IS NOT NULL")}
         self.by_proc: dict[tuple, list[Read]] = {}
         for r in self.reads:
             self.by_proc.setdefault((r.act.host, r.act.rid, r.act.pid), []).append(r)
@@ -239,5 +245,6 @@ def staleness(c: Central, run: tuple[str, int] | None = None) -> dict:
         if reasons:
             stale.append({**fleet.label(unit), "reasons": reasons, "unchecked": []})
         else:
-            fresh.append({**fleet.label(unit), "inputs": len(inputs), "outputs": None, "unchecked": []})
+            fresh.append({**fleet.label(unit), "inputs": len(inputs), "outputs": fleet.outputs.get(unit, 0),
+                          "unchecked": []})
     return {"stale": stale, "fresh": fresh, "drift": [], "store": c.path}
