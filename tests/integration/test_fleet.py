@@ -295,6 +295,8 @@ def test_analysts_see_only_their_runs(open_site, pg, fleet_db):
     everything = json.loads(pt("lineage", out, "--db", fleet_db, "--host-id", "host-c", "--json",
                                check=True).stdout)
     assert str(site / "a" / "in.csv") in {n.get("path") for n in everything["nodes"]}
+    seen = json.loads(pt("stale", "--db", pg.url(dbname, "nobody"), "--json", check=True).stdout)
+    assert {(u["host_id"], u["cell"]) for u in seen["stale"] + seen["fresh"]} == {("host-c", None)}
     root_run = next(x["id"] for x in json.loads(pt("runs", "--db", fleet_db, "--json").stdout)
                     if x["host_id"] == "host-a")
     refused = pt("show", root_run, "--db", pg.url(dbname, "nobody"))
@@ -446,6 +448,8 @@ def test_stale_across_hosts(site, fleet_db):
     text = pt("stale", "--db", fleet_db).stdout
     assert f"stale run {b1} on host host-b: {site / 'shared' / 'x.csv'}: rewritten by run {a2} on host host-a" in text
     assert "2 stale, 2 fresh" in text
+    plan = json.loads(pt("stale", "--db", fleet_db, "--plan", "--json", check=True).stdout)["plan"]
+    assert [p["run"] for p in plan] == [b1, b2]   # the producer first
     one = pt("stale", f"host-a:{a1}", "--db", fleet_db, "--fail-if-stale")
     assert one.returncode == 0 and "0 stale, 1 fresh" in one.stdout
 
