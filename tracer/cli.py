@@ -49,7 +49,7 @@ def _add_socket(p: argparse.ArgumentParser) -> None:
 def _add_db(p: argparse.ArgumentParser) -> None:
     p.add_argument("--db", metavar="PATH", help="store file (default: $PROVTRACE_DB, "
                    "/var/lib/provtrace/provtrace.db as root, else ~/.local/share/provtrace/provtrace.db); "
-                   "runs, show, lineage, diff and export also take a fleet store's postgresql:// URL")
+                   "runs, show, lineage, stale, diff, export and tui also take a fleet store's postgresql:// URL")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -307,7 +307,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("tui", help="the terminal UI: runs, cells, processes, files, lineage, context",
                        epilog="keys: q quit, / filter, enter open, l lineage, tab next pane, escape back")
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--db", metavar="PATH", help="store file (default: as for the other verbs)")
+    g.add_argument("--db", metavar="PATH", help="store file (default: as for the other verbs), or a fleet "
+                   "store's postgresql:// URL")
     g.add_argument("--socket", metavar="PATH", help="ask a live daemon on this socket instead")
 
     sub.add_parser("demo", help="trace a small shell pipeline and show its lineage")

@@ -25,7 +25,7 @@ def _store(args: argparse.Namespace, *, readonly: bool = True):
     path = getattr(args, "db", None) or S.default_db_path()
     if path.startswith(("postgresql://", "postgres://")):
         raise UsageError(f"`provtrace {args.verb}` reads a store file; a fleet store (postgresql://) answers "
-                         "runs, show, lineage, diff and export (docs/fleet.md)")
+                         "runs, show, lineage, stale, diff and export (docs/fleet.md)")
     return S.Store(path, readonly=readonly)
 
 
@@ -819,7 +819,15 @@ def cmd_stale(args: argparse.Namespace) -> int:
     from .store import sqlite as S  # noqa: PLC0415
 
     headers: dict[str, dict] = {}
-    if args.socket:
+    central = _central(args)
+    if central is not None:  # every host's runs and cells, judged from what they shipped
+        from .fleet import query as F  # noqa: PLC0415
+        from .fleet.stale import staleness as fleet_staleness  # noqa: PLC0415
+
+        result = fleet_staleness(central, F.resolve_run(central, args.run) if args.run else None)
+        if args.plan:
+            headers = {r["id"]: r for r in F.list_runs(central)}
+    elif args.socket:
         from .api.client import ProvtraceClient  # noqa: PLC0415
 
         with ProvtraceClient(args.socket) as client:

@@ -23,7 +23,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="keys: q quit, / filter, enter open, l lineage, tab next pane, escape back")
     ap.add_argument("--debug", action="store_true", help="tracebacks and debug logs")
     g = ap.add_mutually_exclusive_group()
-    g.add_argument("--db", metavar="PATH", help="store file (default: as for the other verbs)")
+    g.add_argument("--db", metavar="PATH", help="store file (default: as for the other verbs), or a fleet "
+                   "store's postgresql:// URL")
     g.add_argument("--socket", metavar="PATH", help="ask a live daemon on this socket instead")
     return ap
 
@@ -34,10 +35,10 @@ def run(args: argparse.Namespace) -> int:
     from ..tracer import config  # noqa: PLC0415
     from ..tracer.fleet.db import is_url  # noqa: PLC0415
 
-    if not args.socket and is_url(args.db or os.environ.get("PROVTRACE_DB")):
-        raise UsageError("`provtrace tui` reads a store file; a fleet store (postgresql://) answers "
-                         "runs, show, lineage, diff and export (docs/fleet.md)")
-    source = open_source(db=args.db, socket_path=args.socket, config=config.load())
+    db = args.db
+    if not args.socket and not db and is_url(os.environ.get("PROVTRACE_DB")):
+        db = os.environ["PROVTRACE_DB"]  # the fleet store, as for the other verbs
+    source = open_source(db=db, socket_path=args.socket, config=config.load())
     try:
         # Textual draws on stderr and reads keys from stdin; stdout may be piped.
         if not (sys.stdin.isatty() and sys.stderr.isatty()):

@@ -98,6 +98,28 @@ def lineage_from_store(result: dict) -> Lineage:
     return Lineage(root, result["direction"], nodes, edges)
 
 
+_FLEET_RELATIONS = {"read_by": "read", "renamed_to": "renamed", "wrote": "wrote"}
+
+
+def lineage_from_fleet(result: dict) -> Lineage:
+    """tracer/fleet/query.lineage's dict: node ids are fleet keys and
+    process identities; every label names its host."""
+    nodes = {}
+    for n in result["nodes"]:
+        if n["kind"] == "file":
+            where = f"shared {n['key']}" if n["shared"] else f"on host {n.get('host')}"
+            label = f"{display(n['path'])} ({where})"
+        else:
+            cell = f" cell {n['cell']}" if n.get("cell") else ""
+            argv = " ".join(display(a) for a in (n.get("argv") or [])) or display(n.get("exe") or "?")
+            label = f"[host {n['host']} run {n.get('run')} pid {n.get('pid')}{cell}] {argv}"
+        nodes[n["id"]] = LineageNode(n["id"], n["kind"], label)
+    edges = tuple(LineageEdge(e["from"], e["to"], _FLEET_RELATIONS.get(e["rel"], e["rel"]))
+                  for e in result["edges"])
+    root = _root_id(result["root"], result["nodes"], nodes)
+    return Lineage(root, result["direction"], nodes, edges)
+
+
 def _version_label(n: dict) -> str:
     """' (changed outside tracing)' on a version no traced process wrote; the
     version's number stays in the node's id (the tree reads as paths)."""

@@ -1,6 +1,7 @@
-"""Where the TUI's data comes from: a store file, or a live daemon.
+"""Where the TUI's data comes from: a store file, a live daemon, or the
+fleet's central store.
 
-Both sources answer the same four questions (which runs, one run's
+Every source answers the same four questions (which runs, one run's
 provtrace.run/1 document, the lineage of a path, where the data comes
 from) and raise TracerError subclasses with one-line messages. Calls block,
 so the app makes them from worker threads. Headless: no textual here.
@@ -184,6 +185,58 @@ class DaemonSource:
         self.client.close()
 
 
+class FleetSource:
+    """The fleet's central PostgreSQL store (docs/fleet.md): every host's runs
+    that the URL's role may see. Runs are named HOST:RUN; a path's lineage is
+    asked of the host of the run last opened (else this host's id), and a file
+    node of a lineage is re-rooted by its fleet key."""
+
+    def __init__(self, url: str, config=None) -> None:
+        from ..tracer.fleet import query as F  # noqa: PLC0415  (psycopg only when asked)
+        from ..tracer.fleet.identity import host_id  # noqa: PLC0415
+
+        self.F = F
+        self.central = F.Central(url)  # no database, or no schema: one line before the app
+        self.config = config
+        self.host = host_id(None)
+        self.description = f"fleet store {self.central.path}"
+        self._lock = threading.Lock()  # one connection, calls take turns
+
+    def list_runs(self) -> list[M.RunSummary]:
+        with self._lock:
+            rows = self.F.list_runs(self.central)
+        return [M.summary_from_row({**r, "id": f"{r['host_id']}:{r['id']}"}) for r in rows]
+
+    def load_run(self, run_id: str) -> dict:
+        with self._lock:
+            host, rid = self.F.resolve_run(self.central, run_id)
+            doc = self.F.load_run(self.central, host, rid, self.config)
+        self.host = host  # the paths of its files are that host's
+        return doc
+
+    def lineage(self, path: str, direction: str, depth: int) -> M.Lineage:
+        _check_lineage_args(direction, depth)
+        # a file node's id is its fleet key (shared:/..., nfs://..., host:H:/...), never a bare path
+        keys = None if path.startswith("/") else [path]
+        with self._lock:
+            result = self.F.lineage(self.central, path, self.host, direction, depth, keys=keys)
+        return M.lineage_from_fleet(result)
+
+    def watch_stale(self, on_stale: Callable[[M.StaleNotice], None]) -> None:
+        """The fleet store pushes nothing: staleness is `provtrace stale --db URL`."""
+        return
+
+    def job_history(self, doc: dict) -> list[dict]:
+        """No query by job over the fleet yet: the run alone."""
+        from ..tracer.store.history import entry  # noqa: PLC0415
+
+        return [entry(doc["run"], doc["run"].get("id"))]
+
+    def close(self) -> None:
+        with self._lock:
+            self.central.close()
+
+
 def _check_lineage_args(direction: str, depth: int) -> None:
     if direction not in (M.UPSTREAM, M.DOWNSTREAM):
         raise UsageError(f"lineage direction must be upstream or downstream, got {direction!r}")
@@ -198,4 +251,8 @@ def open_source(db: str | None = None, socket_path: str | None = None, config=No
         raise UsageError("give --db or --socket, not both")
     if socket_path:
         return DaemonSource(socket_path)
+    from ..tracer.fleet.db import is_url  # noqa: PLC0415
+
+    if is_url(db):
+        return FleetSource(db, config)
     return StoreSource(db or S.default_db_path(), config)

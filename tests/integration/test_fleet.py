@@ -295,6 +295,8 @@ def test_analysts_see_only_their_runs(open_site, pg, fleet_db):
     everything = json.loads(pt("lineage", out, "--db", fleet_db, "--host-id", "host-c", "--json",
                                check=True).stdout)
     assert str(site / "a" / "in.csv") in {n.get("path") for n in everything["nodes"]}
+    seen = json.loads(pt("stale", "--db", pg.url(dbname, "nobody"), "--json", check=True).stdout)
+    assert {(u["host_id"], u["cell"]) for u in seen["stale"] + seen["fresh"]} == {("host-c", None)}
     root_run = next(x["id"] for x in json.loads(pt("runs", "--db", fleet_db, "--json").stdout)
                     if x["host_id"] == "host-a")
     refused = pt("show", root_run, "--db", pg.url(dbname, "nobody"))
@@ -312,7 +314,8 @@ def test_fleet_errors_are_one_line(tmp_path):
     """No database listening, a verb that needs a store file, a bad URL: one line each, no traceback."""
     closed = "postgresql://nobody@127.0.0.1:1/none"
     for args in (("runs", "--db", closed), ("lineage", "/x", "--db", closed, "--host-id", "h"),
-                 ("fleet", "migrate", closed), ("stale", "--db", closed), ("tui", "--db", closed), ("fleet", "status", "not-a-url"),
+                 ("fleet", "migrate", closed), ("stale", "--db", closed), ("tui", "--db", closed),
+                 ("fleet", "status", "not-a-url"),
                  ("ship", "--db", str(tmp_path / "none.db"), "--to", closed, "--host-id", "h")):
         r = pt(*args)
         assert r.returncode != 0, args
@@ -406,3 +409,136 @@ def test_backlog_is_reported(site, fleet_db, caplog):
     assert any("event=ship-backlog" in m for m in caplog.messages)
     status = json.loads(pt("fleet", "status", fleet_db, "--json", check=True).stdout)
     assert status["hosts"][0]["backlog"] == loop.last.backlog
+
+
+def test_stale_across_hosts(site, fleet_db):
+    """Host A writes a shared file, host B reads it, then A rewrites it: B's run
+    is stale because of that file, and what B made from it is upstream stale."""
+    (site / "a" / "in.csv").write_text("x\n")
+    a_db, b_db = str(site / "A.db"), str(site / "B.db")
+    traced(site, a_db, "cat a/in.csv > shared/x.csv")        # host A: v1
+    traced(site, b_db, "sort shared/x.csv > b/out.csv")      # host B reads v1
+    traced(site, b_db, "cat b/out.csv > b/final.csv")        # host B: from B's output
+    ship(a_db, fleet_db, "host-a")
+    ship(b_db, fleet_db, "host-b")
+    fresh = pt("stale", "--db", fleet_db, "--fail-if-stale")
+    assert fresh.returncode == 0, fresh.stdout + fresh.stderr
+    assert "0 stale" in fresh.stdout
+
+    traced(site, a_db, "echo y > shared/x.csv")               # host A: v2
+    ship(a_db, fleet_db, "host-a")
+    runs = json.loads(pt("runs", "--db", fleet_db, "--json", check=True).stdout)
+    a1, a2 = [r["id"] for r in runs if r["host_id"] == "host-a"]
+    b1, b2 = [r["id"] for r in runs if r["host_id"] == "host-b"]
+    r = pt("stale", "--db", fleet_db, "--json", "--fail-if-stale")
+    assert r.returncode == 3, r.stderr
+    doc = json.loads(r.stdout)
+    stale = {(s["host_id"], s["run"]): s for s in doc["stale"]}
+    assert set(stale) == {("host-b", b1), ("host-b", b2)}
+    why = stale[("host-b", b1)]["reasons"]
+    assert [(x["path"], x["why"], x["by"]["host_id"], x["by"]["run"]) for x in why] == \
+        [(str(site / "shared" / "x.csv"), f"rewritten by run {a2} on host host-a", "host-a", a2)]
+    assert why[0]["fkey"].startswith("shared:")
+    up = stale[("host-b", b2)]["reasons"]
+    assert [(x["path"], x["why"], x["from"]["run"]) for x in up] == \
+        [(str(site / "b" / "out.csv"), "upstream stale", b1)]
+    assert {(f["host_id"], f["run"], f["inputs"], f["outputs"]) for f in doc["fresh"]} == \
+        {("host-a", a1, 1, 1), ("host-a", a2, 0, 1)}
+
+    text = pt("stale", "--db", fleet_db).stdout
+    assert f"stale run {b1} on host host-b: {site / 'shared' / 'x.csv'}: rewritten by run {a2} on host host-a" in text
+    assert "2 stale, 2 fresh" in text
+    plan = json.loads(pt("stale", "--db", fleet_db, "--plan", "--json", check=True).stdout)["plan"]
+    assert [p["run"] for p in plan] == [b1, b2]   # the producer first
+    one = pt("stale", f"host-a:{a1}", "--db", fleet_db, "--fail-if-stale")
+    assert one.returncode == 0 and "0 stale, 1 fresh" in one.stdout
+
+
+def test_stale_from_a_fingerprint_across_hosts(site, fleet_db):
+    """A change made outside tracing shows once a later run on any host fingerprints the file."""
+    a_db, b_db = str(site / "A.db"), str(site / "B.db")
+    traced(site, a_db, "echo 1 > shared/x.csv")
+    traced(site, b_db, "cat shared/x.csv > b/out.csv")
+    (site / "shared" / "x.csv").write_text("changed by hand, longer than before\n")   # untraced
+    traced(site, a_db, "cat shared/x.csv > a/copy.csv")      # A reads it again: its fingerprint is shipped
+    ship(a_db, fleet_db, "host-a")
+    ship(b_db, fleet_db, "host-b")
+    doc = json.loads(pt("stale", "--db", fleet_db, "--json", check=True).stdout)
+    b_runs = [s for s in doc["stale"] if s["host_id"] == "host-b"]
+    assert len(b_runs) == 1 and [(x["why"], x.get("basis")) for x in b_runs[0]["reasons"]] == \
+        [("content changed", "fingerprint")]
+    assert not [s for s in doc["stale"] if s["host_id"] == "host-a"]
+
+
+def test_lineage_follows_the_version_read(site, fleet_db):
+    """Host A writes shared/x.csv three times; host B reads it between the
+    second and third writes and after the third. Each output's lineage reaches
+    the writer of the version it read, not every writer of the path."""
+    for i in (1, 2, 3):
+        (site / "a" / f"in{i}.csv").write_text(f"{i}\n")
+    a_db, b_db = str(site / "A.db"), str(site / "B.db")
+    traced(site, a_db, "cat a/in1.csv > shared/x.csv")   # v1, replaced before anyone read it
+    traced(site, a_db, "cat a/in2.csv > shared/x.csv")   # v2
+    traced(site, b_db, "sort shared/x.csv > b/out1.csv")  # B reads v2
+    traced(site, a_db, "cat a/in3.csv > shared/x.csv")   # v3
+    traced(site, b_db, "sort shared/x.csv > b/out2.csv")  # B reads v3
+    ship(a_db, fleet_db, "host-a")
+    ship(b_db, fleet_db, "host-b")
+
+    def reached(path: str, *extra: str) -> set[str]:
+        doc = json.loads(pt("lineage", str(site / path), "--db", fleet_db, "--json", *extra, check=True).stdout)
+        return {os.path.relpath(n["path"], site) for n in doc["nodes"] if n["kind"] == "file"}
+
+    assert reached("b/out1.csv", "--host-id", "host-b") == {"b/out1.csv", "shared/x.csv", "a/in2.csv"}
+    assert reached("b/out2.csv", "--host-id", "host-b") == {"b/out2.csv", "shared/x.csv", "a/in3.csv"}
+    # downstream, the mirror: only the readers of the version an input went into
+    assert reached("a/in2.csv", "--host-id", "host-a", "--downstream") == {"a/in2.csv", "shared/x.csv", "b/out1.csv"}
+    assert reached("a/in1.csv", "--host-id", "host-a", "--downstream") == {"a/in1.csv", "shared/x.csv"}
+    # the file asked about stands for all its versions
+    assert reached("shared/x.csv", "--host-id", "host-a", "--downstream") == \
+        {"shared/x.csv", "b/out1.csv", "b/out2.csv"}
+
+
+def test_tui_over_the_fleet(site, fleet_db, tmp_path):
+    """`provtrace tui --db postgresql://...` in a real terminal (tmux): every
+    host's runs, a run of host B, and the lineage of its output back to host A."""
+    import shutil  # noqa: PLC0415
+    import time  # noqa: PLC0415
+
+    from tests.tui.test_terminal import COLS, ROWS, POLLS, Tmux  # noqa: PLC0415
+
+    if shutil.which("tmux") is None:
+        pytest.skip("tmux is not installed (setup.sh installs it)")
+    (site / "a" / "in.csv").write_text("x\n")
+    a_db, b_db = str(site / "A.db"), str(site / "B.db")
+    traced(site, a_db, "cat a/in.csv > shared/mid.csv")
+    traced(site, b_db, "sort shared/mid.csv > b/out.csv")
+    ship(a_db, fleet_db, "host-a")
+    ship(b_db, fleet_db, "host-b")
+    runs = {r["host_id"]: r["id"] for r in json.loads(pt("runs", "--db", fleet_db, "--json", check=True).stdout)}
+    status = tmp_path / "status"
+    tmux = Tmux()
+    try:
+        tmux("new-session", "-d", "-s", "tui", "-x", str(COLS), "-y", str(ROWS),
+             f"{PROVTRACE} tui --db {fleet_db} >{tmp_path}/stdout; echo $? > {status}; sleep 60")
+        screen = tmux.wait_for(f"host-a:{runs['host-a']}", f"host-b:{runs['host-b']}", "q Quit")
+        assert screen.index(f"host-b:{runs['host-b']}") < screen.index(f"host-a:{runs['host-a']}")  # newest first
+        tmux("send-keys", "-t", "tui", "Enter")  # host B's run
+        screen = tmux.wait_for(f"run {runs['host-b']}", "out.csv", "mid.csv", "l Lineage")
+        rows = [line for line in screen.splitlines() if "out.csv" in line or "mid.csv" in line]
+        if "mid.csv" in rows[0]:
+            tmux("send-keys", "-t", "tui", "Down")
+        tmux("send-keys", "-t", "tui", "l")
+        # the root is named by its fleet key; A's process wrote the shared file B's process read
+        screen = tmux.wait_for("upstream: 6 nodes", "upstream lineage of host:host-b:",
+                               f"[host host-b run {runs['host-b']}", f"[host host-a run {runs['host-a']}")
+        assert screen.index("sort shared/") < screen.index("reads ") < screen.index("[host host-a")
+        tmux("send-keys", "-t", "tui", "q")
+        for _ in range(POLLS):
+            if status.exists() and status.read_text().strip():
+                break
+            time.sleep(0.1)
+        assert status.read_text().strip() == "0"
+        assert (tmp_path / "stdout").read_text() == ""
+    finally:
+        tmux.kill()

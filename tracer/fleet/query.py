@@ -6,11 +6,10 @@ the schema's owner all of them. Results name the host of every run,
 process and file; a file on a shared filesystem names its filesystem key
 and the hosts that touched it.
 
-Lineage is a recursive CTE over `steps` (a process wrote one file after
-reading another, or a rename moved one), bounded by depth (`--depth`
-steps) and by time: each step upstream must have begun writing before the
-step after it read, `at_us` bounds the first, and the whole walk runs under
-a statement timeout.
+Lineage is a recursive CTE over `accesses` and `renames` that follows
+versions of file keys (a read saw the version made by the last write that
+closed before it, on any host), bounded by depth (`--depth` steps) and by
+time (`at_us` bounds the first step), under a statement timeout.
 """
 
 from __future__ import annotations
@@ -150,61 +149,74 @@ def hosts(c: Central) -> list[dict]:
 
 # -- lineage ---------------------------------------------------------------------
 
-# The walk's rows: a file (is_file, key) or a process (host_id, rid, pid),
-# each with the time bound the next step must keep to, its depth in file
-# hops, the node it was reached from, and the relation between them.
-_COLS = ("is_file, key, host_id, rid, pid, bound, depth, from_key, from_host, from_rid, from_pid, rel, cell")
-_SEED = """SELECT true, k, NULL::text, NULL::bigint, NULL::int, %(bound)s::bigint, 0, NULL::text, NULL::text,
-                  NULL::bigint, NULL::int, NULL::text, NULL::text FROM unnest(%(keys)s::text[]) k"""
+# The walk goes one file step at a time (tracer/fleet/query.py lineage()):
+# each level asks, for all its files at once, the processes of the next
+# step, and for those processes the files of the step after. A node already
+# expanded is not expanded again, so a walk costs per node and edge it
+# reaches; a recursive CTE expands a node once per path that reaches it,
+# which in a graph where every step has two inputs doubles at each level.
+#
+# Versions, as in lineage/versions.py but over file keys of every host: the
+# version a file held at a moment began with the last write that created or
+# truncated it, or the last rename onto it, before that moment (vs); writes
+# that closed from then until the moment made it (appends included). A read
+# saw the version held when it began.
 
-# Upstream: a file <- the processes that began writing it before the bound
-# <- the data files each had read before that write; a file <- the file a
-# rename moved there.
-_UPSTREAM = f"""
-WITH RECURSIVE walk({_COLS}) AS (
-    {_SEED}
-  UNION
-    SELECT s.* FROM walk w, LATERAL (
-        SELECT false, NULL::text, a.host_id, a.rid, a.pid, a.last_us, w.depth + 1, w.key, NULL::text,
-               NULL::bigint, NULL::int, 'wrote', a.cell
-          FROM accesses a WHERE w.is_file AND a.fkey = w.key AND a.bits & 14 <> 0 AND a.first_us <= w.bound
-        UNION ALL
-        SELECT true, n.from_key, NULL, NULL, NULL, n.t_us, w.depth + 1, w.key, NULL, NULL, NULL, 'renamed_to', NULL
-          FROM renames n WHERE w.is_file AND n.to_key = w.key AND n.t_us <= w.bound
-        UNION ALL
-        SELECT true, a.fkey, NULL, NULL, NULL, a.first_us, w.depth, NULL, w.host_id, w.rid, w.pid, 'read_by', a.cell
-          FROM accesses a
-         WHERE NOT w.is_file AND a.host_id = w.host_id AND a.rid = w.rid AND a.pid = w.pid
-           AND a.bits & 1 <> 0 AND a.fkind IN ('d', 't') AND a.first_us <= w.bound AND a.fkey <> w.from_key
-    ) s
-    WHERE NOT w.is_file OR w.depth < %(depth)s
-)
-SELECT {_COLS} FROM walk
+# Upstream, from files (key, bound): the writes that made the version held
+# at the bound, and the rename that made it.
+_UP_FILES = """
+SELECT f.key, f.bound, a.host_id, a.rid, a.pid, a.last_us, a.cell, NULL::text
+  FROM unnest(%(keys)s::text[], %(bounds)s::bigint[]) f(key, bound)
+ CROSS JOIN LATERAL (SELECT coalesce(greatest(
+         (SELECT max(x.last_us) FROM accesses x WHERE x.fkey = f.key AND x.bits & 12 <> 0 AND x.last_us <= f.bound),
+         (SELECT max(n.t_us) FROM renames n WHERE n.to_key = f.key AND n.t_us <= f.bound)), -1) AS vs) v
+  JOIN accesses a ON a.fkey = f.key AND a.bits & 14 <> 0 AND a.last_us <= f.bound AND a.last_us >= v.vs
+UNION ALL
+SELECT f.key, f.bound, NULL, NULL, NULL, n.t_us, NULL, n.from_key
+  FROM unnest(%(keys)s::text[], %(bounds)s::bigint[]) f(key, bound)
+ CROSS JOIN LATERAL (SELECT coalesce(greatest(
+         (SELECT max(x.last_us) FROM accesses x WHERE x.fkey = f.key AND x.bits & 12 <> 0 AND x.last_us <= f.bound),
+         (SELECT max(n.t_us) FROM renames n WHERE n.to_key = f.key AND n.t_us <= f.bound)), -1) AS vs) v
+  JOIN renames n ON n.to_key = f.key AND n.t_us <= f.bound AND n.t_us >= v.vs
 """
 
-# Downstream, the mirror: a file -> the processes that read it after the
-# bound -> the data files each wrote after that read; a file -> where a
-# rename moved it.
-_DOWNSTREAM = f"""
-WITH RECURSIVE walk({_COLS}) AS (
-    {_SEED}
-  UNION
-    SELECT s.* FROM walk w, LATERAL (
-        SELECT false, NULL::text, a.host_id, a.rid, a.pid, a.first_us, w.depth + 1, w.key, NULL::text,
-               NULL::bigint, NULL::int, 'read_by', a.cell
-          FROM accesses a WHERE w.is_file AND a.fkey = w.key AND a.bits & 1 <> 0 AND a.first_us >= w.bound
-        UNION ALL
-        SELECT true, n.to_key, NULL, NULL, NULL, n.t_us, w.depth + 1, w.key, NULL, NULL, NULL, 'renamed_to', NULL
-          FROM renames n WHERE w.is_file AND n.from_key = w.key AND n.t_us >= w.bound
-        UNION ALL
-        SELECT true, a.fkey, NULL, NULL, NULL, a.last_us, w.depth, NULL, w.host_id, w.rid, w.pid, 'wrote', a.cell
-          FROM accesses a
-         WHERE NOT w.is_file AND a.host_id = w.host_id AND a.rid = w.rid AND a.pid = w.pid
-           AND a.bits & 14 <> 0 AND a.fkind IN ('d', 't') AND a.last_us >= w.bound AND a.fkey <> w.from_key
-    ) s
-    WHERE NOT w.is_file OR w.depth < %(depth)s
-)
-SELECT {_COLS} FROM walk
+# Upstream, from processes (host, rid, pid, bound, the file they were reached
+# from): the data files each had read before the bound, at the time it read.
+_UP_PROCS = """
+SELECT p.host_id, p.rid, p.pid, p.bound, p.from_key, a.fkey, a.first_us, a.cell
+  FROM unnest(%(hosts)s::text[], %(rids)s::bigint[], %(pids)s::int[], %(bounds)s::bigint[], %(froms)s::text[])
+       p(host_id, rid, pid, bound, from_key)
+  JOIN accesses a ON a.host_id = p.host_id AND a.rid = p.rid AND a.pid = p.pid
+ WHERE a.bits & 1 <> 0 AND a.fkind IN ('d', 't') AND a.first_us <= p.bound AND a.fkey <> p.from_key
+"""
+
+# Downstream, the mirror, from files (key, bound, whether it is the file asked
+# about): the reads of the version written at the bound (until the next write
+# that created or truncated it, or rename onto it: ve), and the rename that
+# moved that version. The file asked about stands for all its versions.
+_DOWN_FILES = f"""
+SELECT f.key, f.bound, a.host_id, a.rid, a.pid, a.first_us, a.cell, NULL::text
+  FROM unnest(%(keys)s::text[], %(bounds)s::bigint[], %(roots)s::bool[]) f(key, bound, root)
+ CROSS JOIN LATERAL (SELECT CASE WHEN f.root THEN {FOREVER_US} ELSE coalesce(least(
+         (SELECT min(x.last_us) FROM accesses x WHERE x.fkey = f.key AND x.bits & 12 <> 0 AND x.last_us > f.bound),
+         (SELECT min(n.t_us) FROM renames n WHERE n.to_key = f.key AND n.t_us > f.bound)), {FOREVER_US}) END AS ve) v
+  JOIN accesses a ON a.fkey = f.key AND a.bits & 1 <> 0 AND a.first_us >= f.bound AND a.first_us < v.ve
+UNION ALL
+SELECT f.key, f.bound, NULL, NULL, NULL, n.t_us, NULL, n.to_key
+  FROM unnest(%(keys)s::text[], %(bounds)s::bigint[], %(roots)s::bool[]) f(key, bound, root)
+ CROSS JOIN LATERAL (SELECT CASE WHEN f.root THEN {FOREVER_US} ELSE coalesce(least(
+         (SELECT min(x.last_us) FROM accesses x WHERE x.fkey = f.key AND x.bits & 12 <> 0 AND x.last_us > f.bound),
+         (SELECT min(n.t_us) FROM renames n WHERE n.to_key = f.key AND n.t_us > f.bound)), {FOREVER_US}) END AS ve) v
+  JOIN renames n ON n.from_key = f.key AND n.t_us >= f.bound AND n.t_us < v.ve
+"""
+
+# Downstream, from processes: the data files each wrote after the bound.
+_DOWN_PROCS = """
+SELECT p.host_id, p.rid, p.pid, p.bound, p.from_key, a.fkey, a.last_us, a.cell
+  FROM unnest(%(hosts)s::text[], %(rids)s::bigint[], %(pids)s::int[], %(bounds)s::bigint[], %(froms)s::text[])
+       p(host_id, rid, pid, bound, from_key)
+  JOIN accesses a ON a.host_id = p.host_id AND a.rid = p.rid AND a.pid = p.pid
+ WHERE a.bits & 14 <> 0 AND a.fkind IN ('d', 't') AND a.last_us >= p.bound AND a.fkey <> p.from_key
 """
 
 
@@ -223,37 +235,68 @@ def root_keys(c: Central, path: str, host: str) -> list[str]:
 
 
 def lineage(c: Central, path: str, host: str, direction: str = "upstream", depth: int = 10,
-            at_us: int | None = None) -> dict:
-    keys = root_keys(c, path, host)
+            at_us: int | None = None, keys: list[str] | None = None) -> dict:
+    """The lineage of path as host names it (or of the fleet keys given)."""
+    keys = keys or root_keys(c, path, host)
     up = direction == "upstream"
-    rows = c.q(_UPSTREAM if up else _DOWNSTREAM,
-               {"keys": keys, "depth": depth, "bound": (at_us if at_us is not None else FOREVER_US) if up else 0})
     files: dict[str, dict] = {k: {"root": True} for k in keys}
     procs: dict[tuple, dict] = {}
     edges: dict[tuple, dict] = {}
     edge_ = _edge_up if up else _edge_down
-    frontier = []
-    for is_file, key, h, rid, pid, _bound, d, from_key, fh, frid, fpid, rel, cell in rows:
-        if rel is None:
-            continue  # a root
-        if is_file:
-            files.setdefault(key, {})
-            if d >= depth:
-                frontier.append(key)
-            src = _pid(fh, frid, fpid) if from_key is None else _fid(from_key)
-            a, b = edge_(_fid(key), src, rel)
-        else:
-            procs.setdefault((h, rid, pid), {})
-            a, b = edge_(_pid(h, rid, pid), _fid(from_key), rel)
+
+    def add_edge(a: str, b: str, rel: str, cell: str | None) -> None:
         edge = edges.setdefault((a, b, rel), {"from": a, "to": b, "rel": rel, "cells": []})
         if cell is not None and cell not in edge["cells"]:
             edge["cells"].append(cell)  # the notebook cell(s) the read or write happened in
+
+    start = (at_us if at_us is not None else FOREVER_US) if up else 0
+    level = [(k, start, True) for k in keys]  # (key, bound, is the file asked about) of one file step
+    seen_files = {(k, start) for k in keys}
+    seen_procs: set[tuple] = set()
+    reached = False
+    for d in range(1, depth + 1):
+        if not level:
+            break
+        args = {"keys": [k for k, _b, _r in level], "bounds": [b for _k, b, _r in level],
+                "roots": [r for _k, _b, r in level]}
+        step: list[tuple] = []   # processes of this step: (host, rid, pid, bound, from key)
+        nxt: list[tuple] = []    # files of the next step
+        for key, _bound, h, rid, pid, t, cell, other in c.q(_UP_FILES if up else _DOWN_FILES, args):
+            reached = True
+            if other is not None:  # a rename: from (upstream) or to (downstream) another key
+                files.setdefault(other, {})
+                add_edge(*edge_(_fid(other), _fid(key), "renamed_to"), "renamed_to", None)
+                if (other, t) not in seen_files:
+                    seen_files.add((other, t))
+                    nxt.append((other, t, False))
+                continue
+            procs.setdefault((h, rid, pid), {})
+            add_edge(*edge_(_pid(h, rid, pid), _fid(key), "wrote" if up else "read_by"),
+                     "wrote" if up else "read_by", cell)
+            if (h, rid, pid, t, key) not in seen_procs:
+                seen_procs.add((h, rid, pid, t, key))
+                step.append((h, rid, pid, t, key))
+        if step:
+            cols = list(zip(*step))
+            for h, rid, pid, _bound, _from, fkey, t, cell in c.q(
+                    _UP_PROCS if up else _DOWN_PROCS,
+                    {"hosts": list(cols[0]), "rids": list(cols[1]), "pids": list(cols[2]),
+                     "bounds": list(cols[3]), "froms": list(cols[4])}):
+                files.setdefault(fkey, {})
+                rel = "read_by" if up else "wrote"
+                add_edge(*edge_(_fid(fkey), _pid(h, rid, pid), rel), rel, cell)
+                if (fkey, t) not in seen_files:
+                    seen_files.add((fkey, t))
+                    nxt.append((fkey, t, False))
+        level = nxt
+    # files at the depth limit: is there more beyond them?
+    frontier = sorted({k for k, _b, _r in level})
     truncated = bool(frontier) and bool(c.q(
         "SELECT 1 FROM accesses WHERE fkey = ANY(%s) AND bits & " + ("14" if up else "1") + " <> 0 LIMIT 1",
         (frontier,)))
     nodes = _file_nodes(c, files) + _process_nodes(c, procs)
     return {"root": path, "host_id": host, "keys": keys, "direction": direction, "depth": depth,
-            "nodes": nodes, "edges": list(edges.values()), "found": len(rows) > len(keys) or _touched(c, keys),
+            "nodes": nodes, "edges": list(edges.values()), "found": reached or _touched(c, keys),
             "truncated": truncated, "store": c.path}
 
 

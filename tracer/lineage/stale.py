@@ -488,7 +488,7 @@ def render(result: dict) -> str:
     """One line per stale run or cell, with its reasons; then a count."""
     lines = []
     for s in result["stale"]:
-        who = f"run {s['run']}" + (f" cell {s['cell']}" if s["cell"] is not None else "")
+        who = f"run {s['run']}" + (f" cell {s['cell']}" if s["cell"] is not None else "") + _on_host(s)
         parts = [f"{r['path']}: {why_text(r)}" for r in s["reasons"]]
         more = len(parts) - _SHOWN_REASONS
         text = "; ".join(parts[:_SHOWN_REASONS]) + (f"; +{more} more (see --json)" if more > 0 else "")
@@ -504,13 +504,18 @@ def render(result: dict) -> str:
     return "\n".join(lines + [summary])
 
 
+def _on_host(unit: dict) -> str:
+    """' on host H' for a unit of the fleet store (tracer/fleet/stale.py), else nothing."""
+    return f" on host {unit['host_id']}" if unit.get("host_id") else ""
+
+
 def why_text(r: dict) -> str:
     why = r["why"]
     if r["role"] == "output" and why == "deleted":
         why = "output deleted"
     if why == "upstream stale":
         src = r["from"]
-        why += f" (from run {src['run']}" + (f" cell {src['cell']})" if src["cell"] else ")")
+        why += f" (from run {src['run']}" + (f" cell {src['cell']}" if src["cell"] else "") + _on_host(src) + ")"
     if r.get("content") and r["why"].startswith("rewritten"):
         why += f", content {r['content']}"
     if r.get("basis"):
