@@ -355,6 +355,14 @@ mount -t devpts devpts $R/dev/pts
 mount -t tmpfs shm $R/dev/shm
 mount -t tmpfs -o mode=1777 tmp $R/tmp
 mount -t tmpfs -o mode=0755 run $R/run
+# a checkout under /tmp or /run (CI's clean clone may be there): the tmpfs
+# above hides it, so give it back, writable through an overlay of its own
+case "$REPO" in
+  /tmp/*|/run/*)
+    mkdir -p $R$REPO /upper/repo/u /upper/repo/w
+    mount -t overlay repo -o lowerdir=/lower$REPO,upperdir=/upper/repo/u,workdir=/upper/repo/w $R$REPO \
+      || fail "cannot mount the checkout $REPO" ;;
+esac
 mount -t tracefs tracefs $R/sys/kernel/tracing 2>/dev/null
 mount -t debugfs debugfs $R/sys/kernel/debug 2>/dev/null
 mount -t bpf bpf $R/sys/fs/bpf 2>/dev/null
@@ -421,7 +429,8 @@ def build_initramfs(p: Prepared, share: str, dest: str) -> str:
         order.append(name)
     with open(os.path.join(tree, "modules", "order"), "w") as f:
         f.write("\n".join(order) + "\n")
-    env = {"SHARE": share, "RELEASE": p.release, "MODULES": p.modules, "BUILD": p.build, "SOURCE": p.source}
+    env = {"SHARE": share, "RELEASE": p.release, "MODULES": p.modules, "BUILD": p.build, "SOURCE": p.source,
+           "REPO": REPO}
     with open(os.path.join(tree, "vm.env"), "w") as f:
         f.writelines(f"{k}={shlex.quote(v)}\n" for k, v in env.items())
     with open(os.path.join(tree, "init"), "w") as f:
