@@ -99,6 +99,12 @@ def test_a_finished_cell_is_queryable_while_its_kernel_runs(daemon, followed, tm
         down = _lineage(a, "--downstream", *where)
         assert b in {n.get("path") for n in down["nodes"] if n["kind"] == "file"}
 
+    # stale and export read a live session too: its input is fresh, its files are in the export
+    stale = json.loads(pt("stale", sid, "--json", *on_socket, check=True).stdout)
+    assert msg_id in {u["cell"] for u in stale["fresh"]} and not stale["stale"], stale
+    prov = pt("export", sid, "--format", "prov-json", "-o", "-", *on_socket, check=True).stdout
+    assert a in prov and b in prov
+
     # the TUI over the socket, opened on the live session: its files pane has the cell's read and write
     tmux("new-session", "-d", "-s", "tui", "-x", "300", "-y", "40",
          f"{PROVTRACE} tui --socket {daemon['socket']}; sleep 60")
