@@ -76,6 +76,12 @@ class LiveRun:
     # A snapshot the router thread replaces whole (other threads only read it):
     # data file -> the cells that read it, less the session's own outputs
     reads: dict[str, frozenset[str]] = field(default_factory=dict)
+    # Cells that ended, waiting until their events are attributed: (end, mono ns; cell
+    # key), appended by other threads, taken by the router thread (checkpoint)
+    ended_cells: deque = field(default_factory=deque)
+    # The data files the cells already checkpointed read (path -> cells), which
+    # their live processes no longer hold: still the session's inputs for watch.py
+    checkpointed_reads: dict[str, set[str]] = field(default_factory=dict)
 
     def take(self, ev) -> None:
         if self.kind == "session":
@@ -86,7 +92,7 @@ class LiveRun:
     def snapshot_reads(self) -> None:
         """Router thread: the data files a session's live processes read (and in
         which cells), for the input watcher (watch.py). A file it wrote is its output, not an input."""
-        reads: dict[str, set[str]] = {}
+        reads: dict[str, set[str]] = {p: set(c) for p, c in self.checkpointed_reads.items()}
         written = set(self.writer.written)
         for proc in list(self.tracker.live.values()):
             for fa in proc.files.values():
@@ -110,6 +116,20 @@ class LiveRun:
                 if fa is not None and fa.access & _WRITES and fa.last_ns > out.get(p, -1):
                     out[p] = fa.last_ns
         return out
+
+    def checkpoint(self, cutoff_ns: int) -> bool:
+        """Router thread, after release(cutoff_ns): write what the live processes
+        did in each cell that ended by cutoff_ns (its events are all attributed
+        now), so a live session's finished cells are queryable while its kernel
+        runs. Whether any cell was due."""
+        due = False
+        while self.ended_cells and self.ended_cells[0][0] <= cutoff_ns:
+            _end_ns, cell = self.ended_cells.popleft()
+            due = True
+            for fa in self.tracker.checkpoint(cell):
+                if "read" in fa.access and not fa.access & _WRITES and classify(fa.path) == DATA:
+                    self.checkpointed_reads.setdefault(fa.path, set()).add(cell)
+        return due
 
     def release(self, cutoff_ns: int | None = None) -> None:
         """Hand held events up to cutoff_ns (all, when None) to the Tracker."""
@@ -198,7 +218,8 @@ class RunRouter:
         while not self._stop.is_set():
             try:
                 with self._lock:
-                    busy = any(r.kind == "command" for r in self._by_tag.values()) or self._finishing
+                    busy = any(r.kind == "command" or r.ended_cells for r in self._by_tag.values()) \
+                        or self._finishing
                 self._step(self.capture.poll(POLL_MS_BUSY if busy else POLL_MS_IDLE))
                 now = time.monotonic()
                 if now - last_flush >= FLUSH_EVERY_S:
@@ -278,6 +299,7 @@ class RunRouter:
         for live in by_tag.values():
             live.release(cutoff)
             settle(self.capture, live.tracker, self.decoder)
+        self._checkpoint(by_tag.values(), cutoff)
         now = time.monotonic()
         if now - self._snapshot_at >= SNAPSHOT_EVERY_S:
             self._snapshot_at = now
@@ -286,6 +308,17 @@ class RunRouter:
             due = [r for r in self._finishing if r.not_before <= now]
         for req in due:
             self._finish_now(req)
+
+    def _checkpoint(self, runs, cutoff_ns: int) -> None:
+        """Sessions' cells that ended by cutoff_ns: their live processes' records
+        are written and flushed now, not at the next flush (within a second of the
+        cell's end, HOLD_NS after it). A refused flush is counted like the loop's."""
+        if not any([live.checkpoint(cutoff_ns) for live in runs if live.ended_cells]):
+            return
+        try:
+            self.store.flush()
+        except StoreWriteError as e:
+            self._error(e)
 
     def _finish_now(self, req: _Finish) -> None:
         live = req.live

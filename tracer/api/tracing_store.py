@@ -144,6 +144,7 @@ class TracingStore(InMemoryStore):
         live = self._window(report.session_id, cell)
         if live is not None:
             self.db.append(live.rid, S.CELL, _cell_body(cell))
+            self._checkpoint_when_attributed(live, cell)
         return cell
 
     def reap(self) -> None:
@@ -373,6 +374,16 @@ class TracingStore(InMemoryStore):
             execution_count=cell.execution_count, code_sha256=cell.code_sha256,
             status=cell.status, subshell_id=cell.subshell_id))
         return live
+
+    def _checkpoint_when_attributed(self, live: LiveRun, cell: CellRecord) -> None:
+        """Asks the router to write what the session's live processes did in an
+        ended cell once its events are attributed (HOLD_NS after its end): its
+        reads and writes are then queryable while the kernel runs."""
+        key = cell.msg_id or cell.cell_id
+        if key is None or cell.started is None or cell.ended is None or not isinstance(live.policy, KernelCells):
+            return
+        live.ended_cells.append((max(self.clock.utc_to_mono_ns(cell.ended),
+                                     self.clock.utc_to_mono_ns(cell.started)), key))
 
     def _finish(self, run_id: str, exit_code: int | None, wait: bool, reason: str | None = None) -> None:
         live = self._live.pop(run_id, None)  # one finisher only: the client's report or the reaper

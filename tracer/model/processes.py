@@ -148,6 +148,7 @@ class Sink:
     """Where finished records go (the store writer implements this)."""
 
     def on_process(self, proc: Proc) -> None: ...
+    def on_files(self, proc: Proc, files: list[FileAccess]) -> None: ...
     def on_rename(self, rec: RenameRec) -> None: ...
     def on_net(self, rec: NetRec) -> None: ...
     def on_pipe(self, key: tuple[int, int], writers: set[int], readers: set[int]) -> None: ...
@@ -244,6 +245,23 @@ class Tracker(LinkFolding):
             self.sink.on_process(p)
         self.exited.clear()
         self._exited_by_pid.clear()
+
+    def checkpoint(self, cell: str) -> list[FileAccess]:
+        """A finished cell of a live session: hand what the live processes did in
+        `cell` so far to the sink (on_files) and forget it, so that the records
+        written at their exit carry only what came after (I/O on a file the
+        cell left open): nothing is written twice. Returns what was handed over.
+
+        Not on the per-event path: called once per cell end, after the cell's
+        events have been attributed (the daemon's router holds them for that)."""
+        handed: list[FileAccess] = []
+        for p in self.live.values():
+            keys = [key for key, fa in p.files.items() if fa.cell == cell]
+            if keys:
+                files = [p.files.pop(key) for key in keys]
+                self.sink.on_files(p, files)
+                handed += files
+        return handed
 
     def finish_all(self, end_ns: int) -> None:
         """End of tracing: everything still alive is written with no end time."""

@@ -117,6 +117,12 @@ class RunWriter(Sink):
         self.store.append_many(self.rid, S.FILE, [self._file_record(p.pid, fa) for fa in p.files.values()])
         self.files += len(p.files)
 
+    def on_files(self, p: Proc, files: list[FileAccess]) -> None:
+        """File records of a process still alive (a finished cell's, Tracker.checkpoint):
+        the same records as at its exit; its process record comes when it exits."""
+        self.store.append_many(self.rid, S.FILE, [self._file_record(p.pid, fa) for fa in files])
+        self.files += len(files)
+
     def _file_record(self, pid: int, fa: FileAccess) -> tuple[list, str, str | None]:
         """(body, p1, p2) of one FILE record; notes the path for the context collector.
 
