@@ -19,6 +19,7 @@ printed.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import pickle
 import statistics
@@ -72,36 +73,41 @@ class _Recording:
         return self._keep("sweep", self._cap.sweep(pids))
 
 
-def record(out: Path, files: int) -> int:
-    from provtrace.tracer.capture.ebpf import EbpfCapture  # noqa: PLC0415 - root only
+def capture_churn(cap, root: Path, files: int) -> dict:
+    """Trace the churn workload (files files, under root) through TracedCommand
+    with cap, keeping its batches: the document `replay` takes."""
     from provtrace.tracer.runner import TracedCommand  # noqa: PLC0415
 
-    python = sys.executable
-    with tempfile.TemporaryDirectory(prefix="provtrace-hotpath-") as tmp:
-        sizes = FULL.__class__(**{**FULL.__dict__, "churn_files": files})
-        wl = Churn(Path(tmp), sizes, python)
-        wl.setup()
-        cap = EbpfCapture()
-        rec = _Recording(cap)
-        try:
-            store = S.Store(os.path.join(tmp, "rec.db"))
-            argv = wl.command()
-            tc = TracedCommand(argv, store=store, cwd=str(wl.dir), capture=rec)
-            code = tc.run()
-            lost = sum(tc.lost.values())
-        finally:
-            cap.close()
-        if code != 0:
-            print(f"hotpath: the churn workload exited {code}", file=sys.stderr)
-            return 1
-        pid, tag, start_ns = rec.roots[0]
-        doc = {"format": FORMAT, "argv": argv, "cwd": str(wl.dir), "uid": os.getuid(),
-               "root": (pid, tag, start_ns), "created_mask": cap.created_mask,
-               "offset_ns": Clock().offset_ns, "log": rec.log, "lost": lost}
+    sizes = dataclasses.replace(FULL, churn_files=files)
+    wl = Churn(root, sizes, sys.executable)
+    wl.setup()
+    rec = _Recording(cap)
+    store = S.Store(str(root / "record.db"), own_dir=False)
+    argv = wl.command()
+    tc = TracedCommand(argv, store=store, cwd=str(wl.dir), capture=rec)
+    code = tc.run()
+    store.close()
+    if code != 0:
+        raise RuntimeError(f"the churn workload exited {code}")
+    pid, tag, start_ns = rec.roots[0]
+    return {"format": FORMAT, "argv": argv, "cwd": str(wl.dir), "uid": os.getuid(),
+            "root": (pid, tag, start_ns), "created_mask": cap.created_mask,
+            "offset_ns": Clock().offset_ns, "log": rec.log, "lost": sum(tc.lost.values())}
+
+
+def record(out: Path, files: int) -> int:
+    from provtrace.tracer.capture.ebpf import EbpfCapture  # noqa: PLC0415 - root only
+
+    cap = EbpfCapture()
+    try:
+        with tempfile.TemporaryDirectory(prefix="provtrace-hotpath-") as tmp:
+            doc = capture_churn(cap, Path(tmp), files)
+    finally:
+        cap.close()
     with open(out, "wb") as f:
         pickle.dump(doc, f, protocol=pickle.HIGHEST_PROTOCOL)
-    n = sum(len(b) for _, b in rec.log)
-    print(f"recorded {n} ring-buffer records in {len(rec.log)} batches ({lost} lost) -> {out}")
+    n = sum(len(b) for _, b in doc["log"])
+    print(f"recorded {n} ring-buffer records in {len(doc['log'])} batches ({doc['lost']} lost) -> {out}")
     return 0
 
 
