@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import gc
 import os
 import pickle
 import statistics
@@ -131,19 +132,23 @@ def replay(doc: dict, db_path: str, compiled: bool | None = None) -> tuple[S.Sto
     rid = store.new_run("hotpath-replay", {"kind": "command", "backend": "ebpf", "start_us": start_us})
     writer = RunWriter(store, rid, clock, base_us=start_us)
     tracker = Tracker(writer, doc["created_mask"])
-    decoder = Decoder(compiled)
+    decoder = Decoder() if compiled is None else Decoder(compiled)  # (main's Decoder takes no argument)
     tracker.add_root(pid, start_ns, doc["argv"], doc["cwd"], doc["uid"], tag=tag, ppid=1)
     sweeps = [b for what, b in doc["log"] if what == "sweep"]
-    for what, batch in doc["log"]:
-        if what != "batch":
-            continue
-        tracker.handle_all(decoder.decode_all(batch))
-        if tracker.needs_sweep:
-            tracker.handle_all(decoder.decode_all(sweeps.pop(0) if sweeps else []))
-            tracker.needs_sweep.clear()
-        tracker.finish_exited()
-        if store.pending >= FLUSH_ROWS:
-            store.flush()
+    gc.freeze()  # as the run loop does: what was loaded before it is not walked again
+    try:
+        for what, batch in doc["log"]:
+            if what != "batch":
+                continue
+            tracker.handle_all(decoder.decode_all(batch))
+            if tracker.needs_sweep:
+                tracker.handle_all(decoder.decode_all(sweeps.pop(0) if sweeps else []))
+                tracker.needs_sweep.clear()
+            tracker.finish_exited()
+            if store.pending >= FLUSH_ROWS:
+                store.flush()
+    finally:
+        gc.unfreeze()
     for batch in sweeps:  # the sweep after the command ended
         tracker.handle_all(decoder.decode_all(batch))
     tracker.finish_all(Clock.now_mono_ns())
@@ -203,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     n = sum(len(b) for _, b in doc["log"])
     compiled = False if a.pure else None
     print(f"{a.batches}: {n} ring-buffer records, {len(doc['log'])} batches; decoder: "
-          f"{'compiled' if Decoder(compiled).compiled else 'Python'}")
+          f"{'compiled' if getattr(Decoder(), 'compiled', False) and not a.pure else 'Python'}")
     figures = measure(doc, a.reps + (1 if a.profile else 0), a.profile, compiled)
     if figures:
         print(f"us CPU per stored record: min {min(figures):.2f}, median {statistics.median(figures):.2f} "
