@@ -3,7 +3,7 @@
     # once, as root: trace the churn workload and keep its raw batches
     python -m bench.hotpath record --out /tmp/churn.batches [--files 20000]
     # any number of times: replay them into a fresh SQLite store, CPU per stored record
-    python -m bench.hotpath replay /tmp/churn.batches [--reps 5] [--profile]
+    python -m bench.hotpath replay /tmp/churn.batches [--reps 5] [--profile] [--pure] [--sqlite-floor]
 
 `record` runs the churn workload through `provtrace run`'s own TracedCommand,
 with the eBPF capture wrapped so that every batch it hands the consumer (polls,
@@ -190,6 +190,34 @@ def measure(doc: dict, reps: int, profile: bool, compiled: bool | None = None) -
     return per_record
 
 
+def sqlite_floor(doc: dict, reps: int) -> list[float]:
+    """CPU microseconds per record that SQLite alone takes to insert the replay's
+    rows: its paths and records, already hashed, into a fresh store (same
+    schema and pragmas) with one executemany each in one transaction. What no
+    change above the store can take away."""
+    with tempfile.TemporaryDirectory(prefix="provtrace-hotpath-") as tmp:
+        store, rid = replay(doc, os.path.join(tmp, "replay.db"))
+        paths = store.db.execute("SELECT id, path FROM paths ORDER BY id").fetchall()
+        rows = store.db.execute("SELECT rid, kind, p1, p2, body, hash FROM records WHERE rid=? ORDER BY seq",
+                                (rid,)).fetchall()
+        store.close()
+    out = []
+    for i in range(reps):
+        with tempfile.TemporaryDirectory(prefix="provtrace-hotpath-") as tmp:
+            db = S.Store(os.path.join(tmp, "floor.db"), own_dir=False).db
+            t0 = time.process_time()
+            db.execute("BEGIN IMMEDIATE")
+            db.executemany("INSERT INTO paths(id, path) VALUES(?,?)", paths)
+            db.executemany("INSERT INTO records(rid, kind, p1, p2, body, hash) VALUES(?,?,?,?,?,?)", rows)
+            db.execute("COMMIT")
+            cpu = time.process_time() - t0
+            db.close()
+        out.append(cpu * 1e6 / len(rows))
+        print(f"sqlite floor rep {i + 1}: {cpu * 1000:.1f} ms CPU for {len(rows)} records and {len(paths)} "
+              f"paths = {out[-1]:.2f} us/record")
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.hotpath", description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="verb", required=True)
@@ -201,6 +229,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--profile", action="store_true", help="cProfile the first rep (not counted)")
     p.add_argument("--pure", action="store_true", help="decode in Python even when the extension is built")
+    p.add_argument("--sqlite-floor", action="store_true",
+                   help="also time SQLite alone inserting the same rows (the floor under the store)")
     a = ap.parse_args(argv)
     if a.verb == "record":
         return record(a.out, a.files)
@@ -213,6 +243,9 @@ def main(argv: list[str] | None = None) -> int:
     if figures:
         print(f"us CPU per stored record: min {min(figures):.2f}, median {statistics.median(figures):.2f} "
               f"({len(figures)} reps)")
+    if a.sqlite_floor:
+        floor = sqlite_floor(doc, a.reps)
+        print(f"us CPU per record in SQLite alone: min {min(floor):.2f}, median {statistics.median(floor):.2f}")
     return 0
 
 
