@@ -288,6 +288,8 @@ def plan_of(event_cls: type, layout) -> tuple[type, int, tuple]:
     order, naming where its value is in the record. The same rules as the
     Python decoders above: a bool is a nonzero u32, Exec.privileged a flag bit,
     a `str | None` is None when its length is 0."""
+    if hasattr(event_cls, "__post_init__"):  # the compiled decoder fills slots, it runs no __init__
+        raise TypeError(f"{event_cls.__name__} has __post_init__: the compiled decoder would skip it")
     at = _fields_at(layout)
     steps = []
     for f in dataclasses.fields(event_cls):
