@@ -74,7 +74,10 @@ make_venv() {
   fi
 
   stamp=$venv/.provtrace-installed
-  want=$(sha256sum "$here/pyproject.toml" | cut -c1-16)
+  # (re)installed when the packaging or the compiled decoder's source changes,
+  # (pip builds tracer/capture/_decode.c in place; optional: without a compiler
+  # provtrace decodes in Python and `provtrace doctor` says so)
+  want=$(cat "$here/pyproject.toml" "$here/setup.py" "$here/tracer/capture/_decode.c" | sha256sum | cut -c1-16)
   if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] || ! "$py" -c "import provtrace.tracer" 2>/dev/null; then
     vlog "installing provtrace (editable, --no-deps) into $venv"
     # (setuptools warns that editable installs can be shadowed by folders of the

@@ -94,10 +94,22 @@ def diagnose(load_probes: bool = True) -> dict:
             ebpf_ok = False
             checks.append(_check("probes", False, str(e).splitlines()[0],
                                  "run with --debug for the verifier log"))
+    checks.append(_decoder_check())
     ptrace_ok = _ptrace_checks(checks, root)
     usable = (["ebpf"] if ebpf_ok else []) + (["ptrace"] if ptrace_ok else [])
     return {"kernel": rel, "usable_backends": usable, "checks": checks,
             "system": {"os": _os_release(), "packages": debian_packages(target)}}
+
+
+def _decoder_check() -> dict:
+    """Whether the compiled ring-buffer decoder is built (one line either way:
+    without it capture still works, decoding in Python)."""
+    from .capture.decode import COMPILED  # noqa: PLC0415
+
+    if COMPILED:
+        return _check("compiled decoder", True, "capture/_decode.c built: ring-buffer records decoded in C")
+    return _check("compiled decoder", False, "not built: records decoded in Python (same records, more "
+                  "CPU per event); rebuild with gcc and python3-dev present: bash setup.sh")
 
 
 def _ringbuf_check(checks: list[dict]) -> bool:

@@ -443,3 +443,23 @@ def test_failed_opens_round_trip_as_attempts(store):
                     None)]
     assert doc["attempts"][0]["exe"] == "/nonexistent/bin/python3"
     assert doc["attempts"][0]["time"].endswith("Z")
+
+
+@pytest.mark.parametrize("cell, via, directory", [(None, None, False), ("c-1", None, False),
+                                                   (None, {"/l/b", "/l/a"}, False), (None, None, True)])
+def test_file_record_body_is_the_documented_array(store, cell, via, directory):
+    """The writer spells the common file body itself (no list, no encoder): it
+    must be exactly what dumps() writes for BODY_FILE."""
+    from provtrace.tracer.model.processes import FileAccess
+    from provtrace.tracer.store.writer import KIND_CODES, bits_of
+
+    rid = store.new_run("r-body", {"kind": "command"})
+    writer = RunWriter(store, rid, Clock(offset_ns=5_000), base_us=3)
+    fa = FileAccess("/data/x.csv", {"read", "write", "create"}, bytes_read=1 << 40, bytes_written=7,
+                    first_ns=12_345_678, last_ns=99_999_999, cell=cell, via=via, directory=directory)
+    body, p1, p2 = writer._file_record(4242, fa)
+    expect = [4242, bits_of(fa.access), 1 << 40, 7, (12_345_678 + 5_000) // 1000 - 3,
+              (99_999_999 + 5_000) // 1000 - 3, cell, KIND_CODES["data"]]
+    extra = {**({"via": sorted(via)} if via else {}), **({"dir": 1} if directory else {})}
+    assert body == S.dumps(expect + ([extra] if extra else []))
+    assert (p1, p2) == ("/data/x.csv", None)

@@ -5,13 +5,21 @@ off the callback. A record that is short or of unknown type is counted in
 `Decoder.bad` and skipped: one bad record never stops the stream.
 
 This is the consumer's hottest loop (one call per record, ~100,000 for a
-20,000-file churn), so each record type has its own decoding function: one
-precompiled unpack of its fixed fields, then the event built from them. The header comes out of the kernel as pid, tid, tag, ts_ns; events
-put ts_ns first.
+20,000-file churn). It runs compiled when the extension capture/_decode.c is
+built (setup.sh builds it): a plan per record type, made here from the ctypes
+layouts and the event dataclasses, tells it which bytes fill which field, and
+it writes them straight into a new event's slots. Without the extension, or
+for the rare types without a plan (exit, argv, net, resolved), each record
+type has its own Python decoding function: one precompiled unpack of its
+fixed fields, then the event built from them. Both make the same events
+(tests/unit/test_decode_compiled.py). The header comes out of the kernel as
+pid, tid, tag, ts_ns; events put ts_ns first.
 """
 
 from __future__ import annotations
 
+import ctypes as C
+import dataclasses
 import logging
 import os
 import struct
@@ -22,6 +30,13 @@ from ..model import events as E
 from . import layouts as L
 
 log = logging.getLogger(__name__)
+
+try:
+    from . import _decode as _compiled
+except ImportError:  # not built (no compiler when installed): the Python decoders do it all
+    _compiled = None
+
+COMPILED = _compiled is not None
 
 _TYPE = struct.Struct("<I")
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")  # signal->maxrss counts pages
@@ -237,13 +252,85 @@ _MAKERS = {L.EV_FORK: _fork, L.EV_EXEC: _exec, L.EV_EXEC_ARGV: _argv, L.EV_EXIT:
            L.EV_IOURING: _iouring, L.EV_LINK: _link, L.EV_MKDIR: _mkdir, L.EV_RESOLVED: _resolved}
 
 
+# -- plans for the compiled decoder (capture/_decode.c) ----------------------------
+# Step kinds, as enumerated in _decode.c.
+_K_U32, _K_I32, _K_U64, _K_I64, _K_BOOL, _K_MASK, _K_CSTR, _K_OPT_CSTR = range(8)
+_INT_KINDS = {C.c_uint32: _K_U32, C.c_int32: _K_I32, C.c_uint64: _K_U64, C.c_int64: _K_I64}
+# An event's string field -> the layout's (length field, bytes field).
+_STRINGS = {"filename": ("filename_len", "filename"), "path": ("path_len", "path"),
+            "old": ("old_len", "oldpath"), "new": ("new_len", "newpath")}
+# The record types the compiled decoder builds itself: every frequent one.
+_PLANNED = {L.EV_FORK: (E.Fork, L.ForkEvent), L.EV_EXEC: (E.Exec, L.ExecEvent),
+            L.EV_OPEN: (E.Open, L.OpenEvent), L.EV_FDIO: (E.FdIO, L.FdioEvent),
+            L.EV_FDOP: (E.FdOp, L.FdopEvent), L.EV_CHDIR: (E.Chdir, L.ChdirEvent),
+            L.EV_RENAME: (E.Rename, L.RenameEvent), L.EV_UNLINK: (E.Unlink, L.UnlinkEvent),
+            L.EV_TRUNCATE: (E.Truncate, L.TruncateEvent), L.EV_IOURING: (E.IoUring, L.IouringEvent),
+            L.EV_LINK: (E.Link, L.LinkEvent), L.EV_MKDIR: (E.Mkdir, L.MkdirEvent)}
+
+
+def _fields_at(layout) -> dict[str, tuple[int, type]]:
+    """Every field of a layout (the header's flattened in) -> (byte offset, ctype)."""
+    out: dict[str, tuple[int, type]] = {}
+
+    def walk(lay, base: int) -> None:
+        for name, ctype in lay._fields_:
+            off = base + getattr(lay, name).offset
+            if isinstance(ctype, type) and issubclass(ctype, C.Structure):
+                walk(ctype, off)
+            else:
+                out[name] = (off, ctype)
+    walk(layout, 0)
+    return out
+
+
+def plan_of(event_cls: type, layout) -> tuple[type, int, tuple]:
+    """(class, shortest valid record, steps): one step per dataclass field, in
+    order, naming where its value is in the record. The same rules as the
+    Python decoders above: a bool is a nonzero u32, Exec.privileged a flag bit,
+    a `str | None` is None when its length is 0."""
+    if hasattr(event_cls, "__post_init__"):  # the compiled decoder fills slots, it runs no __init__
+        raise TypeError(f"{event_cls.__name__} has __post_init__: the compiled decoder would skip it")
+    at = _fields_at(layout)
+    steps = []
+    for f in dataclasses.fields(event_cls):
+        if event_cls is E.Exec and f.name == "privileged":
+            steps.append((_K_MASK, at["flags"][0], L.EXEC_PRIVILEGED, f.name))
+        elif f.name in _STRINGS and f.type in ("str", "str | None"):
+            length, tail = _STRINGS[f.name]
+            kind = _K_CSTR if f.type == "str" else _K_OPT_CSTR
+            steps.append((kind, at[length][0], at[tail][0], f.name))
+        else:
+            off, ctype = at[f.name]
+            steps.append((_K_BOOL if f.type == "bool" else _INT_KINDS[ctype], off, 0, f.name))
+    return event_cls, L.prefix_of(layout).fmt.size, tuple(steps)
+
+
+_plans = None
+
+
+def _compiled_plans():
+    global _plans
+    if _plans is None:
+        _plans = _compiled.compile({t: plan_of(cls, lay) for t, (cls, lay) in _PLANNED.items()})
+    return _plans
+
+
 class Decoder:
-    def __init__(self) -> None:
+    """compiled: None uses the extension when it is built; False never; True
+    insists (RuntimeError when it is not built)."""
+
+    def __init__(self, compiled: bool | None = None) -> None:
         self.bad = 0
         self._by_type: dict[int, Decode] = {t: make() for t, make in _MAKERS.items()}
+        if compiled and not COMPILED:
+            raise RuntimeError("the compiled decoder (capture/_decode.c) is not built; run setup.sh")
+        self.compiled = COMPILED if compiled is None else compiled
+        self._plans = _compiled_plans() if self.compiled else None
 
     def decode_all(self, records: Iterable[bytes]) -> list[E.Event]:
         """The events of records, in order; bad records are counted and left out."""
+        if self._plans is not None:
+            return _compiled.decode_all(self._plans, records, self._slow)
         out: list[E.Event] = []
         append = out.append
         by_type = self._by_type
@@ -256,6 +343,14 @@ class Decoder:
             except (KeyError, struct.error):
                 self._bad(rec)
         return out
+
+    def _slow(self, rec: bytes) -> E.Event | None:
+        """One record the compiled decoder left to Python; None when it is bad."""
+        try:
+            return self._by_type[_TYPE.unpack_from(rec)[0]](rec)
+        except (KeyError, struct.error):
+            self._bad(rec)
+            return None
 
     def decode(self, buf: bytes) -> E.Event | None:
         out = self.decode_all((buf,))

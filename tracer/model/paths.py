@@ -79,17 +79,16 @@ def classify(path: str, *, mapped_exec: bool = False) -> str:
 
     Looks at the filesystem for one thing: whether a directory above path is
     a Python environment (see env_root); the answer is cached per directory."""
-    name = posixpath.basename(path)
+    name = path.rpartition("/")[2]  # posixpath.basename, without its call
     if mapped_exec or path.endswith(".so") or ".so." in name:
         return LIBRARY
     if path.startswith(_TEMP_PREFIXES):  # before /dev/: /dev/shm is temp
         return TEMP
     if path in _SYSTEM_EXACT or path.startswith(_SYSTEM_PREFIXES):
         return SYSTEM
-    if any(part in path for part in _SYSTEM_PARTS) or name.endswith(_FONT_SUFFIXES) \
-            or _KERNEL_JSON.fullmatch(name):
+    if _SYSTEM_PARTS_RE.search(path) or name.endswith(_FONT_SUFFIXES) or _KERNEL_JSON.fullmatch(name):
         return SYSTEM
-    if path.startswith(_LIBRARY_PREFIXES) or any(part in path for part in _LIBRARY_PARTS):
+    if path.startswith(_LIBRARY_PREFIXES) or _LIBRARY_PARTS_RE.search(path):
         return LIBRARY
     if path.endswith((".pyc", ".pyo")):
         return LIBRARY
@@ -108,6 +107,11 @@ def _in_environment(path: str) -> bool:
     rest = path[len(root):].lstrip("/")
     return rest.split("/", 1)[0] in _ENV_PARTS
 
+
+# The substring tests of classify() as one scan each (a generator over the
+# tuples costs more than the rest of classify on a small-file workload).
+_SYSTEM_PARTS_RE = re.compile("|".join(map(re.escape, _SYSTEM_PARTS)))
+_LIBRARY_PARTS_RE = re.compile("|".join(map(re.escape, _LIBRARY_PARTS)))
 
 _env_roots: dict[str, str | None] = {}
 

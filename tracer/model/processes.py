@@ -21,6 +21,7 @@ from typing import NamedTuple
 
 from . import events as E
 from .links import O_TMPFILE, DirRec, LinkFolding, LinkRec
+from .paths import _norm as _normalize  # resolve() of an absolute path, one call less
 from .paths import resolve
 
 log = logging.getLogger(__name__)
@@ -341,7 +342,7 @@ class Tracker(LinkFolding):
 
     def _resolve_at(self, p: Proc, dirfd: int, path: str) -> str | None:
         if path.startswith("/"):
-            return resolve(None, path)
+            return _normalize(path)
         if dirfd == AT_FDCWD:
             base = p.cwd
         else:
@@ -445,7 +446,7 @@ class Tracker(LinkFolding):
         p.fds[ev.fd] = FdEntry(path, kind, ev.ino, ev.dev, bool(flags & O_CLOEXEC), flags)
         if kind == "dir" or path is None:
             return
-        fa = self._access(p, path, ev)
+        fa = p.access(path, ev.ts_ns) if self._own_cells else self._access(p, path, ev)
         if used is not None:
             if fa.via is None:
                 fa.via = set()
@@ -493,7 +494,8 @@ class Tracker(LinkFolding):
             if ev.nreads:
                 r.add(p.pid)
         elif entry.path is not None and entry.kind in ("file", "device", "dir"):  # dir: getdents
-            fa = self._access(p, entry.path, ev, ev.first_ts_ns or ev.ts_ns)
+            ts_ns = ev.first_ts_ns or ev.ts_ns
+            fa = p.access(entry.path, ts_ns) if self._own_cells else self._access(p, entry.path, ev, ts_ns)
             if ev.ts_ns > fa.last_ns:
                 fa.last_ns = ev.ts_ns
             if ev.nreads:

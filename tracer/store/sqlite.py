@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import sqlite3
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -97,7 +98,9 @@ def dumps(obj: object) -> str:
 
 
 class Pending(NamedTuple):
-    """A record queued for the next flush (body already serialised)."""
+    """A record queued for the next flush (body already serialised). The queue
+    holds plain tuples of these fields (a NamedTuple costs a Python-level call
+    to build, once per record); this names them."""
 
     rid: int
     kind: int
@@ -122,6 +125,8 @@ def out_of_space(exc: BaseException) -> bool:
             any(w in str(exc) for w in ("disk is full", "disk I/O error"))
     return isinstance(exc, OSError) and exc.errno in _FULL_ERRNOS
 
+
+_FS_ENCODING, _FS_ERRORS = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()
 
 # Most placeholders one SELECT ... IN (...) takes when looking up new path ids
 # (SQLite's limit is 32766 since 3.32, 999 before).
@@ -170,7 +175,7 @@ class Store:
             raise cls(f"cannot open store {path}: {e}") from e
         # path -> (paths.id, the path's bytes): each name is encoded and looked up once
         self._path_ids: dict[str, tuple[int, bytes]] = {}
-        self._pending: list[Pending] = []
+        self._pending: list[tuple] = []  # Pending's fields
         # rid -> records that a failed write dropped; end_run marks the run incomplete
         self.lost_records: dict[int, int] = {}
         self.write_error: str | None = None  # the last failed write's message, until one succeeds
@@ -221,11 +226,11 @@ class Store:
     def append(self, rid: int, kind: int, body: object, p1: str | None = None, p2: str | None = None) -> None:
         """Queue a record; it reaches the file at the next flush()."""
         with self._lock:
-            self._pending.append(Pending(rid, kind, p1, p2, body if isinstance(body, str) else dumps(body)))
+            self._pending.append((rid, kind, p1, p2, body if isinstance(body, str) else dumps(body)))
 
     def append_many(self, rid: int, kind: int, items: list[tuple[object, str | None, str | None]]) -> None:
         """Queue several records of one kind: (body, p1, p2) each, in order."""
-        batch = [Pending(rid, kind, p1, p2, body if isinstance(body, str) else dumps(body))
+        batch = [(rid, kind, p1, p2, body if isinstance(body, str) else dumps(body))
                  for body, p1, p2 in items]
         with self._lock:
             self._pending.extend(batch)
@@ -249,8 +254,8 @@ class Store:
                     self._append_now(batch)
             except _WRITE_ERRORS as e:
                 for r in batch:
-                    self.lost_records[r.rid] = self.lost_records.get(r.rid, 0) + 1
-                rids = sorted({r.rid for r in batch})
+                    self.lost_records[r[0]] = self.lost_records.get(r[0], 0) + 1
+                rids = sorted({r[0] for r in batch})
                 raise self._write_failed(e, f"{len(batch)} records of run index {rids[:5]}") from e
             self.write_error = None
             return len(batch)
@@ -309,12 +314,12 @@ class Store:
         transaction, so no other writer can take the ids handed out here."""
         known = self._path_ids
         # first-seen order, so ids are handed out as the records name them
-        new = dict.fromkeys(p for r in batch for p in (r.p1, r.p2) if p is not None and p not in known)
+        new = dict.fromkeys(p for r in batch for p in (r[2], r[3]) if p is not None and p not in known)
         if not new:
             return
         by_raw: dict[bytes, list[str]] = {}
-        for path in new:
-            by_raw.setdefault(os.fsencode(path), []).append(path)
+        for path in new:  # str.encode as os.fsencode does it, without its call per name
+            by_raw.setdefault(path.encode(_FS_ENCODING, _FS_ERRORS), []).append(path)
         missing = dict.fromkeys(by_raw)  # names not in the table yet (another run may have them)
         raws = list(by_raw)
         for i in range(0, len(raws), _IN_CHUNK):

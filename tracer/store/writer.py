@@ -123,20 +123,24 @@ class RunWriter(Sink):
         self.store.append_many(self.rid, S.FILE, [self._file_record(p.pid, fa) for fa in files])
         self.files += len(files)
 
-    def _file_record(self, pid: int, fa: FileAccess) -> tuple[list, str, str | None]:
+    def _file_record(self, pid: int, fa: FileAccess) -> tuple[str, str, str | None]:
         """(body, p1, p2) of one FILE record; notes the path for the context collector.
 
         Called once per (process, path): tens of thousands of times on a
         small-file workload, hence the times converted inline (as rel())."""
         path, access, off, base = fa.path, fa.access, self.clock.offset_ns, self.base_us
-        body = [pid, bits_of(access), fa.bytes_read, fa.bytes_written,
-                (fa.first_ns + off) // 1000 - base, (fa.last_ns + off) // 1000 - base, fa.cell,
-                KIND_CODES[SYSTEM if path in self.stdio else classify(path, mapped_exec=fa.mapped_exec)]]
-        extra = {**({"via": sorted(fa.via)} if fa.via else {}), **({"dir": 1} if fa.directory else {})}
-        if extra:
-            body.append(extra)
+        bits = bits_of(access)
+        kind = KIND_CODES[SYSTEM if path in self.stdio else classify(path, mapped_exec=fa.mapped_exec)]
+        first, last = (fa.first_ns + off) // 1000 - base, (fa.last_ns + off) // 1000 - base
+        if fa.cell is None and not fa.via and not fa.directory:
+            # the common body, written as dumps() writes it, without building the list
+            body = f'[{pid},{bits},{fa.bytes_read},{fa.bytes_written},{first},{last},null,"{kind}"]'
+        else:
+            extra = {**({"via": sorted(fa.via)} if fa.via else {}), **({"dir": 1} if fa.directory else {})}
+            body = S.dumps([pid, bits, fa.bytes_read, fa.bytes_written, first, last, fa.cell, kind,
+                            *((extra,) if extra else ())])
         self._note(self.touched, self.mapped, self.execd, path, access)
-        if body[1] & _WRITE_BITS and fa.last_ns > self.written.get(path, -1):
+        if bits & _WRITE_BITS and fa.last_ns > self.written.get(path, -1):
             self.written[path] = fa.last_ns
         if fa.cell is not None:
             self._note(*self.by_cell.setdefault(fa.cell, (set(), set(), set())), path, access)
