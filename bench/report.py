@@ -267,9 +267,9 @@ def offered_check(flood: dict) -> dict:
     verdict = offered_verdict(offered, lost)
     note = None
     if offered is not None:
-        note = (f"{flood.get('procs')} generators, {flood.get('mode')}: offered {offered:,.0f} syscalls/s traced "
-                f"({base:,.0f}/s untraced)" if base is not None else
-                f"{flood.get('procs')} generators: offered {offered:,.0f} syscalls/s traced")
+        paced = f"paced to {flood['paced_rate']:,}/s" if flood.get("paced_rate") else "unpaced"
+        note = (f"{flood.get('procs')} generators ({flood.get('mode')}, {paced}): offered {offered:,.0f} "
+                f"syscalls/s traced" + (f" (unpaced and untraced: {base:,.0f}/s)" if base is not None else ""))
         if lost is not None:
             note += f", {lost:,} lost"
         if verdict == COULD_NOT_OFFER:

@@ -4,9 +4,10 @@ The ceiling search runs bench/gen/sysgen.c (compiled here with gcc) pinned to
 one CPU with taskset, at increasing fixed rates under provtrace's eBPF backend,
 and keeps the highest rate that was both reached and reported lost_events == 0.
 
-The flood (issue 15) runs one unpaced sysgen per CPU at once, untraced and
-then under each provtrace configuration, and reports the rate the generators
-themselves counted beside provtrace's lost_events.
+The flood (issue 15) runs one sysgen per CPU at once: unpaced and untraced
+first (what this machine can offer at all), then paced to a total just above
+1,000,000 syscalls/s under each provtrace configuration, and reports the rate
+the generators themselves counted beside provtrace's lost_events.
 """
 
 from __future__ import annotations
@@ -130,13 +131,17 @@ def _gen_json(stdout: str) -> dict:
 
 # One unpaced generator per CPU, started together by one shell (so every one of
 # them is a traced descendant of the command provtrace runs).
-FLOOD_SCRIPT = 'i=0; while [ $i -lt "$1" ]; do "$0" "$2" 0 "$3" "$4" & i=$((i+1)); done; wait'
+FLOOD_SCRIPT = 'i=0; while [ $i -lt "$1" ]; do "$0" "$2" "$5" "$3" "$4" & i=$((i+1)); done; wait'
+# Paced 2 % above the target, so that a machine able to offer 1,000,000/s
+# reaches it despite the generator's pacing granularity.
+FLOOD_RATE = 1_020_000
 
 
 def flood(cfgs: list[configs.Config], gen: Path, procs: int, seconds: float, workdir: Path,
-          quiet: dict, mode: str = "openclose") -> list[dict]:
-    """Offer syscalls as fast as `procs` generators can, untraced and then under each configuration.
+          quiet: dict, mode: str = "openclose", rate: int = FLOOD_RATE) -> list[dict]:
+    """Offer `rate` syscalls/s from `procs` generators under each configuration (0: unpaced).
 
+    The untraced run is always unpaced: the most this machine can offer.
     openclose is the mode whose every syscall the probes act on: each openat
     emits an open record, the read is counted into it and the close flushes it.
     The offered rate is the sum of the generators' own counts per second, so it
@@ -147,24 +152,27 @@ def flood(cfgs: list[configs.Config], gen: Path, procs: int, seconds: float, wor
     if not data.exists():
         with open(data, "wb") as f:
             f.truncate(64 << 20)
-    argv = ["/bin/sh", "-c", FLOOD_SCRIPT, str(gen), str(procs), mode, str(seconds), str(data)]
-    base_cfg = configs.Config(cfgs[0].ctx) if cfgs else None
+    def argv(total: int) -> list[str]:
+        each = -(-total // procs)  # ceil: the generators together offer at least `total`
+        return ["/bin/sh", "-c", FLOOD_SCRIPT, str(gen), str(procs), mode, str(seconds), str(data), str(each)]
+
     untraced = None
-    if base_cfg is not None:
-        _, _, out = _run_wrapped(base_cfg, argv, workdir / "flood-untraced", seconds + 60, quiet)
+    if cfgs:
+        _, _, out = _run_wrapped(configs.Config(cfgs[0].ctx), argv(0), workdir / "flood-untraced", seconds + 60,
+                                 quiet)
         untraced = offered_rate(out, procs)
     results = []
     for cfg in cfgs:
-        res, rec, out = _run_wrapped(cfg, argv, workdir / f"flood-{cfg.name}", seconds + 600, quiet)
-        rate = offered_rate(out, procs)
+        res, rec, out = _run_wrapped(cfg, argv(rate), workdir / f"flood-{cfg.name}", seconds + 600, quiet)
+        offered = offered_rate(out, procs)
         error = None
-        if res.exit_code != 0 or rate is None:
+        if res.exit_code != 0 or offered is None:
             error = (measure.last_line(res.stderr_tail) or rec.detail.get("error")
                      or f"{procs} generators printed no complete result")
         elif rec.lost is None:
             error = rec.detail.get("error", "no lost_events reported")
         results.append({"config": cfg.name, "mode": mode, "procs": procs, "seconds": seconds,
-                        "offered_rate": rate, "untraced_rate": untraced, "lost": rec.lost,
+                        "paced_rate": rate, "offered_rate": offered, "untraced_rate": untraced, "lost": rec.lost,
                         "emitted": rec.emitted, "complete": rec.complete, "exit_code": res.exit_code,
                         "wall_s": res.wall_s, "error": error})
     return results
