@@ -279,6 +279,7 @@ class ProvtraceDaemon(_Provtrace):
         self.daemon: measure.Background | None = None
         self.dir = ctx.workdir / "daemon"
         self.socket = self.dir / "provtrace.sock"
+        self._label: str | None = None  # of the run argv() last built; after_run reads it back
 
     def _socket_ready(self) -> bool:
         try:
@@ -320,7 +321,7 @@ class ProvtraceDaemon(_Provtrace):
         return [self.ctx.provtrace, "run", "--socket", str(self.socket), *label, "--", *wl.command()]
 
     def after_run(self, rundir: Path) -> Records:
-        rec = self._read_back(rundir) if getattr(self, "_label", None) else Records()
+        rec = self._read_back(rundir) if self._label else Records()
         self.wait_detached()
         return rec
 

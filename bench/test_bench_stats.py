@@ -336,3 +336,18 @@ def test_datawork_program_does_what_it_says(tmp_path):
     assert files[0].read_text().startswith("store,")
     top = (root / "top.txt").read_text().split()
     assert len(top) == 16 and set(top[1::2]) == set("ABCDEFGH")  # counts of the 8 products
+
+
+def test_daemon_config_times_the_run_without_json_out_and_labels_it(tmp_path):
+    ctx = configs.Context(workdir=tmp_path, python=sys.executable, provtrace="provtrace", allow_install=False)
+    cfg = configs.ProvtraceDaemon(ctx)
+    wl = workloads.build(["exec"], tmp_path, workloads.QUICK, sys.executable)[0]
+    argv = cfg.argv(wl, tmp_path / "exec-provtrace-daemon-0")
+    assert "--json-out" not in argv
+    assert argv[:4] == ["provtrace", "run", "--socket", str(cfg.socket)]
+    label = argv[argv.index("--label") + 1]
+    assert label.startswith("bench:exec-provtrace-daemon-0:") and cfg._label == label
+    assert argv[argv.index("--") + 1:] == wl.command()
+    # start-up timing: exactly `provtrace run --socket S -- true`, nothing to read back
+    argv = cfg.argv(throughput._Command(["true"], tmp_path, records=False), tmp_path)
+    assert argv == ["provtrace", "run", "--socket", str(cfg.socket), "--", "true"] and cfg._label is None
