@@ -229,14 +229,19 @@ REPORTED = "reported (no target)"
 COULD_NOT_OFFER = f"could not offer {OFFERED_TARGET:,}/s"
 
 
-def floor_gap_check(wl: str, daemon: dict | None, floor: dict | None) -> dict:
-    """Daemon wall ratio minus the hook floor's, same run: at most +FLOOR_MARGIN."""
+def floor_gap_check(wl: str, daemon: dict | None, floor: dict | None, skipped: str | None = None) -> dict:
+    """Daemon wall ratio minus the hook floor's, same run: at most +FLOOR_MARGIN.
+
+    skipped: why the workload could not be set up, if it could not.
+    """
     d = ((daemon or {}).get("wall_ratio") or {}).get("med")
     f = ((floor or {}).get("wall_ratio") or {}).get("med")
     value = None if d is None or f is None else d - f
     reason = None
     if value is None:
-        if daemon is None and floor is None:
+        if skipped:
+            reason = f"workload skipped: {skipped}"
+        elif daemon is None and floor is None:
             reason = "workload not run in this bench (--workloads)"
         else:
             side, row = (DAEMON, daemon) if d is None else (FLOOR, floor)
@@ -283,16 +288,18 @@ def offered_check(flood: dict) -> dict:
 
 
 def issue15_checks(rows: list[dict], startup: dict | None, floods: list[dict] | None,
-                   probe_load: dict | None) -> list[dict]:
+                   probe_load: dict | None, skipped: dict[str, str] | None = None) -> list[dict]:
     """The targets of issue 15, each with a value and a verdict; [] when the daemon was not selected.
 
-    startup, floods or probe_load None means that phase was skipped on purpose.
+    startup, floods or probe_load None means that phase was skipped on purpose;
+    skipped maps a workload that could not be set up to the reason.
     """
+    skipped = skipped or {}
     row_of = {(r["workload"], r["config"]): r for r in rows}
     configs = {r["config"] for r in rows}
     if DAEMON not in configs:
         return []
-    checks = [floor_gap_check(wl, row_of.get((wl, DAEMON)), row_of.get((wl, FLOOR)))
+    checks = [floor_gap_check(wl, row_of.get((wl, DAEMON)), row_of.get((wl, FLOOR)), skipped.get(wl))
               for wl in ISSUE15_WORKLOADS]
     for cfg in (DAEMON, STANDALONE):
         mine = [r for r in rows if r["config"] == cfg]

@@ -246,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = report.summarize(samples, names_wl, names_cfg, unavailable, offsets)
     ebpf_cfgs = [c.name for c in all_cfgs if c.ebpf]
     checks = report.evaluate_targets(rows, startup, ceilings, ebpf_cfgs, unavailable)
-    checks15 = report.issue15_checks(rows, startup, floods, probe_load)
+    checks15 = report.issue15_checks(rows, startup, floods, probe_load, skipped)
 
     meta = {
         "started_utc": stamp, "host": platform.node(), "kernel": platform.release(),
@@ -358,8 +358,8 @@ def _measure_flood(by_name: dict, unavailable: dict, args, workdir: Path, quiet_
     except throughput.GeneratorError as e:
         return [{"config": c.name, "offered_rate": None, "lost": None, "error": str(e)} for c in cfgs]
     procs, seconds = os.cpu_count() or 1, 2.0 if args.quick else 5.0
-    log.info("flood: %d unpaced generators for %g s, untraced then via %s", procs, seconds,
-             ", ".join(c.name for c in cfgs))
+    log.info("flood: %d generators for %g s, unpaced untraced, then paced to %d/s via %s", procs, seconds,
+             throughput.FLOOD_RATE, ", ".join(c.name for c in cfgs))
     return missing + throughput.flood(cfgs, gen, procs, seconds, workdir / "flood", quiet_kw)
 
 

@@ -232,6 +232,9 @@ def test_issue15_floor_gap_is_daemon_minus_floor_wall_ratio_within_003():
     assert set(checks) >= set(report.ISSUE15_WORKLOADS)
     assert checks["datawork"]["verdict"] == "MISSED target (not measured)"
     assert checks["datawork"]["why"] == "workload not run in this bench (--workloads)"
+    checks = {c["figure"].split(":")[0]: c
+              for c in report.issue15_checks(rows, None, None, None, {"notebook": "needs pandas"})}
+    assert checks["notebook"]["why"] == "workload skipped: needs pandas"
 
 
 def test_issue15_floor_gap_names_the_missing_side():
