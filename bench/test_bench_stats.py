@@ -270,6 +270,9 @@ def test_issue15_lost_and_startup_verdicts():
     assert "1200 ms" in standalone["note"] and "compile and load the probes" in standalone["note"]
     text = report.format_targets(checks)
     assert "1600 ms" in text and "1200 ms" in text
+    # the exec row's untraced wall is 1.0 s, so a 140 ms start-up is +0.140 of the gap
+    gap = [c for c in checks if c["figure"].startswith("exec:")][0]
+    assert "140 ms) is +0.140 of it" in gap["note"]
     startup["provtrace-daemon"]["median_s"] = 0.151
     by = {(c["config"], c["figure"].split(" ")[0]): c for c in report.issue15_checks(rows, startup, None, None)}
     assert by[("provtrace-daemon", "start-up")]["verdict"] == "MISSED target"
