@@ -44,8 +44,8 @@ examples:
       more repetitions, results in /tmp/bench-a
   .venv/bin/python -m bench.run --quick --skip-ceiling --skip-startup --workdir /var/tmp
       overhead only, workload data on disk instead of tmpfs
-  .venv/bin/python -m bench.run --configs provtrace-daemon,provtrace-ebpf,ebpf-hook-floor
-      the targets of issue 15 in one run: every workload, daemon against the hook floor
+  .venv/bin/python -m bench.run --configs provtrace-daemon,provtrace-ebpf,ebpf-hook-floor --skip-ceiling
+      the targets of issue 15 in one run: every workload, daemon against the hook floor, the flood
 
 configurations: """ + ", ".join(configs.NAMES) + """
 workloads:      """ + ", ".join(workloads.NAMES) + """
