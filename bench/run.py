@@ -4,9 +4,10 @@ Runs every workload under every configuration, interleaved, with the order
 rotated per repetition and a wait for a quiet machine before each run. Prints
 paired medians of wall and CPU time as ratios to the untraced run (min and max
 beside them), records and lost events, tracer RSS; the start-up cost of
-`provtrace run -- true`; the zero-loss syscall-rate ceiling; and a verdict per
-target of issue 5 ("MISSED target" where one is missed). Saves results.json,
-table.txt and plot.png under --out.
+`provtrace run -- true`; the zero-loss syscall-rate ceiling; the flood (one
+unpaced syscall generator per CPU, traced); and a verdict per target of issues
+5 and 15 ("MISSED target" where one is missed). Saves results.json, table.txt
+and plot.png under --out.
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ examples:
       more repetitions, results in /tmp/bench-a
   .venv/bin/python -m bench.run --quick --skip-ceiling --skip-startup --workdir /var/tmp
       overhead only, workload data on disk instead of tmpfs
+  .venv/bin/python -m bench.run --configs provtrace-daemon,provtrace-ebpf,ebpf-hook-floor --skip-ceiling
+      the targets of issue 15 in one run: every workload, daemon against the hook floor, the flood
 
 configurations: """ + ", ".join(configs.NAMES) + """
 workloads:      """ + ", ".join(workloads.NAMES) + """
@@ -79,6 +82,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--quiet-cap", type=float, help="longest wait for quiet, s (default 3 quick, 10 full)")
     p.add_argument("--skip-startup", action="store_true", help="do not measure `provtrace run -- true`")
     p.add_argument("--skip-ceiling", action="store_true", help="do not search the syscall-rate ceiling")
+    p.add_argument("--skip-flood", action="store_true",
+                   help="do not offer the syscall flood (one unpaced generator per CPU, issue 15)")
     p.add_argument("--no-install", action="store_true", help="never apt-get/pip install a missing peer")
     p.add_argument("--keep-workdir", action="store_true", help="keep data, stores and traces of every run")
     p.add_argument("-v", "--verbose", action="store_true", help="log each run's command line")
@@ -205,6 +210,8 @@ def main(argv: list[str] | None = None) -> int:
     samples: list[dict] = []
     startup: dict | None = None if args.skip_startup else {}  # None: skipped on purpose
     ceilings: list[dict] | None = None if args.skip_ceiling else []
+    floods: list[dict] | None = None if args.skip_flood else []
+    probe_load: dict | None = None
     try:
         cfgs, unavailable = _prepare_configs(all_cfgs)
         runs_dir = workdir / "runs"
@@ -217,8 +224,12 @@ def main(argv: list[str] | None = None) -> int:
         by_name = {c.name: c for c in cfgs}
         if not args.skip_startup:
             startup = _guarded("start-up", _measure_startup, by_name, unavailable, args, workdir, quiet_kw) or {}
+            if "provtrace-ebpf" in by_name:
+                probe_load = _guarded("probe load", _measure_probe_load, args)
         if not args.skip_ceiling:
             ceilings = _guarded("ceiling", _measure_ceiling, by_name, unavailable, args, workdir, quiet_kw) or []
+        if not args.skip_flood:
+            floods = _guarded("flood", _measure_flood, by_name, unavailable, args, workdir, quiet_kw) or []
     except KeyboardInterrupt:
         log.warning("interrupted: reporting what was measured")
     finally:
@@ -235,6 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = report.summarize(samples, names_wl, names_cfg, unavailable, offsets)
     ebpf_cfgs = [c.name for c in all_cfgs if c.ebpf]
     checks = report.evaluate_targets(rows, startup, ceilings, ebpf_cfgs, unavailable)
+    checks15 = report.issue15_checks(rows, startup, floods, probe_load, skipped)
 
     meta = {
         "started_utc": stamp, "host": platform.node(), "kernel": platform.release(),
@@ -245,12 +257,13 @@ def main(argv: list[str] | None = None) -> int:
         "quiet": quiet_kw, "elapsed_s": time.monotonic() - started,
         "data_dir": str(datadir), "store_dir": str(workdir),
     }
-    text = _render(meta, rows, startup, ceilings, checks)
+    text = _render(meta, rows, startup, ceilings, checks, checks15)
     print(text)
     (out / "table.txt").write_text(text + "\n")
     report.save_json(out / "results.json", {"schema": "provtrace.bench/1", "meta": meta, "samples": samples,
                                             "rows": rows, "startup": startup, "ceilings": ceilings,
-                                            "targets": checks})
+                                            "probe_load": probe_load, "floods": floods,
+                                            "targets": checks, "targets_issue15": checks15})
     try:
         report.plot(rows, out / "plot.png", f"provtrace bench {stamp} on {meta['host']} ({meta['kernel']}), "
                                             f"{args.reps} reps{' quick' if args.quick else ''}")
@@ -286,6 +299,11 @@ def _guarded(what: str, fn, *args):
         if what == "ceiling":
             return [{"mode": "openclose", "config": "provtrace-ebpf", "error": f"{type(e).__name__}: {e}",
                      "bound": f"harness error: {e}"}]
+        if what == "flood":
+            return [{"config": "provtrace-daemon", "offered_rate": None, "lost": None,
+                     "error": f"harness error: {type(e).__name__}: {e}"}]
+        if what == "probe load":
+            return {"n": 0, "compile_load_s": None, "error": f"harness error: {type(e).__name__}: {e}"}
         return {"provtrace-ebpf": {"n": 0, "median_s": None, "error": f"harness error: {e}"}}
 
 
@@ -322,7 +340,31 @@ def _measure_ceiling(by_name: dict, unavailable: dict, args, workdir: Path, quie
     return out
 
 
-def _render(meta: dict, rows: list[dict], startup: dict, ceilings: list[dict], checks: list[dict]) -> str:
+def _measure_probe_load(args) -> dict:
+    n = 3 if args.quick else 5
+    log.info("start-up: bcc compile+load of the probes alone x %d", n)
+    return throughput.probe_load(sys.executable, n, Path(__file__).resolve().parent.parent)
+
+
+def _measure_flood(by_name: dict, unavailable: dict, args, workdir: Path, quiet_kw: dict) -> list[dict]:
+    names = ("provtrace-daemon", "provtrace-ebpf")
+    cfgs = [by_name[n] for n in names if n in by_name]
+    missing = [{"config": n, "offered_rate": None, "lost": None, "error": unavailable[n]}
+               for n in names if n in unavailable]
+    if not cfgs:
+        return missing
+    try:
+        gen = throughput.compile_generator(workdir)
+    except throughput.GeneratorError as e:
+        return [{"config": c.name, "offered_rate": None, "lost": None, "error": str(e)} for c in cfgs]
+    procs, seconds = os.cpu_count() or 1, 2.0 if args.quick else 5.0
+    log.info("flood: %d generators for %g s, unpaced untraced, then paced to %d/s via %s", procs, seconds,
+             throughput.FLOOD_RATE, ", ".join(c.name for c in cfgs))
+    return missing + throughput.flood(cfgs, gen, procs, seconds, workdir / "flood", quiet_kw)
+
+
+def _render(meta: dict, rows: list[dict], startup: dict, ceilings: list[dict], checks: list[dict],
+            checks15: list[dict]) -> str:
     parts = [
         f"provtrace bench {meta['started_utc']}  host {meta['host']}  kernel {meta['kernel']}  "
         f"{meta['cpus']} CPUs  reps {meta['reps']}{'  (quick)' if meta['quick'] else ''}",
@@ -343,6 +385,8 @@ def _render(meta: dict, rows: list[dict], startup: dict, ceilings: list[dict], c
     if ceilings:
         parts += ["", "throughput ceiling (eBPF backend, generator pinned to one CPU):", report.format_ceilings(ceilings)]
     parts += ["", "targets (issue 5):", report.format_targets(checks) or "  (no provtrace eBPF configuration selected)",
+              "", "targets (issue 15: through the daemon, wall time, against ebpf-hook-floor in this run):",
+              report.format_targets(checks15) or "  (provtrace-daemon not selected)",
               "", f"elapsed {meta['elapsed_s']:.0f} s"]
     return "\n".join(parts)
 

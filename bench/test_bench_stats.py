@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import configs, hookfloor, measure, report
+from bench import configs, hookfloor, measure, report, throughput, workloads
 
 
 def _sample(wl, cfg, rep, wall, cpu=None, lost=None, exit_code=0, **kw):
@@ -200,3 +200,160 @@ def test_capture_off_config_sets_the_environment_of_its_runs():
     assert names.index("provtrace-ebpf-before") == names.index("provtrace-ebpf") + 1
     assert configs.ProvtraceEbpfBefore.env == {"PROVTRACE_CAPTURE_OFF": "failed-opens,dir-reads"}
     assert configs.Config.env == {} and not configs.ProvtraceEbpfBefore.ebpf
+
+
+# ---------------------------------------------------------------- issue 15
+
+
+def _rows15(daemon: dict[str, float], floor: dict[str, float], lost: int = 0, standalone: float | None = None):
+    """Rows of one rep: untraced wall 1.0, so each wall ratio is the given wall time."""
+    samples = []
+    for wl in set(daemon) | set(floor):
+        samples.append(_sample(wl, "untraced", 0, 1.0))
+        if wl in daemon:
+            samples.append(_sample(wl, "provtrace-daemon", 0, daemon[wl], lost=lost))
+        if wl in floor:
+            samples.append(_sample(wl, "ebpf-hook-floor", 0, floor[wl], lost=0))
+        if standalone is not None:
+            samples.append(_sample(wl, "provtrace-ebpf", 0, standalone, lost=0))
+    cfgs = ["untraced", "provtrace-ebpf", "provtrace-daemon", "ebpf-hook-floor"]
+    return report.summarize(samples, sorted(set(daemon) | set(floor)), cfgs, {})
+
+
+def test_issue15_floor_gap_is_daemon_minus_floor_wall_ratio_within_003():
+    rows = _rows15({"stream": 1.12, "churn": 1.20}, {"stream": 1.10, "churn": 1.10})
+    checks = {c["figure"].split(":")[0]: c for c in report.issue15_checks(rows, None, None, None)}
+    assert checks["stream"]["value"] == pytest.approx(0.02)
+    assert checks["stream"]["verdict"] == "met target"
+    assert checks["churn"]["value"] == pytest.approx(0.10)
+    assert checks["churn"]["verdict"] == "MISSED target"
+    assert "(1.20 - 1.10)" in checks["churn"]["figure"]
+    # every workload of the issue gets a line; the ones not run say so
+    assert set(checks) >= set(report.ISSUE15_WORKLOADS)
+    assert checks["datawork"]["verdict"] == "MISSED target (not measured)"
+    assert checks["datawork"]["why"] == "workload not run in this bench (--workloads)"
+    checks = {c["figure"].split(":")[0]: c
+              for c in report.issue15_checks(rows, None, None, None, {"notebook": "needs pandas"})}
+    assert checks["notebook"]["why"] == "workload skipped: needs pandas"
+
+
+def test_issue15_floor_gap_names_the_missing_side():
+    rows = _rows15({"exec": 1.05}, {})
+    check = report.floor_gap_check("exec", {r["config"]: r for r in rows if r["workload"] == "exec"}
+                                   ["provtrace-daemon"], None)
+    assert check["value"] is None
+    assert check["why"] == "ebpf-hook-floor not selected (--configs)"
+
+
+def test_issue15_datawork_goal_and_standalone_reported():
+    rows = _rows15({"datawork": 1.04}, {"datawork": 1.02}, standalone=1.40)
+    by = {(c["config"], c["figure"]): c for c in report.issue15_checks(rows, None, None, None)}
+    assert by[("provtrace-daemon", "datawork wall ratio")]["verdict"] == "met target"
+    assert by[("provtrace-daemon", "datawork wall ratio")]["target"] == "<= 1.05x"
+    assert by[("provtrace-ebpf", "datawork wall ratio")]["verdict"] == "reported (no target)"
+    assert by[("provtrace-ebpf", "datawork wall ratio")]["value"] == pytest.approx(1.40)
+    rows = _rows15({"datawork": 1.09}, {"datawork": 1.02})
+    by = {(c["config"], c["figure"]): c for c in report.issue15_checks(rows, None, None, None)}
+    assert by[("provtrace-daemon", "datawork wall ratio")]["verdict"] == "MISSED target"
+
+
+def test_issue15_lost_and_startup_verdicts():
+    rows = _rows15({"exec": 1.0}, {"exec": 1.0}, lost=7)
+    startup = {"provtrace-daemon": {"median_s": 0.140}, "provtrace-ebpf": {"median_s": 1.6}}
+    probe = {"n": 3, "import_s": 0.03, "compile_load_s": 1.2}
+    checks = report.issue15_checks(rows, startup, None, probe)
+    by = {(c["config"], c["figure"].split(" ")[0]): c for c in checks}
+    assert by[("provtrace-daemon", "lost")]["verdict"] == "MISSED target"
+    assert by[("provtrace-daemon", "start-up")]["verdict"] == "met target"
+    standalone = by[("provtrace-ebpf", "start-up")]
+    assert standalone["verdict"] == "reported (no target)"
+    assert "1200 ms" in standalone["note"] and "compile and load the probes" in standalone["note"]
+    text = report.format_targets(checks)
+    assert "1600 ms" in text and "1200 ms" in text
+    # the exec row's untraced wall is 1.0 s, so a 140 ms start-up is +0.140 of the gap
+    gap = [c for c in checks if c["figure"].startswith("exec:")][0]
+    assert "140 ms) is +0.140 of it" in gap["note"]
+    startup["provtrace-daemon"]["median_s"] = 0.151
+    by = {(c["config"], c["figure"].split(" ")[0]): c for c in report.issue15_checks(rows, startup, None, None)}
+    assert by[("provtrace-daemon", "start-up")]["verdict"] == "MISSED target"
+
+
+def test_issue15_needs_the_daemon_configuration():
+    rows = report.summarize([_sample("exec", "untraced", 0, 1.0), _sample("exec", "provtrace-ebpf", 0, 1.1, lost=0)],
+                            ["exec"], ["untraced", "provtrace-ebpf"], {})
+    assert report.issue15_checks(rows, {}, [], None) == []
+
+
+def test_offered_verdicts():
+    assert report.offered_verdict(1_200_000, 0) == "met target"
+    assert report.offered_verdict(1_200_000, 5) == "MISSED target"
+    assert report.offered_verdict(600_000, 5) == "MISSED target"  # loss below 1M is a miss all the same
+    assert report.offered_verdict(600_000, 0) == "could not offer 1,000,000/s"
+    assert report.offered_verdict(None, 0) == "MISSED target (not measured)"
+    assert report.offered_verdict(1_500_000, None) == "MISSED target (not measured)"
+
+
+def test_offered_check_says_when_the_machine_could_not_offer_1m():
+    flood = {"config": "provtrace-daemon", "mode": "openclose", "procs": 2, "offered_rate": 640_000.0,
+             "untraced_rate": 910_000.0, "lost": 0}
+    check = report.offered_check(flood)
+    assert check["verdict"] == "could not offer 1,000,000/s"
+    assert "this machine could not offer 1,000,000/s" in check["note"]
+    assert "the highest rate it offered was 910,000/s" in check["note"]
+    text = report.format_targets([check])
+    assert "could not offer 1,000,000/s" in text and "640,000/s" in text and "0 lost" in text
+    flood.update(offered_rate=1_100_000.0, untraced_rate=1_300_000.0, lost=0)
+    check = report.offered_check(flood)
+    assert check["verdict"] == "met target" and "could not offer" not in check["note"]
+    flood.update(lost=1234)
+    check = report.offered_check(flood)
+    assert check["verdict"] == "MISSED target" and check["why"] == "1,234 lost at 1,100,000/s"
+    check = report.offered_check({"config": "provtrace-ebpf", "offered_rate": None, "lost": None,
+                                  "error": "gcc sysgen.c: boom"})
+    assert check["verdict"] == "MISSED target (not measured)" and check["why"] == "gcc sysgen.c: boom"
+
+
+def test_offered_rate_sums_every_generator_or_nothing():
+    line = '{"mode": "openclose", "target_rate": 0, "syscalls": 3, "elapsed_s": 1.0, "achieved_rate": %d, "errors": %d}'
+    out = "\n".join([line % (400_000, 0), "noise", line % (350_000, 0)])
+    assert throughput.offered_rate(out, 2) == 750_000.0
+    assert throughput.offered_rate(out, 3) is None  # one generator did not report
+    assert throughput.offered_rate("\n".join([line % (400_000, 0), line % (1, 2)]), 2) is None
+
+
+def test_datawork_is_a_workload_with_issue15_full_sizes(tmp_path):
+    assert "datawork" in workloads.NAMES
+    assert set(report.ISSUE15_WORKLOADS) <= set(workloads.NAMES)
+    assert (workloads.FULL.datawork_files, workloads.FULL.datawork_execs) == (12_000, 150)
+    assert workloads.QUICK.datawork_files < workloads.FULL.datawork_files
+    wl = workloads.build(["datawork"], tmp_path, workloads.QUICK, sys.executable)[0]
+    wl.setup()
+    assert wl.command()[-3:] == [str(workloads.QUICK.datawork_rows), str(workloads.QUICK.datawork_files),
+                                 str(workloads.QUICK.datawork_execs)]
+
+
+def test_datawork_program_does_what_it_says(tmp_path):
+    root = tmp_path / "t"
+    r = subprocess.run([sys.executable, "-I", str(workloads.PROGS), "datawork", str(root), "2000", "300", "5"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    files = sorted(root.glob("s*/store*.txt"))
+    assert len(files) == 300
+    assert files[0].read_text().startswith("store,")
+    top = (root / "top.txt").read_text().split()
+    assert len(top) == 16 and set(top[1::2]) == set("ABCDEFGH")  # counts of the 8 products
+
+
+def test_daemon_config_times_the_run_without_json_out_and_labels_it(tmp_path):
+    ctx = configs.Context(workdir=tmp_path, python=sys.executable, provtrace="provtrace", allow_install=False)
+    cfg = configs.ProvtraceDaemon(ctx)
+    wl = workloads.build(["exec"], tmp_path, workloads.QUICK, sys.executable)[0]
+    argv = cfg.argv(wl, tmp_path / "exec-provtrace-daemon-0")
+    assert "--json-out" not in argv
+    assert argv[:4] == ["provtrace", "run", "--socket", str(cfg.socket)]
+    label = argv[argv.index("--label") + 1]
+    assert label.startswith("bench:exec-provtrace-daemon-0:") and cfg._label == label
+    assert argv[argv.index("--") + 1:] == wl.command()
+    # start-up timing: exactly `provtrace run --socket S -- true`, nothing to read back
+    argv = cfg.argv(throughput._Command(["true"], tmp_path, records=False), tmp_path)
+    assert argv == ["provtrace", "run", "--socket", str(cfg.socket), "--", "true"] and cfg._label is None

@@ -2,7 +2,8 @@
 
 Each workload follows the published suites (ACM REP'24 provenance benchmarks,
 eAudit, Tetragon): small-file churn, streaming I/O, an exec loop, a Python
-import storm, tar/untar, and a pandas notebook. ``setup`` is untimed and runs
+import storm, tar/untar, a pandas notebook, and held-out data work
+(issue 15). ``setup`` is untimed and runs
 once; ``command`` is what every configuration runs; ``reset`` (untimed) puts
 the directory back between runs.
 """
@@ -45,12 +46,16 @@ class Sizes:
     exec_count: int
     import_procs: int
     notebook_rows: int
+    datawork_rows: int
+    datawork_files: int
+    datawork_execs: int
 
 
+# datawork at full size is the held-out data work of issue 15: 12,000 small files, 150 execs.
 FULL = Sizes(churn_files=20_000, stream_mib=200, exec_count=300, import_procs=10,
-             notebook_rows=400_000)
+             notebook_rows=400_000, datawork_rows=200_000, datawork_files=12_000, datawork_execs=150)
 QUICK = Sizes(churn_files=5_000, stream_mib=50, exec_count=300, import_procs=4,
-              notebook_rows=50_000)
+              notebook_rows=50_000, datawork_rows=50_000, datawork_files=3_000, datawork_execs=50)
 
 
 class WorkloadError(Exception):
@@ -238,7 +243,31 @@ class Notebook(Workload):
         return f"{self.title}, {self.sizes.notebook_rows} rows, {len(NOTEBOOK_CELLS)} cells"
 
 
-ALL = (Churn, Stream, ExecLoop, ImportStorm, TarUntar, Notebook)
+class DataWork(Workload):
+    name = "datawork"
+    title = "data work (CSV build and parse, small files written and read back, a shell pipeline, execs)"
+
+    def setup(self) -> None:
+        super().setup()
+        for tool in ("tail", "cut", "sort", "uniq", "wc"):
+            if shutil.which(tool) is None:
+                raise WorkloadError(self.name, f"{tool} not found on PATH (coreutils)")
+
+    def command(self) -> list[str]:
+        s = self.sizes
+        return [self.python, "-I", str(PROGS), "datawork", str(self.dir / "t"), str(s.datawork_rows),
+                str(s.datawork_files), str(s.datawork_execs)]
+
+    def reset(self) -> None:
+        shutil.rmtree(self.dir / "t", ignore_errors=True)
+
+    def describe(self) -> str:
+        s = self.sizes
+        return (f"{self.title}, {s.datawork_rows:,} CSV rows, {s.datawork_files:,} files, "
+                f"{s.datawork_execs} execs")
+
+
+ALL = (Churn, Stream, ExecLoop, ImportStorm, TarUntar, Notebook, DataWork)
 NAMES = tuple(w.name for w in ALL)
 
 
