@@ -1,0 +1,118 @@
+"""The finisher (store/finisher.py) on a real SQLite store with real files:
+a file's fingerprint describes it as the run left it, or says it changed."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+
+from provtrace.tracer.store import finisher as F
+from provtrace.tracer.store import sqlite as S
+from provtrace.tracer.store.queries import list_runs, load_run
+
+
+def _run(store: S.Store, name: str) -> int:
+    now = time.time_ns() // 1000
+    return store.new_run(name, {"id": name, "kind": "command", "uid": os.getuid(), "start_us": now,
+                                "started": "2026-12-08T00:00:00.000000Z"})
+
+
+def _job(store: S.Store, name: str, paths: list[str]) -> F.Completion:
+    rid = _run(store, name)
+    end = {"ended": "2026-12-08T00:00:01.000000Z", "exit_code": 0, "complete": True, "gaps": {}}
+    released = time.time_ns() // 1000
+    job = F.Completion(name, rid, end, released, snapshots=F.snapshot(paths), uid=os.getuid(),
+                       context=lambda: {"host": "test"})
+    F.release(store, rid, end, released)
+    return job
+
+
+def _fingerprints(store: S.Store, rid: int) -> dict:
+    return {p1: json.loads(b) for _s, _r, _k, p1, _p2, b in store.records(rid, (S.FINGERPRINT,))}
+
+
+def test_unchanged_file_keeps_its_hash_and_the_release_time(tmp_path):
+    store = S.Store(str(tmp_path / "p.db"))
+    out = tmp_path / "out.csv"
+    out.write_text("a,b\n1,2\n")
+    job = _job(store, "20261208T000000-aaaaaa", [str(out)])
+    F.complete(store, job)
+    fp = _fingerprints(store, job.rid)[str(out)]
+    assert fp["sha256"] == hashlib.sha256(out.read_bytes()).hexdigest()
+    assert fp["at_us"] == job.released_us
+    assert "changed_before_hash" not in fp
+    doc = load_run(store, job.rid)
+    assert doc["run"]["ended"] and "finishing" not in doc["run"]
+    assert "changed_before_hash" not in doc["run"]["gaps"]
+    assert doc["context"] == {"host": "test"}
+
+
+def test_file_rewritten_after_release_gets_the_marker_and_no_hash(tmp_path):
+    store = S.Store(str(tmp_path / "p.db"))
+    out, kept = tmp_path / "out.csv", tmp_path / "kept.csv"
+    out.write_text("the run's version\n")
+    kept.write_text("kept\n")
+    job = _job(store, "20261208T000000-bbbbbb", [str(out), str(kept)])
+    before = os.stat(out)
+    doc = load_run(store, job.rid)  # released, not complete: a direct reader sees it finishing
+    assert doc["run"]["finishing"] is True and doc["run"]["exit_code"] == 0
+    assert doc["run"]["gaps"] == {"completion_pending": 1}
+    assert list_runs(store)[-1]["finishing"] is True
+    # same size, and the old mtime put back: only ctime tells
+    out.write_text("a later version!!\n")
+    assert os.stat(out).st_size == before.st_size
+    os.utime(out, ns=(before.st_atime_ns, before.st_mtime_ns))
+    F.complete(store, job)
+    fps = _fingerprints(store, job.rid)
+    fp = fps[str(out)]
+    assert fp["sha256"] is None and fp["changed_before_hash"] is True
+    assert (fp["size_bytes"], fp["mtime_ns"], fp["inode"]) == (before.st_size, before.st_mtime_ns, before.st_ino)
+    assert fps[str(kept)]["sha256"] == hashlib.sha256(b"kept\n").hexdigest()
+    doc = load_run(store, job.rid)
+    assert doc["run"]["gaps"]["changed_before_hash"] == 1
+    assert {"what": "changed_before_hash", "count": 1, "paths": [str(out)]} in doc["run"]["gap_details"]
+    assert "finishing" not in doc["run"] and "finishing" not in list_runs(store)[-1]
+
+
+def test_file_gone_or_replaced_before_hashing_is_changed(tmp_path):
+    store = S.Store(str(tmp_path / "p.db"))
+    gone, replaced = tmp_path / "gone.csv", tmp_path / "replaced.csv"
+    gone.write_text("x\n")
+    replaced.write_text("y\n")
+    job = _job(store, "20261208T000000-cccccc", [str(gone), str(replaced)])
+    gone.unlink()
+    (tmp_path / "new.csv").write_text("y\n")
+    os.replace(tmp_path / "new.csv", replaced)  # same bytes, another inode: not the run's file
+    F.complete(store, job)
+    fps = _fingerprints(store, job.rid)
+    for p in (gone, replaced):
+        assert fps[str(p)]["changed_before_hash"] is True and fps[str(p)]["sha256"] is None
+
+
+def test_file_absent_at_release_records_that_not_what_came_later(tmp_path):
+    store = S.Store(str(tmp_path / "p.db"))
+    later = tmp_path / "later.csv"
+    job = _job(store, "20261208T000000-dddddd", [str(later)])
+    later.write_text("made after the run\n")
+    F.complete(store, job)
+    assert _fingerprints(store, job.rid)[str(later)] == {"cell": None, "at_us": job.released_us,
+                                                          "error": "vanished"}
+
+
+def test_close_completes_everything_queued(tmp_path):
+    store = S.Store(str(tmp_path / "p.db"))
+    fin = F.Finisher(store)
+    fin.start()
+    jobs = []
+    for i in range(5):
+        f = tmp_path / f"o{i}.csv"
+        f.write_text(f"{i}\n")
+        jobs.append(_job(store, f"20261208T00000{i}-eeeeee", [str(f)]))
+    for j in jobs:
+        fin.submit(j)
+    fin.close()
+    assert fin.pending() == [] and all(j.done.is_set() for j in jobs)
+    assert all(r["ended"] for r in list_runs(store))
+    assert fin.wait(None, 0.0)
