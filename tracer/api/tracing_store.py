@@ -234,7 +234,7 @@ class TracingStore(InMemoryStore):
 
     def finish_command(self, run_id: str, exit_code: int, ended: dt.datetime | None) -> RunRecord:
         self._finish(run_id, exit_code=exit_code, wait=True)
-        return self._get_run(run_id, None)  # released: the client goes on while it completes
+        return self.get_run(run_id, None)  # released: the client goes on while it completes
 
     def live_runs(self) -> list[LiveRun]:
         """The runs being traced now (sessions and commands), for the input watcher."""
@@ -250,10 +250,8 @@ class TracingStore(InMemoryStore):
             log.warning("event=query-before-completion uid=%s", uid)
 
     def get_run(self, ref: str, uid: int | None) -> RunRecord:
-        self._settled(uid)
-        return self._get_run(ref, uid)
-
-    def _get_run(self, ref: str, uid: int | None) -> RunRecord:
+        """Never waits for completions: every RPC checks what the caller may see
+        with it (a command's client reporting its exit among them)."""
         reader = self._reader()
         try:
             rid = Q.resolve_run(reader, ref, uid)
@@ -265,7 +263,8 @@ class TracingStore(InMemoryStore):
         return self._record(row)
 
     def list_runs(self, uid: int | None, kind: str | None = None, limit: int | None = None) -> list[RunRecord]:
-        self._settled(uid)
+        if kind != "session":  # `provtrace runs`; Health (sessions only) must answer at once
+            self._settled(uid)
         reader = self._reader()
         try:
             rows = [r for r in Q.list_runs(reader, uid) if kind is None or r["kind"] == kind]

@@ -53,9 +53,10 @@ MAX_QUEUED = 256  # completions waiting; a release beyond it waits for room (bac
 CHANGED = "changed_before_hash"
 CHANGED_WHY = "changed before it could be hashed (after the run ended)"
 GAP_PATHS_MAX = 100  # paths named in the gap record; the count covers them all
-# Tests only: a FIFO each completion waits on (one byte each) before it starts,
-# so a test can act between a run's release and its fingerprints.
+# Tests only: a file; while it exists, completions wait to start, so a test
+# can act between a run's release and its fingerprints, deterministically.
 TEST_HOLD_ENV = "PROVTRACE_TEST_HOLD_COMPLETIONS"
+_TEST_HOLD_POLL_S = 0.05
 
 
 class Snapshot(NamedTuple):
@@ -259,11 +260,6 @@ class Finisher:
             job.done.set()
 
     def _wait_for_test_hold(self) -> None:
-        if not self._hold:
-            return
-        try:
-            with open(self._hold, "rb") as gate:  # a FIFO: blocks until the test opens it to write
-                gate.read(1)
-        except OSError as e:
-            log.error("event=test-hold-unreadable path=%s error=%r", self._hold, str(e))
+        while self._hold and os.path.lexists(self._hold):
+            time.sleep(_TEST_HOLD_POLL_S)
 
