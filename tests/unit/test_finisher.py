@@ -116,3 +116,27 @@ def test_close_completes_everything_queued(tmp_path):
     assert fin.pending() == [] and all(j.done.is_set() for j in jobs)
     assert all(r["ended"] for r in list_runs(store))
     assert fin.wait(None, 0.0)
+
+
+def test_recovery_keeps_the_exit_status_of_a_released_run(tmp_path):
+    """A writer that dies between release and completion: its run is closed at
+    recovery with the exit status it had released, and says what is missing."""
+    db = str(tmp_path / "p.db")
+    S.Store(db).close()
+    pid = os.fork()
+    if pid == 0:  # the writer: its own connection, released, gone before completing
+        try:
+            store = S.Store(db)
+            rid = _run(store, "20261208T000000-ffffff")
+            F.release(store, rid, {"exit_code": 3, "signal": None}, time.time_ns() // 1000)
+            store.close()
+        finally:
+            os._exit(0)
+    os.waitpid(pid, 0)
+    from provtrace.tracer.store.recover import close_abandoned
+
+    store = S.Store(db)
+    assert close_abandoned(store) == ["20261208T000000-ffffff"]
+    run = load_run(store, 1)["run"]
+    assert run["exit_code"] == 3 and run["complete"] is False and "finishing" not in run
+    assert run["gaps"] == {"run_not_finished": 1} and "before its context" in run["end_reason"]

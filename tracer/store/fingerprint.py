@@ -4,7 +4,10 @@ A FINGERPRINT record (p1 = path) holds a dict body:
 
     {"cell", "at_us", "type": "file"|"dir"|"symlink"|"other", "size_bytes", "mtime_ns",
      "mtime", "inode", "dev", "sha256", "hash_skipped"?, "error"?,
-     "schema"?, "schema_skipped"?}
+     "schema"?, "schema_skipped"?, "changed_before_hash"?}
+
+(changed_before_hash: the file changed between the run's end and its hashing;
+store/finisher.py records the stat it had then, and no hash.)
 
 sha256 is taken for regular files up to HASH_CAP_BYTES; above it, or when the
 file cannot be read, sha256 is null and `hash_skipped` says why. A file that
