@@ -140,3 +140,18 @@ def test_recovery_keeps_the_exit_status_of_a_released_run(tmp_path):
     run = load_run(store, 1)["run"]
     assert run["exit_code"] == 3 and run["complete"] is False and "finishing" not in run
     assert run["gaps"] == {"run_not_finished": 1} and "before its context" in run["end_reason"]
+
+
+def test_a_name_that_was_no_regular_file_at_release_is_recorded_as_it_was(tmp_path):
+    """A symlink (or folder) when the run ended, a regular file by hashing time:
+    recorded as the symlink it was, never with the later file's hash."""
+    store = S.Store(str(tmp_path / "p.db"))
+    link, target = tmp_path / "out.csv", tmp_path / "target.csv"
+    target.write_text("t\n")
+    link.symlink_to(target)
+    job = _job(store, "20261208T000000-gggggg", [str(link)])
+    link.unlink()
+    link.write_text("a regular file now\n")
+    F.complete(store, job)
+    fp = _fingerprints(store, job.rid)[str(link)]
+    assert fp["type"] == "symlink" and fp["sha256"] is None

@@ -44,7 +44,7 @@ from ..errors import StoreWriteError, TracerError
 from ..model.paths import classify, display
 from ..privs import Creds, PrivilegeError, acting_as
 from . import sqlite as S
-from .fingerprint import FINGERPRINTED_KINDS, _reason, record_fingerprints
+from .fingerprint import FINGERPRINTED_KINDS, _kind_of, _reason, record_fingerprints
 from .schema import SchemaPolicy
 
 log = logging.getLogger(__name__)
@@ -154,12 +154,14 @@ def guard(path: str, fp: dict, snap: Snapshot | str, creds: Creds | None, change
     """fp if it describes the file as the run left it, else the changed marker.
 
     snap a str: the path could not be stat'ed at release; that is what is
-    recorded (whatever is there now came after the run). Only regular files
-    are checked: nothing else is hashed."""
+    recorded (whatever is there now came after the run). Anything but a
+    regular file is never hashed: it is recorded as the snapshot saw it."""
     if isinstance(snap, str):
         return {"error": snap}
+    if stat.S_ISLNK(snap.mode):
+        return {"type": "symlink", "sha256": None, "hash_skipped": "a symlink (not followed)"}
     if not stat.S_ISREG(snap.mode):
-        return fp
+        return {**_stat_fields(snap), "type": _kind_of(snap.mode), "hash_skipped": "not a regular file"}
     now = _now(path, creds)
     same = now == snap and ("error" in fp or (fp.get("type"), fp.get("dev"), fp.get("inode"),
                                               fp.get("size_bytes"), fp.get("mtime_ns"))
@@ -167,9 +169,13 @@ def guard(path: str, fp: dict, snap: Snapshot | str, creds: Creds | None, change
     if same:
         return fp
     changed.append(path)
-    return {"type": "file", "size_bytes": snap.size_bytes, "mtime_ns": snap.mtime_ns,
-            "mtime": iso(snap.mtime_ns // 1000), "inode": snap.ino, "dev": snap.dev, "sha256": None,
-            "hash_skipped": CHANGED_WHY, CHANGED: True}
+    return {**_stat_fields(snap), "type": "file", "hash_skipped": CHANGED_WHY, CHANGED: True}
+
+
+def _stat_fields(snap: Snapshot) -> dict:
+    """A fingerprint's stat fields, from the snapshot, and no hash."""
+    return {"size_bytes": snap.size_bytes, "mtime_ns": snap.mtime_ns, "mtime": iso(snap.mtime_ns // 1000),
+            "inode": snap.ino, "dev": snap.dev, "sha256": None}
 
 
 def _now(path: str, creds: Creds | None) -> Snapshot | str:
