@@ -442,7 +442,8 @@ def cmd_show(args: argparse.Namespace) -> int:
           + (f"  host={run['host_id']} ({run['host']})" if run.get("host_id") else ""))
     print(f"  argv:     {' '.join(run['argv'] or [])}")
     print(f"  cwd:      {run['cwd']}")
-    print(f"  started:  {run['started']}   ended: {run['ended']}   exit: {run['exit_code']}")
+    ended = run["ended"] or ("finishing (fingerprints pending)" if run.get("finishing") else None)
+    print(f"  started:  {run['started']}   ended: {ended}   exit: {run['exit_code']}")
     print(f"  complete: {run['complete']}   lost events: {run['lost_events']}")
     for what, n in sorted((run.get("gaps") or {}).items()):  # what was not or could not be traced
         print(f"  gap:      {what}" + (f" (x{n})" if n > 1 else ""))
@@ -454,7 +455,8 @@ def cmd_show(args: argparse.Namespace) -> int:
     print(f"files ({len(shown)} shown, {hidden} library/system hidden; --all-files lists them):")
     for f in shown:
         via = f"  (via {', '.join(f['via'])})" if f.get("via") else ""
-        print(f"  {','.join(f['access']) or '-':24} {f['kind']:7} pid {f['pid']:>7}  {f['path']}{via}")
+        changed = "  (changed before it could be hashed)" if f.get("changed_before_hash") else ""
+        print(f"  {','.join(f['access']) or '-':24} {f['kind']:7} pid {f['pid']:>7}  {f['path']}{via}{changed}")
     if doc["renames"]:
         print("renames:")
         for r in doc["renames"]:

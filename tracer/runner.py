@@ -26,7 +26,7 @@ from .clock import us_to_iso as iso
 from .errors import CommandNotFound, StoreWriteError, TracerError, UsageError
 from .model.processes import Tracker
 from .store import sqlite as S
-from .store.fingerprint import record_fingerprints
+from .store import finisher as F
 from .store.writer import RunWriter, stdio_files
 
 log = logging.getLogger(__name__)
@@ -123,16 +123,20 @@ class TracedCommand:
         if decoder.bad:
             gaps["undecodable_records"] = decoder.bad
         gaps.update(getattr(cap, "gaps", {}))
-        self._write_context(tracker, writer)
-        record_fingerprints(self.store, self.rid,
-                            writer.touched.union(*writer.renamed_to.values()))
+        released_us = time.time_ns() // 1000
+        end = {"ended": iso(released_us), "exit_code": exit_code,
+               "signal": status & 0x7F if os.WIFSIGNALED(status) else None,
+               "lost_events": lost_total, "lost_by_reason": self.lost,
+               "complete": lost_total == 0, "gaps": gaps,
+               "processes": writer.processes, "files": writer.files}
+        # Completed here, before the exit code is returned (docs/capture.md, "The
+        # end of a run"), with the same guard as the daemon's finisher: a file
+        # changed since the snapshot gets no hash.
+        job = F.Completion(self.run_id, self.rid, end, released_us,
+                           snapshots=F.snapshot(writer.touched.union(*writer.renamed_to.values())),
+                           context=lambda: self._context(tracker, writer))
         try:
-            self.store.end_run(self.rid, {
-                "ended": iso(time.time_ns() // 1000), "exit_code": exit_code,
-                "signal": status & 0x7F if os.WIFSIGNALED(status) else None,
-                "lost_events": lost_total, "lost_by_reason": self.lost,
-                "complete": lost_total == 0, "gaps": gaps,
-                "processes": writer.processes, "files": writer.files})
+            F.complete(self.store, job)
             self.ended_in_store = True
         except StoreWriteError as e:  # the run stays open: recovery closes it, incomplete
             self.store_error = str(e)
@@ -248,12 +252,12 @@ class TracedCommand:
         return (f"{self.store_error}; run {self.run_id} was left open (the daemon, or the next "
                 "run on this store, closes it as incomplete)")
 
-    def _write_context(self, tracker: Tracker, writer: RunWriter) -> None:
-        """Execution context (issue 4) when the context package is present."""
+    def _context(self, tracker: Tracker, writer: RunWriter) -> dict | None:
+        """Execution context (issue 4); None without the context package."""
         try:
             from .context.collect import collect_run_context, gpu_accounting  # noqa: PLC0415
         except ImportError:
-            return
+            return None
         touched, mapped, execd = (sorted(writer.touched), sorted(writer.mapped),
                                   sorted(writer.execd))
         try:
@@ -263,7 +267,7 @@ class TracedCommand:
             ctx["gpu_accounting"] = gpu_accounting(sorted(writer.pids))
         except TracerError as e:
             ctx = {"error": str(e)}
-        self.store.append(self.rid, S.CONTEXT, ctx)
+        return ctx
 
 
 def find_executable(argv0: str, cwd: str, env: Mapping[str, str]) -> str:

@@ -65,15 +65,18 @@ def proc_by_argv(doc, needle):
 
 
 @contextlib.contextmanager
-def running_daemon(env: dict | None = None, args: tuple[str, ...] = (), wrap: tuple[str, ...] = ()):
+def running_daemon(env: dict | None = None, args: tuple[str, ...] = (), wrap: tuple[str, ...] = (),
+                   debug: bool = False):
     """A real `provtrace daemon` process on a temp socket and store (needs root).
 
     Yields {"socket", "db", "base", "proc"}; SIGTERM at exit must stop it cleanly.
-    `args` are extra daemon options; `wrap` a command that execs it (setpriv ...)."""
+    `args` are extra daemon options; `wrap` a command that execs it (setpriv ...);
+    `debug`: its debug log on stderr (the caller must keep reading it)."""
     base = tempfile.mkdtemp(prefix="provtrace-daemon-", dir="/tmp")
     os.chmod(base, 0o755)  # users reach the socket; authorization is by peer credentials
     sock, db = os.path.join(base, "provtrace.sock"), os.path.join(base, "provtrace.db")
-    proc = subprocess.Popen([*wrap, PROVTRACE, "daemon", "--socket", sock, "--db", db, *args],
+    proc = subprocess.Popen([*wrap, PROVTRACE, *(["--debug"] if debug else []), "daemon",
+                             "--socket", sock, "--db", db, *args],
                             stderr=subprocess.PIPE, text=True, env=env)
     try:
         line = ""
@@ -93,16 +96,21 @@ def running_daemon(env: dict | None = None, args: tuple[str, ...] = (), wrap: tu
         shutil.rmtree(base, ignore_errors=True)
 
 
-def stored_run(db: str, run_id: str) -> dict:
-    """provtrace.run/1 of run_id, read from a (daemon's) store file."""
-    from provtrace.tracer.store import queries as Q
-    from provtrace.tracer.store import sqlite as S
+def stored_run(db: str, run_id: str, *, settled: bool = True) -> dict:
+    """provtrace.run/1 of run_id, read from a (daemon's) store file. settled: once
+    it is no longer finishing (its context, fingerprints and end written after
+    the client was released: store/finisher.py)."""
+    def read() -> dict:
+        store = S.Store(db, readonly=True)
+        try:
+            return Q.load_run(store, Q.resolve_run(store, run_id))
+        finally:
+            store.close()
 
-    store = S.Store(db, readonly=True)
-    try:
-        return Q.load_run(store, Q.resolve_run(store, run_id))
-    finally:
-        store.close()
+    if not settled:
+        return read()
+    return wait_for(lambda: (doc := read()) and not doc["run"].get("finishing") and doc, 120,
+                    f"run {run_id} to complete")
 
 
 def wait_for(pred, timeout_s: float, what: str):

@@ -31,6 +31,8 @@ def test_a_finished_command_leaves_nothing_in_memory(capture, tmp_path):
             finished.append(run.id)
         assert not set(finished) & (set(tracing._runs) | set(tracing._cells) | set(tracing._traced_pids.values()))
         assert tracing.live_runs() == []
+        assert tracing.router.finisher.wait(None, 60)  # their fingerprints and ends follow the release
+        assert tracing.router.finisher.pending() == []
         for run_id in finished:  # still answered, from the store
             got = tracing.get_run(run_id, None)
             assert got.exit_code == 0 and got.ended is not None

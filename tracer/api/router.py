@@ -8,7 +8,9 @@ for runs to be finished.
 
 A finish request waits a short grace period (the root's exit event may still
 be in flight), then drains, sweeps the run's fd counters, stops tracing what
-outlived the root, writes the execution context and the end record.
+outlived the root and flushes: the run is released (its client answered).
+The execution context, fingerprints and end record follow on the finisher's
+thread (store/finisher.py).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from ..model.processes import Proc, Tracker
 from ..privs import Creds
 from ..store import sqlite as S
 from ..runner import settle
-from ..store.fingerprint import record_fingerprints
+from ..store import finisher as F
 from ..store.writer import RunWriter
 
 log = logging.getLogger(__name__)
@@ -170,6 +172,7 @@ class RunRouter:
         # (run id, rid, end record); those runs stay open in the store meanwhile.
         self._unended: list[tuple[str, int, dict]] = []
         self._retried = 0.0
+        self.finisher = F.Finisher(store, on_refused=self._refused)
         self._snapshot_at = 0.0
         # The input watcher's files (it replaces the set whole), and the last traced
         # write of each: path -> (run id, monotonic ns), kept by the router thread.
@@ -178,6 +181,7 @@ class RunRouter:
 
     # -- other threads --------------------------------------------------------------
     def start(self) -> None:
+        self.finisher.start()
         self._thread = threading.Thread(target=self._run, name="provtrace-router", daemon=True)
         self._thread.start()
 
@@ -189,6 +193,11 @@ class RunRouter:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
+        self.finisher.close()  # every released run's completion is written before we go
+        try:
+            self._retry_ends(None)
+        except StoreWriteError as e:  # still full: the next start closes those runs
+            log.error("event=router-stop-unwritten error=%r unended=%d", str(e), len(self._unended))
 
     def add(self, live: LiveRun) -> None:
         with self._lock:
@@ -281,10 +290,17 @@ class RunRouter:
             return
         self._retried = now or time.monotonic()
         while self._unended:
-            run_id, rid, end = self._unended[0]
+            with self._lock:
+                run_id, rid, end = self._unended[0]
             self.store.end_run(rid, end)  # StoreWriteError: still full, kept for the next try
-            self._unended.pop(0)
+            with self._lock:
+                self._unended.pop(0)
             log.info("event=run-end-written-late run=%s", run_id)
+
+    def _refused(self, job: F.Completion) -> None:
+        """Finisher thread: an end the store refused, written again by _retry_ends."""
+        with self._lock:
+            self._unended.append((job.run_id, job.rid, job.end))
 
     def _step(self, batch: list[bytes]) -> None:
         with self._lock:
@@ -353,22 +369,8 @@ class RunRouter:
             req.done.set()
 
     def _end(self, live: LiveRun, exit_code: int | None, reason: str | None = None) -> None:
-        from ..context.collect import collect_run_context, gpu_accounting  # noqa: PLC0415
-
+        """Releases the run; its completion (context, fingerprints, end) goes to the finisher."""
         w = live.writer
-        try:
-            ctx = collect_run_context(pids=[], touched_paths=sorted(w.touched),
-                                      mapped_paths=sorted(w.mapped), exec_paths=sorted(w.execd),
-                                      env=live.env, gpu_samples=[s for s in live.gpu_samples if s])
-            ctx["gpu_accounting"] = gpu_accounting(sorted(w.pids))
-        except TracerError as e:
-            ctx = {"error": str(e)}
-        self.store.append(live.rid, S.CONTEXT, ctx)
-        # as the run's owner, never as root: a user's output may be a symlink to, or a
-        # hard link of, a file only root may read
-        creds = Creds.of_user(live.uid) if live.uid is not None else None
-        record_fingerprints(self.store, live.rid, w.touched.union(*w.renamed_to.values()), creds=creds,
-                            schema=_system_schema_policy())
         # The kernel counts loss per reason for the whole daemon, not per traced
         # tree: what was lost while this run was live may belong to any run traced
         # then. The record says so (lost_scope), and the run is not called
@@ -377,7 +379,8 @@ class RunRouter:
         lost = {k: v - live.lost_at_start.get(k, 0) for k, v in now_lost.items()}
         total = sum(lost.values())
         gaps = dict(live.tracker.gaps)
-        end = {"ended": iso(time.time_ns() // 1000), "exit_code": exit_code, "signal": None,
+        released_us = time.time_ns() // 1000
+        end = {"ended": iso(released_us), "exit_code": exit_code, "signal": None,
                "lost_events": total, "lost_by_reason": lost, "lost_scope": "daemon",
                "complete": total == 0, "gaps": gaps,
                "processes": w.processes, "files": w.files}
@@ -387,13 +390,34 @@ class RunRouter:
                         "exit_code_from": "kernel" if root_code is not None else None,
                         "complete": end["complete"] and root_code is not None})
             gaps["daemon_stopped" if reason == DAEMON_STOPPED else "client_vanished"] = 1
-        try:
-            self.store.end_run(live.rid, end)
-        except StoreWriteError:
-            self._unended.append((live.run_id, live.rid, end))  # written once space returns
-            raise
-        log.info("event=run-finished run=%s kind=%s processes=%d files=%d", live.run_id, live.kind,
+        # as the run's owner, never as root: a user's output may be a symlink to, or a
+        # hard link of, a file only root may read
+        creds = Creds.of_user(live.uid) if live.uid is not None else None
+        job = F.Completion(run_id=live.run_id, rid=live.rid, end=end, released_us=released_us,
+                           snapshots=F.snapshot(w.touched.union(*w.renamed_to.values()), creds),
+                           creds=creds, uid=live.uid, schema=_system_schema_policy(),
+                           context=_context_of(live))
+        F.release(self.store, live.rid, end, released_us)
+        self.finisher.submit(job)
+        log.info("event=run-released run=%s kind=%s processes=%d files=%d", live.run_id, live.kind,
                  w.processes, w.files)
+
+
+def _context_of(live: LiveRun):
+    """What collects live's execution context later, on the finisher's thread
+    (from copies: the router's Tracker is no longer touched there)."""
+    w = live.writer
+    touched, mapped, execd, pids = sorted(w.touched), sorted(w.mapped), sorted(w.execd), sorted(w.pids)
+    env, samples = dict(live.env), [s for s in live.gpu_samples if s]
+
+    def collect() -> dict:
+        from ..context.collect import collect_run_context, gpu_accounting  # noqa: PLC0415
+
+        ctx = collect_run_context(pids=[], touched_paths=touched, mapped_paths=mapped, exec_paths=execd,
+                                  env=env, gpu_samples=samples)
+        ctx["gpu_accounting"] = gpu_accounting(pids)
+        return ctx
+    return collect
 
 
 def _system_schema_policy():

@@ -12,7 +12,9 @@ InMemoryStore's; this class adds what happens around it:
   session; JupyterLab's cellId is kept beside it as `cell_id`).
 - start_command / finish_command: a `command` run for a blocked child handed
   over by a non-root `provtrace run`, stored under the caller's uid.
-- queries (runs, cells, lineage, context, export) read the SQLite store.
+- queries (runs, cells, lineage, context, export) read the SQLite store,
+  once the caller's released runs are complete (COMPLETION_WAIT_S at most):
+  `provtrace show` right after `provtrace run` returns sees the whole run.
 
 One consumer thread (RunRouter) owns every Tracker; other threads hand it
 work through its queue.
@@ -57,6 +59,9 @@ from .router import DAEMON_STOPPED, LiveRun, RunRouter
 log = logging.getLogger(__name__)
 
 FINISH_TIMEOUT_S = 30.0
+# How long a query waits for the caller's runs still finishing (context and
+# fingerprints being written) before it answers with them as they are.
+COMPLETION_WAIT_S = 30.0
 # A command's client reports its exit right after waitpid; a run whose root
 # process is gone this long without a report lost its client (killed, or
 # gone), and the daemon ends it itself.
@@ -230,7 +235,7 @@ class TracingStore(InMemoryStore):
 
     def finish_command(self, run_id: str, exit_code: int, ended: dt.datetime | None) -> RunRecord:
         self._finish(run_id, exit_code=exit_code, wait=True)
-        return self.get_run(run_id, None)
+        return self.get_run(run_id, None)  # released: the client goes on while it completes
 
     def live_runs(self) -> list[LiveRun]:
         """The runs being traced now (sessions and commands), for the input watcher."""
@@ -240,7 +245,14 @@ class TracingStore(InMemoryStore):
     def _reader(self) -> S.Store:
         return S.Store(self.db.path, readonly=True)
 
+    def _settled(self, uid: int | None) -> None:
+        """Waits (bounded) until uid's released runs (everyone's: None) are complete."""
+        if not self.router.finisher.wait(uid, COMPLETION_WAIT_S):
+            log.warning("event=query-before-completion uid=%s", uid)
+
     def get_run(self, ref: str, uid: int | None) -> RunRecord:
+        """Never waits for completions: every RPC checks what the caller may see
+        with it (a command's client reporting its exit among them)."""
         reader = self._reader()
         try:
             rid = Q.resolve_run(reader, ref, uid)
@@ -252,6 +264,8 @@ class TracingStore(InMemoryStore):
         return self._record(row)
 
     def list_runs(self, uid: int | None, kind: str | None = None, limit: int | None = None) -> list[RunRecord]:
+        if kind != "session":  # `provtrace runs`; Health (sessions only) must answer at once
+            self._settled(uid)
         reader = self._reader()
         try:
             rows = [r for r in Q.list_runs(reader, uid) if kind is None or r["kind"] == kind]
@@ -269,6 +283,7 @@ class TracingStore(InMemoryStore):
 
     def document(self, ref: str, uid: int | None) -> dict:
         """The provtrace.run/1 document of a run the caller may see."""
+        self._settled(uid)
         reader = self._reader()
         try:
             return Q.load_run(reader, Q.resolve_run(reader, ref, uid), _system_config())
@@ -292,6 +307,7 @@ class TracingStore(InMemoryStore):
         # the file as it is now, read as the caller would read it (never with more privilege)
         now = None if at_us is not None else now_fingerprint(
             path, None if uid is None or uid == os.geteuid() else Creds.of_user(uid))
+        self._settled(uid)
         reader = self._reader()
         try:  # the walk itself keeps to uid's runs: other users' files are never reached
             result = lineage(reader, path, direction, depth or 10, uid, at_us=at_us,
@@ -315,6 +331,7 @@ class TracingStore(InMemoryStore):
         while the store and the files compared stay the same; files are read as each run's owner."""
         from ..lineage.stale import staleness  # noqa: PLC0415
 
+        self._settled(uid)
         reader = self._reader()
         try:
             rid = Q.resolve_run(reader, run_id, uid) if run_id else None

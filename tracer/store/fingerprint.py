@@ -4,7 +4,10 @@ A FINGERPRINT record (p1 = path) holds a dict body:
 
     {"cell", "at_us", "type": "file"|"dir"|"symlink"|"other", "size_bytes", "mtime_ns",
      "mtime", "inode", "dev", "sha256", "hash_skipped"?, "error"?,
-     "schema"?, "schema_skipped"?}
+     "schema"?, "schema_skipped"?, "changed_before_hash"?}
+
+(changed_before_hash: the file changed between the run's end and its hashing;
+store/finisher.py records the stat it had then, and no hash.)
 
 sha256 is taken for regular files up to HASH_CAP_BYTES; above it, or when the
 file cannot be read, sha256 is null and `hash_skipped` says why. A file that
@@ -29,7 +32,7 @@ import logging
 import os
 import stat
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from ..clock import us_to_iso
 from ..model.paths import DATA, TEMP, classify, display
@@ -155,7 +158,8 @@ def _fingerprint(path: str, cache: HashCache | None, cap_bytes: int, uid: int,
 def record_fingerprints(store: S.Store, rid: int, paths: Iterable[str], cell: str | None = None,
                         *, kinds: tuple[str, ...] | None = FINGERPRINTED_KINDS,
                         cap_bytes: int = HASH_CAP_BYTES, creds: Creds | None = None,
-                        schema: SchemaPolicy | None = None) -> int:
+                        schema: SchemaPolicy | None = None, at_us: int | None = None,
+                        check: Callable[[str, dict], dict] | None = None) -> int:
     """Queue one FINGERPRINT record per path of a fingerprinted kind; returns how many.
 
     Called by the runner before end_run, and by a notebook session recorder at
@@ -177,7 +181,10 @@ def record_fingerprints(store: S.Store, rid: int, paths: Iterable[str], cell: st
         fp = fingerprint(path, cache, cap_bytes=cap_bytes, creds=creds, schema=schema if within else OFF)
         if schema.enabled and not within and format_of(path) and fp.get("sha256"):
             fp["schema_skipped"] = "time budget spent"
-        store.append(rid, S.FINGERPRINT, {"cell": cell, "at_us": time.time_ns() // 1000, **fp},
+        if check is not None:
+            fp = check(path, fp)
+        when = at_us if at_us is not None else time.time_ns() // 1000
+        store.append(rid, S.FINGERPRINT, {"cell": cell, "at_us": when, **fp},
                      p1=path)
         if "error" in fp:
             log.debug("fingerprint path=%s error=%s", display(path), fp["error"])

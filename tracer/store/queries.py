@@ -17,19 +17,21 @@ SCHEMA = "provtrace.run/1"
 
 
 def list_runs(store: S.Store, uid: int | None = None) -> list[dict]:
+    # a run with no end whose tree has exited (RUN_RELEASED) is finishing: its completion is pending
     sql = ("SELECT rid, id, kind, label, backend, user, uid, started, ended, exit_code, "
-           "lost_events, complete FROM runs")
+           "lost_events, complete, CASE WHEN ended IS NULL THEN EXISTS(SELECT 1 FROM records r "
+           f"WHERE r.rid=runs.rid AND r.kind={S.RUN_RELEASED}) END FROM runs")
     args: tuple = ()
     if uid is not None:
         sql += " WHERE uid=?"
         args = (uid,)
     out = []
-    for rid, rid_s, kind, label, backend, user, u, started, ended, code, lost, complete in \
+    for rid, rid_s, kind, label, backend, user, u, started, ended, code, lost, complete, finishing in \
             store.db.execute(sql + " ORDER BY rid", args):
         out.append({"id": rid_s, "kind": kind, "label": label, "backend": backend, "user": user,
                     "uid": u, "started": started, "ended": ended, "exit_code": code,
                     "lost_events": lost, "complete": None if complete is None else bool(complete),
-                    "rid": rid})
+                    "rid": rid, **({"finishing": True} if finishing else {})})
     return out
 
 
@@ -60,6 +62,7 @@ def load_run(store: S.Store, rid: int, config=None) -> dict:
     where they match; otherwise a file keeps the kind stored with it."""
     header: dict = {}
     end: dict | None = None
+    released: dict | None = None  # the tree exited; context, fingerprints, end pending
     processes, files, renames, network, pipes, cells, gaps = [], [], [], [], [], [], []
     attempts: list[dict] = []
     links, dirs = [], []
@@ -74,6 +77,8 @@ def load_run(store: S.Store, rid: int, config=None) -> dict:
             base = b.get("start_us", 0)
         elif kind == S.RUN_END:
             end = b
+        elif kind == S.RUN_RELEASED:
+            released = b
         elif kind == S.PROCESS:
             processes.append(_process(b))
             attempts.extend(_attempts(b, base))
@@ -136,9 +141,12 @@ def load_run(store: S.Store, rid: int, config=None) -> dict:
         # "daemon": the daemon's counters over the run's lifetime, shared with
         # every run it traced meanwhile (docs/capture.md, "Lost events")
         "lost_scope": end.get("lost_scope", "run") if end else "run",
-        "gaps": {**(end.get("gaps", {}) if end else {"run_not_finished": 1}),
+        "gaps": {**(end.get("gaps", {}) if end else _open_gaps(released)),
                  **{g.get("what", "gap"): 1 for g in gaps}},
     }
+    if end is None and released is not None:  # finishing: the exit status is known already
+        run.update({"finishing": True, "released": released.get("released"),
+                    "exit_code": released.get("exit_code")})
     if any(len(g) > 1 for g in gaps):  # gaps with more to say than their name
         run["gap_details"] = [g for g in gaps if len(g) > 1]
     if header.get("notebook"):  # a notebook run: the file and kernel it ran (reproduce re-runs them)
@@ -166,6 +174,11 @@ def load_run(store: S.Store, rid: int, config=None) -> dict:
             "attempts": attempts, "context": context}
 
 
+def _open_gaps(released: dict | None) -> dict:
+    """The gaps of a run with no end: finishing (its completion pending), or not finished."""
+    return {"completion_pending": 1} if released is not None else {"run_not_finished": 1}
+
+
 def _merge_fingerprints(files: list[dict], fps: dict[tuple[str, str | None], dict]) -> None:
     """size_bytes, mtime, sha256 on each fingerprinted entry: the fingerprint
     taken at its cell's end, else at the run's end, else the path's latest."""
@@ -182,6 +195,8 @@ def _merge_fingerprints(files: list[dict], fps: dict[tuple[str, str | None], dic
             f["schema"] = fp["schema"]
         if fp.get("error"):
             f["fingerprint_error"] = fp["error"]
+        if fp.get("changed_before_hash"):  # rewritten after the run ended, before the finisher read it
+            f["changed_before_hash"] = True
 
 
 def _rename_fingerprints(renames: list[dict], fps: dict[tuple[str, str | None], dict]) -> None:

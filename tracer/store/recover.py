@@ -23,6 +23,9 @@ log = logging.getLogger(__name__)
 
 END_REASON = ("its writer (pid {pid}) ended without writing the run's end "
               "(killed, crashed, or the store was full); closed at recovery")
+# released (store/finisher.py): the tree had exited, the exit status was known
+RELEASED_REASON = ("its writer (pid {pid}) ended after the command exited but before its context, "
+                   "fingerprints and end were written; closed at recovery")
 
 
 def writer_stamp() -> dict:
@@ -58,11 +61,16 @@ def close_abandoned(store: S.Store) -> list[str]:
             continue
         last_us = _last_time_us(store, rid, header)
         pid = stamp.get("pid") if stamp else "unknown"
-        store.end_run(rid, {
-            "ended": iso(last_us or time.time_ns() // 1000), "exit_code": None,
-            "signal": None, "lost_events": 0, "lost_by_reason": {}, "complete": False,
-            "gaps": {"run_not_finished": 1}, "end_reason": END_REASON.format(pid=pid),
-            "processes": None, "files": None})
+        released = _released(store, rid)
+        end = {"ended": iso(last_us or time.time_ns() // 1000), "exit_code": None,
+               "signal": None, "lost_events": 0, "lost_by_reason": {}, "complete": False,
+               "gaps": {"run_not_finished": 1}, "end_reason": END_REASON.format(pid=pid),
+               "processes": None, "files": None}
+        if released:  # the exit status is known; only the completion is missing
+            end.update({"ended": released.get("released") or end["ended"],
+                        "exit_code": released.get("exit_code"), "signal": released.get("signal"),
+                        "end_reason": RELEASED_REASON.format(pid=pid)})
+        store.end_run(rid, end)
         log.info("event=run-closed-at-recovery run=%s writer_pid=%s", run_id, pid)
         closed.append(run_id)
     return closed
@@ -73,6 +81,13 @@ def _header(store: S.Store, rid: int) -> dict:
     row = store.db.execute("SELECT body FROM records WHERE rid=? AND kind=? ORDER BY seq LIMIT 1",
                            (rid, S.RUN_START)).fetchone()
     return json.loads(row[0]) if row else {}
+
+
+def _released(store: S.Store, rid: int) -> dict | None:
+    """The run's RUN_RELEASED record (store/finisher.py), if it has one."""
+    row = store.db.execute("SELECT body FROM records WHERE rid=? AND kind=? ORDER BY seq LIMIT 1",
+                           (rid, S.RUN_RELEASED)).fetchone()
+    return json.loads(row[0]) if row else None
 
 
 def _last_time_us(store: S.Store, rid: int, header: dict) -> int | None:

@@ -46,6 +46,10 @@ KIND_NAMES[FINGERPRINT] = "fingerprint"
 # p2 = the file it names, NULL for an O_TMPFILE file); DIR [pid, time, cell, op] (p1)
 LINK, DIR = 20, 21
 KIND_NAMES.update({LINK: "link", DIR: "dir"})
+# a run's process tree has exited and its records are stored; its context,
+# fingerprints and end follow (store/finisher.py): {"released", "exit_code", "signal", "pending"}
+RUN_RELEASED = 13
+KIND_NAMES[RUN_RELEASED] = "run_released"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
