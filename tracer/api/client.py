@@ -36,6 +36,7 @@ import grpc
 from ..capture import gate, sigstate
 from ..context.redact import redact_env
 from ..errors import CommandNotFound, TracerError
+from ..model.events import exit_code as exit_code_of
 from .auth import peer_cred
 from .gen import service_pb2 as svc
 from .gen import service_pb2_grpc as svc_grpc
@@ -404,7 +405,7 @@ def run_command(argv: Sequence[str], socket_path: str | None = None, cwd: str | 
                 failed = child.exec_error()
                 _, status = os.waitpid(child.pid, 0)
             child.pid = -1
-            exit_code = sigstate.exit_code(status)
+            exit_code = exit_code_of(status)
             if run_id:
                 try:
                     client.finish_command(run_id, 127 if failed else exit_code)

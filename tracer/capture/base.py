@@ -99,3 +99,14 @@ def open_capture(backend: str, *, root: bool) -> tuple[Capture, list[dict]]:
         from .ptrace import PtraceCapture  # noqa: PLC0415
 
         return PtraceCapture(), [{"what": "ebpf_unavailable", "detail": str(e)}]
+
+
+def calibrated(capture: Capture | None) -> Capture:
+    """capture, or the probes loaded here when None, with its FMODE_CREATED bit known."""
+    if capture is None:
+        from .ebpf import EbpfCapture  # noqa: PLC0415
+
+        capture = EbpfCapture()
+    if not capture.created_mask:
+        capture.calibrate_created_bit()  # the probes' f_mode bit, found once per load (ebpf.py)
+    return capture

@@ -19,9 +19,10 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 
 from ..capture import sigstate
-from ..capture.base import Capture
+from ..capture.base import Capture, calibrated
 from ..clock import Clock
 from ..errors import CommandNotFound, StoreWriteError, UsageError
+from ..model import events as E
 from ..store import sqlite as S
 from ..store.writer import stdio_files
 from .pipeline import Pipeline
@@ -64,13 +65,7 @@ class TracedCommand:
         # what the child execs: argv[0] as given when it names a path (a #! script
         # sees the same $0 as untraced), else the PATH match, as execvp finds it
         self.exec_path = self.argv[0] if "/" in self.argv[0] else exe
-        if self.capture is None:
-            from ..capture.ebpf import EbpfCapture  # noqa: PLC0415
-
-            self.capture = EbpfCapture()
-        cap = self.capture
-        if not cap.created_mask:
-            cap.calibrate_created_bit()
+        self.capture = cap = calibrated(self.capture)
         uid = os.getuid()
         hdr = header(self.run_id, "command", cap.name, label=self.label, argv=redacted(self.argv),
                      cwd=self.cwd, user=user_name(uid), uid=uid, started_us=time.time_ns() // 1000,
@@ -95,7 +90,7 @@ class TracedCommand:
         pipeline.finish(run)
         self.lost = run.lost_since_open(cap)
         lost_total = sum(self.lost.values())
-        exit_code = sigstate.exit_code(status)
+        exit_code = E.exit_code(status)
         if failed:
             self.store.append(self.rid, S.GAP, {"what": "exec_failed", "errno": int(failed)})
         gaps = dict(run.tracker.gaps)
@@ -203,4 +198,4 @@ def run_untraced(argv: Sequence[str], cwd: str | None = None, env: Mapping[str, 
         relay.pid = proc.pid
         _, status = os.waitpid(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here: Popen must not wait again
-    return sigstate.exit_code(status)
+    return E.exit_code(status)

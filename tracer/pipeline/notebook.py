@@ -19,7 +19,7 @@ import os
 import threading
 import time
 
-from ..capture.base import Capture
+from ..capture.base import Capture, calibrated
 from ..capture.procusage import proc_usage, usage_delta
 from ..clock import Clock, iso_utc
 from ..correlate.notebook import CellExecution, CellStart, NotebookResult, NotebookRunner
@@ -151,13 +151,7 @@ class TracedNotebook:
 
     # -- the run --------------------------------------------------------------------
     def run(self) -> int:
-        if self.capture is None:
-            from ..capture.ebpf import EbpfCapture  # noqa: PLC0415
-
-            self.capture = EbpfCapture()
-        cap = self.capture
-        if not cap.created_mask:
-            cap.calibrate_created_bit()
+        self.capture = cap = calibrated(self.capture)
         uid = os.getuid()
         hdr = header(self.run_id, "notebook", cap.name, label=self.label,
                      argv=["provtrace", "notebook", "run", self.path], cwd=os.path.dirname(self.path),
