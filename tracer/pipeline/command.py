@@ -25,12 +25,10 @@ from ..errors import CommandNotFound, StoreWriteError, UsageError
 from ..model import events as E
 from ..store import sqlite as S
 from ..store.writer import stdio_files
-from .pipeline import Pipeline
+from .pipeline import POLL_MS, Pipeline
 from .run import Run, gpu_sample, header, new_run_id, redacted, user_name
 
 log = logging.getLogger(__name__)
-
-POLL_MS = 100  # bounded: memory does not grow with the event rate
 
 
 class TracedCommand:

@@ -29,13 +29,12 @@ from ..errors import StoreWriteError, TracerError
 from ..model.events import Usage
 from ..store import sqlite as S
 from ..store.writer import stdio_files
-from .pipeline import Pipeline
+from .pipeline import POLL_MS, Pipeline
 from .run import Run, gpu_sample, header, new_run_id, user_name
 
 log = logging.getLogger(__name__)
 
 KERNEL_EXIT_WAIT_S = 5.0
-POLL_MS = 100
 
 
 def cell_key(index: int, cell_id: str | None) -> str:

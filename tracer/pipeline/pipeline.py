@@ -35,6 +35,9 @@ FLUSH_ROWS = 5000
 # messages reach the IOPub watcher a little after the kernel acts, and an
 # event attributed before its window is known would land in no cell.
 HOLD_NS = 500_000_000
+# How long a standalone driver's poll may wait: bounded, so memory does not grow
+# with the event rate (the daemon's router chooses its own, api/router.py).
+POLL_MS = 100
 
 
 class Pipeline:
