@@ -79,19 +79,32 @@ class Pipeline:
         return list(runs.values())
 
     def _route(self, batch: list, finishing: Run | None) -> dict[int, Run]:
-        """Hands each event of batch to its run (finishing, already removed, too)."""
+        """Hands each event of batch to its run (finishing, already removed, too),
+        in order, a run's events in one call."""
         with self._lock:
             by_tag = dict(self._by_tag)
         if finishing is not None:
             by_tag[finishing.tag] = finishing
-        for ev in self.capture.decode(batch, self.decoder):
-            run = by_tag.get(ev.tag)
-            if run is None:
-                if finishing is None:
-                    self.unrouted += 1
-                continue
-            run.take(ev)
-        if finishing is not None:
+        events = self.capture.decode(batch, self.decoder)
+        if len(by_tag) == 1:  # a standalone driver's one run: no grouping needed
+            ((tag, run),) = by_tag.items()
+            mine = [ev for ev in events if ev.tag == tag]
+            stray = len(events) - len(mine)
+            run.take(mine)
+        else:
+            groups: dict[int, list] = {}
+            for ev in events:
+                groups.setdefault(ev.tag, []).append(ev)
+            stray = 0
+            for tag, evs in groups.items():
+                run = by_tag.get(tag)
+                if run is None:
+                    stray += len(evs)
+                else:
+                    run.take(evs)
+        if finishing is None:
+            self.unrouted += stray
+        else:
             del by_tag[finishing.tag]
         return by_tag
 

@@ -133,11 +133,12 @@ class Run:
                    policy=policy, hold=kind == "session", lost_at_start=capture.lost(), uid=hdr.get("uid"))
 
     # -- the pipeline's thread -------------------------------------------------------------
-    def take(self, ev) -> None:
+    def take(self, events: list) -> None:
+        """This run's events, in order: held (a session's), or handed to its Tracker."""
         if self.hold:
-            self.held.append(ev)
+            self.held.extend(events)
         else:
-            self.tracker.handle(ev)
+            self.tracker.handle_all(events)
 
     def release(self, cutoff_ns: int | None = None) -> None:
         """Hand held events up to cutoff_ns (all, when None) to the Tracker."""
