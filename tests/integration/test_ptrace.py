@@ -343,17 +343,17 @@ def test_a_consumer_error_kills_the_traced_tree_instead_of_leaving_it_stopped(wo
     one event): the stopped tracees must not wait forever for it."""
     from provtrace.tracer.model.processes import Tracker
 
-    handle = Tracker.handle
+    handle_all = Tracker.handle_all
 
-    def failing(self, ev):
-        if isinstance(ev, E.Open) and ev.path.endswith("marker.txt"):
+    def failing(self, events):
+        if any(isinstance(ev, E.Open) and ev.path.endswith("marker.txt") for ev in events):
             raise RuntimeError("a bug in the consumer")
-        handle(self, ev)
+        handle_all(self, events)
 
     store = S.Store(str(tmp_path / "s.db"))
     try:
         with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(Tracker, "handle", failing)
+            mp.setattr(Tracker, "handle_all", failing)
             tc = TracedCommand(["/bin/sh", "-c", "sleep 61.234 & echo x > marker.txt; wait"],
                                store=store, cwd=str(work), capture=PtraceCapture())
             with pytest.raises(RuntimeError, match="a bug in the consumer"):
