@@ -32,13 +32,13 @@ from pathlib import Path
 from provtrace.tracer.capture.decode import Decoder
 from provtrace.tracer.clock import Clock
 from provtrace.tracer.model.processes import Tracker
+from provtrace.tracer.pipeline.pipeline import FLUSH_ROWS  # the drivers' flush size
 from provtrace.tracer.store import sqlite as S
 from provtrace.tracer.store.writer import RunWriter
 
 from .workloads import FULL, Churn
 
-FLUSH_ROWS = 5000  # as tracer/runner.py: a flush once this many records are queued
-FORMAT = "provtrace-hotpath-batches/1"
+FORMAT = "provtrace-hotpath-batches/2"  # 2: sweeps are kept as decoded events
 
 
 class _Recording:
@@ -52,9 +52,12 @@ class _Recording:
     def __getattr__(self, name):
         return getattr(self._cap, name)
 
-    def trace(self, pid: int, tag: int) -> None:
-        self.roots.append((pid, tag, Clock.now_mono_ns()))
-        self._cap.trace(pid, tag)
+    def spawn(self, exe, argv, env, cwd, tag, started=None) -> int:
+        def note(pid: int) -> None:  # before the child may exec: its start
+            self.roots.append((pid, tag, Clock.now_mono_ns()))
+            if started is not None:
+                started(pid)
+        return self._cap.spawn(exe, argv, env, cwd, tag, note)
 
     def _keep(self, what: str, batch: list[bytes]) -> list[bytes]:
         self.log.append((what, list(batch)))
@@ -70,14 +73,14 @@ class _Recording:
         for batch in self._cap.drain_batches():
             yield self._keep("batch", batch)
 
-    def sweep(self, pids: set[int]) -> list[bytes]:
-        return self._keep("sweep", self._cap.sweep(pids))
+    def sweep(self, pids: set[int]) -> list:
+        return self._keep("sweep", self._cap.sweep(pids))  # decoded events (E.FdIO)
 
 
 def capture_churn(cap, root: Path, files: int) -> dict:
     """Trace the churn workload (files files, under root) through TracedCommand
     with cap, keeping its batches: the document `replay` takes."""
-    from provtrace.tracer.runner import TracedCommand  # noqa: PLC0415
+    from provtrace.tracer.pipeline.command import TracedCommand  # noqa: PLC0415
 
     sizes = dataclasses.replace(FULL, churn_files=files)
     wl = Churn(root, sizes, sys.executable)
@@ -124,7 +127,7 @@ def replay(doc: dict, db_path: str, compiled: bool | None = None) -> tuple[S.Sto
     """The recorded batches through decode -> Tracker -> RunWriter -> Store at db_path.
 
     Returns the store (still open) and its run index. The same steps, in the
-    same order, as the run loop in tracer/runner.py. compiled: as Decoder's."""
+    same order, as the pipeline (tracer/pipeline/). compiled: as Decoder's."""
     store = S.Store(db_path, own_dir=False)
     clock = Clock(offset_ns=doc["offset_ns"])
     pid, tag, start_ns = doc["root"]
@@ -142,15 +145,15 @@ def replay(doc: dict, db_path: str, compiled: bool | None = None) -> tuple[S.Sto
                 continue
             tracker.handle_all(decoder.decode_all(batch))
             if tracker.needs_sweep:
-                tracker.handle_all(decoder.decode_all(sweeps.pop(0) if sweeps else []))
+                tracker.handle_all(sweeps.pop(0) if sweeps else [])
                 tracker.needs_sweep.clear()
             tracker.finish_exited()
             if store.pending >= FLUSH_ROWS:
                 store.flush()
     finally:
         gc.unfreeze()
-    for batch in sweeps:  # the sweep after the command ended
-        tracker.handle_all(decoder.decode_all(batch))
+    for events in sweeps:  # the sweep after the command ended (events: the capture decodes them)
+        tracker.handle_all(events)
     tracker.finish_all(Clock.now_mono_ns())
     gaps = dict(tracker.gaps)
     if decoder.bad:

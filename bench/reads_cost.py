@@ -87,7 +87,7 @@ def _untraced(cmd: list[str], cwd: Path) -> float:
 
 def _traced(cap, cmd: list[str], cwd: Path, db: Path) -> tuple[float, float, dict]:
     """(workload cpu, tracer cpu, run summary) of one traced run."""
-    from provtrace.tracer.runner import TracedCommand  # noqa: PLC0415
+    from provtrace.tracer.pipeline.command import TracedCommand  # noqa: PLC0415
     from provtrace.tracer.store import queries as Q  # noqa: PLC0415
     from provtrace.tracer.store import sqlite as S  # noqa: PLC0415
 

@@ -107,18 +107,9 @@ def _trace(cmd: list[str], args: argparse.Namespace, *, cwd: str | None = None,
         traced = _run_via_daemon(cmd, socket_path, args, fallback=fallback, cwd=cwd, env=env)
         if traced is not None:
             return traced
-    if args.backend == "ebpf" and not root:
-        raise CaptureUnavailable("eBPF tracing needs root; run as root, or trace with "
-                                 "--backend ptrace (see 'provtrace doctor')")
-    capture, gap_records = None, []
-    if args.backend == "ptrace" or not root:  # asked for, or a user's fallback
-        from .capture.ptrace import PtraceCapture  # noqa: PLC0415
-
-        capture = PtraceCapture()
-    else:
-        capture, gap_records = _load_ebpf(fallback=args.backend == "auto")
+    capture, gap_records = _open_capture(args.backend, root)
     from .errors import StoreWriteError  # noqa: PLC0415
-    from .runner import TracedCommand, run_untraced  # noqa: PLC0415
+    from .pipeline.command import TracedCommand, run_untraced  # noqa: PLC0415
     from .store import queries as Q  # noqa: PLC0415
 
     try:
@@ -164,21 +155,16 @@ def _daemon_socket(args: argparse.Namespace) -> str | None:
     return path if os.path.exists(path) else None
 
 
-def _load_ebpf(fallback: bool):
-    """The eBPF backend, or (with --backend auto) ptrace when this kernel or
-    host cannot run the probes: one warning, and the reason kept in the run as
-    a gap, so the run says how it was traced and why (docs/kernels.md)."""
-    from .capture.ebpf import EbpfCapture  # noqa: PLC0415
+def _open_capture(backend: str, root: bool):
+    """The capture --backend asks for (capture/base.py open_capture): with
+    auto, ptrace when this kernel or host cannot run the probes, said in one
+    warning and kept in the run as a gap (docs/kernels.md)."""
+    from .capture.base import open_capture  # noqa: PLC0415
 
-    try:
-        return EbpfCapture(), []
-    except CaptureUnavailable as e:
-        if not fallback:
-            raise
-        from .capture.ptrace import PtraceCapture  # noqa: PLC0415
-
-        print(f"provtrace: warning: {e}; tracing with ptrace instead", file=sys.stderr)
-        return PtraceCapture(), [{"what": "ebpf_unavailable", "detail": str(e)}]
+    capture, gaps = open_capture(backend, root=root)
+    for gap in gaps:
+        print(f"provtrace: warning: {gap['detail']}; tracing with ptrace instead", file=sys.stderr)
+    return capture, gaps
 
 
 def _close_abandoned(store) -> None:
@@ -321,7 +307,7 @@ def _trace_notebook(path: str, args: argparse.Namespace, *, kernel: str | None,
     if os.geteuid() != 0:
         raise CaptureUnavailable("provtrace notebook run traces the kernel with eBPF and needs root "
                                  "(see 'provtrace doctor')")
-    from .traced_notebook import TracedNotebook  # noqa: PLC0415
+    from .pipeline.notebook import TracedNotebook  # noqa: PLC0415
 
     traced = TracedNotebook(path, kernel_name=kernel, label=label,
                             timeout_s=args.timeout, startup_timeout_s=args.startup_timeout,
@@ -923,7 +909,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if os.geteuid() != 0:
         raise UsageError("the demo traces with eBPF and needs root: sudo provtrace demo")
     from .lineage.graph import lineage, render  # noqa: PLC0415
-    from .runner import TracedCommand  # noqa: PLC0415
+    from .pipeline.command import TracedCommand  # noqa: PLC0415
 
     work = tempfile.mkdtemp(prefix="provtrace-demo-")
     with open(os.path.join(work, "raw.csv"), "w") as f:

@@ -87,7 +87,7 @@ class Daemon:
         from .api.server import ApiServer  # noqa: PLC0415
         from .api.tracing_store import TracingStore  # noqa: PLC0415
         from .api.watch import WATCH_INTERVAL_S, InputWatcher  # noqa: PLC0415
-        from .capture.ebpf import EbpfCapture  # noqa: PLC0415
+        from .capture.base import open_capture  # noqa: PLC0415
         from .correlate.follower import KernelFollower  # noqa: PLC0415
 
         if os.geteuid() != 0:
@@ -98,7 +98,7 @@ class Daemon:
         emitter = self._emitter()  # a bad OpenLineage configuration fails now, in one line
         store = S.Store(self.db_path)
         recover_open_runs(store)
-        capture = EbpfCapture()
+        capture, _ = open_capture("ebpf", root=True)  # the daemon traces with eBPF only
         capture.calibrate_created_bit()
         shed_compiler_memory()
         hub = EventHub()

@@ -12,7 +12,7 @@ import tempfile
 import textwrap
 import time
 
-from provtrace.tracer.runner import TracedCommand
+from provtrace.tracer.pipeline.command import TracedCommand
 from provtrace.tracer.store import queries as Q
 from provtrace.tracer.store import sqlite as S
 

@@ -21,7 +21,7 @@ from provtrace.tracer.capture import syscalls as S
 from provtrace.tracer.capture.decode import Decoder
 from provtrace.tracer.capture.ebpf import EbpfCapture
 from provtrace.tracer.model import events as E
-from provtrace.tracer.runner import TracedCommand
+from provtrace.tracer.pipeline.command import TracedCommand
 from provtrace.tracer.store import queries as Q
 from provtrace.tracer.store import sqlite as St
 
@@ -123,8 +123,8 @@ def _trace_child(capture, cwd) -> tuple[dict, list[E.Event]]:
         if any(E.Exit == type(e) and e.pid == child.pid for e in Decoder().decode_all(records)):
             break
         records += capture.poll(100)
-    records += capture.sweep({child.pid})
-    evs = [e for e in Decoder().decode_all(records) if e.pid == child.pid or e.tag == TAG]
+    swept = capture.sweep({child.pid})  # model events already (FLUSH_SWEEP FdIO)
+    evs = [e for e in Decoder().decode_all(records) + swept if e.pid == child.pid or e.tag == TAG]
     return json.loads(out), evs
 
 

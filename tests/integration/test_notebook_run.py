@@ -17,7 +17,7 @@ from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 from provtrace.tracer.correlate.notebook import NotebookError
 from provtrace.tracer.store import queries as Q
 from provtrace.tracer.store import sqlite as S
-from provtrace.tracer.traced_notebook import TracedNotebook
+from provtrace.tracer.pipeline.notebook import TracedNotebook
 
 pytestmark = pytest.mark.privileged
 

@@ -23,6 +23,9 @@ from pathlib import Path
 import pytest
 
 from provtrace.tracer.capture.ptrace import PtraceCapture
+from provtrace.tracer.model import events as E
+from provtrace.tracer.pipeline.command import TracedCommand
+from provtrace.tracer.store import sqlite as S
 
 from . import test_capture_semantics as SEM
 from .helpers import PY, accesses, entries, trace, trace_py
@@ -335,16 +338,28 @@ def test_32bit_syscalls_are_counted_as_lost(ptrace_capture, work):
     assert {"create", "write"} <= accesses(doc, work / "after.txt"), "64-bit syscalls after it are seen"
 
 
-def test_a_tracer_error_kills_the_traced_tree_instead_of_leaving_it_stopped(work):
-    from provtrace.tracer.model import events as E
+def test_a_consumer_error_kills_the_traced_tree_instead_of_leaving_it_stopped(work, tmp_path):
+    """The command driver's consumer fails mid-run (here: its store's sink raises on
+    one event): the stopped tracees must not wait forever for it."""
+    from provtrace.tracer.model.processes import Tracker
 
-    def emit(ev):
-        if isinstance(ev, E.Open) and ev.path.endswith("marker.txt"):
+    handle_all = Tracker.handle_all
+
+    def failing(self, events):
+        if any(isinstance(ev, E.Open) and ev.path.endswith("marker.txt") for ev in events):
             raise RuntimeError("a bug in the consumer")
+        handle_all(self, events)
 
-    with pytest.raises(RuntimeError, match="a bug in the consumer"):
-        PtraceCapture().run("/bin/sh", ["sh", "-c", "sleep 61.234 & echo x > marker.txt; wait"],
-                            dict(os.environ), str(work), emit, 1)
+    store = S.Store(str(tmp_path / "s.db"))
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(Tracker, "handle_all", failing)
+            tc = TracedCommand(["/bin/sh", "-c", "sleep 61.234 & echo x > marker.txt; wait"],
+                               store=store, cwd=str(work), capture=PtraceCapture())
+            with pytest.raises(RuntimeError, match="a bug in the consumer"):
+                tc.run()
+    finally:
+        store.close()
     alive = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:

@@ -42,3 +42,41 @@ def test_child_exits_when_the_tracer_is_gone_before_release():
     code, said = gated_child(release=False)
     assert code == gate.NOT_RELEASED_EXIT == 126
     assert said == b"provtrace: the tracer exited before tracing began; the command was not run\n"
+
+
+def _run_gated(release: bool, quiet: bool, argv: list[str]) -> tuple[int, bytes, bytes]:
+    """fork_gated with the child's stderr on a pipe: (exit code, exec errno digits, stderr)."""
+    err_r, err_w = os.pipe()
+    saved = os.dup(2)
+    os.dup2(err_w, 2)  # the child inherits it
+    try:
+        child = gate.fork_gated(argv, {"PATH": os.defpath}, "/", quiet=quiet)
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(err_w)
+    failed = b""
+    if release:
+        child.release()
+        failed = child.exec_error()
+    child.close()
+    _, status = os.waitpid(child.pid, 0)
+    with os.fdopen(err_r, "rb") as f:
+        said = f.read()
+    return os.waitstatus_to_exitcode(status), failed, said
+
+
+def test_fork_gated_runs_the_command_once_released():
+    assert _run_gated(True, False, ["sh", "-c", "exit 4"]) == (4, b"", b"")
+
+
+def test_fork_gated_reports_an_exec_failure():
+    code, failed, _ = _run_gated(True, False, ["/nonexistent/cmd"])
+    assert (code, int(failed)) == (127, 2)  # ENOENT
+
+
+def test_fork_gated_quiet_exits_without_a_word_when_never_released():
+    """The daemon's client: a busy daemon closes the gate and runs the command another way."""
+    assert _run_gated(False, True, ["sh", "-c", "exit 0"]) == (gate.NOT_RELEASED_EXIT, b"", b"")
+    code, _, said = _run_gated(False, False, ["sh", "-c", "exit 0"])
+    assert code == gate.NOT_RELEASED_EXIT and b"the command was not run" in said

@@ -33,9 +33,10 @@ from typing import TYPE_CHECKING, Callable, Iterator, Mapping, Sequence, TypeVar
 
 import grpc
 
-from ..capture import sigstate
+from ..capture import gate, sigstate
 from ..context.redact import redact_env
 from ..errors import CommandNotFound, TracerError
+from ..model.events import exit_code as exit_code_of
 from .auth import peer_cred
 from .gen import service_pb2 as svc
 from .gen import service_pb2_grpc as svc_grpc
@@ -382,7 +383,8 @@ def run_command(argv: Sequence[str], socket_path: str | None = None, cwd: str | 
     if not all(is_utf8(a) for a in (*argv, cwd)):
         raise HandOverFailed(socket_path or default_socket_path(),
                              "its arguments or directory are not UTF-8, which the daemon's API cannot carry")
-    pid, gate_w, err_r = _fork_gated(list(argv), cwd, env)
+    # quiet: when it is never released, the caller may run the command another way
+    child = gate.fork_gated(argv, env, cwd, quiet=True)
     warning = None
     try:
         with ProvtraceClient(socket_path) as client:
@@ -390,21 +392,20 @@ def run_command(argv: Sequence[str], socket_path: str | None = None, cwd: str | 
             # runs and its exit code comes back; the user is told. A busy or
             # absent daemon is the caller's to decide: it may trace it another way.
             try:
-                run_id = client.trace_command(pid, argv, cwd, _wire_env(env), label, retry_s=HANDOVER_RETRY_S)
+                run_id = client.trace_command(child.pid, argv, cwd, _wire_env(env), label,
+                                              retry_s=HANDOVER_RETRY_S)
             except ApiError as e:
                 if e.transient:  # the child never ran: the caller may run it another way
                     raise DaemonBusy(client.socket_path, e) from None
                 run_id, warning = "", f"{e}; the command runs untraced"
             if on_started is not None and run_id:
                 on_started(run_id)
-            os.write(gate_w, b"1")
-            os.close(gate_w)
-            gate_w = -1
-            with sigstate.Relay(pid):  # ^C reaches the command; SIGTERM and SIGHUP are passed on
-                failed = os.read(err_r, 64)
-                _, status = os.waitpid(pid, 0)
-            pid = -1
-            exit_code = sigstate.exit_code(status)
+            child.release()
+            with sigstate.Relay(child.pid):  # ^C reaches the command; SIGTERM and SIGHUP are passed on
+                failed = child.exec_error()
+                _, status = os.waitpid(child.pid, 0)
+            child.pid = -1
+            exit_code = exit_code_of(status)
             if run_id:
                 try:
                     client.finish_command(run_id, 127 if failed else exit_code)
@@ -414,11 +415,9 @@ def run_command(argv: Sequence[str], socket_path: str | None = None, cwd: str | 
             raise CommandNotFound(argv[0], os.strerror(int(failed.decode() or "2")))
         return CommandResult(run_id, exit_code, warning)
     finally:
-        if gate_w >= 0:
-            os.close(gate_w)  # the child reads EOF and exits without running anything
-        os.close(err_r)
-        if pid > 0:
-            os.waitpid(pid, 0)
+        child.close()  # never released: the child reads EOF and exits without running anything
+        if child.pid > 0:
+            os.waitpid(child.pid, 0)
 
 
 def _wire_env(env: Mapping[str, str]) -> dict[str, str]:
@@ -427,27 +426,3 @@ def _wire_env(env: Mapping[str, str]) -> dict[str, str]:
     from ..model.paths import display  # noqa: PLC0415
 
     return {display(k): display(v) for k, v in env.items()}
-
-
-def _fork_gated(argv: list[str], cwd: str, env: dict[str, str]) -> tuple[int, int, int]:
-    gate_r, gate_w = os.pipe()
-    err_r, err_w = os.pipe2(os.O_CLOEXEC)
-    pid = os.fork()
-    if pid == 0:  # child: only async-signal-safe-ish work until exec
-        code = 126
-        try:
-            os.close(gate_w)
-            os.close(err_r)
-            if os.read(gate_r, 1) == b"1":
-                os.close(gate_r)
-                code = 127
-                os.chdir(cwd)
-                sigstate.restore_in_child()  # provtrace's own signal state, not Python's
-                os.execvpe(argv[0], argv, env)
-        except OSError as exc:
-            os.write(err_w, str(exc.errno or 2).encode())
-        finally:
-            os._exit(code)
-    os.close(gate_r)
-    os.close(err_w)
-    return pid, gate_w, err_r

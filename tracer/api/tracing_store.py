@@ -16,8 +16,10 @@ InMemoryStore's; this class adds what happens around it:
   once the caller's released runs are complete (COMPLETION_WAIT_S at most):
   `provtrace show` right after `provtrace run` returns sees the whole run.
 
-One consumer thread (RunRouter) owns every Tracker; other threads hand it
-work through its queue.
+One consumer thread (RunRouter, the daemon's pipeline: tracer/pipeline/)
+owns every Tracker; other threads hand it work through its queue. Runs are
+opened (header, row, tag, writer, tracker) by pipeline.run.Run.open, as every
+driver opens them.
 """
 
 from __future__ import annotations
@@ -26,20 +28,20 @@ import dataclasses
 import datetime as dt
 import logging
 import os
-import socket
 import threading
 import time
 from typing import Any, Iterable, Mapping, Sequence
 
+from ..capture.base import Capture
 from ..clock import Clock, iso_utc, parse_iso
-from ..clock import us_to_iso as iso
 from ..correlate.policy import KernelCells, attach_kernel
 from ..correlate.windows import CellWindow
 from ..errors import RunNotFound, TracerError, UsageError
-from ..model.processes import NO_CELLS, Tracker
+from ..model.processes import NO_CELLS
+from ..pipeline.run import Run, header, new_run_id, redacted
 from ..store import queries as Q
 from ..store import sqlite as S
-from ..store.writer import RunWriter, stdio_files
+from ..store.writer import stdio_files
 from .auth import process_ids
 from .backend import FORMATS, NotFound
 from .events import EventHub
@@ -71,7 +73,7 @@ VANISHED = ("the client vanished before reporting the exit; ended by the daemon 
 
 
 class TracingStore(InMemoryStore):
-    def __init__(self, store: S.Store, capture, hub: EventHub | None = None) -> None:
+    def __init__(self, store: S.Store, capture: Capture, hub: EventHub | None = None) -> None:
         super().__init__(hub=hub, backend="ebpf")
         self.db = store
         self.capture = capture
@@ -120,17 +122,15 @@ class TracingStore(InMemoryStore):
                 session_id=session_id)
             sid = kernel.session_id
             self._kernel_sessions[(pid, pid_start_ns)] = sid
-        started_us = time.time_ns() // 1000
-        header = {"id": sid, "kind": "session", "backend": "ebpf",
-                  "label": notebook_path or connection_file or kernel_name,
-                  "argv": _cmdline(pid), "cwd": _cwd(pid), "host": socket.gethostname(),
-                  "user": user, "uid": uid, "started": iso(started_us), "start_us": started_us,
-                  "kernel": {"pid": pid, "name": kernel_name, "language": language,
-                             "connection_file": connection_file, "notebook": notebook_path}}
+        hdr = header(sid, "session", self.capture.name,
+                     label=notebook_path or connection_file or kernel_name, argv=_cmdline(pid),
+                     cwd=_cwd(pid), user=user, uid=uid, started_us=time.time_ns() // 1000,
+                     kernel={"pid": pid, "name": kernel_name, "language": language,
+                             "connection_file": connection_file, "notebook": notebook_path})
         policy = KernelCells()
         policy.add_kernel(pid, Clock.now_mono_ns())
-        live = self._open_run(sid, "session", header, policy, started_us)
-        live.writer.stdio = stdio_files(pid)  # the notebook server's log, where a kernel's stdout goes
+        # stdio: the notebook server's log, where a kernel's stdout goes
+        live = self._open_run(hdr, policy, stdio_files(pid))
         live.kernel_pid = pid
         live.env = _environ(pid)
         attach_kernel(live.tracker, pid, live.tag)
@@ -207,16 +207,10 @@ class TracingStore(InMemoryStore):
 
     def start_command(self, *, pid: int, uid: int, user: str | None, argv: Sequence[str], cwd: str,
                       env: Mapping[str, str], label: str | None, ppid: int | None = None) -> RunRecord:
-        from ..runner import new_run_id  # noqa: PLC0415
-
         run_id = new_run_id()
-        started_us = time.time_ns() // 1000
-        header = {"id": run_id, "kind": "command", "backend": "ebpf", "label": label,
-                  "argv": _redact(list(argv)), "cwd": cwd, "host": socket.gethostname(),
-                  "user": user, "uid": uid, "started": iso(started_us), "start_us": started_us,
-                  "via": "daemon"}
-        live = self._open_run(run_id, "command", header, NO_CELLS, started_us)
-        live.writer.stdio = stdio_files(pid)  # the user's `> log`: not the command's data
+        hdr = header(run_id, "command", self.capture.name, label=label, argv=redacted(list(argv)),
+                     cwd=cwd, user=user, uid=uid, started_us=time.time_ns() // 1000, via="daemon")
+        live = self._open_run(hdr, NO_CELLS, stdio_files(pid))  # stdio: the user's `> log`, not data
         live.root_pid = pid
         live.root_start_ns = _start_ns(pid)
         live.env = dict(env)
@@ -364,16 +358,9 @@ class TracingStore(InMemoryStore):
         return (data[i: i + 65536] for i in range(0, len(data), 65536))
 
     # -- internals -------------------------------------------------------------------
-    def _open_run(self, run_id: str, kind: str, header: dict, policy, started_us: int) -> LiveRun:
-        from ..runner import _redactor  # noqa: PLC0415
-
-        rid = self.db.new_run(run_id, header)
-        tag = 1 + (rid % 0x7FFFFFFF)
-        writer = RunWriter(self.db, rid, self.clock, _redactor(), base_us=started_us)
-        tracker = Tracker(writer, self.capture.created_mask, cells=policy)
-        live = LiveRun(run_id=run_id, rid=rid, tag=tag, kind=kind, tracker=tracker, writer=writer,
-                       policy=policy, lost_at_start=self.capture.lost(), uid=header.get("uid"))
-        self._live[run_id] = live
+    def _open_run(self, hdr: dict, policy, stdio: frozenset[str]) -> LiveRun:
+        live = Run.open(self.db, self.capture, hdr, policy, clock=self.clock, stdio=stdio)
+        self._live[live.run_id] = live
         return live
 
     def _window(self, session_id: str, cell: CellRecord) -> LiveRun | None:
@@ -475,13 +462,6 @@ def _cwd(pid: int) -> str | None:
         return os.readlink(f"/proc/{pid}/cwd")
     except OSError:
         return None
-
-
-def _redact(argv: list[str]) -> list[str]:
-    from ..runner import _redactor  # noqa: PLC0415
-
-    redact = _redactor()
-    return redact(argv) if redact else argv
 
 
 def _start_ns(pid: int) -> int:

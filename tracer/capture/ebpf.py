@@ -31,7 +31,7 @@ from importlib import resources
 from pathlib import Path
 
 from ..errors import CaptureUnavailable, ProbeLoadError
-from . import btf, features, syscalls
+from . import btf, features, gate, syscalls
 from .layouts import LOST_REASONS
 
 log = logging.getLogger(__name__)
@@ -155,8 +155,11 @@ def cflags(offsets: dict[str, int], ringbuf_pages: int,
 class EbpfCapture:
     """Loaded probes plus a ring-buffer consumer.
 
-    Usage: cap = EbpfCapture(); cap.trace(pid, tag); ... cap.poll(100) -> [bytes]
+    A Capture (base.py). Usage: cap = EbpfCapture(); cap.trace(pid, tag) (or
+    pid = cap.spawn(...)); ... cap.decode(cap.poll(100), decoder) -> [events]
     """
+
+    name = "ebpf"
 
     def __init__(self, ringbuf_pages: int = 4096) -> None:
         if os.geteuid() != 0:
@@ -188,6 +191,8 @@ class EbpfCapture:
         except ProbeLoadError:
             self._bpf.cleanup()
             raise
+        self.gaps: dict[str, int] = {}  # the probes count their losses in lost() instead
+        self._exec_errors: dict[int, bytes] = {}  # spawned pid -> exec errno digits (b"": it exec'd)
         self._pending: list[bytes] = []
         pending, append = self._pending, self._pending.append
         string_at = ctypes.string_at
@@ -308,6 +313,30 @@ class EbpfCapture:
     def traced_pids(self) -> list[int]:
         return [k.value for k in self._traced.keys()]
 
+    def spawn(self, exe: str, argv, env, cwd: str, tag: int, started=None) -> int:
+        """Fork exe behind the gate, put it in the traced map, then release it:
+        its exec and everything after it is seen. started(pid) runs before the release."""
+        child = gate.fork_gated(argv, env, cwd, exe=exe)
+        try:
+            if started is not None:
+                started(child.pid)
+            self.trace(child.pid, tag)
+            child.release()
+        except BaseException:
+            child.close()  # never released: it exits without running anything
+            os.waitpid(child.pid, 0)
+            raise
+        self._exec_errors[child.pid] = child.exec_error()  # returns once it exec'd (or failed to)
+        return child.pid
+
+    def reap(self, pid: int) -> tuple[int, bytes] | None:
+        """(wait status, exec errno digits) once spawned pid has exited, else None."""
+        done, status = os.waitpid(pid, os.WNOHANG)
+        return (status, self._exec_errors.pop(pid, b"")) if done else None
+
+    def abandon(self) -> None:
+        """The consumer failed: the commands run on (untraced once we are gone)."""
+
     # -- consuming ----------------------------------------------------------
     def poll(self, timeout_ms: int) -> list[bytes]:
         """Wait up to timeout_ms, then return what is available, MAX_BATCH records at most.
@@ -351,28 +380,29 @@ class EbpfCapture:
         del self._pending[:]
         return out
 
-    def sweep(self, pids: set[int]) -> list[bytes]:
-        """Turn leftover aggregation entries of `pids` into FLUSH_SWEEP records.
+    def decode(self, batch: list[bytes], decoder) -> list:
+        """A batch of wire records as model events (decoder counts what it could not decode)."""
+        return decoder.decode_all(batch)
+
+    def sweep(self, pids: set[int]) -> list:
+        """Turn leftover aggregation entries of `pids` into FLUSH_SWEEP events (E.FdIO).
 
         The kernel sweeps fds below PT_FLUSH_FDS at exec and exit; an entry
         above that, or of a process still alive when tracing stops, ends here.
         """
-        from .layouts import EV_FDIO, FLUSH_SWEEP, FdioEvent  # noqa: PLC0415
+        from ..model import events as E  # noqa: PLC0415
+        from .layouts import FLUSH_SWEEP  # noqa: PLC0415
 
         agg = self._bpf[b"agg"]
         out = []
         for k, v in list(agg.items()):
             if k.pid not in pids:
                 continue
-            ev = FdioEvent()
-            ev.h.type, ev.h.pid, ev.h.tid, ev.h.tag = EV_FDIO, k.pid, k.pid, 0
-            ev.fd, ev.reason = k.fd, FLUSH_SWEEP
-            ev.bytes_read, ev.bytes_written = v.bytes_read, v.bytes_written
-            ev.nreads, ev.nwrites = v.nreads, v.nwrites
-            ev.ino, ev.dev, ev.imode = v.ino, v.dev, v.imode
-            ev.map_prot, ev.flags, ev.first_ts_ns = v.map_prot, v.flags, v.first_ts_ns
-            ev.h.ts_ns = v.first_ts_ns
-            out.append(bytes(ev))
+            out.append(E.FdIO(
+                ts_ns=v.first_ts_ns, pid=k.pid, tid=k.pid, tag=0, fd=k.fd, reason=FLUSH_SWEEP,
+                bytes_read=v.bytes_read, bytes_written=v.bytes_written, nreads=v.nreads,
+                nwrites=v.nwrites, ino=v.ino, dev=v.dev, imode=v.imode, map_prot=v.map_prot,
+                flags=v.flags, first_ts_ns=v.first_ts_ns))
             try:
                 del agg[k]
             except KeyError:

@@ -1,11 +1,15 @@
 """The ptrace backend: the same events as the probes, for hosts or users without eBPF.
 
-PtraceCapture forks the command, attaches with PTRACE_SEIZE while the child
-waits on a pipe (so its exec and everything after it is seen), then owns every
+PtraceCapture.spawn forks the command behind the fork gate (gate.py), and a
+tracer thread of its own attaches with PTRACE_SEIZE while the child waits on
+the gate (so its exec and everything after it is seen), then owns every
 waitpid of the traced tree until the last traced process is gone. Each stop
-becomes events from tracer/model/events.py handed to `emit` (the Tracker),
+becomes events from tracer/model/events.py, queued for poll() like the
+probes' ring buffer (a Capture, base.py: the pipeline consumes both alike),
 with reads and writes aggregated per (process, fd) in userspace as the kernel
-side does (fdagg.py), so a run looks the same whichever backend made it.
+side does (fdagg.py), so a run looks the same whichever backend made it. The
+queue is bounded: a full one holds the tracer thread, and so the stopped
+tracees, until the consumer catches up (nothing is dropped).
 
 Speed: a seccomp-bpf filter installed in the child just before exec makes
 only the syscalls of ptrace_syscalls.TRACED (less those PROVTRACE_CAPTURE_OFF
@@ -32,12 +36,13 @@ import os
 import platform
 import shutil
 import signal
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 
 from ..errors import CaptureUnavailable
 from ..model import events as E
-from . import gate, sigstate
+from . import gate
 from . import layouts as L
 from . import ptrace_kernel as K
 from .decode import argv_from_region
@@ -51,7 +56,8 @@ log = logging.getLogger(__name__)
 
 _SYSCALL_STOP = signal.SIGTRAP | 0x80
 _GROUP_STOP_SIGS = frozenset({signal.SIGSTOP, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU})
-TICK_EVERY_STOPS = 256
+MAX_BATCH = 4096  # events one poll() returns at most, as the probes' consumer
+MAX_QUEUED = 4 * MAX_BATCH  # queued events beyond which the tracer thread waits for the consumer
 
 Emit = Callable[[E.Event], None]
 
@@ -70,10 +76,13 @@ class _Task:
 
 
 class PtraceCapture:
-    """Usage: status, exec_errno = PtraceCapture().run(exe, argv, env, cwd, tracker.handle, tag)"""
+    """A Capture (base.py) for commands it starts itself.
+
+    Usage: pid = cap.spawn(exe, argv, env, cwd, tag); then cap.poll(100) -> [events]
+    until cap.reap(pid) returns (wait status, exec errno digits).
+    """
 
     name = "ptrace"
-    owns_wait = True  # the runner must not waitpid: every wait belongs to the tracer
     created_mask = CREATED_BIT
 
     def __init__(self, *, seccomp: bool = True) -> None:
@@ -86,6 +95,15 @@ class PtraceCapture:
         self.stops = 0
         self.processes = 0
         self.compat_syscalls = 0
+        self._cond = threading.Condition()
+        self._queue: list[E.Event] = []
+        self._thread: threading.Thread | None = None
+        self._finished = True  # no tree being traced
+        self._closing = False
+        self._error: BaseException | None = None
+        self._result: tuple[int, bytes] | None = None
+        self._root = -1
+        self._tasks: dict[int, _Task] = {}
         _check_seize()
 
     def lost(self) -> dict[str, int]:
@@ -94,53 +112,169 @@ class PtraceCapture:
         probes count is there, so that a run's JSON is the same on both backends."""
         return {**dict.fromkeys(L.LOST_REASONS, 0), "compat_syscalls": self.compat_syscalls}
 
-    def close(self) -> None:
-        return None
-
     def _gap(self, what: str, n: int = 1) -> None:
         self.gaps[what] = self.gaps.get(what, 0) + n
 
-    # -- running ------------------------------------------------------------------
-    def run(self, exe: str, argv: Sequence[str], env: Mapping[str, str], cwd: str, emit: Emit,
-            tag: int, *, started: Callable[[int], None] | None = None,
-            tick: Callable[[], None] | None = None) -> tuple[int, bytes]:
-        """Trace exe until every traced process is gone.
+    # -- the Capture protocol (base.py) -----------------------------------------
+    def trace(self, pid: int, tag: int) -> None:
+        raise CaptureUnavailable("the ptrace backend follows only the commands it starts itself "
+                                 "(spawn); tracing a running process needs eBPF")
 
-        Returns (wait status of the command, errno digits if its exec failed).
-        started(pid) runs once the child is attached, before it may exec.
-        """
+    def untrace(self, pid: int) -> None:
+        """Nothing to do: the seccomp filter cannot be removed, so every descendant
+        is followed to its end (a detached one would get ENOSYS)."""
+
+    def traced_pids(self) -> list[int]:
+        with self._cond:
+            finished = self._finished
+        return [] if finished else sorted({self._tasks[t].tgid for t in _keys(self._tasks) if t in self._tasks})
+
+    def decode(self, batch: list, decoder) -> list[E.Event]:
+        return batch  # the tracer thread queues model events already
+
+    def sweep(self, pids: set[int]) -> list[E.Event]:
+        """Nothing left: the tracer thread flushed every fd counter as its tree ended."""
+        return []
+
+    def wake(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
+
+    def poll(self, timeout_ms: int) -> list[E.Event]:
+        """Wait up to timeout_ms for events, then return MAX_BATCH of them at most.
+        A failure of the tracer thread is raised here, once its events are taken."""
+        with self._cond:
+            if not self._queue and not self._finished:
+                self._cond.wait(timeout_ms / 1000)
+            return self._take()
+
+    def drain_batches(self):
+        """What is queued now, one bounded batch at a time."""
+        while True:
+            with self._cond:
+                batch = self._take()
+            if batch:
+                yield batch
+            if len(batch) < MAX_BATCH:
+                return
+
+    def _take(self) -> list[E.Event]:
+        batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
+        self._cond.notify_all()  # the tracer thread may wait for room
+        if not batch and self._finished and self._error is not None:
+            error, self._error = self._error, None
+            raise error
+        return batch
+
+    def spawn(self, exe: str, argv: Sequence[str], env: Mapping[str, str], cwd: str, tag: int,
+              started: Callable[[int], None] | None = None) -> int:
+        """Fork exe behind the gate, attach, and trace it (and every descendant)
+        on a tracer thread; returns its pid once it is released. started(pid)
+        runs (on the tracer thread) once it is attached, before it may exec."""
         K.libc()  # bind libc here: the child must not do it between fork and exec
+        if not self._finished:
+            raise CaptureUnavailable("this ptrace capture is tracing a command already")
         self.gaps, self.stops, self.processes, self.compat_syscalls = {}, 0, 0, 0  # per run
         self.seccomp_active = False
-        self._emit, self._tag, self._tick = emit, tag, tick or (lambda: None)
+        self._queue, self._error, self._result, self._finished = [], None, None, False
+        self._closing = False
+        ready = threading.Event()
+        self._thread = threading.Thread(
+            target=self._trace_tree, args=(exe, argv, env, cwd, tag, started, ready),
+            name="provtrace-ptrace", daemon=True)
+        self._thread.start()
+        ready.wait()
+        with self._cond:
+            if self._root < 0 and self._error is not None:  # it never got going
+                error, self._error = self._error, None
+                raise error
+        return self._root
+
+    def reap(self, pid: int) -> tuple[int, bytes] | None:
+        """(wait status, exec errno digits) of pid once its whole tree is gone
+        (every descendant is followed to its end), else None."""
+        with self._cond:
+            return self._result if self._finished and pid == self._root else None
+
+    def abandon(self) -> None:
+        """The consumer failed: kill the traced tree (stopped tracees would hang) and reap it."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+        for tid in _keys(self._tasks):  # wakes the tracer thread's waitpid; it kills the rest
+            try:
+                os.kill(tid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join()
+
+    def close(self) -> None:
+        if not self._finished:
+            self.abandon()
+
+    # -- the tracer thread ----------------------------------------------------------
+    def _put(self, ev: E.Event) -> None:
+        """Queue one event; a full queue holds the tracer (so the tracees) for the consumer."""
+        with self._cond:
+            while len(self._queue) >= MAX_QUEUED and not self._closing:
+                self._cond.wait(0.5)
+            self._queue.append(ev)
+            if len(self._queue) >= MAX_BATCH:
+                self._cond.notify_all()
+
+    def _trace_tree(self, exe: str, argv: Sequence[str], env: Mapping[str, str], cwd: str, tag: int,
+                    started: Callable[[int], None] | None, ready: threading.Event) -> None:
+        """Tracer thread: every ptrace request and waitpid of the tree happens here."""
+        self._root = -1
+        try:
+            self._result = self._follow(exe, argv, env, cwd, tag, started, ready)
+        except BaseException as e:  # noqa: BLE001 - raised again in the consumer by poll()
+            self._error = e
+        finally:
+            with self._cond:
+                self._finished = True
+                self._cond.notify_all()
+            ready.set()
+
+    def _follow(self, exe: str, argv: Sequence[str], env: Mapping[str, str], cwd: str, tag: int,
+                started: Callable[[int], None] | None, ready: threading.Event) -> tuple[int, bytes]:
+        self._emit, self._tag = self._put, tag
         self._info, self._mem = K.SyscallInfo(), K.Memory()
-        self._agg = FdAggregator(emit, tag)
+        self._agg = FdAggregator(self._put, tag)
         off = syscalls.switched_off()  # PROVTRACE_CAPTURE_OFF
-        self._calls = SyscallFolder(emit, self._agg, self._mem, tag, self.gaps, off)
-        self._tasks: dict[int, _Task] = {}
+        self._calls = SyscallFolder(self._put, self._agg, self._mem, tag, self.gaps, off)
+        self._tasks = {}
         self._usage: dict[int, E.Usage | None] = {}  # tgid -> reading at its exit stop
         self._early: dict[int, int] = {}  # tid -> status reported before its parent's fork event
         self._root_status: int | None = None
         prog = (K.seccomp_program(traced_syscalls(off), MMAP, MAP_ANONYMOUS, IOCTL, (FIOCLEX, FIONCLEX))
                 if self.use_seccomp else None)
-        pid, go_w, err_r, self._mode_r = _spawn(exe, argv, env, cwd, prog)
+        mode_r, mode_w = os.pipe2(os.O_CLOEXEC)
+        self._mode_r = mode_r
+
+        def install_filter() -> None:  # in the child, just before exec
+            if prog is not None:
+                os.write(mode_w, b"S" if K.install_seccomp(prog) == 0 else b"F")
+
+        child = gate.fork_gated(argv, env, cwd, exe=exe, before_exec=install_filter)
+        os.close(mode_w)
         try:
-            self._attach(pid)
-            self._root = pid
+            self._attach(child.pid)
             if started:
-                started(pid)
-            K.resume(K.PTRACE_SYSCALL, pid)
-            gate.release(go_w)
-            go_w = -1
+                started(child.pid)
+            self._root = child.pid
+            K.resume(K.PTRACE_SYSCALL, child.pid)
+            child.release()
+            ready.set()
             self._loop()
-            failed = os.read(err_r, 64)
+            failed = child.exec_error()
         except BaseException:
             self._abort()
             raise
         finally:
-            for fd in (go_w, err_r, self._mode_r):
-                if fd >= 0:
-                    os.close(fd)
+            child.close()
+            os.close(mode_r)
         if self._mem.failures:
             self.gaps["ptrace_unreadable_memory"] = self._mem.failures
         return self._root_status if self._root_status is not None else 255 << 8, failed
@@ -181,6 +315,8 @@ class PtraceCapture:
 
     def _loop(self) -> None:
         while self._tasks:
+            if self._closing:  # the consumer gave up on this tree
+                raise CaptureUnavailable("the traced command was abandoned by its consumer")
             try:
                 tid, status = os.waitpid(-1, K.WALL)
             except ChildProcessError:
@@ -189,8 +325,6 @@ class PtraceCapture:
                 break
             self.stops += 1
             self._dispatch(tid, status)
-            if not self.stops % TICK_EVERY_STOPS:
-                self._tick()
         self._agg.flush_all(L.FLUSH_SWEEP, time.monotonic_ns())
 
     def _dispatch(self, tid: int, status: int) -> None:
@@ -336,7 +470,16 @@ class PtraceCapture:
         self.processes += 1
         if task.tgid == self._root:
             self._root_status = status
-        self._tick()
+
+
+def _keys(tasks: dict[int, _Task]) -> list[int]:
+    """The task ids now, read from another thread than the tracer's (which may
+    change the dict meanwhile: then read again)."""
+    while True:
+        try:
+            return list(tasks)
+        except RuntimeError:
+            continue
 
 
 def _check_seize() -> None:
@@ -364,35 +507,6 @@ def _check_seize() -> None:
                                  f"ptrace_scope or a container forbids it (see 'provtrace doctor')")
 
 
-def _spawn(exe: str, argv: Sequence[str], env: Mapping[str, str], cwd: str,
-           prog: bytes | None) -> tuple[int, int, int, int]:
-    """Fork the command; it waits on a pipe, installs the filter, then execs.
-
-    Returns (pid, go pipe write end, exec-error read end, seccomp-mode read end).
-    """
-    go_r, go_w = os.pipe()
-    err_r, err_w = os.pipe2(os.O_CLOEXEC)
-    mode_r, mode_w = os.pipe2(os.O_CLOEXEC)
-    pid = os.fork()
-    if pid == 0:  # child: only async-signal-safe-ish work until exec
-        try:
-            for fd in (go_w, err_r, mode_r):
-                os.close(fd)
-            os.chdir(cwd)
-            gate.wait_for_release(go_r)  # exits, never execs, if the tracer dies before release
-            sigstate.restore_in_child()  # provtrace's own signal state, not Python's
-            if prog is not None:
-                os.write(mode_w, b"S" if K.install_seccomp(prog) == 0 else b"F")
-            os.execve(exe, list(argv), dict(env))
-        except OSError as e:
-            os.write(err_w, f"{e.errno}".encode())
-        finally:
-            os._exit(127)
-    for fd in (go_r, err_w, mode_w):
-        os.close(fd)
-    return pid, go_w, err_r, mode_r
-
-
 def _status_ids(tid: int) -> tuple[int | None, int | None]:
     """(tgid, real uid) from /proc/TID/status; Nones when it is gone."""
     tgid = uid = None
@@ -417,7 +531,12 @@ def self_test() -> str:
     true = shutil.which("true") or "/bin/true"
     seen: list[E.Event] = []
     cap = PtraceCapture()
-    status, failed = cap.run(true, ["true"], {"PATH": os.defpath}, "/", seen.append, 1)
+    pid = cap.spawn(true, ["true"], {"PATH": os.defpath}, "/", 1)
+    while (done := cap.reap(pid)) is None:
+        seen += cap.poll(100)
+    for batch in cap.drain_batches():
+        seen += batch
+    status, failed = done
     if failed or not os.WIFEXITED(status) or os.WEXITSTATUS(status) != 0:
         raise CaptureUnavailable(f"a traced `true` did not run cleanly (status 0x{status:x})")
     if not any(isinstance(e, E.Exec) for e in seen):

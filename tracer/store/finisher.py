@@ -109,6 +109,8 @@ class Completion:
     uid: int | None = None  # the owner, for queries that wait on their own runs
     schema: SchemaPolicy | None = None  # None: the config file's
     context: Callable[[], dict | None] | None = None  # collects the CONTEXT record's body
+    # writes more context records after it (a notebook's per-cell context)
+    more_context: Callable[[S.Store], None] | None = None
     done: threading.Event = field(default_factory=threading.Event)
 
 
@@ -134,6 +136,8 @@ def complete(store: S.Store, job: Completion) -> None:
             ctx = {"error": str(e)}
         if ctx is not None:  # None: nothing to collect it with (no context package)
             store.append(job.rid, S.CONTEXT, ctx)
+    if job.more_context is not None:
+        job.more_context(store)
     changed: list[str] = []
 
     def check(path: str, fp: dict) -> dict:

@@ -1,9 +1,10 @@
 """`provtrace notebook run`: execute a notebook headlessly under eBPF tracing,
 with every event attributed to the cell execution that caused it.
 
-Threads: the main thread drives nbclient (NotebookRunner) and turns its cell
-hooks into windows; a consumer thread owns the Tracker and drains the ring
-buffer. They meet in KernelCells (locked) and the Store (locked).
+The driver is the pipeline (pipeline.py) with one notebook Run. Threads: the
+main thread drives nbclient (NotebookRunner) and turns its cell hooks into
+windows; a consumer thread steps the pipeline, which owns the Tracker. They
+meet in KernelCells (locked) and the Store (locked).
 
 The kernel is added to tracing as soon as it has started (nbclient's
 start_new_kernel returns after kernel_info): its start-up is not traced and
@@ -15,28 +16,24 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import threading
 import time
 
-from .capture.decode import Decoder
-from .capture.procusage import proc_usage, usage_delta
-from .clock import Clock, iso_utc
-from .clock import us_to_iso as iso
-from .correlate.notebook import CellExecution, CellStart, NotebookResult, NotebookRunner
-from .correlate.policy import KernelCells, attach_kernel
-from .correlate.windows import CellWindow
-from .errors import StoreWriteError, TracerError
-from .model.events import Usage
-from .model.processes import Tracker
-from .runner import _gpu_sample, _redactor, _user, apply_batch, new_run_id
-from .store import sqlite as S
-from .store.fingerprint import record_fingerprints
-from .store.writer import RunWriter, stdio_files
+from ..capture.base import Capture, calibrated
+from ..capture.procusage import proc_usage, usage_delta
+from ..clock import Clock, iso_utc
+from ..correlate.notebook import CellExecution, CellStart, NotebookResult, NotebookRunner
+from ..correlate.policy import KernelCells, attach_kernel
+from ..correlate.windows import CellWindow
+from ..errors import StoreWriteError, TracerError
+from ..model.events import Usage
+from ..store import sqlite as S
+from ..store.writer import stdio_files
+from .pipeline import POLL_MS, Pipeline
+from .run import Run, gpu_sample, header, new_run_id, user_name
 
 log = logging.getLogger(__name__)
 
-FLUSH_EVERY_S = 0.5
 KERNEL_EXIT_WAIT_S = 5.0
 
 
@@ -46,57 +43,36 @@ def cell_key(index: int, cell_id: str | None) -> str:
 
 
 class _Consumer(threading.Thread):
-    """Drains the ring buffer into the Tracker until told to stop."""
+    """Steps the pipeline until told to stop."""
 
-    def __init__(self, cap, tracker: Tracker, store: S.Store) -> None:
+    def __init__(self, pipeline: Pipeline) -> None:
         super().__init__(name="provtrace-consumer", daemon=True)
-        self.cap, self.tracker, self.store = cap, tracker, store
-        self.decoder = Decoder()
+        self.pipeline = pipeline
         self.stop_requested = threading.Event()
         self.error: BaseException | None = None
-        self._attach: list[int] = []
-        self._attach_lock = threading.Lock()
-
-    def attach(self, pid: int) -> None:
-        with self._attach_lock:
-            self._attach.append(pid)
 
     def run(self) -> None:
-        last_flush = time.monotonic()
         store_failed = False
         try:
             while not self.stop_requested.is_set():
-                self._step(self.cap.poll(100))
-                if time.monotonic() - last_flush >= FLUSH_EVERY_S:
+                self.pipeline.step(POLL_MS)
+                if self.pipeline.flush_due():
                     try:
-                        self.store.flush()
+                        self.pipeline.flush()
                     except StoreWriteError as e:  # a full disk: counted as lost, the notebook goes on
                         if not store_failed:  # once: the end record says how much was lost
                             log.warning("event=store-write-failed error=%r", str(e))
                         store_failed = True
-                    last_flush = time.monotonic()
         except BaseException as e:  # noqa: BLE001 - handed to the main thread, which re-raises
             log.exception("event=consumer-failed")
             self.error = e
-
-    def _step(self, batch: list[bytes]) -> None:
-        with self._attach_lock:
-            pending, self._attach = self._attach, []
-        for pid in pending:
-            attach_kernel(self.tracker, pid)
-        apply_batch(batch, self.cap, self.tracker, self.decoder)
-
-    def finish(self) -> None:
-        """Called after the thread stopped: drain what is left."""
-        for batch in self.cap.drain_batches():
-            self._step(batch)
 
 
 class TracedNotebook:
     """One notebook run into one store. Call run(); it returns the exit code."""
 
     def __init__(self, path: str, *, store: S.Store, kernel_name: str | None = None,
-                 label: str | None = None, capture=None, timeout_s: int | None = 600,
+                 label: str | None = None, capture: Capture | None = None, timeout_s: int | None = 600,
                  startup_timeout_s: int = 60) -> None:
         self.store = store
         self.label = label
@@ -117,15 +93,17 @@ class TracedNotebook:
         # the kernel's own /proc figures at a cell's start, then its share of the cell
         self._kernel_at_start: dict[str, Usage | None] = {}
         self._kernel_usage: dict[str, list[int]] = {}
-        self._consumer: _Consumer | None = None
-        self._tag = 0
+        self._run: Run | None = None
+        self._pipeline: Pipeline | None = None
 
     # -- hooks (main thread) ------------------------------------------------------
     def _kernel_started(self, pid: int) -> None:
         self._kernel_pid = pid
         self.cells.add_kernel(pid, Clock.now_mono_ns())
-        self.capture.trace(pid, self._tag)
-        self._consumer.attach(pid)
+        run = self._run
+        attach_kernel(run.tracker, pid, run.tag)  # seeded before the pipeline owns it
+        self._pipeline.add(run)
+        self.capture.trace(pid, run.tag)
         log.info("event=kernel-traced pid=%d run=%s", pid, self.run_id)
 
     def _cell_start(self, start: CellStart) -> None:
@@ -133,7 +111,7 @@ class TracedNotebook:
         self.cells.set_window(CellWindow(
             kernel_pid=self._kernel_pid or 0, msg_id=key, cell_id=key, code_sha256=start.code_sha256,
             start_ns=self.clock.utc_to_mono_ns(start.started)))
-        self._samples[key] = [_gpu_sample(self._kernel_pids())]
+        self._samples[key] = [gpu_sample(self._kernel_pids())]
         if self._kernel_pid is not None:
             self._kernel_at_start[key] = proc_usage(self._kernel_pid)
 
@@ -146,7 +124,7 @@ class TracedNotebook:
             end_ns=max(end_ns, start_ns), execution_count=done.execution_count,
             code_sha256=done.code_sha256, status=done.status, end_reason=done.end_reason,
             error_name=done.error_name))
-        self._samples.setdefault(key, []).append(_gpu_sample(self._kernel_pids()))
+        self._samples.setdefault(key, []).append(gpu_sample(self._kernel_pids()))
         if self._kernel_pid is not None:
             d = usage_delta(self._kernel_at_start.pop(key, None), proc_usage(self._kernel_pid))
             if d is not None:
@@ -172,27 +150,19 @@ class TracedNotebook:
 
     # -- the run --------------------------------------------------------------------
     def run(self) -> int:
-        if self.capture is None:
-            from .capture.ebpf import EbpfCapture  # noqa: PLC0415
-
-            self.capture = EbpfCapture()
-        cap = self.capture
-        if not cap.created_mask:
-            cap.calibrate_created_bit()
-        redact = _redactor()
+        self.capture = cap = calibrated(self.capture)
         uid = os.getuid()
-        started_us = time.time_ns() // 1000
-        argv = ["provtrace", "notebook", "run", self.path]
-        header = {"id": self.run_id, "kind": "notebook", "backend": "ebpf", "label": self.label,
-                  "argv": argv, "cwd": os.path.dirname(self.path), "host": socket.gethostname(),
-                  "user": _user(uid), "uid": uid, "started": iso(started_us), "start_us": started_us,
-                  "notebook": self.path, "kernel_name": self.runner.kernel_name}
-        self.rid = self.store.new_run(self.run_id, header)
-        self._tag = 1 + (self.rid % 0x7FFFFFFF)
+        hdr = header(self.run_id, "notebook", cap.name, label=self.label,
+                     argv=["provtrace", "notebook", "run", self.path], cwd=os.path.dirname(self.path),
+                     user=user_name(uid), uid=uid, started_us=time.time_ns() // 1000,
+                     notebook=self.path, kernel_name=self.runner.kernel_name)
         # the kernel inherits our stdout and stderr: files there are a log, not data
-        writer = RunWriter(self.store, self.rid, self.clock, redact, base_us=started_us, stdio=stdio_files())
-        tracker = Tracker(writer, cap.created_mask, cells=self.cells)
-        self._consumer = consumer = _Consumer(cap, tracker, self.store)
+        self._run = run = Run.open(self.store, cap, hdr, self.cells, clock=self.clock, stdio=stdio_files())
+        self.rid = run.rid
+        run.env = dict(os.environ)
+        run.more_context = self._cell_contexts
+        self._pipeline = pipeline = Pipeline(cap, self.store)
+        consumer = _Consumer(pipeline)
         consumer.start()
         gaps: dict[str, int] = {}
         failure: BaseException | None = None
@@ -207,13 +177,8 @@ class TracedNotebook:
             consumer.join()
         if consumer.error is not None:
             raise consumer.error
-        consumer.finish()
-        for leftover in set(cap.traced_pids()) & set(tracker.live):  # outlived the kernel
-            cap.untrace(leftover)
-        for ev in consumer.decoder.decode_all(cap.sweep(set(tracker.live))):
-            tracker.handle(ev)
-        tracker.finish_all(Clock.now_mono_ns())
-        self._finish(tracker, writer, consumer.decoder, gaps, failure)
+        pipeline.finish(run)  # drained; what outlived the kernel untraced, swept, finished
+        self._finish(run, pipeline, gaps, failure)
         if failure is not None:
             raise failure
         return 1 if self.result is None or self.result.failed else 0
@@ -225,53 +190,42 @@ class TracedNotebook:
         while pid is not None and os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
             time.sleep(0.02)
 
-    def _finish(self, tracker: Tracker, writer: RunWriter, decoder: Decoder,
-                gaps: dict[str, int], failure: BaseException | None) -> None:
-        self.lost = self.capture.lost()
+    def _finish(self, run: Run, pipeline: Pipeline, gaps: dict[str, int],
+                failure: BaseException | None) -> None:
+        self.lost = run.lost_since_open(self.capture)
         lost_total = sum(self.lost.values())
-        gaps.update(tracker.gaps)
-        if decoder.bad:
-            gaps["undecodable_records"] = decoder.bad
+        gaps.update(run.tracker.gaps)
+        if pipeline.decoder.bad:
+            gaps["undecodable_records"] = pipeline.decoder.bad
         result = self.result
         if result is not None and result.stopped_early:
             gaps["stopped_early"] = 1
-        self._write_context(tracker, writer)
-        # at run end, like a command's; per-cell records would hash the same bytes again
-        record_fingerprints(self.store, self.rid, writer.touched.union(*writer.renamed_to.values()))
+        run.gpu_samples = [s for samples in self._samples.values() for s in samples]
         failed = result is None or result.failed
-        self.store.end_run(self.rid, {
-            "ended": iso(time.time_ns() // 1000), "exit_code": 1 if failed else 0,
-            "signal": None, "lost_events": lost_total, "lost_by_reason": self.lost,
-            "complete": lost_total == 0 and failure is None, "gaps": gaps,
+        # fingerprints at run end, like a command's; per-cell records would hash the same bytes again
+        run.complete(self.store, {
+            "exit_code": 1 if failed else 0, "signal": None, "lost_events": lost_total,
+            "lost_by_reason": self.lost, "complete": lost_total == 0 and failure is None, "gaps": gaps,
             "stopped_early": result.stopped_early if result else str(failure),
-            "kernel_pid": self._kernel_pid, "language": result.language if result else None,
-            "processes": writer.processes, "files": writer.files})
+            "kernel_pid": self._kernel_pid, "language": result.language if result else None})
 
-    def _write_context(self, tracker: Tracker, writer: RunWriter) -> None:
-        from .context.collect import collect_cell_context, collect_run_context, gpu_accounting  # noqa: PLC0415
+    def _cell_contexts(self, run: Run, store: S.Store) -> None:
+        """After the run's context: each cell's (what it touched, its GPU samples, the kernel's usage)."""
+        from ..context.collect import collect_cell_context  # noqa: PLC0415
 
-        env = dict(os.environ)
-        try:
-            ctx = collect_run_context(
-                pids=[], touched_paths=sorted(writer.touched), mapped_paths=sorted(writer.mapped),
-                exec_paths=sorted(writer.execd), env=env, gpu_samples=[
-                    s for samples in self._samples.values() for s in samples if s])
-            ctx["gpu_accounting"] = gpu_accounting(sorted(writer.pids))
-        except TracerError as e:
-            ctx = {"error": str(e)}
-        self.store.append(self.rid, S.CONTEXT, ctx)
+        writer = run.writer
         for key, (touched, mapped, execd) in sorted(writer.by_cell.items()):
             try:
                 cell_ctx = collect_cell_context(touched_paths=sorted(touched), mapped_paths=sorted(mapped),
-                                                exec_paths=sorted(execd), env=env)
+                                                exec_paths=sorted(execd), env=run.env)
             except TracerError as e:
                 cell_ctx = {"error": str(e)}
             cell_ctx["gpu_samples"] = [s for s in self._samples.get(key, []) if s]
             if key in self._kernel_usage:
                 cell_ctx["kernel_usage"] = self._kernel_usage[key]
-            self.store.append(self.rid, S.CELL_CONTEXT, {"cell": key, **cell_ctx})
+            store.append(run.rid, S.CELL_CONTEXT, {"cell": key, **cell_ctx})
         for key in sorted(set(self._samples) - set(writer.by_cell)):  # cells that touched nothing
-            self.store.append(self.rid, S.CELL_CONTEXT, {
+            store.append(run.rid, S.CELL_CONTEXT, {
                 "cell": key, "libraries": [], "packages": [], "interpreters": [],
                 "gpu_samples": [s for s in self._samples[key] if s],
                 **({"kernel_usage": self._kernel_usage[key]} if key in self._kernel_usage else {})})
