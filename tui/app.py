@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from collections.abc import Iterator
 
 from textual.app import App
 from textual.binding import Binding
+from textual.driver import Driver
+from textual.drivers.linux_driver import LinuxDriver
 from textual.logging import TextualHandler
 
 from ..tracer.errors import TracerError
@@ -28,8 +31,8 @@ class ProvtraceApp(App):
     TITLE = "provtrace"
     BINDINGS = [Binding("q", "quit", "Quit")]
 
-    def __init__(self, source: RunSource) -> None:
-        super().__init__()
+    def __init__(self, source: RunSource, driver_class: type[Driver] | None = None) -> None:
+        super().__init__(driver_class=driver_class)
         self.source = source
         self.sub_title = source.description
         # pushed staleness: run id -> cell id ("" for the run itself) -> what changed
@@ -61,6 +64,25 @@ class ProvtraceApp(App):
                 show()
 
 
+class TerminalSizedDriver(LinuxDriver):
+    """Textual's Linux driver, sized by the terminal it draws on (stderr).
+
+    Textual sizes the app by shutil.get_terminal_size(), which takes COLUMNS
+    and LINES from the environment first, then asks stdout. A stale
+    COLUMNS=80 (Python's readline exports it when imported without a
+    terminal, so a tmux started from such a process hands it to every pane)
+    or a piped stdout kept the app 80 columns wide in a 300-column window,
+    and every resize measured the same 80 again.
+    """
+
+    def _get_terminal_size(self) -> tuple[int, int]:
+        try:
+            size = os.get_terminal_size(self._file.fileno())
+        except (AttributeError, ValueError, OSError):  # not a terminal: Textual's own guess
+            return super()._get_terminal_size()
+        return size.columns or 80, size.lines or 25
+
+
 @contextlib.contextmanager
 def _logs_off_the_terminal() -> Iterator[None]:
     """Route root log handlers to Textual's log: a stderr line would tear the screen."""
@@ -75,7 +97,7 @@ def _logs_off_the_terminal() -> Iterator[None]:
 
 def run_tui(source: RunSource) -> int:
     """Runs the app on source until the user quits; returns the exit status."""
-    app = ProvtraceApp(source)
+    app = ProvtraceApp(source, TerminalSizedDriver if os.name == "posix" else None)
     with _logs_off_the_terminal():
         app.run()
     return app.return_code or 0

@@ -96,15 +96,17 @@ def run_lines(doc: dict) -> list[str]:
 # -- cells --------------------------------------------------------------------
 def cell_rows(doc: dict, stale: frozenset[str] = frozenset()) -> list[tuple[str, tuple[str, ...]]]:
     """(key, row) per cell, in execution order as recorded; the cells whose ids
-    are in stale carry the badge after their status."""
+    are in stale carry the badge after their status. Reads and writes are one
+    path a line (names cannot hold a newline here: printable escapes it), so
+    each path is shown whole rather than cut off in a comma list."""
     out = []
     for i, c in enumerate(doc.get("cells") or []):
         reads, writes = c.get("reads") or [], c.get("writes") or []
         status = _opt(c.get("status")) + (f" {STALE_BADGE}" if c.get("id") in stale else "")
         out.append((f"cell-{i}", (_opt(c.get("index")), _opt(c.get("execution_count")),
                                   status, _opt(c.get("id")),
-                                  ", ".join(printable(p) for p in reads),
-                                  ", ".join(printable(p) for p in writes),
+                                  "\n".join(printable(p) for p in reads),
+                                  "\n".join(printable(p) for p in writes),
                                   str(len(c.get("processes") or [])))))
     return out
 

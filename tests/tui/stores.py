@@ -114,20 +114,27 @@ class _ByTime(CellPolicy):
         return self._at(ts_ns)
 
 
-def _events_nb(t):
-    """A kernel: cell c1 reads train.csv and writes model.pkl; cell c2 runs a child that fails."""
-    k, c = 4_300_000, 4_300_001
-    yield E.Argv(t(), k, k, 1, ("python3", "-m", "ipykernel_launcher"), False)
-    yield E.Exec(t(), k, k, 1, k, 1000, "/usr/bin/python3")
-    yield _open(t, k, 3, "/nb/train.csv", ino=31)
-    yield _close(t, k, 3, ino=31, read=1000)
-    yield _open(t, k, 4, "/nb/model.pkl", ino=32, write=True, created=True)
-    yield _close(t, k, 4, ino=32, written=64)
-    yield E.Fork(t(), k, k, 1, c, c, 1000, False)
-    yield E.Argv(t(), c, c, 1, ("false",), False)
-    yield E.Exec(t(), c, c, 1, c, 1000, "/usr/bin/false")
-    yield E.Exit(t(), c, c, 1, 1 << 8, 7)
-    yield E.Exit(t(), k, k, 1, 0, 7)
+NB_READS = ("/nb/train.csv",)
+
+
+def _events_nb(reads):
+    """A kernel: cell c1 reads each of reads (train.csv) and writes model.pkl; cell c2 runs a
+    child that fails."""
+    def events(t):
+        k, c = 4_300_000, 4_300_001
+        yield E.Argv(t(), k, k, 1, ("python3", "-m", "ipykernel_launcher"), False)
+        yield E.Exec(t(), k, k, 1, k, 1000, "/usr/bin/python3")
+        for i, path in enumerate(reads):
+            yield _open(t, k, 3, path, ino=31 + 100 * i)
+            yield _close(t, k, 3, ino=31 + 100 * i, read=1000)
+        yield _open(t, k, 4, "/nb/model.pkl", ino=32, write=True, created=True)
+        yield _close(t, k, 4, ino=32, written=64)
+        yield E.Fork(t(), k, k, 1, c, c, 1000, False)
+        yield E.Argv(t(), c, c, 1, ("false",), False)
+        yield E.Exec(t(), c, c, 1, c, 1000, "/usr/bin/false")
+        yield E.Exit(t(), c, c, 1, 1 << 8, 7)
+        yield E.Exit(t(), k, k, 1, 0, 7)
+    return events
 
 
 def _write(store: S.Store, run_id: str, header: dict, events, t: _Clock, cells: CellPolicy | None = None,
@@ -143,16 +150,19 @@ def _write(store: S.Store, run_id: str, header: dict, events, t: _Clock, cells: 
     store.end_run(rid, _end())
 
 
-def build_store(path: str) -> str:
-    """Writes the three runs into a new store at path; returns path."""
+def build_store(path: str, nb_reads: tuple[str, ...] = NB_READS) -> str:
+    """Writes the three runs into a new store at path; returns path. The notebook's
+    cell c1 reads the files nb_reads."""
     store = S.Store(path)
     try:
         t = _Clock(1_000_000_000)
         _write(store, RUN_A, _header(RUN_A, "command", "prep", ["python3", "job.py"]), _events_a, t)
         _write(store, RUN_B, _header(RUN_B, "command", "report", ["sh", "report.sh"]), _events_b, t)
         base = t.now
-        # cell c1: the kernel's reads and writes (events 3-6); c2: the fork onwards
-        windows = [(base + 3_000_000, base + 6_000_000, "c1"), (base + 7_000_000, base + 11_000_000, "c2")]
+        # cell c1: the kernel's reads and writes (events 3 to 6 with one read); c2: the fork onwards
+        n = 2 * len(nb_reads)
+        windows = [(base + 3_000_000, base + (n + 4) * 1_000_000, "c1"),
+                   (base + (n + 5) * 1_000_000, base + (n + 9) * 1_000_000, "c2")]
         cells = [{"id": "c1", "index": 0, "execution_count": 1, "code_sha256": "aa" * 32,
                   "started": "2024-01-01T02:00:01.000000Z", "ended": "2024-01-01T02:00:02.000000Z",
                   "status": "ok"},
@@ -160,7 +170,7 @@ def build_store(path: str) -> str:
                   "started": "2024-01-01T02:00:03.000000Z", "ended": "2024-01-01T02:00:04.000000Z",
                   "status": "error"}]
         _write(store, RUN_NB, _header(RUN_NB, "notebook", "analysis.ipynb", ["analysis.ipynb"]),
-               _events_nb, t, _ByTime(windows), cells)
+               _events_nb(nb_reads), t, _ByTime(windows), cells)
     finally:
         store.close()
     return path

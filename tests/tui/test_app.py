@@ -9,6 +9,7 @@ from provtrace.tui.screens.lineage import LineageScreen
 from provtrace.tui.screens.run import RunScreen
 from provtrace.tui.screens.runs import RunsScreen
 from provtrace.tui.source import StoreSource
+from provtrace.tui.widgets.table import COLUMN_FLOOR, FilterableTable, fit_widths
 
 from .pilot import SIZE, static_text, table_rows, tree_labels, until
 from .stores import RUN_A, RUN_B, RUN_NB, build_store, empty_store
@@ -197,3 +198,53 @@ async def test_unknown_run_is_shown_not_raised(source):
         assert "no run 'no-such-run'" in static_text(app, "#status")
         await pilot.press("l")  # no file to trace: a notice, not a crash
         assert isinstance(app.screen, RunScreen)
+
+
+def test_fit_widths():
+    assert fit_widths([3, 150, 10], 200) == [3, 150, 10]  # all fit: every column whole
+    assert fit_widths([3, 300, 10], 200) == [3, 187, 10]  # the wide one takes what is left
+    assert fit_widths([3, 300, 250, 10], 400) == [3, 193, 193, 10]  # two wide ones share it
+    assert fit_widths([3, 300, 10], 80) == [3, COLUMN_FLOOR, 10]  # narrow: cut at the floor, scrolls
+
+
+WIDE = "/tmp/" + "/".join(f"level-{i:02}-of-a-deep-tree" for i in range(7)) + "/train.csv"  # 182 chars
+
+
+def _column_widths(app, selector: str) -> dict[str, int]:
+    t = app.screen.query_one(selector, FilterableTable).table
+    return {str(c.label): c.width for c in t.columns.values()}
+
+
+async def test_cells_fit_the_terminal_and_lists_stay_short(tmp_path):
+    """A cell reading six files: three of them, then "… 3 more", each path whole in a wide
+    terminal; a narrow one cuts the column at the floor and scrolls sideways."""
+    reads = (WIDE, *(f"/work/part-{i}.csv" for i in range(5)))  # shown sorted: WIDE first
+    src = StoreSource(build_store(str(tmp_path / "prov.db"), nb_reads=reads))
+    app = ProvtraceApp(src)
+    try:
+        async with app.run_test(size=SIZE) as pilot:
+            await until(pilot, lambda: _runs_loaded(app), "the runs list")
+            await pilot.press("enter")
+            await until(pilot, lambda: _run_loaded(app), "the notebook run")
+            cells = table_rows(app, "#cells-table")
+            assert cells[0][4].split("\n") == [WIDE, "/work/part-0.csv", "/work/part-1.csv", "… 3 more"]
+            assert _column_widths(app, "#cells-table")["READS"] == COLUMN_FLOOR  # 120 columns
+            table = app.screen.query_one("#cells-table", FilterableTable).table
+            assert table.virtual_size.width > table.size.width  # scrolls sideways
+
+            await pilot.press("down")  # the cursor stays on its row through a resize
+            await pilot.resize_terminal(250, 40)
+            await until(pilot, lambda: _column_widths(app, "#cells-table")["READS"] == len(WIDE),
+                        "the READS column as wide as the long path")
+            assert table.cursor_row == 1
+            assert table.virtual_size.width <= table.size.width  # all of it on screen
+
+            await pilot.press("slash", *"part-4", "enter")  # the filter searches the hidden reads too
+            assert [r[3] for r in table_rows(app, "#cells-table")] == ["c1"]
+            await pilot.press("slash", "escape")  # clears the filter
+            await pilot.press("tab", "tab")  # Processes, then Files
+            files = table_rows(app, "#files-table")
+            assert WIDE in [r[0] for r in files]
+            assert _column_widths(app, "#files-table")["PATH"] == len(WIDE)
+    finally:
+        src.close()

@@ -81,6 +81,30 @@ def test_tui_in_a_real_terminal(tmux, tmp_path):
     assert (tmp_path / "stdout").read_text() == ""  # the TUI never prints
 
 
+# 159 characters: longer than the old fixed column cap (100), shorter than a 250-column window
+LONG_PATH = ("/tmp/pytest-of-root/pytest-1234/test_wide_terminal_shows_whole0/inputs/"
+             "a-rather-deeply/nested/directory-tree/of/training-data/for-the-cell/2024-01-01/train.csv")
+
+
+def test_wide_terminal_shows_whole_paths(tmux, tmp_path):
+    """A 250-column window: a cell's long read shows whole in the Cells and Files panes,
+    each of the cell's reads on its own line. The pane's environment says COLUMNS=80, as
+    under pytest (Python's readline exports it); the app must measure the terminal instead."""
+    db = build_store(str(tmp_path / "prov.db"), nb_reads=(LONG_PATH, "/nb/train.csv"))
+    tmux("new-session", "-d", "-s", "tui", "-x", "250", "-y", str(ROWS), "-e", "COLUMNS=80",
+         "-e", "LINES=24", f"{PROVTRACE} tui --db {db}; sleep 60")
+    tmux.wait_for("3 runs in store", "q Quit")
+    tmux("send-keys", "-t", "tui", "Enter")  # newest first: the notebook run, on its cells
+    screen = tmux.wait_for(f"run {RUN_NB} (notebook)", "tab Next pane", LONG_PATH)
+    lines = screen.splitlines()
+    row = next(i for i, line in enumerate(lines) if "/nb/train.csv" in line)
+    assert "/nb/model.pkl" in lines[row], screen  # the cell's first read and its write
+    assert LONG_PATH in lines[row + 1], screen  # its second read, below the first
+    tmux("send-keys", "-t", "tui", "Enter")  # the cell's files
+    screen = tmux.wait_for("ACCESS", "/nb/model.pkl")
+    assert LONG_PATH in screen, screen
+
+
 def _cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([PROVTRACE, *args], capture_output=True, text=True, timeout=120,
                           stdin=subprocess.DEVNULL, env=env)

@@ -7,12 +7,23 @@ Column widths are computed here from all rows, not left to DataTable's
 auto width: refilled after its first paint, DataTable kept drawing some
 rows at the old (header) widths until they were repainted, seen in tmux.
 Fixed widths also keep columns still while a filter narrows the rows.
+
+A column is as wide as its longest line while the table fits its room (the
+terminal, in every screen), so a wide terminal shows whole paths. When it
+does not fit, the widest columns share what room is left, but none is cut
+below COLUMN_FLOOR: a narrow terminal scrolls sideways. The room is measured
+again when the table is resized. A line that is still cut ends in "…".
+
+A cell holding a list (rows.py puts one item per line) shows at most
+CELL_LINES lines, the last one saying how many more there are; the filter
+still searches all of them.
 """
 
 from __future__ import annotations
 
 from rich.cells import cell_len
 from rich.text import Text
+from textual import events
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
@@ -21,7 +32,33 @@ from textual.message import Message
 from textual.widgets import DataTable, Input, Static
 
 
-MAX_COLUMN_WIDTH = 100
+COLUMN_FLOOR = 100  # a column is never cut narrower than this (a narrow terminal scrolls)
+CELL_LINES = 4  # lines of a list cell shown in its row
+
+
+def fit_widths(natural: list[int], room: int, floor: int = COLUMN_FLOOR) -> list[int]:
+    """Widths for columns whose longest lines are natural cells wide, in room cells.
+
+    All of them whole if they fit. Otherwise the narrow columns keep their width
+    and the wide ones share what is left equally, but none is cut below floor."""
+    if sum(natural) <= room:
+        return list(natural)
+    left, cap = room, floor
+    for i, width in enumerate(sorted(natural)):
+        share = left // (len(natural) - i)
+        if width > share:
+            cap = max(share, floor)
+            break
+        left -= width
+    return [min(width, cap) for width in natural]
+
+
+def shown_lines(cell: str) -> list[str]:
+    """The lines of a cell as its row shows them: a long list ends in "… N more"."""
+    lines = cell.split("\n")
+    if len(lines) <= CELL_LINES:
+        return lines
+    return lines[:CELL_LINES - 1] + [f"… {len(lines) - CELL_LINES + 1} more"]
 
 
 class RowTable(DataTable):
@@ -58,6 +95,7 @@ class FilterableTable(Vertical):
         self.empty_text = empty
         self.rows: list[tuple[str, tuple[str, ...]]] = []
         self.filter_text = ""
+        self.room = 0  # the room the columns were fitted to
 
     def compose(self) -> ComposeResult:
         yield RowTable(cursor_type="row", zebra_stripes=True)
@@ -67,13 +105,29 @@ class FilterableTable(Vertical):
     def on_mount(self) -> None:
         self._set_columns()
 
+    def on_resize(self, event: events.Resize) -> None:
+        # a wider or narrower terminal, or a pane shown for the first time
+        if self._room() != self.room:
+            row = self.table.cursor_row
+            self._set_columns()
+            self._refill()
+            self.table.move_cursor(row=row)
+
+    def _room(self) -> int:
+        """Cells the columns' texts may take: the table's width (the app's while a
+        hidden pane has none) less the cells' padding and a vertical scrollbar."""
+        t = self.table
+        width = t.size.width or self.size.width or self.app.size.width
+        return width - t.styles.scrollbar_size_vertical - 2 * t.cell_padding * len(self.columns)
+
     def _set_columns(self) -> None:
         widths = [cell_len(c) for c in self.columns]
         for _key, row in self.rows:
-            widths = [max(w, cell_len(cell)) for w, cell in zip(widths, row)]
+            widths = [max(w, *map(cell_len, shown_lines(cell))) for w, cell in zip(widths, row)]
+        self.room = self._room()
         self.table.clear(columns=True)
-        for label, width in zip(self.columns, widths):
-            self.table.add_column(label, width=min(width, MAX_COLUMN_WIDTH))
+        for label, width in zip(self.columns, fit_widths(widths, self.room)):
+            self.table.add_column(label, width=width)
 
     @property
     def table(self) -> RowTable:
@@ -106,7 +160,9 @@ class FilterableTable(Vertical):
         needle = self.filter_text.casefold()
         for key, row in self.rows:
             if not needle or any(needle in cell.casefold() for cell in row):
-                t.add_row(*(Text(cell) for cell in row), key=key)
+                shown = [shown_lines(cell) for cell in row]
+                t.add_row(*(Text("\n".join(lines), no_wrap=True, overflow="ellipsis") for lines in shown),
+                          key=key, height=max(map(len, shown), default=1))
         empty = self.query_one(".empty", Static)
         if not self.rows:
             empty.update(self.empty_text)
