@@ -1,16 +1,16 @@
 #!/usr/bin/env bash
-# Regenerates the Python code for proto/provtrace/v1 into tracer/api/gen/
-# (package provtrace.tracer.api.gen), or into DIR when given.
+# Regenerates the Python code for proto/provtrace/v1 into tracer/serve/gen/
+# (package provtrace.tracer.serve.gen), or into DIR when given.
 #
 #   bash proto/gen.sh [DIR]
 #
 # protoc writes `from provtrace.v1 import x_pb2`; those imports are rewritten
-# to relative ones so the code works inside provtrace.tracer.api.gen.
+# to relative ones so the code works inside provtrace.tracer.serve.gen.
 # tests/unit/test_api_gen.py checks the checked-in code matches this script.
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(dirname "$here")
-out=${1:-$root/tracer/api/gen}
+out=${1:-$root/tracer/serve/gen}
 py=${PYTHON:-$root/.venv/bin/python}
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT

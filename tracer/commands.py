@@ -149,7 +149,7 @@ def _daemon_socket(args: argparse.Namespace) -> str | None:
         return args.socket
     if getattr(args, "db", None) or os.environ.get("PROVTRACE_DB"):
         return None
-    from .api.client import default_socket_path  # noqa: PLC0415
+    from .serve.client import default_socket_path  # noqa: PLC0415
 
     path = default_socket_path()
     return path if os.path.exists(path) else None
@@ -190,7 +190,7 @@ def _run_via_daemon(cmd: list[str], socket_path: str, args: argparse.Namespace,
     socket is refused as untrusted (nothing was sent to it), and a fallback is
     allowed (fallback says what happens instead, for the warning): the command has not started,
     and the caller traces it itself instead, so it always runs (issue 12)."""
-    from .api.client import (ApiError, HandOverFailed, ProvtraceClient, UntrustedDaemon,  # noqa: PLC0415
+    from .serve.client import (ApiError, HandOverFailed, ProvtraceClient, UntrustedDaemon,  # noqa: PLC0415
                              run_command)
 
     try:
@@ -216,13 +216,13 @@ def _run_via_daemon(cmd: list[str], socket_path: str, args: argparse.Namespace,
 def cmd_daemon(args: argparse.Namespace) -> int:
     from .store import sqlite as S  # noqa: PLC0415
 
-    from .api.client import default_socket_path  # noqa: PLC0415
-    from .api.proxy import ConnectionLimits  # noqa: PLC0415
-    from .daemon import serve  # noqa: PLC0415
+    from .serve.client import default_socket_path  # noqa: PLC0415
+    from .serve.proxy import ConnectionLimits  # noqa: PLC0415
+    from .daemon.main import serve  # noqa: PLC0415
 
     limits = ConnectionLimits(total=args.max_connections, per_uid=args.max_connections_per_user,
                               handshake_s=args.handshake_timeout, idle_s=args.idle_timeout)
-    from .daemon import AnchorPolicy, OpenLineagePolicy  # noqa: PLC0415
+    from .daemon.main import AnchorPolicy, OpenLineagePolicy  # noqa: PLC0415
 
     anchors = AnchorPolicy(args.anchor_log, args.anchor_syslog, args.anchor_every)
     openlineage = OpenLineagePolicy(bool(args.openlineage or args.openlineage_url), args.openlineage_url,
@@ -329,7 +329,7 @@ def _write_json(path: str, doc: dict) -> None:
 
 
 def _remote_runs(socket_path: str) -> list[dict]:
-    from .api.client import ProvtraceClient  # noqa: PLC0415
+    from .serve.client import ProvtraceClient  # noqa: PLC0415
     from .clock import iso_utc  # noqa: PLC0415
 
     with ProvtraceClient(socket_path) as client:
@@ -341,7 +341,7 @@ def _remote_runs(socket_path: str) -> list[dict]:
 
 
 def _remote_export(socket_path: str, run: str | None, fmt: str) -> bytes:
-    from .api.client import ProvtraceClient  # noqa: PLC0415
+    from .serve.client import ProvtraceClient  # noqa: PLC0415
 
     with ProvtraceClient(socket_path) as client:
         return client.export(run, fmt)
@@ -349,7 +349,7 @@ def _remote_export(socket_path: str, run: str | None, fmt: str) -> bytes:
 
 def _remote_lineage(socket_path: str, path: str, direction: str, depth: int, **opts) -> dict:
     """The daemon's lineage of path, in the shape `lineage()` gives for a local store."""
-    from .api.client import ProvtraceClient  # noqa: PLC0415
+    from .serve.client import ProvtraceClient  # noqa: PLC0415
 
     with ProvtraceClient(socket_path) as client:
         g = client.lineage(path, direction, depth, **opts)
@@ -698,7 +698,7 @@ def cmd_env(args: argparse.Namespace) -> int:
 def _remote_context(socket_path: str, run: str, cell: str | None, M) -> dict:
     """The daemon's GetContext (only the caller's own runs); a cell's context comes with its
     run's document, which the daemon also gives only to the run's owner."""
-    from .api.client import ProvtraceClient  # noqa: PLC0415
+    from .serve.client import ProvtraceClient  # noqa: PLC0415
 
     with ProvtraceClient(socket_path) as client:
         if cell is None:
@@ -816,7 +816,7 @@ def cmd_stale(args: argparse.Namespace) -> int:
         if args.plan:
             headers = {r["id"]: r for r in F.list_runs(central)}
     elif args.socket:
-        from .api.client import ProvtraceClient  # noqa: PLC0415
+        from .serve.client import ProvtraceClient  # noqa: PLC0415
 
         with ProvtraceClient(args.socket) as client:
             result = client.stale(args.run)

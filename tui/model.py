@@ -68,7 +68,7 @@ def summary_from_row(row: dict) -> RunSummary:
 
 
 def summary_from_record(rec: object) -> RunSummary:
-    """A tracer/api/records.RunRecord (what the daemon lists)."""
+    """A tracer/serve/records.RunRecord (what the daemon lists)."""
     return RunSummary(id=rec.id, kind=rec.kind, label=rec.label, backend=rec.backend,
                       user=rec.user, uid=rec.uid, started=_iso(rec.started),
                       ended=_iso(rec.ended), exit_code=rec.exit_code)
@@ -148,7 +148,7 @@ def path_of(node_id: str) -> str | None:
 
 
 def lineage_from_graph(root_path: str, direction: str, graph: object) -> Lineage:
-    """A tracer/api/records.LineageGraph (what the daemon answers)."""
+    """A tracer/serve/records.LineageGraph (what the daemon answers)."""
     nodes = {}
     for n in graph.nodes:
         run = f"[run {n.run_id}] " if n.run_id and n.kind != "file" else ""

@@ -109,7 +109,7 @@ class DaemonSource:
     """A live daemon over gRPC: the caller sees what its uid may see."""
 
     def __init__(self, socket_path: str, timeout_s: float = 30.0) -> None:
-        from ..tracer.api.client import ProvtraceClient  # noqa: PLC0415  (grpc only when asked)
+        from ..tracer.serve.client import ProvtraceClient  # noqa: PLC0415  (grpc only when asked)
 
         self.client = ProvtraceClient(socket_path, timeout_s=timeout_s)
         self.description = f"daemon {self.client.socket_path}"

@@ -118,7 +118,7 @@ def test_non_root_user_is_traced_by_the_daemon_and_stored_under_its_uid(daemon, 
 def test_user_sees_only_its_own_runs_through_the_daemon(daemon, test_user):
     code = textwrap.dedent(f"""
         import json
-        from provtrace.tracer.api.client import ProvtraceClient, ApiError
+        from provtrace.tracer.serve.client import ProvtraceClient, ApiError
         with ProvtraceClient({daemon["socket"]!r}) as c:
             runs = c.list_runs()
             try:
@@ -241,7 +241,7 @@ def test_query_verbs_through_the_daemon(daemon, test_user, tmp_path):
 def test_registered_kernel_that_exits_unfollowed_ends_its_session(daemon):
     """A registered process the IOPub follower never found (here: no connection
     file at all) still has its session ended when it exits."""
-    from provtrace.tracer.api.client import ProvtraceClient
+    from provtrace.tracer.serve.client import ProvtraceClient
 
     proc = subprocess.Popen(["sleep", "600"])
     try:

@@ -16,7 +16,7 @@ import pytest
 
 from jupyter_client import KernelManager
 
-from provtrace.tracer.api.client import ProvtraceClient
+from provtrace.tracer.serve.client import ProvtraceClient
 
 from .helpers import PROVTRACE, pt, running_daemon
 

@@ -10,7 +10,7 @@ import subprocess
 
 import pytest
 
-from provtrace.tracer.api.tracing_store import TracingStore
+from provtrace.tracer.daemon.sessions import TracingStore
 from provtrace.tracer.store import sqlite as S
 
 pytestmark = pytest.mark.privileged

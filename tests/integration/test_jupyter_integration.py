@@ -31,7 +31,7 @@ from jupyter_server.services.kernels.connection.base import (
 from tornado.httpclient import HTTPRequest
 from tornado.websocket import websocket_connect
 
-from provtrace.tracer.api.client import ProvtraceClient
+from provtrace.tracer.serve.client import ProvtraceClient
 from provtrace.tracer.jupyter.kernels import KernelFacts
 from provtrace.tracer.jupyter.provisioner import PROVISIONER_NAME, ProvtraceProvisioner
 from provtrace.tracer.jupyter.reporter import CellEnd, CellReporter, CellStart

@@ -26,8 +26,8 @@ import pytest
 from jupyter_client import KernelManager
 from jupyter_client.kernelspec import KernelSpecManager
 
-from provtrace.tracer.api.ingest import StoreSink
-from provtrace.tracer.api.memory import InMemoryStore
+from provtrace.tracer.daemon.ingest import StoreSink
+from provtrace.tracer.daemon.memory import InMemoryStore
 from provtrace.tracer.correlate.follower import KernelFollower
 
 from .helpers import sessions as _sessions
@@ -254,7 +254,7 @@ def test_register_kernel_says_nothing_of_files_the_caller_cannot_see(daemon, bas
     (sealed / "kernel-root.json").write_text("{}")
     code = textwrap.dedent(f"""
         import json, subprocess
-        from provtrace.tracer.api.client import ApiError, ProvtraceClient
+        from provtrace.tracer.serve.client import ApiError, ProvtraceClient
         sleeper = subprocess.Popen(["sleep", "30"])
         answers = []
         with ProvtraceClient({daemon["socket"]!r}) as c:

@@ -174,10 +174,10 @@ def test_ipykernel_subshells_give_concurrent_windows(tmp_path):
 
 def test_follower_feeds_an_unregistered_kernel_into_the_api(tmp_path):
     """Plain jupyter_client kernel -> discovery -> IOPub -> store -> gRPC, no registration."""
-    from provtrace.tracer.api.client import ProvtraceClient
-    from provtrace.tracer.api.ingest import StoreSink
-    from provtrace.tracer.api.memory import InMemoryStore
-    from provtrace.tracer.api.server import ApiServer
+    from provtrace.tracer.serve.client import ProvtraceClient
+    from provtrace.tracer.daemon.ingest import StoreSink
+    from provtrace.tracer.daemon.memory import InMemoryStore
+    from provtrace.tracer.serve.server import ApiServer
     from provtrace.tracer.correlate.follower import KernelFollower
 
     runtime = tmp_path / "runtime"

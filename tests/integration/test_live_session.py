@@ -116,7 +116,7 @@ def test_a_finished_cell_is_queryable_while_its_kernel_runs(daemon, followed, tm
     tmux.wait_for(msg_id)  # the cells pane
     tmux("send-keys", "-t", "tui", "Tab")
     tmux("send-keys", "-t", "tui", "Tab")  # the files pane: each file's path, access and cell
-    screen = tmux.wait_for(a, b)
+    screen = tmux.wait_for("ACCESS", a, b)  # the files pane's header: the cells pane shows the paths too
     assert any(b in line and "write" in line for line in screen.splitlines()), screen
     assert km.is_alive()
 

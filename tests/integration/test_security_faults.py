@@ -106,7 +106,7 @@ def test_store_filling_during_the_run_keeps_the_exit_code(small_fs, tmp_path):
 
 
 def health(sock: str):
-    from provtrace.tracer.api.client import ProvtraceClient
+    from provtrace.tracer.serve.client import ProvtraceClient
 
     with ProvtraceClient(sock, timeout_s=10) as client:
         return client.health()

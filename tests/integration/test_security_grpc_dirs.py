@@ -11,13 +11,13 @@ import sys
 
 import pytest
 
-from provtrace.tracer.api.proxy import PublicSocket
+from provtrace.tracer.serve.proxy import PublicSocket
 
 # What the daemon does with its socket: the public side, and gRPC listening in the
 # private folder (proxy.py); then it waits to be killed.
 HOLDER = """
 import socket, sys, time
-from provtrace.tracer.api.proxy import PublicSocket
+from provtrace.tracer.serve.proxy import PublicSocket
 public = PublicSocket(sys.argv[1])
 public.open()
 grpc = socket.socket(socket.AF_UNIX)

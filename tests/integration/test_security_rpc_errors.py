@@ -52,7 +52,7 @@ def test_another_users_run_id_is_not_confirmed(daemon, test_user):
 # takes 8 bad calls (of its 16) and is then replaced.
 _MALFORMED = r"""
 import sys, grpc
-from provtrace.tracer.api.gen import service_pb2 as svc, service_pb2_grpc as svc_grpc
+from provtrace.tracer.serve.gen import service_pb2 as svc, service_pb2_grpc as svc_grpc
 sock, n = sys.argv[1], int(sys.argv[2])
 codes = {}
 def count(e):

@@ -19,7 +19,7 @@ import time
 
 import pytest
 
-from provtrace.tracer.api.client import ProvtraceClient
+from provtrace.tracer.serve.client import ProvtraceClient
 
 from .helpers import PROVTRACE, pt, running_daemon
 
@@ -34,7 +34,7 @@ FLOOD_THREADS = 64
 _FLOOD = r"""
 import json, sys, threading, time
 import grpc
-from provtrace.tracer.api.gen import service_pb2 as svc, service_pb2_grpc as svc_grpc
+from provtrace.tracer.serve.gen import service_pb2 as svc, service_pb2_grpc as svc_grpc
 sock, n, seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
 stub = svc_grpc.ProvtraceStub(grpc.insecure_channel(f"unix:{sock}"))
 codes, lock = {}, threading.Lock()
@@ -128,7 +128,7 @@ def test_stale_is_cached_until_the_store_or_a_file_changes(test_user, work):
         made = pt("run", "--socket", sock, "--", sys.executable, "-c", _MAKE_FILES, cwd=work, **_as(test_user))
         assert made.returncode == 0, made.stderr
         code = ("import json, sys, time\n"
-                "from provtrace.tracer.api.client import ProvtraceClient\n"
+                "from provtrace.tracer.serve.client import ProvtraceClient\n"
                 "c = ProvtraceClient(sys.argv[1])\n"
                 "t = []\n"
                 "for _ in range(3):\n"

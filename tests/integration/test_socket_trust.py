@@ -22,9 +22,9 @@ import textwrap
 
 import pytest
 
-from provtrace.tracer.api.events import EventHub
-from provtrace.tracer.api.memory import InMemoryStore
-from provtrace.tracer.api.server import ApiServer
+from provtrace.tracer.serve.events import EventHub
+from provtrace.tracer.daemon.memory import InMemoryStore
+from provtrace.tracer.serve.server import ApiServer
 
 from .helpers import PROVTRACE, PY
 
@@ -109,7 +109,7 @@ def _as(user, argv, cwd, extra_env=None):
 def _client_health(user, socket_path: str, cwd: str) -> str:
     """What a ProvtraceClient of user says about socket_path: the error line, or OK."""
     code = textwrap.dedent(f"""
-        from provtrace.tracer.api.client import ApiError, ProvtraceClient
+        from provtrace.tracer.serve.client import ApiError, ProvtraceClient
         try:
             ProvtraceClient({socket_path!r}).health()
             print("OK")

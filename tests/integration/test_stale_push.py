@@ -16,7 +16,7 @@ import pytest
 from jupyter_client import KernelManager
 from jupyter_client.kernelspec import KernelSpecManager
 
-from provtrace.tracer.api.client import ProvtraceClient
+from provtrace.tracer.serve.client import ProvtraceClient
 
 from ..tui.test_terminal import COLS, PROVTRACE, ROWS, Tmux
 from .helpers import sessions, until_followed, wait_for

@@ -14,10 +14,10 @@ import sys
 
 import pytest
 
-from provtrace.tracer.api.client import ApiError, ProvtraceClient
-from provtrace.tracer.api.events import EventHub
-from provtrace.tracer.api.memory import InMemoryStore
-from provtrace.tracer.api.server import ApiServer
+from provtrace.tracer.serve.client import ApiError, ProvtraceClient
+from provtrace.tracer.serve.events import EventHub
+from provtrace.tracer.daemon.memory import InMemoryStore
+from provtrace.tracer.serve.server import ApiServer
 from provtrace.tracer.errors import UsageError
 from provtrace.tui import model as M
 from provtrace.tui import rows as R

@@ -16,10 +16,10 @@ import textwrap
 
 import pytest
 
-from provtrace.tracer.api.client import ProvtraceClient
-from provtrace.tracer.api.events import EventHub
-from provtrace.tracer.api.memory import InMemoryStore
-from provtrace.tracer.api.server import ApiServer
+from provtrace.tracer.serve.client import ProvtraceClient
+from provtrace.tracer.serve.events import EventHub
+from provtrace.tracer.daemon.memory import InMemoryStore
+from provtrace.tracer.serve.server import ApiServer
 
 USER = "provtrace-test"
 
@@ -55,7 +55,7 @@ def _as_user(test_user, code: str) -> dict:
 
 PRELUDE = """
 import json, os
-from provtrace.tracer.api.client import ProvtraceClient, ApiError, run_command
+from provtrace.tracer.serve.client import ProvtraceClient, ApiError, run_command
 res = {}
 def code_of(fn):
     try:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 
-from provtrace.tracer.api import convert
-from provtrace.tracer.api.records import (
+from provtrace.tracer.serve import convert
+from provtrace.tracer.serve.records import (
     ApiEvent, CellRecord, KernelRecord, LineageEdge, LineageGraph, LineageNode, RunRecord,
 )
 

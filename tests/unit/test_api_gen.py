@@ -25,7 +25,7 @@ from packaging.requirements import Requirement
 from packaging.version import Version
 
 ROOT = Path(__file__).resolve().parents[2]
-GEN = ROOT / "tracer" / "api" / "gen"
+GEN = ROOT / "tracer" / "serve" / "gen"
 PROTO = ROOT / "proto"
 
 
@@ -44,7 +44,7 @@ def _without_json_names(msgs) -> None:
 
 
 def test_generated_descriptors_match_the_protos(tmp_path):
-    from provtrace.tracer.api.gen import service_pb2, types_pb2
+    from provtrace.tracer.serve.gen import service_pb2, types_pb2
 
     out = tmp_path / "set.pb"
     protos = sorted(str(p.relative_to(PROTO)) for p in (PROTO / "provtrace" / "v1").glob("*.proto"))
@@ -88,7 +88,7 @@ def test_declared_ranges_admit_only_runtimes_the_generated_code_accepts():
 
 
 def test_enums_start_with_unspecified():
-    from provtrace.tracer.api.gen import types_pb2
+    from provtrace.tracer.serve.gen import types_pb2
 
     for enum in types_pb2.DESCRIPTOR.enum_types_by_name.values():
         zero = enum.values_by_number[0].name
@@ -97,7 +97,7 @@ def test_enums_start_with_unspecified():
 
 
 def test_importing_the_api_does_nothing_visible():
-    code = ("import threading, provtrace.tracer.api.server, provtrace.tracer.api.client, "
+    code = ("import threading, provtrace.tracer.serve.server, provtrace.tracer.serve.client, "
             "provtrace.tracer.correlate.notebook, provtrace.tracer.correlate.iopub; "
             "print(threading.active_count())")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -6,10 +6,10 @@ import datetime as dt
 
 import pytest
 
-from provtrace.tracer.api.backend import NotFound
-from provtrace.tracer.api.events import EventHub
-from provtrace.tracer.api.memory import InMemoryStore
-from provtrace.tracer.api.records import ApiEvent, CellEndReport, CellStartReport
+from provtrace.tracer.serve.backend import NotFound
+from provtrace.tracer.serve.events import EventHub
+from provtrace.tracer.daemon.memory import InMemoryStore
+from provtrace.tracer.serve.records import ApiEvent, CellEndReport, CellStartReport
 from provtrace.tracer.errors import UsageError
 
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)

@@ -12,12 +12,12 @@ import threading
 import grpc
 import pytest
 
-from provtrace.tracer.api.client import ApiError, ProvtraceClient
-from provtrace.tracer.api.events import EventHub
-from provtrace.tracer.api.gen import service_pb2 as svc
-from provtrace.tracer.api.memory import InMemoryStore
-from provtrace.tracer.api.proxy import SocketError, SocketInUse
-from provtrace.tracer.api.server import ApiServer
+from provtrace.tracer.serve.client import ApiError, ProvtraceClient
+from provtrace.tracer.serve.events import EventHub
+from provtrace.tracer.serve.gen import service_pb2 as svc
+from provtrace.tracer.daemon.memory import InMemoryStore
+from provtrace.tracer.serve.proxy import SocketError, SocketInUse
+from provtrace.tracer.serve.server import ApiServer
 
 
 @pytest.fixture
@@ -170,7 +170,7 @@ def test_stream_events_and_client_vanishing_mid_stream(api, sleeper):
         stream.cancel()
     # a client killed mid-stream: the server drops its subscription and keeps going
     code = (
-        "import sys; from provtrace.tracer.api.client import ProvtraceClient\n"
+        "import sys; from provtrace.tracer.serve.client import ProvtraceClient\n"
         f"s = ProvtraceClient({server.socket_path!r}).stream_events()\n"
         "print('open', flush=True); next(s)\n"
     )
@@ -229,7 +229,7 @@ def test_no_daemon_is_a_clear_error(tmp_path):
 
 
 def test_trace_command_as_self(api):
-    from provtrace.tracer.api.client import run_command
+    from provtrace.tracer.serve.client import run_command
 
     server, store = api
     result = run_command(["sh", "-c", "exit 3"], socket_path=server.socket_path, label="t")

@@ -6,8 +6,8 @@ import logging
 
 import pytest
 
-from provtrace.tracer.api.ratelog import RateLimitedLog, RateLimitFilter
-from provtrace.tracer.api.shares import Busy, Share, worker_budget
+from provtrace.tracer.serve.ratelog import RateLimitedLog, RateLimitFilter
+from provtrace.tracer.serve.shares import Busy, Share, worker_budget
 
 
 def test_a_share_caps_each_uid_and_everyone():

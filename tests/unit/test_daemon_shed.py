@@ -4,7 +4,7 @@ process's own; dropping it would lose it). Real /proc/PID/maps lines."""
 
 from __future__ import annotations
 
-from provtrace.tracer.daemon import _compiler_code_mappings
+from provtrace.tracer.daemon.main import _compiler_code_mappings
 
 MAPS = """\
 7f0000000000-7f0000100000 r--p 00000000 fe:00 1 /usr/lib/x86_64-linux-gnu/libLLVM-14.so.1

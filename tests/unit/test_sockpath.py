@@ -9,7 +9,7 @@ import os
 
 import pytest
 
-from provtrace.tracer.api.sockpath import UntrustedSocket, check_socket_path, open_socket_dir
+from provtrace.tracer.serve.sockpath import UntrustedSocket, check_socket_path, open_socket_dir
 
 pytestmark = pytest.mark.privileged
 ROOT = frozenset({0})

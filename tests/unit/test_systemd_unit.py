@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from provtrace.tracer.api.client import DEFAULT_SOCKET
+from provtrace.tracer.serve.client import DEFAULT_SOCKET
 from provtrace.tracer.cli import build_parser
 
 ROOT = Path(__file__).resolve().parents[2]

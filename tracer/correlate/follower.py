@@ -1,6 +1,6 @@
 """Follows every kernel on the host: discovery -> one IOPub watcher per kernel -> a sink.
 
-The daemon calls scan_once() periodically (tracer/daemon.py, in a guarded loop). New
+The daemon calls scan_once() periodically (tracer/daemon/main.py, in a guarded loop). New
 kernels are handed to the sink (which returns their session id) and
 watched; each window change goes to the sink; a kernel that died or
 vanished is closed in the sink and forgotten. Only kernels whose connection

@@ -21,7 +21,7 @@ from typing import Any
 from jupyter_client.provisioning import LocalProvisioner
 from traitlets import Float, Unicode
 
-from ..api.client import ProvtraceClient
+from ..serve.client import ProvtraceClient
 from ..errors import TracerError
 from .kernels import SESSION_ENV, KernelFacts, notebook_path
 from .reporter import register, resolve_socket, warn_unreachable

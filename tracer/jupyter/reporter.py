@@ -21,7 +21,7 @@ from typing import Mapping
 
 import grpc
 
-from ..api.client import ApiError, ProvtraceClient, default_socket_path
+from ..serve.client import ApiError, ProvtraceClient, default_socket_path
 from ..errors import TracerError
 from .kernels import KernelFacts, notebook_path, session_name_in
 

@@ -4,7 +4,7 @@ Every driver is this pipeline around its runs (run.py):
 - `provtrace run` (command.py): one command run, until its root is reaped;
 - `provtrace notebook run` (notebook.py): one notebook run, on a thread,
   while nbclient sets the cells' windows from the main thread;
-- the daemon (api/router.py): many runs, added and finished as kernels and
+- the daemon (daemon/router.py): many runs, added and finished as kernels and
   commands come and go.
 
 step() is the whole data flow, in order:
@@ -36,7 +36,7 @@ FLUSH_ROWS = 5000
 # event attributed before its window is known would land in no cell.
 HOLD_NS = 500_000_000
 # How long a standalone driver's poll may wait: bounded, so memory does not grow
-# with the event rate (the daemon's router chooses its own, api/router.py).
+# with the event rate (the daemon's router chooses its own, daemon/router.py).
 POLL_MS = 100
 
 

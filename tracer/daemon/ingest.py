@@ -14,9 +14,9 @@ from ..clock import Clock, default_clock
 from ..correlate.kernels import DiscoveredKernel
 from ..correlate.windows import RUNNING, CellWindow
 from ..errors import ProcessError
-from .auth import start_time_ns
-from .backend import SessionStore
-from .records import CellEndReport, CellStartReport
+from ..serve.auth import start_time_ns
+from ..serve.backend import SessionStore
+from ..serve.records import CellEndReport, CellStartReport
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""provtrace: tracer/api -- the daemon's gRPC API (proto/provtrace/v1).
+"""provtrace: tracer/serve -- the daemon's gRPC API (proto/provtrace/v1).
 
 server.py (servicer, ApiServer), proxy.py (public socket, SO_PEERCRED proxy),
 auth.py (peer credentials, /proc ownership), client.py (CLI/TUI side),

@@ -22,8 +22,8 @@ import time
 import tracemalloc
 from dataclasses import dataclass
 
-from .errors import CaptureUnavailable, TracerError
-from .store import sqlite as S
+from ..errors import CaptureUnavailable, TracerError
+from ..store import sqlite as S
 
 log = logging.getLogger(__name__)
 
@@ -81,14 +81,14 @@ class Daemon:
         self._watch_thread: threading.Thread | None = None
 
     def run(self) -> int:
-        from .api.events import EventHub  # noqa: PLC0415
-        from .api.proxy import prepare_socket_dir  # noqa: PLC0415
-        from .api.ingest import StoreSink  # noqa: PLC0415
-        from .api.server import ApiServer  # noqa: PLC0415
-        from .api.tracing_store import TracingStore  # noqa: PLC0415
-        from .api.watch import WATCH_INTERVAL_S, InputWatcher  # noqa: PLC0415
-        from .capture.base import open_capture  # noqa: PLC0415
-        from .correlate.follower import KernelFollower  # noqa: PLC0415
+        from ..serve.events import EventHub  # noqa: PLC0415
+        from ..serve.proxy import prepare_socket_dir  # noqa: PLC0415
+        from .ingest import StoreSink  # noqa: PLC0415
+        from ..serve.server import ApiServer  # noqa: PLC0415
+        from .sessions import TracingStore  # noqa: PLC0415
+        from .watch import WATCH_INTERVAL_S, InputWatcher  # noqa: PLC0415
+        from ..capture.base import open_capture  # noqa: PLC0415
+        from ..correlate.follower import KernelFollower  # noqa: PLC0415
 
         if os.geteuid() != 0:
             raise CaptureUnavailable("the daemon traces with eBPF and must run as root "
@@ -183,7 +183,7 @@ class Daemon:
     def _emitter(self):
         if not self.openlineage.enabled:
             return None
-        from .export.openlineage_push import Emitter  # noqa: PLC0415
+        from ..export.openlineage_push import Emitter  # noqa: PLC0415
 
         return Emitter(self.db_path, self.openlineage.url)
 
@@ -207,7 +207,7 @@ class Daemon:
 
     def _write_anchor(self, store) -> None:
         """One anchor line for the store's head, unless the head is unchanged since the last."""
-        from .store.anchor import anchor_line, append_anchor  # noqa: PLC0415
+        from ..store.anchor import anchor_line, append_anchor  # noqa: PLC0415
 
         head, seq = store.head_seq()
         if self._last_anchor == (head, seq):
@@ -224,7 +224,7 @@ class Daemon:
         """Ship committed records to the central store every few seconds. Its own
         read-only connection to the store: the writer never waits on it, and a
         database that is away only grows the backlog (logged), never tracing."""
-        from .fleet.ship import Shipper, ShipLoop  # noqa: PLC0415
+        from ..fleet.ship import Shipper, ShipLoop  # noqa: PLC0415
 
         url, host, every_s = self.ship
         loop = ShipLoop(Shipper(self.db_path, url, host))
@@ -265,7 +265,7 @@ def guarded_loop(name: str, step, stop: threading.Event, interval_s: float) -> N
 def recover_open_runs(store: S.Store) -> None:
     """Runs a previous daemon (or a standalone run) left open when it died are
     closed now, incomplete, with the reason. A full store only delays it."""
-    from .store.recover import close_abandoned  # noqa: PLC0415
+    from ..store.recover import close_abandoned  # noqa: PLC0415
 
     try:
         closed = close_abandoned(store)

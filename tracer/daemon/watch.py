@@ -40,7 +40,7 @@ from ..lineage.drift import drift
 from ..lineage.stale import _compare, _stat_signature
 from ..privs import Creds
 from ..store.fingerprint import HashCache, fingerprint
-from .records import ApiEvent
+from ..serve.records import ApiEvent
 
 log = logging.getLogger(__name__)
 

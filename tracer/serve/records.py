@@ -132,7 +132,7 @@ class LineageGraph:
 
 @dataclass(frozen=True)
 class ApiEvent:
-    kind: str  # "kernel", "cell", "process", "file", "network", "gap", "watching", "stale" (api/watch.py)
+    kind: str  # "kernel", "cell", "process", "file", "network", "gap", "watching", "stale" (daemon/watch.py)
     uid: int
     time: dt.datetime
     seq: int = 0  # set by the EventHub

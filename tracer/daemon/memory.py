@@ -16,9 +16,9 @@ import uuid
 from typing import Any, Iterable, Mapping, Sequence
 
 from ..errors import UsageError
-from .backend import FORMATS, NotFound
-from .events import EventHub
-from .records import (
+from ..serve.backend import FORMATS, NotFound
+from ..serve.events import EventHub
+from ..serve.records import (
     ApiEvent,
     CellEndReport,
     CellRecord,

@@ -42,11 +42,11 @@ from ..pipeline.run import Run, header, new_run_id, redacted
 from ..store import queries as Q
 from ..store import sqlite as S
 from ..store.writer import stdio_files
-from .auth import process_ids
-from .backend import FORMATS, NotFound
-from .events import EventHub
+from ..serve.auth import process_ids
+from ..serve.backend import FORMATS, NotFound
+from ..serve.events import EventHub
 from .memory import InMemoryStore
-from .records import (
+from ..serve.records import (
     CellEndReport,
     CellRecord,
     CellStartReport,
@@ -466,7 +466,7 @@ def _cwd(pid: int) -> str | None:
 
 def _start_ns(pid: int) -> int:
     """pid's start (ns since boot), 0 when unknown (then only the pid is checked)."""
-    from .auth import start_time_ns  # noqa: PLC0415
+    from ..serve.auth import start_time_ns  # noqa: PLC0415
 
     try:
         return start_time_ns(pid)
