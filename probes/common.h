@@ -238,8 +238,9 @@ static __always_inline void file_info(void *file, __u64 *ino, __u32 *dev,
  * A process that opens the same file again and again (a config file read per
  * request, a benchmark's open-read-close loop) would send an EV_OPEN and an
  * EV_FDIO per open. Instead the first open is sent as usual and makes a `fold`
- * entry for (tgid, dev, ino); a later open of that file with the same access
- * (f_mode read/write bits) within PT_FOLD_NS of the first sends nothing: its
+ * entry for (tgid, dev, ino); a later open of that file by the same name (the
+ * same dentry, not through a symlink) with the same access (f_mode read/write
+ * bits) within PT_FOLD_NS of the first sends nothing: its
  * fd's agg entry is marked FDIO_FOLDED, and at close its counts are added to
  * the fold entry. The entry leaves as ONE EV_FDIO (reason FLUSH_FOLDED, fd =
  * the number of opens folded, ts = the last of them, first_ts_ns = the first)
@@ -259,6 +260,7 @@ struct foldkey {
 
 struct foldval {
 	__u64 ino;
+	__u64 dentry;   /* the name opened: a hard link's other name is another entry */
 	__u64 first_ts_ns;
 	__u64 last_ts_ns;
 	__u64 bytes_read;

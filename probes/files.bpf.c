@@ -306,19 +306,25 @@ static __always_inline int open_failed(struct bpf_raw_tracepoint_args *ctx, int 
 /* Fold this successful open of a regular file into its file's fold entry (1:
  * send nothing for it), or make it the first open of a new entry (0). An open
  * that creates or truncates is never folded: the model records those as
- * accesses of their own; it ends the file's entry instead. */
-static __always_inline int fold_open(struct traced_val *tv, __u32 tgid, struct open_event *e)
+ * accesses of their own; it ends the file's entry instead. Decided before
+ * resolve_open: after its loops, this code made sysexit_open too complex for
+ * the verifier (E2BIG on 6.18). */
+static __always_inline int fold_open(struct traced_val *tv, __u32 tgid, struct open_event *e,
+				     void *file)
 {
 	struct foldkey k;
 	struct foldval *f, fresh = {};
 	__u32 rw = e->fmode & FMODE_RW_VAL;
 	int foldable = !(e->flags & (O_CREAT_VAL | O_TRUNC_VAL | O_TMPFILE_VAL));
+	__u64 dentry = 0;
 
+	bpf_probe_read_kernel(&dentry, sizeof(dentry), file + OFF_FILE_F_PATH_DENTRY);
 	fold_key(&k, tgid, e->ino, e->dev);
 	f = fold.lookup(&k);
 	if (f) {
-		if (foldable && f->ino == e->ino && f->dev == e->dev && f->fmode_rw == rw &&
-		    e->h.ts_ns - f->first_ts_ns < PT_FOLD_NS) {
+		/* the same dentry: the same name too (a hard link's other name is not) */
+		if (foldable && f->ino == e->ino && f->dev == e->dev && f->dentry == dentry &&
+		    f->fmode_rw == rw && e->h.ts_ns - f->first_ts_ns < PT_FOLD_NS) {
 			__sync_fetch_and_add(&f->nopens, 1);
 			f->last_ts_ns = e->h.ts_ns;
 			return 1;
@@ -330,6 +336,7 @@ static __always_inline int fold_open(struct traced_val *tv, __u32 tgid, struct o
 	if (!foldable)
 		return 0;
 	fresh.ino = e->ino;
+	fresh.dentry = dentry;
 	fresh.dev = e->dev;
 	fresh.imode = e->imode;
 	fresh.fmode_rw = rw;
@@ -373,8 +380,8 @@ static __always_inline int open_exit(struct bpf_raw_tracepoint_args *ctx, int ki
 	file_info(file, &e->ino, &e->dev, &e->imode, &e->fmode);
 	/* A leftover entry on this fd number belongs to a file already gone. */
 	flush_fd(tv, tgid, ret, FLUSH_REPLACED);
-	if ((e->imode & S_IFMT_VAL) == S_IFREG_VAL)
-		folded = fold_open(tv, tgid, e);
+	if ((e->imode & S_IFMT_VAL) == S_IFREG_VAL && file)
+		folded = fold_open(tv, tgid, e, file);
 	if ((e->imode & S_IFMT_VAL) != S_IFDIR_VAL) {
 		k.pid = tgid;
 		k.fd = ret;
