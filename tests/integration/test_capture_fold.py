@@ -64,3 +64,36 @@ def test_folded_writes_and_an_fd_kept_open_across_the_bound(capture, work):
     assert doc["run"]["lost_events"] == 0
     assert sum(f["bytes_written"] for f in entries(doc, work / "log")) == 2000 + 100 + 4
     assert accesses(doc, work / "log") == {"create", "write"}
+
+
+def test_a_reopen_in_the_next_cell_belongs_to_that_cell(capture, tmp_path):
+    """A followed kernel: cell 1 reopens a file 1,000 times (folded), cell 2
+    reopens it after the 100 ms bound; each cell keeps its own bytes."""
+    import nbformat  # noqa: PLC0415
+    from nbformat.v4 import new_code_cell, new_notebook  # noqa: PLC0415
+
+    from provtrace.tracer.store import queries as Q  # noqa: PLC0415
+    from provtrace.tracer.store import sqlite as S  # noqa: PLC0415
+    from provtrace.tracer.traced_notebook import TracedNotebook  # noqa: PLC0415
+
+    work = tmp_path / "nb"
+    work.mkdir()
+    (work / "data").write_bytes(b"d" * 10)
+    loop = "import os\nfor _ in range(1000):\n    fd = os.open('data', os.O_RDONLY)\n    os.read(fd, 3)\n    os.close(fd)"
+    nb = new_notebook(cells=[new_code_cell(loop), new_code_cell("import time\ntime.sleep(0.2)"),
+                             new_code_cell("fd = os.open('data', os.O_RDONLY)\nos.read(fd, 5)\nos.close(fd)")])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "python3", "language": "python"}
+    nbformat.write(nb, str(work / "a.ipynb"))
+    store = S.Store(str(tmp_path / "s.db"))
+    try:
+        traced = TracedNotebook(str(work / "a.ipynb"), store=store, capture=capture)
+        assert traced.run() == 0
+        doc = Q.load_run(store, traced.rid)
+    finally:
+        store.close()
+    assert doc["run"]["lost_events"] == 0
+    first, _, third = doc["cells"]
+    by_cell = {}
+    for f in entries(doc, work / "data"):
+        by_cell[f["cell"]] = by_cell.get(f["cell"], 0) + f["bytes_read"]
+    assert by_cell == {first["id"]: 3000, third["id"]: 5}
