@@ -470,3 +470,15 @@ def test_folded_io_of_an_inode_never_opened_is_a_gap(t):
     (p,) = sink.by_pid(P)
     assert not p.files
     assert t.tr.gaps.get("io_on_unknown_fd") == 1
+
+
+def test_names_for_folded_io_are_bounded_newest_kept(t):
+    from provtrace.tracer.model import processes  # noqa: PLC0415
+
+    t.open(P, 3, "/data/first", ino=1)
+    for i in range(processes._FOLDED_NAMES):
+        t.open(P, 4, f"/data/f{i}", ino=100 + i)
+    t.open(P, 5, "/data/recent", ino=2)
+    (p,) = [p for p in t.tr.live.values() if p.pid == P]
+    assert len(p.paths_by_inode) == processes._FOLDED_NAMES
+    assert (8, 1) not in p.paths_by_inode and p.paths_by_inode[(8, 2)] == "/data/recent"

@@ -32,6 +32,11 @@ AT_REMOVEDIR = 0x200
 PROT_WRITE, PROT_EXEC = 0x2, 0x4
 AF_UNIX, AF_INET, AF_INET6 = 1, 2, 10
 _FD_GONE = (E.FLUSH_CLOSE, E.FLUSH_REPLACED)  # the fd no longer names what it named
+# Names kept per process for folded I/O (Proc.paths_by_inode), most recent
+# opens. The kernel's fold slots (16 a process) turn over far sooner, and it
+# sends an entry before the open that evicts it, so only a folded fd kept open
+# across thousands of other files' opens can miss its name (a recorded gap).
+_FOLDED_NAMES = 4096
 
 
 class FdEntry(NamedTuple):
@@ -450,7 +455,7 @@ class Tracker(LinkFolding):
         if kind == "dir" or path is None:
             return
         if kind == "file":
-            p.paths_by_inode[(ev.dev, ev.ino)] = path
+            self._name_inode(p, (ev.dev, ev.ino), path)
         fa = p.access(path, ev.ts_ns) if self._own_cells else self._access(p, path, ev)
         if used is not None:
             if fa.via is None:
@@ -528,6 +533,15 @@ class Tracker(LinkFolding):
                 fa.mapped_exec = True
             if ev.map_prot & PROT_WRITE and ev.flags & E.FDIO_MAP_SHARED:
                 fa.access.add("write")
+
+    @staticmethod
+    def _name_inode(p: Proc, key: tuple[int, int], path: str) -> None:
+        """Remember path as key's name, newest last, keeping at most _FOLDED_NAMES."""
+        names = p.paths_by_inode
+        names.pop(key, None)
+        names[key] = path
+        if len(names) > _FOLDED_NAMES:
+            del names[next(iter(names))]
 
     def _folded_io(self, p: Proc, ev: E.FdIO) -> None:
         """I/O through opens the kernel folded into an earlier open of the same
