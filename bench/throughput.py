@@ -143,7 +143,8 @@ def flood(cfgs: list[configs.Config], gen: Path, procs: int, seconds: float, wor
 
     The untraced run is always unpaced: the most this machine can offer.
     openclose is the mode whose every syscall the probes act on: each openat
-    emits an open record, the read is counted into it and the close flushes it.
+    looks up or makes a fold entry (an open record for the first of each
+    100 ms, docs/capture.md), the read is counted and the close flushes it.
     The offered rate is the sum of the generators' own counts per second, so it
     does not depend on what provtrace saw.
     """

@@ -234,6 +234,117 @@ static __always_inline void file_info(void *file, __u64 *ino, __u32 *dev,
 		bpf_probe_read_kernel(dev, sizeof(*dev), sb + OFF_SB_S_DEV);
 }
 
+/* ---- repeated opens, folded (issue 15) ---------------------------------------
+ * A process that opens the same file again and again (a config file read per
+ * request, a benchmark's open-read-close loop) would send an EV_OPEN and an
+ * EV_FDIO per open. Instead the first open is sent as usual and makes a `fold`
+ * entry for (tgid, dev, ino); a later open of that file by the same name (the
+ * same dentry, not through a symlink) with the same access (f_mode read/write
+ * bits) within PT_FOLD_NS of the first sends nothing: its
+ * fd's agg entry is marked FDIO_FOLDED, and at close its counts are added to
+ * the fold entry. The entry leaves as ONE EV_FDIO (reason FLUSH_FOLDED, fd =
+ * the number of opens folded, ts = the last of them, first_ts_ns = the first)
+ * when an open of that file comes after the bound or with another access, when
+ * another file takes its slot, at exec and exit, or when userspace sweeps
+ * (ebpf.py). It is a plain hash, not an LRU: an entry is never dropped with
+ * counts in it; when the map is full, opens are just not folded.
+ * Each process has PT_FOLD_SLOTS slots, chosen by (dev, ino): exec and exit
+ * flush them with a loop of that many lookups. */
+#define PT_FOLD_SLOTS 16
+#define PT_FOLD_NS 100000000ULL /* 100 ms: cells of a followed kernel are right to within it */
+
+struct foldkey {
+	__u32 pid;
+	__u32 slot;
+};
+
+struct foldval {
+	__u64 ino;
+	__u64 dentry;   /* the name opened: a hard link's other name is another entry */
+	__u64 first_ts_ns;
+	__u64 last_ts_ns;
+	__u64 bytes_read;
+	__u64 bytes_written;
+	__u32 nreads;
+	__u32 nwrites;
+	__u32 dev;
+	__u32 imode;
+	__u32 fmode_rw; /* f_mode & (FMODE_READ | FMODE_WRITE) of the opens */
+	__u32 nopens;   /* folded opens (not counting the first, which was sent) */
+	__u32 map_prot;
+	__u32 flags;
+};
+
+BPF_HASH(fold, struct foldkey, struct foldval, 65536);
+
+static __always_inline void fold_key(struct foldkey *k, __u32 tgid, __u64 ino, __u32 dev)
+{
+	k->pid = tgid;
+	k->slot = (__u32)(ino ^ (ino >> 16) ^ dev) & (PT_FOLD_SLOTS - 1);
+}
+
+/* Send a fold entry's counts as one EV_FDIO, if it folded any open. */
+static __always_inline void fold_emit(struct traced_val *tv, __u32 tgid, struct foldval *f)
+{
+	struct fdio_event e;
+
+	if (!f->nopens)
+		return;
+	fill_hdr(&e.h, EV_FDIO, tv->tag);
+	e.h.pid = tgid;
+	e.h.ts_ns = f->last_ts_ns;
+	e.fd = f->nopens;
+	e.reason = FLUSH_FOLDED;
+	e.bytes_read = f->bytes_read;
+	e.bytes_written = f->bytes_written;
+	e.nreads = f->nreads;
+	e.nwrites = f->nwrites;
+	e.ino = f->ino;
+	e.dev = f->dev;
+	e.imode = f->imode;
+	e.map_prot = f->map_prot;
+	e.flags = f->flags | FDIO_FOLDED | FDIO_SEEN_OPEN;
+	e.first_ts_ns = f->first_ts_ns;
+	if (events.ringbuf_output(&e, sizeof(e), rb_flags()))
+		count_lost(LOST_RINGBUF);
+}
+
+/* Add a closed folded fd's counts to its file's fold entry; 0 if that entry
+ * is gone (evicted or expired meanwhile): the caller sends them itself. */
+static __always_inline int fold_absorb(__u32 tgid, struct fdagg *a)
+{
+	struct foldkey k;
+	struct foldval *f;
+
+	fold_key(&k, tgid, a->ino, a->dev);
+	f = fold.lookup(&k);
+	if (!f || f->ino != a->ino || f->dev != a->dev || !f->nopens)
+		return 0;
+	__sync_fetch_and_add(&f->bytes_read, a->bytes_read);
+	__sync_fetch_and_add(&f->bytes_written, a->bytes_written);
+	__sync_fetch_and_add(&f->nreads, a->nreads);
+	__sync_fetch_and_add(&f->nwrites, a->nwrites);
+	f->map_prot |= a->map_prot;
+	f->flags |= a->flags & FDIO_MAP_SHARED;
+	return 1;
+}
+
+/* At exec and exit: send and forget every fold entry of the process. */
+static __always_inline void fold_flush_all(struct traced_val *tv, __u32 tgid)
+{
+	struct foldkey k = {.pid = tgid};
+
+#pragma clang loop unroll(disable)
+	for (__u32 slot = 0; slot < PT_FOLD_SLOTS; slot++) {
+		k.slot = slot;
+		struct foldval *f = fold.lookup(&k);
+		if (f) {
+			fold_emit(tv, tgid, f);
+			fold.delete(&k);
+		}
+	}
+}
+
 /* Send one agg entry (a, of tgid's fd) to userspace and forget it. Built on
  * the stack and sent with ringbuf_output (not reserve/submit): no reference is
  * held across the branches, which keeps the verifier's cost of the sweep
@@ -243,6 +354,10 @@ static __always_inline void flush_entry(struct traced_val *tv, struct fdkey *k, 
 {
 	struct fdio_event e;
 
+	if ((a->flags & FDIO_FOLDED) && fold_absorb(k->pid, a)) {
+		agg.delete(k);
+		return;
+	}
 	fill_hdr(&e.h, EV_FDIO, tv->tag);
 	e.h.pid = k->pid;
 	e.fd = k->fd;

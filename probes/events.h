@@ -43,6 +43,7 @@ enum pt_flush_reason {
 	FLUSH_EXIT = 3,     /* process exit */
 	FLUSH_EXEC = 4,     /* exec: counts up to here belong to the old image; fd may live on */
 	FLUSH_SWEEP = 5,    /* userspace swept a leftover entry at the end of tracing */
+	FLUSH_FOLDED = 6,   /* repeated opens folded into one record: fd = how many (probes/common.h, fold) */
 };
 
 enum pt_fdop {
@@ -57,6 +58,7 @@ enum pt_net_op { NET_CONNECT = 1, NET_ACCEPT = 2, NET_BIND = 3 };
 /* fdio flags */
 #define FDIO_SEEN_OPEN 0x1   /* the entry was created by an open we saw */
 #define FDIO_MAP_SHARED 0x2  /* mmap(MAP_SHARED) on this fd */
+#define FDIO_FOLDED 0x4      /* I/O through opens that sent no EV_OPEN: name the file by (dev, ino) */
 
 enum pt_lost_reason {
 	LOST_RINGBUF = 0,  /* ring buffer full: an event was dropped */

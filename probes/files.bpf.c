@@ -4,7 +4,8 @@
  * read their arguments from the saved user registers. Which syscalls each
  * serves: tracer/capture/syscalls.py.
  *   sysexit_open, _openat, _openat2, _creat  -> EV_OPEN (+ agg entry); a
- *                                               failed one: EV_OPEN, fd < 0
+ *                                               failed one: EV_OPEN, fd < 0; a
+ *                                               repeat: folded, nothing (common.h)
  *   read and write (in the dispatcher), sysexit_read (getdents64 too), _write, _sendfile,
  *   _copy, _mmap                             -> agg counters (no event)
  *   sysexit_close, sysexit_close_range       -> EV_FDIO flush, EV_FDOP
@@ -297,6 +298,54 @@ static __always_inline int open_failed(struct bpf_raw_tracepoint_args *ctx, int 
 }
 #endif /* PT_NO_FAILED_OPENS */
 
+/* ---- repeated opens (issue 15): see `fold` in common.h --------------------- */
+#define O_CREAT_VAL 0100
+#define O_TRUNC_VAL 01000
+#define FMODE_RW_VAL 3 /* FMODE_READ | FMODE_WRITE */
+
+/* Fold this successful open of a regular file into its file's fold entry (1:
+ * send nothing for it), or make it the first open of a new entry (0). An open
+ * that creates or truncates is never folded: the model records those as
+ * accesses of their own; it ends the file's entry instead. Decided before
+ * resolve_open: after its loops, this code made sysexit_open too complex for
+ * the verifier (E2BIG on 6.18). */
+static __always_inline int fold_open(struct traced_val *tv, __u32 tgid, struct open_event *e,
+				     void *file)
+{
+	struct foldkey k;
+	struct foldval *f, fresh = {};
+	__u32 rw = e->fmode & FMODE_RW_VAL;
+	int foldable = !(e->flags & (O_CREAT_VAL | O_TRUNC_VAL | O_TMPFILE_VAL));
+	__u64 dentry = 0;
+
+	bpf_probe_read_kernel(&dentry, sizeof(dentry), file + OFF_FILE_F_PATH_DENTRY);
+	fold_key(&k, tgid, e->ino, e->dev);
+	f = fold.lookup(&k);
+	if (f) {
+		/* the same dentry: the same name too (a hard link's other name is not) */
+		if (foldable && f->ino == e->ino && f->dev == e->dev && f->dentry == dentry &&
+		    f->fmode_rw == rw && e->h.ts_ns - f->first_ts_ns < PT_FOLD_NS) {
+			__sync_fetch_and_add(&f->nopens, 1);
+			f->last_ts_ns = e->h.ts_ns;
+			return 1;
+		}
+		fold_emit(tv, tgid, f); /* expired, another access, or another file's slot */
+		if (!foldable)
+			fold.delete(&k);
+	}
+	if (!foldable)
+		return 0;
+	fresh.ino = e->ino;
+	fresh.dentry = dentry;
+	fresh.dev = e->dev;
+	fresh.imode = e->imode;
+	fresh.fmode_rw = rw;
+	fresh.first_ts_ns = e->h.ts_ns;
+	fresh.last_ts_ns = e->h.ts_ns;
+	fold.update(&k, &fresh); /* the map full: this file's opens are just not folded */
+	return 0;
+}
+
 /* kind is a constant at every call: the compiler keeps one branch. */
 static __always_inline int open_exit(struct bpf_raw_tracepoint_args *ctx, int kind)
 {
@@ -309,6 +358,7 @@ static __always_inline int open_exit(struct bpf_raw_tracepoint_args *ctx, int ki
 	struct fdagg fresh = {};
 	__u64 path;
 	void *file;
+	int folded = 0;
 
 	if (ret < 0)
 		return open_failed(ctx, kind, ret);
@@ -330,6 +380,8 @@ static __always_inline int open_exit(struct bpf_raw_tracepoint_args *ctx, int ki
 	file_info(file, &e->ino, &e->dev, &e->imode, &e->fmode);
 	/* A leftover entry on this fd number belongs to a file already gone. */
 	flush_fd(tv, tgid, ret, FLUSH_REPLACED);
+	if ((e->imode & S_IFMT_VAL) == S_IFREG_VAL && file)
+		folded = fold_open(tv, tgid, e, file);
 	if ((e->imode & S_IFMT_VAL) != S_IFDIR_VAL) {
 		k.pid = tgid;
 		k.fd = ret;
@@ -337,13 +389,15 @@ static __always_inline int open_exit(struct bpf_raw_tracepoint_args *ctx, int ki
 		fresh.dev = e->dev;
 		fresh.imode = e->imode;
 		fresh.first_ts_ns = e->h.ts_ns;
-		fresh.flags = FDIO_SEEN_OPEN;
+		fresh.flags = folded ? FDIO_SEEN_OPEN | FDIO_FOLDED : FDIO_SEEN_OPEN;
 		fresh.file = (__u64)file;
 		if (agg.update(&k, &fresh))
 			count_lost(LOST_AGG);
 		else if ((__u32)ret > tv->max_fd)
 			tv->max_fd = ret;
 	}
+	if (folded)
+		return 0;
 	e->path_len = read_ustr(e->path, (const void *)path);
 	if ((e->imode & S_IFMT_VAL) == S_IFREG_VAL && !(e->flags & O_TMPFILE_VAL))
 		resolve_open(tv, file, e);

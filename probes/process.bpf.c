@@ -138,6 +138,7 @@ RAW_TRACEPOINT_PROBE(sched_process_exec)
 		return 0;
 	/* Counts so far belong to the old image; fds may live on. */
 	flush_all(tv, tgid, FLUSH_EXEC);
+	fold_flush_all(tv, tgid);
 	inherited = tv->flags & TV_PRIVILEGED;
 	if (!inherited && exec_gained_privileges((void *)ctx->args[0]))
 		tv->flags |= TV_PRIVILEGED;
@@ -266,6 +267,7 @@ RAW_TRACEPOINT_PROBE(sched_process_exit)
 		return 0;
 	max_fd = tv->max_fd;
 	flush_all(tv, tgid, FLUSH_EXIT);
+	fold_flush_all(tv, tgid);
 	bpf_probe_read_kernel(&code, sizeof(code), task + OFF_TASK_EXIT_CODE);
 	e = events.ringbuf_reserve(sizeof(*e));
 	if (e) {

@@ -2,7 +2,7 @@
  * throughput-ceiling search in bench/throughput.py.
  *
  *   sysgen MODE RATE SECONDS PATH
- *     MODE    openclose  openat+read+close of PATH (3 syscalls, one open record each)
+ *     MODE    openclose  openat+read+close of PATH (3 syscalls; repeats folded by the probes)
  *             read       read(2) of 1 byte from PATH, one fd (the aggregation-friendly case)
  *     RATE    target syscalls per second; 0 means as fast as possible
  *     SECONDS how long to run

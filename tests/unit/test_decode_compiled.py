@@ -52,6 +52,10 @@ def _typical() -> list[bytes]:
         bytes(_rec(L.FdioEvent, L.EV_FDIO, fd=-1, reason=L.FLUSH_SWEEP, bytes_read=u64,
                    bytes_written=7, nreads=1, nwrites=2, ino=3, dev=4, imode=0o10644,
                    map_prot=5, flags=L.FDIO_MAP_SHARED, first_ts_ns=u64)),
+        # repeated opens folded in the kernel: fd is the count of opens
+        bytes(_rec(L.FdioEvent, L.EV_FDIO, fd=99_999, reason=L.FLUSH_FOLDED, bytes_read=299_997,
+                   nreads=99_999, ino=u64, dev=(8 << 20) | 1, imode=0o100644,
+                   flags=L.FDIO_FOLDED | L.FDIO_SEEN_OPEN, first_ts_ns=5)),
         bytes(_rec(L.FdopEvent, L.EV_FDOP, op=L.FDOP_DUP, oldfd=1, newfd=-9, cloexec=1)),
         _with_path(L.ChdirEvent, L.EV_CHDIR, "path", "path_len", b"sub/dir", fd=-100),
         bytes(_rec(L.ChdirEvent, L.EV_CHDIR, fd=5, path_len=0))[: L.ChdirEvent.path.offset],

@@ -443,3 +443,42 @@ def test_failed_opens_are_attempts_one_per_path_and_errno(t):
 def test_io_uring_setup_is_a_gap_naming_the_process(t):
     t.tr.handle(E.IoUring(t._t(), P, P, 1, 5, 0))  # P unseen: seeded, with its own gap
     assert t.tr.gaps.get(f"io_uring used by pid {P}: its file I/O was not traced") == 1
+
+
+# -- repeated opens folded in the kernel (issue 15) ---------------------------------
+
+def test_folded_io_lands_on_the_inode_path_and_leaves_the_fd_table_alone(t):
+    t.open(P, 3, "/data/hot", ino=11)
+    t.io(P, 3, ino=11, r=3)  # the first open's own fd
+    t.open(P, 3, "/data/other", ino=12)  # fd 3 now names another file
+    # 999 more opens of /data/hot, folded: fd is their count, not an fd
+    t.io(P, 999, ino=11, r=2997, reason=L.FLUSH_FOLDED, flags=L.FDIO_FOLDED | L.FDIO_SEEN_OPEN)
+    # a folded fd whose entry was gone at its close: sent alone, still FDIO_FOLDED
+    t.io(P, 3, ino=11, w=5, flags=L.FDIO_FOLDED | L.FDIO_SEEN_OPEN)
+    t.io(P, 3, ino=12, r=1)
+    sink = t.done()
+    (p,) = sink.by_pid(P)
+    assert (p.files["/data/hot"].bytes_read, p.files["/data/hot"].bytes_written) == (3000, 5)
+    assert p.files["/data/hot"].access == {"read", "write"}
+    assert p.files["/data/other"].bytes_read == 1
+    assert "io_on_unknown_fd" not in t.tr.gaps and "stale_fd_entry" not in t.tr.gaps
+
+
+def test_folded_io_of_an_inode_never_opened_is_a_gap(t):
+    t.io(P, 7, ino=99, r=10, reason=L.FLUSH_FOLDED, flags=L.FDIO_FOLDED)
+    sink = t.done()
+    (p,) = sink.by_pid(P)
+    assert not p.files
+    assert t.tr.gaps.get("io_on_unknown_fd") == 1
+
+
+def test_names_for_folded_io_are_bounded_newest_kept(t):
+    from provtrace.tracer.model import processes  # noqa: PLC0415
+
+    t.open(P, 3, "/data/first", ino=1)
+    for i in range(processes._FOLDED_NAMES):
+        t.open(P, 4, f"/data/f{i}", ino=100 + i)
+    t.open(P, 5, "/data/recent", ino=2)
+    (p,) = [p for p in t.tr.live.values() if p.pid == P]
+    assert len(p.paths_by_inode) == processes._FOLDED_NAMES
+    assert (8, 1) not in p.paths_by_inode and p.paths_by_inode[(8, 2)] == "/data/recent"

@@ -14,8 +14,9 @@ from dataclasses import dataclass
 
 # The values of event fields belong to the model; the wire carries the same numbers.
 from ..model.events import (  # noqa: F401  (re-exported: decode, ptrace, fdagg, tests)
-    FDIO_MAP_SHARED, FDIO_SEEN_OPEN, FDOP_CLOEXEC_RANGE, FDOP_CLOSE_RANGE, FDOP_DUP,
-    FDOP_SETFD, FLUSH_CLOSE, FLUSH_EXEC, FLUSH_EXIT, FLUSH_REPLACED, FLUSH_SWEEP,
+    FDIO_FOLDED, FDIO_MAP_SHARED, FDIO_SEEN_OPEN, FDOP_CLOEXEC_RANGE, FDOP_CLOSE_RANGE,
+    FDOP_DUP, FDOP_SETFD, FLUSH_CLOSE, FLUSH_EXEC, FLUSH_EXIT, FLUSH_FOLDED, FLUSH_REPLACED,
+    FLUSH_SWEEP,
     LINK_HARD, LINK_SYMBOLIC, NET_ACCEPT, NET_BIND, NET_CONNECT, PT_FLUSH_FDS,
 )
 

@@ -17,7 +17,9 @@ from dataclasses import dataclass
 # per event, and an IntEnum member costs ~4x a module constant there (3.11).
 PT_FLUSH_FDS = 64  # the kernel flushes fds below this at exec/exit; Exit.max_fd above it: a sweep
 FLUSH_CLOSE, FLUSH_REPLACED, FLUSH_EXIT, FLUSH_EXEC, FLUSH_SWEEP = 1, 2, 3, 4, 5  # FdIO.reason
+FLUSH_FOLDED = 6  # FdIO.reason: repeated opens folded in the kernel; FdIO.fd is how many
 FDIO_SEEN_OPEN, FDIO_MAP_SHARED = 0x1, 0x2  # FdIO.flags
+FDIO_FOLDED = 0x4  # FdIO.flags: I/O through opens that sent no Open; the file is (dev, ino)
 FDOP_DUP, FDOP_SETFD, FDOP_CLOSE_RANGE, FDOP_CLOEXEC_RANGE = 1, 2, 3, 4  # FdOp.op
 NET_CONNECT, NET_ACCEPT, NET_BIND = 1, 2, 3  # Net.op
 LINK_HARD, LINK_SYMBOLIC = 1, 2  # Link.op

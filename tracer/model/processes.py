@@ -32,6 +32,11 @@ AT_REMOVEDIR = 0x200
 PROT_WRITE, PROT_EXEC = 0x2, 0x4
 AF_UNIX, AF_INET, AF_INET6 = 1, 2, 10
 _FD_GONE = (E.FLUSH_CLOSE, E.FLUSH_REPLACED)  # the fd no longer names what it named
+# Names kept per process for folded I/O (Proc.paths_by_inode), most recent
+# opens. The kernel's fold slots (16 a process) turn over far sooner, and it
+# sends an entry before the open that evicts it, so only a folded fd kept open
+# across thousands of other files' opens can miss its name (a recorded gap).
+_FOLDED_NAMES = 4096
 
 
 class FdEntry(NamedTuple):
@@ -94,6 +99,9 @@ class Proc:
     privileged: bool = False  # exec'd a program that gained privileges: not followed after
     attempts: dict[tuple[str, int, str | None], Attempt] = field(default_factory=dict)
     usage: E.Usage | None = None  # kernel accounting at exit
+    # (dev, ino) -> the path its last open named: I/O through folded opens
+    # (E.FDIO_FOLDED, which sent no Open) is told by the file's identity only
+    paths_by_inode: dict[tuple[int, int], str] = field(default_factory=dict)
 
     @property
     def exit_code(self) -> int | None:
@@ -446,6 +454,8 @@ class Tracker(LinkFolding):
         p.fds[ev.fd] = FdEntry(path, kind, ev.ino, ev.dev, bool(flags & O_CLOEXEC), flags)
         if kind == "dir" or path is None:
             return
+        if kind == "file":
+            self._name_inode(p, (ev.dev, ev.ino), path)
         fa = p.access(path, ev.ts_ns) if self._own_cells else self._access(p, path, ev)
         if used is not None:
             if fa.via is None:
@@ -476,6 +486,9 @@ class Tracker(LinkFolding):
         p = self.live.get(ev.pid) or self._exited_by_pid.get(ev.pid)
         if p is None:
             p = self._proc(ev.pid, ev.tid, ev.ts_ns, ev.tag)
+        if ev.flags & E.FDIO_FOLDED:
+            self._folded_io(p, ev)
+            return
         entry = p.fds.get(ev.fd)
         if entry is not None and ev.ino and entry.ino and (entry.ino != ev.ino or entry.dev != ev.dev):
             self._gap("stale_fd_entry")
@@ -494,28 +507,53 @@ class Tracker(LinkFolding):
             if ev.nreads:
                 r.add(p.pid)
         elif entry.path is not None and entry.kind in ("file", "device", "dir"):  # dir: getdents
-            ts_ns = ev.first_ts_ns or ev.ts_ns
-            fa = p.access(entry.path, ts_ns) if self._own_cells else self._access(p, entry.path, ev, ts_ns)
-            if ev.ts_ns > fa.last_ns:
-                fa.last_ns = ev.ts_ns
-            if ev.nreads:
-                fa.access.add("read")
-                fa.bytes_read += ev.bytes_read
-                fa.directory = entry.kind == "dir"
-            if ev.nwrites:
-                fa.access.add("write")
-                fa.bytes_written += ev.bytes_written
-            if ev.map_prot:
-                fa.access.add("map")
-                if ev.map_prot & PROT_EXEC:
-                    fa.mapped_exec = True
-                if ev.map_prot & PROT_WRITE and ev.flags & E.FDIO_MAP_SHARED:
-                    fa.access.add("write")
+            self._count_io(p, entry.path, entry.kind == "dir", ev)
         elif entry.path is None and entry.kind not in ("socket", "pipe", "anon", "tmpfile") and (ev.nreads or ev.nwrites):
             log.debug("event=io-on-unknown-fd pid=%d fd=%d kind=%s imode=%o", p.pid, ev.fd, entry.kind, ev.imode)
             self._gap("io_on_unknown_fd")
         if ev.reason in _FD_GONE:
             p.fds.pop(ev.fd, None)
+
+    def _count_io(self, p: Proc, path: str, directory: bool, ev: E.FdIO) -> None:
+        """Add one FdIO's counts to the process's access of path."""
+        ts_ns = ev.first_ts_ns or ev.ts_ns
+        fa = p.access(path, ts_ns) if self._own_cells else self._access(p, path, ev, ts_ns)
+        if ev.ts_ns > fa.last_ns:
+            fa.last_ns = ev.ts_ns
+        if ev.nreads:
+            fa.access.add("read")
+            fa.bytes_read += ev.bytes_read
+            fa.directory = directory
+        if ev.nwrites:
+            fa.access.add("write")
+            fa.bytes_written += ev.bytes_written
+        if ev.map_prot:
+            fa.access.add("map")
+            if ev.map_prot & PROT_EXEC:
+                fa.mapped_exec = True
+            if ev.map_prot & PROT_WRITE and ev.flags & E.FDIO_MAP_SHARED:
+                fa.access.add("write")
+
+    @staticmethod
+    def _name_inode(p: Proc, key: tuple[int, int], path: str) -> None:
+        """Remember path as key's name, newest last, keeping at most _FOLDED_NAMES."""
+        names = p.paths_by_inode
+        names.pop(key, None)
+        names[key] = path
+        if len(names) > _FOLDED_NAMES:
+            del names[next(iter(names))]
+
+    def _folded_io(self, p: Proc, ev: E.FdIO) -> None:
+        """I/O through opens the kernel folded into an earlier open of the same
+        file (docs/capture.md): no fd of ours names it, its (dev, ino) does.
+        The fd table is left alone: ev.fd is a count (FLUSH_FOLDED) or an fd
+        the model never saw opened."""
+        path = p.paths_by_inode.get((ev.dev, ev.ino))
+        if path is None:
+            if ev.nreads or ev.nwrites:
+                self._gap("io_on_unknown_fd")
+            return
+        self._count_io(p, path, False, ev)
 
     def _fdop(self, ev: E.FdOp) -> None:
         p = self._proc(ev.pid, ev.tid, ev.ts_ns, ev.tag)
