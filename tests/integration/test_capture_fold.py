@@ -74,7 +74,7 @@ def test_a_reopen_in_the_next_cell_belongs_to_that_cell(capture, tmp_path):
 
     from provtrace.tracer.store import queries as Q  # noqa: PLC0415
     from provtrace.tracer.store import sqlite as S  # noqa: PLC0415
-    from provtrace.tracer.traced_notebook import TracedNotebook  # noqa: PLC0415
+    from provtrace.tracer.pipeline.notebook import TracedNotebook  # noqa: PLC0415
 
     work = tmp_path / "nb"
     work.mkdir()

@@ -409,26 +409,23 @@ class EbpfCapture:
                 pass
         return out + self._sweep_folds(pids)
 
-    def _sweep_folds(self, pids: set[int]) -> list[bytes]:
+    def _sweep_folds(self, pids: set[int]) -> list:
         """Fold entries (repeated opens, probes/common.h) of `pids` still in
-        the kernel, as the FLUSH_FOLDED records it would have sent."""
-        from .layouts import EV_FDIO, FDIO_FOLDED, FDIO_SEEN_OPEN, FLUSH_FOLDED, FdioEvent  # noqa: PLC0415
+        the kernel, as the FLUSH_FOLDED events (E.FdIO) it would have sent."""
+        from ..model import events as E  # noqa: PLC0415
+        from .layouts import FDIO_FOLDED, FDIO_SEEN_OPEN, FLUSH_FOLDED  # noqa: PLC0415
 
         fold = self._bpf[b"fold"]
         out = []
         for k, v in list(fold.items()):
             if k.pid not in pids:
                 continue
-            if v.nopens:
-                ev = FdioEvent()
-                ev.h.type, ev.h.pid, ev.h.tid, ev.h.tag = EV_FDIO, k.pid, k.pid, 0
-                ev.fd, ev.reason = v.nopens, FLUSH_FOLDED
-                ev.bytes_read, ev.bytes_written = v.bytes_read, v.bytes_written
-                ev.nreads, ev.nwrites = v.nreads, v.nwrites
-                ev.ino, ev.dev, ev.imode = v.ino, v.dev, v.imode
-                ev.map_prot, ev.flags = v.map_prot, v.flags | FDIO_FOLDED | FDIO_SEEN_OPEN
-                ev.first_ts_ns, ev.h.ts_ns = v.first_ts_ns, v.last_ts_ns
-                out.append(bytes(ev))
+            if v.nopens:  # fd carries the count of folded opens; the time is the last one's
+                out.append(E.FdIO(
+                    ts_ns=v.last_ts_ns, pid=k.pid, tid=k.pid, tag=0, fd=v.nopens, reason=FLUSH_FOLDED,
+                    bytes_read=v.bytes_read, bytes_written=v.bytes_written, nreads=v.nreads,
+                    nwrites=v.nwrites, ino=v.ino, dev=v.dev, imode=v.imode, map_prot=v.map_prot,
+                    flags=v.flags | FDIO_FOLDED | FDIO_SEEN_OPEN, first_ts_ns=v.first_ts_ns))
             try:
                 del fold[k]
             except KeyError:
