@@ -11,7 +11,7 @@ daemon's TracingStore (sessions.py), which adds tracing and SQLite to it.
 InMemoryStore serves a server with no capture behind it (the API's and
 the TUI's end-to-end tests): it knows sessions, cells and commands, not
 processes or files; the cells' reads and writes are what its caller
-recorded with record_cell_io.
+added to its merger (CellMerger.add_io).
 """
 
 from __future__ import annotations
@@ -155,7 +155,11 @@ class CellMerger:
     def add_io(self, session_id: str, msg_id: str | None, cell_id: str | None,
                reads: Iterable[str] = (), writes: Iterable[str] = (),
                processes: Iterable[int] = ()) -> CellRecord:
-        """Adds attributed file and process facts to a known cell."""
+        """Adds attributed file and process facts to a known cell.
+
+        The daemon writes what a cell read and wrote to SQLite (the router's
+        checkpoint) and answers from there; the in-memory store has no capture,
+        and its callers (the API's tests) add the facts here."""
         with self._lock:
             run = self.run(session_id)
             cells = self._cells[run.id]
@@ -250,14 +254,6 @@ class InMemoryStore:
 
     def cell_end(self, report: CellEndReport) -> CellRecord:
         return self.merger.cell_end(report)
-
-    def record_cell_io(self, session_id: str, msg_id: str | None, cell_id: str | None,
-                       reads: Iterable[str] = (), writes: Iterable[str] = (),
-                       processes: Iterable[int] = ()) -> CellRecord:
-        """Adds what capture found in a cell. This store has no capture of its own:
-        its caller traces (or, in the API's tests, states) the cell's reads and
-        writes, and its lineage walks them."""
-        return self.merger.add_io(session_id, msg_id, cell_id, reads, writes, processes)
 
     def end_session(self, session_id: str) -> RunRecord:
         return self.merger.end_session(session_id)
