@@ -294,9 +294,6 @@ class InMemoryStore:
             self.merger.run(session_id)  # NotFound
         return cells
 
-    def traced_pids(self) -> dict[int, str]:
-        return self.merger.traced_pids()
-
     def lineage(self, path: str, direction: str, depth: int | None, uid: int | None, *,
                 at: str | None = None, all_versions: bool = False,
                 kernel_state: bool = True) -> LineageGraph:
