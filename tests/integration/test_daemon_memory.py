@@ -29,7 +29,9 @@ def test_a_finished_command_leaves_nothing_in_memory(capture, tmp_path):
             proc.wait()
             tracing.finish_command(run.id, 0, None)
             finished.append(run.id)
-        assert not set(finished) & (set(tracing._runs) | set(tracing._cells) | set(tracing._traced_pids.values()))
+        merger = tracing.merger  # the live runs, their cells and root pids
+        held = {r.id for r in merger.runs()} | set(merger.traced_pids().values())
+        assert not set(finished) & held and all(merger.cells(r) is None for r in finished)
         assert tracing.live_runs() == []
         assert tracing.router.finisher.wait(None, 60)  # their fingerprints and ends follow the release
         assert tracing.router.finisher.pending() == []

@@ -43,8 +43,8 @@ def daemon(tmp_path):
         c.report_cell_end(k.session_id, "ok", msg_id="m1", execution_count=1)
         c.report_cell_start(k.session_id, cell_id="c2", msg_id="m2", index=1, code="fit(df)")
         c.report_cell_end(k.session_id, "error", msg_id="m2", execution_count=2, error_name="ValueError")
-    store.record_cell_io(k.session_id, "m1", "c1", reads=["/nb/train.csv"], writes=["/nb/clean.csv"])
-    store.record_cell_io(k.session_id, "m2", "c2", reads=["/nb/clean.csv"], writes=["/nb/model.pkl"])
+    store.merger.add_io(k.session_id, "m1", "c1", reads=["/nb/train.csv"], writes=["/nb/clean.csv"])
+    store.merger.add_io(k.session_id, "m2", "c2", reads=["/nb/clean.csv"], writes=["/nb/model.pkl"])
     yield server.socket_path, k.session_id
     kernel.kill()
     kernel.wait()

@@ -68,7 +68,7 @@ def test_lineage_from_cell_io():
     store, sid = _store()
     for m, reads, writes in (("m1", ["/raw.csv"], ["/clean.csv"]), ("m2", ["/clean.csv"], ["/model.pkl"])):
         store.cell_start(CellStartReport(sid, "iopub", msg_id=m))
-        store.record_cell_io(sid, m, None, reads=reads, writes=writes)
+        store.merger.add_io(sid, m, None, reads=reads, writes=writes)
     up = store.lineage("/model.pkl", "upstream", None, None)
     assert {n.label for n in up.nodes if n.kind == "file"} == {"/model.pkl", "/clean.csv", "/raw.csv"}
     one = store.lineage("/model.pkl", "upstream", 1, None)

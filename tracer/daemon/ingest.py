@@ -1,4 +1,4 @@
-"""Feeds what the kernel follower sees into a SessionStore (the IOPub path).
+"""Feeds what the kernel follower sees into the sessions (the IOPub path).
 
 Windows become cell start/end reports with source "iopub"; monotonic times
 become UTC through the one Clock. Reports from provisioners and the notebook
@@ -15,16 +15,16 @@ from ..correlate.kernels import DiscoveredKernel
 from ..correlate.windows import RUNNING, CellWindow
 from ..errors import ProcessError
 from ..serve.auth import start_time_ns
-from ..serve.backend import SessionStore
+from ..serve.backend import SessionWrites
 from ..serve.records import CellEndReport, CellStartReport
 
 log = logging.getLogger(__name__)
 
 
 class StoreSink:
-    """A FollowerSink (correlate/follower.py) that writes to a SessionStore."""
+    """A FollowerSink (correlate/follower.py) that writes to the sessions (SessionWrites)."""
 
-    def __init__(self, store: SessionStore, clock: Clock | None = None) -> None:
+    def __init__(self, store: SessionWrites, clock: Clock | None = None) -> None:
         self.store = store
         self.clock = clock or default_clock()
 

@@ -1,8 +1,9 @@
 """The daemon's SessionStore: live state in memory, everything durable in SQLite,
 and every registered kernel or handed-over command traced with eBPF.
 
-Live merging of cell reports (IOPub, gRPC reports, the runner) is
-InMemoryStore's; this class adds what happens around it:
+Live merging of cell reports (IOPub, gRPC reports, the runner) is done by
+a CellMerger (memory.py) that this class owns; it adds what happens around
+it:
 
 - register_kernel: a `session` run in the SQLite store, the kernel pid added
   to the probes' traced map under the run's tag, and its cells followed by a
@@ -24,7 +25,6 @@ driver opens them.
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import logging
 import os
@@ -45,7 +45,7 @@ from ..store.writer import stdio_files
 from ..serve.auth import process_ids
 from ..serve.backend import FORMATS, NotFound
 from ..serve.events import EventHub
-from .memory import InMemoryStore
+from .memory import CellMerger
 from ..serve.records import (
     CellEndReport,
     CellRecord,
@@ -72,9 +72,11 @@ VANISHED = ("the client vanished before reporting the exit; ended by the daemon 
             f"{CLIENT_GRACE_S:g} s or more after the command's root process was gone")
 
 
-class TracingStore(InMemoryStore):
+class TracingStore:
     def __init__(self, store: S.Store, capture: Capture, hub: EventHub | None = None) -> None:
-        super().__init__(hub=hub, backend="ebpf")
+        self.hub = hub
+        self.merger = CellMerger(hub, backend="ebpf")  # the live runs and their merged cells
+        self._lock = threading.Lock()  # _kernel_sessions, and registering a kernel once
         self.db = store
         self.capture = capture
         self.clock = Clock()
@@ -107,16 +109,10 @@ class TracingStore(InMemoryStore):
             known = self._kernel_sessions.get((pid, pid_start_ns))
             if known is not None and known in self._live and not session_id:
                 # the same kernel seen twice (IOPub discovery and a provisioner's report)
-                run = self._runs[known]
-                kernel = dataclasses.replace(
-                    run.kernel, notebook_path=run.kernel.notebook_path or notebook_path,
-                    connection_file=run.kernel.connection_file or connection_file,
-                    kernel_name=run.kernel.kernel_name or kernel_name,
-                    language=run.kernel.language or language)
-                self._runs[known] = dataclasses.replace(run, kernel=kernel,
-                                                        label=run.label or notebook_path)
-                return kernel
-            kernel = super().register_kernel(
+                return self.merger.fill_kernel(known, connection_file=connection_file,
+                                               notebook_path=notebook_path, kernel_name=kernel_name,
+                                               language=language)
+            kernel = self.merger.register_kernel(
                 pid=pid, pid_start_ns=pid_start_ns, uid=uid, user=user, connection_file=connection_file,
                 notebook_path=notebook_path, kernel_name=kernel_name, language=language,
                 session_id=session_id)
@@ -140,12 +136,12 @@ class TracingStore(InMemoryStore):
         return kernel
 
     def cell_start(self, report: CellStartReport) -> CellRecord:
-        cell = super().cell_start(report)
+        cell = self.merger.cell_start(report)
         self._window(report.session_id, cell)
         return cell
 
     def cell_end(self, report: CellEndReport) -> CellRecord:
-        cell = super().cell_end(report)
+        cell = self.merger.cell_end(report)
         live = self._window(report.session_id, cell)
         if live is not None:
             self.db.append(live.rid, S.CELL, _cell_body(cell))
@@ -194,7 +190,7 @@ class TracingStore(InMemoryStore):
         return gone
 
     def end_session(self, session_id: str) -> RunRecord:
-        run = super().end_session(session_id)
+        run = self.merger.end_session(session_id)
         live = self._live.get(session_id)
         if live is not None:
             for cell in self.list_cells(session_id):  # a kernel that died mid-cell never said idle
@@ -221,10 +217,7 @@ class TracingStore(InMemoryStore):
         self.capture.trace(pid, live.tag)
         run = RunRecord(id=run_id, kind="command", uid=uid, user=user, label=label or " ".join(argv),
                         backend="ebpf", started=dt.datetime.now(dt.timezone.utc))
-        with self._lock:
-            self._runs[run_id] = run
-            self._cells[run_id] = []
-            self._traced_pids[pid] = run_id
+        self.merger.add_command(run, pid)
         return run
 
     def finish_command(self, run_id: str, exit_code: int, ended: dt.datetime | None) -> RunRecord:
@@ -269,9 +262,9 @@ class TracingStore(InMemoryStore):
         return [self._record(r) for r in rows]
 
     def list_cells(self, session_id: str) -> list[CellRecord]:
-        with self._lock:
-            if session_id in self._cells:
-                return list(self._cells[session_id])
+        cells = self.merger.cells(session_id)  # a live run's, as merged now
+        if cells is not None:
+            return cells
         doc = self.document(session_id, None)
         return [_cell_record(session_id, c) for c in doc["cells"]]
 
@@ -395,17 +388,12 @@ class TracingStore(InMemoryStore):
             return
         done = self.router.finish(live, exit_code, reason)
         if live.kind == "command":  # the store has it now: nothing in memory grows with every run
-            with self._lock:
-                self._runs.pop(run_id, None)
-                self._cells.pop(run_id, None)
-                if self._traced_pids.get(live.root_pid) == run_id:
-                    del self._traced_pids[live.root_pid]
+            self.merger.forget(run_id, live.root_pid)
         if wait and not done.wait(FINISH_TIMEOUT_S):
             log.warning("event=finish-timeout run=%s", run_id)
 
     def _record(self, row: dict) -> RunRecord:
-        with self._lock:
-            live = self._runs.get(row["id"])
+        live = self.merger.get(row["id"])
         return RunRecord(
             id=row["id"], kind=row["kind"], uid=row["uid"], user=row["user"], label=row["label"],
             backend=row["backend"], started=_time(row["started"]), ended=_time(row["ended"]),

@@ -27,7 +27,7 @@ from ..errors import ProcessError, StoreWriteError, TracerError, UsageError
 from ..privs import Creds, PrivilegeError, acting_as
 from . import convert
 from .auth import CallerRegistry, process_ids, start_time_ns
-from .backend import AccessDenied, NotFound, SessionStore
+from .backend import AccessDenied, NotFound, SessionReads, SessionStore, SessionWrites
 from .events import EventHub
 from .gen import service_pb2 as svc
 from .gen import service_pb2_grpc as svc_grpc
@@ -134,11 +134,12 @@ def _user(uid: int) -> str | None:
 
 
 class ProvtraceServicer(svc_grpc.ProvtraceServicer):
-    def __init__(self, store: SessionStore, hub: EventHub, registry: CallerRegistry,
+    def __init__(self, writes: SessionWrites, reads: SessionReads, hub: EventHub, registry: CallerRegistry,
                  backend: str = "ebpf",
                  resolve_caller: Callable[[grpc.ServicerContext], Caller | None] | None = None,
                  max_streams: int = 8, max_queries: int = 4, max_workers: int = 16) -> None:
-        self.store = store
+        self.writes = writes  # kernels, cell reports, commands handed over
+        self.reads = reads  # runs, cells, lineage, context, staleness, export
         self.hub = hub
         self.registry = registry
         self.backend = backend
@@ -183,12 +184,12 @@ class ProvtraceServicer(svc_grpc.ProvtraceServicer):
         _text(ref, "run id", 256)
         if not ref:
             raise UsageError("a run or session id is required")
-        return self.store.get_run(ref, caller.visible_uid)
+        return self.reads.get_run(ref, caller.visible_uid)
 
     # -- health & registration -----------------------------------------------
     @_rpc
     def Health(self, request: svc.HealthRequest, context: Any, caller: Caller) -> svc.HealthResponse:
-        sessions = self.store.list_runs(caller.visible_uid, "session")
+        sessions = self.reads.list_runs(caller.visible_uid, "session")
         alive = sum(1 for r in sessions if r.kernel is not None and r.kernel.alive and r.ended is None)
         failed = sorted(name for name, alive_now in self.components.items() if not alive_now())
         status = svc.SERVING_STATUS_NOT_SERVING if failed else svc.SERVING_STATUS_SERVING
@@ -207,7 +208,7 @@ class ProvtraceServicer(svc_grpc.ProvtraceServicer):
         conn = _abs_path(request.connection_file, "connection_file")
         if conn and not caller.is_root:
             _check_own_file(conn, caller)
-        kernel = self.store.register_kernel(
+        kernel = self.writes.register_kernel(
             pid=request.pid, pid_start_ns=start_time_ns(request.pid), uid=owner, user=_user(owner),
             connection_file=conn, notebook_path=_abs_path(request.notebook_path, "notebook_path"),
             kernel_name=_text(request.kernel_name, "kernel_name", 256) or None,
@@ -235,7 +236,7 @@ class ProvtraceServicer(svc_grpc.ProvtraceServicer):
         if not request.cell_id and not request.msg_id:
             raise UsageError("a cell report needs cell_id or msg_id")
         report = convert.start_report_from_pb(request, sha)
-        cell = self.store.cell_start(dataclasses.replace(report, session_id=run.id))
+        cell = self.writes.cell_start(dataclasses.replace(report, session_id=run.id))
         return svc.ReportCellResponse(cell=convert.cell_to_pb(cell))
 
     @_rpc
@@ -248,20 +249,20 @@ class ProvtraceServicer(svc_grpc.ProvtraceServicer):
         for name in ("cell_id", "msg_id", "error_name"):
             _text(getattr(request, name), name, 256)
         report = convert.end_report_from_pb(request)
-        cell = self.store.cell_end(dataclasses.replace(report, session_id=run.id))
+        cell = self.writes.cell_end(dataclasses.replace(report, session_id=run.id))
         return svc.ReportCellResponse(cell=convert.cell_to_pb(cell))
 
     # -- queries ---------------------------------------------------------------
     @_query
     def ListSessions(self, request: svc.ListSessionsRequest, context: Any, caller: Caller) -> svc.ListSessionsResponse:
         kind = convert.enum_name(convert.RUN_KIND, request.kind)
-        runs = self.store.list_runs(caller.visible_uid, kind, request.limit or None)
+        runs = self.reads.list_runs(caller.visible_uid, kind, request.limit or None)
         return svc.ListSessionsResponse(runs=[convert.run_to_pb(r) for r in runs])
 
     @_query
     def ListCells(self, request: svc.ListCellsRequest, context: Any, caller: Caller) -> svc.ListCellsResponse:
         run = self._visible_run(request.session_id, caller)
-        return svc.ListCellsResponse(cells=[convert.cell_to_pb(c) for c in self.store.list_cells(run.id)])
+        return svc.ListCellsResponse(cells=[convert.cell_to_pb(c) for c in self.reads.list_cells(run.id)])
 
     @_query
     def Lineage(self, request: svc.LineageRequest, context: Any, caller: Caller) -> svc.LineageResponse:
@@ -269,7 +270,7 @@ class ProvtraceServicer(svc_grpc.ProvtraceServicer):
         if path is None:
             raise UsageError("lineage needs a path")
         direction = convert.enum_name(convert.DIRECTION, request.direction) or "upstream"
-        graph = self.store.lineage(path, direction, request.depth or None, caller.visible_uid,
+        graph = self.reads.lineage(path, direction, request.depth or None, caller.visible_uid,
                                    at=request.at or None, all_versions=request.all_versions,
                                    kernel_state=not request.no_kernel_state)
         return convert.lineage_to_pb(graph)
@@ -277,13 +278,13 @@ class ProvtraceServicer(svc_grpc.ProvtraceServicer):
     @_query
     def Stale(self, request: svc.StaleRequest, context: Any, caller: Caller) -> svc.StaleResponse:
         run_id = self._visible_run(request.run_id, caller).id if request.run_id else None
-        result = self.store.staleness(run_id, caller.visible_uid)
+        result = self.reads.staleness(run_id, caller.visible_uid)
         return svc.StaleResponse(result_json=json.dumps(result, ensure_ascii=False))
 
     @_query
     def GetContext(self, request: svc.GetContextRequest, context: Any, caller: Caller) -> svc.GetContextResponse:
         run = self._visible_run(request.run_id, caller)
-        return svc.GetContextResponse(context=convert.struct_to_pb(self.store.context(run.id)))
+        return svc.GetContextResponse(context=convert.struct_to_pb(self.reads.context(run.id)))
 
     def StreamEvents(self, request: svc.StreamEventsRequest, context: grpc.ServicerContext) -> Iterator[pb.Event]:
         caller = self.caller(context)
@@ -315,10 +316,10 @@ class ProvtraceServicer(svc_grpc.ProvtraceServicer):
             with self.queries.hold(caller.uid):
                 fmt = convert.enum_name(convert.EXPORT_FORMAT, request.format) or "json"
                 if request.all:
-                    ids = [r.id for r in self.store.list_runs(caller.visible_uid)]
+                    ids = [r.id for r in self.reads.list_runs(caller.visible_uid)]
                 else:
                     ids = [self._visible_run(request.run_id, caller).id]
-                for chunk in self.store.export(ids, fmt, caller.visible_uid):
+                for chunk in self.reads.export(ids, fmt, caller.visible_uid):
                     if not context.is_active():
                         return
                     yield svc.ExportChunk(data=chunk)
@@ -342,7 +343,7 @@ class ProvtraceServicer(svc_grpc.ProvtraceServicer):
         if not caller.is_root and (owner != caller.uid or ppid != caller.pid):
             raise AccessDenied(f"pid {request.pid} is not a child of the calling process (pid {caller.pid}) "
                                f"owned by uid {caller.uid}; hand over only your own blocked child")
-        run = self.store.start_command(pid=request.pid, uid=owner, user=_user(owner), argv=argv, cwd=cwd,
+        run = self.writes.start_command(pid=request.pid, uid=owner, user=_user(owner), argv=argv, cwd=cwd,
                                        env=dict(request.env), label=_text(request.label, "label") or None,
                                        ppid=ppid)
         log.info("event=command-traced run=%s pid=%d uid=%d", run.id, request.pid, owner)
@@ -357,7 +358,7 @@ class ProvtraceServicer(svc_grpc.ProvtraceServicer):
         if run.kind != "command":
             raise UsageError(f"run {run.id} is a {run.kind}, not a command")
         ended = convert.ts_from_pb(request, "ended") or dt.datetime.now(dt.timezone.utc)
-        self.store.finish_command(run.id, request.exit_code, ended)
+        self.writes.finish_command(run.id, request.exit_code, ended)
         return svc.FinishCommandResponse()
 
 
@@ -373,7 +374,7 @@ class ApiServer:
         # streams and queries each get a share of the workers; control calls
         # (TraceCommand, FinishCommand, cell reports, Health) always have the rest
         _reserved, streams, queries = worker_budget(max_workers)
-        self.servicer = ProvtraceServicer(store, self.hub, self.registry, backend,
+        self.servicer = ProvtraceServicer(store, store, self.hub, self.registry, backend,
                                           max_streams=streams, max_queries=queries, max_workers=max_workers)
         self.max_workers = max_workers
         self.max_message_bytes = max_message_bytes
