@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -143,3 +144,44 @@ def sessions(db: str) -> list[dict]:
         return [r for r in Q.list_runs(store) if r["kind"] == "session"]
     finally:
         store.close()
+
+
+def kernel_pid(db: str, run_id: str) -> int | None:
+    """The kernel pid a session run's header names, in a store file."""
+    store = S.Store(db, readonly=True)
+    try:
+        row = store.db.execute("SELECT body FROM records r JOIN runs u ON u.rid=r.rid "
+                               "WHERE u.id=? AND r.kind=? LIMIT 1", (run_id, S.RUN_START)).fetchone()
+    finally:
+        store.close()
+    return json.loads(row[0]).get("kernel", {}).get("pid") if row else None
+
+
+@contextlib.contextmanager
+def followed_kernel(db: str, cwd: str, kernel: str = "python3"):
+    """A real Jupyter kernel started in cwd that the daemon storing in db found
+    and follows: yields (session id, KernelManager, client); shut down after.
+    Its session is told apart from other kernels on the host by its pid."""
+    import pytest  # noqa: PLC0415
+    from jupyter_client import KernelManager  # noqa: PLC0415
+    from jupyter_client.kernelspec import KernelSpecManager  # noqa: PLC0415
+
+    if kernel not in KernelSpecManager().find_kernel_specs():
+        pytest.skip(f"kernelspec {kernel!r} not installed (setup.sh installs it)")
+    before = {r["id"] for r in sessions(db)}
+    km = KernelManager(kernel_name=kernel)
+    km.start_kernel(cwd=cwd)
+    kc = km.client()
+    kc.start_channels()
+    try:
+        kc.wait_for_ready(timeout=60)
+        pid = km.provisioner.process.pid
+        session = wait_for(lambda: [r for r in sessions(db) if r["id"] not in before
+                                    and kernel_pid(db, r["id"]) == pid],
+                           60, "the daemon to discover the kernel")[0]
+        until_followed(kc, db, session["id"])
+        yield session["id"], km, kc
+    finally:
+        kc.stop_channels()
+        if km.is_alive():
+            km.shutdown_kernel(now=True)

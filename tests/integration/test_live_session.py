@@ -10,15 +10,13 @@ import json
 import time
 
 import pytest
-from jupyter_client import KernelManager
-from jupyter_client.kernelspec import KernelSpecManager
 
 from provtrace.tracer.lineage.versions import Model
 from provtrace.tracer.store import queries as Q
 from provtrace.tracer.store import sqlite as S
 
-from .helpers import PROVTRACE, pt, sessions, stored_run, until_followed, wait_for
-from .test_stale_push import _kernel_pid, _open_session, tmux  # noqa: F401 (tmux: a fixture)
+from .helpers import PROVTRACE, followed_kernel, pt, stored_run, wait_for
+from .test_stale_push import _open_session, tmux  # noqa: F401 (tmux: a fixture)
 
 pytestmark = pytest.mark.privileged
 
@@ -34,26 +32,8 @@ with open('b.csv', 'w') as f:
 @pytest.fixture
 def followed(daemon, tmp_path):
     """A python3 kernel in tmp_path that the daemon found and follows: (session id, manager, client)."""
-    if "python3" not in KernelSpecManager().find_kernel_specs():
-        pytest.skip("ipykernel not installed")
-    before = {r["id"] for r in sessions(daemon["db"])}
-    km = KernelManager(kernel_name="python3")
-    km.start_kernel(cwd=str(tmp_path))
-    kc = km.client()
-    kc.start_channels()
-    try:
-        kc.wait_for_ready(timeout=60)
-        pid = km.provisioner.process.pid
-        # this kernel's session: other engineers' kernels on the host are followed too
-        session = wait_for(lambda: [r for r in sessions(daemon["db"]) if r["id"] not in before
-                                    and _kernel_pid(daemon["db"], r["id"]) == pid],
-                           60, "the daemon to discover the kernel")[0]
-        until_followed(kc, daemon["db"], session["id"])
-        yield session["id"], km, kc
-    finally:
-        kc.stop_channels()
-        if km.is_alive():
-            km.shutdown_kernel(now=True)
+    with followed_kernel(daemon["db"], str(tmp_path)) as found:
+        yield found
 
 
 def _cell(doc: dict, msg_id: str) -> dict | None:

@@ -13,13 +13,11 @@ import threading
 import time
 
 import pytest
-from jupyter_client import KernelManager
-from jupyter_client.kernelspec import KernelSpecManager
 
 from provtrace.tracer.serve.client import ProvtraceClient
 
 from ..tui.test_terminal import COLS, PROVTRACE, ROWS, Tmux
-from .helpers import sessions, until_followed, wait_for
+from .helpers import followed_kernel, wait_for
 
 pytestmark = pytest.mark.privileged
 
@@ -36,39 +34,8 @@ def tmux():
 @pytest.fixture
 def kernel(daemon, tmp_path):
     """A python3 kernel the daemon found and follows: (session id, client)."""
-    if "python3" not in KernelSpecManager().find_kernel_specs():
-        pytest.skip("ipykernel not installed")
-    before = {r["id"] for r in sessions(daemon["db"])}
-    km = KernelManager(kernel_name="python3")
-    km.start_kernel(cwd=str(tmp_path))
-    kc = km.client()
-    kc.start_channels()
-    try:
-        kc.wait_for_ready(timeout=60)
-        pid = km.provisioner.process.pid
-        # this kernel's session: other kernels on the host are followed too
-        session = wait_for(lambda: [r for r in sessions(daemon["db"]) if r["id"] not in before
-                                    and _kernel_pid(daemon["db"], r["id"]) == pid],
-                           60, "the daemon to discover the kernel")[0]
-        until_followed(kc, daemon["db"], session["id"])
-        yield session["id"], kc
-    finally:
-        kc.stop_channels()
-        km.shutdown_kernel(now=True)
-
-
-def _kernel_pid(db: str, run_id: str) -> int | None:
-    import json  # noqa: PLC0415
-
-    from provtrace.tracer.store import sqlite as S  # noqa: PLC0415
-
-    store = S.Store(db, readonly=True)
-    try:
-        row = store.db.execute("SELECT body FROM records r JOIN runs u ON u.rid=r.rid "
-                               "WHERE u.id=? AND r.kind=? LIMIT 1", (run_id, S.RUN_START)).fetchone()
-    finally:
-        store.close()
-    return json.loads(row[0]).get("kernel", {}).get("pid") if row else None
+    with followed_kernel(daemon["db"], str(tmp_path)) as (sid, _km, kc):
+        yield sid, kc
 
 
 def _open_session(tmux: Tmux, sid: str) -> None:
