@@ -7,7 +7,6 @@ import contextlib
 import json
 import os
 import sys
-import tempfile
 from dataclasses import dataclass
 
 from .output import need, print_json
@@ -193,9 +192,7 @@ def _run_via_daemon(cmd: list[str], socket_path: str, args: argparse.Namespace,
     from .serve.client import (ApiError, HandOverFailed, ProvtraceClient, UntrustedDaemon,  # noqa: PLC0415
                              run_command)
 
-    try:
-        with ProvtraceClient(socket_path, timeout_s=5) as client:
-            client.health()
+    try:  # no Health call first: run_command checks the socket before it forks (start-up: one round trip less)
         result = run_command(cmd, socket_path, cwd=cwd, env=env, label=args.label)
     except (ApiError, HandOverFailed) as e:
         usable_elsewhere = isinstance(e, (HandOverFailed, UntrustedDaemon)) or e.transient
@@ -903,6 +900,8 @@ def cmd_head(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """A traced shell pipeline into the default store, then its lineage."""
+    import tempfile  # noqa: PLC0415
+
     from .store import queries as Q  # noqa: PLC0415
     from .store import sqlite as S  # noqa: PLC0415
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import sqlite3
 import sys
 from collections.abc import Callable
 from typing import NoReturn
@@ -28,6 +27,18 @@ def need(cond: bool, msg: str) -> None:
         raise UsageError(msg)
 
 
+class _NeverRaised(Exception):
+    pass
+
+
+def _store_damaged() -> type[Exception]:
+    """sqlite3.DatabaseError once sqlite3 is loaded; before, none can have been
+    raised (a verb that opened no store, like `provtrace run` through the daemon,
+    need not load sqlite3 at all: start-up)."""
+    sqlite3 = sys.modules.get("sqlite3")
+    return sqlite3.DatabaseError if sqlite3 is not None else _NeverRaised
+
+
 def run_and_exit(verb: Callable[[], int | None], *, debug: bool) -> NoReturn:
     """Runs one verb and exits with its code, or with one line for a failure it raised."""
     try:
@@ -37,7 +48,7 @@ def run_and_exit(verb: Callable[[], int | None], *, debug: bool) -> NoReturn:
             raise
         print(f"provtrace: {e}", file=sys.stderr)
         sys.exit(e.exit_code)
-    except sqlite3.DatabaseError as e:  # a damaged store file: say so, never a traceback
+    except _store_damaged() as e:  # a damaged store file: say so, never a traceback
         if debug:
             raise
         print(f"provtrace: the store cannot be read ({e}); run `provtrace verify` to see what is damaged",

@@ -54,6 +54,46 @@ def test_root_run_through_the_daemon(daemon, tmp_path):
     assert (f"{tmp_path}/in.txt", "read") in files and (f"{tmp_path}/out.txt", "write") in files
 
 
+# What `provtrace run` through the daemon may load of provtrace: the client path
+# and nothing else (start-up target 150 ms, docs/benchmarks.md). The store, the
+# pipeline, bcc, context collection, the records dataclasses, protobuf's
+# json_format...: each is a regression here, named by the assertion.
+CLIENT_PATH = {"provtrace", "provtrace.tracer", "provtrace.tracer.cli", "provtrace.tracer.commands",
+               "provtrace.tracer.output", "provtrace.tracer.errors", "provtrace.tracer.capture",
+               "provtrace.tracer.capture.gate", "provtrace.tracer.capture.sigstate", "provtrace.tracer.context",
+               "provtrace.tracer.context.redact", "provtrace.tracer.model", "provtrace.tracer.model.paths",
+               "provtrace.tracer.model.status", "provtrace.tracer.serve", "provtrace.tracer.serve.auth",
+               "provtrace.tracer.serve.client", "provtrace.tracer.serve.sockpath", "provtrace.tracer.serve.gen",
+               "provtrace.tracer.serve.gen.service_pb2", "provtrace.tracer.serve.gen.service_pb2_grpc",
+               "provtrace.tracer.serve.gen.types_pb2"}
+
+
+def _loaded(code: str, tmp_path, name: str) -> tuple[subprocess.CompletedProcess, set[str]]:
+    """Runs code in a fresh interpreter; its exit, and the modules it had loaded at the end."""
+    listing = tmp_path / f"{name}.modules"
+    probe = (f"import sys\ntry:\n{textwrap.indent(code, '    ')}\nfinally:\n"
+             f"    open({str(listing)!r}, 'w').write('\\n'.join(sys.modules))\n")
+    r = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=180, cwd=tmp_path)
+    return r, set(listing.read_text().split())
+
+
+def test_run_through_the_daemon_loads_only_the_client_path(daemon, tmp_path):
+    """No timing: which modules `provtrace run -- true` through the daemon loads,
+    beyond what gRPC and the generated stubs load by themselves."""
+    _, transport = _loaded("import grpc\nfrom provtrace.tracer.serve.gen import service_pb2_grpc", tmp_path,
+                           "transport")
+    r, loaded = _loaded("from provtrace.tracer import cli\n"
+                        f"cli.main(['run', '--socket', {daemon['socket']!r}, '--', 'true'])", tmp_path, "run")
+    assert r.returncode == 0 and r.stderr == "", r.stderr  # through the daemon: no fallback warning
+    extra = loaded - transport
+    assert {m for m in extra if m.startswith("provtrace")} <= CLIENT_PATH, \
+        sorted(m for m in extra if m.startswith("provtrace") and m not in CLIENT_PATH)
+    known = {*sys.stdlib_module_names, *(m.split(".")[0] for m in transport)}  # grpc opens a channel: grpc._channel
+    assert not {m for m in extra if m.split(".")[0] not in known}, \
+        sorted(m for m in extra if m.split(".")[0] not in known)  # bcc, elftools, jinja2, textual...
+    assert not {"sqlite3", "tempfile"} & extra  # no store opened; tempfile only for `demo`
+
+
 def _run_ids(db: str) -> set[str]:
     if not os.path.exists(db):
         return set()

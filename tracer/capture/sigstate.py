@@ -28,7 +28,7 @@ import os
 import signal
 from dataclasses import dataclass
 
-from ..model.events import exit_code  # noqa: F401 - one wait-status function, the model's
+from ..model.status import exit_code  # noqa: F401 - one wait-status function, the model's (not events.py: start-up)
 
 # Set to SIG_IGN by the interpreter's start-up whatever it was given.
 _PYTHON_IGNORES = frozenset({signal.SIGPIPE, signal.SIGXFSZ})

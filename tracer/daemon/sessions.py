@@ -243,7 +243,7 @@ class TracingStore:
         reader = self._reader()
         try:
             rid = Q.resolve_run(reader, ref, uid)
-            row = next(r for r in Q.list_runs(reader, uid) if r["rid"] == rid)
+            (row,) = Q.list_runs(reader, uid, rid)  # one row: every FinishCommand asks (start-up)
         except RunNotFound as e:
             raise NotFound(f"no run or session {ref!r} visible to you (list them with: provtrace runs)") from e
         finally:

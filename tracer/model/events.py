@@ -7,8 +7,9 @@ writes such names as an escaped `path` plus `path_b64`.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
+
+from .status import exit_code  # noqa: F401 - the model's wait-status function, kept light in status.py
 
 # Values of event fields. They are the model's own, and the probes send the
 # same numbers: capture/layouts.py takes them from here (capture imports the
@@ -181,10 +182,3 @@ class Resolved(Event):
 
     fd: int
     path: str | None
-
-
-def exit_code(status: int) -> int:
-    """A wait status as a shell's $?: the exit status, or 128+N for death by signal N."""
-    if os.WIFSIGNALED(status):
-        return 128 + os.WTERMSIG(status)
-    return os.WEXITSTATUS(status)

@@ -16,19 +16,28 @@ import os
 import socket
 import struct
 import threading
+from typing import TYPE_CHECKING
 
 from ..errors import ProcessError
-from .records import Caller
+
+if TYPE_CHECKING:  # the daemon's side; the client checks a uid and never builds a Caller (start-up)
+    from .records import Caller
 
 log = logging.getLogger(__name__)
 
 _UCRED = struct.Struct("iII")  # struct ucred: pid_t pid; uid_t uid; gid_t gid
 
 
+def peer_ids(sock: socket.socket) -> tuple[int, int, int]:
+    """The connected peer's (pid, uid, gid) as the kernel recorded them."""
+    return _UCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
+
+
 def peer_cred(sock: socket.socket) -> Caller:
     """The connected peer's pid, uid and gid as the kernel recorded them."""
-    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
-    pid, uid, gid = _UCRED.unpack(raw)
+    from .records import Caller  # noqa: PLC0415
+
+    pid, uid, gid = peer_ids(sock)
     return Caller(uid=uid, gid=gid, pid=pid)
 
 

@@ -36,8 +36,8 @@ import grpc
 from ..capture import gate, sigstate
 from ..context.redact import redact_env
 from ..errors import CommandNotFound, TracerError
-from ..model.events import exit_code as exit_code_of
-from .auth import peer_cred
+from ..model.status import exit_code as exit_code_of
+from .auth import peer_ids
 from .gen import service_pb2 as svc
 from .gen import service_pb2_grpc as svc_grpc
 from .sockpath import UntrustedSocket, check_socket_file, open_socket_dir, trusted_uids
@@ -152,6 +152,7 @@ class ProvtraceClient:
         self._channel: grpc.Channel | None = None
         self._stub_: svc_grpc.ProvtraceStub | None = None
         self._dir_fd = -1  # the checked socket directory, held while the channel lives
+        self._target: str | None = None  # /proc/self/fd/N/NAME once verified
         self._opening = threading.Lock()  # threads sharing a client open one channel
 
     def close(self) -> None:
@@ -161,13 +162,26 @@ class ProvtraceClient:
         if self._dir_fd >= 0:
             os.close(self._dir_fd)
             self._dir_fd = -1
+        self._target = None
+
+    def verify(self) -> None:
+        """Checks now, without a channel and sending nothing, that the socket is
+        the real daemon's: UntrustedDaemon, or ApiError UNAVAILABLE when no one
+        listens. The first RPC does it otherwise."""
+        with self._opening:
+            self._verify()
+
+    def _verify(self) -> str:
+        if self._target is None:
+            self._target = self._verified_target()
+        return self._target
 
     @property
     def _stub(self) -> svc_grpc.ProvtraceStub:
         """The channel, opened on first use once the daemon is known to be the real one."""
         with self._opening:
             if self._stub_ is None:
-                target = self._verified_target()
+                target = self._verify()
                 self._channel = grpc.insecure_channel(
                     f"unix:{target}",
                     options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -335,7 +349,7 @@ def _check_listener(target: str, trusted: frozenset[int]) -> None:
         # waited out (a Python timeout would make connect fail with EAGAIN at once).
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("ll", 5, 0))
         probe.connect(target)
-        uid = peer_cred(probe).uid
+        _, uid, _ = peer_ids(probe)
     finally:
         probe.close()
     if uid not in trusted:
@@ -367,10 +381,12 @@ def run_command(argv: Sequence[str], socket_path: str | None = None, cwd: str | 
                 on_started: Callable[[str], None] | None = None) -> CommandResult:
     """Runs argv traced by the daemon on this user's behalf; returns its run id and exit code.
 
-    The child is forked first and blocks on a pipe before exec; the daemon
-    checks it is ours (uid, parent pid), starts tracing it, and only then is
-    it released, so tracing covers its first instruction. Forking happens
-    before any gRPC channel exists in this call.
+    The daemon's socket is checked first (an absent or untrusted daemon raises
+    ApiError before anything is forked). The child is then forked and blocks on
+    a pipe before exec; the daemon checks it is ours (uid, parent pid), starts
+    tracing it, and only then is it released, so tracing covers its first
+    instruction. Forking happens before any gRPC channel exists in this call.
+    Two calls in all, on one connection: TraceCommand and FinishCommand.
     """
     if not argv:
         raise TracerError("nothing to run: the command is empty")
@@ -383,41 +399,49 @@ def run_command(argv: Sequence[str], socket_path: str | None = None, cwd: str | 
     if not all(is_utf8(a) for a in (*argv, cwd)):
         raise HandOverFailed(socket_path or default_socket_path(),
                              "its arguments or directory are not UTF-8, which the daemon's API cannot carry")
-    # quiet: when it is never released, the caller may run the command another way
-    child = gate.fork_gated(argv, env, cwd, quiet=True)
+    with ProvtraceClient(socket_path) as client:
+        client.verify()  # no daemon, or a fake one: the caller may run the command another way
+        # quiet: when it is never released, the caller may run the command another way
+        child = gate.fork_gated(argv, env, cwd, quiet=True)
+        try:
+            return _run_gated(client, child, argv, cwd, _wire_env(env), label, on_started)
+        finally:
+            child.close()  # never released: the child reads EOF and exits without running anything
+            if child.pid > 0:
+                os.waitpid(child.pid, 0)
+
+
+def _run_gated(client: ProvtraceClient, child: gate.Gated, argv: Sequence[str], cwd: str,
+               wire_env: dict[str, str], label: str | None,
+               on_started: Callable[[str], None] | None) -> CommandResult:
+    """The daemon takes the gated child, which then runs; its exit is reported back.
+
+    Whatever happens to the daemon (a full store, a crash), the command runs and
+    its exit code comes back; the user is told. A busy or absent daemon is the
+    caller's to decide: it may trace it another way."""
     warning = None
     try:
-        with ProvtraceClient(socket_path) as client:
-            # Whatever happens to the daemon (a full store, a crash), the command
-            # runs and its exit code comes back; the user is told. A busy or
-            # absent daemon is the caller's to decide: it may trace it another way.
-            try:
-                run_id = client.trace_command(child.pid, argv, cwd, _wire_env(env), label,
-                                              retry_s=HANDOVER_RETRY_S)
-            except ApiError as e:
-                if e.transient:  # the child never ran: the caller may run it another way
-                    raise DaemonBusy(client.socket_path, e) from None
-                run_id, warning = "", f"{e}; the command runs untraced"
-            if on_started is not None and run_id:
-                on_started(run_id)
-            child.release()
-            with sigstate.Relay(child.pid):  # ^C reaches the command; SIGTERM and SIGHUP are passed on
-                failed = child.exec_error()
-                _, status = os.waitpid(child.pid, 0)
-            child.pid = -1
-            exit_code = exit_code_of(status)
-            if run_id:
-                try:
-                    client.finish_command(run_id, 127 if failed else exit_code)
-                except ApiError as exc:  # the daemon ends the run itself once the command is gone
-                    warning = f"{exc}; run {run_id} is ended by the daemon, without this exit code"
-        if failed:
-            raise CommandNotFound(argv[0], os.strerror(int(failed.decode() or "2")))
-        return CommandResult(run_id, exit_code, warning)
-    finally:
-        child.close()  # never released: the child reads EOF and exits without running anything
-        if child.pid > 0:
-            os.waitpid(child.pid, 0)
+        run_id = client.trace_command(child.pid, argv, cwd, wire_env, label, retry_s=HANDOVER_RETRY_S)
+    except ApiError as e:
+        if e.transient:  # the child never ran: the caller may run it another way
+            raise DaemonBusy(client.socket_path, e) from None
+        run_id, warning = "", f"{e}; the command runs untraced"
+    if on_started is not None and run_id:
+        on_started(run_id)
+    child.release()
+    with sigstate.Relay(child.pid):  # ^C reaches the command; SIGTERM and SIGHUP are passed on
+        failed = child.exec_error()
+        _, status = os.waitpid(child.pid, 0)
+    child.pid = -1
+    exit_code = exit_code_of(status)
+    if run_id:
+        try:
+            client.finish_command(run_id, 127 if failed else exit_code)
+        except ApiError as exc:  # the daemon ends the run itself once the command is gone
+            warning = f"{exc}; run {run_id} is ended by the daemon, without this exit code"
+    if failed:
+        raise CommandNotFound(argv[0], os.strerror(int(failed.decode() or "2")))
+    return CommandResult(run_id, exit_code, warning)
 
 
 def _wire_env(env: Mapping[str, str]) -> dict[str, str]:

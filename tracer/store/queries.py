@@ -16,15 +16,19 @@ from .writer import KIND_NAMES, access_of
 SCHEMA = "provtrace.run/1"
 
 
-def list_runs(store: S.Store, uid: int | None = None) -> list[dict]:
+def list_runs(store: S.Store, uid: int | None = None, rid: int | None = None) -> list[dict]:
+    """The runs uid may see (None: all), or only run rid among them."""
     # a run with no end whose tree has exited (RUN_RELEASED) is finishing: its completion is pending
     sql = ("SELECT rid, id, kind, label, backend, user, uid, started, ended, exit_code, "
            "lost_events, complete, CASE WHEN ended IS NULL THEN EXISTS(SELECT 1 FROM records r "
-           f"WHERE r.rid=runs.rid AND r.kind={S.RUN_RELEASED}) END FROM runs")
+           f"WHERE r.rid=runs.rid AND r.kind={S.RUN_RELEASED}) END FROM runs WHERE 1=1")
     args: tuple = ()
     if uid is not None:
-        sql += " WHERE uid=?"
+        sql += " AND uid=?"
         args = (uid,)
+    if rid is not None:  # one run by its primary key: a lookup, not a scan of the whole store
+        sql += " AND rid=?"
+        args += (rid,)
     out = []
     for rid, rid_s, kind, label, backend, user, u, started, ended, code, lost, complete, finishing in \
             store.db.execute(sql + " ORDER BY rid", args):
@@ -43,11 +47,11 @@ def resolve_run(store: S.Store, ref: str, uid: int | None = None) -> int:
         if row and row[0] is not None:
             return int(row[0])
         raise RunNotFound(ref, store.path)
+    exact = store.db.execute(f"SELECT rid FROM runs WHERE id=?{where}", (ref,) + args).fetchone()
+    if exact:  # a whole id (the daemon's clients send those): its index answers, no LIKE scan
+        return int(exact[0])
     rows = store.db.execute(f"SELECT rid FROM runs WHERE (id=? OR id LIKE ?){where}",
                             (ref, ref.replace("%", "") + "%") + args).fetchall()
-    exact = store.db.execute(f"SELECT rid FROM runs WHERE id=?{where}", (ref,) + args).fetchone()
-    if exact:
-        return int(exact[0])
     if len(rows) == 1:
         return int(rows[0][0])
     if len(rows) > 1:
