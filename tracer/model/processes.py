@@ -15,6 +15,7 @@ import errno
 import logging
 import os
 import stat
+from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -101,7 +102,7 @@ class Proc:
     usage: E.Usage | None = None  # kernel accounting at exit
     # (dev, ino) -> the path its last open named: I/O through folded opens
     # (E.FDIO_FOLDED, which sent no Open) is told by the file's identity only
-    paths_by_inode: dict[tuple[int, int], str] = field(default_factory=dict)
+    paths_by_inode: OrderedDict[tuple[int, int], str] = field(default_factory=OrderedDict)
 
     @property
     def exit_code(self) -> int | None:
@@ -537,11 +538,11 @@ class Tracker(LinkFolding):
     @staticmethod
     def _name_inode(p: Proc, key: tuple[int, int], path: str) -> None:
         """Remember path as key's name, newest last, keeping at most _FOLDED_NAMES."""
-        names = p.paths_by_inode
-        names.pop(key, None)
+        names = p.paths_by_inode  # an OrderedDict: dropping the oldest is O(1), as a dict's is not
         names[key] = path
+        names.move_to_end(key)
         if len(names) > _FOLDED_NAMES:
-            del names[next(iter(names))]
+            names.popitem(last=False)
 
     def _folded_io(self, p: Proc, ev: E.FdIO) -> None:
         """I/O through opens the kernel folded into an earlier open of the same
