@@ -334,8 +334,10 @@ class ProvtraceDaemon(_Provtrace):
             if not ids:
                 return Records(detail={"error": f"run labelled {self._label} not in the daemon's store: "
                                                 + _first_error_line(r.stderr)})
-            r = subprocess.run([pt, "show", ids[-1], "--json", "--db", db], capture_output=True, text=True,
-                               timeout=300)
+            # through the daemon, which answers once the run's completion (context,
+            # fingerprints, end: written after the client returned) is stored
+            r = subprocess.run([pt, "show", ids[-1], "--json", "--socket", str(self.socket)],
+                               capture_output=True, text=True, timeout=300)
         except (OSError, subprocess.TimeoutExpired, ValueError) as e:
             return Records(detail={"error": f"reading the run back from the daemon's store: {e}"})
         if r.returncode != 0:
