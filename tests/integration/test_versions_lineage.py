@@ -320,6 +320,10 @@ def test_the_daemon_answers_versions_as_the_store_does(daemon):
         with open(f"{work}/a", "w") as f:
             f.write("1\n")
         pt("run", *sock, "--", "sh", "-c", "cat a > o.tmp && mv o.tmp o", cwd=work, check=True)
+        # the run's fingerprints are written after it returns (store/finisher.py); a query
+        # through the daemon waits for them. Without it the next run may replace o before
+        # it is hashed, and that version is then (rightly) left without a hash.
+        pt("runs", *sock, "--json", check=True)
         between = dt.datetime.now(dt.timezone.utc).isoformat().replace("+00:00", "Z")
         with open(f"{work}/b", "w") as f:
             f.write("2\n")
