@@ -32,7 +32,6 @@ from dataclasses import dataclass, field
 from ..capture.base import Capture
 from ..clock import Clock
 from ..clock import us_to_iso as iso
-from ..errors import TracerError
 from ..model.paths import DATA, classify
 from ..model.processes import NO_CELLS, Proc, Tracker
 from ..privs import Creds

@@ -25,7 +25,6 @@ import os
 import shutil
 import socket
 import struct
-import sys
 import threading
 import time
 from dataclasses import dataclass
